@@ -1,0 +1,3 @@
+fn main() {
+    println!("oxinvr {}", env!("CARGO_PKG_VERSION"));
+}
