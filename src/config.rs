@@ -1,1 +1,306 @@
-//! (in progress)
+//! Configuration: one TOML file, read with serde, with the defaults embedded in
+//! the binary (`src/default-config.toml`) so `oxinvr run` works with no file.
+//!
+//! Invariants: a `Config` that exists has been validated; unknown keys and bad
+//! values are refused with a message naming the key (and its line when known).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::db::{RecordMode, StreamSpec};
+
+/// The embedded default configuration file (also printed by `oxinvr config`).
+pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub web: WebConfig,
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub segment_seconds: u32,
+    pub sync_seconds: u32,
+    pub min_free_percent: u8,
+    pub ring_dir: String,
+    pub ring_seconds: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./oxinvr-data"),
+            segment_seconds: 300,
+            sync_seconds: 10,
+            min_free_percent: 10,
+            ring_dir: String::new(),
+            ring_seconds: 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    pub listen: String,
+    pub threads: u8,
+    pub max_body_bytes: u32,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig { listen: "127.0.0.1:8080".into(), threads: 4, max_body_bytes: 65536 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub record: RecordMode,
+    pub retention_days: Option<u32>,
+    pub max_storage_mb: Option<u64>,
+    #[serde(default)]
+    pub priority: i32,
+    pub bitrate_kbps: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl StreamConfig {
+    pub fn to_spec(&self, source: &str) -> StreamSpec {
+        StreamSpec {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            enabled: self.enabled,
+            record: self.record,
+            retention_days: self.retention_days,
+            max_storage_mb: self.max_storage_mb,
+            priority: self.priority,
+            bitrate_kbps: self.bitrate_kbps,
+            source: source.into(),
+        }
+    }
+}
+
+/// A configuration error that names the key and, when known, its line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path`, or the embedded defaults when `path` is None.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(DEFAULT_TOML, "<embedded defaults>"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: p.display().to_string(),
+                    key: None,
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                })?;
+                Config::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            ConfigError { file: file.into(), key: None, line, message: e.message().to_string() }
+        })?;
+        cfg.validate().map_err(|(key, message)| ConfigError {
+            file: file.into(),
+            line: line_of(text, &key),
+            key: Some(key),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks values serde cannot: ranges, names, URLs. Returns (key, why).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let s = &self.storage;
+        range("storage.segment_seconds", s.segment_seconds, 2, 3600)?;
+        range("storage.sync_seconds", s.sync_seconds, 1, 600)?;
+        range("storage.min_free_percent", u32::from(s.min_free_percent), 0, 90)?;
+        range("storage.ring_seconds", s.ring_seconds, 2, 120)?;
+        if s.data_dir.as_os_str().is_empty() {
+            return Err(("storage.data_dir".into(), "must not be empty".into()));
+        }
+        self.web
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| ("web.listen".into(), format!("{:?} is not an address like 127.0.0.1:8080", self.web.listen)))?;
+        range("web.threads", u32::from(self.web.threads), 1, 32)?;
+        range("web.max_body_bytes", self.web.max_body_bytes, 1024, 64 << 20)?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, st) in self.streams.iter().enumerate() {
+            let key = |k: &str| format!("streams[{i}].{k}");
+            validate_stream_name(&st.name).map_err(|m| (key("name"), m))?;
+            validate_stream_url(&st.url).map_err(|m| (key("url"), m))?;
+            if !seen.insert(st.name.as_str()) {
+                return Err((key("name"), format!("{:?} is used by two streams", st.name)));
+            }
+            if let Some(b) = st.bitrate_kbps {
+                range(&key("bitrate_kbps"), b, 64, 100_000)?;
+            }
+            if st.retention_days == Some(0) {
+                return Err((key("retention_days"), "must be at least 1 (leave it out to keep until space runs out)".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the SQLite index lives.
+    pub fn db_path(&self) -> PathBuf {
+        self.storage.data_dir.join("oxinvr.db")
+    }
+}
+
+fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), (String, String)> {
+    if v < lo || v > hi {
+        return Err((key.into(), format!("{v} is out of range {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// Stream names become directory names, so only a safe alphabet is allowed.
+pub fn validate_stream_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} must be 1-64 letters, digits, '-' or '_' (not starting with '-')"))
+    }
+}
+
+pub fn validate_stream_url(u: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "rtsp" | "rtsps" => {}
+        other => return Err(format!("scheme {other:?} is not supported (use rtsp://)")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+/// Best-effort line of the last path element of `key` in `text`.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let leaf = key.rsplit('.').next()?;
+    let mut index = key.split('[').nth(1).and_then(|r| r.split(']').next()).and_then(|n| n.parse::<usize>().ok());
+    let mut in_streams = index.is_none();
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("[[streams]]") {
+            match index.as_mut() {
+                Some(0) => in_streams = true,
+                Some(i) => *i -= 1,
+                None => {}
+            }
+        }
+        if in_streams && t.starts_with(leaf) && t[leaf.len()..].trim_start().starts_with('=') {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.storage.segment_seconds, 300);
+        assert_eq!(c.storage.sync_seconds, 10);
+        assert_eq!(c.web.listen, "127.0.0.1:8080");
+        assert!(c.streams.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let e = Config::parse("[storage]\nsegment_seconds = 60\nsegmnet_seconds = 5\n", "x.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("segmnet_seconds"), "{msg}");
+        assert_eq!(e.line, Some(3), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_is_named_with_line() {
+        let text = "[storage]\nsync_seconds = 0\n";
+        let e = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("storage.sync_seconds"));
+        assert_eq!(e.line, Some(2));
+        let text = "[[streams]]\nname = \"a\"\nurl = \"rtsp://h/x\"\n[[streams]]\nname = \"../etc\"\nurl = \"rtsp://h/y\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("streams[1].name"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = Config::parse("[[streams]]\nname = \"a\"\nurl = \"http://h/x\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("streams[0].url"), "{e}");
+        let e = Config::parse("[[streams]]\nname = \"a\"\nurl = \"rtsp://h/x\"\nrecord = \"sometimes\"\n", "x.toml")
+            .unwrap_err();
+        assert!(e.to_string().contains("sometimes") || e.to_string().contains("record"), "{e}");
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let e = Config::parse("[web]\nlisten = 8080\n", "x.toml").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = Config::parse("[web]\nlisten = \"everywhere\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("web.listen"));
+    }
+
+    #[test]
+    fn streams_parse_with_defaults() {
+        let c = Config::parse("[[streams]]\nname = \"front\"\nurl = \"rtsp://u:p@10.0.0.2/s\"\n", "x").expect("ok");
+        let s = &c.streams[0];
+        assert!(s.enabled);
+        assert_eq!(s.record, RecordMode::Continuous);
+        assert_eq!(s.priority, 0);
+    }
+}

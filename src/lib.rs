@@ -1,12 +1,16 @@
 //! OxiNVR: RTSP cameras in, every frame kept in crash-safe fragmented MP4.
 //! See docs/ARCHITECTURE.md for the data flow, threads and invariants.
 
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod ingest;
+pub mod logging;
 pub mod media;
+pub mod memory;
 pub mod mp4;
+pub mod nvr;
 pub mod retention;
 pub mod ring;
 pub mod segment;

@@ -114,7 +114,7 @@ impl FragmentEntry {
         out
     }
 
-    /// Decodes a blob written by [`encode_all`]; `None` if its length is wrong.
+    /// Decodes a blob written by [`Self::encode_all`]; `None` if its length is wrong.
     pub fn decode_all(blob: &[u8]) -> Option<Vec<FragmentEntry>> {
         if blob.len() % Self::ENCODED_LEN != 0 {
             return None;

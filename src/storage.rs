@@ -1,1 +1,402 @@
-//! (in progress)
+//! The storage thread: every file write, fsync and SQLite write of recordings,
+//! plus retention. Also the start-up reconciliation of files and rows.
+//!
+//! Invariants:
+//! - Only this thread (and `reconcile`, before it starts) writes segment rows
+//!   and files, so no two writers race on a segment.
+//! - It reads rings with its own cursors; falling behind costs it a gap, never
+//!   the camera session.
+//! - Retention deletes row first (into `garbage`), then unlinks, then fsyncs
+//!   the directory; `reconcile` finishes whatever garbage a crash left.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::db::{Db, NewSegment, SegmentProgress};
+use crate::mp4;
+use crate::nvr::StreamRuntime;
+use crate::retention;
+use crate::ring::{Cursor, ReadResult};
+use crate::segment::{self, CloseReason, SegmentWriter, WriterConfig};
+
+/// How often the thread wakes to drain rings when nothing else happens.
+const POLL: Duration = Duration::from_millis(50);
+/// Records read from one ring per pass, so one busy stream cannot starve others.
+const MAX_RECORDS_PER_PASS: usize = 256;
+/// Retention runs at least this often.
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// Operations slower than this are logged.
+const SLOW: Duration = Duration::from_millis(500);
+
+pub enum Command {
+    /// Start recording a stream from its ring.
+    Add(Arc<StreamRuntime>),
+    /// Stop recording a stream (its open segment is closed).
+    Remove(String),
+    /// Run retention now.
+    Retention,
+    /// Delete every recording of a stream (row first, then files); answers the count.
+    Purge(i64, mpsc::Sender<Result<usize, String>>),
+    /// Close every segment, sync, and acknowledge.
+    Shutdown(mpsc::Sender<()>),
+}
+
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+    pub db_path: PathBuf,
+    pub segment_seconds: u32,
+    pub sync_seconds: u32,
+    pub min_free_percent: u8,
+}
+
+struct Recorder {
+    rt: Arc<StreamRuntime>,
+    cursor: Cursor,
+    writer: SegmentWriter,
+}
+
+/// Starts the storage thread.
+pub fn spawn(
+    settings: StorageSettings,
+    clock: Arc<dyn Clock>,
+) -> io::Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let db = Db::open(&settings.db_path).map_err(|e| io::Error::other(e.to_string()))?;
+    let handle = std::thread::Builder::new().name("storage".into()).spawn(move || {
+        crate::memory::set_subsystem(crate::memory::Subsystem::Storage);
+        run(settings, db, rx, clock)
+    })?;
+    Ok((tx, handle))
+}
+
+fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Arc<dyn Clock>) {
+    let writer_cfg = WriterConfig {
+        data_dir: settings.data_dir.clone(),
+        segment_seconds: settings.segment_seconds,
+        sync_interval: Duration::from_secs(u64::from(settings.sync_seconds)),
+    };
+    let mut recorders: HashMap<String, Recorder> = HashMap::new();
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let mut last_retention = Instant::now();
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(Command::Add(rt)) => {
+                let name = rt.name().to_string();
+                if let Some(mut old) = recorders.remove(&name) {
+                    old.writer.close(&db, CloseReason::Shutdown);
+                }
+                let cursor = rt.ring.cursor_at_latest_keyframe();
+                let writer = SegmentWriter::new(rt.row.id, &name, writer_cfg.clone());
+                recorders.insert(name, Recorder { rt, cursor, writer });
+            }
+            Ok(Command::Remove(name)) => {
+                if let Some(mut r) = recorders.remove(&name) {
+                    drain(&db, &mut r, &mut buf, usize::MAX);
+                    r.writer.close(&db, CloseReason::Shutdown);
+                }
+            }
+            Ok(Command::Retention) => {
+                run_retention(&db, &settings, &*clock, &recorders);
+                last_retention = Instant::now();
+            }
+            Ok(Command::Purge(stream_id, answer)) => {
+                let _ = answer.send(purge(&db, &settings.data_dir, stream_id, &recorders));
+            }
+            Ok(Command::Shutdown(ack)) => {
+                for r in recorders.values_mut() {
+                    drain(&db, r, &mut buf, usize::MAX);
+                    r.writer.close(&db, CloseReason::Shutdown);
+                }
+                let _ = ack.send(());
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                for r in recorders.values_mut() {
+                    r.writer.close(&db, CloseReason::Shutdown);
+                }
+                return;
+            }
+        }
+        let mut rotated = false;
+        for r in recorders.values_mut() {
+            let segments_before = r.writer.stats.segments;
+            drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
+            r.writer.tick(&db);
+            rotated |= r.writer.stats.segments != segments_before;
+        }
+        if last_retention.elapsed() >= RETENTION_EVERY || (rotated && last_retention.elapsed() >= Duration::from_secs(1))
+        {
+            run_retention(&db, &settings, &*clock, &recorders);
+            last_retention = Instant::now();
+        }
+    }
+}
+
+/// Moves up to `max` records from the ring into the writer.
+fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) {
+    for _ in 0..max {
+        match r.rt.ring.read(&mut r.cursor, buf) {
+            ReadResult::Empty => return,
+            ReadResult::Frame { track, key, pts, .. } => r.writer.on_frame(db, track, key, pts, buf),
+            ReadResult::Run { run, .. } => r.writer.on_run(db, run),
+            ReadResult::Gap { lost_from, lost_to } => {
+                log::warn!("stream {}: recording fell behind, {} records lost", r.rt.name(), lost_to - lost_from);
+                r.rt.with_status(|s| s.gaps += 1);
+                r.writer.on_gap(db);
+            }
+        }
+    }
+}
+
+/// Plans and carries out retention; the open segments are never touched.
+fn run_retention(db: &Db, settings: &StorageSettings, clock: &dyn Clock, recorders: &HashMap<String, Recorder>) {
+    let began = Instant::now();
+    let open: HashSet<i64> = recorders.values().filter_map(|r| r.writer.open_segment_id()).collect();
+    let items = match db.retention_items() {
+        Ok(mut items) => {
+            for i in &mut items {
+                i.open |= open.contains(&i.id);
+            }
+            items
+        }
+        Err(e) => {
+            log::warn!("retention: cannot list segments: {e}");
+            return;
+        }
+    };
+    let policies = match db.list_streams() {
+        Ok(streams) => streams
+            .into_iter()
+            .map(|s| {
+                let p = retention::StreamPolicy {
+                    retention_days: s.spec.retention_days,
+                    max_bytes: s.spec.max_storage_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                };
+                (s.id, p)
+            })
+            .collect(),
+        Err(e) => {
+            log::warn!("retention: cannot list streams: {e}");
+            return;
+        }
+    };
+    let disk = match retention::disk_usage(&settings.data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            log::warn!("retention: cannot stat {}: {e}", settings.data_dir.display());
+            return;
+        }
+    };
+    let plan = retention::plan(clock.now_ms(), &items, &policies, disk, settings.min_free_percent);
+    if plan.is_empty() {
+        return;
+    }
+    let freed: u64 = plan.iter().map(|d| d.bytes).sum();
+    match retention::execute(db, &settings.data_dir, &plan) {
+        Ok(out) => {
+            log::info!("retention: deleted {} segments ({} MB)", out.rows_deleted, freed / (1024 * 1024));
+            for f in out.failures {
+                log::warn!("retention: {f}");
+            }
+        }
+        Err(e) => log::warn!("retention: {e}"),
+    }
+    if began.elapsed() > SLOW {
+        log::warn!("retention took {:?}", began.elapsed());
+    }
+}
+
+/// Deletes every closed recording of a stream that is not being written.
+fn purge(db: &Db, data_dir: &Path, stream_id: i64, recorders: &HashMap<String, Recorder>) -> Result<usize, String> {
+    let open: HashSet<i64> = recorders.values().filter_map(|r| r.writer.open_segment_id()).collect();
+    let segs = db.segments_overlapping(stream_id, i64::MIN, i64::MAX).map_err(|e| e.to_string())?;
+    let ids: Vec<i64> = segs.iter().map(|s| s.id).filter(|id| !open.contains(id)).collect();
+    let moved = db.delete_segments_to_garbage(&ids).map_err(|e| e.to_string())?;
+    collect_garbage(db, data_dir);
+    Ok(moved.len())
+}
+
+/// Finishes pending deletions (invariant 3), logging what could not be done.
+fn collect_garbage(db: &Db, data_dir: &Path) -> usize {
+    match retention::collect_garbage(db, data_dir) {
+        Ok(out) => {
+            for f in &out.failures {
+                log::warn!("garbage: {f}");
+            }
+            out.files_removed
+        }
+        Err(e) => {
+            log::warn!("garbage: {e}");
+            0
+        }
+    }
+}
+
+/// What start-up reconciliation (or `oxinvr check`) found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub garbage_removed: usize,
+    pub open_recovered: usize,
+    pub bytes_truncated: u64,
+    pub rows_missing_file: usize,
+    pub rows_wrong_size: usize,
+    pub rows_unplayable: usize,
+    pub orphans_adopted: usize,
+    pub orphans_removed: usize,
+    pub orphans_unknown_stream: usize,
+    pub segments_checked: usize,
+}
+
+impl Report {
+    /// True if the database and the files agree (after repair, if repairing).
+    pub fn problems(&self) -> usize {
+        self.rows_missing_file + self.rows_wrong_size + self.rows_unplayable + self.orphans_unknown_stream
+    }
+}
+
+/// Brings rows and files into agreement (invariants 1-3 of ARCHITECTURE.md).
+/// With `repair` false it only counts what it would fix.
+pub fn reconcile(db: &Db, data_dir: &Path, repair: bool) -> Result<Report, String> {
+    let mut rep = Report::default();
+    if repair {
+        rep.garbage_removed = collect_garbage(db, data_dir);
+    }
+    let streams: Vec<_> = db.list_streams().map_err(|e| e.to_string())?;
+    for st in &streams {
+        let segs = db.segments_overlapping(st.id, i64::MIN, i64::MAX).map_err(|e| e.to_string())?;
+        for seg in segs {
+            rep.segments_checked += 1;
+            let path = data_dir.join(&seg.path);
+            let len = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(_) => {
+                    rep.rows_missing_file += 1;
+                    if repair {
+                        drop_row(db, data_dir, seg.id);
+                    }
+                    continue;
+                }
+            };
+            let fine = if seg.closed { len == seg.bytes } else { len >= seg.bytes };
+            if !seg.closed {
+                rep.open_recovered += 1;
+            } else if !fine {
+                rep.rows_wrong_size += 1;
+            }
+            if seg.closed && fine {
+                continue;
+            }
+            if !repair {
+                continue;
+            }
+            match mp4::recover_file(&path) {
+                Ok((scan, cut)) if !scan.fragments.is_empty() => {
+                    rep.bytes_truncated += cut;
+                    let p = progress_from_scan(seg.start_ms, &scan);
+                    if let Err(e) = db.update_segment(seg.id, &p) {
+                        log::warn!("cannot update segment {}: {e}", seg.id);
+                    }
+                }
+                Ok(_) | Err(_) => {
+                    rep.rows_unplayable += 1;
+                    drop_row(db, data_dir, seg.id);
+                }
+            }
+        }
+    }
+    adopt_orphans(db, data_dir, repair, &mut rep)?;
+    Ok(rep)
+}
+
+fn progress_from_scan(start_ms: i64, scan: &mp4::ScannedFile) -> SegmentProgress {
+    let ticks: u64 = scan.fragments.iter().map(|f| u64::from(f.duration_ticks)).sum();
+    SegmentProgress {
+        end_ms: start_ms + (ticks * 1000 / u64::from(scan.video_timescale.max(1))) as i64,
+        bytes: scan.valid_len,
+        frames: scan.fragments.iter().map(|f| u64::from(f.frames)).sum(),
+        audio_frames: scan.audio_frames,
+        fragments: scan.fragments.clone(),
+        closed: true,
+    }
+}
+
+fn drop_row(db: &Db, data_dir: &Path, id: i64) {
+    match db.delete_segments_to_garbage(&[id]) {
+        Ok(_) => {
+            collect_garbage(db, data_dir);
+        }
+        Err(e) => log::warn!("cannot delete segment row {id}: {e}"),
+    }
+}
+
+/// Files under recordings/ without a row: adopt the valid ones, remove the rest.
+fn adopt_orphans(db: &Db, data_dir: &Path, repair: bool, rep: &mut Report) -> Result<(), String> {
+    let known = db.all_segment_paths().map_err(|e| e.to_string())?;
+    let root = data_dir.join("recordings");
+    let Ok(stream_dirs) = fs::read_dir(&root) else { return Ok(()) };
+    for sd in stream_dirs.flatten() {
+        let stream_name = sd.file_name().to_string_lossy().into_owned();
+        let stream = db.stream_by_name(&stream_name).map_err(|e| e.to_string())?;
+        let Ok(days) = fs::read_dir(sd.path()) else { continue };
+        for day in days.flatten() {
+            let Ok(files) = fs::read_dir(day.path()) else { continue };
+            for f in files.flatten() {
+                let path = f.path();
+                let rel = path.strip_prefix(data_dir).unwrap_or(&path).to_string_lossy().into_owned();
+                if known.contains(&rel) {
+                    continue;
+                }
+                let Some(stream) = &stream else {
+                    rep.orphans_unknown_stream += 1;
+                    log::warn!("{} belongs to no known stream; left alone", path.display());
+                    continue;
+                };
+                let name = f.file_name().to_string_lossy().into_owned();
+                let start = segment::start_ms_from_name(&name);
+                let scan = mp4::scan_file(&path).ok().filter(|s| !s.fragments.is_empty());
+                match (start, scan, repair) {
+                    (Some(start_ms), Some(_), true) => match adopt(db, stream.id, &rel, &path, start_ms) {
+                        Ok(()) => rep.orphans_adopted += 1,
+                        Err(e) => log::warn!("cannot adopt {}: {e}", path.display()),
+                    },
+                    (Some(_), Some(_), false) => rep.orphans_adopted += 1,
+                    (_, _, true) => {
+                        if fs::remove_file(&path).is_ok() {
+                            let _ = segment::sync_dir(&day.path());
+                            rep.orphans_removed += 1;
+                        }
+                    }
+                    (_, _, false) => rep.orphans_removed += 1,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn adopt(db: &Db, stream_id: i64, rel: &str, path: &Path, start_ms: i64) -> Result<(), String> {
+    let (scan, _) = mp4::recover_file(path).map_err(|e| e.to_string())?;
+    let new = NewSegment {
+        stream_id,
+        path: rel.to_string(),
+        start_ms,
+        codec: scan.codec.clone(),
+        width: scan.width,
+        height: scan.height,
+        video_timescale: scan.video_timescale,
+        init_len: scan.init_len,
+        has_audio: scan.has_audio,
+        trigger: "adopted".into(),
+    };
+    let id = db.insert_segment(&new).map_err(|e| e.to_string())?;
+    db.update_segment(id, &progress_from_scan(start_ms, &scan)).map_err(|e| e.to_string())
+}

@@ -1,1 +1,242 @@
-//! (in progress)
+//! The HTTP API: a fixed pool of tiny_http workers (`http-N`) serving JSON
+//! about streams, recordings and the system, recorded files with byte ranges,
+//! `export.mp4` (one fragmented MP4 over a span) and HLS VOD playlists.
+//!
+//! Invariants:
+//! - Every answer is produced by a handler returning `Result<Reply, ApiError>`;
+//!   every error is a 4xx/5xx with `{"error": "..."}` naming what is wrong.
+//!   Unknown routes are 404, known routes with another method 405 (+ `Allow`).
+//! - No input panics a worker: handlers are total, and a panic that slips
+//!   through anyway is caught per request and answered with 500.
+//! - Request bodies are read only for POST/PUT and never beyond
+//!   `web.max_body_bytes` (+1 byte to detect the excess): larger is 413.
+//! - File paths come only from database rows, never from the URL.
+//! - Each worker owns its own database connection (`Db` is not `Sync`),
+//!   opened on first use and reopened after a failure.
+//! - Media is streamed from the files with a known Content-Length (never
+//!   chunked, never buffered whole).
+//!
+//! Known limit (tiny_http 0.12): a request body that is declared but not read
+//! is drained by tiny_http when the request is dropped, through a buffer the
+//! size of the unread rest; see `respond_413`.
+
+mod api;
+mod export;
+mod hls;
+mod media;
+mod mp4box;
+mod range;
+mod reply;
+mod router;
+mod select;
+
+use std::io::{self, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::db::Db;
+use crate::memory::{self, Subsystem};
+use crate::nvr::Nvr;
+
+use reply::{ApiError, Body, Reply};
+use router::{Matched, Method, Query, Resource, RouteError};
+
+/// What a handler works with.
+pub struct Ctx<'a> {
+    pub nvr: &'a Nvr,
+    pub db: &'a Db,
+}
+
+/// A request as the handlers see it.
+struct Call<'a> {
+    matched: Matched,
+    query: Query,
+    range: Option<&'a str>,
+    body: &'a [u8],
+}
+
+/// The running HTTP server; `stop` ends it.
+pub struct Http {
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Http {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.server_addr().to_ip()
+    }
+
+    /// Stops accepting requests, lets each worker finish its current one, and
+    /// waits for them.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in &self.threads {
+            self.server.unblock();
+        }
+        for t in self.threads {
+            let name = t.thread().name().unwrap_or("http").to_string();
+            if t.join().is_err() {
+                log::warn!("{name} ended with a panic");
+            }
+        }
+    }
+}
+
+/// Binds `config.web.listen` and starts `config.web.threads` workers.
+pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
+    let listen = nvr.config.web.listen.clone();
+    let server = tiny_http::Server::http(&listen).map_err(|e| {
+        let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
+        io::Error::new(kind, format!("cannot listen on {listen}: {e}"))
+    })?;
+    let server = Arc::new(server);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for n in 1..=nvr.config.web.threads.max(1) {
+        let (srv, nvr, stop) = (server.clone(), nvr.clone(), stopping.clone());
+        let spawned = std::thread::Builder::new().name(format!("http-{n}")).spawn(move || worker(&srv, &nvr, &stop));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                Http { server, threads, stopping }.stop();
+                return Err(io::Error::new(e.kind(), format!("cannot start thread http-{n}: {e}")));
+            }
+        }
+    }
+    Ok(Http { server, threads, stopping })
+}
+
+fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &AtomicBool) {
+    memory::set_subsystem(Subsystem::Http);
+    let mut db: Option<Db> = None;
+    loop {
+        match server.recv() {
+            Ok(rq) => serve(nvr, &mut db, rq),
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(e) => {
+                log::warn!("http: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Handles one request and sends the answer.
+fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
+    let began = Instant::now();
+    let reply = catch_unwind(AssertUnwindSafe(|| handle(nvr, db, &mut rq))).unwrap_or_else(|_| {
+        *db = None;
+        Reply::from(ApiError::internal(format!("internal error while answering {} {}", rq.method(), rq.url())))
+    });
+    let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
+    if let Err(e) = respond(rq, reply) {
+        log::debug!("{line}: answer not delivered: {e}");
+    }
+    log::debug!("{line} -> {status} in {:?}", began.elapsed());
+}
+
+fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Reply {
+    let (path, query) = router::split_target(rq.url());
+    let method = rq.method().as_str().to_string();
+    let matched = match router::route(&method, path) {
+        Ok(m) => m,
+        Err(RouteError::NotFound) => return Reply::from(ApiError::not_found(format!("no such route: {method} {path}"))),
+        Err(RouteError::MethodNotAllowed(allow)) => {
+            return Reply::from(
+                ApiError::new(405, format!("{path} does not answer {method} (allowed: {allow})"))
+                    .with_header("Allow", allow),
+            )
+        }
+    };
+    let query = Query::parse(query);
+    let body = match matched.method.has_body() {
+        true => match read_body(rq, u64::from(nvr.config.web.max_body_bytes)) {
+            Ok(b) => b,
+            Err(e) => return Reply::from(e),
+        },
+        false => Vec::new(),
+    };
+    let db = match open_db(nvr, db) {
+        Ok(db) => db,
+        Err(e) => return Reply::from(e),
+    };
+    let range = header(rq, "Range");
+    let call = Call { matched, query, range: range.as_deref(), body: &body };
+    dispatch(&Ctx { nvr, db }, &call).unwrap_or_else(Reply::from)
+}
+
+fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
+    let q = &c.query;
+    match (&c.matched.resource, c.matched.method) {
+        (Resource::Health, _) => api::health(ctx),
+        (Resource::Streams, Method::Post) => api::create_stream(ctx, q, c.body),
+        (Resource::Streams, _) => api::list_streams(ctx, q),
+        (Resource::Stream(name), Method::Put) => api::update_stream(ctx, name, q, c.body),
+        (Resource::Stream(name), Method::Delete) => api::delete_stream(ctx, name, q),
+        (Resource::Stream(name), _) => api::get_stream(ctx, name, q),
+        (Resource::Recordings, _) => api::recordings(ctx, q),
+        (Resource::RecordingFile(id), _) => media::recording_file(ctx, id, q, c.range),
+        (Resource::Export, _) => media::export_mp4(ctx, q, c.range),
+        (Resource::Playback(stream), _) => media::playback(ctx, stream, q),
+        (Resource::System, _) => api::system(ctx, q),
+    }
+}
+
+/// This worker's database connection, opened on first use.
+fn open_db<'a>(nvr: &Nvr, slot: &'a mut Option<Db>) -> Result<&'a Db, ApiError> {
+    if slot.is_none() {
+        let path = nvr.config.db_path();
+        let db = Db::open(&path)
+            .map_err(|e| ApiError::new(503, format!("database {} unavailable: {e}", path.display())))?;
+        *slot = Some(db);
+    }
+    slot.as_ref().ok_or_else(|| ApiError::internal("no database connection"))
+}
+
+fn header(rq: &tiny_http::Request, name: &'static str) -> Option<String> {
+    rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+}
+
+/// Reads a request body of at most `max` bytes.
+fn read_body(rq: &mut tiny_http::Request, max: u64) -> Result<Vec<u8>, ApiError> {
+    let too_big = |n: String| {
+        ApiError::new(413, format!("the request body ({n} bytes) is larger than web.max_body_bytes ({max} bytes)"))
+    };
+    if let Some(n) = rq.body_length().filter(|n| *n as u64 > max) {
+        return Err(too_big(n.to_string()));
+    }
+    let mut body = Vec::new();
+    rq.as_reader()
+        .take(max + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    if body.len() as u64 > max {
+        return Err(too_big(format!("more than {max}")));
+    }
+    Ok(body)
+}
+
+/// Sends a reply with a known length (Content-Length, never chunked).
+fn respond(rq: tiny_http::Request, reply: Reply) -> io::Result<()> {
+    let Ok(len) = usize::try_from(reply.body_len()) else {
+        let e = ApiError::internal("the answer is too large for this platform");
+        return respond(rq, Reply::from(e));
+    };
+    let headers = reply
+        .headers
+        .iter()
+        .filter_map(|(k, v)| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
+        .collect();
+    let reader: Box<dyn Read + Send> = match reply.body {
+        Body::Bytes(b) => Box::new(io::Cursor::new(b)),
+        Body::Reader(r, _) => r,
+    };
+    let response = tiny_http::Response::new(tiny_http::StatusCode(reply.status), headers, reader, Some(len), None)
+        .with_chunked_threshold(usize::MAX);
+    rq.respond(response)
+}

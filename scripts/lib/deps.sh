@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# Sourced helper: installs what OxiNVR's scripts and tests need from Debian's apt.
+#   source scripts/lib/deps.sh; ensure_apt PKG...; ensure_test_deps
+# Idempotent: dpkg-query decides what is missing, so a ready machine costs ~0.1 s
+# and never touches the network. `apt-get update` runs at most once per run.
+
+_OXINVR_APT_UPDATED=${_OXINVR_APT_UPDATED:-0}
+
+# Prints the packages among "$@" that are not fully installed.
+_missing_apt() {
+    local p st
+    for p in "$@"; do
+        st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+        [[ $st == installed ]] || printf '%s\n' "$p"
+    done
+}
+
+# ensure_apt PKG...: installs only the missing packages (quiet, non-interactive).
+ensure_apt() {
+    local missing sudo=()
+    mapfile -t missing < <(_missing_apt "$@")
+    ((${#missing[@]})) || return 0
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || { echo "deps: need root to install: ${missing[*]}" >&2; return 1; }
+        sudo=(sudo)
+    fi
+    echo "deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    if [[ $_OXINVR_APT_UPDATED != 1 ]]; then
+        "${sudo[@]}" apt-get update -qq >&2
+        _OXINVR_APT_UPDATED=1
+    fi
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# ensure_cargo: fails with a clear message if the Rust toolchain is absent.
+ensure_cargo() {
+    [[ -d $HOME/.cargo/bin ]] && PATH="$HOME/.cargo/bin:$PATH"
+    command -v cargo >/dev/null && return 0
+    echo "deps: 'cargo' not found. Install Rust (rustup, stable toolchain, >= 1.85) and make sure cargo is on PATH." >&2
+    return 1
+}
+
+# Packages for the test camera (GStreamer RTSP server via /usr/bin/python3 + gi),
+# the ffmpeg/ffprobe checks, the replay clip source (opencv-doc's vtest.avi) and sqlite3.
+OXINVR_TEST_APT=(
+    python3-gi gir1.2-gst-rtsp-server-1.0
+    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+    gstreamer1.0-x      # clockoverlay (pango plugin) lives here on Debian 12
+    gstreamer1.0-libav ffmpeg opencv-doc sqlite3 procps
+)
+
+ensure_test_deps() {
+    ensure_apt "${OXINVR_TEST_APT[@]}"
+    ensure_cargo
+}

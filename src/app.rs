@@ -1,0 +1,135 @@
+//! Start-up and shutdown of the whole recorder, in order.
+//!
+//! Start: config -> data dir -> database (migrations) -> streams from the
+//! config upserted -> reconcile rows and files -> storage thread -> executor ->
+//! streams started in priority order -> HTTP.
+//! Stop (SIGTERM/SIGINT): HTTP stops accepting, ingest stops, the storage
+//! thread finishes the open fragments, syncs and closes the segments.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, RealClock};
+use crate::config::Config;
+use crate::db::Db;
+use crate::nvr::{Channels, Nvr};
+use crate::{ingest, storage, web};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| format!("cannot install {sig} handler: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Held while a process owns the data directory, so `check --repair` can never
+/// truncate a file that a running recorder is writing.
+pub struct DataLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+fn lock_data_dir(dir: &Path) -> Result<DataLock, String> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = dir.join("oxinvr.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map(DataLock)
+        .map_err(|_| format!("{} is in use by another oxinvr process; stop it first", dir.display()))
+}
+
+/// Opens the data directory and database, and reconciles files with rows.
+fn open_storage(cfg: &Config, repair: bool) -> Result<(Db, storage::Report, DataLock), String> {
+    let dir = &cfg.storage.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data_dir {}: {e}", dir.display()))?;
+    let lock = lock_data_dir(dir)?;
+    let db = Db::open(&cfg.db_path()).map_err(|e| format!("database {}: {e}", cfg.db_path().display()))?;
+    let now = RealClock.now_ms();
+    for s in &cfg.streams {
+        db.upsert_stream(&s.to_spec("config"), now).map_err(|e| format!("stream {}: {e}", s.name))?;
+    }
+    let began = Instant::now();
+    let report = storage::reconcile(&db, dir, repair)?;
+    log::info!("reconciled {} segments in {:?}: {report:?}", report.segments_checked, began.elapsed());
+    Ok((db, report, lock))
+}
+
+pub fn run(config_path: Option<&Path>) -> Result<(), String> {
+    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    install_signal_handlers()?;
+    let (db, _, _lock) = open_storage(&cfg, true)?;
+    let clock: Arc<dyn Clock> = Arc::new(RealClock);
+    let nvr = Arc::new(Nvr::new(cfg.clone(), clock.clone()));
+    let settings = storage::StorageSettings {
+        data_dir: cfg.storage.data_dir.clone(),
+        db_path: cfg.db_path(),
+        segment_seconds: cfg.storage.segment_seconds,
+        sync_seconds: cfg.storage.sync_seconds,
+        min_free_percent: cfg.storage.min_free_percent,
+    };
+    let (storage_tx, storage_thread) = storage::spawn(settings, clock.clone()).map_err(|e| format!("storage: {e}"))?;
+    let (ingest_tx, executor_thread) = ingest::spawn_executor(clock.clone()).map_err(|e| format!("executor: {e}"))?;
+    nvr.set_channels(Channels { ingest: ingest_tx.clone(), storage: storage_tx.clone() });
+    let mut rows = db.list_streams().map_err(|e| e.to_string())?;
+    rows.sort_by_key(|r| std::cmp::Reverse(r.spec.priority));
+    for row in rows {
+        let name = row.spec.name.clone();
+        if let Err(e) = nvr.start_stream(row) {
+            log::error!("stream {name} not started: {e}");
+        }
+    }
+    drop(db);
+    let http = web::spawn(nvr.clone()).map_err(|e| format!("web: {e}"))?;
+    log::info!(
+        "oxinvr {} recording {} stream(s) into {}; API on http://{}/",
+        env!("CARGO_PKG_VERSION"),
+        nvr.streams().len(),
+        cfg.storage.data_dir.display(),
+        cfg.web.listen
+    );
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    log::info!("stopping");
+    let began = Instant::now();
+    http.stop();
+    let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
+    let (ack_tx, ack_rx) = mpsc::channel();
+    let _ = storage_tx.send(storage::Command::Shutdown(ack_tx));
+    if ack_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        log::error!("storage did not finish in 10 s");
+    }
+    let _ = storage_thread.join();
+    let _ = executor_thread.join();
+    log::info!("stopped in {:?}", began.elapsed());
+    Ok(())
+}
+
+/// `oxinvr check`: returns the number of problems found (after repair).
+pub fn check(config_path: Option<&Path>, repair: bool) -> Result<usize, String> {
+    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    let (_, report, _lock) = open_storage(&cfg, repair)?;
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    let problems = report.problems() + if repair { 0 } else { report.orphans_adopted + report.orphans_removed };
+    if problems == 0 {
+        println!("ok: database and files agree ({} segments)", report.segments_checked);
+    } else if repair {
+        println!("repaired; {problems} problem(s) could not be fixed");
+    } else {
+        println!("{problems} problem(s); run `oxinvr check --repair` to fix them");
+    }
+    Ok(if repair { report.problems() } else { problems })
+}

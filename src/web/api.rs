@@ -1,0 +1,479 @@
+//! JSON handlers: health, streams (CRUD), recordings listing, system.
+//!
+//! Invariants:
+//! - Stream URLs leave the API with their password masked (`user:***@`); a
+//!   PUT that sends the masked URL back keeps the stored one.
+//! - Every stream change validates like the configuration file does, refuses
+//!   unknown fields, and names the field at fault.
+//! - A stream with recordings is never deleted (nor stopped) unless
+//!   `?purge=true` is given.
+
+use serde_json::{json, Map, Value};
+
+use crate::clock::{parse_time, rfc3339};
+use crate::config::{self, StreamConfig};
+use crate::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
+use crate::memory;
+use crate::nvr::StreamRuntime;
+use crate::retention;
+
+use super::reply::{ApiError, Reply};
+use super::router::Query;
+use super::Ctx;
+
+/// Longest span export and playback accept, and the default listing span.
+pub const DAY_MS: i64 = 86_400_000;
+
+pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
+    Ok(Reply::json(
+        200,
+        &json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "uptime_s": ctx.nvr.started.elapsed().as_secs() }),
+    ))
+}
+
+// ---- time spans ----
+
+/// `start`/`end` of a query (RFC 3339 or epoch ms). Defaults: end = now,
+/// start = end - 24 h. Refuses end <= start and spans over `max_ms`.
+pub fn span(q: &Query, now_ms: i64, max_ms: Option<i64>) -> Result<(i64, i64), ApiError> {
+    let time = |name: &str| {
+        q.get(name).map(|v| parse_time(v).map_err(|e| ApiError::bad_request(format!("parameter {name}: {e}")))).transpose()
+    };
+    let end = time("end")?.unwrap_or(now_ms);
+    let start = time("start")?.unwrap_or(end.saturating_sub(DAY_MS));
+    if end <= start {
+        return Err(ApiError::bad_request(format!(
+            "parameter end ({}) must be after start ({})",
+            rfc3339(end),
+            rfc3339(start)
+        )));
+    }
+    match max_ms {
+        Some(max) if end.saturating_sub(start) > max => Err(ApiError::bad_request(format!(
+            "the span from start to end is {:.1} h; at most {} h are allowed",
+            end.saturating_sub(start) as f64 / 3_600_000.0,
+            max / 3_600_000
+        ))),
+        _ => Ok((start, end)),
+    }
+}
+
+// ---- streams: views ----
+
+/// `rtsp://user:pass@host/x` -> `rtsp://user:***@host/x`; other URLs unchanged.
+pub fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let rest = &url[scheme_end..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let Some(at) = authority.rfind('@') else { return url.to_string() };
+    let Some(colon) = authority[..at].find(':') else { return url.to_string() };
+    format!("{}{}:***{}", &url[..scheme_end], &authority[..colon], &rest[at..])
+}
+
+fn status_json(rt: &StreamRuntime) -> Value {
+    let st = rt.status();
+    let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("last_frame".into(), st.last_frame_ms.map(rfc3339).into());
+        m.insert("last_error_time".into(), st.last_error_ms.map(rfc3339).into());
+    }
+    v
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    (part as f64 * 1000.0 / whole as f64).round() / 10.0
+}
+
+fn ring_json(rt: &StreamRuntime) -> Value {
+    let s = rt.ring.stats();
+    json!({
+        "capacity": s.capacity,
+        "used_bytes": s.used_bytes,
+        "use_percent": percent(s.used_bytes as u64, s.capacity as u64),
+        "records": s.records,
+        "keyframes": s.keyframes,
+        "evictions": s.evictions,
+        "oversized": s.oversized,
+    })
+}
+
+/// A stream as the API shows it: row (URL masked), live status, ring, storage use.
+fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
+    let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
+    let rt = ctx.nvr.stream(&row.spec.name);
+    if let Value::Object(m) = &mut v {
+        m.insert("url".into(), mask_url(&row.spec.url).into());
+        m.insert("created".into(), rfc3339(row.created_ms).into());
+        m.insert("updated".into(), rfc3339(row.updated_ms).into());
+        m.insert("status".into(), rt.as_deref().map_or(Value::Null, status_json));
+        m.insert("ring".into(), rt.as_deref().map_or(Value::Null, ring_json));
+        m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
+    }
+    v
+}
+
+/// (bytes, segments) recorded by a stream.
+fn usage_of(ctx: &Ctx, stream_id: i64) -> Result<(u64, u64), ApiError> {
+    let usage = ctx.db.stream_usage()?;
+    Ok(usage.iter().find(|u| u.0 == stream_id).map_or((0, 0), |u| (u.1, u.2)))
+}
+
+fn find_stream(ctx: &Ctx, name: &str) -> Result<StreamRow, ApiError> {
+    ctx.db.stream_by_name(name)?.ok_or_else(|| ApiError::not_found(format!("no stream named {name:?}")))
+}
+
+pub fn list_streams(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let usage = ctx.db.stream_usage()?;
+    let rows = ctx.db.list_streams()?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let u = usage.iter().find(|u| u.0 == r.id).map_or((0, 0), |u| (u.1, u.2));
+            stream_json(ctx, r, u)
+        })
+        .collect();
+    Ok(Reply::json(200, &json!({ "streams": list })))
+}
+
+pub fn get_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let row = find_stream(ctx, name)?;
+    let usage = usage_of(ctx, row.id)?;
+    Ok(Reply::json(200, &stream_json(ctx, &row, usage)))
+}
+
+// ---- streams: changes ----
+
+/// The body as a JSON object, or a 400 naming what is wrong with it.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
+        Err(e) if body.iter().all(u8::is_ascii_whitespace) => {
+            Err(ApiError::bad_request(format!("the request body is empty; a JSON object is expected ({e})")))
+        }
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON in the request body: {e}"))),
+    }
+}
+
+/// The fields of a stream as a JSON object (the shape `StreamConfig` reads).
+fn spec_fields(s: &StreamSpec) -> Map<String, Value> {
+    let v = json!({
+        "name": s.name,
+        "url": s.url,
+        "enabled": s.enabled,
+        "record": s.record,
+        "retention_days": s.retention_days,
+        "max_storage_mb": s.max_storage_mb,
+        "priority": s.priority,
+        "bitrate_kbps": s.bitrate_kbps,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `base` with the fields of `patch` laid over it, read as a `StreamConfig`.
+/// On failure names the first field of `patch` that is wrong on its own.
+fn merge_fields(base: &Map<String, Value>, patch: &Map<String, Value>) -> Result<StreamConfig, ApiError> {
+    let read = |fields: &[(&String, &Value)]| {
+        let mut m = base.clone();
+        for (k, v) in fields {
+            m.insert((*k).clone(), (*v).clone());
+        }
+        serde_json::from_value::<StreamConfig>(Value::Object(m))
+    };
+    let all: Vec<(&String, &Value)> = patch.iter().collect();
+    read(&all).map_err(|e| {
+        let culprit = all.iter().find_map(|kv| read(&[*kv]).err().map(|e1| (kv.0, e1)));
+        match culprit {
+            Some((_, e1)) if e1.to_string().starts_with("unknown field") => ApiError::bad_request(e1.to_string()),
+            Some((k, e1)) => ApiError::bad_request(format!("field {k}: {e1}")),
+            None => ApiError::bad_request(format!("stream fields: {e}")),
+        }
+    })
+}
+
+/// The checks of the configuration file, for one stream.
+fn validate(c: &StreamConfig) -> Result<(), ApiError> {
+    let bad = |field: &str, m: String| ApiError::bad_request(format!("field {field}: {m}"));
+    config::validate_stream_name(&c.name).map_err(|m| bad("name", m))?;
+    crate::db::validate_stream_name(&c.name).map_err(|m| bad("name", m))?;
+    config::validate_stream_url(&c.url).map_err(|m| bad("url", m))?;
+    if let Some(b) = c.bitrate_kbps.filter(|b| !(64..=100_000).contains(b)) {
+        return Err(bad("bitrate_kbps", format!("{b} is out of range 64..=100000")));
+    }
+    if c.retention_days == Some(0) {
+        return Err(bad("retention_days", "must be at least 1 (leave it out to keep until space runs out)".into()));
+    }
+    if c.max_storage_mb.is_some_and(|mb| mb == 0 || i64::try_from(mb).is_err()) {
+        return Err(bad("max_storage_mb", "must be at least 1 (leave it out for no quota)".into()));
+    }
+    Ok(())
+}
+
+/// Saves a stream and (re)starts it; the answer shows it.
+fn save_and_start(ctx: &Ctx, spec: &StreamSpec, status: u16) -> Result<Reply, ApiError> {
+    let row = ctx.db.upsert_stream(spec, ctx.nvr.clock.now_ms())?;
+    if let Err(e) = ctx.nvr.start_stream(row.clone()) {
+        return Err(ApiError::internal(format!("stream {:?} was saved but could not be started: {e}", spec.name)));
+    }
+    let usage = usage_of(ctx, row.id)?;
+    Ok(Reply::json(status, &stream_json(ctx, &row, usage)))
+}
+
+pub fn create_stream(ctx: &Ctx, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let fields = json_object(body)?;
+    for required in ["name", "url"] {
+        if !fields.contains_key(required) {
+            return Err(ApiError::bad_request(format!("field {required} is required")));
+        }
+    }
+    let base = Map::from_iter([("name".to_string(), json!("x")), ("url".to_string(), json!("rtsp://x/"))]);
+    let cfg = merge_fields(&base, &fields)?;
+    validate(&cfg)?;
+    if ctx.db.stream_by_name(&cfg.name)?.is_some() {
+        return Err(ApiError::conflict(format!(
+            "stream {:?} already exists; PUT /api/streams/{} changes it",
+            cfg.name, cfg.name
+        )));
+    }
+    save_and_start(ctx, &cfg.to_spec("api"), 201)
+}
+
+pub fn update_stream(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let row = find_stream(ctx, name)?;
+    let mut patch = json_object(body)?;
+    // The name in the path wins; a masked URL sent back means "unchanged".
+    patch.remove("name");
+    if patch.get("url").and_then(Value::as_str) == Some(mask_url(&row.spec.url).as_str()) {
+        patch.remove("url");
+    }
+    let cfg = merge_fields(&spec_fields(&row.spec), &patch)?;
+    validate(&cfg)?;
+    save_and_start(ctx, &cfg.to_spec(&row.spec.source), 200)
+}
+
+fn flag(q: &Query, name: &str) -> Result<bool, ApiError> {
+    match q.get(name) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!("parameter {name}: {v:?} is not true or false"))),
+    }
+}
+
+pub fn delete_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&["purge"]).map_err(ApiError::bad_request)?;
+    let purge = flag(q, "purge")?;
+    let row = find_stream(ctx, name)?;
+    let (_, segments) = usage_of(ctx, row.id)?;
+    if segments > 0 && !purge {
+        return Err(ApiError::conflict(format!(
+            "stream {name:?} has {segments} recording(s); DELETE /api/streams/{name}?purge=true deletes them with the stream"
+        )));
+    }
+    ctx.nvr.stop_stream(name);
+    let deleted = if purge { ctx.nvr.purge_recordings(row.id) } else { Ok(0) };
+    let deleted = match deleted {
+        Ok(n) => n,
+        Err(e) => return Err(restart(ctx, row, ApiError::internal(format!("stream {name:?}: purge failed: {e}")))),
+    };
+    match ctx.db.delete_stream(name) {
+        Ok(_) => Ok(Reply::json(200, &json!({ "deleted": name, "recordings_deleted": deleted }))),
+        Err(crate::db::DbError::InUse { segments, .. }) => Err(restart(
+            ctx,
+            row,
+            ApiError::conflict(format!(
+                "stream {name:?} still has {segments} recording(s) (being written?); it was restarted, try again"
+            )),
+        )),
+        Err(e) => Err(restart(ctx, row, e.into())),
+    }
+}
+
+/// Puts a stream back after a failed deletion and passes the error on.
+fn restart(ctx: &Ctx, row: StreamRow, err: ApiError) -> ApiError {
+    let name = row.spec.name.clone();
+    if let Err(e) = ctx.nvr.start_stream(row) {
+        log::warn!("stream {name}: cannot restart after a failed deletion: {e}");
+    }
+    err
+}
+
+// ---- recordings ----
+
+fn segment_json(seg: &SegmentRow, stream: &str) -> Value {
+    let mut v = serde_json::to_value(seg).unwrap_or_else(|_| json!({}));
+    if let Value::Object(m) = &mut v {
+        m.insert("stream".into(), stream.into());
+        m.insert("start".into(), rfc3339(seg.start_ms).into());
+        m.insert("end".into(), rfc3339(seg.end_ms).into());
+        m.insert("duration_ms".into(), seg.end_ms.saturating_sub(seg.start_ms).into());
+        m.insert("fragments".into(), seg.fragments.len().into());
+        m.insert("url".into(), format!("/api/recordings/{}/file", seg.id).into());
+    }
+    v
+}
+
+fn gap_json(g: &GapRow, stream: &str) -> Value {
+    json!({
+        "stream": stream,
+        "stream_id": g.stream_id,
+        "start_ms": g.start_ms,
+        "end_ms": g.end_ms,
+        "start": rfc3339(g.start_ms),
+        "end": rfc3339(g.end_ms),
+        "duration_ms": g.end_ms.saturating_sub(g.start_ms),
+        "reason": g.reason,
+    })
+}
+
+pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&["stream", "start", "end"]).map_err(ApiError::bad_request)?;
+    let (start, end) = span(q, ctx.nvr.clock.now_ms(), None)?;
+    let streams = match q.get("stream") {
+        Some(name) => vec![find_stream(ctx, name)?],
+        None => ctx.db.list_streams()?,
+    };
+    let mut recs: Vec<(i64, i64, Value)> = Vec::new();
+    let mut gaps: Vec<(i64, Value)> = Vec::new();
+    for s in &streams {
+        for seg in ctx.db.segments_overlapping(s.id, start, end)? {
+            recs.push((seg.start_ms, seg.id, segment_json(&seg, &s.spec.name)));
+        }
+        for g in ctx.db.gaps_overlapping(s.id, start, end)? {
+            gaps.push((g.start_ms, gap_json(&g, &s.spec.name)));
+        }
+    }
+    recs.sort_by_key(|r| (r.0, r.1));
+    gaps.sort_by_key(|g| g.0);
+    Ok(Reply::json(
+        200,
+        &json!({
+            "start": rfc3339(start),
+            "end": rfc3339(end),
+            "recordings": recs.into_iter().map(|r| r.2).collect::<Vec<_>>(),
+            "gaps": gaps.into_iter().map(|g| g.1).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+// ---- system ----
+
+pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let nvr = ctx.nvr;
+    let heap: Map<String, Value> = memory::heap_by_subsystem().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+    let data_dir = &nvr.config.storage.data_dir;
+    let recorded: u64 = ctx.db.stream_usage()?.iter().map(|u| u.1).sum();
+    let mut disk = json!({ "data_dir": data_dir.display().to_string(), "recordings_bytes": recorded });
+    match retention::disk_usage(data_dir) {
+        Ok(d) => {
+            disk["total_bytes"] = d.total_bytes.into();
+            disk["free_bytes"] = d.free_bytes.into();
+            disk["free_percent"] = percent(d.free_bytes, d.total_bytes).into();
+        }
+        Err(e) => disk["error"] = e.to_string().into(),
+    }
+    let streams: Vec<Value> =
+        nvr.streams().iter().map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt) })).collect();
+    Ok(Reply::json(
+        200,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": nvr.started.elapsed().as_secs(),
+            "started": rfc3339(nvr.started_ms),
+            "memory": {
+                "heap_by_subsystem": heap,
+                "rings_bytes": nvr.ring_bytes_total(),
+                "process": memory::process_memory(),
+            },
+            "disk": disk,
+            "streams": streams,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_url("rtsp://admin:secret@10.0.0.2:554/s1"), "rtsp://admin:***@10.0.0.2:554/s1");
+        assert_eq!(mask_url("rtsp://admin:p@ss@cam/s?x=@"), "rtsp://admin:***@cam/s?x=@");
+        assert_eq!(mask_url("rtsp://admin@cam/s"), "rtsp://admin@cam/s");
+        assert_eq!(mask_url("rtsp://cam/a:b@c"), "rtsp://cam/a:b@c");
+        assert_eq!(mask_url("rtsp://u:@cam"), "rtsp://u:***@cam");
+        assert_eq!(mask_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn spans_default_and_are_checked() {
+        let q = Query::parse("");
+        assert_eq!(span(&q, 100 * DAY_MS, None), Ok((99 * DAY_MS, 100 * DAY_MS)));
+        let q = Query::parse("start=1000&end=2000");
+        assert_eq!(span(&q, 0, Some(DAY_MS)), Ok((1000, 2000)));
+        let e = span(&Query::parse("start=yesterday"), 0, None).unwrap_err();
+        assert!(e.status == 400 && e.message.contains("parameter start"), "{e:?}");
+        let e = span(&Query::parse("end=x"), 0, None).unwrap_err();
+        assert!(e.message.contains("parameter end"), "{e:?}");
+        let e = span(&Query::parse("start=2000&end=2000"), 0, None).unwrap_err();
+        assert!(e.message.contains("must be after"), "{e:?}");
+        let e = span(&Query::parse(&format!("start=0&end={}", DAY_MS + 1)), 0, Some(DAY_MS)).unwrap_err();
+        assert!(e.message.contains("at most 24 h"), "{e:?}");
+        assert!(span(&Query::parse(&format!("start={}&end={}", i64::MIN, i64::MAX)), 0, Some(DAY_MS)).is_err());
+    }
+
+    #[test]
+    fn stream_fields_merge_and_name_the_bad_field() {
+        let base = spec_fields(&StreamConfig::to_spec(
+            &merge_fields(&Map::new(), &json_object(br#"{"name":"a","url":"rtsp://h/x"}"#).expect("obj"))
+                .expect("cfg"),
+            "api",
+        ));
+        let c = merge_fields(&base, &json_object(br#"{"enabled":false,"retention_days":7}"#).expect("obj"))
+            .expect("merged");
+        assert!(!c.enabled);
+        assert_eq!(c.retention_days, Some(7));
+        assert_eq!(c.url, "rtsp://h/x");
+        let c = merge_fields(&spec_fields(&c.to_spec("api")), &json_object(br#"{"retention_days":null}"#).expect("o"))
+            .expect("cleared");
+        assert_eq!(c.retention_days, None);
+        let e = merge_fields(&base, &json_object(br#"{"enabled":true,"priority":"high"}"#).expect("o")).unwrap_err();
+        assert!(e.message.contains("field priority"), "{e:?}");
+        let e = merge_fields(&base, &json_object(br#"{"colour":"red"}"#).expect("o")).unwrap_err();
+        assert!(e.message.contains("colour"), "{e:?}");
+        let e = merge_fields(&base, &json_object(br#"{"record":"sometimes"}"#).expect("o")).unwrap_err();
+        assert!(e.message.contains("field record"), "{e:?}");
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        assert!(json_object(b"{\"a\":1").unwrap_err().message.contains("malformed JSON"));
+        assert!(json_object(b"[1]").unwrap_err().message.contains("JSON object"));
+        assert!(json_object(b"").unwrap_err().message.contains("empty"));
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let cfg = |body: &[u8]| merge_fields(&Map::new(), &json_object(body).expect("obj")).expect("cfg");
+        let e = validate(&cfg(br#"{"name":"../x","url":"rtsp://h/x"}"#)).unwrap_err();
+        assert!(e.message.starts_with("field name"), "{e:?}");
+        let e = validate(&cfg(br#"{"name":"a","url":"http://h/x"}"#)).unwrap_err();
+        assert!(e.message.starts_with("field url"), "{e:?}");
+        let e = validate(&cfg(br#"{"name":"a","url":"rtsp://h/x","bitrate_kbps":1}"#)).unwrap_err();
+        assert!(e.message.starts_with("field bitrate_kbps"), "{e:?}");
+        let e = validate(&cfg(br#"{"name":"a","url":"rtsp://h/x","retention_days":0}"#)).unwrap_err();
+        assert!(e.message.starts_with("field retention_days"), "{e:?}");
+        assert!(validate(&cfg(br#"{"name":"a-1_b","url":"rtsp://u:p@h:554/x"}"#)).is_ok());
+    }
+}

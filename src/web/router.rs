@@ -1,0 +1,265 @@
+//! Route matching: raw request target -> (method, resource, query).
+//!
+//! Invariants: the path is split on `/` *before* percent-decoding, so an
+//! encoded `%2F` can never create or remove a path segment; decoded segments
+//! are only ever used as database keys (stream names, segment ids), never as
+//! file system paths. `HEAD` is accepted wherever `GET` is.
+
+/// HTTP methods the API knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "GET" => Some(Method::Get),
+            "HEAD" => Some(Method::Head),
+            "POST" => Some(Method::Post),
+            "PUT" => Some(Method::Put),
+            "DELETE" => Some(Method::Delete),
+            _ => None,
+        }
+    }
+
+    /// True for methods whose request body the API reads.
+    pub fn has_body(self) -> bool {
+        matches!(self, Method::Post | Method::Put)
+    }
+}
+
+/// What a path names; path parameters are percent-decoded but unchecked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Health,
+    Streams,
+    Stream(String),
+    Recordings,
+    RecordingFile(String),
+    Export,
+    Playback(String),
+    System,
+}
+
+impl Resource {
+    /// Methods the resource answers (HEAD implied by GET), for `Allow`.
+    pub fn allowed(&self) -> &'static [Method] {
+        match self {
+            Resource::Streams => &[Method::Get, Method::Post],
+            Resource::Stream(_) => &[Method::Get, Method::Put, Method::Delete],
+            _ => &[Method::Get],
+        }
+    }
+}
+
+/// A matched request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matched {
+    /// `Head` is reported as `Get`; the server drops the body itself.
+    pub method: Method,
+    pub resource: Resource,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound,
+    /// The value of the `Allow` header.
+    MethodNotAllowed(String),
+}
+
+/// Matches a method and a path (without the query string).
+pub fn route(method: &str, path: &str) -> Result<Matched, RouteError> {
+    let resource = resource(path).ok_or(RouteError::NotFound)?;
+    let allowed = resource.allowed();
+    let method = match Method::parse(method) {
+        Some(Method::Head) => Method::Get,
+        Some(m) => m,
+        None => return Err(RouteError::MethodNotAllowed(allow_header(allowed))),
+    };
+    if !allowed.contains(&method) {
+        return Err(RouteError::MethodNotAllowed(allow_header(allowed)));
+    }
+    Ok(Matched { method, resource })
+}
+
+fn allow_header(allowed: &[Method]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for m in allowed {
+        names.push(match m {
+            Method::Get => "GET, HEAD",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        });
+    }
+    names.join(", ")
+}
+
+/// The resource a path names, if any.
+fn resource(path: &str) -> Option<Resource> {
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
+    let rest = path.strip_prefix("/api/")?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let r = match segs.as_slice() {
+        ["health"] => Resource::Health,
+        ["streams"] => Resource::Streams,
+        ["streams", name] => Resource::Stream(decode(name)),
+        ["recordings"] => Resource::Recordings,
+        ["recordings", id, "file"] => Resource::RecordingFile(decode(id)),
+        ["export.mp4"] => Resource::Export,
+        ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
+        ["system"] => Resource::System,
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Splits a request target into path and query.
+pub fn split_target(target: &str) -> (&str, &str) {
+    let target = target.split_once('#').map_or(target, |(t, _)| t);
+    target.split_once('?').unwrap_or((target, ""))
+}
+
+/// Percent-decodes one path segment (`+` stays `+`); malformed escapes are
+/// kept literally and invalid UTF-8 is replaced, so the result never matches
+/// a valid name or id by accident.
+pub fn decode(segment: &str) -> String {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decoded query parameters, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(query: &str) -> Query {
+        Query(url::form_urlencoded::parse(query.as_bytes()).into_owned().collect())
+    }
+
+    /// The first value of `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Refuses parameters not in `known` (typos would otherwise be ignored silently).
+    pub fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some((k, _)) if known.is_empty() => Err(format!("unknown query parameter {k:?}: this route takes none")),
+            Some((k, _)) => Err(format!("unknown query parameter {k:?} (known: {})", known.join(", "))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: &str, path: &str) -> Resource {
+        match route(method, path) {
+            Ok(m) => m.resource,
+            Err(e) => panic!("{method} {path}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn routes_match() {
+        assert_eq!(ok("GET", "/api/health"), Resource::Health);
+        assert_eq!(ok("HEAD", "/api/health"), Resource::Health);
+        assert_eq!(ok("GET", "/api/streams"), Resource::Streams);
+        assert_eq!(ok("POST", "/api/streams/"), Resource::Streams);
+        assert_eq!(ok("PUT", "/api/streams/front"), Resource::Stream("front".into()));
+        assert_eq!(ok("DELETE", "/api/streams/front"), Resource::Stream("front".into()));
+        assert_eq!(ok("GET", "/api/recordings"), Resource::Recordings);
+        assert_eq!(ok("GET", "/api/recordings/42/file"), Resource::RecordingFile("42".into()));
+        assert_eq!(ok("GET", "/api/export.mp4"), Resource::Export);
+        assert_eq!(ok("GET", "/api/playback/front.m3u8"), Resource::Playback("front".into()));
+        assert_eq!(ok("GET", "/api/system"), Resource::System);
+    }
+
+    #[test]
+    fn unknown_routes_are_not_found() {
+        for p in [
+            "/",
+            "/api",
+            "/api/",
+            "/api/nope",
+            "/api//health",
+            "/api/health/x",
+            "/api/streams/a/b",
+            "/api/recordings/1",
+            "/api/recordings/1/file/x",
+            "/api/playback/front",
+            "/api/playback/front.mp4",
+            "/api/recordings/../../etc/passwd",
+            "health",
+        ] {
+            assert_eq!(route("GET", p), Err(RouteError::NotFound), "{p}");
+        }
+    }
+
+    #[test]
+    fn wrong_methods_are_refused_with_allow() {
+        assert_eq!(route("POST", "/api/health"), Err(RouteError::MethodNotAllowed("GET, HEAD".into())));
+        assert_eq!(route("DELETE", "/api/streams"), Err(RouteError::MethodNotAllowed("GET, HEAD, POST".into())));
+        assert_eq!(
+            route("PATCH", "/api/streams/x"),
+            Err(RouteError::MethodNotAllowed("GET, HEAD, PUT, DELETE".into()))
+        );
+    }
+
+    #[test]
+    fn encoded_slashes_stay_inside_their_segment() {
+        assert_eq!(
+            ok("GET", "/api/recordings/..%2F..%2Fetc%2Fpasswd/file"),
+            Resource::RecordingFile("../../etc/passwd".into())
+        );
+        assert_eq!(ok("GET", "/api/streams/a%2Fb"), Resource::Stream("a/b".into()));
+    }
+
+    #[test]
+    fn decoding_is_total() {
+        assert_eq!(decode("a%20b"), "a b");
+        assert_eq!(decode("a+b"), "a+b");
+        assert_eq!(decode("%"), "%");
+        assert_eq!(decode("%4"), "%4");
+        assert_eq!(decode("%zz"), "%zz");
+        assert_eq!(decode("%ff"), "\u{fffd}");
+        assert_eq!(decode("%E2%82%AC"), "€");
+    }
+
+    #[test]
+    fn targets_and_queries_split() {
+        assert_eq!(split_target("/a?b=1#f"), ("/a", "b=1"));
+        assert_eq!(split_target("/a#f?x"), ("/a", ""));
+        let q = Query::parse("start=2026-01-01T00%3A00%3A00Z&stream=front&stream=back&x");
+        assert_eq!(q.get("start"), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(q.get("stream"), Some("front"));
+        assert_eq!(q.get("end"), None);
+        assert!(q.only(&["start", "stream", "x"]).is_ok());
+        let e = q.only(&["start", "stream"]).unwrap_err();
+        assert!(e.contains("\"x\""), "{e}");
+    }
+}

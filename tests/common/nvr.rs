@@ -1,0 +1,206 @@
+//! Runs the real `oxinvr` binary for integration tests and talks HTTP to it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A raw HTTP response.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let bad = |m: &str| std::io::Error::other(m.to_string());
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Ok(Response { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if n == 0 || b.len() < i + 2 + n {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[(i + 4 + n).min(b.len())..];
+    }
+    out
+}
+
+pub fn oxinvr_bin() -> PathBuf {
+    std::env::var_os("OXINVR_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oxinvr")))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A running `oxinvr run` with its own data directory and port.
+pub struct Oxinvr {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Oxinvr {
+    /// Writes `<dir>/oxinvr.toml` from `body` (which may use {DATA} and {PORT})
+    /// unless it exists, starts the binary and waits until /api/health answers.
+    pub fn start(dir: &Path, body: &str) -> Oxinvr {
+        let config = dir.join("oxinvr.toml");
+        let data_dir = dir.join("data");
+        let port = free_port();
+        let text = body.replace("{DATA}", &data_dir.display().to_string()).replace("{PORT}", &port.to_string());
+        std::fs::write(&config, text).expect("write config");
+        Self::start_with(config, data_dir, port)
+    }
+
+    /// Starts again on an existing config (same data dir and port).
+    pub fn restart(config: &Path, data_dir: &Path, port: u16) -> Oxinvr {
+        Self::start_with(config.to_path_buf(), data_dir.to_path_buf(), port)
+    }
+
+    fn start_with(config: PathBuf, data_dir: PathBuf, port: u16) -> Oxinvr {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log_path = config.with_file_name(format!("oxinvr-{n}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(oxinvr_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("OXINVR_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start oxinvr");
+        let me = Oxinvr { child: Some(child), port, data_dir, config };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if me.get("/api/health").map(|r| r.status == 200).unwrap_or(false) {
+                return me;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("oxinvr did not answer /api/health in 30 s");
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        http(self.port, "GET", path, &[], b"")
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let r = self.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.json()
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0))
+    }
+
+    /// SIGTERM, then wait (at most `limit`) for a clean exit.
+    pub fn terminate(mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let began = Instant::now();
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return (st, began.elapsed());
+            }
+            if began.elapsed() > limit {
+                let _ = child.kill();
+                panic!("oxinvr did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill9(mut self) {
+        let _ = kill(self.pid(), Signal::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until `f` is true of the JSON at `path`, or panics after `limit`.
+    pub fn wait_for(&self, path: &str, limit: Duration, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(r) = self.get(path) {
+                if r.status == 200 {
+                    let v = r.json();
+                    if f(&v) {
+                        return v;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Oxinvr {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
