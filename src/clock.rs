@@ -1,7 +1,7 @@
 //! Time as a dependency: code that decides by time (retention, reconnect
 //! backoff, sync policy) takes a `Clock` so tests can drive it deterministically.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync {
@@ -19,25 +19,26 @@ impl Clock for RealClock {
     }
 }
 
-/// A clock that only moves when told to.
+/// A clock that only moves when told to. (A mutex, not an `AtomicI64`: 32-bit
+/// MIPS has no 64-bit atomics.)
 #[derive(Debug, Default)]
-pub struct SimulatedClock(AtomicI64);
+pub struct SimulatedClock(Mutex<i64>);
 
 impl SimulatedClock {
     pub fn new(ms: i64) -> Self {
-        SimulatedClock(AtomicI64::new(ms))
+        SimulatedClock(Mutex::new(ms))
     }
     pub fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += d.as_millis() as i64;
     }
     pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ms;
     }
 }
 
 impl Clock for SimulatedClock {
     fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -41,7 +41,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use memmap2::MmapMut;
@@ -402,7 +402,7 @@ fn to_usize(v: u64) -> usize {
 
 /// Creates, sizes, maps and unlinks the backing file.
 fn map_file(name: &str, capacity: usize, dir: &Path) -> io::Result<MmapMut> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let safe: String = name
         .chars()
         .map(|c| {
@@ -459,7 +459,7 @@ fn size_and_map(file: &File, capacity: usize) -> io::Result<MmapMut> {
 fn reserve(file: &File, len: u64) -> io::Result<()> {
     use nix::errno::Errno;
     use nix::fcntl::{fallocate, FallocateFlags};
-    let len = i64::try_from(len).map_err(io::Error::other)?;
+    let len = nix::libc::off_t::try_from(len).map_err(io::Error::other)?; // i32 on 32-bit gnu
     match fallocate(file, FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(()),
         Err(Errno::EOPNOTSUPP) => {

@@ -37,7 +37,9 @@ pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
 /// start = end - 24 h. Refuses end <= start and spans over `max_ms`.
 pub fn span(q: &Query, now_ms: i64, max_ms: Option<i64>) -> Result<(i64, i64), ApiError> {
     let time = |name: &str| {
-        q.get(name).map(|v| parse_time(v).map_err(|e| ApiError::bad_request(format!("parameter {name}: {e}")))).transpose()
+        q.get(name)
+            .map(|v| parse_time(v).map_err(|e| ApiError::bad_request(format!("parameter {name}: {e}"))))
+            .transpose()
     };
     let end = time("end")?.unwrap_or(now_ms);
     let start = time("start")?.unwrap_or(end.saturating_sub(DAY_MS));
@@ -75,10 +77,17 @@ fn status_json(rt: &StreamRuntime) -> Value {
     let st = rt.status();
     let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
+        m.insert("fps".into(), round1(st.fps).into());
+        m.insert("bitrate_kbps".into(), round1(st.bitrate_kbps).into());
         m.insert("last_frame".into(), st.last_frame_ms.map(rfc3339).into());
         m.insert("last_error_time".into(), st.last_error_ms.map(rfc3339).into());
     }
     v
+}
+
+/// An f32 rate as an f64 with one decimal (no float noise in the JSON).
+fn round1(v: f32) -> f64 {
+    (f64::from(v) * 10.0).round() / 10.0
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -371,7 +380,8 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
 pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let nvr = ctx.nvr;
-    let heap: Map<String, Value> = memory::heap_by_subsystem().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+    let heap: Map<String, Value> =
+        memory::heap_by_subsystem().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
     let data_dir = &nvr.config.storage.data_dir;
     let recorded: u64 = ctx.db.stream_usage()?.iter().map(|u| u.1).sum();
     let mut disk = json!({ "data_dir": data_dir.display().to_string(), "recordings_bytes": recorded });
@@ -436,8 +446,7 @@ mod tests {
     #[test]
     fn stream_fields_merge_and_name_the_bad_field() {
         let base = spec_fields(&StreamConfig::to_spec(
-            &merge_fields(&Map::new(), &json_object(br#"{"name":"a","url":"rtsp://h/x"}"#).expect("obj"))
-                .expect("cfg"),
+            &merge_fields(&Map::new(), &json_object(br#"{"name":"a","url":"rtsp://h/x"}"#).expect("obj")).expect("cfg"),
             "api",
         ));
         let c = merge_fields(&base, &json_object(br#"{"enabled":false,"retention_days":7}"#).expect("obj"))

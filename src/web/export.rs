@@ -112,9 +112,8 @@ pub fn plan(segs: &[ExportSegment], start_ms: i64, end_ms: i64) -> Option<Plan> 
             Some(_) => plan.files.push(seg.file.clone()),
         }
         let video_shift = i128::from(video_ticks) - i128::from(frags[0].start_ticks);
-        let audio_shift = seg.audio_timescale.map_or(0, |ats| {
-            video_shift * i128::from(ats) / i128::from(seg.video_timescale.max(1))
-        });
+        let audio_shift =
+            seg.audio_timescale.map_or(0, |ats| video_shift * i128::from(ats) / i128::from(seg.video_timescale.max(1)));
         let file = plan.files.len() - 1;
         for f in frags {
             let patch = MoofPatch { sequence, video_shift: clamp(video_shift), audio_shift: clamp(audio_shift) };
@@ -259,7 +258,7 @@ impl Read for PartsReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::web::mp4box::tests::{bx, init};
     use crate::web::select::tests::frags;
@@ -392,7 +391,11 @@ mod tests {
     /// Writes a real segment file (crate::mp4) of `n` one-second fragments with
     /// 30 video frames each (keyframes where `key(i)`) and 47 AAC frames whose
     /// tfdt starts 10 ms after the video; returns its fragment index.
-    fn write_segment(path: &std::path::Path, n: usize, key: impl Fn(usize) -> bool) -> (Vec<u8>, Vec<FragmentEntry>) {
+    pub(crate) fn write_segment(
+        path: &std::path::Path,
+        n: usize,
+        key: impl Fn(usize) -> bool,
+    ) -> (Vec<u8>, Vec<FragmentEntry>) {
         use crate::mp4::{fragment_header, init_segment, Sample, TrackRun};
         let init = init_segment(&crate::mp4::tests::run_start(true, 0));
         let mut file = init.clone();
@@ -461,7 +464,10 @@ mod tests {
             audio.extend(trafs.iter().filter(|t| t.track_id == 2).map(|t| t.base_decode_time));
         }
         assert_eq!(seqs, vec![1, 2, 3, 4]);
-        assert_eq!(audio, vec![480 + 2 * 47 * 1024 - 96_000, 480 + 3 * 47 * 1024 - 96_000, 480 + 96_000, 480 + 47 * 1024 + 96_000]);
+        assert_eq!(
+            audio,
+            vec![480 + 2 * 47 * 1024 - 96_000, 480 + 3 * 47 * 1024 - 96_000, 480 + 96_000, 480 + 47 * 1024 + 96_000]
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! HLS VOD playlists (RFC 8216, version 7) over the stored files: every media
 //! segment is a byte range (one moof+mdat) of a recording's file, every
-//! recording's init is an `EXT-X-MAP` byte range of the same file.
+//! recording's init is an `EXT-X-MAP` byte range of the same file. The file
+//! URL ends in `.mp4` (`/api/recordings/{id}/file.mp4`) because ffmpeg's HLS
+//! demuxer refuses segment URLs without a media extension.
 //!
 //! Invariants: no media is copied; a discontinuity separates recordings (each
 //! file's decode times start at 0); the first fragment of each recording in

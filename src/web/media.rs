@@ -124,7 +124,11 @@ fn export_segments(ctx: &Ctx, segs: Vec<SegmentRow>) -> Result<Vec<ExportSegment
 }
 
 fn nothing_recorded(stream: &str, start: i64, end: i64) -> ApiError {
-    ApiError::not_found(format!("stream {stream:?} has nothing recorded between {} and {}", rfc3339(start), rfc3339(end)))
+    ApiError::not_found(format!(
+        "stream {stream:?} has nothing recorded between {} and {}",
+        rfc3339(start),
+        rfc3339(end)
+    ))
 }
 
 pub fn export_mp4(ctx: &Ctx, q: &Query, range_header: Option<&str>) -> Result<Reply, ApiError> {
@@ -145,14 +149,15 @@ pub fn export_mp4(ctx: &Ctx, q: &Query, range_header: Option<&str>) -> Result<Re
 
 pub fn playback(ctx: &Ctx, stream: &str, q: &Query) -> Result<Reply, ApiError> {
     q.only(&["start", "end"]).map_err(ApiError::bad_request)?;
-    let row = ctx.db.stream_by_name(stream)?.ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
+    let row =
+        ctx.db.stream_by_name(stream)?.ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
     let (start, end) = span(q, ctx.nvr.clock.now_ms(), Some(DAY_MS))?;
     let recordings: Vec<hls::HlsRecording> = ctx
         .db
         .segments_overlapping(row.id, start, end)?
         .iter()
         .filter_map(|s| {
-            let url = format!("/api/recordings/{}/file", s.id);
+            let url = format!("/api/recordings/{}/file.mp4", s.id);
             hls::recording(url, s.init_len, s.start_ms, s.video_timescale, &s.fragments, start, end)
         })
         .collect();

@@ -6,19 +6,22 @@
 //! - Every answer is produced by a handler returning `Result<Reply, ApiError>`;
 //!   every error is a 4xx/5xx with `{"error": "..."}` naming what is wrong.
 //!   Unknown routes are 404, known routes with another method 405 (+ `Allow`).
-//! - No input panics a worker: handlers are total, and a panic that slips
-//!   through anyway is caught per request and answered with 500.
+//! - No input panics a worker: handlers are total (no unwrap, checked
+//!   arithmetic and slicing). A panic that slips through anyway is caught per
+//!   request and answered with 500 -- in unwinding builds; with
+//!   `panic = "abort"` (release-mips) it ends the process.
 //! - Request bodies are read only for POST/PUT and never beyond
 //!   `web.max_body_bytes` (+1 byte to detect the excess): larger is 413.
 //! - File paths come only from database rows, never from the URL.
 //! - Each worker owns its own database connection (`Db` is not `Sync`),
 //!   opened on first use and reopened after a failure.
 //! - Media is streamed from the files with a known Content-Length (never
-//!   chunked, never buffered whole).
+//!   buffered whole; chunked only past `usize::MAX` on 32-bit targets).
 //!
-//! Known limit (tiny_http 0.12): a request body that is declared but not read
-//! is drained by tiny_http when the request is dropped, through a buffer the
-//! size of the unread rest; see `respond_413`.
+//! - A declared body over `web.max_body_bytes` is refused with 413 before
+//!   anything is read. (tiny_http 0.12 allocated the whole declared length
+//!   when draining an unread body; the vendored copy under vendor/ drains
+//!   with a fixed buffer and closes the connection past 1 MiB.)
 
 mod api;
 mod export;
@@ -129,6 +132,14 @@ fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &AtomicBool) {
 /// Handles one request and sends the answer.
 fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     let began = Instant::now();
+    let max = u64::from(nvr.config.web.max_body_bytes);
+    if let Some(n) = rq.body_length().map(|n| n as u64).filter(|n| *n > max) {
+        let reply = Reply::from(too_large(&n.to_string(), max));
+        if let Err(e) = respond(rq, reply) {
+            log::debug!("413 not delivered: {e}");
+        }
+        return;
+    }
     let reply = catch_unwind(AssertUnwindSafe(|| handle(nvr, db, &mut rq))).unwrap_or_else(|_| {
         *db = None;
         Reply::from(ApiError::internal(format!("internal error while answering {} {}", rq.method(), rq.url())))
@@ -145,7 +156,9 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Reply 
     let method = rq.method().as_str().to_string();
     let matched = match router::route(&method, path) {
         Ok(m) => m,
-        Err(RouteError::NotFound) => return Reply::from(ApiError::not_found(format!("no such route: {method} {path}"))),
+        Err(RouteError::NotFound) => {
+            return Reply::from(ApiError::not_found(format!("no such route: {method} {path}")))
+        }
         Err(RouteError::MethodNotAllowed(allow)) => {
             return Reply::from(
                 ApiError::new(405, format!("{path} does not answer {method} (allowed: {allow})"))
@@ -191,8 +204,8 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
 fn open_db<'a>(nvr: &Nvr, slot: &'a mut Option<Db>) -> Result<&'a Db, ApiError> {
     if slot.is_none() {
         let path = nvr.config.db_path();
-        let db = Db::open(&path)
-            .map_err(|e| ApiError::new(503, format!("database {} unavailable: {e}", path.display())))?;
+        let db =
+            Db::open(&path).map_err(|e| ApiError::new(503, format!("database {} unavailable: {e}", path.display())))?;
         *slot = Some(db);
     }
     slot.as_ref().ok_or_else(|| ApiError::internal("no database connection"))
@@ -202,41 +215,46 @@ fn header(rq: &tiny_http::Request, name: &'static str) -> Option<String> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
 }
 
-/// Reads a request body of at most `max` bytes.
+fn too_large(n: &str, max: u64) -> ApiError {
+    ApiError::new(413, format!("the request body ({n} bytes) is larger than web.max_body_bytes ({max} bytes)"))
+}
+
+/// Reads a request body of at most `max` bytes (a larger declared one was
+/// refused by `serve` already; a chunked one is cut at `max + 1`).
 fn read_body(rq: &mut tiny_http::Request, max: u64) -> Result<Vec<u8>, ApiError> {
-    let too_big = |n: String| {
-        ApiError::new(413, format!("the request body ({n} bytes) is larger than web.max_body_bytes ({max} bytes)"))
-    };
-    if let Some(n) = rq.body_length().filter(|n| *n as u64 > max) {
-        return Err(too_big(n.to_string()));
-    }
     let mut body = Vec::new();
     rq.as_reader()
         .take(max + 1)
         .read_to_end(&mut body)
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
     if body.len() as u64 > max {
-        return Err(too_big(format!("more than {max}")));
+        return Err(too_large(&format!("more than {max}"), max));
     }
     Ok(body)
 }
 
-/// Sends a reply with a known length (Content-Length, never chunked).
+fn header_list(reply: &Reply) -> Vec<tiny_http::Header> {
+    reply.headers.iter().filter_map(|(k, v)| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok()).collect()
+}
+
+/// Sends a reply with its Content-Length (never chunked), except one too long
+/// for `usize` (over 4 GiB on 32-bit targets), which goes chunked to HTTP/1.1
+/// clients and is refused to HTTP/1.0 ones (tiny_http would buffer it whole).
 fn respond(rq: tiny_http::Request, reply: Reply) -> io::Result<()> {
-    let Ok(len) = usize::try_from(reply.body_len()) else {
-        let e = ApiError::internal("the answer is too large for this platform");
+    let len = usize::try_from(reply.body_len()).ok();
+    if len.is_none() && *rq.http_version() <= (1, 0) {
+        let e = ApiError::internal("the answer is over 4 GiB, which this build sends to HTTP/1.1 clients only; ask for a shorter span or a byte range");
         return respond(rq, Reply::from(e));
-    };
-    let headers = reply
-        .headers
-        .iter()
-        .filter_map(|(k, v)| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok())
-        .collect();
+    }
+    let headers = header_list(&reply);
     let reader: Box<dyn Read + Send> = match reply.body {
         Body::Bytes(b) => Box::new(io::Cursor::new(b)),
         Body::Reader(r, _) => r,
     };
-    let response = tiny_http::Response::new(tiny_http::StatusCode(reply.status), headers, reader, Some(len), None)
+    let response = tiny_http::Response::new(tiny_http::StatusCode(reply.status), headers, reader, len, None)
         .with_chunked_threshold(usize::MAX);
     rq.respond(response)
 }
+
+#[cfg(test)]
+mod tests;

@@ -111,7 +111,8 @@ fn resource(path: &str) -> Option<Resource> {
         ["streams"] => Resource::Streams,
         ["streams", name] => Resource::Stream(decode(name)),
         ["recordings"] => Resource::Recordings,
-        ["recordings", id, "file"] => Resource::RecordingFile(decode(id)),
+        // `file.mp4`: the same, for clients that judge by extension (ffmpeg's HLS demuxer).
+        ["recordings", id, "file" | "file.mp4"] => Resource::RecordingFile(decode(id)),
         ["export.mp4"] => Resource::Export,
         ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
         ["system"] => Resource::System,
@@ -194,6 +195,7 @@ mod tests {
         assert_eq!(ok("DELETE", "/api/streams/front"), Resource::Stream("front".into()));
         assert_eq!(ok("GET", "/api/recordings"), Resource::Recordings);
         assert_eq!(ok("GET", "/api/recordings/42/file"), Resource::RecordingFile("42".into()));
+        assert_eq!(ok("GET", "/api/recordings/42/file.mp4"), Resource::RecordingFile("42".into()));
         assert_eq!(ok("GET", "/api/export.mp4"), Resource::Export);
         assert_eq!(ok("GET", "/api/playback/front.m3u8"), Resource::Playback("front".into()));
         assert_eq!(ok("GET", "/api/system"), Resource::System);

@@ -1,0 +1,403 @@
+//! The HTTP API's error paths against the real binary: `oxinvr run` with a
+//! temporary data dir, no camera configured, and a hand-written HTTP/1.1
+//! client (one request per connection).
+//!
+//! The binary is `$OXINVR_BIN` if set, else the one cargo built.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const MAX_BODY: usize = 2048;
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    /// The `error` message of a JSON error answer.
+    fn error(&self) -> String {
+        let v = self.json();
+        v["error"].as_str().unwrap_or_else(|| panic!("no \"error\" in {v}")).to_string()
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A running `oxinvr run`, stopped with SIGTERM when dropped.
+struct Nvr {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Nvr {
+    fn start() -> Nvr {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let rings = dir.path().join("rings");
+        std::fs::create_dir_all(&rings).expect("ring dir");
+        let config = format!(
+            "[storage]\ndata_dir = {:?}\nring_dir = {:?}\n\n[web]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\nmax_body_bytes = {MAX_BODY}\n",
+            dir.path().join("data").display().to_string(),
+            rings.display().to_string(),
+        );
+        let config_path = dir.path().join("oxinvr.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let bin =
+            std::env::var_os("OXINVR_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oxinvr")), PathBuf::from);
+        let log = std::fs::File::create(dir.path().join("oxinvr.log")).expect("log file");
+        let child = Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut nvr = Nvr { child, port, dir };
+        nvr.wait_healthy();
+        nvr
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("oxinvr.log")).unwrap_or_default()
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("oxinvr exited ({status}) before answering:\n{}", self.log());
+            }
+            if let Ok(r) = try_request(self.port, "GET", "/api/health", &[], b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "no /api/health after 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn req(&self, method: &str, path: &str, body: &[u8]) -> Resp {
+        self.req_with(method, path, &[], body)
+    }
+
+    fn req_with(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        try_request(self.port, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    fn raw(&self, bytes: &[u8]) -> Resp {
+        send_raw(self.port, bytes).unwrap_or_else(|e| panic!("raw request: {e}\n{}", self.log()))
+    }
+}
+
+impl Drop for Nvr {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            panic!("oxinvr did not stop within 15 s of SIGTERM:\n{}", self.log());
+        }
+    }
+}
+
+fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if !body.is_empty() || matches!(method, "POST" | "PUT") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw(port, &bytes)
+}
+
+fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    parse_response(&out)
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(status_line))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(Resp { status, headers, body })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+fn assert_error(r: &Resp, status: u16, needle: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text());
+    assert!(r.header("Content-Type").is_some_and(|v| v.contains("application/json")), "{:?}", r.headers);
+    let e = r.error();
+    assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+}
+
+#[test]
+fn health_and_system_answer() {
+    let nvr = Nvr::start();
+    let h = nvr.req("GET", "/api/health", b"").json();
+    assert_eq!(h["ok"], Value::Bool(true));
+    assert_eq!(h["version"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    let s = nvr.req("GET", "/api/system", b"");
+    assert_eq!(s.status, 200, "{}", s.text());
+    let s = s.json();
+    assert!(s["memory"]["process"]["rss"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(s["memory"]["heap_by_subsystem"]["http"].is_i64(), "{s}");
+    assert!(s["disk"]["total_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(s["disk"]["recordings_bytes"].as_u64(), Some(0), "{s}");
+    let l = nvr.req("GET", "/api/streams", b"").json();
+    assert_eq!(l["streams"], Value::Array(vec![]));
+    let r = nvr.req("GET", "/api/recordings", b"").json();
+    assert_eq!(r["recordings"], Value::Array(vec![]), "{r}");
+}
+
+#[test]
+fn unknown_routes_methods_and_streams() {
+    let nvr = Nvr::start();
+    assert_error(&nvr.req("GET", "/api/nope", b""), 404, "/api/nope");
+    assert_error(&nvr.req("GET", "/", b""), 404, "route");
+    let r = nvr.req("DELETE", "/api/health", b"");
+    assert_error(&r, 405, "DELETE");
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+    assert_error(&nvr.req("PATCH", "/api/streams/x", b""), 405, "PATCH");
+    assert_error(&nvr.req("GET", "/api/streams/nope", b""), 404, "nope");
+    assert_error(&nvr.req("PUT", "/api/streams/nope", b"{}"), 404, "nope");
+    assert_error(&nvr.req("DELETE", "/api/streams/nope", b""), 404, "nope");
+    assert_error(&nvr.req("GET", "/api/recordings?stream=nope", b""), 404, "nope");
+    assert_error(&nvr.req("GET", "/api/playback/nope.m3u8", b""), 404, "nope");
+    assert_error(&nvr.req("GET", "/api/export.mp4?stream=nope", b""), 404, "nope");
+    assert_error(&nvr.req("GET", "/api/recordings/123/file", b""), 404, "123");
+}
+
+#[test]
+fn bad_parameters_are_named() {
+    let nvr = Nvr::start();
+    assert_error(&nvr.req("GET", "/api/recordings?start=yesterday", b""), 400, "start");
+    assert_error(&nvr.req("GET", "/api/recordings?end=2026-13-45T00:00:00Z", b""), 400, "end");
+    assert_error(&nvr.req("GET", "/api/recordings?start=2000&end=1000", b""), 400, "end");
+    assert_error(&nvr.req("GET", "/api/recordings?strat=1", b""), 400, "strat");
+    assert_error(&nvr.req("GET", "/api/export.mp4", b""), 400, "stream");
+    assert_error(&nvr.req("GET", "/api/recordings/abc/file", b""), 400, "abc");
+    assert_error(&nvr.req("DELETE", "/api/streams/x?purge=maybe", b""), 400, "purge");
+    // Span checks of export need an existing stream.
+    let body = br#"{"name":"spans","url":"rtsp://127.0.0.1:9/x","enabled":false}"#;
+    assert_eq!(nvr.req("POST", "/api/streams", body).status, 201);
+    assert_error(&nvr.req("GET", "/api/export.mp4?stream=spans&start=5000&end=5000", b""), 400, "end");
+    assert_error(&nvr.req("GET", "/api/export.mp4?stream=spans&start=0&end=90000000", b""), 400, "24 h");
+    assert_error(&nvr.req("GET", "/api/playback/spans.m3u8?start=x", b""), 400, "start");
+    assert_error(&nvr.req("GET", "/api/export.mp4?stream=spans&start=0&end=1000", b""), 404, "nothing recorded");
+    assert_error(&nvr.req("GET", "/api/playback/spans.m3u8?start=0&end=1000", b""), 404, "nothing recorded");
+}
+
+#[test]
+fn bad_bodies_are_refused() {
+    let nvr = Nvr::start();
+    assert_error(&nvr.req("POST", "/api/streams", br#"{"name": "a","#), 400, "JSON");
+    assert_error(&nvr.req("POST", "/api/streams", b"[]"), 400, "object");
+    assert_error(&nvr.req("POST", "/api/streams", b""), 400, "empty");
+    assert_error(&nvr.req("POST", "/api/streams", br#"{"url":"rtsp://h/x"}"#), 400, "name");
+    assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"../etc","url":"rtsp://h/x"}"#), 400, "name");
+    assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"a b","url":"rtsp://h/x"}"#), 400, "name");
+    assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"a","url":"http://h/x"}"#), 400, "url");
+    assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"a","url":"rtsp://h/x","colour":1}"#), 400, "colour");
+    assert_error(
+        &nvr.req("POST", "/api/streams", br#"{"name":"a","url":"rtsp://h/x","priority":"hi"}"#),
+        400,
+        "priority",
+    );
+    // Declared too large: refused without reading it.
+    let big = vec![b'x'; MAX_BODY + 1];
+    assert_error(&nvr.req("POST", "/api/streams", &big), 413, "max_body_bytes");
+    // Chunked, too large once read.
+    let mut raw =
+        b"POST /api/streams HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        raw.extend_from_slice(format!("{:x}\r\n", MAX_BODY).as_bytes());
+        raw.extend(std::iter::repeat_n(b' ', MAX_BODY));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    assert_error(&nvr.raw(&raw), 413, "max_body_bytes");
+    // Nothing was created by any of this.
+    assert_eq!(nvr.req("GET", "/api/streams", b"").json()["streams"], Value::Array(vec![]));
+}
+
+/// Reads what arrives within `wait` (the answer may never end).
+fn read_for(s: &mut TcpStream, wait: Duration) -> String {
+    let _ = s.set_read_timeout(Some(wait));
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn huge_declared_bodies_do_not_hurt_the_server() {
+    let nvr = Nvr::start();
+    for (method, declared) in
+        [("POST /api/streams", "100000000000000"), ("GET /api/health", "50000000"), ("PUT /api/streams/x", "5000")]
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", nvr.port)).expect("connect");
+        let head = format!("{method} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\nabc");
+        s.write_all(head.as_bytes()).expect("write");
+        let got = read_for(&mut s, Duration::from_secs(2));
+        assert!(got.starts_with("HTTP/1.1 413 "), "{method} with {declared}: {got:?}");
+        assert!(got.contains("max_body_bytes"), "{got:?}");
+        drop(s);
+        assert_eq!(nvr.req("GET", "/api/health", b"").status, 200, "after {method} with {declared}:\n{}", nvr.log());
+    }
+}
+
+#[test]
+fn traversal_attempts_never_serve_files() {
+    let nvr = Nvr::start();
+    for path in [
+        "/api/recordings/..%2F..%2Fetc%2Fpasswd/file",
+        "/api/recordings/../../etc/passwd",
+        "/api/recordings/%2e%2e/file",
+        "/api/recordings/1%2F..%2F..%2Fetc%2Fpasswd/file",
+        "/api/playback/..%2F..%2Fetc%2Fpasswd.m3u8",
+        "/api/streams/..%2F..%2Fetc%2Fpasswd",
+        "/api/export.mp4?stream=..%2F..%2Fetc%2Fpasswd",
+        "/../../etc/passwd",
+    ] {
+        let r = nvr.req("GET", path, b"");
+        assert!(r.status == 400 || r.status == 404, "{path}: {} {}", r.status, r.text());
+        assert!(!r.text().contains("root:"), "{path} served a file");
+        let _ = r.error();
+    }
+}
+
+#[test]
+fn stream_lifecycle() {
+    let nvr = Nvr::start();
+    let body = br#"{"name":"cam1","url":"rtsp://user:secret@127.0.0.1:9/x","retention_days":3}"#;
+    let r = nvr.req("POST", "/api/streams", body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(!r.text().contains("secret"), "password shown: {}", r.text());
+    let v = r.json();
+    assert_eq!(v["url"].as_str(), Some("rtsp://user:***@127.0.0.1:9/x"));
+    assert_eq!(v["source"].as_str(), Some("api"));
+    assert_eq!(v["retention_days"].as_u64(), Some(3));
+    assert_error(&nvr.req("POST", "/api/streams", body), 409, "cam1");
+
+    // The camera never answers: the status says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let r = nvr.req("GET", "/api/streams/cam1", b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let st = v["status"].clone();
+        if st["last_error"].is_string() || st["state"] == "backoff" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no error or backoff after 20 s: {v}\n{}", nvr.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status["ring"]["capacity"].as_u64().unwrap_or(0) > 0, "{status}");
+    assert_eq!(status["storage"]["segments"].as_u64(), Some(0), "{status}");
+    let list = nvr.req("GET", "/api/streams", b"").json();
+    assert_eq!(list["streams"][0]["name"].as_str(), Some("cam1"), "{list}");
+    assert!(!list.to_string().contains("secret"));
+
+    // Partial update; the masked URL sent back keeps the stored one.
+    let r = nvr.req(
+        "PUT",
+        "/api/streams/cam1",
+        br#"{"name":"other","enabled":false,"url":"rtsp://user:***@127.0.0.1:9/x"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["name"].as_str(), Some("cam1"));
+    assert_eq!(v["enabled"], Value::Bool(false));
+    assert_eq!(v["retention_days"].as_u64(), Some(3));
+    assert_error(&nvr.req("PUT", "/api/streams/cam1", br#"{"retention_days":0}"#), 400, "retention_days");
+    assert_error(&nvr.req("PUT", "/api/streams/cam1", br#"{"url":"ftp://x/"}"#), 400, "url");
+    let db = oxinvr::db::Db::open(&nvr.dir.path().join("data").join("oxinvr.db")).expect("db");
+    let row = db.stream_by_name("cam1").expect("query").expect("row");
+    assert_eq!(row.spec.url, "rtsp://user:secret@127.0.0.1:9/x");
+    assert!(!row.spec.enabled);
+
+    let r = nvr.req("DELETE", "/api/streams/cam1", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["deleted"].as_str(), Some("cam1"));
+    assert_error(&nvr.req("GET", "/api/streams/cam1", b""), 404, "cam1");
+    assert_error(&nvr.req("DELETE", "/api/streams/cam1", b""), 404, "cam1");
+    assert_eq!(nvr.req("GET", "/api/streams", b"").json()["streams"], Value::Array(vec![]));
+}
+
+#[test]
+fn head_requests_have_no_body() {
+    let nvr = Nvr::start();
+    let r = nvr.req_with("HEAD", "/api/health", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+}
