@@ -165,10 +165,9 @@ impl Config {
         if s.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir".into(), "must not be empty".into()));
         }
-        self.web
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| ("web.listen".into(), format!("{:?} is not an address like 127.0.0.1:8080", self.web.listen)))?;
+        self.web.listen.parse::<SocketAddr>().map_err(|_| {
+            ("web.listen".into(), format!("{:?} is not an address like 127.0.0.1:8080", self.web.listen))
+        })?;
         range("web.threads", u32::from(self.web.threads), 1, 32)?;
         range("web.max_body_bytes", self.web.max_body_bytes, 1024, 64 << 20)?;
         let mut seen = std::collections::HashSet::new();
@@ -183,7 +182,10 @@ impl Config {
                 range(&key("bitrate_kbps"), b, 64, 100_000)?;
             }
             if st.retention_days == Some(0) {
-                return Err((key("retention_days"), "must be at least 1 (leave it out to keep until space runs out)".into()));
+                return Err((
+                    key("retention_days"),
+                    "must be at least 1 (leave it out to keep until space runs out)".into(),
+                ));
             }
         }
         Ok(())
@@ -275,7 +277,8 @@ mod tests {
         let e = Config::parse(text, "x.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("storage.sync_seconds"));
         assert_eq!(e.line, Some(2));
-        let text = "[[streams]]\nname = \"a\"\nurl = \"rtsp://h/x\"\n[[streams]]\nname = \"../etc\"\nurl = \"rtsp://h/y\"\n";
+        let text =
+            "[[streams]]\nname = \"a\"\nurl = \"rtsp://h/x\"\n[[streams]]\nname = \"../etc\"\nurl = \"rtsp://h/y\"\n";
         let e = Config::parse(text, "x.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("streams[1].name"), "{e}");
         assert_eq!(e.line, Some(5), "{e}");

@@ -133,16 +133,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum DbError {
     /// SQLite failed while doing `op`.
-    Sqlite {
-        op: Cow<'static, str>,
-        source: rusqlite::Error,
-    },
+    Sqlite { op: Cow<'static, str>, source: rusqlite::Error },
     /// The database was written by a newer OxiNVR; nothing was changed.
-    TooNew {
-        path: String,
-        found: u32,
-        known: u32,
-    },
+    TooNew { path: String, found: u32, known: u32 },
     /// The stream still has segments, so its row cannot go.
     InUse { stream: String, segments: u64 },
     /// There is no such row.
@@ -155,10 +148,7 @@ pub enum DbError {
 
 impl DbError {
     fn sql(op: impl Into<Cow<'static, str>>, source: rusqlite::Error) -> DbError {
-        DbError::Sqlite {
-            op: op.into(),
-            source,
-        }
+        DbError::Sqlite { op: op.into(), source }
     }
     fn invalid(what: impl Into<String>) -> DbError {
         DbError::Invalid { what: what.into() }
@@ -174,10 +164,9 @@ impl fmt::Display for DbError {
                 "database {path} has schema version {found} but this OxiNVR knows only up to \
                  {known}; refusing to open it (run a newer OxiNVR or restore a backup)"
             ),
-            DbError::InUse { stream, segments } => write!(
-                f,
-                "stream {stream:?} still has {segments} recorded segment(s); purge them first"
-            ),
+            DbError::InUse { stream, segments } => {
+                write!(f, "stream {stream:?} still has {segments} recorded segment(s); purge them first")
+            }
             DbError::NotFound { what } => write!(f, "database: no {what}"),
             DbError::Invalid { what } => write!(f, "database: invalid input: {what}"),
             DbError::Corrupt { what } => write!(f, "database: corrupt value: {what}"),
@@ -346,13 +335,8 @@ pub fn validate_stream_name(name: &str) -> Result<(), String> {
     if name.starts_with('.') {
         return Err(format!("stream name {name:?} must not start with '.'"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "stream name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 . _ -"
-        ));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("stream name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 . _ -"));
     }
     Ok(())
 }
@@ -363,22 +347,17 @@ pub fn is_safe_relative_path(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\0')
         && !p.contains('\\')
-        && Path::new(p)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
+        && Path::new(p).components().all(|c| matches!(c, Component::Normal(_)))
         && !p.split('/').any(|part| part == "." || part == "..")
 }
 
 fn to_i64(v: u64, what: impl FnOnce() -> String) -> Result<i64, DbError> {
-    i64::try_from(v)
-        .map_err(|_| DbError::invalid(format!("{} = {v} does not fit in 63 bits", what())))
+    i64::try_from(v).map_err(|_| DbError::invalid(format!("{} = {v} does not fit in 63 bits", what())))
 }
 
 fn check_range(start_ms: i64, end_ms: i64, what: &str) -> Result<(), DbError> {
     if end_ms < start_ms {
-        return Err(DbError::invalid(format!(
-            "{what}: end_ms {end_ms} is before start_ms {start_ms}"
-        )));
+        return Err(DbError::invalid(format!("{what}: end_ms {end_ms} is before start_ms {start_ms}")));
     }
     Ok(())
 }
@@ -391,11 +370,7 @@ fn get_num<T: TryFrom<i64>>(row: &Row<'_>, idx: usize, col: &str) -> rusqlite::R
         rusqlite::Error::FromSqlConversionFailure(
             idx,
             rusqlite::types::Type::Integer,
-            format!(
-                "column {col} holds {v}, out of range for {}",
-                std::any::type_name::<T>()
-            )
-            .into(),
+            format!("column {col} holds {v}, out of range for {}", std::any::type_name::<T>()).into(),
         )
     })
 }
@@ -404,19 +379,13 @@ fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Er
     rusqlite::Error::FromSqlConversionFailure(idx, ty, msg.into())
 }
 
-const STREAM_COLS: &str =
-    "id, name, url, enabled, record, retention_days, max_storage_mb, priority, \
+const STREAM_COLS: &str = "id, name, url, enabled, record, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
-    let record = RecordMode::parse(&record).ok_or_else(|| {
-        bad_value(
-            4,
-            rusqlite::types::Type::Text,
-            format!("column record holds {record:?}"),
-        )
-    })?;
+    let record = RecordMode::parse(&record)
+        .ok_or_else(|| bad_value(4, rusqlite::types::Type::Text, format!("column record holds {record:?}")))?;
     Ok(StreamRow {
         id: row.get(0)?,
         spec: StreamSpec {
@@ -497,21 +466,12 @@ fn segment_from_row(row: &Row<'_>) -> rusqlite::Result<SegmentRow> {
 }
 
 fn gap_from_row(row: &Row<'_>) -> rusqlite::Result<GapRow> {
-    Ok(GapRow {
-        stream_id: row.get(0)?,
-        start_ms: row.get(1)?,
-        end_ms: row.get(2)?,
-        reason: row.get(3)?,
-    })
+    Ok(GapRow { stream_id: row.get(0)?, start_ms: row.get(1)?, end_ms: row.get(2)?, reason: row.get(3)? })
 }
 
 fn user_version(conn: &Connection) -> Result<u32, DbError> {
-    let v: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .ctx("read user_version")?;
-    u32::try_from(v).map_err(|_| DbError::Corrupt {
-        what: format!("PRAGMA user_version is {v}"),
-    })
+    let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).ctx("read user_version")?;
+    u32::try_from(v).map_err(|_| DbError::Corrupt { what: format!("PRAGMA user_version is {v}") })
 }
 
 /// Brings the schema to `migrations.len()`, one transaction per step.
@@ -528,23 +488,16 @@ fn migrate(conn: &mut Connection, label: &str, migrations: &[&str]) -> Result<u3
         let tx = Transaction::new(conn, TransactionBehavior::Immediate).ctx("begin migration")?;
         let v = user_version(&tx)?;
         if v > known {
-            return Err(DbError::TooNew {
-                path: label.to_owned(),
-                found: v,
-                known,
-            });
+            return Err(DbError::TooNew { path: label.to_owned(), found: v, known });
         }
         if v == known {
             tx.commit().ctx("end migration check")?;
             return Ok(v);
         }
         let step = migrations[v as usize];
-        tx.execute_batch(step)
-            .with_ctx(|| format!("apply migration {} of {label}", v + 1))?;
-        tx.pragma_update(None, "user_version", v + 1)
-            .with_ctx(|| format!("set user_version {} of {label}", v + 1))?;
-        tx.commit()
-            .with_ctx(|| format!("commit migration {} of {label}", v + 1))?;
+        tx.execute_batch(step).with_ctx(|| format!("apply migration {} of {label}", v + 1))?;
+        tx.pragma_update(None, "user_version", v + 1).with_ctx(|| format!("set user_version {} of {label}", v + 1))?;
+        tx.commit().with_ctx(|| format!("commit migration {} of {label}", v + 1))?;
         log::info!("database {label}: migrated schema to version {}", v + 1);
     }
 }
@@ -556,9 +509,7 @@ pub struct Db {
 
 impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Db")
-            .field("path", &self.conn.path())
-            .finish()
+        f.debug_struct("Db").field("path", &self.conn.path()).finish()
     }
 }
 
@@ -576,28 +527,16 @@ impl Db {
         Db::setup(conn, ":memory:", MIGRATIONS, false)
     }
 
-    fn setup(
-        mut conn: Connection,
-        label: &str,
-        migrations: &[&str],
-        on_disk: bool,
-    ) -> Result<Db, DbError> {
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .with_ctx(|| format!("set busy_timeout on {label}"))?;
+    fn setup(mut conn: Connection, label: &str, migrations: &[&str], on_disk: bool) -> Result<Db, DbError> {
+        conn.busy_timeout(BUSY_TIMEOUT).with_ctx(|| format!("set busy_timeout on {label}"))?;
         // Refuse a too-new schema before changing anything (even the journal mode).
         let known = u32::try_from(migrations.len()).unwrap_or(u32::MAX);
         let found = user_version(&conn).map_err(|e| match e {
-            DbError::Sqlite { source, .. } => {
-                DbError::sql(format!("read schema version of {label}"), source)
-            }
+            DbError::Sqlite { source, .. } => DbError::sql(format!("read schema version of {label}"), source),
             other => other,
         })?;
         if found > known {
-            return Err(DbError::TooNew {
-                path: label.to_owned(),
-                found,
-                known,
-            });
+            return Err(DbError::TooNew { path: label.to_owned(), found, known });
         }
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
@@ -608,10 +547,8 @@ impl Db {
                  (file system without shared memory?)"
             );
         }
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .with_ctx(|| format!("set synchronous on {label}"))?;
-        conn.pragma_update(None, "foreign_keys", true)
-            .with_ctx(|| format!("set foreign_keys on {label}"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").with_ctx(|| format!("set synchronous on {label}"))?;
+        conn.pragma_update(None, "foreign_keys", true).with_ctx(|| format!("set foreign_keys on {label}"))?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024_i64)
             .with_ctx(|| format!("set journal_size_limit on {label}"))?;
         migrate(&mut conn, label, migrations)?;
@@ -631,11 +568,7 @@ impl Db {
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction (write lock taken up front,
     /// so no upgrade deadlock with another writer).
-    fn write<T>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, DbError>,
-    ) -> Result<T, DbError> {
+    fn write<T>(&self, op: &'static str, f: impl FnOnce(&Transaction<'_>) -> Result<T, DbError>) -> Result<T, DbError> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(op)?;
         let v = f(&tx)?;
         tx.commit().ctx(op)?;
@@ -648,14 +581,9 @@ impl Db {
         op: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .ctx(op)?;
+        self.conn.pragma_update(None, "synchronous", "FULL").ctx(op)?;
         let result = self.write(op, f);
-        let restored = self
-            .conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .ctx(op);
+        let restored = self.conn.pragma_update(None, "synchronous", "NORMAL").ctx(op);
         let v = result?;
         restored?;
         Ok(v)
@@ -668,10 +596,7 @@ impl Db {
     pub fn upsert_stream(&self, s: &StreamSpec, now_ms: i64) -> Result<StreamRow, DbError> {
         validate_stream_name(&s.name).map_err(DbError::invalid)?;
         if s.url.trim().is_empty() {
-            return Err(DbError::invalid(format!(
-                "stream {:?}: url is empty",
-                s.name
-            )));
+            return Err(DbError::invalid(format!("stream {:?}: url is empty", s.name)));
         }
         if s.source != "config" && s.source != "api" {
             return Err(DbError::invalid(format!(
@@ -679,10 +604,8 @@ impl Db {
                 s.name, s.source
             )));
         }
-        let max_mb = s
-            .max_storage_mb
-            .map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name)))
-            .transpose()?;
+        let max_mb =
+            s.max_storage_mb.map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name))).transpose()?;
         self.write("upsert_stream", |tx| {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, retention_days, max_storage_mb,
@@ -730,28 +653,19 @@ impl Db {
             .prepare_cached(&format!("SELECT {STREAM_COLS} FROM streams ORDER BY name"))
             .ctx("list_streams")?;
         let rows = st.query_map([], stream_from_row).ctx("list_streams")?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .ctx("list_streams")
+        rows.collect::<rusqlite::Result<Vec<_>>>().ctx("list_streams")
     }
 
     pub fn stream_by_name(&self, name: &str) -> Result<Option<StreamRow>, DbError> {
         self.conn
-            .query_row(
-                &format!("SELECT {STREAM_COLS} FROM streams WHERE name = ?1"),
-                [name],
-                stream_from_row,
-            )
+            .query_row(&format!("SELECT {STREAM_COLS} FROM streams WHERE name = ?1"), [name], stream_from_row)
             .optional()
             .with_ctx(|| format!("stream_by_name {name:?}"))
     }
 
     pub fn stream_by_id(&self, id: i64) -> Result<Option<StreamRow>, DbError> {
         self.conn
-            .query_row(
-                &format!("SELECT {STREAM_COLS} FROM streams WHERE id = ?1"),
-                [id],
-                stream_from_row,
-            )
+            .query_row(&format!("SELECT {STREAM_COLS} FROM streams WHERE id = ?1"), [id], stream_from_row)
             .optional()
             .with_ctx(|| format!("stream_by_id {id}"))
     }
@@ -762,29 +676,19 @@ impl Db {
     pub fn delete_stream(&self, name: &str) -> Result<bool, DbError> {
         self.write("delete_stream", |tx| {
             let Some(id) = tx
-                .query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| {
-                    r.get::<_, i64>(0)
-                })
+                .query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
                 .optional()
                 .with_ctx(|| format!("delete_stream {name:?}: find"))?
             else {
                 return Ok(false);
             };
             let segments: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM segments WHERE stream_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT count(*) FROM segments WHERE stream_id = ?1", [id], |r| r.get(0))
                 .with_ctx(|| format!("delete_stream {name:?}: count segments"))?;
             if segments > 0 {
-                return Err(DbError::InUse {
-                    stream: name.to_owned(),
-                    segments: segments.unsigned_abs(),
-                });
+                return Err(DbError::InUse { stream: name.to_owned(), segments: segments.unsigned_abs() });
             }
-            tx.execute("DELETE FROM streams WHERE id = ?1", [id])
-                .with_ctx(|| format!("delete_stream {name:?}"))?;
+            tx.execute("DELETE FROM streams WHERE id = ?1", [id]).with_ctx(|| format!("delete_stream {name:?}"))?;
             Ok(true)
         })
     }
@@ -796,9 +700,7 @@ impl Db {
     pub fn purge_stream(&self, name: &str) -> Result<Option<Vec<String>>, DbError> {
         self.write_durably("purge_stream", |tx| {
             let Some(id) = tx
-                .query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| {
-                    r.get::<_, i64>(0)
-                })
+                .query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
                 .optional()
                 .with_ctx(|| format!("purge_stream {name:?}: find"))?
             else {
@@ -806,9 +708,8 @@ impl Db {
             };
             let paths = {
                 let op = || format!("purge_stream {name:?}: list segments");
-                let mut st = tx
-                    .prepare("SELECT path FROM segments WHERE stream_id = ?1 ORDER BY start_ms, id")
-                    .with_ctx(op)?;
+                let mut st =
+                    tx.prepare("SELECT path FROM segments WHERE stream_id = ?1 ORDER BY start_ms, id").with_ctx(op)?;
                 let rows = st.query_map([id], |r| r.get::<_, String>(0)).with_ctx(op)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().with_ctx(op)?
             };
@@ -884,28 +785,16 @@ impl Db {
                                      fragments = ?6, state = ?7
                  WHERE id = ?1 AND (state = 'open' OR ?7 = 'closed') AND start_ms <= ?2",
             )
-            .and_then(|mut st| {
-                st.execute(params![
-                    id,
-                    p.end_ms,
-                    bytes,
-                    frames,
-                    audio_frames,
-                    blob,
-                    state
-                ])
-            })
+            .and_then(|mut st| st.execute(params![id, p.end_ms, bytes, frames, audio_frames, blob, state]))
             .with_ctx(|| format!("update_segment {id}"))?;
         if changed == 1 {
             return Ok(());
         }
         match self.segment(id)? {
-            None => Err(DbError::NotFound {
-                what: format!("segment {id} to update"),
-            }),
-            Some(row) if row.closed && !p.closed => Err(DbError::invalid(format!(
-                "segment {id} is closed; it cannot be reopened"
-            ))),
+            None => Err(DbError::NotFound { what: format!("segment {id} to update") }),
+            Some(row) if row.closed && !p.closed => {
+                Err(DbError::invalid(format!("segment {id} is closed; it cannot be reopened")))
+            }
             Some(row) => Err(DbError::invalid(format!(
                 "segment {id}: end_ms {} is before its start_ms {}",
                 p.end_ms, row.start_ms
@@ -915,18 +804,14 @@ impl Db {
 
     pub fn segment(&self, id: i64) -> Result<Option<SegmentRow>, DbError> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {SEGMENT_COLS} FROM segments WHERE id = ?1"
-            ))
+            .prepare_cached(&format!("SELECT {SEGMENT_COLS} FROM segments WHERE id = ?1"))
             .and_then(|mut st| st.query_row([id], segment_from_row).optional())
             .with_ctx(|| format!("read segment {id}"))
     }
 
     pub fn segment_by_path(&self, path: &str) -> Result<Option<SegmentRow>, DbError> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT {SEGMENT_COLS} FROM segments WHERE path = ?1"
-            ))
+            .prepare_cached(&format!("SELECT {SEGMENT_COLS} FROM segments WHERE path = ?1"))
             .and_then(|mut st| st.query_row([path], segment_from_row).optional())
             .with_ctx(|| format!("read segment {path:?}"))
     }
@@ -939,9 +824,7 @@ impl Db {
     ) -> Result<Vec<SegmentRow>, DbError> {
         let mut st = self
             .conn
-            .prepare_cached(&format!(
-                "SELECT {SEGMENT_COLS} FROM segments WHERE {cond} ORDER BY start_ms, id"
-            ))
+            .prepare_cached(&format!("SELECT {SEGMENT_COLS} FROM segments WHERE {cond} ORDER BY start_ms, id"))
             .ctx(op)?;
         let rows = st.query_map(p, segment_from_row).ctx(op)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
@@ -951,12 +834,7 @@ impl Db {
     /// A segment `[s, e)` overlaps if `s < end_ms` and `e > start_ms`; a
     /// zero-length one (just opened) overlaps if `start_ms <= s < end_ms`.
     /// An empty range gives nothing; a reversed one is [`DbError::Invalid`].
-    pub fn segments_overlapping(
-        &self,
-        stream_id: i64,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<Vec<SegmentRow>, DbError> {
+    pub fn segments_overlapping(&self, stream_id: i64, start_ms: i64, end_ms: i64) -> Result<Vec<SegmentRow>, DbError> {
         check_range(start_ms, end_ms, "segments_overlapping")?;
         if start_ms == end_ms {
             return Ok(Vec::new());
@@ -974,25 +852,16 @@ impl Db {
     }
 
     pub fn all_segment_paths(&self) -> Result<HashSet<String>, DbError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT path FROM segments")
-            .ctx("all_segment_paths")?;
-        let rows = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .ctx("all_segment_paths")?;
-        rows.collect::<rusqlite::Result<HashSet<_>>>()
-            .ctx("all_segment_paths")
+        let mut st = self.conn.prepare_cached("SELECT path FROM segments").ctx("all_segment_paths")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).ctx("all_segment_paths")?;
+        rows.collect::<rusqlite::Result<HashSet<_>>>().ctx("all_segment_paths")
     }
 
     /// Sets or clears the protection of a segment; `false` if there is no such segment.
     pub fn set_protected(&self, id: i64, protected: bool) -> Result<bool, DbError> {
         let n = self
             .conn
-            .execute(
-                "UPDATE segments SET protected = ?2 WHERE id = ?1",
-                params![id, protected],
-            )
+            .execute("UPDATE segments SET protected = ?2 WHERE id = ?1", params![id, protected])
             .with_ctx(|| format!("set_protected {id}"))?;
         Ok(n == 1)
     }
@@ -1036,29 +905,16 @@ impl Db {
     /// [`Db::delete_segments_to_garbage`] that leaves protected segments (and
     /// does not return their paths): what retention uses, so a segment
     /// protected after the plan was made survives.
-    pub fn delete_unprotected_segments_to_garbage(
-        &self,
-        ids: &[i64],
-    ) -> Result<Vec<String>, DbError> {
+    pub fn delete_unprotected_segments_to_garbage(&self, ids: &[i64]) -> Result<Vec<String>, DbError> {
         self.delete_to_garbage("delete_unprotected_segments_to_garbage", ids, false)
     }
 
-    fn delete_to_garbage(
-        &self,
-        op: &'static str,
-        ids: &[i64],
-        protected_too: bool,
-    ) -> Result<Vec<String>, DbError> {
+    fn delete_to_garbage(&self, op: &'static str, ids: &[i64], protected_too: bool) -> Result<Vec<String>, DbError> {
         self.write_durably(op, |tx| {
-            let mut find = tx
-                .prepare_cached("SELECT path FROM segments WHERE id = ?1 AND (?2 OR protected = 0)")
-                .ctx(op)?;
-            let mut to_garbage = tx
-                .prepare_cached("INSERT OR IGNORE INTO garbage (path) VALUES (?1)")
-                .ctx(op)?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM segments WHERE id = ?1")
-                .ctx(op)?;
+            let mut find =
+                tx.prepare_cached("SELECT path FROM segments WHERE id = ?1 AND (?2 OR protected = 0)").ctx(op)?;
+            let mut to_garbage = tx.prepare_cached("INSERT OR IGNORE INTO garbage (path) VALUES (?1)").ctx(op)?;
+            let mut delete = tx.prepare_cached("DELETE FROM segments WHERE id = ?1").ctx(op)?;
             let mut paths = Vec::with_capacity(ids.len());
             for &id in ids {
                 let Some(path) = find
@@ -1068,12 +924,8 @@ impl Db {
                 else {
                     continue;
                 };
-                to_garbage
-                    .execute([&path])
-                    .with_ctx(|| format!("{op}: garbage {path:?}"))?;
-                delete
-                    .execute([id])
-                    .with_ctx(|| format!("{op}: delete segment {id}"))?;
+                to_garbage.execute([&path]).with_ctx(|| format!("{op}: garbage {path:?}"))?;
+                delete.execute([id]).with_ctx(|| format!("{op}: delete segment {id}"))?;
                 paths.push(path);
             }
             Ok(paths)
@@ -1082,10 +934,7 @@ impl Db {
 
     /// Paths whose rows are gone but whose files may still exist.
     pub fn garbage(&self) -> Result<Vec<String>, DbError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT path FROM garbage ORDER BY path")
-            .ctx("garbage")?;
+        let mut st = self.conn.prepare_cached("SELECT path FROM garbage ORDER BY path").ctx("garbage")?;
         let rows = st.query_map([], |r| r.get::<_, String>(0)).ctx("garbage")?;
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx("garbage")
     }
@@ -1101,9 +950,7 @@ impl Db {
     /// [`Db::garbage_done`] for many paths, in one transaction.
     pub fn garbage_done_all(&self, paths: &[String]) -> Result<(), DbError> {
         self.write("garbage_done_all", |tx| {
-            let mut st = tx
-                .prepare_cached("DELETE FROM garbage WHERE path = ?1")
-                .ctx("garbage_done_all")?;
+            let mut st = tx.prepare_cached("DELETE FROM garbage WHERE path = ?1").ctx("garbage_done_all")?;
             for p in paths {
                 st.execute([p]).with_ctx(|| format!("garbage_done {p:?}"))?;
             }
@@ -1113,18 +960,10 @@ impl Db {
 
     // ---- gaps ----
 
-    pub fn insert_gap(
-        &self,
-        stream_id: i64,
-        start_ms: i64,
-        end_ms: i64,
-        reason: &str,
-    ) -> Result<(), DbError> {
+    pub fn insert_gap(&self, stream_id: i64, start_ms: i64, end_ms: i64, reason: &str) -> Result<(), DbError> {
         check_range(start_ms, end_ms, "insert_gap")?;
         self.conn
-            .prepare_cached(
-                "INSERT INTO gaps (stream_id, start_ms, end_ms, reason) VALUES (?1, ?2, ?3, ?4)",
-            )
+            .prepare_cached("INSERT INTO gaps (stream_id, start_ms, end_ms, reason) VALUES (?1, ?2, ?3, ?4)")
             .and_then(|mut st| st.execute(params![stream_id, start_ms, end_ms, reason]))
             .with_ctx(|| format!("insert_gap {start_ms}..{end_ms} of stream {stream_id}"))?;
         Ok(())
@@ -1132,12 +971,7 @@ impl Db {
 
     /// Gaps of `stream_id` overlapping `[start_ms, end_ms)`, by start; same
     /// rules as [`Db::segments_overlapping`].
-    pub fn gaps_overlapping(
-        &self,
-        stream_id: i64,
-        start_ms: i64,
-        end_ms: i64,
-    ) -> Result<Vec<GapRow>, DbError> {
+    pub fn gaps_overlapping(&self, stream_id: i64, start_ms: i64, end_ms: i64) -> Result<Vec<GapRow>, DbError> {
         let op = "gaps_overlapping";
         check_range(start_ms, end_ms, op)?;
         if start_ms == end_ms {
@@ -1151,9 +985,7 @@ impl Db {
                  ORDER BY start_ms, id",
             )
             .ctx(op)?;
-        let rows = st
-            .query_map(params![stream_id, start_ms, end_ms], gap_from_row)
-            .ctx(op)?;
+        let rows = st.query_map(params![stream_id, start_ms, end_ms], gap_from_row).ctx(op)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
     }
 
@@ -1178,15 +1010,8 @@ impl Db {
                  GROUP BY s.id ORDER BY s.id",
             )
             .ctx(op)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    get_num(r, 1, "sum(bytes)")?,
-                    get_num(r, 2, "count(*)")?,
-                ))
-            })
-            .ctx(op)?;
+        let rows =
+            st.query_map([], |r| Ok((r.get(0)?, get_num(r, 1, "sum(bytes)")?, get_num(r, 2, "count(*)")?))).ctx(op)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
     }
 }
@@ -1225,23 +1050,13 @@ mod tests {
     }
 
     fn progress(end_ms: i64, bytes: u64, closed: bool) -> SegmentProgress {
-        SegmentProgress {
-            end_ms,
-            bytes,
-            frames: 10,
-            audio_frames: 5,
-            fragments: Vec::new(),
-            closed,
-        }
+        SegmentProgress { end_ms, bytes, frames: 10, audio_frames: 5, fragments: Vec::new(), closed }
     }
 
     /// A segment `[start, end)`, closed.
     fn closed_seg(db: &Db, stream_id: i64, start: i64, end: i64, bytes: u64) -> i64 {
-        let id = db
-            .insert_segment(&new_seg(stream_id, start))
-            .expect("insert");
-        db.update_segment(id, &progress(end, bytes, true))
-            .expect("close");
+        let id = db.insert_segment(&new_seg(stream_id, start)).expect("insert");
+        db.update_segment(id, &progress(end, bytes, true)).expect("close");
         id
     }
 
@@ -1254,14 +1069,7 @@ mod tests {
 
     fn sample_fragments() -> Vec<FragmentEntry> {
         vec![
-            FragmentEntry {
-                offset: 700,
-                size: 50_000,
-                start_ticks: 0,
-                duration_ticks: 180_000,
-                frames: 60,
-                key: true,
-            },
+            FragmentEntry { offset: 700, size: 50_000, start_ticks: 0, duration_ticks: 180_000, frames: 60, key: true },
             FragmentEntry {
                 offset: 50_700,
                 size: 48_000,
@@ -1315,24 +1123,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("oxinvr.db");
         let db = Db::open(&path).expect("open");
-        assert_eq!(
-            db.schema_version().expect("version") as usize,
-            MIGRATIONS.len()
-        );
-        let mode: String = db
-            .conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .expect("journal_mode");
+        assert_eq!(db.schema_version().expect("version") as usize, MIGRATIONS.len());
+        let mode: String = db.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("journal_mode");
         assert_eq!(mode, "wal");
-        let fk: i64 = db
-            .conn
-            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-            .expect("foreign_keys");
+        let fk: i64 = db.conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).expect("foreign_keys");
         assert_eq!(fk, 1);
-        let sync: i64 = db
-            .conn
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .expect("synchronous");
+        let sync: i64 = db.conn.pragma_query_value(None, "synchronous", |r| r.get(0)).expect("synchronous");
         assert_eq!(sync, 1, "NORMAL");
         drop(db);
         // Reopening is a no-op; a second connection works alongside.
@@ -1342,10 +1138,7 @@ mod tests {
         assert_eq!(b.list_streams().expect("read on b").len(), 1);
 
         let mem = Db::open_in_memory().expect("in memory");
-        assert_eq!(
-            mem.schema_version().expect("version") as usize,
-            MIGRATIONS.len()
-        );
+        assert_eq!(mem.schema_version().expect("version") as usize, MIGRATIONS.len());
     }
 
     #[test]
@@ -1360,32 +1153,19 @@ mod tests {
                 assert_eq!(user_version(&conn).expect("v") as usize, k);
             }
             let db = Db::open(&path).unwrap_or_else(|e| panic!("open from v{k}: {e}"));
-            assert_eq!(
-                db.schema_version().expect("v") as usize,
-                MIGRATIONS.len(),
-                "from v{k}"
-            );
+            assert_eq!(db.schema_version().expect("v") as usize, MIGRATIONS.len(), "from v{k}");
 
             let streams = db.list_streams().expect("streams");
             assert_eq!(streams.len(), 2);
-            let front = db
-                .stream_by_name("front")
-                .expect("q")
-                .expect("front survived");
+            let front = db.stream_by_name("front").expect("q").expect("front survived");
             assert_eq!(front.id, 1);
             assert_eq!(front.spec.url, "rtsp://cam/front");
             assert_eq!(front.spec.retention_days, Some(7));
             assert_eq!(front.spec.max_storage_mb, Some(500));
             assert_eq!(front.spec.priority, 2);
-            assert_eq!(
-                front.spec.bitrate_kbps,
-                if k >= 3 { Some(4000) } else { None }
-            );
+            assert_eq!(front.spec.bitrate_kbps, if k >= 3 { Some(4000) } else { None });
             assert_eq!((front.created_ms, front.updated_ms), (100, 200));
-            let back = db
-                .stream_by_name("back")
-                .expect("q")
-                .expect("back survived");
+            let back = db.stream_by_name("back").expect("q").expect("back survived");
             assert!(!back.spec.enabled);
             assert_eq!(back.spec.record, RecordMode::Off);
             assert_eq!(back.spec.retention_days, None);
@@ -1393,34 +1173,15 @@ mod tests {
 
             let s = db.segment(10).expect("q").expect("segment 10 survived");
             assert!(s.closed);
-            assert_eq!(
-                (s.start_ms, s.end_ms, s.bytes, s.frames, s.audio_frames),
-                (1000, 61000, 123456, 1800, 2800)
-            );
-            assert_eq!(
-                (s.codec.as_str(), s.width, s.height),
-                ("avc1.64001f", 1920, 1080)
-            );
-            assert_eq!(
-                (s.video_timescale, s.init_len, s.has_audio),
-                (90000, 700, true)
-            );
-            assert_eq!(
-                s.fragments,
-                if k >= 2 {
-                    sample_fragments()
-                } else {
-                    Vec::new()
-                }
-            );
+            assert_eq!((s.start_ms, s.end_ms, s.bytes, s.frames, s.audio_frames), (1000, 61000, 123456, 1800, 2800));
+            assert_eq!((s.codec.as_str(), s.width, s.height), ("avc1.64001f", 1920, 1080));
+            assert_eq!((s.video_timescale, s.init_len, s.has_audio), (90000, 700, true));
+            assert_eq!(s.fragments, if k >= 2 { sample_fragments() } else { Vec::new() });
             assert_eq!(s.protected, k >= 3);
             assert_eq!(s.trigger, if k >= 3 { "motion" } else { "continuous" });
             let open = db.open_segments().expect("open");
             assert_eq!(open.iter().map(|s| s.id).collect::<Vec<_>>(), vec![11]);
-            assert_eq!(
-                db.garbage().expect("garbage"),
-                vec!["recordings/front/1970-01-01/0.mp4".to_owned()]
-            );
+            assert_eq!(db.garbage().expect("garbage"), vec!["recordings/front/1970-01-01/0.mp4".to_owned()]);
             let gaps = db.gaps_overlapping(1, 0, i64::MAX).expect("gaps");
             assert_eq!(gaps.len(), usize::from(k >= 2));
 
@@ -1450,18 +1211,12 @@ mod tests {
         let newer = MIGRATIONS.len() as i64 + 1;
         {
             let conn = Connection::open(&path).expect("raw");
-            conn.execute_batch("CREATE TABLE future (x INTEGER)")
-                .expect("table");
-            conn.pragma_update(None, "user_version", newer)
-                .expect("version");
+            conn.execute_batch("CREATE TABLE future (x INTEGER)").expect("table");
+            conn.pragma_update(None, "user_version", newer).expect("version");
         }
         let err = Db::open(&path).expect_err("must refuse");
         match &err {
-            DbError::TooNew {
-                found,
-                known,
-                path: p,
-            } => {
+            DbError::TooNew { found, known, path: p } => {
                 assert_eq!(i64::from(*found), newer);
                 assert_eq!(*known as usize, MIGRATIONS.len());
                 assert!(p.contains("oxinvr.db"));
@@ -1469,25 +1224,14 @@ mod tests {
             other => panic!("wrong error {other:?}"),
         }
         let msg = err.to_string();
-        assert!(
-            msg.contains(&format!("schema version {newer}")) && msg.contains("refusing"),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("schema version {newer}")) && msg.contains("refusing"), "{msg}");
         let conn = Connection::open(&path).expect("raw");
-        let v: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .expect("v");
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("v");
         assert_eq!(v, newer);
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .expect("mode");
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("mode");
         assert_eq!(mode, "delete", "journal mode untouched");
         let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table'", [], |r| r.get(0))
             .expect("tables");
         assert_eq!(tables, 1, "no migration ran");
     }
@@ -1520,65 +1264,34 @@ mod tests {
         assert_eq!((c.id, c.created_ms, c.updated_ms), (a.id, 1000, 3000));
         assert_eq!(c.spec, changed);
         db.upsert_stream(&spec("a-cam"), 4000).expect("second");
-        let names: Vec<String> = db
-            .list_streams()
-            .expect("list")
-            .into_iter()
-            .map(|s| s.spec.name)
-            .collect();
+        let names: Vec<String> = db.list_streams().expect("list").into_iter().map(|s| s.spec.name).collect();
         assert_eq!(names, vec!["a-cam", "b-cam"]);
-        assert_eq!(
-            db.stream_by_id(a.id).expect("q").map(|s| s.spec.name),
-            Some("b-cam".to_owned())
-        );
+        assert_eq!(db.stream_by_id(a.id).expect("q").map(|s| s.spec.name), Some("b-cam".to_owned()));
         assert!(db.stream_by_name("nope").expect("q").is_none());
 
         // Bad input is refused with a message naming the field.
         let mut bad = spec("x");
         bad.source = "web".to_owned();
-        assert!(db
-            .upsert_stream(&bad, 0)
-            .expect_err("source")
-            .to_string()
-            .contains("source"));
+        assert!(db.upsert_stream(&bad, 0).expect_err("source").to_string().contains("source"));
         for name in ["", "../etc", ".hidden", "a/b", "caméra", &"x".repeat(65)] {
-            assert!(
-                matches!(
-                    db.upsert_stream(&spec(name), 0),
-                    Err(DbError::Invalid { .. })
-                ),
-                "{name:?}"
-            );
+            assert!(matches!(db.upsert_stream(&spec(name), 0), Err(DbError::Invalid { .. })), "{name:?}");
         }
         let mut big = spec("big");
         big.max_storage_mb = Some(u64::MAX);
-        assert!(db
-            .upsert_stream(&big, 0)
-            .expect_err("range")
-            .to_string()
-            .contains("max_storage_mb"));
+        assert!(db.upsert_stream(&big, 0).expect_err("range").to_string().contains("max_storage_mb"));
 
         // Delete: refused while segments exist; gaps go with the stream.
         let seg = closed_seg(&db, a.id, 0, 10, 1);
         db.insert_gap(a.id, 10, 20, "lost").expect("gap");
         match db.delete_stream("b-cam") {
-            Err(DbError::InUse {
-                stream,
-                segments: 1,
-            }) => assert_eq!(stream, "b-cam"),
+            Err(DbError::InUse { stream, segments: 1 }) => assert_eq!(stream, "b-cam"),
             other => panic!("expected InUse, got {other:?}"),
         }
-        assert_eq!(
-            db.delete_segments_to_garbage(&[seg]).expect("delete"),
-            vec![new_seg(a.id, 0).path]
-        );
+        assert_eq!(db.delete_segments_to_garbage(&[seg]).expect("delete"), vec![new_seg(a.id, 0).path]);
         assert!(db.delete_stream("b-cam").expect("delete"));
         assert!(!db.delete_stream("b-cam").expect("again"));
         assert!(db.stream_by_name("b-cam").expect("q").is_none());
-        let gaps: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM gaps", [], |r| r.get(0))
-            .expect("count");
+        let gaps: i64 = db.conn.query_row("SELECT count(*) FROM gaps", [], |r| r.get(0)).expect("count");
         assert_eq!(gaps, 0);
     }
 
@@ -1602,31 +1315,15 @@ mod tests {
 
     #[test]
     fn stream_spec_json() {
-        let s: StreamSpec =
-            serde_json::from_str(r#"{"name":"door","url":"rtsp://x"}"#).expect("minimal");
+        let s: StreamSpec = serde_json::from_str(r#"{"name":"door","url":"rtsp://x"}"#).expect("minimal");
         assert!(s.enabled);
-        assert_eq!(
-            (s.record, s.priority, s.source.as_str()),
-            (RecordMode::Continuous, 0, "api")
-        );
-        let s: StreamSpec = serde_json::from_str(
-            r#"{"name":"door","url":"rtsp://x","record":"off","retention_days":3}"#,
-        )
-        .expect("off");
+        assert_eq!((s.record, s.priority, s.source.as_str()), (RecordMode::Continuous, 0, "api"));
+        let s: StreamSpec =
+            serde_json::from_str(r#"{"name":"door","url":"rtsp://x","record":"off","retention_days":3}"#).expect("off");
         assert_eq!((s.record, s.retention_days), (RecordMode::Off, Some(3)));
-        assert!(
-            serde_json::from_str::<StreamSpec>(r#"{"name":"d","url":"u","record":"motion"}"#)
-                .is_err()
-        );
-        assert!(
-            serde_json::from_str::<StreamSpec>(r#"{"name":"d","url":"u","retention":3}"#).is_err()
-        );
-        let row = StreamRow {
-            id: 3,
-            spec: s,
-            created_ms: 1,
-            updated_ms: 2,
-        };
+        assert!(serde_json::from_str::<StreamSpec>(r#"{"name":"d","url":"u","record":"motion"}"#).is_err());
+        assert!(serde_json::from_str::<StreamSpec>(r#"{"name":"d","url":"u","retention":3}"#).is_err());
+        let row = StreamRow { id: 3, spec: s, created_ms: 1, updated_ms: 2 };
         let v = serde_json::to_value(&row).expect("json");
         assert_eq!(v["id"], 3);
         assert_eq!(v["name"], "door");
@@ -1640,10 +1337,7 @@ mod tests {
         let id = db.insert_segment(&new_seg(s.id, 5000)).expect("insert");
         let row = db.segment(id).expect("q").expect("row");
         assert!(!row.closed && !row.protected);
-        assert_eq!(
-            (row.start_ms, row.end_ms, row.bytes, row.frames),
-            (5000, 5000, row.init_len, 0)
-        );
+        assert_eq!((row.start_ms, row.end_ms, row.bytes, row.frames), (5000, 5000, row.init_len, 0));
         assert!(row.init_len > 0, "the synced init counts as bytes");
         assert!(row.fragments.is_empty());
         assert_eq!(row.trigger, "continuous");
@@ -1654,16 +1348,7 @@ mod tests {
         db.update_segment(id, &p).expect("progress");
         let row = db.segment(id).expect("q").expect("row");
         assert_eq!(row.fragments, sample_fragments());
-        assert_eq!(
-            (
-                row.end_ms,
-                row.bytes,
-                row.frames,
-                row.audio_frames,
-                row.closed
-            ),
-            (7000, 98_700, 10, 5, false)
-        );
+        assert_eq!((row.end_ms, row.bytes, row.frames, row.audio_frames, row.closed), (7000, 98_700, 10, 5, false));
 
         // A large index survives too.
         let many: Vec<FragmentEntry> = (0..3600_u32)
@@ -1679,10 +1364,7 @@ mod tests {
         p.fragments = many.clone();
         p.closed = true;
         db.update_segment(id, &p).expect("close");
-        let row = db
-            .segment_by_path(&new_seg(s.id, 5000).path)
-            .expect("q")
-            .expect("row");
+        let row = db.segment_by_path(&new_seg(s.id, 5000).path).expect("q").expect("row");
         assert!(row.closed);
         assert_eq!(row.fragments, many);
         assert!(db.open_segments().expect("open").is_empty());
@@ -1695,8 +1377,7 @@ mod tests {
         let mut repaired = p.clone();
         repaired.bytes = 50;
         repaired.fragments.truncate(1);
-        db.update_segment(id, &repaired)
-            .expect("repair a closed row");
+        db.update_segment(id, &repaired).expect("repair a closed row");
         let row = db.segment(id).expect("q").expect("row");
         assert_eq!((row.closed, row.bytes, row.fragments.len()), (true, 50, 1));
         let mut reopen = p.clone();
@@ -1704,50 +1385,23 @@ mod tests {
         let err = db.update_segment(id, &reopen).expect_err("reopen");
         assert!(err.to_string().contains("cannot be reopened"), "{err}");
         assert!(db.segment(id).expect("q").expect("row").closed);
-        assert!(matches!(
-            db.update_segment(999, &p),
-            Err(DbError::NotFound { .. })
-        ));
+        assert!(matches!(db.update_segment(999, &p), Err(DbError::NotFound { .. })));
         let id2 = db.insert_segment(&new_seg(s.id, 9000)).expect("insert");
-        let err = db
-            .update_segment(id2, &progress(8999, 1, false))
-            .expect_err("end before start");
+        let err = db.update_segment(id2, &progress(8999, 1, false)).expect_err("end before start");
         assert!(err.to_string().contains("before its start"), "{err}");
-        let err = db
-            .update_segment(id2, &progress(9001, u64::MAX, false))
-            .expect_err("bytes range");
+        let err = db.update_segment(id2, &progress(9001, u64::MAX, false)).expect_err("bytes range");
         assert!(err.to_string().contains("bytes"), "{err}");
-        assert!(
-            db.insert_segment(&new_seg(s.id, 9000)).is_err(),
-            "duplicate path"
-        );
-        let err = db
-            .insert_segment(&new_seg(999, 1))
-            .expect_err("unknown stream");
+        assert!(db.insert_segment(&new_seg(s.id, 9000)).is_err(), "duplicate path");
+        let err = db.insert_segment(&new_seg(999, 1)).expect_err("unknown stream");
         assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
-        for bad in [
-            "",
-            "/abs.mp4",
-            "../x.mp4",
-            "a/../b.mp4",
-            "a/./b.mp4",
-            "a\\b.mp4",
-        ] {
+        for bad in ["", "/abs.mp4", "../x.mp4", "a/../b.mp4", "a/./b.mp4", "a\\b.mp4"] {
             let mut n = new_seg(s.id, 1);
             n.path = bad.to_owned();
-            assert!(
-                matches!(db.insert_segment(&n), Err(DbError::Invalid { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(db.insert_segment(&n), Err(DbError::Invalid { .. })), "{bad:?}");
         }
 
         // A corrupt blob is reported, not panicked on.
-        db.conn
-            .execute(
-                "UPDATE segments SET fragments = x'0102' WHERE id = ?1",
-                [id],
-            )
-            .expect("corrupt");
+        db.conn.execute("UPDATE segments SET fragments = x'0102' WHERE id = ?1", [id]).expect("corrupt");
         let err = db.segment(id).expect_err("corrupt blob");
         assert!(err.to_string().contains("fragment index"), "{err}");
     }
@@ -1760,15 +1414,9 @@ mod tests {
         let a = closed_seg(&db, s.id, 1000, 2000, 1);
         let b = closed_seg(&db, s.id, 2000, 3000, 1);
         closed_seg(&db, o.id, 1000, 3000, 1);
-        let z = db
-            .insert_segment(&new_seg(s.id, 5000))
-            .expect("zero length open");
+        let z = db.insert_segment(&new_seg(s.id, 5000)).expect("zero length open");
         let ids = |from: i64, to: i64| -> Vec<i64> {
-            db.segments_overlapping(s.id, from, to)
-                .expect("query")
-                .into_iter()
-                .map(|r| r.id)
-                .collect()
+            db.segments_overlapping(s.id, from, to).expect("query").into_iter().map(|r| r.id).collect()
         };
         assert_eq!(ids(0, 1000), Vec::<i64>::new(), "ends where a starts");
         assert_eq!(ids(0, 1001), vec![a]);
@@ -1780,22 +1428,13 @@ mod tests {
         assert_eq!(ids(5000, 5001), vec![z]);
         assert_eq!(ids(4000, 5000), Vec::<i64>::new());
         assert_eq!(ids(1500, 1500), Vec::<i64>::new(), "empty range");
-        assert!(matches!(
-            db.segments_overlapping(s.id, 10, 5),
-            Err(DbError::Invalid { .. })
-        ));
+        assert!(matches!(db.segments_overlapping(s.id, 10, 5), Err(DbError::Invalid { .. })));
 
-        db.insert_gap(s.id, 3000, 5000, "camera offline")
-            .expect("gap");
-        db.insert_gap(s.id, 6000, 6000, "timestamp jump")
-            .expect("point gap");
+        db.insert_gap(s.id, 3000, 5000, "camera offline").expect("gap");
+        db.insert_gap(s.id, 6000, 6000, "timestamp jump").expect("point gap");
         db.insert_gap(o.id, 0, 10_000, "other").expect("gap");
         let gaps = |from: i64, to: i64| -> Vec<(i64, i64)> {
-            db.gaps_overlapping(s.id, from, to)
-                .expect("gaps")
-                .into_iter()
-                .map(|g| (g.start_ms, g.end_ms))
-                .collect()
+            db.gaps_overlapping(s.id, from, to).expect("gaps").into_iter().map(|g| (g.start_ms, g.end_ms)).collect()
         };
         assert_eq!(gaps(0, 3000), vec![]);
         assert_eq!(gaps(0, 3001), vec![(3000, 5000)]);
@@ -1806,11 +1445,7 @@ mod tests {
         assert!(db.insert_gap(s.id, 5, 4, "x").is_err());
         assert!(db.insert_gap(999, 4, 5, "x").is_err(), "unknown stream");
         assert_eq!(gaps(0, 0), vec![], "empty range");
-        assert_eq!(
-            db.delete_gaps_before(5001).expect("prune"),
-            1,
-            "only cam's 3000..5000 ended before 5001"
-        );
+        assert_eq!(db.delete_gaps_before(5001).expect("prune"), 1, "only cam's 3000..5000 ended before 5001");
         assert_eq!(gaps(0, 10_000), vec![(6000, 6000)]);
     }
 
@@ -1831,36 +1466,23 @@ mod tests {
                  BEGIN SELECT RAISE(ABORT, 'test refuses'); END;"
             ))
             .expect("trigger");
-        let err = db
-            .delete_segments_to_garbage(&[a, b])
-            .expect_err("must fail");
+        let err = db.delete_segments_to_garbage(&[a, b]).expect_err("must fail");
         assert!(err.to_string().contains("delete segment"), "{err}");
         assert!(db.segment(a).expect("q").is_some(), "a rolled back");
         assert!(db.garbage().expect("g").is_empty(), "garbage rolled back");
-        let sync: i64 = db
-            .conn
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .expect("sync");
+        let sync: i64 = db.conn.pragma_query_value(None, "synchronous", |r| r.get(0)).expect("sync");
         assert_eq!(sync, 1, "back to NORMAL after a failure");
 
         db.conn.execute_batch("DROP TRIGGER refuse").expect("drop");
-        let paths = db
-            .delete_unprotected_segments_to_garbage(&[a, b, p, 999, a])
-            .expect("delete");
+        let paths = db.delete_unprotected_segments_to_garbage(&[a, b, p, 999, a]).expect("delete");
         assert_eq!(paths, vec![new_seg(s.id, 0).path, new_seg(s.id, 10).path]);
         assert!(db.segment(a).expect("q").is_none() && db.segment(b).expect("q").is_none());
         assert!(db.segment(p).expect("q").is_some(), "protected kept");
         let mut g = db.garbage().expect("g");
         g.sort();
         assert_eq!(g, paths);
-        assert_eq!(
-            db.all_segment_paths().expect("paths"),
-            HashSet::from([new_seg(s.id, 20).path])
-        );
-        let sync: i64 = db
-            .conn
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .expect("sync");
+        assert_eq!(db.all_segment_paths().expect("paths"), HashSet::from([new_seg(s.id, 20).path]));
+        let sync: i64 = db.conn.pragma_query_value(None, "synchronous", |r| r.get(0)).expect("sync");
         assert_eq!(sync, 1, "back to NORMAL");
 
         db.garbage_done(&paths[0]).expect("done");
@@ -1870,9 +1492,7 @@ mod tests {
         assert!(db.garbage().expect("g").is_empty());
 
         // The plain variant deletes protected segments too.
-        let gone = db
-            .delete_segments_to_garbage(&[p])
-            .expect("delete protected");
+        let gone = db.delete_segments_to_garbage(&[p]).expect("delete protected");
         assert_eq!(gone, vec![new_seg(s.id, 20).path]);
         assert!(db.segment(p).expect("q").is_none());
         assert_eq!(db.garbage().expect("g"), gone);
@@ -1885,13 +1505,9 @@ mod tests {
         let empty = db.upsert_stream(&spec("empty"), 0).expect("stream");
         let a = closed_seg(&db, s.id, 0, 10, 100);
         let b = db.insert_segment(&new_seg(s.id, 10)).expect("open");
-        db.update_segment(b, &progress(15, 50, false))
-            .expect("progress");
+        db.update_segment(b, &progress(15, 50, false)).expect("progress");
         db.set_protected(a, true).expect("protect");
-        assert_eq!(
-            db.stream_usage().expect("usage"),
-            vec![(s.id, 150, 2), (empty.id, 0, 0)]
-        );
+        assert_eq!(db.stream_usage().expect("usage"), vec![(s.id, 150, 2), (empty.id, 0, 0)]);
         let items = db.retention_items().expect("items");
         assert_eq!(
             items,

@@ -141,19 +141,18 @@ struct Session<'a> {
 impl Session<'_> {
     async fn run(&mut self) -> Result<(), String> {
         let (url, creds) = split_credentials(&self.rt.row.spec.url)?;
-        let opts = SessionOptions::default()
-            .creds(creds)
-            .user_agent(format!("OxiNVR/{}", env!("CARGO_PKG_VERSION")));
-        let mut session = retina::client::Session::describe(url, opts)
-            .await
-            .map_err(|e| format!("DESCRIBE failed: {e}"))?;
+        let opts = SessionOptions::default().creds(creds).user_agent(format!("OxiNVR/{}", env!("CARGO_PKG_VERSION")));
+        let mut session =
+            retina::client::Session::describe(url, opts).await.map_err(|e| format!("DESCRIBE failed: {e}"))?;
         let streams = session.streams();
         let video_i = streams
             .iter()
             .position(|s| s.media() == "video" && matches!(s.encoding_name(), "h264" | "h265"))
             .ok_or_else(|| "the camera offers no H.264 or H.265 video".to_string())?;
+        let is_h265 = streams[video_i].encoding_name() == "h265";
         let audio_i = streams.iter().position(|s| s.media() == "audio" && s.encoding_name() == "mpeg4-generic");
-        let setup = || SetupOptions::default().transport(Transport::Tcp(Default::default())).frame_format(FrameFormat::MP4);
+        let setup =
+            || SetupOptions::default().transport(Transport::Tcp(Default::default())).frame_format(FrameFormat::MP4);
         session.setup(video_i, setup()).await.map_err(|e| format!("SETUP video failed: {e}"))?;
         if let Some(a) = audio_i {
             session.setup(a, setup()).await.map_err(|e| format!("SETUP audio failed: {e}"))?;
@@ -191,11 +190,17 @@ impl Session<'_> {
                     if let Some(run) = &self.run {
                         let drift = now - run.wall_ms(pts);
                         if drift.abs() > MAX_DRIFT_MS && !need_run {
-                            log::warn!("stream {}: video time is {drift} ms off wall time; starting a new run", self.rt.name());
+                            log::warn!(
+                                "stream {}: video time is {drift} ms off wall time; starting a new run",
+                                self.rt.name()
+                            );
                             need_run = true;
                         }
                     }
-                    let key = f.is_random_access_point();
+                    let data = f.data();
+                    // retina flags only IDR pictures; an H.265 CRA (what x265 and
+                    // some cameras send every GOP) is a random access point too.
+                    let key = f.is_random_access_point() || (is_h265 && h265_irap(data));
                     if need_run {
                         if !key {
                             continue; // a run starts on a keyframe
@@ -208,7 +213,6 @@ impl Session<'_> {
                     if key {
                         self.permit = None;
                     }
-                    let data = f.data();
                     if let Err(e) = self.rt.ring.push_frame(&Frame { track: Track::Video, key, pts, data }) {
                         self.rt.set_error(format!("frame not kept: {e}"), now);
                     }
@@ -216,7 +220,8 @@ impl Session<'_> {
                 }
                 CodecItem::AudioFrame(f) => {
                     if self.run.as_ref().is_some_and(|r| r.audio.is_some()) {
-                        let frame = Frame { track: Track::Audio, key: true, pts: f.timestamp().elapsed(), data: f.data() };
+                        let frame =
+                            Frame { track: Track::Audio, key: true, pts: f.timestamp().elapsed(), data: f.data() };
                         // An audio frame that does not fit is dropped; video goes on.
                         let _ = self.rt.ring.push_frame(&frame);
                     }
@@ -266,6 +271,22 @@ fn audio_params(p: Option<ParametersRef<'_>>) -> Option<AudioParams> {
     })
 }
 
+/// True if a length-prefixed H.265 access unit is an IRAP picture (BLA, IDR
+/// or CRA: NAL types 16..=23).
+pub fn h265_irap(mut au: &[u8]) -> bool {
+    while au.len() > 5 {
+        let len = u32::from_be_bytes([au[0], au[1], au[2], au[3]]) as usize;
+        let nal_type = (au[4] >> 1) & 0x3f;
+        match nal_type {
+            16..=23 => return true,
+            0..=31 => return false,
+            _ => {}
+        }
+        au = au.get(4 + len..).unwrap_or(&[]);
+    }
+    false
+}
+
 /// Splits `rtsp://user:pass@host/...` into the URL without credentials and the
 /// credentials (percent-decoded), so they are sent only when the camera asks.
 pub fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), String> {
@@ -295,6 +316,16 @@ mod tests {
         assert_eq!(seq, vec![1, 2, 4, 8, 16, 30, 30]);
         b.reset();
         assert_eq!(b.next_delay().as_secs(), 1);
+    }
+
+    #[test]
+    fn h265_cra_and_idr_are_random_access_points() {
+        let au = |types: &[u8]| -> Vec<u8> { types.iter().flat_map(|t| [0, 0, 0, 3, t << 1, 1, 0xaa]).collect() };
+        assert!(h265_irap(&au(&[32, 33, 34, 39, 21]))); // VPS SPS PPS SEI CRA
+        assert!(h265_irap(&au(&[20]))); // IDR_N_LP
+        assert!(!h265_irap(&au(&[39, 1]))); // SEI TRAIL_R
+        assert!(!h265_irap(&[0, 0, 0, 200, 42])); // truncated: no panic
+        assert!(!h265_irap(&[]));
     }
 
     #[test]

@@ -152,13 +152,7 @@ fn put_box(out: &mut Vec<u8>, kind: &[u8; 4], body: impl FnOnce(&mut Vec<u8>)) {
 }
 
 /// Appends a full box: like [`put_box`] with the version and 24-bit flags first.
-fn put_full_box(
-    out: &mut Vec<u8>,
-    kind: &[u8; 4],
-    version: u8,
-    flags: u32,
-    body: impl FnOnce(&mut Vec<u8>),
-) {
+fn put_full_box(out: &mut Vec<u8>, kind: &[u8; 4], version: u8, flags: u32, body: impl FnOnce(&mut Vec<u8>)) {
     put_box(out, kind, |o| {
         put32(o, u32::from(version) << 24 | flags & 0x00ff_ffff);
         body(o);
@@ -330,10 +324,7 @@ pub fn fragment_header(sequence: u32, runs: &[TrackRun]) -> Vec<u8> {
 }
 
 fn payload_len(runs: &[TrackRun]) -> u64 {
-    runs.iter()
-        .flat_map(|r| r.samples)
-        .map(|s| u64::from(s.size))
-        .sum()
+    runs.iter().flat_map(|r| r.samples).map(|s| u64::from(s.size)).sum()
 }
 
 /// [`fragment_header`] with the choice of a 16-byte (largesize) mdat header.
@@ -346,9 +337,7 @@ fn fragment_header_with(sequence: u32, runs: &[TrackRun], large_mdat: bool) -> V
         put_full_box(o, b"mfhd", 0, 0, |o| put32(o, sequence));
         for run in runs {
             put_box(o, b"traf", |o| {
-                put_full_box(o, b"tfhd", 0, TFHD_DEFAULT_BASE_IS_MOOF, |o| {
-                    put32(o, run.track_id)
-                });
+                put_full_box(o, b"tfhd", 0, TFHD_DEFAULT_BASE_IS_MOOF, |o| put32(o, run.track_id));
                 put_full_box(o, b"tfdt", 1, 0, |o| put64(o, run.base_decode_time));
                 let flags = TRUN_DATA_OFFSET | TRUN_DURATION | TRUN_SIZE | TRUN_FLAGS;
                 put_full_box(o, b"trun", 0, flags, |o| {
@@ -358,14 +347,7 @@ fn fragment_header_with(sequence: u32, runs: &[TrackRun], large_mdat: bool) -> V
                     for s in run.samples {
                         put32(o, s.duration);
                         put32(o, s.size);
-                        put32(
-                            o,
-                            if s.key {
-                                SAMPLE_FLAGS_SYNC
-                            } else {
-                                SAMPLE_FLAGS_NON_SYNC
-                            },
-                        );
+                        put32(o, if s.key { SAMPLE_FLAGS_SYNC } else { SAMPLE_FLAGS_NON_SYNC });
                     }
                 });
             });
@@ -452,38 +434,22 @@ impl RawHeader {
         };
         match size {
             Some(s) if s < header_len => None,
-            _ => Some(RawHeader {
-                kind,
-                size,
-                header_len,
-            }),
+            _ => Some(RawHeader { kind, size, header_len }),
         }
     }
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_be_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn be64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_be_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// A four-character code for messages, with unprintable bytes as '?'.
 fn fourcc(kind: &[u8; 4]) -> String {
-    kind.iter()
-        .map(|&c| {
-            if c.is_ascii_graphic() || c == b' ' {
-                char::from(c)
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    kind.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { char::from(c) } else { '?' }).collect()
 }
 
 /// A box inside a buffer: its type, where it starts and where its payload is.
@@ -509,11 +475,7 @@ fn children(buf: &[u8], range: Range<usize>) -> impl Iterator<Item = Result<Chil
         };
         let start = pos;
         pos += h.size as usize;
-        Some(Ok(Child {
-            kind: h.kind,
-            start,
-            payload: start + h.header_len as usize..pos,
-        }))
+        Some(Ok(Child { kind: h.kind, start, payload: start + h.header_len as usize..pos }))
     })
 }
 
@@ -529,12 +491,7 @@ fn find(buf: &[u8], range: Range<usize>, kind: &[u8; 4]) -> Result<Option<Range<
 }
 
 /// Like [`find`], but a missing child is an error.
-fn require(
-    buf: &[u8],
-    range: Range<usize>,
-    kind: &[u8; 4],
-    parent: &str,
-) -> Result<Range<usize>, String> {
+fn require(buf: &[u8], range: Range<usize>, kind: &[u8; 4], parent: &str) -> Result<Range<usize>, String> {
     find(buf, range, kind)?.ok_or_else(|| format!("no {} box in {parent}", fourcc(kind)))
 }
 
@@ -551,10 +508,7 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let s = self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.b.get(self.pos..end));
+        let s = self.pos.checked_add(n).and_then(|end| self.b.get(self.pos..end));
         let s = s.ok_or_else(|| format!("{} box too short ({} bytes)", self.what, self.b.len()))?;
         self.pos += n;
         Ok(s)
@@ -593,10 +547,7 @@ pub fn codec_string(sample_entry: &[u8]) -> Option<String> {
     let avcc = find(sample_entry, children_start..h.size as usize, b"avcC").ok()??;
     let p = sample_entry.get(avcc)?;
     let (profile, compat, level) = (p.get(1)?, p.get(2)?, p.get(3)?);
-    Some(format!(
-        "{}.{profile:02x}{compat:02x}{level:02x}",
-        fourcc(&h.kind)
-    ))
+    Some(format!("{}.{profile:02x}{compat:02x}{level:02x}", fourcc(&h.kind)))
 }
 
 /// What the scan needs to know of one trak.
@@ -619,9 +570,7 @@ struct InitInfo {
 
 /// Parses a whole moov box (`moov` holds exactly its bytes).
 fn parse_moov(moov: &[u8]) -> Result<InitInfo, String> {
-    let header_len = BoxHeader::parse(moov, 0, moov.len() as u64)
-        .ok_or("bad moov header")?
-        .header_len;
+    let header_len = BoxHeader::parse(moov, 0, moov.len() as u64).ok_or("bad moov header")?.header_len;
     let (mut video, mut audio) = (None, None);
     for child in children(moov, header_len as usize..moov.len()) {
         let child = child?;
@@ -637,13 +586,8 @@ fn parse_moov(moov: &[u8]) -> Result<InitInfo, String> {
     }
     let video = video.ok_or("no video track (trak with handler vide)")?;
     let entry = moov.get(video.sample_entry.clone()).unwrap_or_default();
-    let codec = codec_string(entry)
-        .ok_or("video sample entry has no readable codec configuration (avcC)")?;
-    Ok(InitInfo {
-        video,
-        codec,
-        audio,
-    })
+    let codec = codec_string(entry).ok_or("video sample entry has no readable codec configuration (avcC)")?;
+    Ok(InitInfo { video, codec, audio })
 }
 
 fn parse_trak(b: &[u8], trak: Range<usize>) -> Result<TrackInfo, String> {
@@ -665,12 +609,7 @@ fn parse_trak(b: &[u8], trak: Range<usize>) -> Result<TrackInfo, String> {
 
     let mut hdlr = Reader::new(&b[require(b, mdia.clone(), b"hdlr", "mdia")?], "hdlr");
     hdlr.take(8)?; // version+flags, pre_defined
-    let handler: [u8; 4] = [
-        hdlr.take(1)?[0],
-        hdlr.take(1)?[0],
-        hdlr.take(1)?[0],
-        hdlr.take(1)?[0],
-    ];
+    let handler: [u8; 4] = [hdlr.take(1)?[0], hdlr.take(1)?[0], hdlr.take(1)?[0], hdlr.take(1)?[0]];
 
     let minf = require(b, mdia, b"minf", "mdia")?;
     let stbl = require(b, minf, b"stbl", "minf")?;
@@ -679,14 +618,7 @@ fn parse_trak(b: &[u8], trak: Range<usize>) -> Result<TrackInfo, String> {
     let entries = stsd.start + 8..stsd.end;
     let entry = children(b, entries).next().ok_or("empty stsd")??;
     let sample_entry = entry.start..entry.payload.end;
-    Ok(TrackInfo {
-        id,
-        handler,
-        timescale,
-        width,
-        height,
-        sample_entry,
-    })
+    Ok(TrackInfo { id, handler, timescale, width, height, sample_entry })
 }
 
 // ---------------------------------------------------------------------------
@@ -724,11 +656,7 @@ fn moof_layout(moof: &[u8]) -> Result<MoofLayout, String> {
         return Err(format!("box is {}, not moof", fourcc(&h.kind)));
     }
     if h.size != moof.len() as u64 {
-        return Err(format!(
-            "box size is {} but {} bytes were given",
-            h.size,
-            moof.len()
-        ));
+        return Err(format!("box size is {} but {} bytes were given", h.size, moof.len()));
     }
     let mut sequence_at = None;
     let mut trafs = Vec::new();
@@ -741,10 +669,7 @@ fn moof_layout(moof: &[u8]) -> Result<MoofLayout, String> {
             _ => {}
         }
     }
-    Ok(MoofLayout {
-        sequence_at: sequence_at.ok_or("no mfhd box")?,
-        trafs,
-    })
+    Ok(MoofLayout { sequence_at: sequence_at.ok_or("no mfhd box")?, trafs })
 }
 
 fn parse_traf(b: &[u8], traf: Range<usize>) -> Result<(TrafSummary, usize, u8), String> {
@@ -760,24 +685,16 @@ fn parse_traf(b: &[u8], traf: Range<usize>) -> Result<(TrafSummary, usize, u8), 
     };
     optional(TFHD_BASE_DATA_OFFSET, 8)?;
     optional(TFHD_SAMPLE_DESCRIPTION_INDEX, 4)?;
-    let mut default = |flag| -> Result<u32, String> {
-        Ok(optional(flag, 4)?.and_then(|b| be32(b, 0)).unwrap_or(0))
-    };
+    let mut default = |flag| -> Result<u32, String> { Ok(optional(flag, 4)?.and_then(|b| be32(b, 0)).unwrap_or(0)) };
     let default_duration = default(TFHD_DEFAULT_DURATION)?;
     let default_size = default(TFHD_DEFAULT_SIZE)?;
     let default_flags = default(TFHD_DEFAULT_FLAGS)?;
-    let base_is_moof =
-        tfhd_flags & TFHD_BASE_DATA_OFFSET == 0 && tfhd_flags & TFHD_DEFAULT_BASE_IS_MOOF != 0;
+    let base_is_moof = tfhd_flags & TFHD_BASE_DATA_OFFSET == 0 && tfhd_flags & TFHD_DEFAULT_BASE_IS_MOOF != 0;
 
-    let tfdt = find(b, traf.clone(), b"tfdt")?
-        .ok_or_else(|| format!("traf of track {track_id} has no tfdt"))?;
+    let tfdt = find(b, traf.clone(), b"tfdt")?.ok_or_else(|| format!("traf of track {track_id} has no tfdt"))?;
     let mut r = Reader::new(&b[tfdt.clone()], "tfdt");
     let (tfdt_version, _) = r.version_flags()?;
-    let base_decode_time = if tfdt_version == 1 {
-        r.u64()?
-    } else {
-        u64::from(r.u32()?)
-    };
+    let base_decode_time = if tfdt_version == 1 { r.u64()? } else { u64::from(r.u32()?) };
 
     let mut sum = TrafSummary {
         track_id,
@@ -798,20 +715,12 @@ fn parse_traf(b: &[u8], traf: Range<usize>) -> Result<(TrafSummary, usize, u8), 
         let mut r = Reader::new(&b[child.payload], "trun");
         let (_, flags) = r.version_flags()?;
         let count = r.u32()?;
-        let data_offset = if flags & TRUN_DATA_OFFSET != 0 {
-            Some(i64::from(r.u32()? as i32))
-        } else {
-            None
-        };
+        let data_offset = if flags & TRUN_DATA_OFFSET != 0 { Some(i64::from(r.u32()? as i32)) } else { None };
         if first_trun && base_is_moof {
             sum.data_offset = data_offset;
         }
         first_trun = false;
-        let first_flags = if flags & TRUN_FIRST_SAMPLE_FLAGS != 0 {
-            Some(r.u32()?)
-        } else {
-            None
-        };
+        let first_flags = if flags & TRUN_FIRST_SAMPLE_FLAGS != 0 { Some(r.u32()?) } else { None };
         sum.samples = sum.samples.saturating_add(count);
         let fields = [TRUN_DURATION, TRUN_SIZE, TRUN_FLAGS, TRUN_CTO];
         let entry_len = 4 * fields.iter().filter(|&&f| flags & f != 0).count();
@@ -826,9 +735,7 @@ fn parse_traf(b: &[u8], traf: Range<usize>) -> Result<(TrafSummary, usize, u8), 
             sum.data_size = sum.data_size.saturating_add(n * u64::from(default_size));
             continue;
         }
-        let len = (count as usize)
-            .checked_mul(entry_len)
-            .ok_or("trun sample count too large")?;
+        let len = (count as usize).checked_mul(entry_len).ok_or("trun sample count too large")?;
         for entry in r.take(len)?.chunks_exact(entry_len) {
             let mut e = Reader::new(entry, "trun");
             let mut field = |flag, default| {
@@ -863,11 +770,7 @@ pub fn parse_moof(moof: &[u8]) -> Result<Vec<TrafSummary>, Mp4Error> {
 /// mfhd sequence number and each traf's tfdt to `new_tfdt(track_id, old_tfdt)`.
 /// Errors, leaving `moof` untouched, if it is not a moof we can parse or a
 /// version-0 tfdt cannot hold the new value.
-pub fn patch_moof(
-    moof: &mut [u8],
-    sequence: u32,
-    new_tfdt: impl Fn(u32, u64) -> u64,
-) -> Result<(), Mp4Error> {
+pub fn patch_moof(moof: &mut [u8], sequence: u32, new_tfdt: impl Fn(u32, u64) -> u64) -> Result<(), Mp4Error> {
     let layout = moof_layout(moof).map_err(Mp4Error::BadMoof)?;
     let mut writes = vec![(layout.sequence_at, sequence.to_be_bytes().to_vec())];
     for (traf, at, version) in &layout.trafs {
@@ -876,10 +779,7 @@ pub fn patch_moof(
             v.to_be_bytes().to_vec()
         } else {
             let v32 = u32::try_from(v).map_err(|_| {
-                Mp4Error::BadMoof(format!(
-                    "tfdt of track {} is 32-bit and cannot hold {v}",
-                    traf.track_id
-                ))
+                Mp4Error::BadMoof(format!("tfdt of track {} is 32-bit and cannot hold {v}", traf.track_id))
             })?;
             v32.to_be_bytes().to_vec()
         };
@@ -927,28 +827,16 @@ fn complete_box(file: &File, pos: u64, file_len: u64) -> io::Result<Option<BoxHe
     let n = (file_len - pos).min(16) as usize;
     file.read_exact_at(&mut buf[..n], pos)?;
     Ok(match RawHeader::parse(&buf[..n]) {
-        Some(RawHeader {
-            kind,
-            size: Some(size),
-            header_len,
-        }) if size <= file_len - pos => Some(BoxHeader {
-            kind,
-            offset: pos,
-            size,
-            header_len,
-        }),
+        Some(RawHeader { kind, size: Some(size), header_len }) if size <= file_len - pos => {
+            Some(BoxHeader { kind, offset: pos, size, header_len })
+        }
         _ => None,
     })
 }
 
 /// The complete, valid moof+mdat pair at `pos` and its count of audio
 /// samples, or `None` if the file ends or is torn there.
-fn read_fragment(
-    file: &File,
-    pos: u64,
-    file_len: u64,
-    init: &InitInfo,
-) -> io::Result<Option<(FragmentEntry, u64)>> {
+fn read_fragment(file: &File, pos: u64, file_len: u64, init: &InitInfo) -> io::Result<Option<(FragmentEntry, u64)>> {
     let Some(moof) = complete_box(file, pos, file_len)? else {
         return Ok(None);
     };
@@ -974,9 +862,7 @@ fn read_fragment(
     let payload = moof.size + mdat.header_len..moof.size + mdat.size;
     let inside = |t: &TrafSummary| {
         let start = t.data_offset.and_then(|o| u64::try_from(o).ok());
-        start.is_some_and(|s| {
-            s >= payload.start && s.checked_add(t.data_size).is_some_and(|e| e <= payload.end)
-        })
+        start.is_some_and(|s| s >= payload.start && s.checked_add(t.data_size).is_some_and(|e| e <= payload.end))
     };
     if !trafs.iter().all(inside) {
         return Ok(None);
@@ -985,11 +871,7 @@ fn read_fragment(
         return Ok(None);
     };
     let audio_id = init.audio.as_ref().map(|a| a.id);
-    let audio_frames = trafs
-        .iter()
-        .filter(|t| Some(t.track_id) == audio_id)
-        .map(|t| u64::from(t.samples))
-        .sum();
+    let audio_frames = trafs.iter().filter(|t| Some(t.track_id) == audio_id).map(|t| u64::from(t.samples)).sum();
     let entry = FragmentEntry {
         offset: pos,
         size,
@@ -1011,34 +893,26 @@ fn read_fragment(
 /// missing or invalid.
 pub fn scan_file(path: &Path) -> Result<ScannedFile, Mp4Error> {
     let file = File::open(path).map_err(Mp4Error::io("opening", path))?;
-    let file_len = file
-        .metadata()
-        .map_err(Mp4Error::io("reading metadata of", path))?
-        .len();
+    let file_len = file.metadata().map_err(Mp4Error::io("reading metadata of", path))?.len();
     let read_err = || Mp4Error::io("reading", path);
 
     let ftyp = complete_box(&file, 0, file_len)
         .map_err(read_err())?
         .filter(|h| &h.kind == b"ftyp" && h.size <= MAX_INIT_BOX)
-        .ok_or_else(|| {
-            Mp4Error::BadInit("the file does not start with a complete ftyp box".into())
-        })?;
+        .ok_or_else(|| Mp4Error::BadInit("the file does not start with a complete ftyp box".into()))?;
     let moov = complete_box(&file, ftyp.end(), file_len)
         .map_err(read_err())?
         .filter(|h| &h.kind == b"moov" && h.size <= MAX_INIT_BOX)
         .ok_or_else(|| Mp4Error::BadInit(format!("no complete moov box at byte {}", ftyp.end())))?;
     let mut moov_bytes = vec![0; moov.size as usize];
-    file.read_exact_at(&mut moov_bytes, moov.offset)
-        .map_err(read_err())?;
+    file.read_exact_at(&mut moov_bytes, moov.offset).map_err(read_err())?;
     let init = parse_moov(&moov_bytes).map_err(Mp4Error::BadInit)?;
 
     let init_len = moov.end();
     let mut pos = init_len;
     let mut fragments = Vec::new();
     let mut audio_frames = 0;
-    while let Some((entry, audio)) =
-        read_fragment(&file, pos, file_len, &init).map_err(read_err())?
-    {
+    while let Some((entry, audio)) = read_fragment(&file, pos, file_len, &init).map_err(read_err())? {
         pos += u64::from(entry.size);
         fragments.push(entry);
         audio_frames += audio;
@@ -1065,12 +939,8 @@ pub fn recover_file(path: &Path) -> Result<(ScannedFile, u64), Mp4Error> {
     let mut scan = scan_file(path)?;
     let cut = scan.file_len - scan.valid_len;
     if cut > 0 {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(Mp4Error::io("opening for write", path))?;
-        file.set_len(scan.valid_len)
-            .map_err(Mp4Error::io("truncating", path))?;
+        let file = OpenOptions::new().write(true).open(path).map_err(Mp4Error::io("opening for write", path))?;
+        file.set_len(scan.valid_len).map_err(Mp4Error::io("truncating", path))?;
         file.sync_data().map_err(Mp4Error::io("syncing", path))?;
         scan.file_len = scan.valid_len;
     }
@@ -1084,8 +954,8 @@ pub(crate) mod tests {
 
     /// SPS and PPS of a 640x480 High profile, level 3.0 stream from libx264.
     const SPS: &[u8] = &[
-        0x67, 0x64, 0x00, 0x1e, 0xac, 0xb2, 0x01, 0x40, 0x7b, 0x60, 0x22, 0x00, 0x00, 0x03, 0x00,
-        0x02, 0x00, 0x00, 0x03, 0x00, 0x64, 0x1e, 0x2c, 0x5c, 0x90,
+        0x67, 0x64, 0x00, 0x1e, 0xac, 0xb2, 0x01, 0x40, 0x7b, 0x60, 0x22, 0x00, 0x00, 0x03, 0x00, 0x02, 0x00, 0x00,
+        0x03, 0x00, 0x64, 0x1e, 0x2c, 0x5c, 0x90,
     ];
     const PPS: &[u8] = &[0x68, 0xeb, 0xc3, 0xcb, 0x22, 0xc0];
 
@@ -1176,31 +1046,16 @@ pub(crate) mod tests {
     fn test_frags(scale: u32) -> Vec<Frag> {
         let video = |n: u32, key: bool| -> Vec<Sample> {
             (0..n)
-                .map(|i| Sample {
-                    duration: 3600 + i % 3 - 1,
-                    size: 4 + scale * (1 + i * 7 % 50),
-                    key: key && i == 0,
-                })
+                .map(|i| Sample { duration: 3600 + i % 3 - 1, size: 4 + scale * (1 + i * 7 % 50), key: key && i == 0 })
                 .collect()
         };
         let audio = |n: u32| -> Vec<Sample> {
-            (0..n)
-                .map(|i| Sample {
-                    duration: 1024,
-                    size: 4 + scale * (i % 13),
-                    key: true,
-                })
-                .collect()
+            (0..n).map(|i| Sample { duration: 1024, size: 4 + scale * (i % 13), key: true }).collect()
         };
         let mut frags = Vec::new();
         let (mut vt, mut at) = (0, 0);
         for (nv, key, na) in [(25, true, 47), (30, true, 56), (10, false, 19)] {
-            let f = Frag {
-                video_tfdt: vt,
-                video: video(nv, key),
-                audio_tfdt: at,
-                audio: audio(na),
-            };
+            let f = Frag { video_tfdt: vt, video: video(nv, key), audio_tfdt: at, audio: audio(na) };
             vt += f.video.iter().map(|s| u64::from(s.duration)).sum::<u64>();
             at += u64::from(na) * 1024;
             frags.push(f);
@@ -1217,26 +1072,15 @@ pub(crate) mod tests {
 
     /// A whole file: init and fragments, with the entries a scan must find and
     /// the audio sample count.
-    fn build_file(
-        audio: bool,
-        frags: &[Frag],
-        large_mdat: bool,
-    ) -> (Vec<u8>, Vec<FragmentEntry>, u64) {
+    fn build_file(audio: bool, frags: &[Frag], large_mdat: bool) -> (Vec<u8>, Vec<FragmentEntry>, u64) {
         let mut file = init_segment(&run_start(audio, 1_700_000_000_000));
         let mut entries = Vec::new();
         let mut audio_frames = 0;
         for (n, f) in frags.iter().enumerate() {
-            let mut runs = vec![TrackRun {
-                track_id: VIDEO_TRACK_ID,
-                base_decode_time: f.video_tfdt,
-                samples: &f.video,
-            }];
+            let mut runs =
+                vec![TrackRun { track_id: VIDEO_TRACK_ID, base_decode_time: f.video_tfdt, samples: &f.video }];
             if audio {
-                runs.push(TrackRun {
-                    track_id: AUDIO_TRACK_ID,
-                    base_decode_time: f.audio_tfdt,
-                    samples: &f.audio,
-                });
+                runs.push(TrackRun { track_id: AUDIO_TRACK_ID, base_decode_time: f.audio_tfdt, samples: &f.audio });
                 audio_frames += f.audio.len() as u64;
             }
             let offset = file.len() as u64;
@@ -1274,10 +1118,7 @@ pub(crate) mod tests {
     #[test]
     fn init_segment_is_deterministic_and_scans_back() {
         let with_audio = init_segment(&run_start(true, 1));
-        assert_eq!(
-            with_audio,
-            init_segment(&run_start(true, 1_800_000_000_000))
-        );
+        assert_eq!(with_audio, init_segment(&run_start(true, 1_800_000_000_000)));
         assert_ne!(with_audio, init_segment(&run_start(false, 1)));
         assert_eq!(&with_audio[4..8], b"ftyp");
         assert_eq!(&with_audio[8..12], b"iso6");
@@ -1331,10 +1172,7 @@ pub(crate) mod tests {
             assert!(!scan.fragments[2].key);
             assert_eq!(scan.audio_frames, audio_frames);
             assert_eq!(scan.has_audio, audio);
-            assert_eq!(
-                (scan.valid_len, scan.file_len),
-                (bytes.len() as u64, bytes.len() as u64)
-            );
+            assert_eq!((scan.valid_len, scan.file_len), (bytes.len() as u64, bytes.len() as u64));
             let (_, cut) = recover_file(tmp.path()).expect("recover");
             assert_eq!(cut, 0);
 
@@ -1346,21 +1184,12 @@ pub(crate) mod tests {
                 let trafs = parse_moof(moof).expect("parse moof");
                 assert_eq!(trafs.len(), if audio { 2 } else { 1 });
                 for t in &trafs {
-                    let (tfdt, samples) = if t.track_id == VIDEO_TRACK_ID {
-                        (f.video_tfdt, &f.video)
-                    } else {
-                        (f.audio_tfdt, &f.audio)
-                    };
+                    let (tfdt, samples) =
+                        if t.track_id == VIDEO_TRACK_ID { (f.video_tfdt, &f.video) } else { (f.audio_tfdt, &f.audio) };
                     assert_eq!(t.base_decode_time, tfdt);
                     assert_eq!(t.samples as usize, samples.len());
-                    assert_eq!(
-                        t.duration,
-                        samples.iter().map(|s| u64::from(s.duration)).sum::<u64>()
-                    );
-                    assert_eq!(
-                        t.data_size,
-                        samples.iter().map(|s| u64::from(s.size)).sum::<u64>()
-                    );
+                    assert_eq!(t.duration, samples.iter().map(|s| u64::from(s.duration)).sum::<u64>());
+                    assert_eq!(t.data_size, samples.iter().map(|s| u64::from(s.size)).sum::<u64>());
                     assert_eq!(t.first_sync, samples[0].key);
                     let at = t.data_offset.expect("data offset") as usize;
                     assert_eq!(&frag[at..at + 4], &sample_bytes(n, t.track_id, 0, 4)[..]);
@@ -1374,22 +1203,14 @@ pub(crate) mod tests {
         let frags = test_frags(3);
         let (bytes, entries, audio_frames) = build_file(true, &frags, true);
         assert_eq!(
-            &bytes[entries[0].offset as usize..][moof_len(&bytes[entries[0].offset as usize..])..]
-                [..8],
+            &bytes[entries[0].offset as usize..][moof_len(&bytes[entries[0].offset as usize..])..][..8],
             &[0, 0, 0, 1, b'm', b'd', b'a', b't']
         );
         let scan = scan_file(write_temp(&bytes).path()).expect("scan");
         assert_eq!((scan.fragments, scan.audio_frames), (entries, audio_frames));
 
         let mut file = init_segment(&run_start(false, 0));
-        let header = fragment_header(
-            1,
-            &[TrackRun {
-                track_id: VIDEO_TRACK_ID,
-                base_decode_time: 0,
-                samples: &[],
-            }],
-        );
+        let header = fragment_header(1, &[TrackRun { track_id: VIDEO_TRACK_ID, base_decode_time: 0, samples: &[] }]);
         file.extend_from_slice(&header);
         let scan = scan_file(write_temp(&file).path()).expect("scan");
         let empty = FragmentEntry {
@@ -1409,39 +1230,20 @@ pub(crate) mod tests {
         let h = |b: &[u8], end| BoxHeader::parse(b, 100, end);
         assert_eq!(
             h(&[0, 0, 0, 16, b'm', b'd', b'a', b't'], 116),
-            Some(BoxHeader {
-                kind: *b"mdat",
-                offset: 100,
-                size: 16,
-                header_len: 8
-            })
+            Some(BoxHeader { kind: *b"mdat", offset: 100, size: 16, header_len: 8 })
         );
         assert_eq!(h(&[0, 0, 0, 16, b'm', b'd', b'a', b't'], 115), None); // past the end
         assert_eq!(h(&[0, 0, 0, 7, b'm', b'd', b'a', b't'], 1000), None); // smaller than its header
         assert_eq!(h(&[0, 0, 0, 16, b'm', b'd', b'a'], 1000), None); // short
         assert_eq!(
             h(&[0, 0, 0, 0, b'm', b'd', b'a', b't'], 150),
-            Some(BoxHeader {
-                kind: *b"mdat",
-                offset: 100,
-                size: 50,
-                header_len: 8
-            })
+            Some(BoxHeader { kind: *b"mdat", offset: 100, size: 50, header_len: 8 })
         );
         let large = [0, 0, 0, 1, b'm', b'd', b'a', b't', 0, 0, 0, 1, 0, 0, 0, 0];
         let hdr = h(&large, u64::MAX).expect("largesize");
-        assert_eq!(
-            (hdr.size, hdr.header_len, hdr.end()),
-            (1 << 32, 16, 100 + (1 << 32))
-        );
+        assert_eq!((hdr.size, hdr.header_len, hdr.end()), (1 << 32, 16, 100 + (1 << 32)));
         assert_eq!(h(&large[..12], u64::MAX), None);
-        assert_eq!(
-            h(
-                &[0, 0, 0, 1, b'm', b'd', b'a', b't', 0, 0, 0, 0, 0, 0, 0, 15],
-                u64::MAX
-            ),
-            None
-        );
+        assert_eq!(h(&[0, 0, 0, 1, b'm', b'd', b'a', b't', 0, 0, 0, 0, 0, 0, 0, 15], u64::MAX), None);
     }
 
     /// Writes `bytes`, recovers it and checks it was cut to `valid` and rescans clean.
@@ -1450,22 +1252,10 @@ pub(crate) mod tests {
         let (scan, cut) = recover_file(tmp.path()).unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(scan.valid_len, valid, "{case}");
         assert_eq!(cut, bytes.len() as u64 - valid, "{case}");
-        assert_eq!(
-            std::fs::metadata(tmp.path()).expect("metadata").len(),
-            valid,
-            "{case}"
-        );
+        assert_eq!(std::fs::metadata(tmp.path()).expect("metadata").len(), valid, "{case}");
         let rescan = scan_file(tmp.path()).expect("rescan");
-        assert_eq!(
-            (rescan.valid_len, rescan.file_len),
-            (valid, valid),
-            "{case}"
-        );
-        let complete: Vec<_> = entries
-            .iter()
-            .copied()
-            .filter(|e| e.offset + u64::from(e.size) <= valid)
-            .collect();
+        assert_eq!((rescan.valid_len, rescan.file_len), (valid, valid), "{case}");
+        let complete: Vec<_> = entries.iter().copied().filter(|e| e.offset + u64::from(e.size) <= valid).collect();
         assert_eq!(rescan.fragments, complete, "{case}");
         assert_eq!(scan.fragments, complete, "{case}");
     }
@@ -1483,30 +1273,14 @@ pub(crate) mod tests {
         let mut cases: Vec<(&str, Vec<u8>, u64)> = vec![
             ("complete file", full.clone(), end(2)),
             ("cut after a complete fragment", cut(end(1)), end(1)),
-            (
-                "cut in the middle of a moof",
-                cut(entries[2].offset + 10),
-                end(1),
-            ),
-            (
-                "cut in the mdat header",
-                cut((last + last_moof + 3) as u64),
-                end(1),
-            ),
+            ("cut in the middle of a moof", cut(entries[2].offset + 10), end(1)),
+            ("cut in the mdat header", cut((last + last_moof + 3) as u64), end(1)),
             ("cut in the middle of an mdat", cut(end(2) - 5), end(1)),
             ("cut in the first moof", cut(init_len + 5), init_len),
             ("garbage appended", appended(&[0x13; 100]), end(2)),
             ("zeros appended", appended(&[0; 8]), end(2)),
-            (
-                "moof header with a huge size",
-                appended(&[0x7f, 0xff, 0xff, 0xff, b'm', b'o', b'o', b'f', 0]),
-                end(2),
-            ),
-            (
-                "moof without its mdat",
-                appended(&full[last..last + last_moof]),
-                end(2),
-            ),
+            ("moof header with a huge size", appended(&[0x7f, 0xff, 0xff, 0xff, b'm', b'o', b'o', b'f', 0]), end(2)),
+            ("moof without its mdat", appended(&full[last..last + last_moof]), end(2)),
         ];
 
         let mut zero_size_mdat = full.clone();
@@ -1514,19 +1288,14 @@ pub(crate) mod tests {
         cases.push(("mdat of size 0 (to the end)", zero_size_mdat, end(1)));
 
         let mut short_mdat = full[..full.len() - 10].to_vec();
-        let mdat_size = u32::from_be_bytes(
-            short_mdat[last + last_moof..][..4]
-                .try_into()
-                .expect("4 bytes"),
-        );
+        let mdat_size = u32::from_be_bytes(short_mdat[last + last_moof..][..4].try_into().expect("4 bytes"));
         short_mdat[last + last_moof..][..4].copy_from_slice(&(mdat_size - 10).to_be_bytes());
         cases.push(("samples beyond the end of their mdat", short_mdat, end(1)));
 
         // The sample count of the first trun of fragment 1 (after trun size, type, flags).
         let mut bad_count = full.clone();
         let frag1 = &full[entries[1].offset as usize..];
-        let trun =
-            frag1.windows(4).position(|w| w == b"trun").expect("trun") + entries[1].offset as usize;
+        let trun = frag1.windows(4).position(|w| w == b"trun").expect("trun") + entries[1].offset as usize;
         bad_count[trun + 8..][..4].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
         cases.push(("moof that does not parse", bad_count, end(0)));
 
@@ -1547,11 +1316,7 @@ pub(crate) mod tests {
                 Err(Mp4Error::BadInit(_)) => assert!(len < init_len, "len {len}"),
                 Err(e) => panic!("len {len}: {e}"),
                 Ok(scan) => {
-                    let expected = entries
-                        .iter()
-                        .map(|e| e.offset + u64::from(e.size))
-                        .filter(|&e| e <= len)
-                        .max();
+                    let expected = entries.iter().map(|e| e.offset + u64::from(e.size)).filter(|&e| e <= len).max();
                     assert_eq!(scan.valid_len, expected.unwrap_or(init_len), "len {len}");
                     assert_eq!(scan.file_len, len);
                 }
@@ -1564,9 +1329,7 @@ pub(crate) mod tests {
         let (full, entries, _) = build_file(true, &test_frags(0), false);
         let init_len = entries[0].offset as usize;
         let moof = &full[init_len..init_len + moof_len(&full[init_len..])];
-        let moov_start = BoxHeader::parse(&full, 0, full.len() as u64)
-            .expect("ftyp")
-            .size as usize;
+        let moov_start = BoxHeader::parse(&full, 0, full.len() as u64).expect("ftyp").size as usize;
         let moov = &full[moov_start..init_len];
         for value in [0x00, 0x01, 0x7f, 0xff] {
             for i in 0..moof.len() {
@@ -1590,10 +1353,7 @@ pub(crate) mod tests {
             std::fs::write(&path, &bad).expect("write");
             if let Ok(scan) = scan_file(&path) {
                 assert!(scan.valid_len <= scan.file_len);
-                assert!(scan
-                    .fragments
-                    .iter()
-                    .all(|e| e.offset + u64::from(e.size) <= scan.valid_len));
+                assert!(scan.fragments.iter().all(|e| e.offset + u64::from(e.size) <= scan.valid_len));
             }
         }
     }
@@ -1617,22 +1377,12 @@ pub(crate) mod tests {
         };
         let original = fragment_header(2, &runs(0));
         let mut moof = original[..moof_len(&original)].to_vec();
-        patch_moof(&mut moof, 77, |track, t| {
-            t + if track == VIDEO_TRACK_ID {
-                90_000
-            } else {
-                48_000
-            }
-        })
-        .expect("patch");
+        patch_moof(&mut moof, 77, |track, t| t + if track == VIDEO_TRACK_ID { 90_000 } else { 48_000 }).expect("patch");
         // Byte-identical to the moof written directly with the new values.
         let expected = fragment_header(77, &runs(1000));
         assert_eq!(moof, expected[..moof.len()]);
         let changed = moof.iter().zip(&original).filter(|(a, b)| a != b).count();
-        assert!(
-            (1..=4 + 8 + 8).contains(&changed),
-            "{changed} bytes changed"
-        );
+        assert!((1..=4 + 8 + 8).contains(&changed), "{changed} bytes changed");
         let trafs = parse_moof(&moof).expect("parse");
         assert_eq!(trafs[0].base_decode_time, f.video_tfdt + 90_000);
         assert_eq!(trafs[1].base_decode_time, f.audio_tfdt + 48_000);
@@ -1640,10 +1390,7 @@ pub(crate) mod tests {
         // Not a moof, or a moof cut short: errors, bytes untouched.
         let mut mdat = original[moof.len()..].to_vec();
         let before = mdat.clone();
-        assert!(matches!(
-            patch_moof(&mut mdat, 1, |_, t| t),
-            Err(Mp4Error::BadMoof(_))
-        ));
+        assert!(matches!(patch_moof(&mut mdat, 1, |_, t| t), Err(Mp4Error::BadMoof(_))));
         assert_eq!(mdat, before);
         let mut short = moof[..moof.len() - 1].to_vec();
         assert!(patch_moof(&mut short, 1, |_, t| t).is_err());
@@ -1652,19 +1399,8 @@ pub(crate) mod tests {
 
     #[test]
     fn version_0_tfdt_is_patched_and_checked() {
-        let samples = [Sample {
-            duration: 3000,
-            size: 10,
-            key: true,
-        }];
-        let mut moof = fragment_header(
-            1,
-            &[TrackRun {
-                track_id: 1,
-                base_decode_time: 5,
-                samples: &samples,
-            }],
-        );
+        let samples = [Sample { duration: 3000, size: 10, key: true }];
+        let mut moof = fragment_header(1, &[TrackRun { track_id: 1, base_decode_time: 5, samples: &samples }]);
         moof.truncate(moof_len(&moof));
         // Rewrite the tfdt as version 0 (shrinking it by 4 bytes) and fix up the sizes.
         let tfdt = moof.windows(4).position(|w| w == b"tfdt").expect("tfdt") - 4;
@@ -1686,14 +1422,9 @@ pub(crate) mod tests {
     #[test]
     fn bad_init_is_an_error() {
         let init = init_segment(&run_start(true, 0));
-        let ftyp_len = BoxHeader::parse(&init, 0, init.len() as u64)
-            .expect("ftyp")
-            .size as usize;
+        let ftyp_len = BoxHeader::parse(&init, 0, init.len() as u64).expect("ftyp").size as usize;
         let no_avcc = init_segment(&RunStart {
-            video: VideoParams {
-                sample_entry: codec_free_avc1(),
-                ..run_start(false, 0).video
-            },
+            video: VideoParams { sample_entry: codec_free_avc1(), ..run_start(false, 0).video },
             ..run_start(false, 0)
         });
         let audio_only = {
@@ -1720,11 +1451,7 @@ pub(crate) mod tests {
             let err = scan_file(tmp.path()).expect_err(case);
             assert!(matches!(err, Mp4Error::BadInit(_)), "{case}: {err}");
             assert!(recover_file(tmp.path()).is_err(), "{case}");
-            assert_eq!(
-                std::fs::metadata(tmp.path()).expect("metadata").len(),
-                bytes.len() as u64,
-                "{case}"
-            );
+            assert_eq!(std::fs::metadata(tmp.path()).expect("metadata").len(), bytes.len() as u64, "{case}");
         }
         let err = scan_file(Path::new("/nonexistent/oxinvr.mp4")).expect_err("missing file");
         assert!(matches!(err, Mp4Error::Io { .. }));
@@ -1774,9 +1501,7 @@ pub(crate) mod tests {
     /// An avc1 entry without its avcC.
     fn codec_free_avc1() -> Vec<u8> {
         let mut out = Vec::new();
-        put_box(&mut out, b"avc1", |o| {
-            o.extend_from_slice(&avc1_entry()[8..8 + 78])
-        });
+        put_box(&mut out, b"avc1", |o| o.extend_from_slice(&avc1_entry()[8..8 + 78]));
         out
     }
 }

@@ -232,7 +232,8 @@ impl Nvr {
         let ch = self.channels().ok_or("the recorder is not running")?;
         let (tx, rx) = std::sync::mpsc::channel();
         ch.storage.send(storage::Command::Purge(stream_id, tx)).map_err(|_| "the storage thread has stopped")?;
-        rx.recv_timeout(std::time::Duration::from_secs(60)).map_err(|_| "the storage thread did not answer".to_string())?
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .map_err(|_| "the storage thread did not answer".to_string())?
     }
 
     /// Bytes of all ring mappings.

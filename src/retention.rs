@@ -106,12 +106,7 @@ pub fn plan(
     let mut out: Vec<Deletion> = Vec::new();
     let pick = |it: &Item, reason: Reason, picked: &mut HashSet<i64>, out: &mut Vec<Deletion>| {
         picked.insert(it.id);
-        out.push(Deletion {
-            id: it.id,
-            stream_id: it.stream_id,
-            bytes: it.bytes,
-            reason,
-        });
+        out.push(Deletion { id: it.id, stream_id: it.stream_id, bytes: it.bytes, reason });
     };
 
     // 1. Age.
@@ -150,12 +145,9 @@ pub fn plan(
     }
 
     // 3. Free space, across streams.
-    let floor =
-        u64::try_from(u128::from(disk.total_bytes) * u128::from(min_free_percent.min(100)) / 100)
-            .unwrap_or(disk.total_bytes);
-    let mut free = out
-        .iter()
-        .fold(disk.free_bytes, |acc, d| acc.saturating_add(d.bytes));
+    let floor = u64::try_from(u128::from(disk.total_bytes) * u128::from(min_free_percent.min(100)) / 100)
+        .unwrap_or(disk.total_bytes);
+    let mut free = out.iter().fold(disk.free_bytes, |acc, d| acc.saturating_add(d.bytes));
     if free < floor {
         for it in &order {
             if free >= floor {
@@ -174,12 +166,8 @@ pub fn plan(
 /// holding `path`.
 #[allow(clippy::useless_conversion)] // the statvfs field types differ between targets
 pub fn disk_usage(path: &Path) -> io::Result<Disk> {
-    let st = nix::sys::statvfs::statvfs(path).map_err(|e| {
-        io::Error::new(
-            io::Error::from(e).kind(),
-            format!("statvfs {}: {e}", path.display()),
-        )
-    })?;
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("statvfs {}: {e}", path.display())))?;
     let unit = u64::from(st.fragment_size());
     Ok(Disk {
         total_bytes: u64::from(st.blocks()).saturating_mul(unit),
@@ -235,23 +223,17 @@ pub fn collect_garbage(db: &Db, data_dir: &Path) -> Result<Outcome, DbError> {
     let mut by_dir: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     for rel in db.garbage()? {
         if !is_safe_relative_path(&rel) {
-            outcome.failures.push(format!(
-                "garbage entry {rel:?} is not a plain relative path; dropped, not unlinked"
-            ));
+            outcome.failures.push(format!("garbage entry {rel:?} is not a plain relative path; dropped, not unlinked"));
             done.push(rel);
             continue;
         }
         let full = data_dir.join(&rel);
-        let dir = full
-            .parent()
-            .map_or_else(|| data_dir.to_path_buf(), Path::to_path_buf);
+        let dir = full.parent().map_or_else(|| data_dir.to_path_buf(), Path::to_path_buf);
         match fs::remove_file(&full) {
             Ok(()) => outcome.files_removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => outcome.already_gone += 1,
             Err(e) => {
-                outcome
-                    .failures
-                    .push(format!("unlink {}: {e}", full.display()));
+                outcome.failures.push(format!("unlink {}: {e}", full.display()));
                 continue;
             }
         }
@@ -287,35 +269,14 @@ mod tests {
     const DAY: i64 = MS_PER_DAY;
 
     fn item(id: i64, stream_id: i64, start_ms: i64, bytes: u64) -> Item {
-        Item {
-            id,
-            stream_id,
-            start_ms,
-            end_ms: start_ms + MIN,
-            bytes,
-            protected: false,
-            open: false,
-        }
+        Item { id, stream_id, start_ms, end_ms: start_ms + MIN, bytes, protected: false, open: false }
     }
 
     fn policies(list: &[(i64, Option<u32>, Option<u64>)]) -> HashMap<i64, StreamPolicy> {
-        list.iter()
-            .map(|&(s, days, max)| {
-                (
-                    s,
-                    StreamPolicy {
-                        retention_days: days,
-                        max_bytes: max,
-                    },
-                )
-            })
-            .collect()
+        list.iter().map(|&(s, days, max)| (s, StreamPolicy { retention_days: days, max_bytes: max })).collect()
     }
 
-    const ROOMY: Disk = Disk {
-        total_bytes: 1000,
-        free_bytes: 900,
-    };
+    const ROOMY: Disk = Disk { total_bytes: 1000, free_bytes: 900 };
 
     fn ids(d: &[Deletion]) -> Vec<i64> {
         d.iter().map(|d| d.id).collect()
@@ -326,34 +287,14 @@ mod tests {
         let now = 10 * DAY;
         // Stream 1 keeps 2 days: cutoff = 8 days.
         let items = [
-            Item {
-                end_ms: 8 * DAY - 1,
-                ..item(1, 1, 8 * DAY - MIN, 10)
-            },
-            Item {
-                end_ms: 8 * DAY,
-                ..item(2, 1, 8 * DAY - MIN + 1, 10)
-            }, // exactly at the cutoff: kept
+            Item { end_ms: 8 * DAY - 1, ..item(1, 1, 8 * DAY - MIN, 10) },
+            Item { end_ms: 8 * DAY, ..item(2, 1, 8 * DAY - MIN + 1, 10) }, // exactly at the cutoff: kept
             item(3, 1, 9 * DAY, 10),
             item(4, 2, 0, 10), // stream 2: no age limit
             item(5, 3, 0, 10), // stream 3: no policy at all
         ];
-        let d = plan(
-            now,
-            &items,
-            &policies(&[(1, Some(2), None), (2, None, Some(1000))]),
-            ROOMY,
-            10,
-        );
-        assert_eq!(
-            d,
-            vec![Deletion {
-                id: 1,
-                stream_id: 1,
-                bytes: 10,
-                reason: Reason::Age
-            }]
-        );
+        let d = plan(now, &items, &policies(&[(1, Some(2), None), (2, None, Some(1000))]), ROOMY, 10);
+        assert_eq!(d, vec![Deletion { id: 1, stream_id: 1, bytes: 10, reason: Reason::Age }]);
         // retention_days = 0: everything that ended before now.
         let d = plan(now, &items, &policies(&[(1, Some(0), None)]), ROOMY, 10);
         assert_eq!(ids(&d), vec![1, 2, 3]);
@@ -363,72 +304,29 @@ mod tests {
     fn quota_deletes_oldest_first_and_stops_as_soon_as_under() {
         // Stream 1: 100+200+300+400 = 1000 bytes, quota 600: deleting 100 (900), 200 (700),
         // 300 (400 <= 600) -> stop; never the newest.
-        let items = [
-            item(4, 1, 4 * MIN, 400),
-            item(2, 1, 2 * MIN, 200),
-            item(1, 1, MIN, 100),
-            item(3, 1, 3 * MIN, 300),
-        ];
+        let items =
+            [item(4, 1, 4 * MIN, 400), item(2, 1, 2 * MIN, 200), item(1, 1, MIN, 100), item(3, 1, 3 * MIN, 300)];
         let d = plan(0, &items, &policies(&[(1, None, Some(600))]), ROOMY, 0);
         assert_eq!(ids(&d), vec![1, 2, 3]);
-        assert!(d
-            .iter()
-            .all(|d| d.reason == Reason::Quota && d.stream_id == 1));
+        assert!(d.iter().all(|d| d.reason == Reason::Quota && d.stream_id == 1));
         // Exactly at the quota: nothing.
         assert!(plan(0, &items, &policies(&[(1, None, Some(1000))]), ROOMY, 0).is_empty());
         // One byte over: only the oldest.
-        assert_eq!(
-            ids(&plan(
-                0,
-                &items,
-                &policies(&[(1, None, Some(999))]),
-                ROOMY,
-                0
-            )),
-            vec![1]
-        );
+        assert_eq!(ids(&plan(0, &items, &policies(&[(1, None, Some(999))]), ROOMY, 0)), vec![1]);
         // Age deletions count toward the quota: segment 1 goes for age, then 2 suffices.
-        let aged = [
-            Item {
-                end_ms: 0,
-                ..item(1, 1, -MIN, 100)
-            },
-            items[1],
-            items[3],
-            items[0],
-        ];
-        let d = plan(
-            DAY + MIN + 1,
-            &aged,
-            &policies(&[(1, Some(1), Some(700))]),
-            ROOMY,
-            0,
-        );
-        assert_eq!(
-            d.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(),
-            vec![(1, Reason::Age), (2, Reason::Quota)]
-        );
+        let aged = [Item { end_ms: 0, ..item(1, 1, -MIN, 100) }, items[1], items[3], items[0]];
+        let d = plan(DAY + MIN + 1, &aged, &policies(&[(1, Some(1), Some(700))]), ROOMY, 0);
+        assert_eq!(d.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(1, Reason::Age), (2, Reason::Quota)]);
     }
 
     #[test]
     fn free_space_deletes_oldest_across_streams() {
         // Disk 10_000, free 500, floor 10% = 1000: needs 500 more bytes.
-        let disk = Disk {
-            total_bytes: 10_000,
-            free_bytes: 500,
-        };
-        let items = [
-            item(1, 1, 3 * MIN, 300),
-            item(2, 2, MIN, 200),
-            item(3, 3, 2 * MIN, 200),
-            item(4, 1, 4 * MIN, 1000),
-        ];
+        let disk = Disk { total_bytes: 10_000, free_bytes: 500 };
+        let items =
+            [item(1, 1, 3 * MIN, 300), item(2, 2, MIN, 200), item(3, 3, 2 * MIN, 200), item(4, 1, 4 * MIN, 1000)];
         let d = plan(0, &items, &HashMap::new(), disk, 10);
-        assert_eq!(
-            ids(&d),
-            vec![2, 3, 1],
-            "oldest first across streams, stop once free >= floor"
-        );
+        assert_eq!(ids(&d), vec![2, 3, 1], "oldest first across streams, stop once free >= floor");
         assert!(d.iter().all(|d| d.reason == Reason::FreeSpace));
         // Bytes already planned by quota count: quota on stream 1 removes 300 first (1300 > 1000).
         let d = plan(0, &items, &policies(&[(1, None, Some(1000))]), disk, 10);
@@ -437,28 +335,8 @@ mod tests {
             vec![(1, Reason::Quota), (2, Reason::FreeSpace)]
         );
         // Enough free space, or unknown disk size, or 0 %: nothing.
-        assert!(plan(
-            0,
-            &items,
-            &HashMap::new(),
-            Disk {
-                total_bytes: 10_000,
-                free_bytes: 1000
-            },
-            10
-        )
-        .is_empty());
-        assert!(plan(
-            0,
-            &items,
-            &HashMap::new(),
-            Disk {
-                total_bytes: 0,
-                free_bytes: 0
-            },
-            10
-        )
-        .is_empty());
+        assert!(plan(0, &items, &HashMap::new(), Disk { total_bytes: 10_000, free_bytes: 1000 }, 10).is_empty());
+        assert!(plan(0, &items, &HashMap::new(), Disk { total_bytes: 0, free_bytes: 0 }, 10).is_empty());
         assert!(plan(0, &items, &HashMap::new(), disk, 0).is_empty());
         // More than 100 % is read as 100 %: everything deletable goes, without panicking.
         assert_eq!(plan(0, &items, &HashMap::new(), disk, 255).len(), 4);
@@ -468,57 +346,27 @@ mod tests {
     fn protected_and_open_are_exempt_from_every_rule() {
         let now = 100 * DAY;
         let items = [
-            Item {
-                protected: true,
-                ..item(1, 1, 0, 1000)
-            },
-            Item {
-                open: true,
-                ..item(2, 1, MIN, 1000)
-            },
+            Item { protected: true, ..item(1, 1, 0, 1000) },
+            Item { open: true, ..item(2, 1, MIN, 1000) },
             item(3, 1, 2 * MIN, 10),
-            Item {
-                protected: true,
-                open: true,
-                ..item(4, 1, 3 * MIN, 1000)
-            },
+            Item { protected: true, open: true, ..item(4, 1, 3 * MIN, 1000) },
         ];
-        let disk = Disk {
-            total_bytes: 1_000_000,
-            free_bytes: 0,
-        };
+        let disk = Disk { total_bytes: 1_000_000, free_bytes: 0 };
         let d = plan(now, &items, &policies(&[(1, Some(1), Some(0))]), disk, 50);
         assert_eq!(ids(&d), vec![3], "only the unprotected closed item, once");
         assert_eq!(d[0].reason, Reason::Age);
         // Quota alone: protected/open bytes count against the quota but cannot be freed.
         let d = plan(0, &items, &policies(&[(1, None, Some(100))]), ROOMY, 0);
-        assert_eq!(
-            d.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(),
-            vec![(3, Reason::Quota)]
-        );
+        assert_eq!(d.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(3, Reason::Quota)]);
     }
 
     #[test]
     fn each_id_at_most_once() {
         // An old item over quota with the disk full qualifies for all three rules;
         // a duplicate id in the input counts once.
-        let items = [
-            item(1, 1, 0, 500),
-            item(1, 1, 0, 500),
-            item(2, 1, MIN, 500),
-            item(3, 2, 0, 500),
-        ];
-        let disk = Disk {
-            total_bytes: 100_000,
-            free_bytes: 0,
-        };
-        let d = plan(
-            10 * DAY,
-            &items,
-            &policies(&[(1, Some(1), Some(0)), (2, Some(1), None)]),
-            disk,
-            100,
-        );
+        let items = [item(1, 1, 0, 500), item(1, 1, 0, 500), item(2, 1, MIN, 500), item(3, 2, 0, 500)];
+        let disk = Disk { total_bytes: 100_000, free_bytes: 0 };
+        let d = plan(10 * DAY, &items, &policies(&[(1, Some(1), Some(0)), (2, Some(1), None)]), disk, 100);
         let mut seen = HashSet::new();
         assert!(d.iter().all(|d| seen.insert(d.id)), "{d:?}");
         assert_eq!(seen, HashSet::from([1, 2, 3]));
@@ -562,11 +410,7 @@ mod tests {
             })
             .map(|it| it.id)
             .collect();
-        let got_age: HashSet<i64> = d
-            .iter()
-            .filter(|x| x.reason == Reason::Age)
-            .map(|x| x.id)
-            .collect();
+        let got_age: HashSet<i64> = d.iter().filter(|x| x.reason == Reason::Age).map(|x| x.id).collect();
         assert_eq!(got_age, expect_age);
 
         // Quota: per stream, a minimal oldest-first prefix of what age left.
@@ -575,79 +419,39 @@ mod tests {
         streams.dedup();
         for s in streams {
             let Some(max) = pol.get(&s).and_then(|p| p.max_bytes) else {
-                assert!(!d
-                    .iter()
-                    .any(|x| x.stream_id == s && x.reason == Reason::Quota));
+                assert!(!d.iter().any(|x| x.stream_id == s && x.reason == Reason::Quota));
                 continue;
             };
             let mine: Vec<&&Item> = sorted.iter().filter(|i| i.stream_id == s).collect();
             let total: u64 = mine.iter().map(|i| i.bytes).sum();
-            let aged: u64 = mine
-                .iter()
-                .filter(|i| reason_of.get(&i.id) == Some(&Reason::Age))
-                .map(|i| i.bytes)
-                .sum();
-            let candidates: Vec<&&&Item> = mine
-                .iter()
-                .filter(|i| deletable(i) && !expect_age.contains(&i.id))
-                .collect();
-            let quota: Vec<i64> = d
-                .iter()
-                .filter(|x| x.stream_id == s && x.reason == Reason::Quota)
-                .map(|x| x.id)
-                .collect();
+            let aged: u64 = mine.iter().filter(|i| reason_of.get(&i.id) == Some(&Reason::Age)).map(|i| i.bytes).sum();
+            let candidates: Vec<&&&Item> =
+                mine.iter().filter(|i| deletable(i) && !expect_age.contains(&i.id)).collect();
+            let quota: Vec<i64> =
+                d.iter().filter(|x| x.stream_id == s && x.reason == Reason::Quota).map(|x| x.id).collect();
             let prefix: Vec<i64> = candidates.iter().take(quota.len()).map(|i| i.id).collect();
             assert_eq!(quota, prefix, "stream {s}: quota deletions are the oldest");
             let quota_bytes: u64 = quota.iter().map(|id| by_id[id].bytes).sum();
             let remaining = total - aged - quota_bytes;
-            assert!(
-                remaining <= max || quota.len() == candidates.len(),
-                "stream {s} left over quota"
-            );
+            assert!(remaining <= max || quota.len() == candidates.len(), "stream {s} left over quota");
             if let Some(last) = quota.last() {
-                assert!(
-                    remaining + by_id[last].bytes > max,
-                    "stream {s}: deleted more than needed"
-                );
+                assert!(remaining + by_id[last].bytes > max, "stream {s}: deleted more than needed");
             }
         }
 
         // Free space: a minimal oldest-first prefix across streams of what is left.
-        let floor = u64::try_from(u128::from(disk.total_bytes) * u128::from(pct.min(100)) / 100)
-            .expect("floor");
-        let free_ids: Vec<i64> = d
-            .iter()
-            .filter(|x| x.reason == Reason::FreeSpace)
-            .map(|x| x.id)
-            .collect();
-        let before: HashSet<i64> = d
-            .iter()
-            .filter(|x| x.reason != Reason::FreeSpace)
-            .map(|x| x.id)
-            .collect();
-        let candidates: Vec<i64> = sorted
-            .iter()
-            .filter(|i| deletable(i) && !before.contains(&i.id))
-            .map(|i| i.id)
-            .collect();
-        assert_eq!(
-            free_ids,
-            candidates[..free_ids.len()].to_vec(),
-            "free-space deletions are the oldest"
-        );
+        let floor = u64::try_from(u128::from(disk.total_bytes) * u128::from(pct.min(100)) / 100).expect("floor");
+        let free_ids: Vec<i64> = d.iter().filter(|x| x.reason == Reason::FreeSpace).map(|x| x.id).collect();
+        let before: HashSet<i64> = d.iter().filter(|x| x.reason != Reason::FreeSpace).map(|x| x.id).collect();
+        let candidates: Vec<i64> =
+            sorted.iter().filter(|i| deletable(i) && !before.contains(&i.id)).map(|i| i.id).collect();
+        assert_eq!(free_ids, candidates[..free_ids.len()].to_vec(), "free-space deletions are the oldest");
         let freed: u64 = d.iter().map(|x| x.bytes).sum();
         assert!(disk.free_bytes + freed >= floor || free_ids.len() == candidates.len());
         if let Some(last) = free_ids.last() {
-            assert!(
-                disk.free_bytes + freed - by_id[last].bytes < floor,
-                "freed more than needed"
-            );
+            assert!(disk.free_bytes + freed - by_id[last].bytes < floor, "freed more than needed");
         }
-        (
-            got_age.len(),
-            d.iter().filter(|x| x.reason == Reason::Quota).count(),
-            free_ids.len(),
-        )
+        (got_age.len(), d.iter().filter(|x| x.reason == Reason::Quota).count(), free_ids.len())
     }
 
     #[test]
@@ -681,18 +485,9 @@ mod tests {
         let mut pol = HashMap::new();
         for s in 0..STREAMS {
             let p = match s % 4 {
-                0 => StreamPolicy {
-                    retention_days: Some(1),
-                    max_bytes: None,
-                },
-                1 => StreamPolicy {
-                    retention_days: None,
-                    max_bytes: Some(1_000_000_000),
-                },
-                2 => StreamPolicy {
-                    retention_days: Some(1),
-                    max_bytes: Some(500_000_000),
-                },
+                0 => StreamPolicy { retention_days: Some(1), max_bytes: None },
+                1 => StreamPolicy { retention_days: None, max_bytes: Some(1_000_000_000) },
+                2 => StreamPolicy { retention_days: Some(1), max_bytes: Some(500_000_000) },
                 _ => StreamPolicy::default(),
             };
             pol.insert(s, p);
@@ -701,25 +496,14 @@ mod tests {
         // Recordings fill half the disk, 5 % is free, the floor is 30 %: age and
         // quota free about 0.4 of the recordings (20 % of the disk), so free
         // space must delete across streams too, but not everything.
-        let disk = Disk {
-            total_bytes: 2 * total_bytes,
-            free_bytes: total_bytes / 10,
-        };
+        let disk = Disk { total_bytes: 2 * total_bytes, free_bytes: total_bytes / 10 };
         let started = std::time::Instant::now();
         let d = plan(now, &items, &pol, disk, 30);
         let elapsed = started.elapsed();
         assert!(elapsed.as_secs() < 20, "planner took {elapsed:?}");
         let (age, quota, free) = check_plan(now, &items, &pol, disk, 30, &d);
-        assert!(
-            age > 0 && quota > 0 && free > 0,
-            "every rule exercised: {age} {quota} {free}"
-        );
-        assert!(
-            d.len() < items.len() * 3 / 5,
-            "{} of {} deleted",
-            d.len(),
-            items.len()
-        );
+        assert!(age > 0 && quota > 0 && free > 0, "every rule exercised: {age} {quota} {free}");
+        assert!(d.len() < items.len() * 3 / 5, "{} of {} deleted", d.len(), items.len());
 
         // Every stream with a quota ends at or under it.
         let mut left: HashMap<i64, u64> = HashMap::new();
@@ -742,10 +526,7 @@ mod tests {
     fn disk_usage_of_a_temp_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = disk_usage(dir.path()).expect("statvfs");
-        assert!(
-            disk.total_bytes > 0 && disk.free_bytes <= disk.total_bytes,
-            "{disk:?}"
-        );
+        assert!(disk.total_bytes > 0 && disk.free_bytes <= disk.total_bytes, "{disk:?}");
         let err = disk_usage(&dir.path().join("missing")).expect_err("missing");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("missing"), "{err}");
@@ -767,14 +548,7 @@ mod tests {
     }
 
     /// A closed segment with a real file of `bytes` bytes.
-    fn recorded(
-        db: &Db,
-        data_dir: &Path,
-        stream_id: i64,
-        name: &str,
-        start_ms: i64,
-        bytes: u64,
-    ) -> (i64, String) {
+    fn recorded(db: &Db, data_dir: &Path, stream_id: i64, name: &str, start_ms: i64, bytes: u64) -> (i64, String) {
         let rel = format!("recordings/{name}/2024-01-01/{start_ms}.mp4");
         let full = data_dir.join(&rel);
         fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
@@ -814,13 +588,7 @@ mod tests {
         let mut all = Vec::new();
         for (k, name) in ["a", "b", "c"].iter().enumerate() {
             let s = stream(&db, name);
-            pol.insert(
-                s,
-                StreamPolicy {
-                    retention_days: None,
-                    max_bytes: Some(2500),
-                },
-            );
+            pol.insert(s, StreamPolicy { retention_days: None, max_bytes: Some(2500) });
             for i in 0..5 {
                 all.push(recorded(&db, data, s, name, i * MIN + k as i64, 1000));
             }
@@ -828,20 +596,9 @@ mod tests {
         let protected = all[0].0;
         db.set_protected(protected, true).expect("protect");
         // A pending entry from before a crash, whose file is already gone.
-        db.conn_for_tests()
-            .execute(
-                "INSERT INTO garbage (path) VALUES ('recordings/a/gone.mp4')",
-                [],
-            )
-            .expect("g");
+        db.conn_for_tests().execute("INSERT INTO garbage (path) VALUES ('recordings/a/gone.mp4')", []).expect("g");
 
-        let d = plan(
-            10 * MIN,
-            &db.retention_items().expect("items"),
-            &pol,
-            disk_usage(data).expect("disk"),
-            0,
-        );
+        let d = plan(10 * MIN, &db.retention_items().expect("items"), &pol, disk_usage(data).expect("disk"), 0);
         // Each stream has 5000 bytes against a 2500 quota: 3 go (the protected
         // one of "a" counts but is skipped).
         assert_eq!(d.len(), 9);
@@ -862,9 +619,7 @@ mod tests {
             assert_eq!(data.join(rel).exists(), !planned, "{rel}");
             assert_eq!(paths.contains(rel), !planned, "{rel}");
         }
-        assert!(
-            db.segment(protected).expect("q").is_some() && db.segment(raced).expect("q").is_some()
-        );
+        assert!(db.segment(protected).expect("q").is_some() && db.segment(raced).expect("q").is_some());
     }
 
     #[test]
@@ -877,14 +632,8 @@ mod tests {
         let db = Db::open(&data.join("oxinvr.db")).expect("db");
         // A directory cannot be unlinked with remove_file: the entry stays pending.
         fs::create_dir_all(data.join("recordings/a/dir.mp4")).expect("mkdir");
-        for p in [
-            "recordings/a/dir.mp4",
-            "../precious.txt",
-            "recordings/a/x.mp4",
-        ] {
-            db.conn_for_tests()
-                .execute("INSERT INTO garbage (path) VALUES (?1)", [p])
-                .expect("g");
+        for p in ["recordings/a/dir.mp4", "../precious.txt", "recordings/a/x.mp4"] {
+            db.conn_for_tests().execute("INSERT INTO garbage (path) VALUES (?1)", [p]).expect("g");
         }
         fs::write(data.join("recordings/a/x.mp4"), b"x").expect("write");
         let out = collect_garbage(&db, &data).expect("collect");
@@ -894,9 +643,6 @@ mod tests {
         assert!(out.failures.iter().any(|f| f.contains("precious")));
         assert!(outside.exists(), "never unlinks outside the data dir");
         assert!(!data.join("recordings/a/x.mp4").exists());
-        assert_eq!(
-            db.garbage().expect("g"),
-            vec!["recordings/a/dir.mp4".to_owned()]
-        );
+        assert_eq!(db.garbage().expect("g"), vec!["recordings/a/dir.mp4".to_owned()]);
     }
 }

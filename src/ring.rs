@@ -95,10 +95,7 @@ impl fmt::Display for RingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RingError::Oversized { len, max } => {
-                write!(
-                    f,
-                    "record of {len} bytes is larger than the ring accepts ({max})"
-                )
+                write!(f, "record of {len} bytes is larger than the ring accepts ({max})")
             }
             RingError::Encode(e) => write!(f, "cannot encode run start: {e}"),
             RingError::Internal => f.write_str("ring bookkeeping inconsistent; ring reset"),
@@ -159,12 +156,7 @@ impl Cursor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadResult {
     /// A frame; its data is in the caller's buffer.
-    Frame {
-        seq: u64,
-        track: Track,
-        key: bool,
-        pts: i64,
-    },
+    Frame { seq: u64, track: Track, key: bool, pts: i64 },
     /// A run start. After a [`ReadResult::Gap`], and first from a cursor made
     /// by [`Ring::cursor_at_latest_keyframe`], this may be the run start in
     /// effect at the resume point even though it is older than that point
@@ -191,10 +183,7 @@ pub struct Ring {
 
 impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ring")
-            .field("name", &self.name)
-            .field("capacity", &self.capacity)
-            .finish_non_exhaustive()
+        f.debug_struct("Ring").field("name", &self.name).field("capacity", &self.capacity).finish_non_exhaustive()
     }
 }
 
@@ -277,10 +266,7 @@ impl Ring {
         let mut st = self.lock();
         if payload.len() > max || u32::try_from(payload.len()).is_err() {
             st.oversized += 1;
-            return Err(RingError::Oversized {
-                len: payload.len(),
-                max,
-            });
+            return Err(RingError::Oversized { len: payload.len(), max });
         }
         st.push(kind, key, pts, payload)
     }
@@ -310,11 +296,7 @@ impl Ring {
     /// A cursor that will read the next record pushed after now.
     pub fn cursor_at_end(&self) -> Cursor {
         let st = self.lock();
-        Cursor {
-            next_seq: st.next_seq,
-            offset: st.head,
-            replay_run: 0,
-        }
+        Cursor { next_seq: st.next_seq, offset: st.head, replay_run: 0 }
     }
 
     /// A cursor at the newest run start or video keyframe still in the ring
@@ -333,11 +315,7 @@ impl Ring {
     #[cfg(test)]
     fn cursor_at_oldest(&self) -> Cursor {
         let st = self.lock();
-        Cursor {
-            next_seq: st.oldest_seq,
-            offset: st.tail,
-            replay_run: 0,
-        }
+        Cursor { next_seq: st.oldest_seq, offset: st.tail, replay_run: 0 }
     }
 
     /// Copies the next record for this cursor into `buf` (cleared first) and
@@ -356,17 +334,7 @@ impl Ring {
         }
         let got = self.lock().read_next(cursor, buf);
         match got {
-            Got::Frame {
-                seq,
-                track,
-                key,
-                pts,
-            } => ReadResult::Frame {
-                seq,
-                track,
-                key,
-                pts,
-            },
+            Got::Frame { seq, track, key, pts } => ReadResult::Frame { seq, track, key, pts },
             Got::Run { seq } => {
                 let run = decode_run(buf);
                 buf.clear();
@@ -374,10 +342,7 @@ impl Ring {
                     Some(run) => ReadResult::Run { seq, run },
                     // Only if the ring's memory was corrupted: report the
                     // record as lost rather than hand out garbage.
-                    None => ReadResult::Gap {
-                        lost_from: seq,
-                        lost_to: seq.saturating_add(1),
-                    },
+                    None => ReadResult::Gap { lost_from: seq, lost_to: seq.saturating_add(1) },
                 }
             }
             Got::Empty => ReadResult::Empty,
@@ -405,26 +370,14 @@ fn map_file(name: &str, capacity: usize, dir: &Path) -> io::Result<MmapMut> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let safe: String = name
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .take(48)
         .collect();
     let pid = std::process::id();
     for _ in 0..16 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("oxinvr-ring-{safe}-{pid}-{n}"));
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
+        let file = match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -435,10 +388,7 @@ fn map_file(name: &str, capacity: usize, dir: &Path) -> io::Result<MmapMut> {
         unlinked?;
         return Ok(map);
     }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        "no free ring file name",
-    ))
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free ring file name"))
 }
 
 fn size_and_map(file: &File, capacity: usize) -> io::Result<MmapMut> {
@@ -514,13 +464,7 @@ impl Header {
         if end.checked_add(len)? > map.len() {
             return None;
         }
-        Some(Header {
-            seq,
-            pts,
-            len,
-            kind,
-            key: flags & FLAG_KEY != 0,
-        })
+        Some(Header { seq, pts, len, kind, key: flags & FLAG_KEY != 0 })
     }
 
     fn record_len(&self) -> usize {
@@ -531,20 +475,10 @@ impl Header {
 /// What `State::read_next` found (a run start's JSON is decoded outside the
 /// lock).
 enum Got {
-    Frame {
-        seq: u64,
-        track: Track,
-        key: bool,
-        pts: i64,
-    },
-    Run {
-        seq: u64,
-    },
+    Frame { seq: u64, track: Track, key: bool, pts: i64 },
+    Run { seq: u64 },
     Empty,
-    Gap {
-        lost_from: u64,
-        lost_to: u64,
-    },
+    Gap { lost_from: u64, lost_to: u64 },
 }
 
 struct State {
@@ -611,14 +545,7 @@ impl State {
             self.reset();
             return Err(RingError::Internal);
         };
-        Header {
-            seq,
-            pts,
-            len: payload.len(),
-            kind,
-            key,
-        }
-        .encode(dst);
+        Header { seq, pts, len: payload.len(), kind, key }.encode(dst);
         if let Some(body) = dst.get_mut(HEADER_LEN..) {
             body.copy_from_slice(payload);
         }
@@ -665,11 +592,7 @@ impl State {
             self.reset();
             return;
         };
-        while self
-            .index
-            .front()
-            .is_some_and(|&(s, _)| s <= self.oldest_seq)
-        {
+        while self.index.front().is_some_and(|&(s, _)| s <= self.oldest_seq) {
             self.drop_index_front();
         }
         self.oldest_seq += 1;
@@ -702,10 +625,7 @@ impl State {
 
     /// Forgets every record (only when the bookkeeping is found broken).
     fn reset(&mut self) {
-        log::error!(
-            "ring bookkeeping inconsistent at seq {}; dropping its contents",
-            self.oldest_seq
-        );
+        log::error!("ring bookkeeping inconsistent at seq {}; dropping its contents", self.oldest_seq);
         while !self.index.is_empty() {
             self.drop_index_front();
         }
@@ -726,26 +646,14 @@ impl State {
             .filter(|&&(s, _)| s < seq)
             .find(|&&(s, off)| self.is_run_at(s, to_usize(off)))
             .map(|&(s, _)| s)
-            .unwrap_or(if self.dropped_run_seq < seq {
-                self.dropped_run_seq
-            } else {
-                0
-            })
+            .unwrap_or(if self.dropped_run_seq < seq { self.dropped_run_seq } else { 0 })
     }
 
     /// A cursor at `seq` (an index entry, or the end) that first replays the
     /// run start in effect there unless `seq` is itself one.
     fn cursor_resuming_at(&self, seq: u64, off: usize) -> Cursor {
-        let replay_run = if seq < self.next_seq && self.is_run_at(seq, off) {
-            0
-        } else {
-            self.run_before(seq)
-        };
-        Cursor {
-            next_seq: seq,
-            offset: off,
-            replay_run,
-        }
+        let replay_run = if seq < self.next_seq && self.is_run_at(seq, off) { 0 } else { self.run_before(seq) };
+        Cursor { next_seq: seq, offset: off, replay_run }
     }
 
     /// Appends the JSON of run start `seq` to `buf`, if it is still known.
@@ -795,17 +703,8 @@ impl State {
             }
             kind => {
                 buf.extend_from_slice(payload);
-                let track = if kind == KIND_VIDEO {
-                    Track::Video
-                } else {
-                    Track::Audio
-                };
-                Got::Frame {
-                    seq,
-                    track,
-                    key: h.key,
-                    pts: h.pts,
-                }
+                let track = if kind == KIND_VIDEO { Track::Video } else { Track::Audio };
+                Got::Frame { seq, track, key: h.key, pts: h.pts }
             }
         }
     }
@@ -824,10 +723,7 @@ impl State {
             resumed.replay_run = 0;
         }
         *cursor = resumed;
-        Got::Gap {
-            lost_from,
-            lost_to: seq,
-        }
+        Got::Gap { lost_from, lost_to: seq }
     }
 }
 
@@ -840,12 +736,7 @@ mod tests {
     use std::sync::Arc;
 
     fn video(key: bool, pts: i64, data: &[u8]) -> Frame<'_> {
-        Frame {
-            track: Track::Video,
-            key,
-            pts,
-            data,
-        }
+        Frame { track: Track::Video, key, pts, data }
     }
 
     fn run_start(anchor: i64) -> RunStart {
@@ -884,19 +775,12 @@ mod tests {
     }
 
     fn pattern(seq: u64, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| (seq.wrapping_mul(31).wrapping_add(i as u64 * 7)) as u8)
-            .collect()
+        (0..len).map(|i| (seq.wrapping_mul(31).wrapping_add(i as u64 * 7)) as u8).collect()
     }
 
     fn expect_frame(r: ReadResult) -> (u64, Track, bool, i64) {
         match r {
-            ReadResult::Frame {
-                seq,
-                track,
-                key,
-                pts,
-            } => (seq, track, key, pts),
+            ReadResult::Frame { seq, track, key, pts } => (seq, track, key, pts),
             other => panic!("expected a frame, got {other:?}"),
         }
     }
@@ -934,30 +818,14 @@ mod tests {
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
         for i in 0..20u64 {
             let data = pattern(i, 100 + i as usize);
-            let track = if i % 3 == 2 {
-                Track::Audio
-            } else {
-                Track::Video
-            };
-            let f = Frame {
-                track,
-                key: i % 5 == 0,
-                pts: i as i64 * 3000 - 7,
-                data: &data,
-            };
+            let track = if i % 3 == 2 { Track::Audio } else { Track::Video };
+            let f = Frame { track, key: i % 5 == 0, pts: i as i64 * 3000 - 7, data: &data };
             assert_eq!(ring.push_frame(&f).expect("push"), i + 1);
         }
         for i in 0..20u64 {
             let (seq, track, key, pts) = expect_frame(ring.read(&mut cur, &mut buf));
             assert_eq!(seq, i + 1);
-            assert_eq!(
-                track,
-                if i % 3 == 2 {
-                    Track::Audio
-                } else {
-                    Track::Video
-                }
-            );
+            assert_eq!(track, if i % 3 == 2 { Track::Audio } else { Track::Video });
             assert_eq!(key, i % 5 == 0);
             assert_eq!(pts, i as i64 * 3000 - 7);
             assert_eq!(buf, pattern(i, 100 + i as usize));
@@ -965,14 +833,8 @@ mod tests {
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
         assert!(buf.is_empty());
         let s = ring.stats();
-        assert_eq!(
-            (s.records, s.oldest_seq, s.next_seq, s.pushes, s.evictions),
-            (20, 1, 21, 20, 0)
-        );
-        assert_eq!(
-            s.used_bytes,
-            (0..20).map(|i| HEADER_LEN + 100 + i).sum::<usize>()
-        );
+        assert_eq!((s.records, s.oldest_seq, s.next_seq, s.pushes, s.evictions), (20, 1, 21, 20, 0));
+        assert_eq!(s.used_bytes, (0..20).map(|i| HEADER_LEN + 100 + i).sum::<usize>());
         // Video keyframes only: i = 0, 5, 10, 15 are video; 5 % 3 == 2 is audio.
         assert_eq!(s.keyframes, 3);
         // A zero-length frame is fine.
@@ -990,8 +852,7 @@ mod tests {
         let half = cap / 2 - HEADER_LEN;
         // Two records filling the buffer exactly: the second ends at the end.
         for (seq, len) in [(1u64, half), (2, half)] {
-            ring.push_frame(&video(true, seq as i64, &pattern(seq, len)))
-                .expect("push");
+            ring.push_frame(&video(true, seq as i64, &pattern(seq, len))).expect("push");
         }
         assert_eq!(ring.lock().head, 0);
         assert_eq!(ring.stats().used_bytes, cap);
@@ -1000,22 +861,18 @@ mod tests {
             assert_eq!(buf, pattern(seq, half));
         }
         // The third goes to 0 and evicts the first only.
-        ring.push_frame(&video(true, 3, &pattern(3, 100)))
-            .expect("push");
+        ring.push_frame(&video(true, 3, &pattern(3, 100))).expect("push");
         let s = ring.stats();
         assert_eq!((s.oldest_seq, s.records, s.evictions), (2, 2, 1));
         assert_eq!(expect_frame(ring.read(&mut cur, &mut buf)).0, 3);
         assert_eq!(buf, pattern(3, 100));
         // Leave fewer than HEADER_LEN bytes before the end, then wrap.
-        ring.push_frame(&video(false, 4, &pattern(4, 400)))
-            .expect("push");
+        ring.push_frame(&video(false, 4, &pattern(4, 400))).expect("push");
         let head = ring.lock().head;
         let fill = cap - head - 10 - HEADER_LEN;
-        ring.push_frame(&video(false, 5, &pattern(5, fill)))
-            .expect("push");
+        ring.push_frame(&video(false, 5, &pattern(5, fill))).expect("push");
         assert_eq!(ring.lock().head, cap - 10);
-        ring.push_frame(&video(false, 6, &pattern(6, 50)))
-            .expect("push");
+        ring.push_frame(&video(false, 6, &pattern(6, 50))).expect("push");
         assert_eq!(ring.lock().head, HEADER_LEN + 50);
         assert_eq!(ring.stats().oldest_seq, 4);
         for (seq, len) in [(4, 400), (5, fill), (6, 50)] {
@@ -1024,16 +881,12 @@ mod tests {
         }
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
         // A cursor made at the end before a wrapping push finds the record at 0.
-        ring.push_frame(&video(false, 7, &pattern(7, 400)))
-            .expect("push");
-        ring.push_frame(&video(false, 8, &pattern(8, 400)))
-            .expect("push");
+        ring.push_frame(&video(false, 7, &pattern(7, 400))).expect("push");
+        ring.push_frame(&video(false, 8, &pattern(8, 400))).expect("push");
         assert_eq!(ring.lock().head, HEADER_LEN + 50 + 2 * (HEADER_LEN + 400));
         let mut late = ring.cursor_at_end();
-        ring.push_frame(&video(false, 9, &pattern(9, 200)))
-            .expect("push");
-        ring.push_frame(&video(false, 10, &pattern(10, 200)))
-            .expect("push");
+        ring.push_frame(&video(false, 9, &pattern(9, 200))).expect("push");
+        ring.push_frame(&video(false, 10, &pattern(10, 200))).expect("push");
         assert_eq!(ring.lock().zero_seq, 9);
         for seq in [9, 10] {
             assert_eq!(expect_frame(ring.read(&mut late, &mut buf)).0, seq);
@@ -1045,19 +898,13 @@ mod tests {
     /// Every live record is intact and the ring doesn't evict more than needed.
     fn check_against_model(ring: &Ring, model: &VecDeque<(u64, Vec<u8>)>, max_rec: usize) {
         let s = ring.stats();
-        let live: Vec<_> = model
-            .iter()
-            .filter(|(seq, _)| *seq >= s.oldest_seq)
-            .collect();
+        let live: Vec<_> = model.iter().filter(|(seq, _)| *seq >= s.oldest_seq).collect();
         assert_eq!(live.len() as u64, s.records);
         assert_eq!(s.next_seq, model.back().map_or(1, |m| m.0 + 1));
         let live_bytes: usize = live.iter().map(|(_, d)| HEADER_LEN + d.len()).sum();
         assert!(live_bytes <= s.used_bytes && s.used_bytes <= s.capacity);
         if s.evictions > 0 {
-            assert!(
-                live_bytes + 2 * max_rec >= s.capacity,
-                "over-evicted: {live_bytes} live"
-            );
+            assert!(live_bytes + 2 * max_rec >= s.capacity, "over-evicted: {live_bytes} live");
         }
         let mut cur = ring.cursor_at_oldest();
         let mut buf = Vec::new();
@@ -1083,9 +930,7 @@ mod tests {
             let head = ring.lock().head;
             let len = match rng.below(10) {
                 // Exactly reach the end of the buffer when that is allowed.
-                0 if cap - head >= HEADER_LEN && cap - head - HEADER_LEN <= max => {
-                    cap - head - HEADER_LEN
-                }
+                0 if cap - head >= HEADER_LEN && cap - head - HEADER_LEN <= max => cap - head - HEADER_LEN,
                 1 => max,
                 2 => 0,
                 3 => rng.below(max as u64 + 1) as usize,
@@ -1095,9 +940,7 @@ mod tests {
                 exact_hits += 1;
             }
             let data = pattern(rng.next(), len);
-            let seq = ring
-                .push_frame(&video(i % 7 == 0, i as i64, &data))
-                .expect("push");
+            let seq = ring.push_frame(&video(i % 7 == 0, i as i64, &data)).expect("push");
             assert_eq!(seq, i + 1);
             model.push_back((seq, data));
             while model.len() > cap / HEADER_LEN {
@@ -1127,11 +970,7 @@ mod tests {
         assert!(s.evictions > 15_000);
         assert_eq!(s.pushes, 20_000);
         assert_eq!(s.keyframes as u64, ring.lock().index.iter().count() as u64);
-        assert!(ring
-            .lock()
-            .index
-            .iter()
-            .all(|&(seq, _)| seq >= s.oldest_seq && (seq - 1) % 7 == 0));
+        assert!(ring.lock().index.iter().all(|&(seq, _)| seq >= s.oldest_seq && (seq - 1) % 7 == 0));
     }
 
     #[test]
@@ -1143,31 +982,15 @@ mod tests {
         assert_eq!(ring.push_run(&run).expect("run"), 1);
         // Frames 2.. ; keyframe every 10th.
         for i in 0..500u64 {
-            let seq = ring
-                .push_frame(&video(i % 10 == 0, i as i64, &pattern(i, 100)))
-                .expect("push");
+            let seq = ring.push_frame(&video(i % 10 == 0, i as i64, &pattern(i, 100))).expect("push");
             assert_eq!(seq, i + 2);
         }
         let s = ring.stats();
         assert!(s.oldest_seq > 2);
-        let first_key = (s.oldest_seq..)
-            .find(|seq| (seq - 2) % 10 == 0)
-            .expect("key");
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Gap {
-                lost_from: 1,
-                lost_to: first_key
-            }
-        );
+        let first_key = (s.oldest_seq..).find(|seq| (seq - 2) % 10 == 0).expect("key");
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Gap { lost_from: 1, lost_to: first_key });
         // The run start was lost: it is handed over first.
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run {
-                seq: 1,
-                run: run.clone()
-            }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 1, run: run.clone() });
         let (seq, _, key, _) = expect_frame(ring.read(&mut cur, &mut buf));
         assert_eq!((seq, key), (first_key, true));
         assert_eq!(buf, pattern(first_key - 2, 100));
@@ -1196,13 +1019,7 @@ mod tests {
             ring.push_frame(&video(false, i, &[2; 100])).expect("push");
         }
         assert_eq!(ring.stats().keyframes, 0);
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Gap {
-                lost_from: 1,
-                lost_to: 201
-            }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Gap { lost_from: 1, lost_to: 201 });
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
         ring.push_frame(&video(true, 200, &[3; 10])).expect("push");
         assert_eq!(expect_frame(ring.read(&mut cur, &mut buf)).0, 201);
@@ -1215,18 +1032,14 @@ mod tests {
         let mut rng = Rng(7);
         for i in 0..10_000 {
             let len = rng.below(ring.max_payload() as u64 + 1) as usize;
-            ring.push_frame(&video(i % 3 == 0, i, &vec![5; len]))
-                .expect("push never fails");
+            ring.push_frame(&video(i % 3 == 0, i, &vec![5; len])).expect("push never fails");
         }
         let s = ring.stats();
         assert_eq!(s.pushes, 10_000);
         assert!(s.evictions > 9_000);
         let mut cur = stalled;
         let mut buf = Vec::new();
-        assert!(matches!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Gap { lost_from: 1, .. }
-        ));
+        assert!(matches!(ring.read(&mut cur, &mut buf), ReadResult::Gap { lost_from: 1, .. }));
     }
 
     #[test]
@@ -1243,11 +1056,7 @@ mod tests {
         assert!(ring.push_frame(&video(true, 0, &huge)).is_err());
         let s = ring.stats();
         assert_eq!((s.oversized, s.pushes, s.next_seq), (2, 0, 1));
-        assert_eq!(
-            ring.push_frame(&video(true, 0, &big[..max]))
-                .expect("max fits"),
-            1
-        );
+        assert_eq!(ring.push_frame(&video(true, 0, &big[..max])).expect("max fits"), 1);
         let mut cur = ring.cursor_at_latest_keyframe();
         let mut buf = Vec::new();
         assert_eq!(expect_frame(ring.read(&mut cur, &mut buf)).0, 1);
@@ -1262,8 +1071,7 @@ mod tests {
         let mut cur = ring.cursor_at_end();
         let mut buf = Vec::new();
         for i in 0..2000u64 {
-            ring.push_frame(&video(i % 10 == 0, i as i64, &pattern(i, 500)))
-                .expect("push");
+            ring.push_frame(&video(i % 10 == 0, i as i64, &pattern(i, 500))).expect("push");
             let (seq, ..) = expect_frame(ring.read(&mut cur, &mut buf));
             assert_eq!(seq, i + 1);
             assert_eq!(buf, pattern(i, 500));
@@ -1284,18 +1092,9 @@ mod tests {
         run.audio = None;
         run.anchor_pts = -5;
         assert_eq!(ring.push_run(&run).expect("run"), 2);
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run {
-                seq: 1,
-                run: run_start(12_345)
-            }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 1, run: run_start(12_345) });
         assert!(buf.is_empty());
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run { seq: 2, run }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 2, run });
         assert_eq!(ring.stats().keyframes, 2);
     }
 
@@ -1308,39 +1107,18 @@ mod tests {
         let run = run_start(0);
         ring.push_run(&run).expect("run"); // 1
         let mut cur = ring.cursor_at_latest_keyframe();
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run {
-                seq: 1,
-                run: run.clone()
-            }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 1, run: run.clone() });
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
         ring.push_frame(&video(true, 0, b"k2")).expect("push"); // 2
         ring.push_frame(&video(false, 1, b"p3")).expect("push"); // 3
-        ring.push_frame(&Frame {
-            track: Track::Audio,
-            key: true,
-            pts: 1,
-            data: b"a4",
-        })
-        .expect("push"); // 4
+        ring.push_frame(&Frame { track: Track::Audio, key: true, pts: 1, data: b"a4" }).expect("push"); // 4
         ring.push_frame(&video(true, 2, b"k5")).expect("push"); // 5
         ring.push_frame(&video(false, 3, b"p6")).expect("push"); // 6
         let mut cur = ring.cursor_at_latest_keyframe();
         assert_eq!(cur.next_seq(), 5);
         // The run in effect comes first, then the keyframe.
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run {
-                seq: 1,
-                run: run.clone()
-            }
-        );
-        assert_eq!(
-            expect_frame(ring.read(&mut cur, &mut buf)),
-            (5, Track::Video, true, 2)
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 1, run: run.clone() });
+        assert_eq!(expect_frame(ring.read(&mut cur, &mut buf)), (5, Track::Video, true, 2));
         assert_eq!(buf, b"k5");
         assert_eq!(expect_frame(ring.read(&mut cur, &mut buf)).0, 6);
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
@@ -1348,13 +1126,7 @@ mod tests {
         let run2 = run_start(99);
         ring.push_run(&run2).expect("run"); // 7
         let mut cur = ring.cursor_at_latest_keyframe();
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run {
-                seq: 7,
-                run: run2.clone()
-            }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 7, run: run2.clone() });
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
         // The end cursor does not replay anything.
         let mut end = ring.cursor_at_end();
@@ -1373,13 +1145,7 @@ mod tests {
         let s = ring.stats();
         assert_eq!((s.keyframes, s.evictions), (KEY_INDEX_LEN, 0));
         let mut cur = ring.cursor_at_latest_keyframe();
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run {
-                seq: 1,
-                run: run.clone()
-            }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 1, run: run.clone() });
         assert_eq!(expect_frame(ring.read(&mut cur, &mut buf)).0, 301);
         // Now evict everything, with no keyframe left: still known.
         for i in 0..2000 {
@@ -1387,10 +1153,7 @@ mod tests {
         }
         assert_eq!(ring.stats().keyframes, 0);
         let mut cur = ring.cursor_at_latest_keyframe();
-        assert_eq!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Run { seq: 1, run }
-        );
+        assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Run { seq: 1, run });
         assert_eq!(ring.read(&mut cur, &mut buf), ReadResult::Empty);
     }
 
@@ -1401,15 +1164,11 @@ mod tests {
         let mut cur = ring.cursor_at_end();
         let mut stale = ring.cursor_at_end();
         for i in 0..10 {
-            ring.push_frame(&video(i % 3 == 0, i, &[7; 100]))
-                .expect("push");
+            ring.push_frame(&video(i % 3 == 0, i, &[7; 100])).expect("push");
         }
         // Anything in the map (a bug, or another process) must not make us panic.
         ring.lock().map.fill(0xFF);
-        assert!(matches!(
-            ring.read(&mut cur, &mut buf),
-            ReadResult::Gap { lost_from: 1, .. }
-        ));
+        assert!(matches!(ring.read(&mut cur, &mut buf), ReadResult::Gap { lost_from: 1, .. }));
         for seed in 0..50u8 {
             let _ = ring.push_frame(&video(seed % 3 == 0, i64::from(seed), &[seed; 300]));
             if seed % 5 == 0 {
@@ -1426,9 +1185,7 @@ mod tests {
         // Once writes go on normally, the ring is healthy again.
         let mut cur = ring.cursor_at_end();
         for i in 0..100 {
-            let seq = ring
-                .push_frame(&video(true, i, &pattern(i as u64, 200)))
-                .expect("push");
+            let seq = ring.push_frame(&video(true, i, &pattern(i as u64, 200))).expect("push");
             let (got, ..) = expect_frame(ring.read(&mut cur, &mut buf));
             assert_eq!(got, seq);
             assert_eq!(buf, pattern(i as u64, 200));
@@ -1452,9 +1209,7 @@ mod tests {
     }
 
     fn fnv(d: &[u8]) -> u64 {
-        d.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
+        d.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
     }
 
     #[test]
@@ -1469,9 +1224,7 @@ mod tests {
                 for i in 0..FRAMES {
                     let len = ((i * 7919) % 1500) as usize;
                     let data = checked_data(i, len);
-                    let seq = ring
-                        .push_frame(&video(i % 30 == 0, i as i64, &data))
-                        .expect("push");
+                    let seq = ring.push_frame(&video(i % 30 == 0, i as i64, &data)).expect("push");
                     assert_eq!(seq, i + 1);
                 }
                 done.store(true, Ordering::Release);

@@ -88,7 +88,7 @@ struct OpenSegment {
     audio_frames: u64,
     fragments: Vec<FragmentEntry>,
     seq: u32,
-    /// Video ticks written so far: the next fragment's tfdt.
+    /// Video ticks written so far: the next fragment's tfdt (files start at 0).
     video_ticks: u64,
     /// Audio ticks written so far, once audio started.
     audio_ticks: Option<u64>,
@@ -171,9 +171,10 @@ impl SegmentWriter {
             let len = pts - first;
             if (key && len >= FRAGMENT_MIN_SECS * timescale) || len >= FRAGMENT_MAX_SECS * timescale {
                 self.flush_fragment(db, Some(pts));
-                let rotate = self.open.as_ref().is_some_and(|o| {
-                    key && pts - o.start_pts >= i64::from(self.cfg.segment_seconds) * timescale
-                });
+                let rotate = self
+                    .open
+                    .as_ref()
+                    .is_some_and(|o| key && pts - o.start_pts >= i64::from(self.cfg.segment_seconds) * timescale);
                 if rotate {
                     self.close(db, CloseReason::Rotation);
                 }
@@ -324,9 +325,10 @@ impl SegmentWriter {
         let audio_base;
         if let (Some(a), Some(first)) = (&run.audio, self.frag.audio_first_pts) {
             audio_base = *o.audio_ticks.get_or_insert_with(|| {
-                // Both clocks count from the session start: place the first
+                // Both RTP clocks count from the session start: place the first
                 // audio sample at its offset from the segment's first video frame.
-                let video_start = o.start_pts as i128 * i128::from(a.timescale) / i128::from(run.video.timescale.max(1));
+                let vts = i128::from(run.video.timescale.max(1));
+                let video_start = i128::from(o.start_pts) * i128::from(a.timescale) / vts;
                 (i128::from(first) - video_start).max(0) as u64
             });
             audio_samples = self
@@ -339,7 +341,8 @@ impl SegmentWriter {
         }
         let header = mp4::fragment_header(o.seq, &runs);
         let size = header.len() + self.frag.video_data.len() + self.frag.audio_data.len();
-        let mut bufs = [IoSlice::new(&header), IoSlice::new(&self.frag.video_data), IoSlice::new(&self.frag.audio_data)];
+        let mut bufs =
+            [IoSlice::new(&header), IoSlice::new(&self.frag.video_data), IoSlice::new(&self.frag.audio_data)];
         match write_all_vectored(&mut o.file, &mut bufs) {
             Ok(()) => {
                 o.fragments.push(FragmentEntry {
@@ -417,7 +420,13 @@ impl SegmentWriter {
 
 fn end_ms(o: &OpenSegment, run: Option<&RunStart>) -> i64 {
     let ts = run.map(|r| r.video.timescale).unwrap_or(90_000).max(1);
-    o.start_ms + (o.video_ticks * 1000 / u64::from(ts)) as i64
+    o.start_ms + (u128::from(o.video_ticks) * 1000 / u128::from(ts)) as i64
+}
+
+/// Start time (ms) encoded in a segment file name (`<start_ms>[-n].mp4`).
+pub fn start_ms_from_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".mp4")?;
+    stem.split('-').next()?.parse().ok()
 }
 
 /// Removes a segment that never got a fragment: row first, then the file.
@@ -480,12 +489,6 @@ fn create_unique(dir: &Path, start_ms: i64) -> io::Result<(PathBuf, File)> {
         }
     }
     Err(io::Error::other("no free file name"))
-}
-
-/// Start time (ms) encoded in a segment file name (`<start_ms>[-n].mp4`).
-pub fn start_ms_from_name(name: &str) -> Option<i64> {
-    let stem = name.strip_suffix(".mp4")?;
-    stem.split('-').next()?.parse().ok()
 }
 
 #[cfg(test)]

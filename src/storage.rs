@@ -133,7 +133,8 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             r.writer.tick(&db);
             rotated |= r.writer.stats.segments != segments_before;
         }
-        if last_retention.elapsed() >= RETENTION_EVERY || (rotated && last_retention.elapsed() >= Duration::from_secs(1))
+        if last_retention.elapsed() >= RETENTION_EVERY
+            || (rotated && last_retention.elapsed() >= Duration::from_secs(1))
         {
             run_retention(&db, &settings, &*clock, &recorders);
             last_retention = Instant::now();
@@ -317,10 +318,15 @@ pub fn reconcile(db: &Db, data_dir: &Path, repair: bool) -> Result<Report, Strin
     Ok(rep)
 }
 
+/// Milliseconds of `ticks` at `timescale`.
+fn ticks_ms(ticks: u64, timescale: u32) -> i64 {
+    (u128::from(ticks) * 1000 / u128::from(timescale.max(1))) as i64
+}
+
 fn progress_from_scan(start_ms: i64, scan: &mp4::ScannedFile) -> SegmentProgress {
-    let ticks: u64 = scan.fragments.iter().map(|f| u64::from(f.duration_ticks)).sum();
+    let end = scan.fragments.last().map(|f| f.start_ticks + u64::from(f.duration_ticks));
     SegmentProgress {
-        end_ms: start_ms + (ticks * 1000 / u64::from(scan.video_timescale.max(1))) as i64,
+        end_ms: start_ms + end.map_or(0, |t| ticks_ms(t, scan.video_timescale)),
         bytes: scan.valid_len,
         frames: scan.fragments.iter().map(|f| u64::from(f.frames)).sum(),
         audio_frames: scan.audio_frames,

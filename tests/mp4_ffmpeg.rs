@@ -17,37 +17,21 @@ const SAMPLE_RATE: u32 = 48_000;
 const AAC_FRAME: u32 = 1024;
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (install ffmpeg; scripts/test does)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (install ffmpeg; scripts/test does)"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
 fn ffprobe(path: &Path, args: &[&str]) -> String {
-    let out = run(Command::new("ffprobe")
-        .args(["-v", "error"])
-        .args(args)
-        .arg(path));
+    let out = run(Command::new("ffprobe").args(["-v", "error"]).args(args).arg(path));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Asserts ffmpeg decodes the whole file without printing a single error.
 fn assert_decodes_cleanly(path: &Path) {
-    let out = run(Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"]));
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.trim().is_empty(),
-        "ffmpeg reported errors decoding {}:\n{stderr}",
-        path.display()
-    );
+    assert!(stderr.trim().is_empty(), "ffmpeg reported errors decoding {}:\n{stderr}", path.display());
 }
 
 /// The NAL units of an Annex B stream, without start codes or trailing zeros.
@@ -85,10 +69,7 @@ struct AccessUnit {
 fn access_units(nals: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Vec<AccessUnit>) {
     let (mut sps, mut pps) = (Vec::new(), Vec::new());
     let mut units = Vec::new();
-    let mut current = AccessUnit {
-        data: Vec::new(),
-        key: false,
-    };
+    let mut current = AccessUnit { data: Vec::new(), key: false };
     let mut has_slice = false;
     for nal in nals.iter().filter(|n| !n.is_empty()) {
         let kind = nal[0] & 0x1f;
@@ -96,13 +77,7 @@ fn access_units(nals: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Vec<AccessUnit>) {
         // SEI, SPS, PPS, AUD, or a slice with first_mb_in_slice == 0, start a new unit.
         let first_slice = slice && nal.get(1).is_some_and(|b| b & 0x80 != 0);
         if has_slice && (matches!(kind, 6..=9) || first_slice) {
-            units.push(std::mem::replace(
-                &mut current,
-                AccessUnit {
-                    data: Vec::new(),
-                    key: false,
-                },
-            ));
+            units.push(std::mem::replace(&mut current, AccessUnit { data: Vec::new(), key: false }));
             has_slice = false;
         }
         match kind {
@@ -110,9 +85,7 @@ fn access_units(nals: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Vec<AccessUnit>) {
             8 => pps = nal.to_vec(),
             9 => {}
             _ => {
-                current
-                    .data
-                    .extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                current.data.extend_from_slice(&(nal.len() as u32).to_be_bytes());
                 current.data.extend_from_slice(nal);
                 current.key |= kind == 5;
                 has_slice |= slice;
@@ -183,10 +156,7 @@ fn adts_frames(data: &[u8]) -> (Vec<&[u8]>, [u8; 2], u16) {
     let mut pos = 0;
     while pos + 7 <= data.len() {
         let h = &data[pos..];
-        assert!(
-            h[0] == 0xff && h[1] & 0xf0 == 0xf0,
-            "lost ADTS sync at byte {pos}"
-        );
+        assert!(h[0] == 0xff && h[1] & 0xf0 == 0xf0, "lost ADTS sync at byte {pos}");
         let header_len = if h[1] & 1 == 1 { 7 } else { 9 };
         let object_type = u16::from(h[2] >> 6) + 1;
         let rate_index = u16::from(h[2] >> 2 & 0xf);
@@ -207,33 +177,11 @@ fn ffmpeg_reads_what_we_write() {
     let h264 = dir.path().join("x.h264");
     let aac = dir.path().join("x.aac");
     run(Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=25",
-            "-t",
-            "4",
-        ])
-        .args([
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", "-g", "25", "-f", "h264",
-        ])
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "4"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", "-g", "25", "-f", "h264"])
         .arg(&h264));
     run(Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "4",
-        ])
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "4"])
         .args(["-ac", "2", "-c:a", "aac", "-f", "adts"])
         .arg(&aac));
     let h264 = std::fs::read(&h264).expect("read h264");
@@ -272,14 +220,8 @@ fn ffmpeg_reads_what_we_write() {
     for (n, &start) in gop_starts.iter().enumerate() {
         let end = gop_starts.get(n + 1).copied().unwrap_or(units.len());
         let gop = &units[start..end];
-        let video: Vec<Sample> = gop
-            .iter()
-            .map(|u| Sample {
-                duration: frame_ticks,
-                size: u.data.len() as u32,
-                key: u.key,
-            })
-            .collect();
+        let video: Vec<Sample> =
+            gop.iter().map(|u| Sample { duration: frame_ticks, size: u.data.len() as u32, key: u.key }).collect();
         let video_end_ticks = u64::from(frame_ticks) * end as u64;
         let audio_end = if end == units.len() {
             audio_frames.len()
@@ -292,14 +234,8 @@ fn ffmpeg_reads_what_we_write() {
                 .unwrap_or(audio_frames.len())
         };
         let audio = &audio_frames[next_audio..audio_end];
-        let audio_samples: Vec<Sample> = audio
-            .iter()
-            .map(|f| Sample {
-                duration: AAC_FRAME,
-                size: f.len() as u32,
-                key: true,
-            })
-            .collect();
+        let audio_samples: Vec<Sample> =
+            audio.iter().map(|f| Sample { duration: AAC_FRAME, size: f.len() as u32, key: true }).collect();
         let runs = [
             TrackRun {
                 track_id: mp4::VIDEO_TRACK_ID,
@@ -323,68 +259,32 @@ fn ffmpeg_reads_what_we_write() {
     // ffprobe and ffmpeg agree with what we wrote.
     let video_info = ffprobe(
         &out,
-        &[
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-        ],
+        &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=codec_name,width,height,nb_read_frames"],
     );
-    for expected in [
-        "codec_name=h264",
-        "width=320",
-        "height=240",
-        "nb_read_frames=100",
-    ] {
-        assert!(
-            video_info.contains(expected),
-            "{expected} not in ffprobe output:\n{video_info}"
-        );
+    for expected in ["codec_name=h264", "width=320", "height=240", "nb_read_frames=100"] {
+        assert!(video_info.contains(expected), "{expected} not in ffprobe output:\n{video_info}");
     }
     let audio_info = ffprobe(
         &out,
-        &[
-            "-count_frames",
-            "-select_streams",
-            "a:0",
-            "-show_entries",
-            "stream=codec_name,nb_read_frames",
-        ],
+        &["-count_frames", "-select_streams", "a:0", "-show_entries", "stream=codec_name,nb_read_frames"],
     );
     assert!(audio_info.contains("codec_name=aac"), "{audio_info}");
-    assert!(
-        audio_info.contains(&format!("nb_read_frames={}", audio_frames.len())),
-        "{audio_info}"
-    );
-    let duration: f64 = ffprobe(
-        &out,
-        &["-show_entries", "format=duration", "-of", "csv=p=0"],
-    )
-    .parse()
-    .expect("duration");
+    assert!(audio_info.contains(&format!("nb_read_frames={}", audio_frames.len())), "{audio_info}");
+    let duration: f64 =
+        ffprobe(&out, &["-show_entries", "format=duration", "-of", "csv=p=0"]).parse().expect("duration");
     assert!((duration - 4.0).abs() < 0.1, "duration {duration}");
     assert_decodes_cleanly(&out);
 
     // Our own scan agrees too.
     let scan = mp4::scan_file(&out).expect("scan");
     assert_eq!(scan.codec, codec);
-    assert_eq!(
-        (scan.width, scan.height, scan.video_timescale),
-        (320, 240, VIDEO_TIMESCALE)
-    );
-    assert_eq!(
-        (scan.has_audio, scan.audio_timescale),
-        (true, Some(SAMPLE_RATE))
-    );
+    assert_eq!((scan.width, scan.height, scan.video_timescale), (320, 240, VIDEO_TIMESCALE));
+    assert_eq!((scan.has_audio, scan.audio_timescale), (true, Some(SAMPLE_RATE)));
     assert_eq!(scan.fragments.len(), gop_starts.len());
     assert!(scan.fragments.iter().all(|f| f.key));
     assert_eq!(scan.fragments.iter().map(|f| f.frames).sum::<u32>(), 100);
     assert_eq!(scan.audio_frames, audio_frames.len() as u64);
-    assert_eq!(
-        (scan.valid_len, scan.file_len),
-        (file.len() as u64, file.len() as u64)
-    );
+    assert_eq!((scan.valid_len, scan.file_len), (file.len() as u64, file.len() as u64));
 
     // An export of the second half: fragments patched to count from sequence 1 and time 0.
     let half = &scan.fragments[scan.fragments.len() / 2..];
@@ -392,25 +292,15 @@ fn ffmpeg_reads_what_we_write() {
         let bytes = &file[half[0].offset as usize..];
         let moof = BoxHeader::parse(bytes, 0, bytes.len() as u64).expect("moof header");
         let trafs = mp4::parse_moof(&bytes[..moof.size as usize]).expect("parse moof");
-        trafs
-            .iter()
-            .find(|t| t.track_id == mp4::AUDIO_TRACK_ID)
-            .expect("audio traf")
-            .base_decode_time
+        trafs.iter().find(|t| t.track_id == mp4::AUDIO_TRACK_ID).expect("audio traf").base_decode_time
     };
     let mut export = file[..scan.init_len as usize].to_vec();
     for (n, f) in half.iter().enumerate() {
         let mut fragment = file[f.offset as usize..][..f.size as usize].to_vec();
-        let moof_len = BoxHeader::parse(&fragment, 0, fragment.len() as u64)
-            .expect("moof header")
-            .size as usize;
+        let moof_len = BoxHeader::parse(&fragment, 0, fragment.len() as u64).expect("moof header").size as usize;
         let video_base = half[0].start_ticks;
         mp4::patch_moof(&mut fragment[..moof_len], n as u32 + 1, |track, t| {
-            t - if track == mp4::VIDEO_TRACK_ID {
-                video_base
-            } else {
-                audio_base
-            }
+            t - if track == mp4::VIDEO_TRACK_ID { video_base } else { audio_base }
         })
         .expect("patch moof");
         export.extend_from_slice(&fragment);
@@ -418,34 +308,15 @@ fn ffmpeg_reads_what_we_write() {
     let export_path = dir.path().join("export.mp4");
     std::fs::write(&export_path, &export).expect("write export");
     let frames: u32 = half.iter().map(|f| f.frames).sum();
-    let info = ffprobe(
-        &export_path,
-        &[
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-        ],
-    );
+    let info =
+        ffprobe(&export_path, &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"]);
     assert!(info.contains(&format!("nb_read_frames={frames}")), "{info}");
-    let start: f64 = ffprobe(
-        &export_path,
-        &["-show_entries", "format=start_time", "-of", "csv=p=0"],
-    )
-    .parse()
-    .expect("start");
+    let start: f64 =
+        ffprobe(&export_path, &["-show_entries", "format=start_time", "-of", "csv=p=0"]).parse().expect("start");
     assert!(start.abs() < 0.05, "export starts at {start}");
-    let duration: f64 = ffprobe(
-        &export_path,
-        &["-show_entries", "format=duration", "-of", "csv=p=0"],
-    )
-    .parse()
-    .expect("duration");
-    assert!(
-        (duration - f64::from(frames) / f64::from(FPS)).abs() < 0.1,
-        "export duration {duration}"
-    );
+    let duration: f64 =
+        ffprobe(&export_path, &["-show_entries", "format=duration", "-of", "csv=p=0"]).parse().expect("duration");
+    assert!((duration - f64::from(frames) / f64::from(FPS)).abs() < 0.1, "export duration {duration}");
     assert_decodes_cleanly(&export_path);
     let rescan = mp4::scan_file(&export_path).expect("scan export");
     assert_eq!(rescan.fragments[0].start_ticks, 0);

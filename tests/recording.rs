@@ -62,7 +62,8 @@ fn assert_all_decode(data_dir: &Path) -> usize {
 }
 
 fn config(streams: &[(&str, String)], storage_extra: &str) -> String {
-    let mut t = format!("[storage]\ndata_dir = \"{{DATA}}\"\n{storage_extra}\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n");
+    let mut t =
+        format!("[storage]\ndata_dir = \"{{DATA}}\"\n{storage_extra}\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n");
     for (name, url) in streams {
         t.push_str(&format!("[[streams]]\nname = \"{name}\"\nurl = \"{url}\"\nbitrate_kbps = 1000\n"));
     }
@@ -83,7 +84,21 @@ fn recordings(nvr: &Oxinvr, stream: &str) -> Vec<serde_json::Value> {
 /// ffmpeg decodes an HTTP URL (export or playlist) to the end; returns frames decoded.
 fn decode_url_frames(url: &str) -> u64 {
     let out = std::process::Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-stats", "-i", url, "-map", "0:v:0", "-f", "null", "-"])
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-stats",
+            "-i",
+            url,
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "null",
+            "-",
+        ])
         .output()
         .expect("run ffmpeg");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -98,10 +113,8 @@ fn decode_url_frames(url: &str) -> u64 {
 fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cam = Camera::start(&["--audio", "--fps", "15"]);
-    let cfg = config(
-        &[("cam264", cam.url("h264")), ("cam265", cam.url("h265"))],
-        "segment_seconds = 10\nsync_seconds = 2\n",
-    );
+    let cfg =
+        config(&[("cam264", cam.url("h264")), ("cam265", cam.url("h265"))], "segment_seconds = 10\nsync_seconds = 2\n");
     let nvr = Oxinvr::start(tmp.path(), &cfg);
     wait_streaming(&nvr, "cam264");
     wait_streaming(&nvr, "cam265");
@@ -122,7 +135,8 @@ fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     let d = common::media_duration(&export_file);
     assert!(d >= span_s - 0.2 && d <= span_s + 2.0 * GOP_S + 0.2, "export lasts {d} s for a {span_s} s span");
     let probe = common::ffprobe_json(&export_file);
-    let codecs: Vec<&str> = probe["streams"].as_array().expect("streams").iter().filter_map(|s| s["codec_name"].as_str()).collect();
+    let codecs: Vec<&str> =
+        probe["streams"].as_array().expect("streams").iter().filter_map(|s| s["codec_name"].as_str()).collect();
     assert!(codecs.contains(&"h264") && codecs.contains(&"aac"), "export streams: {codecs:?}");
     // Range on the export: the tail bytes equal the same bytes of the whole.
     let total = r.body.len();
@@ -233,7 +247,8 @@ fn camera_stop_and_restart_resumes_recording_and_records_the_gap() {
         "a recorded gap and a segment after it",
         |v| {
             let gaps = v["gaps"].as_array().map(|g| !g.is_empty()).unwrap_or(false);
-            let after = v["recordings"].as_array().is_some_and(|r| r.iter().any(|s| s["start_ms"].as_i64() > Some(up_ms)));
+            let after =
+                v["recordings"].as_array().is_some_and(|r| r.iter().any(|s| s["start_ms"].as_i64() > Some(up_ms)));
             gaps && after
         },
     );
@@ -252,7 +267,8 @@ fn camera_stop_and_restart_resumes_recording_and_records_the_gap() {
 #[test]
 fn over_quota_the_oldest_recordings_go_first() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cam = Camera::start(&["--fps", "15", "--bitrate", "1500"]);
+    // Snow does not compress: the camera really sends ~2 Mbit/s, so 1 MB fills in seconds.
+    let cam = Camera::start(&["--fps", "15", "--pattern", "snow", "--bitrate", "2000"]);
     let mut cfg = config(&[("cam", cam.url("h264"))], "segment_seconds = 2\nsync_seconds = 1\n");
     cfg.push_str("max_storage_mb = 1\n");
     let nvr = Oxinvr::start(tmp.path(), &cfg);

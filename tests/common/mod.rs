@@ -1,0 +1,125 @@
+//! Shared helpers of the integration tests: the real test camera
+//! (scripts/test-camera, GStreamer's RTSP server) and ffmpeg/ffprobe checks.
+#![allow(dead_code)]
+
+pub mod nvr;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub use nvr::free_port;
+
+/// A running `scripts/test-camera` on 127.0.0.1.
+pub struct Camera {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Camera {
+    /// Starts the camera on a free port with extra `args` (e.g. `--audio`).
+    pub fn start(args: &[&str]) -> Camera {
+        Self::start_on_port(free_port(), args)
+    }
+
+    /// Starts the camera on `port` and waits (20 s at most) for its READY line.
+    pub fn start_on_port(port: u16, args: &[&str]) -> Camera {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-camera");
+        let mut child = Command::new(script)
+            .arg("--port")
+            .arg(port.to_string())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start scripts/test-camera");
+        let stdout = child.stdout.take().expect("camera stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("READY") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let cam = Camera { child: Some(child), port };
+        rx.recv_timeout(Duration::from_secs(20)).expect("the test camera printed no READY line in 20 s");
+        cam
+    }
+
+    pub fn url(&self, mount: &str) -> String {
+        format!("rtsp://127.0.0.1:{}/{mount}", self.port)
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// ffprobe's JSON (format + streams) of a file.
+pub fn ffprobe_json(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe (scripts/test installs ffmpeg)");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+/// Decodes every frame of every stream; any error message is a failure.
+pub fn decode_ok(path: &Path) -> Result<(), String> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .map_err(|e| format!("cannot run ffmpeg: {e}"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !err.trim().is_empty() {
+        return Err(format!("ffmpeg: {}", err.trim()));
+    }
+    Ok(())
+}
+
+/// Duration of a media file in seconds, as ffprobe reports it.
+pub fn media_duration(path: &Path) -> f64 {
+    ffprobe_json(path)["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0)
+}
+
+/// Decoded video frames of a file (ffprobe -count_frames).
+pub fn frame_count(path: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
