@@ -144,7 +144,13 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            ConfigError { file: file.into(), key: None, line, message: e.message().to_string() }
+            // serde's type errors do not name the key: quote the line they are on.
+            let quoted = line.and_then(|l| text.lines().nth(l - 1)).map(str::trim).filter(|l| !l.is_empty());
+            let message = match quoted {
+                Some(q) => format!("{} (in `{q}`)", e.message()),
+                None => e.message().to_string(),
+            };
+            ConfigError { file: file.into(), key: None, line, message }
         })?;
         cfg.validate().map_err(|(key, message)| ConfigError {
             file: file.into(),

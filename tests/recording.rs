@@ -225,6 +225,27 @@ fn sigkill_then_restart_leaves_every_file_playable_and_loses_at_most_sync_second
     let before_kill = segs.iter().filter(|s| s.start_ms < kill_ms).next_back().expect("recovered segment");
     let lost_ms = kill_ms - before_kill.end_ms;
     assert!(lost_ms <= 2000, "lost {lost_ms} ms at SIGKILL (sync_seconds = 2)");
+
+    // A valid file without a row (e.g. restored from a backup) is adopted by `check --repair`.
+    let orphan = open.with_file_name(format!("{}.mp4", before_kill.start_ms - 60_000));
+    std::fs::copy(&open, &orphan).expect("copy");
+    let check = |repair: bool| {
+        let mut c = std::process::Command::new(common::nvr::oxinvr_bin());
+        c.args(["check", "--config"]).arg(nvr_config(tmp.path()));
+        if repair {
+            c.arg("--repair");
+        }
+        let out = c.output().expect("check");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = check(false);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("\"orphans_adopted\": 1"), "{out}");
+    let (code, out) = check(true);
+    assert_eq!(code, Some(0), "{out}");
+    assert_rows_match_files(&data);
+    let adopted = db.segments_overlapping(st.id, 0, before_kill.start_ms).expect("segments");
+    assert!(adopted.iter().any(|s| s.path.ends_with(&*orphan.file_name().expect("name").to_string_lossy())));
 }
 
 #[test]

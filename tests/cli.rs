@@ -1,0 +1,80 @@
+//! The command line as a user meets it: versions, bad configs, `check`.
+
+mod common;
+
+use std::process::Command;
+
+use common::nvr::oxinvr_bin;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(oxinvr_bin()).args(args).output().expect("run oxinvr");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn version_and_usage() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("oxinvr "), "{out}");
+    let (code, _, err) = run(&["frobnicate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown command") && err.contains("usage:"), "{err}");
+    let (code, out, _) = run(&["config"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("segment_seconds = 300"), "{out}");
+}
+
+#[test]
+fn a_bad_config_is_refused_naming_the_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bad.toml");
+    let cases = [
+        ("[storage]\nsegment_seconds = 60\nretention = 3\n", "retention", ":3"),
+        ("[storage]\nsync_seconds = 0\n", "storage.sync_seconds", ":2"),
+        ("[[streams]]\nname = \"front door\"\nurl = \"rtsp://10.0.0.2/\"\n", "streams[0].name", ":2"),
+        ("[[streams]]\nname = \"a\"\nurl = \"http://10.0.0.2/\"\n", "streams[0].url", ":3"),
+        ("[web]\nlisten = 8080\n", "listen", ":2"),
+    ];
+    for (text, key, line) in cases {
+        std::fs::write(&cfg, text).expect("write");
+        let (code, _, err) = run(&["run", "--config", cfg.to_str().expect("utf-8")]);
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(key) && err.contains(line), "{text:?} gave {err:?}");
+    }
+    let (code, _, err) = run(&["run", "--config", "/nonexistent/oxinvr.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/oxinvr.toml") && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn check_finds_orphans_and_repair_adopts_or_removes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("oxinvr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n[[streams]]\nname = \"cam\"\nurl = \"rtsp://127.0.0.1:9/x\"\n",
+            data.display()
+        ),
+    )
+    .expect("write");
+    let c = cfg.to_str().expect("utf-8");
+    let (code, out, _) = run(&["check", "--config", c]);
+    assert_eq!(code, 0, "{out}");
+    // An unplayable stray file in a stream's directory.
+    let day = data.join("recordings/cam/2026-11-21");
+    std::fs::create_dir_all(&day).expect("mkdir");
+    std::fs::write(day.join("1795000000000.mp4"), b"not an mp4 at all").expect("write");
+    let (code, out, _) = run(&["check", "--config", c]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"orphans_removed\": 1") && out.contains("--repair"), "{out}");
+    assert!(day.join("1795000000000.mp4").exists(), "check without --repair must change nothing");
+    let (code, out, _) = run(&["check", "--config", c, "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!day.join("1795000000000.mp4").exists(), "the unplayable orphan was not removed");
+}
