@@ -4,6 +4,8 @@
 //! file, optionally a moof to patch). [`plan`] builds it from the segments'
 //! fragment indexes without reading media; [`PartsReader`] serves any byte
 //! range of it, patching a moof in memory when a part starts with one.
+//! [`shifted_file`] reuses both for one stored file served whole with its
+//! decode times moved (`/api/recordings/{id}/file?shift=`, what HLS lists).
 //!
 //! Invariants:
 //! - Patching rewrites fields in place (sequence number, tfdt), so the
@@ -15,6 +17,8 @@
 //!   times are continuous across segments (gaps in wall time are cut out);
 //!   audio is shifted by the same wall-clock amount as the video of its
 //!   segment, so A/V sync within a segment is kept.
+//! - A shifted file has the stored file's length and byte offsets; only the
+//!   tfdt values of its indexed fragments differ (sequence numbers kept).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -42,11 +46,12 @@ pub struct ExportSegment {
     pub fragments: Vec<FragmentEntry>,
 }
 
-/// How to rewrite one moof: new sequence number, and shifts (in each
-/// track's ticks) added to the tfdt of video (track 1) and audio (track 2).
+/// How to rewrite one moof: new sequence number (`None` keeps the stored
+/// one), and shifts (in each track's ticks) added to the tfdt of video
+/// (track 1) and audio (track 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MoofPatch {
-    pub sequence: u32,
+    pub sequence: Option<u32>,
     pub video_shift: i64,
     pub audio_shift: i64,
 }
@@ -62,6 +67,12 @@ impl MoofPatch {
         let v = i128::from(old) + i128::from(shift);
         u64::try_from(v.max(0)).unwrap_or(u64::MAX)
     }
+}
+
+/// A video shift converted to the audio timescale (the same wall-clock
+/// amount, truncated toward zero); 0 without audio.
+pub fn audio_shift(video_shift: i128, video_timescale: u32, audio_timescale: Option<u32>) -> i128 {
+    audio_timescale.map_or(0, |ats| video_shift * i128::from(ats) / i128::from(video_timescale.max(1)))
 }
 
 /// `len` bytes of `files[file]` from `offset`; a moof+mdat when `patch` is set.
@@ -112,17 +123,63 @@ pub fn plan(segs: &[ExportSegment], start_ms: i64, end_ms: i64) -> Option<Plan> 
             Some(_) => plan.files.push(seg.file.clone()),
         }
         let video_shift = i128::from(video_ticks) - i128::from(frags[0].start_ticks);
-        let audio_shift =
-            seg.audio_timescale.map_or(0, |ats| video_shift * i128::from(ats) / i128::from(seg.video_timescale.max(1)));
+        let audio_shift = audio_shift(video_shift, seg.video_timescale, seg.audio_timescale);
         let file = plan.files.len() - 1;
         for f in frags {
-            let patch = MoofPatch { sequence, video_shift: clamp(video_shift), audio_shift: clamp(audio_shift) };
+            let patch = MoofPatch {
+                sequence: Some(sequence),
+                video_shift: clamp(video_shift),
+                audio_shift: clamp(audio_shift),
+            };
             plan.push(Part { file, offset: f.offset, len: u64::from(f.size), patch: Some(patch) });
             sequence = sequence.wrapping_add(1).max(1);
             video_ticks = video_ticks.saturating_add(u64::from(f.duration_ticks));
         }
     }
     first_init.is_some().then_some(plan)
+}
+
+/// One stored file of `file_len` bytes as a virtual file whose indexed
+/// fragments get their tfdt moved by `patch` (sequence numbers should be
+/// kept: `patch.sequence == None`): the init and any bytes the index does not
+/// cover (there should be none) are served unpatched, so the length and every
+/// byte offset stay those of the file. Returns the parts (all of file 0) and
+/// the fragments that are patched, in offset order; a fragment that overlaps
+/// the one before or runs past `file_len` is served unpatched.
+pub fn shifted_file(fragments: &[FragmentEntry], file_len: u64, patch: MoofPatch) -> (Vec<Part>, Vec<FragmentEntry>) {
+    let mut sorted = fragments.to_vec();
+    sorted.sort_by_key(|f| f.offset);
+    let mut parts = Vec::with_capacity(sorted.len() + 2);
+    let mut patched = Vec::with_capacity(sorted.len());
+    let mut pos = 0u64;
+    let push = |parts: &mut Vec<Part>, offset: u64, len: u64, patch: Option<MoofPatch>| {
+        if len > 0 {
+            parts.push(Part { file: 0, offset, len, patch });
+        }
+    };
+    for f in sorted {
+        let end = f.offset.saturating_add(u64::from(f.size));
+        if f.size == 0 || f.offset < pos || end > file_len {
+            continue;
+        }
+        push(&mut parts, pos, f.offset - pos, None);
+        push(&mut parts, f.offset, u64::from(f.size), Some(patch));
+        patched.push(f);
+        pos = end;
+    }
+    push(&mut parts, pos, file_len - pos, None);
+    (parts, patched)
+}
+
+/// The first of `fragments` (as [`shifted_file`] returned them) that overlaps
+/// bytes `[start, start + len)` and whose video tfdt `video_shift` would move
+/// below 0.
+pub fn first_negative(fragments: &[FragmentEntry], video_shift: i64, start: u64, len: u64) -> Option<&FragmentEntry> {
+    let end = start.saturating_add(len);
+    fragments.iter().find(|f| {
+        let overlaps = f.offset < end && f.offset.saturating_add(u64::from(f.size)) > start;
+        overlaps && i128::from(f.start_ticks) + i128::from(video_shift) < 0
+    })
 }
 
 fn clamp(v: i128) -> i64 {
@@ -143,7 +200,12 @@ pub type Patcher = fn(&mut [u8], &MoofPatch) -> io::Result<()>;
 
 /// The real patcher: `crate::mp4::patch_moof`.
 pub fn patch_moof(moof: &mut [u8], p: &MoofPatch) -> io::Result<()> {
-    crate::mp4::patch_moof(moof, p.sequence, |track, old| p.new_tfdt(track, old))
+    let sequence = match p.sequence {
+        Some(s) => s,
+        None => mp4box::moof_sequence(moof)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cannot patch moof: no mfhd sequence number"))?,
+    };
+    crate::mp4::patch_moof(moof, sequence, |track, old| p.new_tfdt(track, old))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot patch moof: {e}")))
 }
 
@@ -286,7 +348,7 @@ pub(crate) mod tests {
         assert_eq!(p.parts.len(), 1 + 5 + 2);
         assert_eq!(p.parts[1].offset, 500 + 5 * 100);
         assert_eq!(p.first_ms, 5000);
-        let seqs: Vec<u32> = p.parts[1..].iter().filter_map(|x| x.patch.map(|q| q.sequence)).collect();
+        let seqs: Vec<u32> = p.parts[1..].iter().filter_map(|x| x.patch.and_then(|q| q.sequence)).collect();
         assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
         // Video: a's fragment 5 (tfdt 450000) becomes 0; b's first continues at 5 s.
         let pa = p.parts[1].patch.expect("patch");
@@ -328,10 +390,44 @@ pub(crate) mod tests {
         assert_eq!(p.first_ms, 10_000);
     }
 
+    #[test]
+    fn shifted_file_patches_indexed_fragments_only() {
+        let f = frags(3, |_| true, 100, 10);
+        let patch = MoofPatch { sequence: None, video_shift: -90_000, audio_shift: -16_000 };
+        let (parts, patched) = shifted_file(&f, 140, patch);
+        let part = |offset, len, patch| Part { file: 0, offset, len, patch };
+        assert_eq!(
+            parts,
+            vec![
+                part(0, 100, None),
+                part(100, 10, Some(patch)),
+                part(110, 10, Some(patch)),
+                part(120, 10, Some(patch)),
+                part(130, 10, None),
+            ],
+            "init, the fragments, then the unindexed tail unpatched"
+        );
+        assert_eq!(patched, f);
+        // Fragment 0 would go below 0; only ranges touching it are refused.
+        assert_eq!(first_negative(&patched, -90_000, 0, 140), Some(&f[0]));
+        assert_eq!(first_negative(&patched, -90_000, 0, 100), None, "the init alone");
+        assert_eq!(first_negative(&patched, -90_000, 109, 1), Some(&f[0]));
+        assert_eq!(first_negative(&patched, -90_000, 110, 30), None);
+        assert_eq!(first_negative(&patched, -90_001, 110, 10), Some(&f[1]));
+        // Fragments past the file's length or overlapping are served as they are.
+        let mut g = f.clone();
+        g[1].offset = 105;
+        let (parts, patched) = shifted_file(&g, 125, patch);
+        assert_eq!(parts, vec![part(0, 100, None), part(100, 10, Some(patch)), part(110, 15, None)]);
+        assert_eq!(patched, vec![f[0]]);
+        assert_eq!(audio_shift(-90_000, 90_000, Some(16_000)), -16_000);
+        assert_eq!(audio_shift(-90_000, 90_000, None), 0);
+    }
+
     /// Test patcher: writes the sequence number over the moof's last 4 bytes.
     fn stamp(moof: &mut [u8], p: &MoofPatch) -> io::Result<()> {
         let n = moof.len();
-        moof[n - 4..].copy_from_slice(&p.sequence.to_be_bytes());
+        moof[n - 4..].copy_from_slice(&p.sequence.unwrap_or(0).to_be_bytes());
         Ok(())
     }
 
@@ -348,7 +444,7 @@ pub(crate) mod tests {
         let fb = [init_bytes.clone(), fragment(16, 9, 5), fragment(8, 33, 9)].concat();
         std::fs::write(&pa, &fa).expect("write");
         std::fs::write(&pb, &fb).expect("write");
-        let p = |sequence| Some(MoofPatch { sequence, video_shift: 0, audio_shift: 0 });
+        let p = |sequence| Some(MoofPatch { sequence: Some(sequence), video_shift: 0, audio_shift: 0 });
         let parts = vec![
             Part { file: 0, offset: 0, len: 30, patch: None },
             Part { file: 0, offset: 30 + 76, len: 33, patch: p(1) },
@@ -362,7 +458,7 @@ pub(crate) mod tests {
             let mut bytes = src[part.offset as usize..(part.offset + part.len) as usize].to_vec();
             if let Some(q) = part.patch {
                 let moof_len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-                bytes[moof_len - 4..moof_len].copy_from_slice(&q.sequence.to_be_bytes());
+                bytes[moof_len - 4..moof_len].copy_from_slice(&q.sequence.unwrap_or(0).to_be_bytes());
             }
             whole.extend(bytes);
         }
@@ -475,7 +571,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("a.mp4");
         std::fs::write(&f, fragment(8, 8, 1)).expect("write");
-        let patch = Some(MoofPatch { sequence: 1, video_shift: 0, audio_shift: 0 });
+        let patch = Some(MoofPatch { sequence: Some(1), video_shift: 0, audio_shift: 0 });
         let short = vec![Part { file: 0, offset: 0, len: 100, patch: None }];
         let mut r = PartsReader::new(vec![f.clone()], short, stamp, 0, 100);
         assert!(r.read_to_end(&mut Vec::new()).is_err());

@@ -4,7 +4,9 @@
 //! - File paths come from database rows only (checked with
 //!   `db::is_safe_relative_path` and joined to the data dir), never from the URL.
 //! - A recording is served up to its row's `bytes` (an open segment's file may
-//!   hold more than was synced), with single-range support.
+//!   hold more than was synced), with single-range support; with `?shift=`
+//!   the same bytes except the tfdt of each indexed fragment (see
+//!   `export::shifted_file`), which is what HLS playlists link to.
 //! - Export and playback never copy media into memory beyond one moof.
 
 use std::fs::File;
@@ -15,7 +17,7 @@ use crate::clock::rfc3339;
 use crate::db::{self, SegmentRow, StreamRow};
 
 use super::api::{span, DAY_MS};
-use super::export::{self, ExportSegment, Part, PartsReader, Patcher};
+use super::export::{self, ExportSegment, MoofPatch, Part, PartsReader, Patcher};
 use super::hls;
 use super::mp4box;
 use super::range::{self, RangeRequest};
@@ -26,6 +28,43 @@ use super::Ctx;
 /// An init segment larger than this is not believed.
 const MAX_INIT: u64 = 1 << 20;
 
+/// What a request gets of a representation: status and byte range.
+struct Served {
+    status: u16,
+    start: u64,
+    len: u64,
+    content_range: Option<String>,
+}
+
+/// Resolves the `Range` header against `total` bytes (416 if unsatisfiable).
+fn served_range(range_header: Option<&str>, total: u64) -> Result<Served, ApiError> {
+    match range::parse(range_header, total) {
+        RangeRequest::Full => Ok(Served { status: 200, start: 0, len: total, content_range: None }),
+        RangeRequest::Partial(r) => {
+            Ok(Served { status: 206, start: r.start, len: r.len, content_range: Some(r.content_range(total)) })
+        }
+        RangeRequest::Unsatisfiable => Err(ApiError::new(
+            416,
+            format!("Range {:?} lies outside the {total} bytes", range_header.unwrap_or_default()),
+        )
+        .with_header("Content-Range", range::unsatisfiable_content_range(total))),
+    }
+}
+
+/// Answers with the `served` bytes of a virtual file.
+fn parts_reply(files: Vec<PathBuf>, parts: Vec<Part>, patcher: Patcher, served: Served, content_type: &str) -> Reply {
+    let reader = PartsReader::new(files, parts, patcher, served.start, served.len);
+    let mut reply = Reply {
+        status: served.status,
+        headers: vec![("Content-Type", content_type.into()), ("Accept-Ranges", "bytes".into())],
+        body: Body::Reader(Box::new(reader), served.len),
+    };
+    if let Some(cr) = served.content_range {
+        reply.headers.push(("Content-Range", cr));
+    }
+    reply
+}
+
 /// Answers with `[range of] total` bytes of a virtual file.
 fn serve_parts(
     files: Vec<PathBuf>,
@@ -35,27 +74,8 @@ fn serve_parts(
     content_type: &str,
 ) -> Result<Reply, ApiError> {
     let total: u64 = parts.iter().map(|p| p.len).sum();
-    let (status, start, len, content_range) = match range::parse(range_header, total) {
-        RangeRequest::Full => (200, 0, total, None),
-        RangeRequest::Partial(r) => (206, r.start, r.len, Some(r.content_range(total))),
-        RangeRequest::Unsatisfiable => {
-            return Err(ApiError::new(
-                416,
-                format!("Range {:?} lies outside the {total} bytes", range_header.unwrap_or_default()),
-            )
-            .with_header("Content-Range", range::unsatisfiable_content_range(total)));
-        }
-    };
-    let reader = PartsReader::new(files, parts, patcher, start, len);
-    let mut reply = Reply {
-        status,
-        headers: vec![("Content-Type", content_type.into()), ("Accept-Ranges", "bytes".into())],
-        body: Body::Reader(Box::new(reader), len),
-    };
-    if let Some(cr) = content_range {
-        reply.headers.push(("Content-Range", cr));
-    }
-    Ok(reply)
+    let served = served_range(range_header, total)?;
+    Ok(parts_reply(files, parts, patcher, served, content_type))
 }
 
 /// Absolute path of a segment's file, refusing rows whose path is unsafe.
@@ -66,8 +86,21 @@ fn segment_path(ctx: &Ctx, seg: &SegmentRow) -> Result<PathBuf, ApiError> {
     Ok(ctx.nvr.config.storage.data_dir.join(&seg.path))
 }
 
+/// `GET /api/recordings/{id}/file[.mp4][?shift=TICKS]`: the stored file up to
+/// its row's `bytes`. With `shift` (video ticks, may be negative), every
+/// indexed fragment's video tfdt is moved by `shift` and its audio tfdt by the
+/// same time in audio ticks; length, offsets and sequence numbers are kept,
+/// so HLS byte ranges stay valid. A shift that would move the video tfdt of a
+/// fragment the requested bytes touch below 0 is refused with 400 (a range of
+/// later fragments of the same file may still be served).
 pub fn recording_file(ctx: &Ctx, id: &str, q: &Query, range_header: Option<&str>) -> Result<Reply, ApiError> {
-    q.only(&[]).map_err(ApiError::bad_request)?;
+    q.only(&["shift"]).map_err(ApiError::bad_request)?;
+    let shift: i64 = match q.get("shift") {
+        None => 0,
+        Some(v) => v.trim().parse().map_err(|_| {
+            ApiError::bad_request(format!("parameter shift must be an integer number of video ticks, not {v:?}"))
+        })?,
+    };
     let id: i64 = id.parse().map_err(|_| ApiError::bad_request(format!("recording id {id:?} is not an integer")))?;
     let seg = ctx.db.segment(id)?.ok_or_else(|| ApiError::not_found(format!("no recording with id {id}")))?;
     let path = segment_path(ctx, &seg)?;
@@ -80,8 +113,25 @@ pub fn recording_file(ctx: &Ctx, id: &str, q: &Query, range_header: Option<&str>
             seg.bytes
         )));
     }
-    let parts = vec![Part { file: 0, offset: 0, len: seg.bytes, patch: None }];
-    serve_parts(vec![path], parts, export::patch_moof, range_header, "video/mp4")
+    if shift == 0 {
+        let parts = vec![Part { file: 0, offset: 0, len: seg.bytes, patch: None }];
+        return serve_parts(vec![path], parts, export::patch_moof, range_header, "video/mp4");
+    }
+    let init = read_init(&path, seg.init_len)
+        .map_err(|e| ApiError::internal(format!("the init segment of recording {id} cannot be read: {e}")))?;
+    let audio_shift = export::audio_shift(i128::from(shift), seg.video_timescale, mp4box::timescale_of(&init, 2));
+    let audio_shift = i64::try_from(audio_shift)
+        .map_err(|_| ApiError::bad_request(format!("shift {shift} is out of range for the audio track")))?;
+    let patch = MoofPatch { sequence: None, video_shift: shift, audio_shift };
+    let (parts, patched) = export::shifted_file(&seg.fragments, seg.bytes, patch);
+    let served = served_range(range_header, seg.bytes)?;
+    if let Some(f) = export::first_negative(&patched, shift, served.start, served.len) {
+        return Err(ApiError::bad_request(format!(
+            "shift {shift} would move the decode time of the fragment at byte {} of recording {id} ({} ticks) below 0",
+            f.offset, f.start_ticks
+        )));
+    }
+    Ok(parts_reply(vec![path], parts, export::patch_moof, served, "video/mp4"))
 }
 
 fn stream_param(ctx: &Ctx, q: &Query) -> Result<StreamRow, ApiError> {
@@ -152,15 +202,19 @@ pub fn playback(ctx: &Ctx, stream: &str, q: &Query) -> Result<Reply, ApiError> {
     let row =
         ctx.db.stream_by_name(stream)?.ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
     let (start, end) = span(q, ctx.nvr.clock.now_ms(), Some(DAY_MS))?;
-    let recordings: Vec<hls::HlsRecording> = ctx
-        .db
-        .segments_overlapping(row.id, start, end)?
+    let segs = ctx.db.segments_overlapping(row.id, start, end)?;
+    let sources: Vec<hls::HlsSource> = segs
         .iter()
-        .filter_map(|s| {
-            let url = format!("/api/recordings/{}/file.mp4", s.id);
-            hls::recording(url, s.init_len, s.start_ms, s.video_timescale, &s.fragments, start, end)
+        .map(|s| hls::HlsSource {
+            id: s.id,
+            start_ms: s.start_ms,
+            video_timescale: s.video_timescale,
+            init_len: s.init_len,
+            fragments: &s.fragments,
+            codec: (&s.codec, s.width, s.height, s.has_audio),
         })
         .collect();
+    let recordings = hls::recordings(&sources, start, end);
     if recordings.is_empty() {
         return Err(nothing_recorded(stream, start, end));
     }

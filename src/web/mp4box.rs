@@ -1,6 +1,6 @@
 //! The little ISO-BMFF reading the HTTP side needs on top of `crate::mp4`:
-//! track timescales out of an init segment (`moov/trak/{tkhd,mdia/mdhd}`) and
-//! the size of a `moof` box from its header.
+//! track timescales out of an init segment (`moov/trak/{tkhd,mdia/mdhd}`),
+//! the size of a `moof` box from its header and its `mfhd` sequence number.
 //!
 //! Invariant: every function is total on arbitrary bytes (bounds-checked
 //! reads, sizes validated against the enclosing slice); malformed input gives
@@ -73,6 +73,17 @@ pub fn moof_size(head: &[u8]) -> Option<u64> {
         1 => be_u64(head, 8).filter(|s| *s >= 16),
         n => Some(u64::from(n)).filter(|s| *s >= 8),
     }
+}
+
+/// The `mfhd` sequence number of a whole `moof` box.
+pub fn moof_sequence(moof: &[u8]) -> Option<u32> {
+    let (kind, header, size) = box_header(moof)?;
+    if &kind != b"moof" {
+        return None;
+    }
+    let mfhd = child(moof.get(header..size)?, b"mfhd")?;
+    // Full box: version(1) flags(3), then the sequence number.
+    be_u32(mfhd, 4)
 }
 
 #[cfg(test)]
@@ -151,5 +162,19 @@ pub(crate) mod tests {
         large.extend_from_slice(b"moof");
         large.extend_from_slice(&40u64.to_be_bytes());
         assert_eq!(moof_size(&large), Some(40));
+    }
+
+    #[test]
+    fn moof_sequences() {
+        let mfhd = bx(b"mfhd", &[0, 0, 0, 0, 0, 0, 1, 2]);
+        let traf = bx(b"traf", &[0; 8]);
+        assert_eq!(moof_sequence(&bx(b"moof", &[traf.clone(), mfhd.clone()].concat())), Some(258));
+        assert_eq!(moof_sequence(&bx(b"moof", &traf)), None);
+        assert_eq!(moof_sequence(&bx(b"mdat", &mfhd)), None);
+        assert_eq!(moof_sequence(&bx(b"moof", &bx(b"mfhd", &[0; 6]))), None);
+        let whole = bx(b"moof", &mfhd);
+        for cut in 0..whole.len() {
+            assert_eq!(moof_sequence(&whole[..cut]), None);
+        }
     }
 }

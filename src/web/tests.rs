@@ -184,11 +184,139 @@ fn playback_lists_both_recordings() {
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, "Content-Type"), Some("application/vnd.apple.mpegurl"));
     let text = String::from_utf8(body(r)).expect("utf8");
+    // 6 s between the recordings: a gap, so a discontinuity.
     assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1, "{text}");
     assert_eq!(text.matches("#EXTINF:1.000,").count(), 4, "{text}");
-    for id in f.ids {
-        assert!(text.contains(&format!("#EXT-X-MAP:URI=\"/api/recordings/{id}/file.mp4\"")), "{text}");
+    // The first is listed from its keyframe at 2 s, the second continues at 2 s.
+    for (id, shift) in [(f.ids[0], -180_000), (f.ids[1], 180_000)] {
+        let url = format!("/api/recordings/{id}/file.mp4?shift={shift}");
+        assert!(text.contains(&format!("#EXT-X-MAP:URI=\"{url}\"")), "{text}");
+        assert_eq!(text.matches(&format!("\n{url}\n")).count(), 2, "{text}");
     }
+}
+
+/// Fetches what a playlist lists (the first map, then every fragment) through
+/// the file route with byte ranges, as an HLS player does.
+fn fetch_playlist(f: &Fixture, text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut byterange: Option<(u64, u64)> = None;
+    for line in text.lines() {
+        if let Some(map) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+            let (url, rest) = map.split_once('"').expect("map uri");
+            let len: u64 = rest.trim_start_matches(",BYTERANGE=\"").trim_end_matches("@0\"").parse().expect("len");
+            if out.is_empty() {
+                out.extend(body(call(f, "GET", url, Some(&format!("bytes=0-{}", len - 1)), b"")));
+            }
+        } else if let Some(br) = line.strip_prefix("#EXT-X-BYTERANGE:") {
+            let (size, offset) = br.split_once('@').expect("byterange");
+            byterange = Some((size.parse().expect("size"), offset.parse().expect("offset")));
+        } else if line.starts_with("/api/") {
+            let (size, offset) = byterange.take().expect("a byte range before the url");
+            let r = call(f, "GET", line, Some(&format!("bytes={offset}-{}", offset + size - 1)), b"");
+            assert_eq!(r.status, 206, "{line}");
+            out.extend(body(r));
+        }
+    }
+    out
+}
+
+#[test]
+fn playback_timeline_is_continuous_across_files() {
+    let f = fixture();
+    let r = call(&f, "GET", &format!("/api/playback/cam.m3u8?start={}&end={}", T0 + 2500, T0 + 11_500), None, b"");
+    let text = String::from_utf8(body(r)).expect("utf8");
+    let out = f._dir.path().join("hls.mp4");
+    std::fs::write(&out, fetch_playlist(&f, &text)).expect("write");
+    let scan = crate::mp4::scan_file(&out).expect("scan");
+    assert_eq!(scan.valid_len, scan.file_len);
+    let tfdts: Vec<u64> = scan.fragments.iter().map(|x| x.start_ticks).collect();
+    assert_eq!(tfdts, vec![0, 90_000, 180_000, 270_000], "{text}");
+}
+
+/// Positions of the (version 1, 8-byte) tfdt values inside a moof.
+fn tfdt_values(moof: &[u8]) -> Vec<std::ops::Range<usize>> {
+    moof.windows(4).enumerate().filter(|(_, w)| *w == b"tfdt").map(|(i, _)| i + 8..i + 16).collect()
+}
+
+#[test]
+fn shifted_files_differ_from_the_stored_ones_only_in_decode_times() {
+    let f = fixture();
+    let stored = &f.file_a;
+    let scan = crate::mp4::scan_file(&f._dir.path().join(format!("data/recordings/cam/day/{T0}.mp4"))).expect("scan");
+    assert_eq!(scan.fragments.len(), 4);
+    // 1 s and 0.5 ms of video; 48024 ticks of the 48 kHz audio.
+    let (shift, audio_shift) = (90_045u64, 48_024u64);
+    let url = format!("/api/recordings/{}/file.mp4?shift={shift}", f.ids[0]);
+    let r = call(&f, "GET", &url, None, b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(header(&r, "Accept-Ranges"), Some("bytes"));
+    let shifted = body(r);
+    assert_eq!(shifted.len(), stored.len());
+    let mut patchable = Vec::new();
+    for frag in &scan.fragments {
+        let at = frag.offset as usize;
+        let moof_len = super::mp4box::moof_size(&stored[at..at + 16]).expect("moof") as usize;
+        let (old, new) = (&stored[at..at + moof_len], &shifted[at..at + moof_len]);
+        let (old_trafs, new_trafs) =
+            (crate::mp4::parse_moof(old).expect("old"), crate::mp4::parse_moof(new).expect("new"));
+        assert_eq!(old_trafs.len(), 2);
+        for (o, n) in old_trafs.iter().zip(&new_trafs) {
+            let moved = if o.track_id == 1 { shift } else { audio_shift };
+            assert_eq!(n.base_decode_time, o.base_decode_time + moved, "track {}", o.track_id);
+            assert_eq!(crate::mp4::TrafSummary { base_decode_time: o.base_decode_time, ..*n }, *o);
+        }
+        patchable.extend(tfdt_values(old).into_iter().map(|r| r.start + at..r.end + at));
+    }
+    assert_eq!(patchable.len(), 8);
+    let differing: Vec<usize> = (0..stored.len()).filter(|&i| stored[i] != shifted[i]).collect();
+    assert!(!differing.is_empty());
+    for i in differing {
+        assert!(patchable.iter().any(|r| r.contains(&i)), "byte {i} differs outside a tfdt");
+    }
+    // The alias, and ranges of the shifted file.
+    let plain = format!("/api/recordings/{}/file?shift={shift}", f.ids[0]);
+    assert_eq!(body(call(&f, "GET", &plain, None, b"")), shifted);
+    let (a, b) = (scan.fragments[1].offset as usize + 3, scan.fragments[2].offset as usize + 40);
+    let r = call(&f, "GET", &url, Some(&format!("bytes={a}-{b}")), b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(body(r), &shifted[a..=b]);
+    let r = call(&f, "GET", &url, Some(&format!("bytes={}-", stored.len())), b"");
+    assert_eq!(r.status, 416);
+    // shift=0 is the stored file.
+    let zero = format!("/api/recordings/{}/file.mp4?shift=0", f.ids[0]);
+    assert_eq!(body(call(&f, "GET", &zero, None, b"")), *stored);
+}
+
+#[test]
+fn shifts_below_zero_and_bad_shifts_are_refused() {
+    let f = fixture();
+    let scan = crate::mp4::scan_file(&f._dir.path().join(format!("data/recordings/cam/day/{T0}.mp4"))).expect("scan");
+    let file = |q: &str| format!("/api/recordings/{}/file.mp4?{q}", f.ids[0]);
+    let error = |r: Reply| json(r)["error"].as_str().unwrap_or_default().to_string();
+    let r = call(&f, "GET", &file("shift=-1"), None, b"");
+    assert_eq!(r.status, 400);
+    let msg = error(r);
+    assert!(msg.contains("shift -1") && msg.contains("below 0"), "{msg}");
+    for bad in ["shift=abc", "shift=", "shift=1.5", "shift=99999999999999999999", "shift=1&x=2"] {
+        let r = call(&f, "GET", &file(bad), None, b"");
+        assert_eq!(r.status, 400, "{bad}");
+        let msg = error(r);
+        assert!(msg.contains("shift") || msg.contains("\"x\""), "{bad}: {msg}");
+    }
+    // Fragment 0 (tfdt 0) cannot move back by 1 s, fragment 1 (tfdt 1 s) can:
+    // what counts is the fragments the requested bytes touch.
+    let one = scan.fragments[1].offset;
+    let r = call(&f, "GET", &file("shift=-90000"), Some(&format!("bytes={one}-")), b"");
+    assert_eq!(r.status, 206);
+    let tail = body(r);
+    let moof_len = super::mp4box::moof_size(&tail[..16]).expect("moof") as usize;
+    let trafs = crate::mp4::parse_moof(&tail[..moof_len]).expect("moof");
+    assert_eq!(trafs[0].base_decode_time, 0);
+    let r = call(&f, "GET", &file("shift=-90000"), Some(&format!("bytes={}-{one}", one - 1)), b"");
+    assert_eq!(r.status, 400);
+    assert!(error(r).contains("shift -90000"));
+    let r = call(&f, "GET", &file("shift=-90000"), Some("bytes=0-99"), b"");
+    assert_eq!(r.status, 206, "the init alone");
 }
 
 #[test]
