@@ -30,6 +30,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def cpu_by_thread(pid):
+    """CPU seconds per thread name (threads of one name summed)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def kb(text, name):
     for line in text.splitlines():
         if line.startswith(name):
@@ -98,11 +113,13 @@ def run_one(n, seconds, clip, workdir):
             time.sleep(0.5)
         time.sleep(3)  # let every stream settle into steady state
         cpu0, wb0, cam0, t0 = cpu_seconds(nvr.pid), write_bytes(nvr.pid), cpu_seconds(cam.pid), time.time()
+        threads0 = cpu_by_thread(nvr.pid)
         samples = []
         while time.time() - t0 < seconds:
             time.sleep(1)
             samples.append(sample(nvr.pid))
         cpu1, wb1, cam1, t1 = cpu_seconds(nvr.pid), write_bytes(nvr.pid), cpu_seconds(cam.pid), time.time()
+        threads1 = cpu_by_thread(nvr.pid)
         system = get_json(port, "/api/system")
         elapsed = t1 - t0
         streams = get_json(port, "/api/streams")["streams"]
@@ -122,6 +139,9 @@ def run_one(n, seconds, clip, workdir):
             "median_stream_fps": round(fps, 1),
             "median_stream_kbps": round(kbps),
             "rings_mb": round(system["memory"].get("rings_bytes", 0) / 2**20, 1),
+            # Where the CPU goes: the tokio reactor thread is the cost of the smol/tokio bridge.
+            "cpu_percent_by_thread": {k: round(100 * (v - threads0.get(k, 0)) / elapsed, 2)
+                                      for k, v in sorted(threads1.items()) if v - threads0.get(k, 0) > 0},
         }
     finally:
         nvr.send_signal(signal.SIGTERM)
@@ -171,6 +191,9 @@ def main():
         f.write("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
         for r in results:
             f.write("| " + " | ".join(str(r[c]) for c in cols) + " |\n")
+        f.write("\nCPU % of one core by thread (`async-compat/to` is the tokio reactor that bridges retina to smol):\n\n")
+        for r in results:
+            f.write(f"- {r['streams']} streams: {r['cpu_percent_by_thread']}\n")
     print(f"bench: results in {out_dir}/recording-{stamp}.md")
 
 
