@@ -321,3 +321,23 @@ fn over_quota_the_oldest_recordings_go_first() {
     assert_all_decode(&data);
     assert_rows_match_files(&data);
 }
+
+#[test]
+fn credentials_in_the_url_are_used_and_never_shown() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cam = Camera::start(&["--fps", "15", "--user", "admin", "--password", "s3cr:t"]);
+    let good = format!("rtsp://admin:s3cr%3At@127.0.0.1:{}/h264", cam.port);
+    let bad = format!("rtsp://admin:wrong@127.0.0.1:{}/h264", cam.port);
+    let nvr = Oxinvr::start(tmp.path(), &config(&[("good", good), ("bad", bad)], ""));
+    wait_streaming(&nvr, "good");
+    let bad = nvr.wait_for("/api/streams/bad", Duration::from_secs(30), "an error on the bad stream", |v| {
+        v["status"]["last_error"].is_string()
+    });
+    let err = bad["status"]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("401") || err.to_lowercase().contains("auth"), "{err}");
+    let listing = nvr.get("/api/streams").expect("streams").text();
+    assert!(!listing.contains("s3cr") && !listing.contains("wrong"), "a password leaked: {listing}");
+    let (st, _) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success());
+    assert_all_decode(&tmp.path().join("data"));
+}

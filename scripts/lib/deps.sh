@@ -26,11 +26,18 @@ ensure_apt() {
     fi
     echo "deps: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # apt's chatter goes to a log that is shown only if it fails.
+    local log rc=0
+    log=$(mktemp)
     if [[ $_OXINVR_APT_UPDATED != 1 ]]; then
-        "${sudo[@]}" apt-get update -qq >&2
-        _OXINVR_APT_UPDATED=1
+        "${sudo[@]}" apt-get update -qq >"$log" 2>&1 || rc=$?
+        ((rc)) || _OXINVR_APT_UPDATED=1
     fi
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    ((rc)) || "${sudo[@]}" apt-get install -y -qq -o Dpkg::Use-Pty=0 \
+        --no-install-recommends "${missing[@]}" >"$log" 2>&1 || rc=$?
+    ((rc)) && { cat "$log" >&2; echo "deps: apt-get failed ($rc)" >&2; }
+    rm -f "$log"
+    return "$rc"
 }
 
 # ensure_cargo: fails with a clear message if the Rust toolchain is absent.

@@ -84,12 +84,15 @@ pub fn ffprobe_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
 }
 
-/// Decodes every frame of every stream; any error message is a failure.
+/// Decodes every frame of every stream; any error message is a failure. `-xerror` makes a
+/// corrupt packet/frame fatal (without it ffmpeg conceals and exits 0); passthrough +
+/// `-enc_time_base -1` keep ffmpeg's null muxer from complaining about timestamps it
+/// rounded itself to 1/fps (frames closer than that apart), which are not file errors.
 pub fn decode_ok(path: &Path) -> Result<(), String> {
     let out = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
+        .args(["-nostdin", "-v", "error", "-xerror", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        .args(["-fps_mode", "passthrough", "-enc_time_base", "-1", "-f", "null", "-"])
         .output()
         .map_err(|e| format!("cannot run ffmpeg: {e}"))?;
     let err = String::from_utf8_lossy(&out.stderr);
