@@ -71,6 +71,11 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
     install_signal_handlers()?;
     let (db, _, _lock) = open_storage(&cfg, true)?;
+    // The UART shell's `logs` reads this file.
+    let log_file = cfg.storage.data_dir.join("oxinvr.log");
+    if let Err(e) = crate::logging::log_to_file(&log_file) {
+        log::warn!("cannot write the log to {}: {e}", log_file.display());
+    }
     let clock: Arc<dyn Clock> = Arc::new(RealClock);
     let nvr = Arc::new(Nvr::new(cfg.clone(), clock.clone()));
     let settings = storage::StorageSettings {

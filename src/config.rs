@@ -24,6 +24,8 @@ pub struct Config {
     pub web: WebConfig,
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    #[serde(default)]
+    pub system: SystemConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -61,6 +63,50 @@ pub struct WebConfig {
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig { listen: "127.0.0.1:8080".into(), threads: 4, max_body_bytes: 65536 }
+    }
+}
+
+/// The appliance: A/B root file system slots, the boot selector state, OTA
+/// verification, network settings file. See docs/APPLIANCE.md.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    /// Bundles for another board are refused.
+    pub board: String,
+    /// Block device (or file) of root file system slot A.
+    pub slot_a: PathBuf,
+    pub slot_b: PathBuf,
+    /// The boot selector state (`BOOT_ORDER`, `BOOT_A_LEFT`, `BOOT_B_LEFT`).
+    pub boot_env: PathBuf,
+    /// ed25519 public key that signs OTA bundles (64 hex digits or 32 raw bytes).
+    pub ota_public_key: PathBuf,
+    /// Boots a new slot gets to report healthy before the old one comes back.
+    pub boot_limit: u32,
+    /// ifupdown-style file the UART shell's `network dhcp|static` rewrites.
+    pub network_interfaces: PathBuf,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        SystemConfig {
+            board: "generic".into(),
+            slot_a: PathBuf::from("/dev/vda2"),
+            slot_b: PathBuf::from("/dev/vda3"),
+            boot_env: PathBuf::from("/boot/boot.env"),
+            ota_public_key: PathBuf::from("/etc/oxinvr/ota.pub"),
+            boot_limit: 3,
+            network_interfaces: PathBuf::from("/etc/network/interfaces"),
+        }
+    }
+}
+
+impl SystemConfig {
+    /// The device of a slot.
+    pub fn slot_path(&self, slot: crate::bootenv::Slot) -> &Path {
+        match slot {
+            crate::bootenv::Slot::A => &self.slot_a,
+            crate::bootenv::Slot::B => &self.slot_b,
+        }
     }
 }
 
@@ -176,6 +222,31 @@ impl Config {
         })?;
         range("web.threads", u32::from(self.web.threads), 1, 32)?;
         range("web.max_body_bytes", self.web.max_body_bytes, 1024, 64 << 20)?;
+        let sys = &self.system;
+        let board_ok = !sys.board.is_empty()
+            && sys.board.len() <= 64
+            && sys.board.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !board_ok {
+            return Err((
+                "system.board".into(),
+                format!("{:?} must be 1-64 letters, digits, '-', '_' or '.'", sys.board),
+            ));
+        }
+        range("system.boot_limit", sys.boot_limit, 1, 100)?;
+        for (key, p) in [
+            ("system.slot_a", &sys.slot_a),
+            ("system.slot_b", &sys.slot_b),
+            ("system.boot_env", &sys.boot_env),
+            ("system.ota_public_key", &sys.ota_public_key),
+            ("system.network_interfaces", &sys.network_interfaces),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err((key.into(), "must not be empty".into()));
+            }
+        }
+        if sys.slot_a == sys.slot_b {
+            return Err(("system.slot_b".into(), "must differ from system.slot_a".into()));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, st) in self.streams.iter().enumerate() {
             let key = |k: &str| format!("streams[{i}].{k}");
@@ -267,6 +338,31 @@ mod tests {
         assert_eq!(c.storage.sync_seconds, 10);
         assert_eq!(c.web.listen, "127.0.0.1:8080");
         assert!(c.streams.is_empty());
+        assert_eq!(c.system.board, "generic");
+        assert_eq!(c.system.slot_a, PathBuf::from("/dev/vda2"));
+        assert_eq!(c.system.slot_b, PathBuf::from("/dev/vda3"));
+        assert_eq!(c.system.boot_env, PathBuf::from("/boot/boot.env"));
+        assert_eq!(c.system.ota_public_key, PathBuf::from("/etc/oxinvr/ota.pub"));
+        assert_eq!(c.system.boot_limit, 3);
+        // Every default is also spelled out in the embedded file.
+        let d = SystemConfig::default();
+        assert_eq!(c.system.network_interfaces, d.network_interfaces);
+        assert_eq!(Config::parse("", "x").expect("empty").system.boot_limit, d.boot_limit);
+    }
+
+    #[test]
+    fn system_section_is_checked() {
+        let e = Config::parse("[system]\nbord = \"a1\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("bord"), "{e}");
+        let e = Config::parse("[system]\nboot_limit = 0\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("system.boot_limit"), "{e}");
+        let e = Config::parse("[system]\nboard = \"a 1\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("system.board"), "{e}");
+        let e = Config::parse("[system]\nslot_b = \"/dev/vda2\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("system.slot_b"), "{e}");
+        let c = Config::parse("[system]\nboard = \"a1\"\nslot_a = \"/dev/mmcblk0p2\"\n", "x").expect("ok");
+        assert_eq!(c.system.board, "a1");
+        assert_eq!(c.system.slot_b, PathBuf::from("/dev/vda3"));
     }
 
     #[test]

@@ -2,17 +2,23 @@
 //! See docs/ARCHITECTURE.md for the data flow, threads and invariants.
 
 pub mod app;
+pub mod appliance;
+pub mod bootenv;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod httpclient;
 pub mod ingest;
+pub mod lineedit;
 pub mod logging;
 pub mod media;
 pub mod memory;
 pub mod mp4;
 pub mod nvr;
+pub mod ota;
 pub mod retention;
 pub mod ring;
 pub mod segment;
+pub mod shell;
 pub mod storage;
 pub mod web;

@@ -1,0 +1,471 @@
+//! A tiny HTTP/1.1 client on `std::net::TcpStream`: the UART shell talks to
+//! the running recorder's API on loopback with it (so the shell runs the very
+//! code the API runs), and `ota install http://...` downloads bundles with it.
+//!
+//! Plain `http://` only: no TLS crate is linked. Bundles carry their own
+//! ed25519 signature, so the transport needs no integrity of its own; a bundle
+//! on an HTTPS server is fetched on another machine and installed from a file
+//! (or the file is uploaded to the API).
+//!
+//! Invariants: one request per connection (`Connection: close`); every read
+//! and write has a timeout; a response header larger than `MAX_HEAD` and a
+//! buffered body larger than `MAX_BODY` are refused, never allocated; the
+//! streaming body reader never reads past the declared length.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest response header accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Largest body `Client::request` buffers.
+const MAX_BODY: u64 = 16 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+const MAX_REDIRECTS: usize = 5;
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// Nothing listens at the address (connection refused).
+    NotRunning(String),
+    /// Network or protocol failure, with what was being done.
+    Failed(String),
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::NotRunning(m) | HttpError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// A buffered response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+
+    /// The body as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The API's `{"error": "..."}` message, or the body as text.
+    pub fn error_message(&self) -> String {
+        match self.json().get("error").and_then(|e| e.as_str()) {
+            Some(m) => m.to_string(),
+            None => {
+                let text = String::from_utf8_lossy(&self.body).trim().to_string();
+                if text.is_empty() {
+                    format!("HTTP {}", self.status)
+                } else {
+                    format!("HTTP {}: {text}", self.status)
+                }
+            }
+        }
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// The address to reach a server listening on `listen` from this machine:
+/// an unspecified address (`0.0.0.0`, `[::]`) becomes loopback.
+pub fn loopback_addr(listen: &str) -> Result<SocketAddr, String> {
+    let mut a: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not an address like 127.0.0.1:8080"))?;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    Ok(a)
+}
+
+/// A client of one server (the recorder's API).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client { addr }
+    }
+
+    /// One request; `body` is sent as JSON. The whole answer is buffered.
+    pub fn request(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<Response, HttpError> {
+        let what = format!("{method} http://{}{path}", self.addr);
+        let stream = connect(&[self.addr], &what)?;
+        let payload = body.map(|b| b.to_string().into_bytes());
+        let host = self.addr.to_string();
+        let head = send(&stream, method, &host, path, payload.as_deref(), &what)?;
+        let (status, headers, mut reader) = head;
+        let len = body_len(&headers, &what)?;
+        if len.is_some_and(|n| n > MAX_BODY) {
+            return Err(HttpError::Failed(format!("{what}: the answer is larger than {MAX_BODY} bytes")));
+        }
+        let mut body = Vec::new();
+        body_reader(&mut reader, &headers, len)
+            .take(MAX_BODY + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| HttpError::Failed(format!("{what}: reading the answer: {e}")))?;
+        if body.len() as u64 > MAX_BODY {
+            return Err(HttpError::Failed(format!("{what}: the answer is larger than {MAX_BODY} bytes")));
+        }
+        Ok(Response { status, headers, body })
+    }
+}
+
+fn connect(addrs: &[SocketAddr], what: &str) -> Result<TcpStream, HttpError> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                return Ok(s);
+            }
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    Err(match last {
+        Some((a, e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            HttpError::NotRunning(format!("nothing answers on {a} ({e})"))
+        }
+        Some((a, e)) => HttpError::Failed(format!("{what}: cannot connect to {a}: {e}")),
+        None => HttpError::Failed(format!("{what}: the host has no address")),
+    })
+}
+
+type Head = (u16, Vec<(String, String)>, BufReader<TcpStream>);
+
+/// Sends a request and reads the status line and headers.
+fn send(
+    stream: &TcpStream,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    what: &str,
+) -> Result<Head, HttpError> {
+    let fail = |m: String| HttpError::Failed(format!("{what}: {m}"));
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: oxinvr/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    let mut w = stream;
+    w.write_all(req.as_bytes())
+        .and_then(|()| w.write_all(body.unwrap_or_default()))
+        .and_then(|()| w.flush())
+        .map_err(|e| fail(format!("sending the request: {e}")))?;
+    let clone = stream.try_clone().map_err(|e| fail(format!("socket: {e}")))?;
+    let mut reader = BufReader::new(clone);
+    let (status, headers) = read_head(&mut reader).map_err(fail)?;
+    Ok((status, headers, reader))
+}
+
+/// Reads `HTTP/1.x NNN reason` and the header lines.
+fn read_head(r: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), String> {
+    let mut total = 0usize;
+    let mut line = String::new();
+    let mut read_line = |line: &mut String| -> Result<(), String> {
+        line.clear();
+        let n = r
+            .take((MAX_HEAD - total.min(MAX_HEAD)) as u64)
+            .read_line(line)
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        total += n;
+        if n == 0 {
+            return Err("the server closed the connection before answering".into());
+        }
+        if total >= MAX_HEAD {
+            return Err(format!("the answer's header is larger than {MAX_HEAD} bytes"));
+        }
+        Ok(())
+    };
+    read_line(&mut line)?;
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    let status = parts.next().and_then(|c| c.parse::<u16>().ok());
+    let status = match status {
+        Some(s) if version.starts_with("HTTP/1.") => s,
+        _ => return Err(format!("not an HTTP answer: {:?}", line.trim_end())),
+    };
+    let mut headers = Vec::new();
+    loop {
+        read_line(&mut line)?;
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok((status, headers))
+}
+
+/// The declared body length (None: chunked or until close).
+fn body_len(headers: &[(String, String)], what: &str) -> Result<Option<u64>, HttpError> {
+    if header(headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        return Ok(None);
+    }
+    match header(headers, "content-length") {
+        None => Ok(None),
+        Some(v) => {
+            v.parse::<u64>().map(Some).map_err(|_| HttpError::Failed(format!("{what}: bad Content-Length {v:?}")))
+        }
+    }
+}
+
+fn body_reader<'a>(
+    r: &'a mut BufReader<TcpStream>,
+    headers: &[(String, String)],
+    len: Option<u64>,
+) -> Box<dyn Read + 'a> {
+    let chunked = header(headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    match (chunked, len) {
+        (true, _) => Box::new(Chunked::new(r)),
+        (false, Some(n)) => Box::new(r.take(n)),
+        (false, None) => Box::new(r),
+    }
+}
+
+/// Decodes `Transfer-Encoding: chunked`.
+struct Chunked<R> {
+    inner: R,
+    left: u64,
+    done: bool,
+}
+
+impl<R: BufRead> Chunked<R> {
+    fn new(inner: R) -> Self {
+        Chunked { inner, left: 0, done: false }
+    }
+
+    fn line(&mut self) -> io::Result<String> {
+        let mut s = String::new();
+        let n = (&mut self.inner).take(4096).read_line(&mut s)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the chunked body ended early"));
+        }
+        Ok(s.trim_end().to_string())
+    }
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let size_line = self.line()?;
+            let hex = size_line.split(';').next().unwrap_or_default().trim();
+            self.left = u64::from_str_radix(hex, 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {hex:?}")))?;
+            if self.left == 0 {
+                while !self.line()?.is_empty() {}
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the chunked body ended early"));
+        }
+        self.left -= n as u64;
+        if self.left == 0 && !self.line()?.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a chunk is longer than declared"));
+        }
+        Ok(n)
+    }
+}
+
+/// A body being downloaded.
+pub struct Download {
+    pub reader: Box<dyn Read + Send>,
+    /// From Content-Length, if the server sent one.
+    pub len: Option<u64>,
+}
+
+impl fmt::Debug for Download {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Download").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+/// GET `url` (plain http, redirects followed) and stream its body.
+pub fn download(url: &str) -> Result<Download, String> {
+    let mut current = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        let u = url::Url::parse(&current).map_err(|e| format!("{current:?} is not a URL: {e}"))?;
+        match u.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(format!(
+                    "{current}: https is not supported (no TLS on the box); serve the bundle over plain http \
+                     (its signature protects it) or copy it to the box and install the file"
+                ))
+            }
+            other => return Err(format!("{current}: scheme {other:?} is not supported (use http://)")),
+        }
+        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("{current}: the URL has no host"))?;
+        let port = u.port_or_known_default().unwrap_or(80);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> =
+            (bare, port).to_socket_addrs().map_err(|e| format!("{current}: cannot resolve {host}: {e}"))?.collect();
+        let what = format!("GET {current}");
+        let stream = connect(&addrs, &what).map_err(|e| match e {
+            HttpError::NotRunning(m) => format!("{what}: {m}"),
+            HttpError::Failed(m) => m,
+        })?;
+        let mut path = u.path().to_string();
+        if let Some(q) = u.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        let host_header = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let (status, headers, reader) =
+            send(&stream, "GET", &host_header, &path, None, &what).map_err(|e| e.to_string())?;
+        if matches!(status, 301 | 302 | 303 | 307 | 308) {
+            let loc =
+                header(&headers, "location").ok_or_else(|| format!("{what}: redirect ({status}) without Location"))?;
+            current = u.join(loc).map_err(|e| format!("{what}: bad redirect {loc:?}: {e}"))?.to_string();
+            continue;
+        }
+        if status != 200 {
+            return Err(format!("{what}: the server answered HTTP {status}"));
+        }
+        let len = body_len(&headers, &what).map_err(|e| e.to_string())?;
+        let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let reader: Box<dyn Read + Send> = match (chunked, len) {
+            (true, _) => Box::new(Chunked::new(reader)),
+            (false, Some(n)) => Box::new(reader.take(n)),
+            (false, None) => Box::new(reader),
+        };
+        return Ok(Download { reader, len: if chunked { None } else { len } });
+    }
+    Err(format!("{url}: more than {MAX_REDIRECTS} redirects"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// Serves one connection with `answer` and returns the request it got.
+    fn serve_once(answer: Vec<u8>) -> (SocketAddr, std::thread::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&req).into_owned();
+            if let Some(len) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                let have = req.len() - (text.find("\r\n\r\n").unwrap_or(0) + 4);
+                let mut rest = vec![0u8; len.saturating_sub(have)];
+                s.read_exact(&mut rest).expect("body");
+                req.extend_from_slice(&rest);
+            }
+            s.write_all(&answer).expect("write");
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        (addr, t)
+    }
+
+    #[test]
+    fn json_request_and_answer() {
+        let (addr, t) = serve_once(b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\n{\"ok\":true}".to_vec());
+        let r = Client::new(addr)
+            .request("POST", "/api/streams", Some(&serde_json::json!({"name": "cam"})))
+            .expect("request");
+        assert_eq!(r.status, 201);
+        assert_eq!(r.json()["ok"], true);
+        let req = t.join().expect("server");
+        assert!(req.starts_with("POST /api/streams HTTP/1.1\r\n"), "{req}");
+        assert!(req.ends_with("{\"name\":\"cam\"}"), "{req}");
+    }
+
+    #[test]
+    fn chunked_and_error_bodies() {
+        let (addr, t) = serve_once(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"err\r\n11\r\nor\":\"no stream\"}\r\n0\r\n\r\n"
+                .to_vec(),
+        );
+        let r = Client::new(addr).request("GET", "/api/streams/x", None).expect("request");
+        t.join().expect("server");
+        assert_eq!(r.status, 404);
+        assert_eq!(r.error_message(), "no stream");
+    }
+
+    #[test]
+    fn not_running_is_told_apart() {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let e = Client::new(SocketAddr::from(([127, 0, 0, 1], port))).request("GET", "/api/health", None).unwrap_err();
+        assert!(matches!(e, HttpError::NotRunning(_)), "{e:?}");
+    }
+
+    #[test]
+    fn garbage_answers_are_errors() {
+        let (addr, t) = serve_once(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec());
+        let e = Client::new(addr).request("GET", "/", None).unwrap_err();
+        t.join().expect("server");
+        assert!(e.to_string().contains("not an HTTP answer"), "{e}");
+    }
+
+    #[test]
+    fn download_streams_and_follows_redirects() {
+        let (a2, t2) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello and more".to_vec());
+        let (a1, t1) = serve_once(
+            format!("HTTP/1.1 302 Found\r\nLocation: http://{a2}/b.oxb\r\nContent-Length: 0\r\n\r\n").into_bytes(),
+        );
+        let mut d = download(&format!("http://{a1}/a.oxb")).expect("download");
+        assert_eq!(d.len, Some(5));
+        let mut got = String::new();
+        d.reader.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "hello");
+        assert!(t1.join().expect("s1").starts_with("GET /a.oxb "));
+        assert!(t2.join().expect("s2").starts_with("GET /b.oxb "));
+        assert!(download("https://example.invalid/x.oxb").unwrap_err().contains("https is not supported"));
+        assert!(download("ftp://h/x").unwrap_err().contains("not supported"));
+    }
+
+    #[test]
+    fn unspecified_listen_becomes_loopback() {
+        assert_eq!(loopback_addr("0.0.0.0:8080").expect("v4").to_string(), "127.0.0.1:8080");
+        assert_eq!(loopback_addr("[::]:80").expect("v6").to_string(), "[::1]:80");
+        assert_eq!(loopback_addr("10.1.2.3:81").expect("kept").to_string(), "10.1.2.3:81");
+        assert!(loopback_addr("everywhere").is_err());
+    }
+}

@@ -1,0 +1,798 @@
+//! `oxinvr shell`: the console on the UART (started by init on the serial
+//! port at boot), line by line: status, streams, recordings, network, logs,
+//! OTA, reboot, factory reset.
+//!
+//! Invariants:
+//! - Nothing is implemented twice: stream and recording operations are
+//!   requests to the running recorder's HTTP API on loopback
+//!   (`web.listen`), i.e. the very handlers the API runs; OTA calls the
+//!   `ota` module as `oxinvr ota` does; reboot, factory reset and network go
+//!   through `appliance`. Only `status` falls back to reading the database
+//!   (read-only use) when the recorder is not running, and says so.
+//! - Every failure is one line starting `error:` that names what is wrong;
+//!   the shell goes on reading. It ends on `exit`, `quit` or end of input.
+//! - Factory reset happens only after the operator typed `YES`.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::appliance::{self, NetConfig};
+use crate::config::Config;
+use crate::httpclient::{self, Client, HttpError, Response};
+use crate::lineedit::{Input, LineReader};
+use crate::ota;
+
+/// A parsed command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Help(Option<String>),
+    Status,
+    StreamsList,
+    StreamsAdd { name: String, url: String, fields: Vec<(String, Value)> },
+    StreamsRemove { name: String, purge: bool },
+    StreamsEnable(String, bool),
+    Recordings { stream: Option<String>, count: usize },
+    Users,
+    NetworkShow,
+    NetworkSet { iface: String, config: NetConfig },
+    Logs(usize),
+    OtaInstall { source: String, reboot: bool },
+    OtaStatus,
+    OtaMarkGood,
+    Reboot,
+    FactoryReset,
+    Exit,
+}
+
+/// First words, for Tab completion and `help`.
+pub const COMMANDS: &[&str] =
+    &["help", "status", "streams", "recordings", "users", "network", "logs", "ota", "reboot", "factory-reset", "exit"];
+
+const HELP: &str = "\
+commands:
+  status                              recorder, streams, disk and boot slot at a glance
+  streams [list]                      cameras with their live state
+  streams add NAME URL [KEY=VALUE..]  add a camera (keys: enabled record retention_days
+                                      max_storage_mb priority bitrate_kbps)
+  streams remove NAME [purge]         remove a camera (purge: and its recordings)
+  streams enable NAME | disable NAME  start or stop recording a camera
+  recordings [STREAM] [N]             the last N (default 20) recordings of the last 24 h
+  users                               user accounts (not yet)
+  network [show]                      addresses, routes, DNS and the configured settings
+  network dhcp IFACE                  get the address of IFACE by DHCP
+  network static IFACE ADDR/PREFIX GW e.g. network static eth0 192.168.1.50/24 192.168.1.1
+  logs [N]                            the last N (default 20) lines of the recorder's log
+  ota status                          running slot, boot selector, installed versions
+  ota install FILE|http://URL [--reboot]
+                                      install a signed update into the other slot
+  ota mark-good                       mark the running slot healthy
+  reboot                              restart the box
+  factory-reset                       erase all recordings and settings, then restart
+  help [COMMAND]                      this text
+  exit                                leave the console (init starts a new one)";
+
+fn usage(cmd: &str) -> &'static str {
+    match cmd {
+        "streams" => "streams [list] | streams add NAME URL [KEY=VALUE..] | streams remove NAME [purge] | streams enable NAME | streams disable NAME",
+        "recordings" => "recordings [STREAM] [N]",
+        "network" => "network [show] | network dhcp IFACE | network static IFACE ADDR/PREFIX GW",
+        "logs" => "logs [N]",
+        "ota" => "ota status | ota install FILE|http://URL [--reboot] | ota mark-good",
+        "users" => "users: no users yet: authentication arrives with the web UI",
+        "factory-reset" => "factory-reset: asks you to type YES, erases the data partition (recordings, settings), restarts",
+        "reboot" => "reboot: restarts the box",
+        "status" => "status: version, recorder uptime, streams, disk, boot slot",
+        _ => "",
+    }
+}
+
+/// Splits a line into words; "double" and 'single' quotes group.
+pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if let Some(q) = quote {
+        return Err(format!("unbalanced {q}"));
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// `KEY=VALUE` of `streams add`: numbers, true/false and null as JSON, the rest as text.
+fn field(kv: &str) -> Result<(String, Value), String> {
+    let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not KEY=VALUE"))?;
+    const KEYS: &[&str] = &["enabled", "record", "retention_days", "max_storage_mb", "priority", "bitrate_kbps"];
+    if !KEYS.contains(&k) {
+        return Err(format!("unknown key {k:?}; known: {}", KEYS.join(" ")));
+    }
+    let value = match v {
+        "true" | "on" | "yes" => Value::Bool(true),
+        "false" | "off" | "no" if k == "enabled" => Value::Bool(false),
+        "null" | "none" => Value::Null,
+        _ => v.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(v)),
+    };
+    Ok((k.to_string(), value))
+}
+
+fn count(arg: &str, what: &str, max: usize) -> Result<usize, String> {
+    arg.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{what} {arg:?} must be a number 1..{max}"))
+}
+
+/// Parses a command line; `Ok(None)` for an empty line or a `#` comment.
+pub fn parse(line: &str) -> Result<Option<Command>, String> {
+    let words = tokenize(line)?;
+    let Some(first) = words.first() else { return Ok(None) };
+    if first.starts_with('#') {
+        return Ok(None);
+    }
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let bad = |cmd: &str| Err(format!("usage: {}", usage(cmd)));
+    let cmd = match (first.as_str(), args.as_slice()) {
+        ("help" | "?", []) => Command::Help(None),
+        ("help" | "?", [c]) => Command::Help(Some(c.to_string())),
+        ("status", []) => Command::Status,
+        ("streams" | "stream", [] | ["list" | "ls"]) => Command::StreamsList,
+        ("streams" | "stream", ["add", name, url, rest @ ..]) => Command::StreamsAdd {
+            name: name.to_string(),
+            url: url.to_string(),
+            fields: rest.iter().map(|kv| field(kv)).collect::<Result<_, _>>()?,
+        },
+        ("streams" | "stream", ["remove" | "rm" | "delete", name]) => {
+            Command::StreamsRemove { name: name.to_string(), purge: false }
+        }
+        ("streams" | "stream", ["remove" | "rm" | "delete", name, "purge" | "--purge"]) => {
+            Command::StreamsRemove { name: name.to_string(), purge: true }
+        }
+        ("streams" | "stream", ["enable", name]) => Command::StreamsEnable(name.to_string(), true),
+        ("streams" | "stream", ["disable", name]) => Command::StreamsEnable(name.to_string(), false),
+        ("streams" | "stream", [sub, ..]) if !["add", "remove", "rm", "delete", "enable", "disable"].contains(sub) => {
+            return Err(format!("streams has no subcommand {sub:?}; usage: {}", usage("streams")))
+        }
+        ("streams" | "stream", _) => return bad("streams"),
+        ("recordings" | "recs", []) => Command::Recordings { stream: None, count: 20 },
+        ("recordings" | "recs", [a]) if a.parse::<usize>().is_ok() => {
+            Command::Recordings { stream: None, count: count(a, "N", 1000)? }
+        }
+        ("recordings" | "recs", [s]) => Command::Recordings { stream: Some(s.to_string()), count: 20 },
+        ("recordings" | "recs", [s, n]) => {
+            Command::Recordings { stream: Some(s.to_string()), count: count(n, "N", 1000)? }
+        }
+        ("recordings" | "recs", _) => return bad("recordings"),
+        ("users" | "user", _) => Command::Users,
+        ("network" | "net", [] | ["show"]) => Command::NetworkShow,
+        ("network" | "net", ["dhcp", iface]) => {
+            appliance::validate_iface(iface)?;
+            Command::NetworkSet { iface: iface.to_string(), config: NetConfig::Dhcp }
+        }
+        ("network" | "net", ["static", iface, cidr, gw]) => {
+            appliance::validate_iface(iface)?;
+            Command::NetworkSet { iface: iface.to_string(), config: appliance::parse_static(cidr, gw)? }
+        }
+        ("network" | "net", _) => return bad("network"),
+        ("logs" | "log", []) => Command::Logs(20),
+        ("logs" | "log", [n]) => Command::Logs(count(n, "N", 500)?),
+        ("logs" | "log", _) => return bad("logs"),
+        ("ota", ["status"]) => Command::OtaStatus,
+        ("ota", ["mark-good"]) => Command::OtaMarkGood,
+        ("ota", ["install", src]) => Command::OtaInstall { source: src.to_string(), reboot: false },
+        ("ota", ["install", src, "--reboot"] | ["install", "--reboot", src]) => {
+            Command::OtaInstall { source: src.to_string(), reboot: true }
+        }
+        ("ota", _) => return bad("ota"),
+        ("reboot", []) => Command::Reboot,
+        ("factory-reset", []) => Command::FactoryReset,
+        ("exit" | "quit" | "logout", []) => Command::Exit,
+        ("status" | "reboot" | "factory-reset" | "exit" | "quit" | "logout", _) => {
+            return Err(format!("{first} takes no arguments"))
+        }
+        (other, _) => return Err(format!("unknown command {other:?}; type help for the list")),
+    };
+    Ok(Some(cmd))
+}
+
+// ---- formatting ----
+
+/// 1536 -> "1.5 KiB".
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// 3725 -> "1h 02m 05s".
+pub fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m:02}m")
+    } else if h > 0 {
+        format!("{h}h {m:02}m {s:02}s")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn path_seg(name: &str) -> String {
+    url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+// ---- the shell ----
+
+/// The console's state: the configuration and a client of the recorder's API.
+pub struct Shell {
+    pub cfg: Config,
+    api: Client,
+}
+
+/// Reads an answer to a question (the factory reset confirmation).
+pub type Ask<'a> = dyn FnMut(&str) -> Option<String> + 'a;
+
+impl Shell {
+    pub fn new(cfg: Config) -> Result<Shell, String> {
+        let addr = httpclient::loopback_addr(&cfg.web.listen)?;
+        Ok(Shell { cfg, api: Client::new(addr) })
+    }
+
+    fn not_running(&self, m: &str) -> String {
+        format!(
+            "the recorder is not running ({m}); it serves the API on {} (see `logs`, or start `oxinvr run`)",
+            self.api.addr
+        )
+    }
+
+    /// One API call; a 4xx/5xx becomes the API's error message.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, String> {
+        let r = self.api.request(method, path, body).map_err(|e| match e {
+            HttpError::NotRunning(m) => self.not_running(&m),
+            HttpError::Failed(m) => m,
+        })?;
+        if r.status >= 400 {
+            return Err(r.error_message());
+        }
+        Ok(r)
+    }
+
+    /// Runs one command, writing to `out`. `Ok(false)` means leave.
+    pub fn execute(&mut self, cmd: Command, out: &mut dyn Write, ask: &mut Ask<'_>) -> Result<bool, String> {
+        let mut say = |t: &str| {
+            let _ = writeln!(out, "{}", t.trim_end_matches('\n'));
+        };
+        match cmd {
+            Command::Help(None) => say(HELP),
+            Command::Help(Some(c)) => match usage(&c) {
+                "" if COMMANDS.contains(&c.as_str()) => say(HELP),
+                "" => return Err(format!("no help for {c:?}; type help for the list")),
+                u => say(&format!("usage: {u}")),
+            },
+            Command::Status => say(&self.status()),
+            Command::StreamsList => say(&self.streams_list()?),
+            Command::StreamsAdd { name, url, fields } => {
+                let mut body = json!({ "name": name, "url": url });
+                for (k, v) in fields {
+                    body[k] = v;
+                }
+                let r = self.call("POST", "/api/streams", Some(&body))?.json();
+                say(&format!("added {}: {}", s(&r["name"]), stream_line(&r)));
+            }
+            Command::StreamsRemove { name, purge } => {
+                let path = format!("/api/streams/{}{}", path_seg(&name), if purge { "?purge=true" } else { "" });
+                match self.call("DELETE", &path, None) {
+                    Ok(r) => {
+                        let v = r.json();
+                        say(&format!("removed {name} ({} recording(s) deleted)", s(&v["recordings_deleted"])));
+                    }
+                    Err(e) if !purge && e.contains("purge=true") => {
+                        return Err(format!(
+                            "stream {name:?} has recordings; `streams remove {name} purge` deletes them with it"
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Command::StreamsEnable(name, on) => {
+                let path = format!("/api/streams/{}", path_seg(&name));
+                let r = self.call("PUT", &path, Some(&json!({ "enabled": on })))?.json();
+                say(&format!("{} {name}: {}", if on { "enabled" } else { "disabled" }, stream_line(&r)));
+            }
+            Command::Recordings { stream, count } => say(&self.recordings(stream.as_deref(), count)?),
+            Command::Users => say("no users yet: authentication arrives with the web UI"),
+            Command::NetworkShow => say(&appliance::network_show(&self.cfg.system.network_interfaces)),
+            Command::NetworkSet { iface, config } => {
+                say(&appliance::apply_network(&self.cfg.system.network_interfaces, &iface, &config)?)
+            }
+            Command::Logs(n) => {
+                let path = self.cfg.storage.data_dir.join("oxinvr.log");
+                let lines = crate::logging::tail_file(&path, n).map_err(|e| {
+                    format!("cannot read the log {}: {e} (the recorder writes it while it runs)", path.display())
+                })?;
+                if lines.is_empty() {
+                    say(&format!("{} is empty", path.display()));
+                }
+                for l in lines {
+                    say(&l);
+                }
+            }
+            Command::OtaStatus => {
+                for l in ota::status(&self.cfg.system) {
+                    say(&l);
+                }
+            }
+            Command::OtaMarkGood => say(&ota::mark_good(&self.cfg.system).map_err(|e| e.to_string())?),
+            Command::OtaInstall { source, reboot } => {
+                if reboot {
+                    appliance::require_appliance("reboot")?;
+                }
+                ota::install_from(&self.cfg.system, &source, out)?;
+                if reboot {
+                    let _ = writeln!(out, "rebooting into the new slot");
+                    let _ = out.flush();
+                    appliance::reboot()?;
+                }
+            }
+            Command::Reboot => {
+                appliance::require_appliance("reboot")?;
+                say("rebooting");
+                appliance::reboot()?;
+            }
+            Command::FactoryReset => {
+                let target = appliance::factory_reset_target(&self.cfg.storage.data_dir)?;
+                let q = format!(
+                    "this erases everything on {} (all recordings and settings) and restarts.\n\
+                     type YES to erase all recordings and settings: ",
+                    target.display()
+                );
+                match ask(&q) {
+                    Some(a) if a.trim() == "YES" => {}
+                    _ => {
+                        let _ = writeln!(out, "factory reset cancelled; nothing was erased");
+                        return Ok(true);
+                    }
+                }
+                let _ = writeln!(out, "stopping the recorder, erasing {}, rebooting", target.display());
+                let _ = out.flush();
+                appliance::factory_reset(&target)?;
+            }
+            Command::Exit => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `status`: from the API, or from the database when the recorder is down.
+    pub fn status(&self) -> String {
+        let mut out = format!("oxinvr {} console\n", env!("CARGO_PKG_VERSION"));
+        match ota::current_slot() {
+            Ok((slot, _)) => {
+                let env = crate::bootenv::Store::of(&self.cfg.system.boot_env).load().ok().flatten();
+                let good = env.as_ref().map(|e| e.left(slot) >= self.cfg.system.boot_limit);
+                let state = match (good, env.as_ref().and_then(|e| e.next_boot())) {
+                    (_, Some(n)) if n != slot => format!("update in slot {n} boots next"),
+                    (Some(true), _) => "marked good".into(),
+                    (Some(false), _) => "not marked good yet".into(),
+                    (None, _) => "boot env missing".into(),
+                };
+                out.push_str(&format!("slot: {slot} ({state})\n"));
+            }
+            Err(_) => out.push_str("slot: - (not an appliance)\n"),
+        }
+        match (self.api.request("GET", "/api/system", None), self.api.request("GET", "/api/streams", None)) {
+            (Ok(sys), Ok(streams)) if sys.status == 200 && streams.status == 200 => {
+                let sys = sys.json();
+                let up = sys["uptime_s"].as_u64().unwrap_or(0);
+                out.push_str(&format!(
+                    "recorder: running, oxinvr {}, up {} (since {})\n",
+                    s(&sys["version"]),
+                    duration(up),
+                    s(&sys["started"])
+                ));
+                let list = streams.json()["streams"].as_array().cloned().unwrap_or_default();
+                out.push_str(&streams_summary(&list));
+                let d = &sys["disk"];
+                match d["free_bytes"].as_u64().zip(d["total_bytes"].as_u64()) {
+                    Some((free, total)) => out.push_str(&format!(
+                        "disk: {}: {} free of {} ({}%), recordings {}\n",
+                        s(&d["data_dir"]),
+                        size(free),
+                        size(total),
+                        s(&d["free_percent"]),
+                        size(d["recordings_bytes"].as_u64().unwrap_or(0))
+                    )),
+                    None => out.push_str(&format!("disk: {}: {}\n", s(&d["data_dir"]), s(&d["error"]))),
+                }
+            }
+            (Err(HttpError::NotRunning(m)), _) | (_, Err(HttpError::NotRunning(m))) => {
+                out.push_str(&format!("recorder: NOT RUNNING ({m})\n"));
+                out.push_str(&self.status_from_db());
+            }
+            (a, b) => {
+                let why = match (a, b) {
+                    (Err(e), _) | (_, Err(e)) => e.to_string(),
+                    (Ok(r), _) if r.status != 200 => r.error_message(),
+                    (_, Ok(r)) => r.error_message(),
+                };
+                out.push_str(&format!("recorder: not answering properly: {why}\n"));
+                out.push_str(&self.status_from_db());
+            }
+        }
+        out
+    }
+
+    /// What the database and the disk say, without the recorder.
+    fn status_from_db(&self) -> String {
+        let dir = &self.cfg.storage.data_dir;
+        let mut out = String::new();
+        let db_path = self.cfg.db_path();
+        if !db_path.exists() {
+            out.push_str(&format!("database: none yet at {}\n", db_path.display()));
+        } else {
+            match crate::db::Db::open(&db_path).and_then(|db| Ok((db.list_streams()?, db.stream_usage()?))) {
+                Ok((rows, usage)) => {
+                    out.push_str(&format!("streams (from the database): {}\n", rows.len()));
+                    let mut t = Vec::new();
+                    for r in rows {
+                        let u = usage.iter().find(|u| u.0 == r.id).map_or((0, 0), |u| (u.1, u.2));
+                        t.push(vec![
+                            r.spec.name.clone(),
+                            if r.spec.enabled { "enabled" } else { "disabled" }.into(),
+                            format!("{} in {} recording(s)", size(u.0), u.1),
+                        ]);
+                    }
+                    out.push_str(&table(&t));
+                }
+                Err(e) => out.push_str(&format!("database: {e}\n")),
+            }
+        }
+        match crate::retention::disk_usage(dir) {
+            Ok(d) => out.push_str(&format!(
+                "disk: {}: {} free of {}\n",
+                dir.display(),
+                size(d.free_bytes),
+                size(d.total_bytes)
+            )),
+            Err(e) => out.push_str(&format!("disk: {}: {e}\n", dir.display())),
+        }
+        out
+    }
+
+    fn streams_list(&self) -> Result<String, String> {
+        let v = self.call("GET", "/api/streams", None)?.json();
+        let list = v["streams"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            return Ok("no streams; add one with: streams add NAME rtsp://...".into());
+        }
+        let mut rows = vec![vec![
+            "NAME".to_string(),
+            "ON".into(),
+            "STATE".into(),
+            "FPS".into(),
+            "KBPS".into(),
+            "RECORDED".into(),
+            "URL".into(),
+        ]];
+        for st in &list {
+            let status = &st["status"];
+            rows.push(vec![
+                s(&st["name"]),
+                if st["enabled"].as_bool() == Some(true) { "yes" } else { "no" }.into(),
+                s(&status["state"]),
+                s(&status["fps"]),
+                s(&status["bitrate_kbps"]),
+                format!("{}/{}", size(st["storage"]["bytes"].as_u64().unwrap_or(0)), s(&st["storage"]["segments"])),
+                s(&st["url"]),
+            ]);
+        }
+        let mut out = table(&rows);
+        for st in &list {
+            if let Some(e) = st["status"]["last_error"].as_str() {
+                out.push_str(&format!(
+                    "  {}: last error {}: {e}\n",
+                    s(&st["name"]),
+                    s(&st["status"]["last_error_time"])
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn recordings(&self, stream: Option<&str>, count: usize) -> Result<String, String> {
+        let path = match stream {
+            Some(st) => format!("/api/recordings?stream={}", path_seg(st)),
+            None => "/api/recordings".to_string(),
+        };
+        let v = self.call("GET", &path, None)?.json();
+        let recs = v["recordings"].as_array().cloned().unwrap_or_default();
+        let gaps = v["gaps"].as_array().map_or(0, Vec::len);
+        let mut out =
+            format!("{} recording(s), {gaps} gap(s) from {} to {}\n", recs.len(), s(&v["start"]), s(&v["end"]));
+        if recs.is_empty() {
+            return Ok(out);
+        }
+        let mut rows = vec![vec![
+            "ID".to_string(),
+            "STREAM".into(),
+            "START".into(),
+            "LENGTH".into(),
+            "SIZE".into(),
+            "VIDEO".into(),
+        ]];
+        let skip = recs.len().saturating_sub(count);
+        for r in &recs[skip..] {
+            let open = if r["closed"].as_bool() == Some(false) { " (recording)" } else { "" };
+            rows.push(vec![
+                s(&r["id"]),
+                s(&r["stream"]),
+                s(&r["start"]),
+                format!("{}{open}", duration(r["duration_ms"].as_u64().unwrap_or(0) / 1000)),
+                size(r["bytes"].as_u64().unwrap_or(0)),
+                format!("{} {}x{}", s(&r["codec"]), s(&r["width"]), s(&r["height"])),
+            ]);
+        }
+        if skip > 0 {
+            out.push_str(&format!("  (the last {count}; `recordings [STREAM] N` shows more)\n"));
+        }
+        out.push_str(&table(&rows));
+        Ok(out)
+    }
+}
+
+fn stream_line(st: &Value) -> String {
+    format!(
+        "{} {}, {}",
+        s(&st["url"]),
+        if st["enabled"].as_bool() == Some(true) { "enabled" } else { "disabled" },
+        s(&st["status"]["state"])
+    )
+}
+
+fn streams_summary(list: &[Value]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for st in list {
+        let state = s(&st["status"]["state"]);
+        match counts.iter_mut().find(|c| c.0 == state) {
+            Some(c) => c.1 += 1,
+            None => counts.push((state, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let mut out = format!(
+        "streams: {}{}\n",
+        list.len(),
+        if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) }
+    );
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|st| {
+            let status = &st["status"];
+            vec![
+                s(&st["name"]),
+                s(&status["state"]),
+                format!("{} fps", s(&status["fps"])),
+                format!("{} kbps", s(&status["bitrate_kbps"])),
+                status["last_error"].as_str().map(|e| format!("last error: {e}")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&rows));
+    out
+}
+
+/// `oxinvr shell`: the read-eval-print loop on stdin/stdout.
+pub fn run(config_path: Option<&Path>) -> Result<(), String> {
+    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+    let mut shell = Shell::new(cfg)?;
+    let mut reader = LineReader::new(COMMANDS.to_vec());
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "OxiNVR {} console. Type help for the commands.", env!("CARGO_PKG_VERSION"));
+    loop {
+        let input = reader.read_line("oxinvr> ").map_err(|e| format!("reading the console: {e}"))?;
+        let line = match input {
+            Input::Line(l) => l,
+            Input::Interrupted => continue,
+            Input::Eof => break,
+        };
+        let cmd = match parse(&line) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = writeln!(stdout, "error: {e}");
+                continue;
+            }
+        };
+        let mut ask = |q: &str| match reader.read_line(q) {
+            Ok(Input::Line(l)) => Some(l),
+            _ => None,
+        };
+        let mut out = stdout.lock();
+        let r = shell.execute(cmd, &mut out, &mut ask);
+        match r {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let _ = writeln!(out, "error: {e}");
+            }
+        }
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(line: &str) -> Command {
+        parse(line).unwrap_or_else(|e| panic!("{line}: {e}")).unwrap_or_else(|| panic!("{line}: nothing"))
+    }
+
+    fn err(line: &str) -> String {
+        parse(line).expect_err(line)
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(parse("   ").expect("blank"), None);
+        assert_eq!(parse("# note").expect("comment"), None);
+        assert_eq!(p("help"), Command::Help(None));
+        assert_eq!(p("help streams"), Command::Help(Some("streams".into())));
+        assert_eq!(p("status"), Command::Status);
+        assert_eq!(p("streams"), Command::StreamsList);
+        assert_eq!(p("streams list"), Command::StreamsList);
+        assert_eq!(
+            p("streams add cam rtsp://127.0.0.1:9/x"),
+            Command::StreamsAdd { name: "cam".into(), url: "rtsp://127.0.0.1:9/x".into(), fields: vec![] }
+        );
+        assert_eq!(
+            p("streams add 'front door' \"rtsp://u:p w@h/x\" retention_days=7 enabled=false record=off"),
+            Command::StreamsAdd {
+                name: "front door".into(),
+                url: "rtsp://u:p w@h/x".into(),
+                fields: vec![
+                    ("retention_days".into(), json!(7)),
+                    ("enabled".into(), json!(false)),
+                    ("record".into(), json!("off"))
+                ]
+            }
+        );
+        assert_eq!(p("streams remove cam"), Command::StreamsRemove { name: "cam".into(), purge: false });
+        assert_eq!(p("streams rm cam purge"), Command::StreamsRemove { name: "cam".into(), purge: true });
+        assert_eq!(p("streams enable cam"), Command::StreamsEnable("cam".into(), true));
+        assert_eq!(p("streams disable cam"), Command::StreamsEnable("cam".into(), false));
+        assert_eq!(p("recordings"), Command::Recordings { stream: None, count: 20 });
+        assert_eq!(p("recordings cam"), Command::Recordings { stream: Some("cam".into()), count: 20 });
+        assert_eq!(p("recordings 5"), Command::Recordings { stream: None, count: 5 });
+        assert_eq!(p("recordings cam 50"), Command::Recordings { stream: Some("cam".into()), count: 50 });
+        assert_eq!(p("users"), Command::Users);
+        assert_eq!(p("network"), Command::NetworkShow);
+        assert_eq!(p("network dhcp eth0"), Command::NetworkSet { iface: "eth0".into(), config: NetConfig::Dhcp });
+        assert!(matches!(p("network static eth0 10.0.0.2/24 10.0.0.1"), Command::NetworkSet { .. }));
+        assert_eq!(p("logs"), Command::Logs(20));
+        assert_eq!(p("logs 100"), Command::Logs(100));
+        assert_eq!(p("ota status"), Command::OtaStatus);
+        assert_eq!(p("ota install /data/u.oxb"), Command::OtaInstall { source: "/data/u.oxb".into(), reboot: false });
+        assert_eq!(
+            p("ota install http://10.0.0.1/u.oxb --reboot"),
+            Command::OtaInstall { source: "http://10.0.0.1/u.oxb".into(), reboot: true }
+        );
+        assert_eq!(p("ota mark-good"), Command::OtaMarkGood);
+        assert_eq!(p("reboot"), Command::Reboot);
+        assert_eq!(p("factory-reset"), Command::FactoryReset);
+        assert_eq!(p("exit"), Command::Exit);
+        assert_eq!(p("quit"), Command::Exit);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(err("frobnicate").contains("unknown command \"frobnicate\""));
+        assert!(err("streams add cam").contains("usage: streams"));
+        assert!(err("streams explode").contains("no subcommand \"explode\""));
+        assert!(err("streams add cam rtsp://h/x colour=red").contains("unknown key \"colour\""));
+        assert!(err("streams add cam rtsp://h/x retention_days").contains("KEY=VALUE"));
+        assert!(err("logs 0").contains("1..500"));
+        assert!(err("logs lots").contains("number"));
+        assert!(err("network static eth0 10.0.0.2 10.0.0.1").contains("prefix"));
+        assert!(err("network static eth0 10.0.0.2/24 10.9.0.1").contains("not in 10.0.0.0/24"));
+        assert!(err("network dhcp 'eth0;reboot'").contains("not an interface name"));
+        assert!(err("ota").contains("usage: ota"));
+        assert!(err("reboot now").contains("takes no arguments"));
+        assert!(err("streams add \"cam rtsp://x").contains("unbalanced"));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m 05s");
+        assert_eq!(duration(3725), "1h 02m 05s");
+        assert_eq!(duration(90061), "1d 1h 01m");
+        assert_eq!(path_seg("a b/c"), "a%20b%2Fc");
+        let t = table(&[vec!["A".into(), "BB".into(), "C".into()], vec!["AAA".into(), "B".into(), "".into()]]);
+        assert_eq!(t, "  A    BB  C\n  AAA  B\n");
+    }
+
+    #[test]
+    fn without_a_recorder_status_reads_the_disk_and_commands_say_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let text =
+            format!("[storage]\ndata_dir = \"{}\"\n[web]\nlisten = \"127.0.0.1:{port}\"\n", dir.path().display());
+        let mut sh = Shell::new(Config::parse(&text, "t").expect("cfg")).expect("shell");
+        let st = sh.status();
+        assert!(st.contains("NOT RUNNING") && st.contains("database: none yet"), "{st}");
+        let mut out = Vec::new();
+        let e = sh.execute(p("streams list"), &mut out, &mut |_| None).unwrap_err();
+        assert!(e.contains("the recorder is not running") && e.contains(&port.to_string()), "{e}");
+        assert!(sh.execute(p("users"), &mut out, &mut |_| None).expect("users"));
+        assert!(String::from_utf8_lossy(&out).contains("no users yet"));
+        let e = sh.execute(p("logs"), &mut out, &mut |_| None).unwrap_err();
+        assert!(e.contains("oxinvr.log"), "{e}");
+        assert!(!sh.execute(p("exit"), &mut out, &mut |_| None).expect("exit"));
+    }
+}
