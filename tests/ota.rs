@@ -262,3 +262,46 @@ fn cli_mistakes_are_named() {
     let r = oxinvr(&["ota", "keygen", "--out-dir", p(dir.path())], None);
     assert!(r.code == 2 && r.err.contains("exists"), "{}", r.err);
 }
+
+/// `POST /api/system/ota` runs the same install as the CLI, on the running recorder.
+#[test]
+fn upload_through_the_http_api() {
+    let rig = setup();
+    let text = std::fs::read_to_string(&rig.config).expect("config");
+    let port: u16 = text
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port in config");
+    let mut child = Command::new(oxinvr_bin())
+        .args(["run", "--config", p(&rig.config)])
+        .env(oxinvr::ota::SLOT_ENV, "A")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::nvr::http(port, "GET", "/api/health", &[], b"").map(|r| r.status).ok() != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "no /api/health");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let slot_a_before = rig.read(&rig.slot_a);
+    // Another board's bundle is refused and nothing is written.
+    let (other, _) = rig.bundle("other", "ingenic-a1", "9.9.9", &rig.key, 7);
+    let r = common::nvr::http(port, "POST", "/api/system/ota", &[], &rig.read(&other)).expect("post");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("ingenic-a1") && r.text().contains("qemu-malta"), "{}", r.text());
+    assert_eq!(rig.env_text(), ENV_AB);
+    // A good one lands in the inactive slot B and flips the boot order.
+    let (good, image) = rig.bundle("good", "qemu-malta", "1.2.3", &rig.key, 3);
+    let r = common::nvr::http(port, "POST", "/api/system/ota", &[], &rig.read(&good)).expect("post");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["version"], "1.2.3");
+    assert_eq!(&rig.read(&rig.slot_b)[..image.len()], &image[..]);
+    assert_eq!(rig.read(&rig.slot_a), slot_a_before, "the running slot was touched");
+    assert!(rig.env_text().contains("BOOT_ORDER=\"B A\""), "{}", rig.env_text());
+    let st = common::nvr::http(port, "GET", "/api/system/ota", &[], b"").expect("get").json();
+    assert_eq!(st["state"], "installed", "{st}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+}

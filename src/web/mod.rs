@@ -28,6 +28,7 @@ mod export;
 mod hls;
 mod media;
 mod mp4box;
+mod ota;
 mod range;
 mod reply;
 mod router;
@@ -133,7 +134,9 @@ fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &AtomicBool) {
 fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     let began = Instant::now();
     let max = u64::from(nvr.config.web.max_body_bytes);
-    if let Some(n) = rq.body_length().map(|n| n as u64).filter(|n| *n > max) {
+    // A bundle upload is streamed, never buffered: the only route exempt from the limit.
+    let upload = rq.method() == &tiny_http::Method::Post && router::split_target(rq.url()).0 == ota::PATH;
+    if let Some(n) = rq.body_length().map(|n| n as u64).filter(|n| *n > max && !upload) {
         let reply = Reply::from(too_large(&n.to_string(), max));
         if let Err(e) = respond(rq, reply) {
             log::debug!("413 not delivered: {e}");
@@ -167,6 +170,12 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Reply 
         }
     };
     let query = Query::parse(query);
+    if (&matched.resource, matched.method) == (&Resource::Ota, Method::Post) {
+        return match open_db(nvr, db) {
+            Ok(db) => ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from),
+            Err(e) => Reply::from(e),
+        };
+    }
     let body = match matched.method.has_body() {
         true => match read_body(rq, u64::from(nvr.config.web.max_body_bytes)) {
             Ok(b) => b,
@@ -197,6 +206,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Export, _) => media::export_mp4(ctx, q, c.range),
         (Resource::Playback(stream), _) => media::playback(ctx, stream, q),
         (Resource::System, _) => api::system(ctx, q),
+        (Resource::Ota, _) => ota::status(q),
     }
 }
 

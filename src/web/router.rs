@@ -44,6 +44,7 @@ pub enum Resource {
     Export,
     Playback(String),
     System,
+    Ota,
 }
 
 impl Resource {
@@ -52,6 +53,7 @@ impl Resource {
         match self {
             Resource::Streams => &[Method::Get, Method::Post],
             Resource::Stream(_) => &[Method::Get, Method::Put, Method::Delete],
+            Resource::Ota => &[Method::Get, Method::Post],
             _ => &[Method::Get],
         }
     }
@@ -116,6 +118,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["export.mp4"] => Resource::Export,
         ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
         ["system"] => Resource::System,
+        ["system", "ota"] => Resource::Ota,
         _ => return None,
     };
     Some(r)
