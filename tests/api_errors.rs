@@ -1,197 +1,78 @@
 //! The HTTP API's error paths against the real binary: `oxinvr run` with a
-//! temporary data dir, no camera configured, and a hand-written HTTP/1.1
-//! client (one request per connection).
+//! temporary data dir, no camera configured, and the tests' own HTTP/1.1
+//! client in tests/common (one request per connection).
 //!
 //! The binary is `$OXINVR_BIN` if set, else the one cargo built.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
+use common::nvr::{http, send_raw, Oxinvr, Response};
 use serde_json::Value;
 
 const MAX_BODY: usize = 2048;
 
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    /// The `error` message of a JSON error answer.
-    fn error(&self) -> String {
-        let v = self.json();
-        v["error"].as_str().unwrap_or_else(|| panic!("no \"error\" in {v}")).to_string()
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A running `oxinvr run`, stopped with SIGTERM when dropped.
+/// A running `oxinvr run` in its own temporary directory. Dropped at the end of
+/// a test that passed, it must stop within 15 s of SIGTERM.
 struct Nvr {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    oxinvr: Option<Oxinvr>,
+    _dir: tempfile::TempDir,
 }
 
 impl Nvr {
     fn start() -> Nvr {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let rings = dir.path().join("rings");
         std::fs::create_dir_all(&rings).expect("ring dir");
         let config = format!(
-            "[storage]\ndata_dir = {:?}\nring_dir = {:?}\n\n[web]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\nmax_body_bytes = {MAX_BODY}\n",
-            dir.path().join("data").display().to_string(),
+            "[storage]\ndata_dir = \"{{DATA}}\"\nring_dir = {:?}\n\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\nthreads = 2\nmax_body_bytes = {MAX_BODY}\n",
             rings.display().to_string(),
         );
-        let config_path = dir.path().join("oxinvr.toml");
-        std::fs::write(&config_path, config).expect("config");
-        let bin =
-            std::env::var_os("OXINVR_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_oxinvr")), PathBuf::from);
-        let log = std::fs::File::create(dir.path().join("oxinvr.log")).expect("log file");
-        let child = Command::new(&bin)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut nvr = Nvr { child, port, dir };
-        nvr.wait_healthy();
-        nvr
+        let oxinvr = Oxinvr::start(dir.path(), &config);
+        Nvr { oxinvr: Some(oxinvr), _dir: dir }
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("oxinvr.log")).unwrap_or_default()
+    fn req(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        http(self.port, method, path, &[], body).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
     }
 
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("oxinvr exited ({status}) before answering:\n{}", self.log());
-            }
-            if let Ok(r) = try_request(self.port, "GET", "/api/health", &[], b"") {
-                if r.status == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "no /api/health after 30 s:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, body: &[u8]) -> Resp {
-        self.req_with(method, path, &[], body)
-    }
-
-    fn req_with(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        try_request(self.port, method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
-    }
-
-    fn raw(&self, bytes: &[u8]) -> Resp {
+    fn raw(&self, bytes: &[u8]) -> Response {
         send_raw(self.port, bytes).unwrap_or_else(|e| panic!("raw request: {e}\n{}", self.log()))
+    }
+}
+
+impl Deref for Nvr {
+    type Target = Oxinvr;
+    fn deref(&self) -> &Oxinvr {
+        self.oxinvr.as_ref().expect("running")
     }
 }
 
 impl Drop for Nvr {
     fn drop(&mut self) {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        if let Some(oxinvr) = self.oxinvr.take() {
+            // After a failure, `Oxinvr`'s own drop kills it.
+            if !std::thread::panicking() {
+                oxinvr.terminate(Duration::from_secs(15));
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !std::thread::panicking() {
-            panic!("oxinvr did not stop within 15 s of SIGTERM:\n{}", self.log());
         }
     }
 }
 
-fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    if !body.is_empty() || matches!(method, "POST" | "PUT") {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    send_raw(port, &bytes)
+/// The `error` message of a JSON error answer.
+fn json_error(r: &Response) -> String {
+    let v = r.json();
+    v["error"].as_str().unwrap_or_else(|| panic!("no \"error\" in {v}")).to_string()
 }
 
-fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(bytes)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    parse_response(&out)
-}
-
-fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad(status_line))?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(Resp { status, headers, body })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.split(';').next()?.trim(), 16).ok()?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
-}
-
-fn assert_error(r: &Resp, status: u16, needle: &str) {
+fn assert_error(r: &Response, status: u16, needle: &str) {
     assert_eq!(r.status, status, "body: {}", r.text());
     assert!(r.header("Content-Type").is_some_and(|v| v.contains("application/json")), "{:?}", r.headers);
-    let e = r.error();
+    let e = json_error(r);
     assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
 }
 
@@ -332,7 +213,7 @@ fn traversal_attempts_never_serve_files() {
         let r = nvr.req("GET", path, b"");
         assert!(r.status == 400 || r.status == 404, "{path}: {} {}", r.status, r.text());
         assert!(!r.text().contains("root:"), "{path} served a file");
-        let _ = r.error();
+        let _ = json_error(&r);
     }
 }
 
@@ -381,7 +262,7 @@ fn stream_lifecycle() {
     assert_eq!(v["retention_days"].as_u64(), Some(3));
     assert_error(&nvr.req("PUT", "/api/streams/cam1", br#"{"retention_days":0}"#), 400, "retention_days");
     assert_error(&nvr.req("PUT", "/api/streams/cam1", br#"{"url":"ftp://x/"}"#), 400, "url");
-    let db = oxinvr::db::Db::open(&nvr.dir.path().join("data").join("oxinvr.db")).expect("db");
+    let db = oxinvr::db::Db::open(&nvr.data_dir.join("oxinvr.db")).expect("db");
     let row = db.stream_by_name("cam1").expect("query").expect("row");
     assert_eq!(row.spec.url, "rtsp://user:secret@127.0.0.1:9/x");
     assert!(!row.spec.enabled);
@@ -397,7 +278,7 @@ fn stream_lifecycle() {
 #[test]
 fn head_requests_have_no_body() {
     let nvr = Nvr::start();
-    let r = nvr.req_with("HEAD", "/api/health", &[], b"");
+    let r = nvr.req("HEAD", "/api/health", b"");
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
 }

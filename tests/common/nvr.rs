@@ -31,8 +31,6 @@ impl Response {
 
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -41,8 +39,17 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    send_raw(port, &bytes)
+}
+
+/// Sends `bytes` as they are (a request, well-formed or not) and reads the
+/// response until the server closes the connection.
+pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(bytes)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
@@ -63,22 +70,24 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let mut body = raw[end + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
-        body = dechunk(&body);
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
     Ok(Response { status, headers, body })
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
+/// A chunked body's data; `None` if it is malformed or ends before its last chunk.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
-        if n == 0 || b.len() < i + 2 + n {
-            break;
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
         }
-        out.extend_from_slice(&b[i + 2..i + 2 + n]);
-        b = &b[(i + 4 + n).min(b.len())..];
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
     }
-    out
 }
 
 pub fn oxinvr_bin() -> PathBuf {
@@ -95,6 +104,8 @@ pub struct Oxinvr {
     pub port: u16,
     pub data_dir: PathBuf,
     pub config: PathBuf,
+    /// The process's stderr.
+    pub log_path: PathBuf,
 }
 
 impl Oxinvr {
@@ -127,15 +138,23 @@ impl Oxinvr {
             .stderr(log)
             .spawn()
             .expect("start oxinvr");
-        let me = Oxinvr { child: Some(child), port, data_dir, config };
+        let mut me = Oxinvr { child: Some(child), port, data_dir, config, log_path };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
+                panic!("oxinvr exited ({st}) before answering /api/health:\n{}", me.log());
+            }
             if me.get("/api/health").map(|r| r.status == 200).unwrap_or(false) {
                 return me;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("oxinvr did not answer /api/health in 30 s");
+        panic!("oxinvr did not answer /api/health in 30 s:\n{}", me.log());
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     pub fn get(&self, path: &str) -> std::io::Result<Response> {
@@ -163,7 +182,7 @@ impl Oxinvr {
             }
             if began.elapsed() > limit {
                 let _ = child.kill();
-                panic!("oxinvr did not exit within {limit:?} of SIGTERM");
+                panic!("oxinvr did not exit within {limit:?} of SIGTERM:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
