@@ -43,9 +43,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe (`oxinvr --help | head -1`)
+/// panics, and with panic=abort (the MIPS build) aborts. One-shot commands get the
+/// default behaviour back: a closed pipe ends them quietly. `run` keeps ignoring
+/// it: a client closing its socket must never kill the recorder.
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code; done before any other thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn dispatch(args: &[String]) -> Result<ExitCode, String> {
     let Some(cmd) = args.first() else { return Err(format!("no command given\n\n{USAGE}")) };
     let rest = &args[1..];
+    if cmd != "run" {
+        default_sigpipe();
+    }
     match cmd.as_str() {
         "--version" | "-V" | "version" => {
             println!("oxinvr {}", env!("CARGO_PKG_VERSION"));

@@ -78,3 +78,20 @@ fn check_finds_orphans_and_repair_adopts_or_removes_them() {
     assert_eq!(code, 0, "{out}");
     assert!(!day.join("1795000000000.mp4").exists(), "the unplayable orphan was not removed");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // `oxinvr config | head -1`: the reader goes away before the writer is done.
+    let mut child = Command::new(oxinvr_bin())
+        .arg("config")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.signal(), Some(6), "aborted on a closed pipe");
+}
