@@ -31,6 +31,8 @@ use crate::nvr::{StreamRuntime, StreamState};
 
 /// A session that delivers nothing for this long is dropped and reconnected.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a session checks for a stall.
+const STALL_CHECK: Duration = Duration::from_secs(2);
 /// How long the next stream waits for the previous one's first keyframe.
 const BRING_UP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Video time and wall time may disagree by this much before a new run starts.
@@ -162,9 +164,13 @@ impl Session<'_> {
         self.rt.set_state(StreamState::Streaming);
         let mut audio: Option<AudioParams> = None;
         let mut need_run = true;
+        // One long-lived timer checks for a stall: a fresh timer per frame cost
+        // more reactor work than the frames themselves (see bench/results).
+        let mut watchdog = Timer::interval(STALL_CHECK);
+        let mut last_item = Instant::now();
         loop {
             let next = smol::future::or(async { Some(demuxed.next().await) }, async {
-                Timer::after(STALL_TIMEOUT).await;
+                watchdog.next().await;
                 None
             })
             .await;
@@ -172,10 +178,16 @@ impl Session<'_> {
                 self.permit = None;
             }
             let item = match next {
-                None => return Err(format!("no data for {} s", STALL_TIMEOUT.as_secs())),
+                None if last_item.elapsed() >= STALL_TIMEOUT => {
+                    return Err(format!("no data for {} s", STALL_TIMEOUT.as_secs()))
+                }
+                None => continue,
                 Some(None) => return Ok(()),
                 Some(Some(Err(e))) => return Err(format!("RTSP error: {e}")),
-                Some(Some(Ok(item))) => item,
+                Some(Some(Ok(item))) => {
+                    last_item = Instant::now();
+                    item
+                }
             };
             match item {
                 CodecItem::VideoFrame(f) => {
