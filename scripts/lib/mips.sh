@@ -73,6 +73,7 @@ mips_setup() {
     export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=$features -C link-self-contained=no"
     export CC_mipsel_unknown_linux_musl=$tools/bin/cc-$MIPS_FLOAT
     export AR_mipsel_unknown_linux_musl=$tools/bin/ar
+    # shellcheck disable=SC2034 # for the scripts that source this file
     MIPS_OUT=$CARGO_TARGET_DIR/$MIPS_TARGET/$MIPS_PROFILE/oxinvr
 }
 
@@ -101,15 +102,56 @@ PY
 }
 
 # mips_fpu_insns FILE: prints how many FPU (COP1/COP1X, FP loads/stores, moves on FP
-# condition codes) instructions the executable sections of FILE hold.
+# condition codes) instructions the executable sections of FILE hold; fails if
+# objdump decodes no instruction at all.
 mips_fpu_insns() {
     mipsel-linux-gnu-objdump -d --no-show-raw-insn "$1" | awk -F'\t' '
         NF >= 2 && $1 ~ /^ *[0-9a-f]+:$/ {
+            t++
             m = $2
             if (m ~ /^(l|s)(w|d)x?c1$/ || m ~ /^(luxc1|suxc1)$/ ||
                 m ~ /^(m[tf]h?c1|[ct]fc1|ctc1)$/ || m ~ /^bc1[tf]l?$/ ||
                 m ~ /^mov[tf](\.|$)/ || m ~ /\.(s|d|ps)$/ ||
                 m ~ /^(cvt|trunc|round|ceil|floor)\./ || m ~ /^c\.[a-z]+\./) n++
         }
-        END { print n + 0 }'
+        END { if (!t) exit 1; print n + 0 }'
+}
+
+# mips_qemu_so_error_ok: true if qemu-mipsel-static hands a guest the MIPS errno for
+# getsockopt(SO_ERROR). QEMU 7.2 (Debian 12) passes the host's value through: a refused
+# non-blocking connect (what std's TcpStream::connect_timeout does) reads as errno 111
+# (x86's ECONNREFUSED; MIPS's is 146), so the guest sees "os error 111", not
+# ConnectionRefused. A real MIPS kernel answers 146. Needs mips_setup first.
+mips_qemu_so_error_ok() {
+    local dir
+    dir=$(mktemp -d)
+    cat > "$dir/probe.c" <<'C'
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(void) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t l = sizeof a;
+    int s = socket(AF_INET, SOCK_STREAM, 0), e = 0;
+    bind(s, (struct sockaddr *)&a, sizeof a);  /* a port nobody listens on */
+    getsockname(s, (struct sockaddr *)&a, &l);
+    close(s);
+    s = socket(AF_INET, SOCK_STREAM, 0);
+    fcntl(s, F_SETFL, O_NONBLOCK);
+    connect(s, (struct sockaddr *)&a, sizeof a);
+    struct pollfd p = {s, POLLOUT, 0};
+    poll(&p, 1, 2000);
+    l = sizeof e;
+    getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &l);
+    return e == ECONNREFUSED ? 0 : 1;
+}
+C
+    local rc=0
+    "$CC_mipsel_unknown_linux_musl" -static -O1 -o "$dir/probe" "$dir/probe.c" &&
+        qemu-mipsel-static "$dir/probe" || rc=1
+    rm -rf "$dir"
+    return "$rc"
 }
