@@ -8,8 +8,7 @@
 set -euo pipefail
 target=$1 board=$2
 common=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-brext=$(dirname "$(dirname "$common")")   # buildroot/
-repo=$(dirname "$brext")
+repo=$(dirname "$(dirname "$common")")   # board/common -> the repository
 
 # Mount points and directories the read-only root needs (git keeps no empty dirs).
 mkdir -p "$target"/{proc,sys,dev,run,tmp,var,boot,root,mnt}

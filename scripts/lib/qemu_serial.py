@@ -7,6 +7,8 @@
     expect REGEX   wait until REGEX shows in what the console prints from now on
     send LINE      type LINE and Enter
     run CMD        (busybox sh) run CMD, print its output, fail if it exits non-zero
+    shell CMD      (oxinvr shell) wait for its prompt, type CMD, print what it prints
+                   up to the next prompt (line-editor redraws and ANSI codes removed)
 
 Example: qemu_serial.py S --timeout 120 prompt '# $' run 'cat /proc/meminfo'
 Exit status: 0, 1 (a run step's command failed), 2 (timeout; what was seen is on stderr).
@@ -19,6 +21,8 @@ import sys
 import time
 
 SHELL_PROMPT = r"[#$] $"
+OXINVR_PROMPT = r"oxinvr> "
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class Console:
@@ -82,6 +86,19 @@ class Console:
                 break
         return "\n".join(lines).rstrip("\n"), int(m.group(1))
 
+    def shell(self, cmd):
+        """One command of the UART shell (`oxinvr shell`): its output, without the
+        echo. The line editor redraws the line per typed key ("oxinvr> s", "oxinvr>
+        st", ...); the echo ends with the whole command and a newline."""
+        self.expect(OXINVR_PROMPT, poke="\n")
+        time.sleep(0.3)  # let the prompts the poke may have caused arrive
+        self._read(time.time() + 0.2)
+        self.buf = ""
+        self.write(cmd + "\n")
+        self.expect(re.escape(cmd) + r"(\x1b\[K)?\n")
+        out, _ = self.expect(OXINVR_PROMPT)
+        return ANSI.sub("", out).rstrip("\n")
+
 
 def main(argv):
     if len(argv) < 2:
@@ -95,7 +112,7 @@ def main(argv):
     while rest:
         step = rest.pop(0)
         if step == "prompt":
-            regex = rest.pop(0) if rest and rest[0] not in ("prompt", "expect", "send", "run") else SHELL_PROMPT
+            regex = rest.pop(0) if rest and rest[0] not in ("prompt", "expect", "send", "run", "shell") else SHELL_PROMPT
             con.expect(regex, poke="\n")
         elif step == "expect":
             con.expect(rest.pop(0))
@@ -107,6 +124,8 @@ def main(argv):
             if rc:
                 sys.stderr.write(f"qemu_serial: exit status {rc}\n")
                 status = 1
+        elif step == "shell":
+            print(con.shell(rest.pop(0)))
         else:
             sys.exit(f"qemu_serial: unknown step {step!r}\n\n{__doc__}")
     sys.exit(status)
