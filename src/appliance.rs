@@ -458,3 +458,39 @@ mod tests {
         assert!(e.contains("not a booted OxiNVR appliance"), "{e}");
     }
 }
+
+/// Where a firmware image records its version (written by board/common/post-build.sh).
+const RELEASE_FILE: &str = "/etc/oxinvr-release";
+
+/// The firmware image's version (`OXINVR_VERSION` of /etc/oxinvr-release),
+/// which an OTA changes even when the oxinvr binary inside is the same;
+/// `None` off the appliance. Read once.
+pub fn firmware_version() -> Option<&'static str> {
+    static VERSION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| parse_release(&std::fs::read_to_string(RELEASE_FILE).ok()?)).as_deref()
+}
+
+fn parse_release(text: &str) -> Option<String> {
+    let v = text.lines().find_map(|l| l.strip_prefix("OXINVR_VERSION="))?.trim().trim_matches('"');
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// "oxinvr 0.1.0" or, on a firmware image, "oxinvr 0.1.0, firmware 0.1.1".
+pub fn version_line() -> String {
+    match firmware_version() {
+        Some(f) => format!("oxinvr {}, firmware {f}", env!("CARGO_PKG_VERSION")),
+        None => format!("oxinvr {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+#[cfg(test)]
+mod release_tests {
+    use super::parse_release;
+
+    #[test]
+    fn release_file_version_is_read() {
+        assert_eq!(parse_release("OXINVR_VERSION=0.1.1\nOXINVR_BOARD=qemu-malta\n").as_deref(), Some("0.1.1"));
+        assert_eq!(parse_release("OXINVR_BOARD=x\n"), None);
+        assert_eq!(parse_release("OXINVR_VERSION=\n"), None);
+    }
+}

@@ -858,7 +858,7 @@ pub fn status(sys: &SystemConfig) -> Vec<String> {
     let mut out = Vec::new();
     let running = match current_slot() {
         Ok((s, from)) => {
-            out.push(format!("running slot: {s} (from {from}), oxinvr {}", env!("CARGO_PKG_VERSION")));
+            out.push(format!("running slot: {s} (from {from}), {}", crate::appliance::version_line()));
             Some(s)
         }
         Err(e) => {

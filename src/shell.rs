@@ -426,7 +426,7 @@ impl Shell {
 
     /// `status`: from the API, or from the database when the recorder is down.
     pub fn status(&self) -> String {
-        let mut out = format!("oxinvr {} console\n", env!("CARGO_PKG_VERSION"));
+        let mut out = format!("{} console\n", crate::appliance::version_line());
         match ota::current_slot() {
             Ok((slot, _)) => {
                 let env = crate::bootenv::Store::of(&self.cfg.system.boot_env).load().ok().flatten();
@@ -648,7 +648,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     let mut shell = Shell::new(cfg)?;
     let mut reader = LineReader::new(COMMANDS.to_vec());
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "OxiNVR {} console. Type help for the commands.", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(stdout, "OxiNVR console ({}). Type help for the commands.", crate::appliance::version_line());
     loop {
         let input = reader.read_line("oxinvr> ").map_err(|e| format!("reading the console: {e}"))?;
         let line = match input {

@@ -27,7 +27,9 @@ pub const DAY_MS: i64 = 86_400_000;
 pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
     Ok(Reply::json(
         200,
-        &json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"), "uptime_s": ctx.nvr.started.elapsed().as_secs() }),
+        &json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"),
+                 "firmware": crate::appliance::firmware_version(),
+                 "uptime_s": ctx.nvr.started.elapsed().as_secs() }),
     ))
 }
 
@@ -399,6 +401,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         200,
         &json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "firmware": crate::appliance::firmware_version(),
             "uptime_s": nvr.started.elapsed().as_secs(),
             "started": rfc3339(nvr.started_ms),
             "memory": {
