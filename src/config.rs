@@ -131,6 +131,23 @@ fn yes() -> bool {
 }
 
 impl StreamConfig {
+    /// Checks one stream's values (shared by the config file and the API).
+    /// Returns the field at fault and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        validate_stream_name(&self.name).map_err(|m| ("name", m))?;
+        validate_stream_url(&self.url).map_err(|m| ("url", m))?;
+        if let Some(b) = self.bitrate_kbps.filter(|b| !(64..=100_000).contains(b)) {
+            return Err(("bitrate_kbps", format!("{b} is out of range 64..=100000")));
+        }
+        if self.retention_days == Some(0) {
+            return Err(("retention_days", "must be at least 1 (leave it out to keep until space runs out)".into()));
+        }
+        if self.max_storage_mb.is_some_and(|mb| mb == 0 || i64::try_from(mb).is_err()) {
+            return Err(("max_storage_mb", "must be at least 1 (leave it out for no quota)".into()));
+        }
+        Ok(())
+    }
+
     pub fn to_spec(&self, source: &str) -> StreamSpec {
         StreamSpec {
             name: self.name.clone(),
@@ -250,19 +267,9 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, st) in self.streams.iter().enumerate() {
             let key = |k: &str| format!("streams[{i}].{k}");
-            validate_stream_name(&st.name).map_err(|m| (key("name"), m))?;
-            validate_stream_url(&st.url).map_err(|m| (key("url"), m))?;
+            st.validate().map_err(|(field, m)| (key(field), m))?;
             if !seen.insert(st.name.as_str()) {
                 return Err((key("name"), format!("{:?} is used by two streams", st.name)));
-            }
-            if let Some(b) = st.bitrate_kbps {
-                range(&key("bitrate_kbps"), b, 64, 100_000)?;
-            }
-            if st.retention_days == Some(0) {
-                return Err((
-                    key("retention_days"),
-                    "must be at least 1 (leave it out to keep until space runs out)".into(),
-                ));
             }
         }
         Ok(())
@@ -281,18 +288,7 @@ fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Stream names become directory names, so only a safe alphabet is allowed.
-pub fn validate_stream_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && !name.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name:?} must be 1-64 letters, digits, '-' or '_' (not starting with '-')"))
-    }
-}
+pub use crate::db::validate_stream_name;
 
 pub fn validate_stream_url(u: &str) -> Result<(), String> {
     let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;

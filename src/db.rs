@@ -327,16 +327,18 @@ pub struct GapRow {
     pub reason: String,
 }
 
-/// Checks a stream name: it becomes a directory under `recordings/`.
+/// Checks a stream name: it becomes a directory under `recordings/` and a
+/// shell argument, so 1-64 of A-Z a-z 0-9 `_` `-`, not starting with `-`.
+/// The one rule for the config file, the API and the database.
 pub fn validate_stream_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err(format!("stream name {name:?} must be 1 to 64 characters"));
     }
-    if name.starts_with('.') {
-        return Err(format!("stream name {name:?} must not start with '.'"));
+    if name.starts_with('-') {
+        return Err(format!("stream name {name:?} must not start with '-'"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("stream name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 . _ -"));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))) {
+        return Err(format!("stream name {name:?} contains {c:?}; allowed are A-Z a-z 0-9 _ -"));
     }
     Ok(())
 }

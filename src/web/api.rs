@@ -11,7 +11,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::clock::{parse_time, rfc3339};
-use crate::config::{self, StreamConfig};
+use crate::config::StreamConfig;
 use crate::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
 use crate::memory;
 use crate::nvr::StreamRuntime;
@@ -213,20 +213,7 @@ fn merge_fields(base: &Map<String, Value>, patch: &Map<String, Value>) -> Result
 
 /// The checks of the configuration file, for one stream.
 fn validate(c: &StreamConfig) -> Result<(), ApiError> {
-    let bad = |field: &str, m: String| ApiError::bad_request(format!("field {field}: {m}"));
-    config::validate_stream_name(&c.name).map_err(|m| bad("name", m))?;
-    crate::db::validate_stream_name(&c.name).map_err(|m| bad("name", m))?;
-    config::validate_stream_url(&c.url).map_err(|m| bad("url", m))?;
-    if let Some(b) = c.bitrate_kbps.filter(|b| !(64..=100_000).contains(b)) {
-        return Err(bad("bitrate_kbps", format!("{b} is out of range 64..=100000")));
-    }
-    if c.retention_days == Some(0) {
-        return Err(bad("retention_days", "must be at least 1 (leave it out to keep until space runs out)".into()));
-    }
-    if c.max_storage_mb.is_some_and(|mb| mb == 0 || i64::try_from(mb).is_err()) {
-        return Err(bad("max_storage_mb", "must be at least 1 (leave it out for no quota)".into()));
-    }
-    Ok(())
+    c.validate().map_err(|(field, m)| ApiError::bad_request(format!("field {field}: {m}")))
 }
 
 /// Saves a stream and (re)starts it; the answer shows it.
