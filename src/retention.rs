@@ -200,9 +200,7 @@ pub fn execute(db: &Db, data_dir: &Path, deletions: &[Deletion]) -> Result<Outco
     Ok(outcome)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
+use crate::segment::sync_dir;
 
 /// An emptied day directory goes too (its parent is fsynced after).
 fn remove_if_empty(dir: &Path) {
