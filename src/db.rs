@@ -353,6 +353,13 @@ pub fn is_safe_relative_path(p: &str) -> bool {
         && !p.split('/').any(|part| part == "." || part == "..")
 }
 
+/// The id of the stream named `name`, inside a transaction of operation `op`.
+fn stream_id(tx: &Transaction<'_>, name: &str, op: &str) -> Result<Option<i64>, DbError> {
+    tx.query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
+        .optional()
+        .with_ctx(|| format!("{op} {name:?}: find"))
+}
+
 fn to_i64(v: u64, what: impl FnOnce() -> String) -> Result<i64, DbError> {
     i64::try_from(v).map_err(|_| DbError::invalid(format!("{} = {v} does not fit in 63 bits", what())))
 }
@@ -677,11 +684,7 @@ impl Db {
     /// [`Db::purge_stream`]).
     pub fn delete_stream(&self, name: &str) -> Result<bool, DbError> {
         self.write("delete_stream", |tx| {
-            let Some(id) = tx
-                .query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
-                .optional()
-                .with_ctx(|| format!("delete_stream {name:?}: find"))?
-            else {
+            let Some(id) = stream_id(tx, name, "delete_stream")? else {
                 return Ok(false);
             };
             let segments: i64 = tx
@@ -701,11 +704,7 @@ impl Db {
     /// (then [`Db::garbage_done`] each).
     pub fn purge_stream(&self, name: &str) -> Result<Option<Vec<String>>, DbError> {
         self.write_durably("purge_stream", |tx| {
-            let Some(id) = tx
-                .query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
-                .optional()
-                .with_ctx(|| format!("purge_stream {name:?}: find"))?
-            else {
+            let Some(id) = stream_id(tx, name, "purge_stream")? else {
                 return Ok(None);
             };
             let paths = {
