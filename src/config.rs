@@ -58,11 +58,33 @@ pub struct WebConfig {
     pub listen: String,
     pub threads: u8,
     pub max_body_bytes: u32,
+    /// Believe X-Forwarded-Proto/-For from a reverse proxy (Secure cookies behind TLS).
+    pub trust_proxy: bool,
+    /// PBKDF2-HMAC-SHA256 rounds for new password hashes (old hashes keep theirs).
+    pub pbkdf2_iterations: u32,
+    /// A login session ends this long after it began.
+    pub session_seconds: u32,
+    /// Failed logins (per user name, and per client address) before a lockout.
+    pub login_attempts: u32,
+    /// How long a lockout lasts; failures older than this are forgotten.
+    pub lockout_seconds: u32,
+    /// Live-view clients served at once (each holds a thread and a ring cursor).
+    pub max_live_clients: u32,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        WebConfig { listen: "127.0.0.1:8080".into(), threads: 4, max_body_bytes: 65536 }
+        WebConfig {
+            listen: "0.0.0.0:8080".into(),
+            threads: 4,
+            max_body_bytes: 65536,
+            trust_proxy: false,
+            pbkdf2_iterations: 60_000,
+            session_seconds: 7 * 24 * 3600,
+            login_attempts: 5,
+            lockout_seconds: 300,
+            max_live_clients: 8,
+        }
     }
 }
 
@@ -239,6 +261,11 @@ impl Config {
         })?;
         range("web.threads", u32::from(self.web.threads), 1, 32)?;
         range("web.max_body_bytes", self.web.max_body_bytes, 1024, 64 << 20)?;
+        range("web.pbkdf2_iterations", self.web.pbkdf2_iterations, 1000, 10_000_000)?;
+        range("web.session_seconds", self.web.session_seconds, 1, 366 * 24 * 3600)?;
+        range("web.login_attempts", self.web.login_attempts, 1, 1000)?;
+        range("web.lockout_seconds", self.web.lockout_seconds, 1, 7 * 24 * 3600)?;
+        range("web.max_live_clients", self.web.max_live_clients, 1, 256)?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -332,7 +359,7 @@ mod tests {
         let c = Config::load(None).expect("defaults");
         assert_eq!(c.storage.segment_seconds, 300);
         assert_eq!(c.storage.sync_seconds, 10);
-        assert_eq!(c.web.listen, "127.0.0.1:8080");
+        assert_eq!(c.web.listen, "0.0.0.0:8080");
         assert!(c.streams.is_empty());
         assert_eq!(c.system.board, "generic");
         assert_eq!(c.system.slot_a, PathBuf::from("/dev/vda2"));

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod appliance;
+pub mod auth;
 pub mod bootenv;
 pub mod clock;
 pub mod config;

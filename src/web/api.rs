@@ -476,3 +476,13 @@ mod tests {
         assert!(validate(&cfg(br#"{"name":"a-1_b","url":"rtsp://u:p@h:554/x"}"#)).is_ok());
     }
 }
+
+/// `GET /api/system/logs?lines=N`: the newest lines of the recorder's log file.
+pub fn logs(_ctx: &Ctx, _q: &Query) -> Result<Reply, ApiError> {
+    Err(ApiError::new(501, "not implemented yet"))
+}
+
+/// `GET /api/settings`: the configuration in effect (secrets left out).
+pub fn settings(_ctx: &Ctx, _q: &Query) -> Result<Reply, ApiError> {
+    Err(ApiError::new(501, "not implemented yet"))
+}

@@ -24,15 +24,22 @@
 //!   with a fixed buffer and closes the connection past 1 MiB.)
 
 mod api;
+mod assets;
 mod export;
 mod hls;
+pub mod live;
 mod media;
 mod mp4box;
+mod openapi;
 mod ota;
+mod probe;
 mod range;
 mod reply;
+mod request;
 mod router;
 mod select;
+mod session;
+pub mod websocket;
 
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -45,7 +52,9 @@ use crate::db::Db;
 use crate::memory::{self, Subsystem};
 use crate::nvr::Nvr;
 
+use crate::auth::Principal;
 use reply::{ApiError, Body, Reply};
+use request::RequestInfo;
 use router::{Matched, Method, Query, Resource, RouteError};
 
 /// What a handler works with.
@@ -60,6 +69,9 @@ struct Call<'a> {
     query: Query,
     range: Option<&'a str>,
     body: &'a [u8],
+    /// Who is asking (None on public routes without a credential).
+    principal: Option<&'a Principal>,
+    req: &'a RequestInfo,
 }
 
 /// The running HTTP server; `stop` ends it.
@@ -143,10 +155,18 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
         }
         return;
     }
-    let reply = catch_unwind(AssertUnwindSafe(|| handle(nvr, db, &mut rq))).unwrap_or_else(|_| {
+    let outcome = catch_unwind(AssertUnwindSafe(|| handle(nvr, db, &mut rq))).unwrap_or_else(|_| {
         *db = None;
-        Reply::from(ApiError::internal(format!("internal error while answering {} {}", rq.method(), rq.url())))
+        Outcome::Reply(Reply::from(ApiError::internal(format!(
+            "internal error while answering {} {}",
+            rq.method(),
+            rq.url()
+        ))))
     });
+    let reply = match outcome {
+        Outcome::Reply(r) => r,
+        Outcome::Live(stream) => return live::serve(nvr, &stream, rq),
+    };
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
     if let Err(e) = respond(rq, reply) {
         log::debug!("{line}: answer not delivered: {e}");
@@ -154,59 +174,93 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     log::debug!("{line} -> {status} in {:?}", began.elapsed());
 }
 
-fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Reply {
+/// What `handle` decided: an answer, or to hand the connection to live view.
+enum Outcome {
+    Reply(Reply),
+    /// An authorised `GET /api/streams/{name}/live`; `live::serve` answers it.
+    Live(String),
+}
+
+fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcome {
     let (path, query) = router::split_target(rq.url());
     let method = rq.method().as_str().to_string();
     let matched = match router::route(&method, path) {
         Ok(m) => m,
         Err(RouteError::NotFound) => {
-            return Reply::from(ApiError::not_found(format!("no such route: {method} {path}")))
+            return Outcome::Reply(ApiError::not_found(format!("no such route: {method} {path}")).into())
         }
         Err(RouteError::MethodNotAllowed(allow)) => {
-            return Reply::from(
-                ApiError::new(405, format!("{path} does not answer {method} (allowed: {allow})"))
-                    .with_header("Allow", allow),
-            )
+            let e = ApiError::new(405, format!("{path} does not answer {method} (allowed: {allow})"));
+            return Outcome::Reply(e.with_header("Allow", allow).into());
         }
     };
     let query = Query::parse(query);
-    if (&matched.resource, matched.method) == (&Resource::Ota, Method::Post) {
-        return match open_db(nvr, db) {
-            Ok(db) => ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from),
-            Err(e) => Reply::from(e),
-        };
+    let req = RequestInfo::of(rq, &nvr.config.web);
+    if let Resource::Static(file) = &matched.resource {
+        return Outcome::Reply(assets::serve(file, &req));
+    }
+    let db = match open_db(nvr, db) {
+        Ok(db) => db,
+        Err(e) => return Outcome::Reply(e.into()),
+    };
+    let principal = match session::admit(nvr, db, &req, &matched) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Reply(e.into()),
+    };
+    match (&matched.resource, matched.method) {
+        (Resource::Live(name), _) => return Outcome::Live(name.clone()),
+        (Resource::Ota, Method::Post) => {
+            return Outcome::Reply(ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from))
+        }
+        _ => {}
     }
     let body = match matched.method.has_body() {
         true => match read_body(rq, u64::from(nvr.config.web.max_body_bytes)) {
             Ok(b) => b,
-            Err(e) => return Reply::from(e),
+            Err(e) => return Outcome::Reply(e.into()),
         },
         false => Vec::new(),
     };
-    let db = match open_db(nvr, db) {
-        Ok(db) => db,
-        Err(e) => return Reply::from(e),
-    };
-    let range = header(rq, "Range");
-    let call = Call { matched, query, range: range.as_deref(), body: &body };
-    dispatch(&Ctx { nvr, db }, &call).unwrap_or_else(Reply::from)
+    let call =
+        Call { matched, query, range: req.range.as_deref(), body: &body, principal: principal.as_ref(), req: &req };
+    Outcome::Reply(dispatch(&Ctx { nvr, db }, &call).unwrap_or_else(Reply::from))
 }
 
 fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     let q = &c.query;
     match (&c.matched.resource, c.matched.method) {
         (Resource::Health, _) => api::health(ctx),
+        (Resource::OpenApi, _) => openapi::document(q),
+        (
+            Resource::AuthStatus
+            | Resource::AuthSetup
+            | Resource::AuthLogin
+            | Resource::AuthLogout
+            | Resource::Sessions
+            | Resource::Session(_)
+            | Resource::Users
+            | Resource::User(_)
+            | Resource::UserTotp(_)
+            | Resource::UserTotpConfirm(_)
+            | Resource::Keys
+            | Resource::Key(_),
+            _,
+        ) => session::dispatch(ctx, c),
         (Resource::Streams, Method::Post) => api::create_stream(ctx, q, c.body),
         (Resource::Streams, _) => api::list_streams(ctx, q),
         (Resource::Stream(name), Method::Put) => api::update_stream(ctx, name, q, c.body),
         (Resource::Stream(name), Method::Delete) => api::delete_stream(ctx, name, q),
         (Resource::Stream(name), _) => api::get_stream(ctx, name, q),
+        (Resource::Probe, _) => probe::probe(ctx, q, c.body),
         (Resource::Recordings, _) => api::recordings(ctx, q),
         (Resource::RecordingFile(id), _) => media::recording_file(ctx, id, q, c.range),
         (Resource::Export, _) => media::export_mp4(ctx, q, c.range),
         (Resource::Playback(stream), _) => media::playback(ctx, stream, q),
         (Resource::System, _) => api::system(ctx, q),
+        (Resource::Logs, _) => api::logs(ctx, q),
+        (Resource::Settings, _) => api::settings(ctx, q),
         (Resource::Ota, _) => ota::status(q),
+        (Resource::Live(_) | Resource::Static(_), _) => Err(ApiError::internal("route handled before dispatch")),
     }
 }
 
@@ -219,10 +273,6 @@ fn open_db<'a>(nvr: &Nvr, slot: &'a mut Option<Db>) -> Result<&'a Db, ApiError> 
         *slot = Some(db);
     }
     slot.as_ref().ok_or_else(|| ApiError::internal("no database connection"))
-}
-
-fn header(rq: &tiny_http::Request, name: &'static str) -> Option<String> {
-    rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
 }
 
 fn too_large(n: &str, max: u64) -> ApiError {

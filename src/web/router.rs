@@ -37,25 +37,72 @@ impl Method {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resource {
     Health,
+    OpenApi,
+    AuthStatus,
+    AuthSetup,
+    AuthLogin,
+    AuthLogout,
+    Sessions,
+    Session(String),
+    Users,
+    User(String),
+    UserTotp(String),
+    UserTotpConfirm(String),
+    Keys,
+    Key(String),
     Streams,
     Stream(String),
+    Live(String),
+    Probe,
     Recordings,
     RecordingFile(String),
     Export,
     Playback(String),
     System,
+    Logs,
+    Settings,
     Ota,
+    /// A file of the embedded web page (any path outside `/api/`), without the leading `/`.
+    Static(String),
 }
 
 impl Resource {
     /// Methods the resource answers (HEAD implied by GET), for `Allow`.
     pub fn allowed(&self) -> &'static [Method] {
+        use Method::*;
         match self {
-            Resource::Streams => &[Method::Get, Method::Post],
-            Resource::Stream(_) => &[Method::Get, Method::Put, Method::Delete],
-            Resource::Ota => &[Method::Get, Method::Post],
-            _ => &[Method::Get],
+            Resource::AuthSetup | Resource::AuthLogin | Resource::AuthLogout | Resource::Probe => &[Post],
+            Resource::UserTotpConfirm(_) => &[Post],
+            Resource::Session(_) | Resource::Key(_) => &[Delete],
+            Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
+            Resource::User(_) | Resource::Stream(_) => &[Get, Put, Delete],
+            Resource::UserTotp(_) => &[Post, Delete],
+            _ => &[Get],
         }
+    }
+}
+
+/// Who may use a route: `Public` needs no credential; the roles are ordered
+/// (an admin may do what an operator may, an operator what a viewer may).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Public,
+    Viewer,
+    Operator,
+    Admin,
+}
+
+/// The least role that may call `method` on `resource`. Handlers of routes a
+/// user may call for themselves (`User`, `UserTotp`, `Sessions`, `Keys`) also
+/// check that a non-admin acts on their own account only.
+pub fn access(resource: &Resource, method: Method) -> Access {
+    use Resource as R;
+    match (resource, method) {
+        (R::Health | R::OpenApi | R::AuthStatus | R::AuthSetup | R::AuthLogin | R::Static(_), _) => Access::Public,
+        (R::Users, _) | (R::User(_), Method::Delete) => Access::Admin,
+        (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota, _) => Access::Admin,
+        (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System, _) => Access::Operator,
+        _ => Access::Viewer,
     }
 }
 
@@ -105,13 +152,31 @@ fn allow_header(allowed: &[Method]) -> String {
 
 /// The resource a path names, if any.
 fn resource(path: &str) -> Option<Resource> {
+    if path != "/api" && !path.starts_with("/api/") {
+        return Some(Resource::Static(decode(path.strip_prefix('/')?)));
+    }
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let rest = path.strip_prefix("/api/")?;
     let segs: Vec<&str> = rest.split('/').collect();
     let r = match segs.as_slice() {
         ["health"] => Resource::Health,
+        ["openapi.json"] => Resource::OpenApi,
+        ["auth", "status"] => Resource::AuthStatus,
+        ["auth", "setup"] => Resource::AuthSetup,
+        ["auth", "login"] => Resource::AuthLogin,
+        ["auth", "logout"] => Resource::AuthLogout,
+        ["auth", "sessions"] => Resource::Sessions,
+        ["auth", "sessions", id] => Resource::Session(decode(id)),
+        ["users"] => Resource::Users,
+        ["users", name] => Resource::User(decode(name)),
+        ["users", name, "totp"] => Resource::UserTotp(decode(name)),
+        ["users", name, "totp", "confirm"] => Resource::UserTotpConfirm(decode(name)),
+        ["keys"] => Resource::Keys,
+        ["keys", id] => Resource::Key(decode(id)),
+        ["probe"] => Resource::Probe,
         ["streams"] => Resource::Streams,
         ["streams", name] => Resource::Stream(decode(name)),
+        ["streams", name, "live"] => Resource::Live(decode(name)),
         ["recordings"] => Resource::Recordings,
         // `file.mp4`: the same, for clients that judge by extension (ffmpeg's HLS demuxer).
         ["recordings", id, "file" | "file.mp4"] => Resource::RecordingFile(decode(id)),
@@ -119,6 +184,8 @@ fn resource(path: &str) -> Option<Resource> {
         ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
         ["system"] => Resource::System,
         ["system", "ota"] => Resource::Ota,
+        ["system", "logs"] => Resource::Logs,
+        ["settings"] => Resource::Settings,
         _ => return None,
     };
     Some(r)
@@ -181,6 +248,25 @@ impl Query {
 mod tests {
     use super::*;
 
+    #[test]
+    fn roles_guard_routes() {
+        let a = |m: &str, p: &str| {
+            let r = route(m, p).unwrap_or_else(|e| panic!("{m} {p}: {e:?}"));
+            access(&r.resource, r.method)
+        };
+        assert_eq!(a("GET", "/"), Access::Public);
+        assert_eq!(a("GET", "/api/health"), Access::Public);
+        assert_eq!(a("POST", "/api/auth/login"), Access::Public);
+        assert_eq!(a("GET", "/api/streams"), Access::Viewer);
+        assert_eq!(a("GET", "/api/streams/front/live"), Access::Viewer);
+        assert_eq!(a("PUT", "/api/streams/front"), Access::Operator);
+        assert_eq!(a("DELETE", "/api/streams/front"), Access::Admin);
+        assert_eq!(a("GET", "/api/settings"), Access::Admin);
+        assert_eq!(a("POST", "/api/users"), Access::Admin);
+        assert_eq!(a("PUT", "/api/users/bob"), Access::Viewer);
+        assert!(Access::Admin > Access::Operator && Access::Operator > Access::Viewer);
+    }
+
     fn ok(method: &str, path: &str) -> Resource {
         match route(method, path) {
             Ok(m) => m.resource,
@@ -207,7 +293,6 @@ mod tests {
     #[test]
     fn unknown_routes_are_not_found() {
         for p in [
-            "/",
             "/api",
             "/api/",
             "/api/nope",
@@ -219,7 +304,7 @@ mod tests {
             "/api/playback/front",
             "/api/playback/front.mp4",
             "/api/recordings/../../etc/passwd",
-            "health",
+            "/api/streams/a/live/x",
         ] {
             assert_eq!(route("GET", p), Err(RouteError::NotFound), "{p}");
         }

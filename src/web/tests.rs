@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::export::tests::write_segment;
 use super::reply::{Body, Reply};
+use super::request::RequestInfo;
 use super::router::{self, Query};
 use super::{dispatch, Call, Ctx};
 use crate::clock::SimulatedClock;
@@ -93,7 +94,8 @@ fn fixture() -> Fixture {
 fn call(f: &Fixture, method: &str, target: &str, range: Option<&str>, body: &[u8]) -> Reply {
     let (path, query) = router::split_target(target);
     let matched = router::route(method, path).expect("route");
-    let c = Call { matched, query: Query::parse(query), range, body };
+    let req = RequestInfo::default();
+    let c = Call { matched, query: Query::parse(query), range, body, principal: None, req: &req };
     dispatch(&Ctx { nvr: &f.nvr, db: &f.db }, &c).unwrap_or_else(Reply::from)
 }
 
