@@ -78,6 +78,14 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     }
     let clock: Arc<dyn Clock> = Arc::new(RealClock);
     let nvr = Arc::new(Nvr::new(cfg.clone(), clock.clone()));
+    nvr.auth
+        .issue_console_token(&cfg.storage.data_dir)
+        .map_err(|e| format!("cannot write the console token into {}: {e}", cfg.storage.data_dir.display()))?;
+    if db.user_count().map_err(|e| e.to_string())? == 0 {
+        log::warn!(
+            "no user exists yet: open the web page for first-run setup, or run `oxinvr user add NAME --role admin`"
+        );
+    }
     let settings = storage::StorageSettings {
         data_dir: cfg.storage.data_dir.clone(),
         db_path: cfg.db_path(),

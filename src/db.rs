@@ -124,7 +124,47 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE streams ADD COLUMN bitrate_kbps INTEGER
         CHECK (bitrate_kbps IS NULL OR bitrate_kbps >= 0);
     "#,
+    // 4: users, login sessions and API keys (see db::users and auth).
+    r#"
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        password_hash TEXT NOT NULL,
+        totp_secret BLOB,
+        totp_pending BLOB,
+        totp_last_step INTEGER,
+        created_ms INTEGER NOT NULL,
+        last_login_ms INTEGER
+    ) STRICT;
+
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        token_hash BLOB NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        user_agent TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX sessions_user ON sessions (user_id);
+
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        secret_hash BLOB NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL,
+        last_used_ms INTEGER
+    ) STRICT;
+    "#,
 ];
+
+mod users;
+pub use users::{KeyRow, SessionRow, UserRow};
 
 /// How long a connection waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,6 +184,8 @@ pub enum DbError {
     Invalid { what: String },
     /// A value read from the database is malformed.
     Corrupt { what: String },
+    /// The change would break a rule (a taken name, removing the last admin).
+    Conflict { what: String },
 }
 
 impl DbError {
@@ -170,6 +212,7 @@ impl fmt::Display for DbError {
             DbError::NotFound { what } => write!(f, "database: no {what}"),
             DbError::Invalid { what } => write!(f, "database: invalid input: {what}"),
             DbError::Corrupt { what } => write!(f, "database: corrupt value: {what}"),
+            DbError::Conflict { what } => write!(f, "{what}"),
         }
     }
 }

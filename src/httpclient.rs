@@ -96,11 +96,19 @@ pub fn loopback_addr(listen: &str) -> Result<SocketAddr, String> {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
+    /// The recorder's data directory: its console token is sent as a Bearer
+    /// credential, read afresh per request (a restarted recorder makes a new one).
+    pub console_of: Option<std::path::PathBuf>,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr }
+        Client { addr, console_of: None }
+    }
+
+    /// A client that authenticates with the console token of `data_dir`.
+    pub fn with_console_token(addr: SocketAddr, data_dir: &std::path::Path) -> Client {
+        Client { addr, console_of: Some(data_dir.to_path_buf()) }
     }
 
     /// One request; `body` is sent as JSON. The whole answer is buffered.
@@ -109,7 +117,8 @@ impl Client {
         let stream = connect(&[self.addr], &what)?;
         let payload = body.map(|b| b.to_string().into_bytes());
         let host = self.addr.to_string();
-        let head = send(&stream, method, &host, path, payload.as_deref(), &what)?;
+        let token = self.console_of.as_deref().and_then(crate::auth::read_console_token);
+        let head = send(&stream, (method, &host, path), token.as_deref(), payload.as_deref(), &what)?;
         let (status, headers, mut reader) = head;
         let len = body_len(&headers, &what)?;
         if len.is_some_and(|n| n > MAX_BODY) {
@@ -153,9 +162,8 @@ type Head = (u16, Vec<(String, String)>, BufReader<TcpStream>);
 /// Sends a request and reads the status line and headers.
 fn send(
     stream: &TcpStream,
-    method: &str,
-    host: &str,
-    path: &str,
+    (method, host, path): (&str, &str, &str),
+    bearer: Option<&str>,
     body: Option<&[u8]>,
     what: &str,
 ) -> Result<Head, HttpError> {
@@ -164,6 +172,9 @@ fn send(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: oxinvr/{}\r\n",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
     if let Some(b) = body {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
     }
@@ -345,7 +356,7 @@ pub fn download(url: &str) -> Result<Download, String> {
             None => host.to_string(),
         };
         let (status, headers, reader) =
-            send(&stream, "GET", &host_header, &path, None, &what).map_err(|e| e.to_string())?;
+            send(&stream, ("GET", &host_header, &path), None, None, &what).map_err(|e| e.to_string())?;
         if matches!(status, 301 | 302 | 303 | 307 | 308) {
             let loc =
                 header(&headers, "location").ok_or_else(|| format!("{what}: redirect ({status}) without Location"))?;

@@ -376,6 +376,32 @@ impl LineReader {
     }
 }
 
+/// Line input without echo (passwords) while alive; restores the terminal on drop.
+pub struct EchoOff {
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl EchoOff {
+    /// Turns echo off on stdin if it is a terminal (else does nothing).
+    pub fn new() -> EchoOff {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        let stdin = io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else { return EchoOff { saved: None } };
+        let mut t = saved.clone();
+        t.local_flags.remove(LocalFlags::ECHO);
+        let ok = tcsetattr(&stdin, SetArg::TCSADRAIN, &t).is_ok();
+        EchoOff { saved: ok.then_some(saved) }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(io::stdin(), nix::sys::termios::SetArg::TCSADRAIN, saved);
+        }
+    }
+}
+
 /// Non-canonical, no-echo input while alive; restores the terminal on drop.
 struct RawMode {
     saved: nix::sys::termios::Termios,

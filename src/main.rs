@@ -27,10 +27,17 @@ commands:
   ota mark-good [--config FILE] [--wait-healthy SECONDS]
                                    the running slot is healthy (after /api/health
                                    answers, when waiting)
+  user add NAME --role ROLE [--config FILE]
+                                   make a user (viewer, operator or admin); the password
+                                   is asked twice on a terminal, else read from stdin
+  user passwd NAME [--config FILE] set a new password (ends their sessions)
+  user del NAME [--config FILE]    delete a user (never the last admin)
+  user list [--config FILE]        list users
+  user bench [--config FILE]       time one login's password hashing
   --version                        print the version
 
 Without --config the embedded defaults are used (data in ./oxinvr-data,
-web on 127.0.0.1:8080).";
+web on port 8080 of every interface).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -88,6 +95,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
             oxinvr::shell::run(opts.config.as_deref()).map(|()| ExitCode::SUCCESS)
         }
         "ota" => ota(rest),
+        "user" | "users" => user(rest),
         other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
     }
 }
@@ -181,6 +189,36 @@ fn ota(args: &[String]) -> Result<ExitCode, String> {
         }
         other => return Err(format!("unknown ota subcommand {other:?}\n\n{USAGE}")),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn user(args: &[String]) -> Result<ExitCode, String> {
+    use oxinvr::auth::admin;
+    use std::io::IsTerminal;
+    let Some(sub) = args.first() else { return Err(format!("user needs a subcommand\n\n{USAGE}")) };
+    let opts = Opts::parse_full(&args[1..], &[], &["--role"], 1)?;
+    let cfg = oxinvr::config::Config::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
+    let name = || opts.positional.first().cloned().ok_or(format!("user {sub} needs a user name"));
+    let new_password = || {
+        let stdin = std::io::stdin();
+        admin::read_new_password(&mut stdin.lock(), stdin.is_terminal())
+    };
+    let out = match sub.as_str() {
+        "add" => {
+            let role = opts.value("--role").ok_or("user add needs --role viewer|operator|admin")?;
+            let n = name()?;
+            admin::add(&cfg, &n, &role, &new_password()?)?
+        }
+        "passwd" => {
+            let n = name()?;
+            admin::passwd(&cfg, &n, &new_password()?)?
+        }
+        "del" | "delete" => admin::delete(&cfg, &name()?)?,
+        "list" => admin::list(&cfg)?,
+        "bench" => admin::bench(&cfg, 5)?,
+        other => return Err(format!("unknown user subcommand {other:?}\n\n{USAGE}")),
+    };
+    println!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -146,6 +146,8 @@ impl StreamRuntime {
 /// The shared handle of a running recorder.
 pub struct Nvr {
     pub config: Config,
+    /// Login lockout and the console token (the rest of auth is in the database).
+    pub auth: crate::auth::Auth,
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
     pub started_ms: i64,
@@ -168,6 +170,7 @@ impl Nvr {
         let started_ms = clock.now_ms();
         Nvr {
             config,
+            auth: crate::auth::Auth::default(),
             clock,
             started: Instant::now(),
             started_ms,

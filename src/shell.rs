@@ -297,7 +297,8 @@ pub type Ask<'a> = dyn FnMut(&str) -> Option<String> + 'a;
 impl Shell {
     pub fn new(cfg: Config) -> Result<Shell, String> {
         let addr = httpclient::loopback_addr(&cfg.web.listen)?;
-        Ok(Shell { cfg, api: Client::new(addr) })
+        let api = Client::with_console_token(addr, &cfg.storage.data_dir);
+        Ok(Shell { cfg, api })
     }
 
     fn not_running(&self, m: &str) -> String {

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use common::nvr::{http, send_raw, Oxinvr, Response};
+use common::nvr::{send_raw, Oxinvr, Response};
 use serde_json::Value;
 
 const MAX_BODY: usize = 2048;
@@ -37,7 +37,7 @@ impl Nvr {
     }
 
     fn req(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        http(self.port, method, path, &[], body).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+        self.request(method, path, &[], body).unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
     }
 
     fn raw(&self, bytes: &[u8]) -> Response {
@@ -99,7 +99,7 @@ fn health_and_system_answer() {
 fn unknown_routes_methods_and_streams() {
     let nvr = Nvr::start();
     assert_error(&nvr.req("GET", "/api/nope", b""), 404, "/api/nope");
-    assert_error(&nvr.req("GET", "/", b""), 404, "route");
+    assert_error(&nvr.req("GET", "/no-such-file.js", b""), 404, "no-such-file");
     let r = nvr.req("DELETE", "/api/health", b"");
     assert_error(&r, 405, "DELETE");
     assert_eq!(r.header("Allow"), Some("GET, HEAD"));
@@ -153,8 +153,11 @@ fn bad_bodies_are_refused() {
     let big = vec![b'x'; MAX_BODY + 1];
     assert_error(&nvr.req("POST", "/api/streams", &big), 413, "max_body_bytes");
     // Chunked, too large once read.
-    let mut raw =
-        b"POST /api/streams HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let (k, v) = nvr.auth_header();
+    let mut raw = format!(
+        "POST /api/streams HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{k}: {v}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
     for _ in 0..3 {
         raw.extend_from_slice(format!("{:x}\r\n", MAX_BODY).as_bytes());
         raw.extend(std::iter::repeat_n(b' ', MAX_BODY));

@@ -285,22 +285,26 @@ fn upload_through_the_http_api() {
         assert!(std::time::Instant::now() < deadline, "no /api/health");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let token =
+        std::fs::read_to_string(rig.config.with_file_name("data").join("console.token")).expect("console token");
+    let bearer = format!("Bearer {}", token.trim());
+    let auth = [("Authorization", bearer.as_str())];
     let slot_a_before = rig.read(&rig.slot_a);
     // Another board's bundle is refused and nothing is written.
     let (other, _) = rig.bundle("other", "ingenic-a1", "9.9.9", &rig.key, 7);
-    let r = common::nvr::http(port, "POST", "/api/system/ota", &[], &rig.read(&other)).expect("post");
+    let r = common::nvr::http(port, "POST", "/api/system/ota", &auth, &rig.read(&other)).expect("post");
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.text().contains("ingenic-a1") && r.text().contains("qemu-malta"), "{}", r.text());
     assert_eq!(rig.env_text(), ENV_AB);
     // A good one lands in the inactive slot B and flips the boot order.
     let (good, image) = rig.bundle("good", "qemu-malta", "1.2.3", &rig.key, 3);
-    let r = common::nvr::http(port, "POST", "/api/system/ota", &[], &rig.read(&good)).expect("post");
+    let r = common::nvr::http(port, "POST", "/api/system/ota", &auth, &rig.read(&good)).expect("post");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["version"], "1.2.3");
     assert_eq!(&rig.read(&rig.slot_b)[..image.len()], &image[..]);
     assert_eq!(rig.read(&rig.slot_a), slot_a_before, "the running slot was touched");
     assert!(rig.env_text().contains("BOOT_ORDER=\"B A\""), "{}", rig.env_text());
-    let st = common::nvr::http(port, "GET", "/api/system/ota", &[], b"").expect("get").json();
+    let st = common::nvr::http(port, "GET", "/api/system/ota", &auth, b"").expect("get").json();
     assert_eq!(st["state"], "installed", "{st}");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();

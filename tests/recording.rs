@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::nvr::{http, Oxinvr};
+use common::nvr::Oxinvr;
 use common::Camera;
 use oxinvr::db::Db;
 
@@ -140,7 +140,7 @@ fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     assert!(codecs.contains(&"h264") && codecs.contains(&"aac"), "export streams: {codecs:?}");
     // Range on the export: the tail bytes equal the same bytes of the whole.
     let total = r.body.len();
-    let tail = http(nvr.port, "GET", &export, &[("Range", &format!("bytes={}-", total - 1000))], b"").expect("range");
+    let tail = nvr.request("GET", &export, &[("Range", &format!("bytes={}-", total - 1000))], b"").expect("range");
     assert_eq!(tail.status, 206);
     assert_eq!(tail.body, r.body[total - 1000..]);
 

@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::nvr::{http, oxinvr_bin, Oxinvr};
+use common::nvr::{oxinvr_bin, Oxinvr};
 
 const PROMPT: &str = "oxinvr> ";
 
@@ -142,7 +142,7 @@ fn the_shell_drives_the_running_recorder_through_its_api() {
 
     let out = sh.run("streams remove cam");
     assert!(out.starts_with("removed cam"), "{out}");
-    assert_eq!(http(nvr.port, "GET", "/api/streams/cam", &[], b"").expect("get").status, 404);
+    assert_eq!(nvr.get("/api/streams/cam").expect("get").status, 404);
 
     let out = sh.run("frobnicate now");
     assert_eq!(out.trim(), "error: unknown command \"frobnicate\"; type help for the list");
@@ -184,7 +184,7 @@ fn without_the_recorder_the_shell_says_so_and_status_reads_the_database() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nvr = Oxinvr::start(dir.path(), CONFIG);
     assert_eq!(
-        http(nvr.port, "POST", "/api/streams", &[], br#"{"name":"front","url":"rtsp://127.0.0.1:9/f"}"#)
+        nvr.request("POST", "/api/streams", &[], br#"{"name":"front","url":"rtsp://127.0.0.1:9/f"}"#)
             .expect("post")
             .status,
         201

@@ -16,11 +16,13 @@ pub struct ApiError {
     pub message: String,
     /// Extra headers (`Allow` for 405, `Content-Range` for 416).
     pub headers: Vec<(&'static str, String)>,
+    /// Extra fields of the JSON body besides `error` (e.g. `totp_required`).
+    pub extra: Option<serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: u16, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), headers: Vec::new() }
+        ApiError { status, message: message.into(), headers: Vec::new(), extra: None }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, message)
@@ -95,7 +97,11 @@ impl From<ApiError> for Reply {
         if e.status >= 500 {
             log::warn!("HTTP {}: {}", e.status, e.message);
         }
-        let mut r = Reply::json(e.status, &serde_json::json!({ "error": e.message }));
+        let mut body = serde_json::json!({ "error": e.message });
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (e.extra, body.as_object_mut()) {
+            obj.extend(extra);
+        }
+        let mut r = Reply::json(e.status, &body);
         r.headers.extend(e.headers);
         r
     }

@@ -26,6 +26,8 @@ pub struct RequestInfo {
     pub content_type: Option<String>,
     pub range: Option<String>,
     pub accept_gzip: bool,
+    /// `If-None-Match` (ETags of a cached copy), for the embedded page's files.
+    pub if_none_match: Option<String>,
     /// Served over TLS (by a trusted proxy that says so): cookies get `Secure`.
     pub secure: bool,
     /// `Upgrade: websocket` with its key, for live view.
@@ -52,6 +54,7 @@ impl RequestInfo {
             content_type: h("Content-Type"),
             range: h("Range"),
             accept_gzip: h("Accept-Encoding").is_some_and(|a| accepts_gzip(&a)),
+            if_none_match: h("If-None-Match"),
             secure,
             websocket_key: h("Sec-WebSocket-Key").filter(|_| upgrade),
         }

@@ -157,8 +157,30 @@ impl Oxinvr {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// `Authorization: Bearer <console token>`: an admin credential that the
+    /// recorder writes into its data dir at start (the UART shell uses it).
+    pub fn auth_header(&self) -> (String, String) {
+        let token = std::fs::read_to_string(self.data_dir.join("console.token")).unwrap_or_default();
+        ("Authorization".to_string(), format!("Bearer {}", token.trim()))
+    }
+
+    /// A request with the console credential.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let (k, v) = self.auth_header();
+        let mut all: Vec<(&str, &str)> = vec![(k.as_str(), v.as_str())];
+        all.extend_from_slice(headers);
+        http(self.port, method, path, &all, body)
+    }
+
+    /// GET with the console credential.
     pub fn get(&self, path: &str) -> std::io::Result<Response> {
-        http(self.port, "GET", path, &[], b"")
+        self.request("GET", path, &[], b"")
     }
 
     pub fn json(&self, path: &str) -> serde_json::Value {
