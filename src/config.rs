@@ -15,7 +15,7 @@ use crate::db::{RecordMode, StreamSpec};
 /// The embedded default configuration file (also printed by `oxinvr config`).
 pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -26,9 +26,12 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     #[serde(default)]
     pub system: SystemConfig,
+    /// The file it was read from (or `<embedded defaults>`).
+    #[serde(skip_deserializing)]
+    pub source: String,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
@@ -52,7 +55,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     pub listen: String,
@@ -90,7 +93,7 @@ impl Default for WebConfig {
 
 /// The appliance: A/B root file system slots, the boot selector state, OTA
 /// verification, network settings file. See docs/APPLIANCE.md.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SystemConfig {
     /// Bundles for another board are refused.
@@ -132,7 +135,7 @@ impl SystemConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamConfig {
     pub name: String,
@@ -227,7 +230,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             // serde's type errors do not name the key: quote the line they are on.
             let quoted = line.and_then(|l| text.lines().nth(l - 1)).map(str::trim).filter(|l| !l.is_empty());
@@ -243,6 +246,7 @@ impl Config {
             key: Some(key),
             message,
         })?;
+        cfg.source = file.to_string();
         Ok(cfg)
     }
 

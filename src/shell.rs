@@ -59,7 +59,7 @@ commands:
   streams remove NAME [purge]         remove a camera (purge: and its recordings)
   streams enable NAME | disable NAME  start or stop recording a camera
   recordings [STREAM] [N]             the last N (default 20) recordings of the last 24 h
-  users                               user accounts (not yet)
+  users                               user accounts (oxinvr user add|passwd|del)
   network [show]                      addresses, routes, DNS and the configured settings
   network dhcp IFACE                  get the address of IFACE by DHCP
   network static IFACE ADDR/PREFIX GW e.g. network static eth0 192.168.1.50/24 192.168.1.1
@@ -80,7 +80,7 @@ fn usage(cmd: &str) -> &'static str {
         "network" => "network [show] | network dhcp IFACE | network static IFACE ADDR/PREFIX GW",
         "logs" => "logs [N]",
         "ota" => "ota status | ota install FILE|http://URL [--reboot] | ota mark-good",
-        "users" => "users: no users yet: authentication arrives with the web UI",
+        "users" => "users: lists the accounts; make or change them with `oxinvr user add|passwd|del` or the web page",
         "factory-reset" => "factory-reset: asks you to type YES, erases the data partition (recordings, settings), restarts",
         "reboot" => "reboot: restarts the box",
         "status" => "status: version, recorder uptime, streams, disk, boot slot",
@@ -363,7 +363,7 @@ impl Shell {
                 say(&format!("{} {name}: {}", if on { "enabled" } else { "disabled" }, stream_line(&r)));
             }
             Command::Recordings { stream, count } => say(&self.recordings(stream.as_deref(), count)?),
-            Command::Users => say("no users yet: authentication arrives with the web UI"),
+            Command::Users => say(&crate::auth::admin::list(&self.cfg)?),
             Command::NetworkShow => say(&appliance::network_show(&self.cfg.system.network_interfaces)),
             Command::NetworkSet { iface, config } => {
                 say(&appliance::apply_network(&self.cfg.system.network_interfaces, &iface, &config)?)
@@ -791,7 +791,7 @@ mod tests {
         let e = sh.execute(p("streams list"), &mut out, &mut |_| None).unwrap_err();
         assert!(e.contains("the recorder is not running") && e.contains(&port.to_string()), "{e}");
         assert!(sh.execute(p("users"), &mut out, &mut |_| None).expect("users"));
-        assert!(String::from_utf8_lossy(&out).contains("no users yet"));
+        assert!(String::from_utf8_lossy(&out).contains("no users: open the web page"));
         let e = sh.execute(p("logs"), &mut out, &mut |_| None).unwrap_err();
         assert!(e.contains("oxinvr.log"), "{e}");
         assert!(!sh.execute(p("exit"), &mut out, &mut |_| None).expect("exit"));

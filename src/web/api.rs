@@ -477,12 +477,43 @@ mod tests {
     }
 }
 
-/// `GET /api/system/logs?lines=N`: the newest lines of the recorder's log file.
-pub fn logs(_ctx: &Ctx, _q: &Query) -> Result<Reply, ApiError> {
-    Err(ApiError::new(501, "not implemented yet"))
+/// `GET /api/system/logs?lines=N`: the newest lines of the recorder's log
+/// file (default 200, at most 2000; only its last 512 KiB are read).
+pub fn logs(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    q.only(&["lines"]).map_err(ApiError::bad_request)?;
+    let n = match q.get("lines") {
+        None => 200,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=2000).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("lines={v:?}: give a number from 1 to 2000")))?,
+    };
+    let path = ctx.nvr.config.storage.data_dir.join("oxinvr.log");
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(&path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = len.saturating_sub(512 << 10);
+        f.seek(SeekFrom::Start(from))
+            .and_then(|_| f.take(512 << 10).read_to_end(&mut text))
+            .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
+    }
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    let lines = &all[all.len().saturating_sub(n)..];
+    Ok(Reply::json(200, &json!({ "file": path.display().to_string(), "lines": lines })))
 }
 
-/// `GET /api/settings`: the configuration in effect (secrets left out).
-pub fn settings(_ctx: &Ctx, _q: &Query) -> Result<Reply, ApiError> {
-    Err(ApiError::new(501, "not implemented yet"))
+/// `GET /api/settings`: the configuration in effect, stream passwords masked.
+/// It is edited in the configuration file (and streams through the API).
+pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let mut cfg = ctx.nvr.config.clone();
+    for s in &mut cfg.streams {
+        s.url = mask_url(&s.url);
+    }
+    let config =
+        serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
+    Ok(Reply::json(200, &json!({ "config": config })))
 }
