@@ -265,14 +265,16 @@ impl Session<'_> {
     }
 }
 
-fn video_params(p: Option<ParametersRef<'_>>) -> Option<VideoParams> {
+/// Video parameters of a retina stream, if known (also used by `POST /api/probe`).
+pub fn video_params(p: Option<ParametersRef<'_>>) -> Option<VideoParams> {
     let Some(ParametersRef::Video(v)) = p else { return None };
     let (width, height) = v.pixel_dimensions();
     let sample_entry = v.mp4_sample_entry().build().ok()?;
     Some(VideoParams { codec: v.rfc6381_codec().to_string(), width, height, timescale: 90_000, sample_entry })
 }
 
-fn audio_params(p: Option<ParametersRef<'_>>) -> Option<AudioParams> {
+/// AAC parameters of a retina stream, if known (also used by `POST /api/probe`).
+pub fn audio_params(p: Option<ParametersRef<'_>>) -> Option<AudioParams> {
     let Some(ParametersRef::Audio(a)) = p else { return None };
     Some(AudioParams {
         codec: a.rfc6381_codec()?.to_string(),

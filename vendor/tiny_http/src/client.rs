@@ -34,6 +34,10 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // OxiNVR patch: the socket's fd, handed to each request (see Request::tcp_fd)
+    #[cfg(unix)]
+    tcp_fd: Option<std::os::unix::io::RawFd>,
 }
 
 /// Error that can happen when reading a request.
@@ -54,6 +58,8 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        #[cfg(unix)]
+        let tcp_fd = read_socket.tcp_fd();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +71,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            #[cfg(unix)]
+            tcp_fd,
         }
     }
 
@@ -163,6 +171,8 @@ impl ClientConnection {
                 }
             }
         })?;
+        #[cfg(unix)]
+        let request = request.with_tcp_fd(self.tcp_fd);
 
         // return the request
         Ok(request)

@@ -78,6 +78,16 @@ impl std::io::Write for Connection {
     }
 }
 impl Connection {
+    /// OxiNVR patch: the file descriptor of a TCP connection (None for Unix sockets).
+    #[cfg(unix)]
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        match self {
+            Self::Tcp(s) => Some(s.as_raw_fd()),
+            Self::Unix(_) => None,
+        }
+    }
+
     /// Gets the peer's address. Some for TCP, None for Unix sockets.
     pub(crate) fn peer_addr(&mut self) -> std::io::Result<Option<SocketAddr>> {
         match self {

@@ -56,6 +56,10 @@ pub struct Request {
 
     remote_addr: Option<SocketAddr>,
 
+    // OxiNVR patch: the connection's TCP socket (see `tcp_fd`)
+    #[cfg(unix)]
+    tcp_fd: Option<std::os::unix::io::RawFd>,
+
     // true if HTTPS, false if HTTP
     secure: bool,
 
@@ -230,6 +234,8 @@ where
         data_reader: Some(reader),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
+        #[cfg(unix)]
+        tcp_fd: None,
         secure,
         method,
         path,
@@ -291,6 +297,22 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// OxiNVR patch: the file descriptor of the connection's TCP socket (None
+    /// for Unix sockets and TLS). It stays open as long as the connection
+    /// does, so after `upgrade` as long as the returned stream lives: a caller
+    /// may duplicate it then to set timeouts or query the send queue.
+    #[cfg(unix)]
+    #[inline]
+    pub fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        self.tcp_fd
+    }
+
+    #[cfg(unix)]
+    pub(crate) fn with_tcp_fd(mut self, fd: Option<std::os::unix::io::RawFd>) -> Self {
+        self.tcp_fd = fd;
+        self
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.

@@ -121,6 +121,16 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// OxiNVR patch: the TCP socket's file descriptor (plain HTTP only).
+    #[cfg(unix)]
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        match &self.stream {
+            Stream::Http(c) => c.tcp_fd(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
 }
 
 impl Drop for RefinedTcpStream {
