@@ -73,6 +73,10 @@ pub struct WebConfig {
     pub lockout_seconds: u32,
     /// Live-view clients served at once (each holds a thread and a ring cursor).
     pub max_live_clients: u32,
+    /// go2rtc's HTTP API on this machine (e.g. `http://127.0.0.1:1984`): the page
+    /// then offers WebRTC live view, its signalling relayed through OxiNVR's auth.
+    /// Empty: live view is fMP4 over WebSocket from the ring only.
+    pub go2rtc_api: String,
 }
 
 impl Default for WebConfig {
@@ -87,6 +91,7 @@ impl Default for WebConfig {
             login_attempts: 5,
             lockout_seconds: 300,
             max_live_clients: 8,
+            go2rtc_api: String::new(),
         }
     }
 }
@@ -270,6 +275,9 @@ impl Config {
         range("web.login_attempts", self.web.login_attempts, 1, 1000)?;
         range("web.lockout_seconds", self.web.lockout_seconds, 1, 7 * 24 * 3600)?;
         range("web.max_live_clients", self.web.max_live_clients, 1, 256)?;
+        if !self.web.go2rtc_api.is_empty() {
+            go2rtc_addr(&self.web.go2rtc_api).map_err(|e| ("web.go2rtc_api".to_string(), e))?;
+        }
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -331,6 +339,24 @@ pub fn validate_stream_url(u: &str) -> Result<(), String> {
         return Err("the URL has no host".into());
     }
     Ok(())
+}
+
+/// The loopback address of go2rtc's API from `web.go2rtc_api`. Only loopback:
+/// go2rtc trusts local clients without a password, so it must not listen wider,
+/// and OxiNVR relays to it only after its own authentication.
+pub fn go2rtc_addr(api: &str) -> Result<std::net::SocketAddr, String> {
+    let bad = || format!("{api:?} is not a loopback http URL like http://127.0.0.1:1984");
+    let url = url::Url::parse(api).map_err(|_| bad())?;
+    if url.scheme() != "http" || url.path() != "/" || url.query().is_some() {
+        return Err(bad());
+    }
+    let host = match url.host() {
+        Some(url::Host::Ipv4(a)) if a.is_loopback() => std::net::IpAddr::V4(a),
+        Some(url::Host::Ipv6(a)) if a.is_loopback() => std::net::IpAddr::V6(a),
+        Some(url::Host::Domain("localhost")) => std::net::IpAddr::from([127, 0, 0, 1]),
+        _ => return Err(bad()),
+    };
+    Ok(std::net::SocketAddr::new(host, url.port().unwrap_or(1984)))
 }
 
 /// Best-effort line of the last path element of `key` in `text`.

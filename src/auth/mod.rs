@@ -134,11 +134,16 @@ impl Lockout {
     /// Counts a failure; true if it locked the key.
     pub fn fail(&self, key: &str, now_ms: i64, attempts: u32, window_ms: i64) -> bool {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= LOCKOUT_KEYS {
+        if map.len() >= LOCKOUT_KEYS && !map.contains_key(key) {
             map.retain(|_, e| e.2 > now_ms || now_ms - e.1 < window_ms);
         }
-        if map.len() >= LOCKOUT_KEYS {
-            return false;
+        if map.len() >= LOCKOUT_KEYS && !map.contains_key(key) {
+            // Still full of live entries: forget the one that matters least (the
+            // lock ending soonest, else the oldest window), never stop counting.
+            let victim = map.iter().min_by_key(|(_, e)| (e.2, e.1)).map(|(k, _)| k.clone());
+            if let Some(v) = victim {
+                map.remove(&v);
+            }
         }
         let e = map.entry(key.to_string()).or_insert((0, now_ms, 0));
         if now_ms - e.1 >= window_ms {
@@ -220,6 +225,20 @@ mod tests {
         l.fail("user:c", 0, 2, w);
         l.clear("user:c");
         assert!(!l.fail("user:c", 1, 2, w), "cleared");
+    }
+
+    #[test]
+    fn a_full_table_keeps_counting() {
+        let l = Lockout::default();
+        let w = 300_000;
+        for i in 0..LOCKOUT_KEYS {
+            l.fail(&format!("addr:{i}"), 1000, 5, w);
+        }
+        for t in 0..4 {
+            assert!(!l.fail("user:victim", 2000 + t, 5, w));
+        }
+        assert!(l.fail("user:victim", 3000, 5, w), "the 5th failure still locks when the table is full");
+        assert!(l.entries.lock().expect("lock").len() <= LOCKOUT_KEYS);
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod request;
 mod router;
 mod select;
 mod session;
+mod webrtc;
 pub mod websocket;
 
 use std::io::{self, Read};
@@ -252,6 +253,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Stream(name), Method::Delete) => api::delete_stream(ctx, name, q),
         (Resource::Stream(name), _) => api::get_stream(ctx, name, q),
         (Resource::Probe, _) => probe::probe(ctx, q, c.body),
+        (Resource::WebRtc(name), _) => webrtc::offer(ctx, name, q, c.body),
         (Resource::Recordings, _) => api::recordings(ctx, q),
         (Resource::RecordingFile(id), _) => media::recording_file(ctx, id, q, c.range),
         (Resource::Export, _) => media::export_mp4(ctx, q, c.range),

@@ -30,8 +30,6 @@ pub struct RequestInfo {
     pub if_none_match: Option<String>,
     /// Served over TLS (by a trusted proxy that says so): cookies get `Secure`.
     pub secure: bool,
-    /// `Upgrade: websocket` with its key, for live view.
-    pub websocket_key: Option<String>,
 }
 
 impl RequestInfo {
@@ -41,10 +39,11 @@ impl RequestInfo {
         let mut secure = false;
         if web.trust_proxy {
             secure = h("X-Forwarded-Proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
-            let first = h("X-Forwarded-For").and_then(|f| f.split(',').next().and_then(|a| a.trim().parse().ok()));
-            peer = first.or(peer);
+            // The proxy appends the address it saw: the last entry. Earlier ones
+            // are whatever the client claimed.
+            let last = h("X-Forwarded-For").and_then(|f| f.rsplit(',').next().and_then(|a| a.trim().parse().ok()));
+            peer = last.or(peer);
         }
-        let upgrade = h("Upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         RequestInfo {
             peer,
             user_agent: h("User-Agent").unwrap_or_default().chars().take(200).collect(),
@@ -56,7 +55,6 @@ impl RequestInfo {
             accept_gzip: h("Accept-Encoding").is_some_and(|a| accepts_gzip(&a)),
             if_none_match: h("If-None-Match"),
             secure,
-            websocket_key: h("Sec-WebSocket-Key").filter(|_| upgrade),
         }
     }
 

@@ -53,6 +53,8 @@ pub enum Resource {
     Streams,
     Stream(String),
     Live(String),
+    /// WebRTC signalling for a stream, relayed to go2rtc.
+    WebRtc(String),
     Probe,
     Recordings,
     RecordingFile(String),
@@ -72,6 +74,7 @@ impl Resource {
         use Method::*;
         match self {
             Resource::AuthSetup | Resource::AuthLogin | Resource::AuthLogout | Resource::Probe => &[Post],
+            Resource::WebRtc(_) => &[Post],
             Resource::UserTotpConfirm(_) => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
@@ -177,6 +180,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["streams"] => Resource::Streams,
         ["streams", name] => Resource::Stream(decode(name)),
         ["streams", name, "live"] => Resource::Live(decode(name)),
+        ["streams", name, "webrtc"] => Resource::WebRtc(decode(name)),
         ["recordings"] => Resource::Recordings,
         // `file.mp4`: the same, for clients that judge by extension (ffmpeg's HLS demuxer).
         ["recordings", id, "file" | "file.mp4"] => Resource::RecordingFile(decode(id)),

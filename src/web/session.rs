@@ -172,7 +172,9 @@ fn status(ctx: &Ctx, p: Option<&Principal>, csrf: Option<&str>) -> Result<Reply,
         Some(Via::Session { csrf, .. }) => Some(csrf.clone()),
         _ => None,
     });
-    Ok(Reply::json(200, &json!({ "setup_required": setup_required, "user": user, "csrf": csrf })))
+    let webrtc = !ctx.nvr.config.web.go2rtc_api.is_empty();
+    let body = json!({ "setup_required": setup_required, "user": user, "csrf": csrf, "webrtc": webrtc });
+    Ok(Reply::json(200, &body))
 }
 
 fn user_json(u: &UserRow) -> Value {
@@ -194,8 +196,15 @@ struct Credentials {
     totp: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstAdmin {
+    username: String,
+    password: String,
+}
+
 fn setup(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
-    let b: Credentials = body(c)?;
+    let b: FirstAdmin = body(c)?;
     auth::check_username(&b.username).map_err(ApiError::bad_request)?;
     password::check_new(&b.password).map_err(ApiError::bad_request)?;
     if ctx.db.user_count()? > 0 {
@@ -226,12 +235,17 @@ fn login(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     let b: Credentials = body(c)?;
     let web = &ctx.nvr.config.web;
     let now = ctx.nvr.clock.now_ms();
-    let keys = [format!("user:{}", b.username), format!("addr:{}", addr(c.req))];
+    // A name that cannot exist counts against the address only (and never
+    // grows the lockout table by an arbitrary string).
+    let name_ok = auth::check_username(&b.username).is_ok();
+    let user_key = format!("user:{}", if name_ok { b.username.as_str() } else { "" });
+    let keys = [user_key, format!("addr:{}", addr(c.req))];
+    let shown: String = b.username.chars().take(64).collect();
     let lockout = &ctx.nvr.auth.lockout;
     if let Some(left) = keys.iter().filter_map(|k| lockout.locked(k, now)).max() {
         return Err(locked(left));
     }
-    let user = ctx.db.user_by_name(&b.username)?;
+    let user = if name_ok { ctx.db.user_by_name(&b.username)? } else { None };
     let ok = match &user {
         Some(u) => password::verify(&u.password_hash, &b.password),
         None => {
@@ -242,12 +256,11 @@ fn login(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     let window = i64::from(web.lockout_seconds) * 1000;
     let fail = |msg: &str, totp_required: bool| -> ApiError {
         let mut locked_now = false;
-        for k in &keys {
+        for k in keys.iter().filter(|k| k.as_str() != "user:") {
             locked_now |= lockout.fail(k, now, web.login_attempts, window);
         }
         log::warn!(
-            "failed login for {:?} from {}{}",
-            b.username,
+            "failed login for {shown:?} from {}{}",
             addr(c.req),
             if locked_now { " (locked out)" } else { "" }
         );
@@ -269,9 +282,9 @@ fn login(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
             return Err(fail("wrong or already used TOTP code", true));
         }
     }
-    for k in &keys {
-        lockout.clear(k);
-    }
+    // Only the user's own count: an attacker with an account of their own
+    // must not reset the address's count by logging in between guesses.
+    lockout.clear(&keys[0]);
     if password::iterations(&user.password_hash).is_some_and(|n| n < web.pbkdf2_iterations) {
         if let Ok(h) = password::hash(&b.password, web.pbkdf2_iterations) {
             ctx.db.set_password(&user.name, &h, None).map_err(db_error)?;

@@ -1,0 +1,69 @@
+//! `POST /api/streams/{name}/webrtc`: WebRTC signalling relayed to go2rtc.
+//!
+//! The browser sends its SDP offer here (with its login, like every route);
+//! OxiNVR checks the stream exists, registers it with go2rtc
+//! (`PUT /api/streams?name=&src=`, idempotent) and forwards the offer to go2rtc's
+//! `POST /api/webrtc?src=<name>` on loopback (go2rtc serves local clients
+//! without a password, so it is never exposed itself), and answers with
+//! go2rtc's SDP answer. The media then flows browser <-> go2rtc directly.
+//!
+//! Invariant: only a stream OxiNVR knows is ever asked for, by its name, so a
+//! caller cannot make go2rtc open an arbitrary source.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::reply::{ApiError, Reply};
+use super::router::Query;
+use super::Ctx;
+use crate::httpclient::Client;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Offer {
+    #[serde(rename = "type")]
+    kind: String,
+    sdp: String,
+}
+
+/// Largest SDP offer relayed (browsers send a few KiB).
+const MAX_SDP: usize = 32 << 10;
+
+pub fn offer(ctx: &Ctx, stream: &str, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let api = &ctx.nvr.config.web.go2rtc_api;
+    if api.is_empty() {
+        return Err(ApiError::conflict("WebRTC needs go2rtc (web.go2rtc_api is empty); use the WebSocket live view"));
+    }
+    let offer: Offer =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+    if offer.kind != "offer" || !offer.sdp.starts_with("v=0") || offer.sdp.len() > MAX_SDP {
+        return Err(ApiError::bad_request("type must be \"offer\" and sdp an SDP offer (v=0 ..., at most 32 KiB)"));
+    }
+    let row =
+        ctx.db.stream_by_name(stream)?.ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
+    let addr = crate::config::go2rtc_addr(api).map_err(ApiError::internal)?;
+    let client = Client::new(addr);
+    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    // Tell go2rtc where the camera is (idempotent): it needs no config of its own.
+    let register = format!("/api/streams?name={}&src={}", enc(stream), enc(&row.spec.url));
+    match client.request("PUT", &register, None) {
+        Ok(r) if r.status < 300 => {}
+        Ok(r) => return Err(ApiError::new(502, format!("go2rtc refused stream {stream:?}: HTTP {}", r.status))),
+        Err(e) => return Err(ApiError::new(502, format!("go2rtc at {api} did not answer: {e}"))),
+    }
+    let path = format!("/api/webrtc?src={}", enc(stream));
+    let sent = json!({ "type": "offer", "sdp": offer.sdp });
+    let r = client
+        .request("POST", &path, Some(&sent))
+        .map_err(|e| ApiError::new(502, format!("go2rtc at {api} did not answer: {e}")))?;
+    if r.status != 200 {
+        return Err(ApiError::new(502, format!("go2rtc refused the offer for {stream:?}: HTTP {}", r.status)));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|_| ApiError::new(502, "go2rtc answered something that is not JSON"))?;
+    match (answer["type"].as_str(), answer["sdp"].as_str()) {
+        (Some("answer"), Some(sdp)) => Ok(Reply::json(200, &json!({ "type": "answer", "sdp": sdp }))),
+        _ => Err(ApiError::new(502, "go2rtc's answer has no SDP answer in it")),
+    }
+}
