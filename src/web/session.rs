@@ -259,11 +259,7 @@ fn login(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         for k in keys.iter().filter(|k| k.as_str() != "user:") {
             locked_now |= lockout.fail(k, now, web.login_attempts, window);
         }
-        log::warn!(
-            "failed login for {shown:?} from {}{}",
-            addr(c.req),
-            if locked_now { " (locked out)" } else { "" }
-        );
+        log::warn!("failed login for {shown:?} from {}{}", addr(c.req), if locked_now { " (locked out)" } else { "" });
         let mut e = unauthorized(msg);
         if totp_required {
             e.extra = Some(json!({ "totp_required": true }));

@@ -1,0 +1,472 @@
+// run.mjs: OxiNVR's web page in headless Chromium against a running recorder
+// (OXINVR_URL, fresh data dir: no user yet) that records a real test camera
+// (stream OXINVR_STREAM, several short segments already on disk). The tests
+// run in order (later ones use the accounts earlier ones made), each prints
+// PASS or FAIL with the reason; the exit status is 1 if any failed.
+// Screenshots of every page go to OXINVR_SCREENSHOTS (target/screenshots).
+// scripts/test-browser starts the camera and the recorder and runs this.
+import http from 'node:http';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import {
+  BASE, STREAM, SHOTS, launch, newPage, assert, until, sleep, shot, open, pageFetch, errorText, totp, ffprobe,
+  decodesCleanly, pageProblems,
+} from './lib.mjs';
+
+const ADMIN = { name: 'admin', pass: 'Admin-pass-2024' };
+const VIEWER = { name: 'viewer1', pass: 'Viewer-pass-2024' };
+const WORK = process.env.OXINVR_WORK || tmpdir();
+// A stream of the camera's H.265 mount, if the recorder has one (OXINVR_H265_STREAM).
+const H265 = process.env.OXINVR_H265_STREAM || '';
+const S = {}; // shared between tests: browser, admin page, viewer page
+
+// ---- helpers ----
+
+async function fillLogin(page, user, pass) {
+  await page.waitForSelector('#login-form');
+  await page.fill('#login-form input[name=username]', user);
+  await page.fill('#login-form input[name=password]', pass);
+  await page.click('#login-form button[type=submit]');
+}
+
+const ready = (page, hash) => page.waitForFunction((h) => document.querySelector('#view').dataset.ready === h, hash);
+
+async function loginAs(page, who) {
+  await page.goto(`${BASE}/#/login`);
+  await fillLogin(page, who.name, who.pass);
+  await ready(page, '#/live');
+}
+
+// Closed recordings of today for the stream, oldest first (through the page's session).
+async function closedRecordings(page) {
+  const day = new Date();
+  day.setHours(0, 0, 0, 0);
+  const q = new URLSearchParams({ stream: STREAM, start: day.toISOString() });
+  const r = await pageFetch(page, '/api/recordings?' + q);
+  assert(r.status === 200, `GET /api/recordings answered ${r.status}: ${JSON.stringify(r.body)}`);
+  return r.body.recordings.filter((x) => x.closed).map((x) => ({ ...x, s: Date.parse(x.start), e: Date.parse(x.end) }));
+}
+
+// Waits until the video's currentTime has advanced by `by` seconds; returns [from, to].
+async function advances(page, selector, by, ms = 20000) {
+  const t = () => page.$eval(selector, (v) => v.currentTime);
+  const first = await until(`${selector} to start playing`, async () => ((await t()) > 0 ? t() : 0), ms);
+  const last = await until(`${selector} to advance by ${by} s from ${first.toFixed(2)} s`, async () => {
+    const now = await t();
+    return now >= first + by ? now : 0;
+  }, ms);
+  return [first, last];
+}
+
+// GET with a raw (un-normalised) path: status and body.
+function rawGet(path) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(BASE);
+    const req = http.get({ host: u.hostname, port: u.port, path }, (res) => {
+      let body = '';
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode, body, headers: res.headers }));
+    });
+    req.on('error', reject);
+  });
+}
+
+// ---- tests ----
+
+async function testAssets() {
+  const page = await fetch(`${BASE}/`, { headers: { 'Accept-Encoding': 'gzip' } });
+  const html = await page.text();
+  const h = (n) => page.headers.get(n) || '';
+  assert(page.status === 200 && html.startsWith('<!DOCTYPE html>'), `GET / answered ${page.status}`);
+  assert(h('content-encoding') === 'gzip', `GET / with Accept-Encoding: gzip came back as "${h('content-encoding')}"`);
+  assert(h('content-security-policy').includes("script-src 'self'"), `CSP of / is "${h('content-security-policy')}"`);
+  assert(h('x-content-type-options') === 'nosniff' && h('referrer-policy') === 'same-origin', 'security headers missing');
+  const again = await fetch(`${BASE}/`, { headers: { 'If-None-Match': h('etag') } });
+  assert(again.status === 304, `a matching If-None-Match got ${again.status}, not 304`);
+  const files = [...html.matchAll(/(?:src|href)="([^"#:]+)"/g)].map((m) => m[1]);
+  let total = Number(h('content-length'));
+  const sizes = [`index.html ${total}`];
+  for (const f of files) {
+    const r = await rawGet(`/${f}`);
+    assert(r.status === 200 && r.headers['content-encoding'] !== 'gzip', `/${f}: ${r.status}`);
+    const z = await fetch(`${BASE}/${f}`, { headers: { 'Accept-Encoding': 'gzip' } });
+    const n = Number(z.headers.get('content-length'));
+    assert(z.headers.get('content-encoding') === 'gzip' && n > 0, `/${f} is not sent gzipped`);
+    total += n;
+    sizes.push(`${f} ${n}`);
+  }
+  console.log(`    first load, gzipped: ${total} bytes (${(total / 1024).toFixed(1)} KiB) in ${files.length + 1} requests: ${sizes.join(', ')}`);
+  assert(total <= 150 * 1024, `the first load is ${total} bytes gzipped, over the 150 KB budget`);
+  for (const p of ['/../Cargo.toml', '/%2e%2e/%2e%2e/etc/passwd', '/..%2fCargo.toml', '/nope.js']) {
+    const r = await rawGet(p);
+    assert(r.status === 404 && JSON.parse(r.body).error, `GET ${p} answered ${r.status}: ${r.body.slice(0, 80)}`);
+  }
+}
+
+async function testSetup() {
+  S.browser = await launch();
+  const { page } = await newPage(S.browser);
+  S.admin = page;
+  await page.goto(`${BASE}/`);
+  await page.waitForSelector('#setup-form');
+  await shot(page, 'setup');
+  await page.fill('#setup-form input[name=username]', ADMIN.name);
+  await page.fill('#setup-form input[name=password]', ADMIN.pass);
+  await page.fill('#setup-form input[name=confirm]', ADMIN.pass);
+  await page.click('#setup-form button[type=submit]');
+  await ready(page, '#/live');
+  await page.waitForSelector(`.tile[data-stream="${STREAM}"]`);
+  const st = await pageFetch(page, '/api/auth/status');
+  assert(st.body.user && st.body.user.name === ADMIN.name && st.body.user.role === 'admin', `status after setup: ${JSON.stringify(st.body)}`);
+  assert(!st.body.setup_required, 'setup is still required after setup');
+  const second = await pageFetch(page, '/api/auth/setup', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ username: 'x', password: 'Whatever-123456' }) });
+  assert(second.status === 409, `a second setup answered ${second.status}, not 409`);
+}
+
+async function testLogin() {
+  const page = S.admin;
+  await page.click('#who button');
+  await page.waitForSelector('#login-form');
+  const st = await pageFetch(page, '/api/auth/status');
+  assert(!st.body.user, `still logged in after logging out: ${JSON.stringify(st.body)}`);
+  const denied = await pageFetch(page, '/api/streams');
+  assert(denied.status === 401, `GET /api/streams without a session answered ${denied.status}, not 401`);
+  await shot(page, 'login');
+  await fillLogin(page, ADMIN.name, 'wrong-password');
+  const err = await until('the login error message', () => errorText(page));
+  assert(err, 'no error message is shown');
+  assert(page.url().endsWith('#/login'), `a wrong password left the login page: ${page.url()}`);
+  console.log(`    wrong password shows: "${err}"`);
+  await shot(page, 'login-error');
+  await fillLogin(page, ADMIN.name, ADMIN.pass);
+  await ready(page, '#/live');
+}
+
+async function testLive() {
+  const page = S.admin;
+  await open(page, '#/live');
+  const video = `.tile[data-stream="${STREAM}"] video`;
+  const [a, b] = await advances(page, video, 1.5, 25000);
+  const w = await page.$eval(video, (v) => v.videoWidth);
+  assert(w > 0, 'the live video has no decoded picture (videoWidth 0)');
+  console.log(`    live currentTime ${a.toFixed(2)} -> ${b.toFixed(2)} s, ${w} px wide`);
+  if (H265) {
+    // Chromium has no H.265 in MSE: that tile must say so instead of staying black.
+    const tile = `.tile[data-stream="${H265}"]`;
+    await page.waitForSelector(`${tile}[data-state=error]`, { timeout: 25000 });
+    const msg = await page.textContent(`${tile} .state`);
+    assert(/cannot play/.test(msg) && /hvc1|hev1|H\.?265/i.test(msg), `the H.265 tile says "${msg}"`);
+    console.log(`    ${H265}: "${msg}"`);
+  }
+  await shot(page, 'live');
+  await page.click(`.tile[data-stream="${STREAM}"]`);
+  await ready(page, `#/live?stream=${STREAM}`);
+  await advances(page, `.grid.single video`, 1, 25000);
+  await shot(page, 'live-single');
+}
+
+async function testTimeline() {
+  const page = S.admin;
+  const recs = await closedRecordings(page);
+  assert(recs.length >= 2, `only ${recs.length} closed recording(s) of ${STREAM} today`);
+  await open(page, `#/timeline?stream=${STREAM}`);
+  await page.waitForFunction(() => document.querySelector('#timeline').timeline.spans.length > 0);
+  // Start 3 s into the first closed recording.
+  const target = recs[0].s + 3000;
+  await clickTimeline(page, target);
+  const [a, b] = await advances(page, '#tl-video', 1.5);
+  let wall = await clockMs(page);
+  assert(wall >= target - 5000 && wall <= target + 20000, `the clock shows ${new Date(wall).toISOString()} after a click at ${new Date(target).toISOString()}`);
+  console.log(`    timeline: currentTime ${a.toFixed(2)} -> ${b.toFixed(2)} s at ${new Date(wall).toISOString()}`);
+  await shot(page, 'timeline');
+  // Across a file boundary: from 1.5 s before the first recording's end to 1.5 s after it.
+  const boundary = recs[0].e;
+  await clickTimeline(page, boundary - 1500);
+  wall = await until('playback across the first file boundary', async () => {
+    const ms = await clockMs(page);
+    return ms > boundary + 1500 ? ms : 0;
+  }, 20000);
+  console.log(`    played across the boundary at ${new Date(boundary).toISOString()} to ${new Date(wall).toISOString()}`);
+}
+
+async function clickTimeline(page, ms) {
+  const box = await page.$eval('#timeline', (c) => {
+    const r = c.getBoundingClientRect();
+    return { x: r.x, y: r.y, w: r.width, view: c.timeline.view };
+  });
+  const [a, b] = box.view;
+  assert(ms > a && ms < b, `${new Date(ms).toISOString()} is outside the timeline's view`);
+  await page.mouse.click(box.x + ((ms - a) / (b - a)) * box.w, box.y + 35);
+}
+
+async function clockMs(page) {
+  const text = await page.$eval('#tl-clock', (e) => e.textContent);
+  const m = /^(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)$/.exec(text);
+  assert(m, `the timeline clock shows "${text}"`);
+  return new Date(+m[1], m[2] - 1, +m[3], +m[4], +m[5], +m[6]).getTime();
+}
+
+async function testExport() {
+  const page = S.admin;
+  const recs = await closedRecordings(page);
+  const start = recs[0].s + 2000;
+  const end = Math.min(start + 15000, recs[recs.length - 1].e);
+  const span = (end - start) / 1000;
+  assert(span >= 8, `only ${span} s of closed recordings to export`);
+  await open(page, `#/export?stream=${STREAM}&start=${start}&end=${end}`);
+  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 30000 }), page.click('#export-go')]);
+  const file = join(WORK, download.suggestedFilename() || 'export.mp4');
+  await download.saveAs(file);
+  await page.waitForFunction(() => /Saved/.test(document.querySelector('#export-status').textContent));
+  const progress = await page.$eval('#export-progress', (p) => p.value);
+  assert(progress === 1, `the progress bar ended at ${progress}`);
+  await shot(page, 'export');
+  const probe = ffprobe(file);
+  const v = probe.streams.find((s) => s.codec_type === 'video');
+  assert(v && v.codec_name === 'h264', `no H.264 video stream in the export: ${JSON.stringify(probe.streams.map((s) => s.codec_name))}`);
+  // From the keyframe at or before start (GOP 1 s) to the end of the fragment holding end.
+  const d = Number(v.duration || probe.format.duration);
+  assert(d >= span - 0.5 && d <= span + 2.5, `the export's video lasts ${d} s; the span was ${span} s`);
+  const bad = decodesCleanly(file);
+  assert(!bad, `ffmpeg could not decode the export: ${bad}`);
+  console.log(`    ${download.suggestedFilename()}: ${v.codec_name} ${v.width}x${v.height}, ${d} s for a ${span} s span`);
+}
+
+async function testPages() {
+  const page = S.admin;
+  await open(page, `#/recordings?stream=${STREAM}`);
+  const rows = await page.$$eval('#recordings tbody tr', (r) => r.length);
+  assert(rows >= 2, `the recordings page lists ${rows} row(s)`);
+  await page.click('#recordings tbody tr:nth-child(2) button');
+  await advances(page, '.player video', 1);
+  await shot(page, 'recordings');
+  await open(page, '#/streams');
+  await page.waitForSelector(`#streams tr[data-stream="${STREAM}"] .pill.streaming`);
+  await shot(page, 'streams');
+  await open(page, `#/streams?edit=${STREAM}`);
+  const url = await page.inputValue('#stream-form input[name=url]');
+  assert(url.includes('127.0.0.1'), `the edit form shows the URL "${url}"`);
+  await page.fill('#stream-form input[name=retention_days]', '7');
+  await page.click('#stream-form button:has-text("Test connection")');
+  await page.waitForSelector('#stream-form .msg.ok, #stream-form .msg.error:not([hidden])', { timeout: 20000 });
+  const probe = await page.textContent('#stream-form .msg:not([hidden])');
+  assert(/^Connected: .*\d+x\d+/.test(probe), `the connection test says "${probe}"`);
+  console.log(`    connection test: "${probe}"`);
+  await shot(page, 'stream-edit');
+  await page.click('#stream-form button[type=submit]');
+  await ready(page, '#/streams');
+  const s = await pageFetch(page, `/api/streams/${STREAM}`);
+  assert(s.body.retention_days === 7, `retention_days after saving the form: ${s.body.retention_days}`);
+  await addAndDeleteStream(page, s.body.url);
+  await open(page, '#/settings');
+  await page.waitForSelector('#settings .card, #settings .msg');
+  const settings = await page.textContent('#settings');
+  assert(/\[storage\]/.test(settings) && /segment_seconds/.test(settings), `the settings page shows: ${settings.slice(0, 200)}`);
+  await shot(page, 'settings');
+  // An upload that is not a bundle: sent with the CSRF header, refused, the reason shown.
+  await page.setInputFiles('#ota input[type=file]', { name: 'bad.bin', mimeType: 'application/octet-stream', buffer: Buffer.from('not a bundle at all') });
+  await page.click('#ota button[type=submit]');
+  await page.waitForSelector('#ota .msg.error:not([hidden])');
+  const ota = await page.textContent('#ota .msg.error');
+  assert(/refused/.test(ota) && !/CSRF/i.test(ota), `a bad bundle upload says "${ota}"`);
+  console.log(`    bad OTA bundle: "${ota}"`);
+  await open(page, '#/system');
+  await page.waitForSelector('#bitrate-charts canvas');
+  await sleep(6000);
+  const info = await page.textContent('#system-info');
+  assert(/RSS/.test(info) && /Free/.test(info), `the system page shows: ${info.slice(0, 200)}`);
+  const logs = await page.textContent('#logs');
+  assert(!/Loading|unavailable/.test(logs) && logs.split('\n').length > 3, `the log shows: ${logs.slice(0, 200)}`);
+  await shot(page, 'system');
+}
+
+// Adds a stream through the form (same camera, not recording), waits until it
+// streams, then deletes it with the inline confirmation.
+async function addAndDeleteStream(page, url) {
+  await page.click('#add-stream');
+  await ready(page, '#/streams?new=1');
+  await page.fill('#stream-form input[name=name]', 'extra');
+  await page.fill('#stream-form input[name=url]', url);
+  await page.selectOption('#stream-form select[name=record]', 'off');
+  await page.click('#stream-form button[type=submit]');
+  await ready(page, '#/streams');
+  await page.waitForSelector('#streams tr[data-stream="extra"] .pill.streaming', { timeout: 20000 });
+  await page.click('#streams tr[data-stream="extra"] .confirm-wrap > button.danger');
+  await page.click('#streams tr[data-stream="extra"] .confirm button.danger');
+  await until('the deleted stream to leave the list', async () => !(await page.$('#streams tr[data-stream="extra"]')));
+  const gone = await pageFetch(page, '/api/streams/extra');
+  assert(gone.status === 404, `GET /api/streams/extra after deleting it answered ${gone.status}`);
+}
+
+async function testAccount() {
+  const page = S.admin;
+  await open(page, '#/account');
+  const next = ADMIN.pass + '-new';
+  await page.fill('#password-form input[name=current_password]', ADMIN.pass);
+  await page.fill('#password-form input[name=password]', next);
+  await page.fill('#password-form input[name=confirm]', next);
+  await page.click('#password-form button[type=submit]');
+  await page.waitForSelector('#password-form .msg.ok');
+  ADMIN.pass = next;
+  const check = await fetch(`${BASE}/api/auth/login`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'User-Agent': 'other-device' },
+    body: JSON.stringify({ username: ADMIN.name, password: next }) });
+  assert(check.status === 200, `logging in with the new password answered ${check.status}`);
+  await revokeOther(page, check.headers.get('set-cookie').split(';')[0]);
+  await page.fill('#keys input[name=key-name]', 'browser-test');
+  await page.click('#keys button[type=submit]');
+  await page.waitForSelector('#keys .new-key code');
+  const key = await page.textContent('#keys .new-key code');
+  assert(/^oxk_/.test(key), `the new key shown is "${key}"`);
+  const withKey = () => fetch(`${BASE}/api/streams`, { headers: { Authorization: `Bearer ${key}` } });
+  const ok = await withKey();
+  assert(ok.status === 200, `GET /api/streams with the new key answered ${ok.status}`);
+  await shot(page, 'account-key');
+  await page.click('#key-list tr:has-text("browser-test") .confirm-wrap > button.danger');
+  await page.click('#key-list tr:has-text("browser-test") .confirm button.danger');
+  await until('the key to leave the list', async () => !(await page.$('#key-list tr:has-text("browser-test")')));
+  const after = await withKey();
+  assert(after.status === 401, `GET /api/streams with a deleted key answered ${after.status}`);
+}
+
+// Revokes the session of `cookie` (another device) on the account page; it stops working.
+async function revokeOther(page, cookie) {
+  const status = async () => (await (await fetch(`${BASE}/api/auth/status`, { headers: { Cookie: cookie } })).json()).user;
+  assert(await status(), 'the other session does not work before it is revoked');
+  await page.reload();
+  await ready(page, '#/account');
+  const row = '#session-list tr:has-text("other-device")';
+  await page.click(`${row} button`);
+  await until('the revoked session to leave the list', async () => !(await page.$(row)));
+  assert(!(await status()), 'the revoked session still works');
+}
+
+async function testViewer() {
+  const page = S.admin;
+  await open(page, '#/users');
+  await page.fill('#new-user input[name=username]', VIEWER.name);
+  await page.fill('#new-user input[name=password]', VIEWER.pass);
+  await page.selectOption('#new-user select[name=role]', 'viewer');
+  await page.click('#new-user button[type=submit]');
+  await page.waitForSelector(`#users tr[data-user="${VIEWER.name}"]`);
+  const role = await page.$eval(`#users tr[data-user="${VIEWER.name}"] select`, (s) => s.value);
+  assert(role === 'viewer', `the new user's role is ${role}`);
+  await shot(page, 'users');
+  const { page: vp } = await newPage(S.browser);
+  S.viewer = vp;
+  await loginAs(vp, VIEWER);
+  const nav = await vp.$$eval('#nav a', (a) => a.map((x) => x.dataset.page));
+  for (const p of ['live', 'recordings', 'timeline', 'export', 'account']) assert(nav.includes(p), `the viewer's menu lacks ${p}: ${nav}`);
+  for (const p of ['settings', 'users', 'streams', 'system']) assert(!nav.includes(p), `the viewer's menu has ${p}: ${nav}`);
+  await open(vp, '#/settings');
+  const text = await vp.textContent('.denied');
+  assert(/Access denied/.test(text), `#/settings as a viewer shows: ${text}`);
+  await shot(vp, 'denied');
+  for (const p of ['/api/settings', '/api/users']) {
+    const r = await pageFetch(vp, p);
+    assert(r.status === 403, `GET ${p} as a viewer answered ${r.status}, not 403`);
+  }
+}
+
+async function testTotp() {
+  const page = S.viewer;
+  await open(page, '#/account');
+  await page.click('#totp-start');
+  await page.waitForSelector('#totp-qr');
+  const qr = await until('the QR image to load', () => page.$eval('#totp-qr', (i) => i.complete && i.naturalWidth));
+  const secret = await page.textContent('#totp-secret');
+  assert(/^[A-Z2-7]{16,}=*$/.test(secret), `the secret shown is "${secret}"`);
+  console.log(`    QR image ${qr} px wide, secret of ${secret.length} characters`);
+  await shot(page, 'account');
+  const step = Math.floor(Date.now() / 30000);
+  await page.fill('#totp input[name=code]', totp(secret));
+  await page.click('#totp button[type=submit]');
+  await page.waitForFunction(() => /On:/.test(document.querySelector('#totp').textContent));
+  const st = await pageFetch(page, '/api/auth/status');
+  assert(st.body.user.totp === true, `status after enrolment: ${JSON.stringify(st.body.user)}`);
+  await page.click('#logout');
+  await fillLogin(page, VIEWER.name, VIEWER.pass);
+  await page.waitForSelector('#login-form input[name=totp]', { state: 'visible' });
+  const wrong = String((Number(totp(secret)) + 500000) % 1000000).padStart(6, '0');
+  await page.fill('#login-form input[name=totp]', wrong);
+  await page.click('#login-form button[type=submit]');
+  await until('the wrong-code error', async () => (await errorText(page)) && page.url().endsWith('#/login'));
+  await shot(page, 'login-totp');
+  // A fresh code (a server may refuse the one used for enrolment again).
+  while (Math.floor(Date.now() / 30000) === step) await sleep(500);
+  await page.fill('#login-form input[name=totp]', totp(secret));
+  await page.click('#login-form button[type=submit]');
+  await ready(page, '#/live');
+}
+
+async function testPhone() {
+  const { page } = await newPage(S.browser, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  await loginAs(page, ADMIN);
+  assert(!(await page.isVisible('#nav')), 'the menu is open on a phone before it was asked for');
+  await advances(page, `.tile[data-stream="${STREAM}"] video`, 1, 25000);
+  await shot(page, 'phone-live');
+  await page.tap('#nav-toggle');
+  await page.waitForSelector('#nav', { state: 'visible' });
+  await shot(page, 'phone-menu');
+  await page.tap('#nav a[data-page=timeline]');
+  await ready(page, `#/timeline`);
+  assert(!(await page.isVisible('#nav')), 'the menu stayed open after choosing a page');
+  await page.waitForFunction(() => document.querySelector('#timeline').timeline.spans.length > 0);
+  await shot(page, 'phone-timeline');
+}
+
+async function testNoProblems() {
+  assert(!pageProblems.length, `the page reported:\n      ${pageProblems.join('\n      ')}`);
+}
+
+const TESTS = [
+  ['assets: embedded, gzipped, cached, within budget, no traversal', testAssets],
+  ['1 first-run setup creates the admin and lands on the live grid', testSetup],
+  ['2 log out; a wrong password is refused with a message; the right one logs in', testLogin],
+  ['3 live view plays (currentTime advances)', testLive],
+  ['4 a recording plays from the timeline, across a file boundary', testTimeline],
+  ['5 export downloads an MP4 that ffprobe accepts with the span\'s duration', testExport],
+  ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
+  ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
+  ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],
+  ['7 TOTP enrolment shows a QR; the code confirms it and logs in', testTotp],
+  ['phone: collapsible menu, live view on a small screen', testPhone],
+  ['no page errors or CSP violations', testNoProblems],
+];
+
+async function main() {
+  console.log(`browser tests against ${BASE} (stream ${STREAM}), screenshots in ${SHOTS}`);
+  let failed = 0;
+  for (const [name, fn] of TESTS) {
+    const t0 = Date.now();
+    try {
+      await withTimeout(fn(), 120000, name);
+      console.log(`PASS ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    } catch (e) {
+      failed++;
+      console.log(`FAIL ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n    ${e.message}`);
+      await failureShots(name);
+    }
+  }
+  if (S.browser) await S.browser.close();
+  console.log(failed ? `browser tests: ${failed} of ${TESTS.length} FAILED` : `browser tests: all ${TESTS.length} passed`);
+  process.exit(failed ? 1 : 0);
+}
+
+function withTimeout(p, ms, name) {
+  let t;
+  const timeout = new Promise((_, reject) => (t = setTimeout(() => reject(new Error(`${name}: no result in ${ms / 1000} s`)), ms)));
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+}
+
+async function failureShots(name) {
+  const n = name.split(' ')[0].replace(/\W/g, '');
+  for (const [who, page] of [['admin', S.admin], ['viewer', S.viewer]]) {
+    if (page && !page.isClosed()) await page.screenshot({ path: join(SHOTS, `FAILED-${n}-${who}.png`), fullPage: true }).catch(() => {});
+  }
+}
+
+main().catch((e) => {
+  console.error(`browser tests: ${e.stack || e}`);
+  process.exit(1);
+});

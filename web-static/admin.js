@@ -1,0 +1,487 @@
+// admin.js: the pages that manage the recorder. Streams (list, add/edit form
+// with a connection test, enable/disable, delete), System (memory, disk,
+// rings, a bitrate chart per stream, logs), Settings (the configuration in
+// effect, read-only, and OTA upload), Users, and the user's own Account
+// (password, TOTP enrolment with its QR code, API keys, sessions).
+'use strict';
+
+function table(id, headers, rows) {
+  return h('div.table-wrap', {}, h('table.list' + (id ? '#' + id : ''), {},
+    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { text: t })))), h('tbody', {}, rows)));
+}
+
+const td = (text) => h('td', { text: text === null || text === undefined ? '—' : String(text) });
+
+// An inline "are you sure" next to a button: the action runs on the second click.
+function confirmButton(text, question, action, extra) {
+  const box = h('span.confirm', { hidden: true }, question, ' ', extra || null,
+    h('button.danger', { type: 'button', text: 'Yes, ' + text.toLowerCase(), onclick: () => action(box) }),
+    h('button', { type: 'button', text: 'No', onclick: () => (box.hidden = true) }));
+  const btn = h('button.danger', { type: 'button', text, onclick: () => (box.hidden = false) });
+  return h('span.confirm-wrap', {}, btn, box);
+}
+
+// ---- streams ----
+
+Ox.page('streams', { title: 'Streams', role: 'operator', nav: true, render: renderStreams });
+
+async function renderStreams(view, params) {
+  const edit = params.get('edit');
+  const formBox = h('div');
+  const list = h('div');
+  append(view, pageHead('Streams', h('a.button.primary#add-stream', { href: '#/streams?new=1', text: 'Add stream' })), formBox, list);
+  if (edit || params.get('new')) append(formBox, await streamForm(edit));
+  await drawStreamList(list);
+  const timer = setInterval(() => drawStreamList(list).catch(() => {}), 3000);
+  return () => clearInterval(timer);
+}
+
+async function drawStreamList(list) {
+  const streams = await listStreams();
+  if (!streams.length) return clear(list, h('p.empty', { text: 'No streams yet: add a camera.' }));
+  clear(list, table('streams', ['Name', 'State', 'Rate', 'Video', 'Stored', 'Recording', ''], streams.map(streamRow)));
+}
+
+function streamRow(s) {
+  const st = s.status || {};
+  const state = h('td', {}, h('span.pill.' + (st.state || 'stopped'), { text: st.state || 'stopped' }),
+    st.last_error ? h('small.error-text', { text: ' ' + st.last_error }) : null);
+  const toggle = h('button', { type: 'button', text: s.enabled ? 'Disable' : 'Enable',
+    onclick: (e) => busy(e.target, null, () => saveEnabled(s.name, !s.enabled)) });
+  const actions = h('td.actions', {}, toggle, h('a.button', { href: `#/streams?edit=${encodeURIComponent(s.name)}`, text: 'Edit' }),
+    can('admin') ? deleteStreamButton(s) : null);
+  return h('tr', { 'data-stream': s.name }, td(s.name), state,
+    td(st.state === 'streaming' ? `${st.fps} fps, ${Math.round(st.bitrate_kbps)} kbit/s` : '—'),
+    td(st.codec ? `${st.codec} ${st.width}x${st.height}${st.audio ? ' + ' + st.audio : ''}` : '—'),
+    td(`${fmtBytes(s.storage.bytes)} in ${s.storage.segments} file(s)`), td(s.record), actions);
+}
+
+async function saveEnabled(name, enabled) {
+  await api('PUT', `/api/streams/${encodeURIComponent(name)}`, { enabled });
+  toast(`${name} ${enabled ? 'enabled' : 'disabled'}`);
+  route();
+}
+
+function deleteStreamButton(s) {
+  const purge = h('input', { type: 'checkbox', name: 'purge' });
+  const label = h('label.inline', {}, purge, ' and its recordings');
+  return confirmButton('Delete', `Delete ${s.name}?`, (box) => busy(null, null, async () => {
+    await api('DELETE', `/api/streams/${encodeURIComponent(s.name)}${purge.checked ? '?purge=true' : ''}`);
+    box.hidden = true;
+    toast(`${s.name} deleted`);
+    route();
+  }), label);
+}
+
+const STREAM_NUMBERS = [
+  ['retention_days', 'Keep recordings (days)', 'Empty: until space runs out.'],
+  ['max_storage_mb', 'Storage limit (MB)', 'Empty: no per-stream limit.'],
+  ['bitrate_kbps', 'Expected bitrate (kbit/s)', 'Sizes the live ring buffer.'],
+  ['priority', 'Priority', 'Higher starts first.'],
+];
+
+async function streamForm(name) {
+  const s = name ? await api('GET', `/api/streams/${encodeURIComponent(name)}`) : { enabled: true, record: 'continuous', priority: 0 };
+  const f = {
+    name: h('input', { name: 'name', value: s.name || '', required: true, disabled: !!name }),
+    url: h('input', { name: 'url', value: s.url || '', required: true, placeholder: 'rtsp://user:password@camera/stream', autocapitalize: 'none' }),
+    enabled: h('input', { type: 'checkbox', name: 'enabled', checked: s.enabled }),
+    record: h('select', { name: 'record' }, ['continuous', 'off'].map((m) => h('option', { value: m, selected: s.record === m, text: m }))),
+  };
+  for (const [k] of STREAM_NUMBERS) f[k] = h('input', { type: 'number', min: 0, name: k, value: s[k] ?? '' });
+  const box = msgBox();
+  const probeBox = msgBox();
+  const save = h('button.primary', { type: 'submit', text: name ? 'Save' : 'Add stream' });
+  const test = h('button', { type: 'button', text: 'Test connection', onclick: (e) => busy(e.target, probeBox, () => probe(f.url.value, probeBox)) });
+  const submit = (e) => {
+    e.preventDefault();
+    busy(save, box, () => saveStream(name, f));
+  };
+  return h('form.card#stream-form', { onsubmit: submit }, h('h2', { text: name ? `Edit ${name}` : 'New stream' }),
+    h('div.row', {}, field('Name', f.name, 'Letters, digits, - and _.'), field('RTSP URL', f.url, name ? 'The password shows as ***; leave it to keep it.' : null)),
+    h('div.row', {}, h('label.inline', {}, f.enabled, ' Enabled'), field('Recording', f.record)),
+    h('div.row', {}, STREAM_NUMBERS.map(([k, label, hint]) => field(label, f[k], hint))),
+    probeBox, box, h('div.tools', {}, save, test, h('a.button', { href: '#/streams', text: 'Cancel' })));
+}
+
+function streamBody(f) {
+  const body = { url: f.url.value.trim(), enabled: f.enabled.checked, record: f.record.value };
+  for (const [k] of STREAM_NUMBERS) {
+    const v = f[k].value.trim();
+    body[k] = v === '' ? (k === 'priority' ? 0 : null) : Number(v);
+  }
+  return body;
+}
+
+async function saveStream(name, f) {
+  const body = streamBody(f);
+  if (name) await api('PUT', `/api/streams/${encodeURIComponent(name)}`, body);
+  else await api('POST', '/api/streams', Object.assign({ name: f.name.value.trim() }, body));
+  toast(`${name || f.name.value} saved`);
+  go('#/streams');
+}
+
+async function probe(url, box) {
+  if (url.includes(':***@')) throw new Error('Type the password into the URL to test it.');
+  box.show('Connecting…', 'info');
+  const r = await api('POST', '/api/probe', { url, timeout_ms: 8000 });
+  if (!r.ok) throw new Error(`Connection failed: ${r.error}`);
+  const v = r.video || {};
+  const a = r.audio ? `, audio ${r.audio.codec || ''}` : ', no audio';
+  box.show(`Connected: ${v.codec || 'video'} ${v.width || '?'}x${v.height || '?'}${a}.`, 'ok');
+}
+
+// ---- system ----
+
+Ox.page('system', { title: 'System', role: 'operator', nav: true, render: renderSystem });
+
+async function renderSystem(view) {
+  const info = h('div.cards#system-info');
+  const charts = h('div.cards#bitrate-charts');
+  const logs = h('div');
+  append(view, pageHead('System'), info, h('h2', { text: 'Bitrate per stream (kbit/s, last 2 min)' }), charts, logs);
+  const rates = {};
+  const tick = () => drawSystem(info).catch((e) => clear(info, h('p.msg.error', { text: e.message })));
+  const poll = () => pollRates(charts, rates).catch(() => {});
+  await Promise.all([tick(), poll()]);
+  if (can('admin')) drawLogs(logs);
+  const t1 = setInterval(tick, 5000);
+  const t2 = setInterval(poll, 2000);
+  return () => clearInterval(t1) || clearInterval(t2);
+}
+
+function card(title, ...rows) {
+  return h('section.card', {}, h('h2', { text: title }), h('dl', {}, rows));
+}
+
+const kv = (k, v) => [h('dt', { text: k }), h('dd', {}, v)];
+
+function meter(value, max, text) {
+  return h('span.meter', {}, h('meter', { min: 0, max: max || 1, value }), ' ', text);
+}
+
+async function drawSystem(info) {
+  const s = await api('GET', '/api/system');
+  const m = s.memory, p = m.process, d = s.disk;
+  const heap = Object.entries(m.heap_by_subsystem).map(([k, v]) => kv(`heap: ${k}`, fmtBytes(v)));
+  clear(info,
+    card('Recorder', kv('Version', s.version), kv('Firmware', s.firmware || '—'), kv('Up', fmtDuration(s.uptime_s * 1000)),
+      kv('Started', fmtIso(s.started))),
+    card('Memory', kv('RSS', `${fmtBytes(p.rss)} (peak ${fmtBytes(p.peak_rss)})`), kv('PSS', fmtBytes(p.pss)),
+      kv('Threads', p.threads), kv('Rings', fmtBytes(m.rings_bytes)), heap,
+      kv('Machine', meter(p.mem_total - p.mem_available, p.mem_total, `${fmtBytes(p.mem_available)} free of ${fmtBytes(p.mem_total)}`))),
+    card('Disk', kv('Data', d.data_dir), kv('Recordings', fmtBytes(d.recordings_bytes)),
+      d.error ? kv('Error', d.error) : kv('Free', meter(d.total_bytes - d.free_bytes, d.total_bytes, `${fmtBytes(d.free_bytes)} free of ${fmtBytes(d.total_bytes)} (${d.free_percent} %)`))),
+    card('Rings', s.streams.map((r) => kv(r.name, meter(r.ring.used_bytes, r.ring.capacity,
+      `${r.ring.use_percent} % of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
+}
+
+async function pollRates(charts, rates) {
+  const streams = await listStreams();
+  for (const s of streams) {
+    const list = (rates[s.name] = rates[s.name] || []);
+    list.push(s.status ? s.status.bitrate_kbps : 0);
+    if (list.length > 60) list.shift();
+    let c = charts.querySelector(`canvas[data-stream="${CSS.escape(s.name)}"]`);
+    if (!c) {
+      c = h('canvas.chart', { 'data-stream': s.name });
+      charts.append(h('section.card', {}, h('h3', { text: s.name }), c));
+    }
+    Ox.drawChart(c, list, '#4fa3ff', 'kbit/s');
+  }
+}
+
+async function drawLogs(box) {
+  const pre = h('pre.logs#logs', { text: 'Loading…' });
+  const load = async () => {
+    try {
+      pre.textContent = (await api('GET', '/api/system/logs?lines=200')).lines.join('\n') || '(empty)';
+      pre.scrollTop = pre.scrollHeight;
+    } catch (e) {
+      pre.textContent = `Logs unavailable: ${e.message}`;
+    }
+  };
+  append(box, pageHead('Log', h('button', { type: 'button', text: 'Refresh', onclick: load })), pre);
+  await load();
+}
+
+// ---- settings ----
+
+Ox.page('settings', { title: 'Settings', role: 'admin', nav: true, render: renderSettings });
+
+async function renderSettings(view) {
+  const conf = h('div#settings');
+  append(view, pageHead('Settings'), h('p.note', { text:
+    'The configuration in effect, without secrets. It is read from the configuration file (oxinvr.toml); edit that file and restart the recorder to change it. Cameras can also be added on the Streams page.' }),
+    conf, await otaCard());
+  try {
+    const { config } = await api('GET', '/api/settings');
+    const entries = Object.entries(config);
+    const scalars = entries.filter(([, v]) => v === null || typeof v !== 'object');
+    clear(conf, scalars.length ? h('section.card', {}, h('dl', {}, scalars.map(([k, v]) => kv(k, show(v))))) : null,
+      entries.filter(([, v]) => v !== null && typeof v === 'object').map(([k, v]) => settingsSection(k, v)));
+  } catch (e) {
+    clear(conf, h('p.msg.error', { text: `Settings unavailable: ${e.message}` }));
+  }
+}
+
+function settingsSection(name, value) {
+  if (Array.isArray(value)) {
+    const keys = [...new Set(value.flatMap((o) => Object.keys(o || {})))];
+    return h('section.card', {}, h('h2', { text: `[[${name}]]` }),
+      value.length ? table(null, keys, value.map((o) => h('tr', {}, keys.map((k) => td(show(o[k])))))) : h('p.muted', { text: 'none' }));
+  }
+  return h('section.card', {}, h('h2', { text: `[${name}]` }), h('dl', {}, Object.entries(value).map(([k, v]) => kv(k, show(v)))));
+}
+
+const show = (v) => (v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+
+async function otaCard() {
+  const state = h('p#ota-state', { text: '…' });
+  const file = h('input', { type: 'file', name: 'bundle', accept: '.bin,.oxi,application/octet-stream' });
+  const reboot = h('input', { type: 'checkbox', name: 'reboot' });
+  const bar = h('progress', { max: 1, value: 0, hidden: true });
+  const box = msgBox();
+  const btn = h('button.primary', { type: 'submit', text: 'Upload and install' });
+  const showState = async () => {
+    try {
+      state.textContent = otaText(await api('GET', '/api/system/ota'));
+    } catch (e) {
+      state.textContent = e.message;
+    }
+  };
+  const submit = (e) => {
+    e.preventDefault();
+    busy(btn, box, () => uploadBundle(file.files[0], reboot.checked, bar, box, showState));
+  };
+  showState();
+  return h('form.card#ota', { onsubmit: submit }, h('h2', { text: 'Firmware update (OTA)' }), state,
+    field('Signed bundle', file), h('label.inline', {}, reboot, ' Reboot when installed'), bar, box, btn);
+}
+
+function otaText(s) {
+  if (s.state === 'installing') return `Installing: ${s.phase || ''} ${s.percent ?? 0} %`;
+  if (s.state === 'installed') return `Installed ${s.version} into slot ${s.slot}; ${s.reboot}.`;
+  if (s.state === 'failed') return `The last update failed: ${s.error}`;
+  return 'No update in progress.';
+}
+
+// XMLHttpRequest, because fetch() reports no upload progress.
+function uploadBundle(blob, reboot, bar, box, showState) {
+  if (!blob) throw new Error('Choose a bundle file first.');
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open('POST', '/api/system/ota' + (reboot ? '?reboot=true' : ''));
+    x.setRequestHeader('Content-Type', 'application/octet-stream');
+    if (Ox.state.csrf) x.setRequestHeader('X-CSRF-Token', Ox.state.csrf);
+    bar.hidden = false;
+    const poll = setInterval(showState, 1000);
+    x.upload.onprogress = (e) => e.lengthComputable && (bar.value = e.loaded / e.total);
+    x.onloadend = () => {
+      clearInterval(poll);
+      showState();
+      let body = null;
+      try {
+        body = JSON.parse(x.responseText);
+      } catch (e) {
+        /* not JSON */
+      }
+      if (x.status >= 200 && x.status < 300) resolve(box.show(otaText(body || {}), 'ok'));
+      else reject(new Error((body && body.error) || `upload failed (${x.status || 'network error'})`));
+    };
+    x.send(blob);
+  });
+}
+
+// ---- users ----
+
+Ox.page('users', { title: 'Users', role: 'admin', nav: true, render: renderUsers });
+
+const roleSelect = (value) => h('select', { name: 'role' }, ['viewer', 'operator', 'admin'].map((r) => h('option', { value: r, selected: r === value, text: r })));
+
+async function renderUsers(view) {
+  const list = h('div');
+  append(view, pageHead('Users'), newUserForm(() => drawUsers(list)), list);
+  await drawUsers(list);
+}
+
+async function drawUsers(list) {
+  const { users } = await api('GET', '/api/users');
+  clear(list, table('users', ['Name', 'Role', 'Two-factor', 'Created', 'Last login', ''], users.map((u) => userRow(u, list))));
+}
+
+function userRow(u, list) {
+  const sel = roleSelect(u.role);
+  const box = msgBox();
+  const redraw = () => drawUsers(list);
+  sel.addEventListener('change', () => busy(sel, box, async () => {
+    await api('PUT', `/api/users/${encodeURIComponent(u.name)}`, { role: sel.value });
+    toast(`${u.name} is now ${sel.value}`);
+  }).then(redraw));
+  const pw = h('input', { type: 'password', name: 'new-password', placeholder: 'new password', autocomplete: 'new-password' });
+  const setPw = h('button', { type: 'button', text: 'Set password', onclick: (e) => busy(e.target, box, async () => {
+    await api('PUT', `/api/users/${encodeURIComponent(u.name)}`, { password: pw.value });
+    pw.value = '';
+    toast(`Password of ${u.name} changed`);
+  }) });
+  const del = confirmButton('Delete', `Delete ${u.name}?`, () => busy(null, box, async () => {
+    await api('DELETE', `/api/users/${encodeURIComponent(u.name)}`);
+    toast(`${u.name} deleted`);
+    redraw();
+  }));
+  return h('tr', { 'data-user': u.name }, td(u.name), h('td', {}, sel), td(u.totp ? 'on' : 'off'), td(fmtIso(u.created)),
+    td(fmtIso(u.last_login)), h('td.actions', {}, pw, setPw, del, box));
+}
+
+function newUserForm(done) {
+  const name = h('input', { name: 'username', required: true, autocomplete: 'off', autocapitalize: 'none' });
+  const pass = h('input', { name: 'password', type: 'password', required: true, autocomplete: 'new-password' });
+  const role = roleSelect('viewer');
+  const box = msgBox();
+  const btn = h('button.primary', { type: 'submit', text: 'Add user' });
+  const submit = (e) => {
+    e.preventDefault();
+    busy(btn, box, async () => {
+      await api('POST', '/api/users', { username: name.value.trim(), password: pass.value, role: role.value });
+      toast(`User ${name.value} added`);
+      name.value = pass.value = '';
+      await done();
+    });
+  };
+  return h('form.card#new-user', { onsubmit: submit }, h('h2', { text: 'Add a user' }),
+    h('div.row', {}, field('User name', name), field('Password', pass), field('Role', role)), box, btn);
+}
+
+// ---- account ----
+
+Ox.page('account', { title: 'Account', role: 'viewer', nav: true, render: renderAccount });
+
+async function renderAccount(view) {
+  const u = Ox.state.user;
+  append(view, pageHead('Account', h('button#logout', { type: 'button', text: 'Log out', onclick: Ox.logout })),
+    h('p', { text: `Signed in as ${u.name} (${u.role}).` }));
+  if (Ox.state.noAuth) return append(view, h('p.note', { text: 'This recorder has no logins enabled.' }));
+  const keys = h('section.card#keys');
+  const sessions = h('section.card#sessions');
+  append(view, h('div.cards', {}, passwordForm(u), totpCard(u)), keys, sessions);
+  await Promise.all([drawKeys(keys), drawSessions(sessions)]);
+}
+
+const userPath = (u, rest) => `/api/users/${encodeURIComponent(u.name)}${rest || ''}`;
+
+function passwordForm(u) {
+  const cur = h('input', { type: 'password', name: 'current_password', required: true, autocomplete: 'current-password' });
+  const pw = h('input', { type: 'password', name: 'password', required: true, autocomplete: 'new-password' });
+  const again = h('input', { type: 'password', name: 'confirm', required: true, autocomplete: 'new-password' });
+  const box = msgBox();
+  const btn = h('button.primary', { type: 'submit', text: 'Change password' });
+  const submit = (e) => {
+    e.preventDefault();
+    busy(btn, box, async () => {
+      if (pw.value !== again.value) throw new Error('The two new passwords differ.');
+      await api('PUT', userPath(u), { password: pw.value, current_password: cur.value });
+      cur.value = pw.value = again.value = '';
+      box.show('Password changed.', 'ok');
+    });
+  };
+  return h('form.card#password-form', { onsubmit: submit }, h('h2', { text: 'Password' }),
+    field('Current password', cur), field('New password', pw), field('New password again', again), box, btn);
+}
+
+function totpCard(u) {
+  const el = h('section.card#totp');
+  drawTotp(el, u);
+  return el;
+}
+
+function drawTotp(el, u) {
+  const box = msgBox();
+  if (u.totp) {
+    const off = h('button.danger', { type: 'button', text: 'Turn off', onclick: (e) => busy(e.target, box, async () => {
+      Ox.state.user = Object.assign({}, u, await api('DELETE', userPath(u, '/totp')), { totp: false });
+      drawTotp(el, Ox.state.user);
+    }) });
+    return clear(el, h('h2', { text: 'Two-factor login' }), h('p', { text: 'On: logging in asks for a code from your authenticator app.' }), box, off);
+  }
+  const on = h('button.primary#totp-start', { type: 'button', text: 'Set up', onclick: (e) => busy(e.target, box, async () => {
+    enrol(el, u, await api('POST', userPath(u, '/totp')));
+  }) });
+  clear(el, h('h2', { text: 'Two-factor login' }), h('p', { text: 'Off. Use an authenticator app (TOTP) for a second factor.' }), box, on);
+}
+
+function enrol(el, u, t) {
+  const code = h('input', { name: 'code', inputmode: 'numeric', autocomplete: 'one-time-code', maxlength: 6, required: true });
+  const box = msgBox();
+  const btn = h('button.primary', { type: 'submit', text: 'Confirm' });
+  const submit = (e) => {
+    e.preventDefault();
+    busy(btn, box, async () => {
+      const user = await api('POST', userPath(u, '/totp/confirm'), { code: code.value.trim() });
+      Ox.state.user = Object.assign({}, u, user, { totp: true });
+      toast('Two-factor login is on');
+      drawTotp(el, Ox.state.user);
+    });
+  };
+  const qr = h('img.qr#totp-qr', { alt: 'TOTP QR code', src: 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(t.qr_svg) });
+  clear(el, h('h2', { text: 'Two-factor login' }), h('p', { text: 'Scan the code with your authenticator app, or type the secret, then enter the 6-digit code it shows.' }),
+    qr, h('p', {}, 'Secret: ', h('code#totp-secret', { text: t.secret })),
+    h('form', { onsubmit: submit }, field('Code', code), box, btn));
+  code.focus();
+}
+
+async function drawKeys(el) {
+  const { keys } = await api('GET', '/api/keys');
+  const name = h('input', { name: 'key-name', required: true, placeholder: 'e.g. home-assistant' });
+  const shown = h('div');
+  const box = msgBox();
+  const btn = h('button', { type: 'submit', text: 'Create key' });
+  const submit = (e) => {
+    e.preventDefault();
+    busy(btn, box, async () => {
+      const k = await api('POST', '/api/keys', { name: name.value.trim() });
+      await drawKeys(el);
+      el.querySelector('.new-key').append(newKey(k));
+    });
+  };
+  const rows = keys.map((k) => h('tr', {}, td(k.name), td(k.user), td(k.role), td(k.prefix + '…'), td(fmtIso(k.created)), td(fmtIso(k.last_used)),
+    h('td', {}, confirmButton('Delete', `Delete key ${k.name}?`, () => busy(null, box, async () => {
+      await api('DELETE', `/api/keys/${encodeURIComponent(k.id)}`);
+      await drawKeys(el);
+    })))));
+  clear(el, h('h2', { text: 'API keys' }), h('p.muted', { text: 'For scripts and home automation: send "Authorization: Bearer <key>". A key has its owner\'s role.' }),
+    keys.length ? table('key-list', ['Name', 'User', 'Role', 'Key', 'Created', 'Last used', ''], rows) : h('p.muted', { text: 'No keys.' }),
+    h('div.new-key', {}, shown), h('form.row', { onsubmit: submit }, field('New key name', name), btn), box);
+}
+
+function newKey(k) {
+  const code = h('code.secret', { text: k.key });
+  const copy = h('button', { type: 'button', text: 'Copy', onclick: () => copyText(k.key) });
+  return h('div.msg.ok', {}, h('p', { text: `Key "${k.name}" created. Copy it now: it is not shown again.` }), code, ' ', copy);
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    toast('Copied');
+  } catch (e) {
+    toast('Copying was refused by the browser; select the key and copy it by hand.', 'error');
+  }
+}
+
+async function drawSessions(el) {
+  const { sessions } = await api('GET', '/api/auth/sessions');
+  const box = msgBox();
+  const rows = sessions.map((s) => h('tr', { class: s.current ? 'current' : null }, td(s.user), td(fmtIso(s.created)), td(fmtIso(s.last_seen)),
+    td(fmtIso(s.expires)), td(s.address), h('td.wrap', { text: s.user_agent }), h('td', {}, s.current ? h('span.badge', { text: 'this browser' }) : null,
+      h('button', { type: 'button', text: 'Revoke', onclick: (e) => busy(e.target, box, () => revoke(s, el)) }))));
+  clear(el, h('h2', { text: 'Sessions' }), table('session-list', ['User', 'Created', 'Last seen', 'Expires', 'Address', 'Browser', ''], rows), box);
+}
+
+async function revoke(s, el) {
+  await api('DELETE', `/api/auth/sessions/${encodeURIComponent(s.id)}`);
+  if (s.current) {
+    setAuth({ user: null });
+    return go('#/login');
+  }
+  await drawSessions(el);
+}
