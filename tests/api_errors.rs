@@ -11,17 +11,13 @@ use std::net::TcpStream;
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use common::nvr::{send_raw, Oxinvr, Response};
+use common::nvr::{send_raw, Oxinvr, Response, TempOxinvr};
 use serde_json::Value;
 
 const MAX_BODY: usize = 2048;
 
-/// A running `oxinvr run` in its own temporary directory. Dropped at the end of
-/// a test that passed, it must stop within 15 s of SIGTERM.
-struct Nvr {
-    oxinvr: Option<Oxinvr>,
-    _dir: tempfile::TempDir,
-}
+/// A running `oxinvr run` in its own temporary directory.
+struct Nvr(TempOxinvr);
 
 impl Nvr {
     fn start() -> Nvr {
@@ -32,8 +28,7 @@ impl Nvr {
             "[storage]\ndata_dir = \"{{DATA}}\"\nring_dir = {:?}\n\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\nthreads = 2\nmax_body_bytes = {MAX_BODY}\n",
             rings.display().to_string(),
         );
-        let oxinvr = Oxinvr::start(dir.path(), &config);
-        Nvr { oxinvr: Some(oxinvr), _dir: dir }
+        Nvr(TempOxinvr::start(dir, &config))
     }
 
     fn req(&self, method: &str, path: &str, body: &[u8]) -> Response {
@@ -48,18 +43,7 @@ impl Nvr {
 impl Deref for Nvr {
     type Target = Oxinvr;
     fn deref(&self) -> &Oxinvr {
-        self.oxinvr.as_ref().expect("running")
-    }
-}
-
-impl Drop for Nvr {
-    fn drop(&mut self) {
-        if let Some(oxinvr) = self.oxinvr.take() {
-            // After a failure, `Oxinvr`'s own drop kills it.
-            if !std::thread::panicking() {
-                oxinvr.terminate(Duration::from_secs(15));
-            }
-        }
+        &self.0
     }
 }
 

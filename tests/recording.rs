@@ -82,13 +82,18 @@ fn recordings(nvr: &Oxinvr, stream: &str) -> Vec<serde_json::Value> {
 }
 
 /// ffmpeg decodes an HTTP URL (export or playlist) to the end; returns frames decoded.
-fn decode_url_frames(url: &str) -> u64 {
+/// ffmpeg sends `auth` (an `Authorization` header) with the playlist and
+/// with every request the HLS demuxer makes for it.
+fn decode_url_frames(url: &str, auth: &(String, String)) -> u64 {
+    let headers = format!("{}: {}\r\n", auth.0, auth.1);
     let out = std::process::Command::new("ffmpeg")
         .args([
             "-nostdin",
             "-v",
             "error",
             "-stats",
+            "-headers",
+            &headers,
             "-i",
             url,
             "-map",
@@ -148,7 +153,7 @@ fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     let pl = nvr.get(&playlist[playlist.find("/api").unwrap_or(0)..]).expect("playlist");
     assert_eq!(pl.status, 200, "{}", pl.text());
     assert!(pl.text().contains("#EXT-X-BYTERANGE") && pl.text().contains("#EXT-X-MAP"), "{}", pl.text());
-    let frames = decode_url_frames(&playlist);
+    let frames = decode_url_frames(&playlist, &nvr.auth_header());
     let hls_s = frames as f64 / FPS;
     assert!(hls_s >= span_s - 0.2 && hls_s <= span_s + 2.0 * GOP_S + 0.2, "HLS played {hls_s} s for a {span_s} s span");
 

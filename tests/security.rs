@@ -14,35 +14,20 @@ use std::net::TcpStream;
 use std::ops::Deref;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::nvr::{http, send_raw, Oxinvr, Response};
+use common::nvr::{http, send_raw, Oxinvr, Response, TempOxinvr};
 use oxinvr::auth::totp;
 use serde_json::{json, Value};
 
 /// The first admin's password in every test.
 const PASSWORD: &str = "correct horse battery";
 
-/// A running `oxinvr run` in its own temporary directory. Dropped at the end of
-/// a test that passed, it must stop within 15 s of SIGTERM.
-struct Nvr {
-    oxinvr: Option<Oxinvr>,
-    _dir: tempfile::TempDir,
-}
+/// A running `oxinvr run` in its own temporary directory.
+struct Nvr(TempOxinvr);
 
 impl Deref for Nvr {
     type Target = Oxinvr;
     fn deref(&self) -> &Oxinvr {
-        self.oxinvr.as_ref().expect("running")
-    }
-}
-
-impl Drop for Nvr {
-    fn drop(&mut self) {
-        if let Some(oxinvr) = self.oxinvr.take() {
-            // After a failure, `Oxinvr`'s own drop kills it.
-            if !std::thread::panicking() {
-                oxinvr.terminate(Duration::from_secs(15));
-            }
-        }
+        &self.0
     }
 }
 
@@ -121,8 +106,7 @@ impl Nvr {
         } else {
             config.replace("threads = 4\n", "threads = 4\npbkdf2_iterations = 1000\n")
         };
-        let oxinvr = Oxinvr::start(d, &config);
-        Nvr { oxinvr: Some(oxinvr), _dir: dir }
+        Nvr(TempOxinvr::start(dir, &config))
     }
 
     /// One request; a JSON `body` is sent with `Content-Type: application/json`.

@@ -191,6 +191,7 @@ function setAuth(s) {
   Ox.state.setupRequired = !!s.setup_required;
   Ox.state.user = s.user || null;
   Ox.state.csrf = s.csrf || null;
+  Ox.state.webrtc = !!s.webrtc;
   renderChrome();
 }
 

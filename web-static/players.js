@@ -46,12 +46,28 @@ function openMediaSource(video) {
 }
 
 function detachVideo(video) {
+  video.srcObject = null;
   if (video.src && video.src.startsWith('blob:')) URL.revokeObjectURL(video.src);
   video.removeAttribute('src');
   video.load();
 }
 
 // ---------------------------------------------------------------- live ----
+
+// Resolves when ICE gathering is complete, or after `ms` (go2rtc takes the
+// candidates that are in the offer by then).
+function iceGathered(pc, ms) {
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    const t = setTimeout(resolve, ms);
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+  });
+}
 
 // Plays `/api/streams/{name}/live`. onState(text, kind) reports what it does.
 class LivePlayer {
@@ -64,7 +80,16 @@ class LivePlayer {
   }
 
   start() {
-    this.connect();
+    // With go2rtc configured, WebRTC (signalled through OxiNVR's login) first;
+    // the WebSocket/MSE view from the ring whenever that fails.
+    if (Ox.state.webrtc && window.RTCPeerConnection) {
+      this.webrtc().catch(() => {
+        this.closePeer();
+        this.connect();
+      });
+    } else {
+      this.connect();
+    }
     return this;
   }
 
@@ -73,7 +98,40 @@ class LivePlayer {
     clearTimeout(this.timer);
     if (this.ws) this.ws.close();
     this.ws = null;
+    this.closePeer();
     detachVideo(this.video);
+  }
+
+  async webrtc() {
+    const pc = new RTCPeerConnection();
+    this.pc = pc;
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    pc.ontrack = (e) => {
+      if (!this.video.srcObject) this.video.srcObject = e.streams[0] || new MediaStream();
+      if (!e.streams[0]) this.video.srcObject.addTrack(e.track);
+      this.video.play().catch(() => {});
+    };
+    this.onState('connecting (WebRTC)…', 'info');
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc, 2000);
+    const path = `/api/streams/${encodeURIComponent(this.name)}/webrtc`;
+    const answer = await Ox.api('POST', path, { type: 'offer', sdp: pc.localDescription.sdp });
+    if (this.stopped) return;
+    await pc.setRemoteDescription(answer);
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' && this.pc === pc && !this.stopped) {
+        this.closePeer();
+        this.connect();
+      }
+    };
+    this.onState('live (WebRTC)', 'info');
+  }
+
+  closePeer() {
+    if (this.pc) this.pc.close();
+    this.pc = null;
+    this.video.srcObject = null;
   }
 
   connect() {
@@ -526,14 +584,10 @@ class Timeline {
   }
 
   draw() {
-    const c = this.c, dpr = window.devicePixelRatio || 1;
-    const w = c.clientWidth, hgt = c.clientHeight;
-    if (!w) return;
-    c.width = Math.round(w * dpr);
-    c.height = Math.round(hgt * dpr);
-    const g = c.getContext('2d');
-    g.setTransform(dpr, 0, 0, dpr, 0, 0);
-    g.clearRect(0, 0, w, hgt);
+    const c = this.c;
+    const ctx = clearCanvas(c);
+    if (!ctx) return;
+    const [g, w, hgt] = ctx;
     this.drawLane(g, 22, 26, 'recordings', this.spans, '#2e8b57');
     this.drawLane(g, 22, 26, null, this.gaps, '#8b3a3a');
     this.drawBounds(g, 22, 26);
@@ -611,15 +665,24 @@ class Timeline {
 // --------------------------------------------------------------- chart ----
 
 // A small line chart of recent values on a canvas (e.g. kbit/s every 2 s).
-function drawChart(canvas, values, color, unit) {
+// Sizes a canvas to its box at the screen's pixel ratio and clears it:
+// [context, css width, css height], or null while it is not laid out.
+function clearCanvas(c) {
   const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth, hgt = canvas.clientHeight;
-  if (!w) return;
-  canvas.width = Math.round(w * dpr);
-  canvas.height = Math.round(hgt * dpr);
-  const g = canvas.getContext('2d');
+  const w = c.clientWidth, hgt = c.clientHeight;
+  if (!w) return null;
+  c.width = Math.round(w * dpr);
+  c.height = Math.round(hgt * dpr);
+  const g = c.getContext('2d');
   g.setTransform(dpr, 0, 0, dpr, 0, 0);
   g.clearRect(0, 0, w, hgt);
+  return [g, w, hgt];
+}
+
+function drawChart(canvas, values, color, unit) {
+  const ctx = clearCanvas(canvas);
+  if (!ctx) return;
+  const [g, w, hgt] = ctx;
   const max = Math.max(1, ...values) * 1.15;
   g.strokeStyle = '#3a4250';
   g.strokeRect(0.5, 0.5, w - 1, hgt - 1);

@@ -242,6 +242,39 @@ impl Oxinvr {
     }
 }
 
+/// A running `oxinvr run` that owns its temporary directory. Dropped at the
+/// end of a test that passed, it must stop within 15 s of SIGTERM (after a
+/// failure, `Oxinvr`'s own drop kills it).
+pub struct TempOxinvr {
+    oxinvr: Option<Oxinvr>,
+    _dir: tempfile::TempDir,
+}
+
+impl TempOxinvr {
+    /// [`Oxinvr::start`] in `dir`, which is deleted after the process ends.
+    pub fn start(dir: tempfile::TempDir, config: &str) -> TempOxinvr {
+        let oxinvr = Oxinvr::start(dir.path(), config);
+        TempOxinvr { oxinvr: Some(oxinvr), _dir: dir }
+    }
+}
+
+impl std::ops::Deref for TempOxinvr {
+    type Target = Oxinvr;
+    fn deref(&self) -> &Oxinvr {
+        self.oxinvr.as_ref().expect("running")
+    }
+}
+
+impl Drop for TempOxinvr {
+    fn drop(&mut self) {
+        if let Some(oxinvr) = self.oxinvr.take() {
+            if !std::thread::panicking() {
+                oxinvr.terminate(Duration::from_secs(15));
+            }
+        }
+    }
+}
+
 impl Drop for Oxinvr {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
