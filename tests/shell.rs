@@ -155,7 +155,25 @@ fn the_shell_drives_the_running_recorder_through_its_api() {
         assert!(out.contains(cmd), "help lacks {cmd}: {out}");
     }
     assert!(sh.run("help ota").starts_with("usage: ota status"));
-    assert_eq!(sh.run("users").trim(), "no users yet: authentication arrives with the web UI");
+    assert!(sh.run("users").starts_with("no users: open the web page for first-run setup"));
+    // `oxinvr user add` on the console makes the first admin; the shell lists it.
+    let add = std::process::Command::new(oxinvr_bin())
+        .args(["user", "add", "root", "--role", "admin", "--config"])
+        .arg(&nvr.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(b"console-password\n")?;
+            c.wait_with_output()
+        })
+        .expect("oxinvr user add");
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let out = sh.run("users");
+    assert!(out.contains("root") && out.contains("admin") && out.contains("never"), "{out}");
+    assert_eq!(nvr.json("/api/auth/status")["setup_required"], serde_json::Value::Bool(false));
     // The recorder's log file, written by `oxinvr run`.
     let out = sh.run("logs 50");
     assert!(out.contains("API on http://127.0.0.1:"), "{out}");
@@ -163,7 +181,7 @@ fn the_shell_drives_the_running_recorder_through_its_api() {
     assert!(out.contains("configured"), "{out}");
     // Backspaces that reach a plain-mode shell are applied.
     let out = sh.run("usrs\x08\x08ers");
-    assert!(out.contains("no users yet"), "{out}");
+    assert!(out.contains("root") && out.contains("LAST LOGIN"), "{out}");
 
     if oxinvr::ota::appliance_slot().ok().flatten().is_none() {
         // A development machine is never reset, rebooted or renetworked.
