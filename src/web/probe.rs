@@ -300,7 +300,8 @@ mod tests {
         let began = std::time::Instant::now();
         let e = run(url, None, Duration::from_millis(300), slot).err().expect("silent");
         assert!(e.starts_with("timeout"), "{e}");
-        assert!(began.elapsed() < Duration::from_millis(1300), "{:?}", began.elapsed());
+        // Far below the 5 s default: the timeout, not the camera, ended it (even under qemu).
+        assert!(began.elapsed() < Duration::from_secs(3), "{:?}", began.elapsed());
         drop(listener);
     }
 }
