@@ -1270,3 +1270,53 @@ fn totp_enrolment_login_and_replay() {
     assert_eq!(r.json()["totp"], json!(false));
     assert_eq!(login(None, PASSWORD).status, 200);
 }
+
+/// DNS rebinding: a web page that points its own name at a fresh box cannot
+/// make itself the admin; setup is only offered at an address.
+#[test]
+fn setup_is_refused_at_a_host_name() {
+    let nvr = Nvr::start("");
+    let body = serde_json::to_vec(&creds("mallory", PASSWORD)).expect("json");
+    let head = format!(
+        "POST /api/auth/setup HTTP/1.1\r\nHost: evil.example:{}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        nvr.port,
+        body.len()
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    assert_error(&nvr.raw(&bytes), 403, "IP address");
+    assert!(nvr.user_names().is_empty(), "{:?}", nvr.user_names());
+    let r = nvr.call(Cred::Anonymous, "POST", "/api/auth/setup", Some(&creds("owner", PASSWORD)), &[]);
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+/// A proxy may add its own X-Forwarded-For line instead of extending the
+/// client's: the address is the last entry of all lines.
+#[test]
+fn forwarded_for_on_two_lines_is_read_whole() {
+    let nvr = Nvr::start("login_attempts = 3\nlockout_seconds = 30\ntrust_proxy = true");
+    nvr.setup("boss");
+    for i in 0..3 {
+        let fake = format!("192.0.2.{i}");
+        let h = [("X-Forwarded-For", fake.as_str()), ("X-Forwarded-For", "10.0.0.8")];
+        assert_eq!(nvr.login_as(&format!("g{i}"), "guess guess", &h).status, 401);
+    }
+    let h = [("X-Forwarded-For", "192.0.2.99"), ("X-Forwarded-For", "10.0.0.8")];
+    let r = nvr.login_as("boss", PASSWORD, &h);
+    assert_eq!(r.status, 429, "the client escaped its address's lockout: {}", r.text());
+}
+
+/// A change that is refused in part is refused whole: nothing was written.
+#[test]
+fn a_refused_user_change_changes_nothing() {
+    let nvr = Nvr::start("");
+    nvr.setup("boss");
+    nvr.add_user("alice", "operator", PASSWORD);
+    let change = json!({ "role": "viewer", "password": "short" });
+    let r = nvr.call(Cred::Console, "PUT", "/api/users/alice", Some(&change), &[]);
+    assert_error(&r, 400, "too short");
+    let alice = nvr.call(Cred::Console, "GET", "/api/users/alice", None, &[]).json();
+    assert_eq!(alice["role"], json!("operator"), "the role changed although the request was refused");
+    assert_eq!(nvr.login_as("alice", PASSWORD, &[]).status, 200);
+}

@@ -69,7 +69,8 @@ fn offers_are_relayed_to_go2rtc_only_after_authentication() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\npbkdf2_iterations = 1000\n\
-         go2rtc_api = \"http://127.0.0.1:{}\"\n\n[[streams]]\nname = \"cam\"\nurl = \"rtsp://u:pw@127.0.0.1:9/x\"\nenabled = false\n",
+         go2rtc_api = \"http://127.0.0.1:{}\"\n\n[[streams]]\nname = \"cam\"\nurl = \"rtsp://u:pw@127.0.0.1:9/x\"\n\n\
+         [[streams]]\nname = \"off\"\nurl = \"rtsp://127.0.0.1:9/y\"\nenabled = false\n",
         go2rtc.port
     );
     let nvr = Oxinvr::start(dir.path(), &config);
@@ -99,7 +100,9 @@ fn offers_are_relayed_to_go2rtc_only_after_authentication() {
         "the offer is relayed: {seen:?}"
     );
 
-    // Unknown streams are not asked for; malformed offers are refused.
+    // Unknown and disabled streams are not asked for; malformed offers are refused.
+    let r = nvr.request("POST", "/api/streams/off/webrtc", &json, OFFER).expect("post");
+    assert_eq!(r.status, 409, "{}", r.text());
     let r = nvr.request("POST", "/api/streams/nope/webrtc", &json, OFFER).expect("post");
     assert_eq!(r.status, 404, "{}", r.text());
     let r = nvr.request("POST", "/api/streams/cam/webrtc", &json, br#"{"type":"answer","sdp":"x"}"#).expect("post");

@@ -214,6 +214,14 @@ impl Db {
         })
     }
 
+    /// Replaces a password hash by a stronger one of the same password (sessions stay).
+    pub fn rehash_password(&self, user_id: i64, hash: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![user_id, hash])
+            .ctx("rehash password")?;
+        Ok(())
+    }
+
     /// Deletes a user with their sessions and keys; refuses the last admin.
     pub fn delete_user(&self, name: &str) -> Result<(), DbError> {
         self.write("delete user", |tx| {

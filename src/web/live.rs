@@ -75,6 +75,8 @@ const STACK_BYTES: usize = 256 << 10;
 const MAX_PENDING_AUDIO: usize = 96;
 
 static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+/// Pongs are only queued while less than this waits to be sent.
+const MAX_PONG_BACKLOG: usize = 64 << 10;
 // usize: MIPS32 has no 64-bit atomics.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -133,7 +135,10 @@ fn admit(nvr: &Nvr, stream: &str, rq: &tiny_http::Request) -> Result<Admitted, A
     }
     let key = handshake_key(rq)?;
     let origin = header(rq, "Origin");
-    if let Some(origin) = origin.filter(|o| !same_origin(o, header(rq, "Host").as_deref())) {
+    // Behind a trusted proxy the browser's host is the one the proxy says it forwarded.
+    let forwarded = nvr.config.web.trust_proxy.then(|| header(rq, "X-Forwarded-Host")).flatten();
+    let host = forwarded.or_else(|| header(rq, "Host"));
+    if let Some(origin) = origin.filter(|o| !same_origin(o, host.as_deref())) {
         return Err(ApiError::new(403, format!("Origin {origin:?} does not match the Host header")));
     }
     let slot = Slot::take(nvr.config.web.max_live_clients)?;
@@ -500,7 +505,12 @@ impl Client {
         }
         while let Some(msg) = self.reader.next_message().map_err(End::Protocol)? {
             match msg {
-                Message::Ping(p) => websocket::put_frame(&mut self.out.buf, Opcode::Pong, &p),
+                // A client that pings faster than it reads gets no more pongs
+                // (RFC 6455 allows answering only the latest): the outbox stays bounded.
+                Message::Ping(p) if self.out.pending() < MAX_PONG_BACKLOG => {
+                    websocket::put_frame(&mut self.out.buf, Opcode::Pong, &p)
+                }
+                Message::Ping(_) => {}
                 Message::Close(c) => {
                     let payload = c.map(|(code, _)| code.to_be_bytes().to_vec()).unwrap_or_default();
                     websocket::put_frame(&mut self.out.buf, Opcode::Close, &payload);

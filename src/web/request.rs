@@ -24,6 +24,8 @@ pub struct RequestInfo {
     pub bearer: Option<String>,
     pub csrf: Option<String>,
     pub content_type: Option<String>,
+    /// The `Host` header.
+    pub host: Option<String>,
     pub range: Option<String>,
     pub accept_gzip: bool,
     /// `If-None-Match` (ETags of a cached copy), for the embedded page's files.
@@ -41,7 +43,8 @@ impl RequestInfo {
             secure = h("X-Forwarded-Proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
             // The proxy appends the address it saw: the last entry. Earlier ones
             // are whatever the client claimed.
-            let last = h("X-Forwarded-For").and_then(|f| f.rsplit(',').next().and_then(|a| a.trim().parse().ok()));
+            let all = headers_joined(rq, "X-Forwarded-For");
+            let last = all.rsplit(',').next().and_then(|a| a.trim().parse().ok());
             peer = last.or(peer);
         }
         RequestInfo {
@@ -51,6 +54,7 @@ impl RequestInfo {
             bearer: h("Authorization").and_then(|a| bearer(&a)),
             csrf: h(CSRF_HEADER),
             content_type: h("Content-Type"),
+            host: h("Host"),
             range: h("Range"),
             accept_gzip: h("Accept-Encoding").is_some_and(|a| accepts_gzip(&a)),
             if_none_match: h("If-None-Match"),
@@ -68,6 +72,13 @@ impl RequestInfo {
 
 pub fn header(rq: &tiny_http::Request, name: &'static str) -> Option<String> {
     rq.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str().to_string())
+}
+
+/// Every value of a header that may be sent on several lines, joined with `,`
+/// (a proxy may add its own line instead of extending the client's).
+fn headers_joined(rq: &tiny_http::Request, name: &'static str) -> String {
+    let values: Vec<&str> = rq.headers().iter().filter(|h| h.field.equiv(name)).map(|h| h.value.as_str()).collect();
+    values.join(",")
 }
 
 /// The value of cookie `name` in a `Cookie` header.

@@ -196,6 +196,21 @@ struct Credentials {
     totp: Option<String>,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn setup_hosts() {
+        use super::host_is_address as ok;
+        for h in ["127.0.0.1:8080", "192.168.1.5", "localhost:80", "[::1]:8080", "[fe80::1]"] {
+            assert!(ok(Some(h)), "{h}");
+        }
+        for h in ["nvr.local:8080", "evil.example", "", "[nope]:1", "1.2.3.4.example"] {
+            assert!(!ok(Some(h)), "{h}");
+        }
+        assert!(!ok(None));
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FirstAdmin {
@@ -210,6 +225,14 @@ fn setup(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     if ctx.db.user_count()? > 0 {
         return Err(ApiError::conflict("setup is done: an admin exists already; log in"));
     }
+    if !host_is_address(c.req.host.as_deref()) {
+        return Err(ApiError::new(
+            403,
+            "first-run setup is only offered at the box's IP address (http://<address>:<port>/), \
+             not at a host name (a web page could point its own name at the box); \
+             or run `oxinvr user add NAME --role admin` on a console",
+        ));
+    }
     let hash = password::hash(&b.password, ctx.nvr.config.web.pbkdf2_iterations).map_err(ApiError::internal)?;
     let now = ctx.nvr.clock.now_ms();
     let user = ctx
@@ -219,6 +242,17 @@ fn setup(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     log::info!("first-run setup: admin {:?} created from {}", user.name, addr(c.req));
     let reply = start_session(ctx, c.req, &user, 201)?;
     Ok(reply)
+}
+
+/// True for a `Host` that is an IP address or `localhost` (with or without a
+/// port): a DNS-rebinding page can only reach the box under its own name.
+fn host_is_address(host: Option<&str>) -> bool {
+    let Some(host) = host.map(str::trim) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split(']').next().is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn addr(req: &RequestInfo) -> String {
@@ -283,7 +317,8 @@ fn login(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     lockout.clear(&keys[0]);
     if password::iterations(&user.password_hash).is_some_and(|n| n < web.pbkdf2_iterations) {
         if let Ok(h) = password::hash(&b.password, web.pbkdf2_iterations) {
-            ctx.db.set_password(&user.name, &h, None).map_err(db_error)?;
+            // Same password, stronger hash: the user's other sessions stay.
+            ctx.db.rehash_password(user.id, &h)?;
         }
     }
     ctx.db.set_last_login(user.id, now)?;
@@ -427,19 +462,27 @@ struct UserChange {
 fn update_user(ctx: &Ctx, c: &Call, p: &Principal, name: &str) -> Result<Reply, ApiError> {
     let b: UserChange = body(c)?;
     let u = target(ctx, p, name)?;
-    if let Some(role) = &b.role {
-        if p.role != Role::Admin {
-            return Err(ApiError::new(403, "only an admin may change roles"));
+    // Everything is checked before anything is written: a refused request changes nothing.
+    let role = match &b.role {
+        Some(_) if p.role != Role::Admin => return Err(ApiError::new(403, "only an admin may change roles")),
+        Some(r) => Some(parse_role(r)?),
+        None => None,
+    };
+    let own = p.username == name && p.via != Via::Console;
+    let hash = match &b.password {
+        Some(new) => {
+            password::check_new(new).map_err(ApiError::bad_request)?;
+            if own && !b.current_password.as_deref().is_some_and(|cur| password::verify(&u.password_hash, cur)) {
+                return Err(ApiError::new(403, "current_password is missing or wrong"));
+            }
+            Some(password::hash(new, ctx.nvr.config.web.pbkdf2_iterations).map_err(ApiError::internal)?)
         }
-        ctx.db.set_user_role(name, parse_role(role)?).map_err(db_error)?;
+        None => None,
+    };
+    if let Some(role) = role {
+        ctx.db.set_user_role(name, role).map_err(db_error)?;
     }
-    if let Some(new) = &b.password {
-        password::check_new(new).map_err(ApiError::bad_request)?;
-        let own = p.username == name && p.via != Via::Console;
-        if own && !b.current_password.as_deref().is_some_and(|cur| password::verify(&u.password_hash, cur)) {
-            return Err(ApiError::new(403, "current_password is missing or wrong"));
-        }
-        let hash = password::hash(new, ctx.nvr.config.web.pbkdf2_iterations).map_err(ApiError::internal)?;
+    if let Some(hash) = hash {
         let keep = match (&p.via, own) {
             (Via::Session { id, .. }, true) => Some(*id),
             _ => None,

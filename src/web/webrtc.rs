@@ -42,6 +42,9 @@ pub fn offer(ctx: &Ctx, stream: &str, q: &Query, body: &[u8]) -> Result<Reply, A
     }
     let row =
         ctx.db.stream_by_name(stream)?.ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
+    if !row.spec.enabled {
+        return Err(ApiError::conflict(format!("stream {stream:?} is disabled; enable it to watch it live")));
+    }
     let addr = crate::config::go2rtc_addr(api).map_err(ApiError::internal)?;
     let client = Client::new(addr);
     let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
