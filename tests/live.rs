@@ -69,10 +69,15 @@ impl Client {
 
     /// Connects and upgrades, or returns the non-101 answer.
     fn try_connect(nvr: &Oxinvr, stream: &str, extra: &[(&str, &str)]) -> Result<Client, Response> {
+        Self::try_connect_with(nvr, stream, upgrade_headers(nvr, extra))
+    }
+
+    /// Connects with exactly these headers (besides Host).
+    fn try_connect_with(nvr: &Oxinvr, stream: &str, headers: Vec<(String, String)>) -> Result<Client, Response> {
         let mut sock = TcpStream::connect(("127.0.0.1", nvr.port)).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let mut req = format!("GET /api/streams/{stream}/live HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n", nvr.port);
-        for (k, v) in upgrade_headers(nvr, extra) {
+        for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
@@ -414,6 +419,56 @@ fn live_view_decodes_from_a_keyframe_and_refuses_bad_requests() {
     nvr.wait_for("/api/system", Duration::from_secs(2), "the live slot to be freed", |v| {
         v["live_clients"].as_u64() == Some(0)
     });
+}
+
+/// A live view opened with a login ends (error message, close 1008) soon after
+/// that session is revoked; one opened with an API key, after the key is deleted.
+#[test]
+fn revoking_the_login_ends_the_live_view() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cam = Camera::start(&["--fps", "15"]);
+    let nvr = Oxinvr::start(tmp.path(), &config(&cam.url("h264"), "pbkdf2_iterations = 1000", "", 1000));
+    wait_streaming(&nvr);
+    let json = [("Content-Type", "application/json")];
+    let setup = http(nvr.port, "POST", "/api/auth/setup", &json, br#"{"username":"boss","password":"long enough pw"}"#)
+        .expect("setup");
+    assert_eq!(setup.status, 201, "{}", setup.text());
+    let cookie = setup.header("Set-Cookie").and_then(|c| c.split(';').next()).expect("cookie").to_string();
+    let csrf = setup.json()["csrf"].as_str().expect("csrf").to_string();
+    let key = http(
+        nvr.port,
+        "POST",
+        "/api/keys",
+        &[("Content-Type", "application/json"), ("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        br#"{"name":"viewer script"}"#,
+    )
+    .expect("key")
+    .json();
+
+    let by_cookie = handshake_headers(&[("Cookie", cookie.as_str())]);
+    let bearer = format!("Bearer {}", key["key"].as_str().expect("key"));
+    let by_key = handshake_headers(&[("Authorization", bearer.as_str())]);
+    for (headers, revoke) in [
+        (by_cookie, "/api/auth/sessions/1".to_string()),
+        (by_key, format!("/api/keys/{}", key["id"].as_i64().expect("id"))),
+    ] {
+        let mut c =
+            Client::try_connect_with(&nvr, "cam", headers).unwrap_or_else(|r| panic!("{} {}", r.status, r.text()));
+        c.init();
+        let r = nvr.request("DELETE", &revoke, &[], b"").expect("revoke");
+        assert_eq!(r.status, 204, "{revoke}: {}", r.text());
+        let deadline = Instant::now() + Duration::from_secs(6);
+        let ended = loop {
+            assert!(Instant::now() < deadline, "the live view outlived {revoke}");
+            match c.next() {
+                Message::Binary(_) => {}
+                Message::Text(t) => break t,
+                other => panic!("unexpected {}", describe(&other)),
+            }
+        };
+        assert!(ended.contains("login ended"), "{ended}");
+        assert!(matches!(c.next(), Message::Close(Some((1008, _)))));
+    }
 }
 
 /// A client stops reading for `stall`, then reads on: it must get a jump

@@ -337,6 +337,20 @@ impl Db {
         Ok(())
     }
 
+    /// True while session `id` exists and has not expired.
+    pub fn session_alive(&self, id: i64, now_ms: i64) -> Result<bool, DbError> {
+        self.conn
+            .query_row("SELECT count(*) FROM sessions WHERE id = ?1 AND expires_ms > ?2", params![id, now_ms], |r| {
+                r.get(0)
+            })
+            .ctx("check session")
+    }
+
+    /// True while API key `id` exists.
+    pub fn key_alive(&self, id: i64) -> Result<bool, DbError> {
+        self.conn.query_row("SELECT count(*) FROM api_keys WHERE id = ?1", [id], |r| r.get(0)).ctx("check key")
+    }
+
     /// Live sessions, of one user or of all.
     pub fn list_sessions(&self, user_id: Option<i64>, now_ms: i64) -> Result<Vec<SessionRow>, DbError> {
         let sql = format!(

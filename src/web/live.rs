@@ -48,6 +48,9 @@ use serde_json::json;
 use super::reply::{ApiError, Reply};
 use super::request::header;
 use super::websocket::{self, close, FrameReader, Message, Opcode, ProtocolError};
+use crate::auth::Via;
+use crate::clock::Clock;
+use crate::db::Db;
 use crate::media::{RunStart, Track};
 use crate::mp4;
 use crate::nvr::{Nvr, StreamRuntime, StreamState};
@@ -65,6 +68,9 @@ const WRITE_SLICE: Duration = Duration::from_millis(20);
 const READ_WAIT: Duration = Duration::from_millis(10);
 /// How often the thread checks whether its stream was stopped.
 const STATUS_CHECK: Duration = Duration::from_millis(250);
+/// How often a watching client's session or API key is checked again: a
+/// revoked, expired or deleted credential ends its live view within this.
+const AUTH_CHECK: Duration = Duration::from_secs(2);
 /// Time to deliver the last messages (error, close) before hanging up.
 const GOODBYE_LIMIT: Duration = Duration::from_secs(1);
 /// Ring records read per loop turn before checking the socket and the stream.
@@ -85,9 +91,10 @@ pub fn live_clients() -> usize {
     CLIENTS.load(Ordering::SeqCst)
 }
 
-/// Answers an authorised live request (the route and credentials are checked).
-pub fn serve(nvr: &Nvr, stream: &str, rq: tiny_http::Request) {
-    match admit(nvr, stream, &rq) {
+/// Answers an authorised live request (the route and credentials are checked;
+/// `via` is checked again every [`AUTH_CHECK`] while the client watches).
+pub fn serve(nvr: &Nvr, stream: &str, via: Via, rq: tiny_http::Request) {
+    match admit(nvr, stream, via, &rq) {
         Ok(admitted) => start(admitted, stream, rq),
         Err(e) => {
             let line = format!("{} {}", rq.method(), rq.url());
@@ -123,12 +130,13 @@ impl Drop for Slot {
 /// What a request that passed every check brings to its thread.
 struct Admitted {
     rt: Arc<StreamRuntime>,
+    auth: Recheck,
     key: String,
     socket: TcpStream,
     slot: Slot,
 }
 
-fn admit(nvr: &Nvr, stream: &str, rq: &tiny_http::Request) -> Result<Admitted, ApiError> {
+fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) -> Result<Admitted, ApiError> {
     let rt = nvr.stream(stream).ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
     if rt.with_status(|s| s.state) == StreamState::Disabled {
         return Err(ApiError::conflict(format!("stream {stream:?} is disabled; enable it to watch it live")));
@@ -146,7 +154,8 @@ fn admit(nvr: &Nvr, stream: &str, rq: &tiny_http::Request) -> Result<Admitted, A
     let socket = dup_socket(rq)
         .and_then(socket_ready)
         .map_err(|e| ApiError::internal(format!("cannot set up the socket of the live connection from {peer}: {e}")))?;
-    Ok(Admitted { rt, key, socket, slot })
+    let auth = Recheck { via, db_path: nvr.config.db_path(), clock: nvr.clock.clone(), db: None };
+    Ok(Admitted { rt, auth, key, socket, slot })
 }
 
 /// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request.
@@ -222,7 +231,8 @@ fn start(a: Admitted, stream: &str, rq: tiny_http::Request) {
     let upgraded = rq.upgrade("websocket", response);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let fallback = a.socket.try_clone();
-    let client = Client::new(a.rt, a.socket, upgraded, a.slot);
+    let mut client = Client::new(a.rt, a.socket, upgraded, a.slot);
+    client.auth = Some(a.auth);
     log::info!("live-{id}: {peer} watches {stream}");
     let spawned =
         std::thread::Builder::new().name(format!("live-{id}")).stack_size(STACK_BYTES).spawn(move || client.run());
@@ -254,6 +264,8 @@ enum End {
     /// The connection ended without a close frame.
     Gone,
     StreamStopped,
+    /// The session or API key it was opened with ended.
+    Revoked,
     Stalled,
     Protocol(ProtocolError),
     Io(io::Error),
@@ -265,6 +277,7 @@ impl std::fmt::Display for End {
             End::ClientClosed => f.write_str("the client closed"),
             End::Gone => f.write_str("the connection ended without a close frame"),
             End::StreamStopped => f.write_str("the stream was stopped"),
+            End::Revoked => f.write_str("its session or API key ended"),
             End::Stalled => write!(f, "the client took nothing for {} s", STALL_LIMIT.as_secs()),
             End::Protocol(e) => write!(f, "the client broke the protocol: {e}"),
             End::Io(e) => write!(f, "socket error: {e}"),
@@ -354,6 +367,37 @@ struct Client {
     edge: LiveEdge,
     /// Start of the current period without write progress (stuck or paused).
     idle_since: Option<Instant>,
+    /// The credential to check again while the client watches (None in unit tests).
+    auth: Option<Recheck>,
+}
+
+/// A live client's credential, checked again against the database.
+struct Recheck {
+    via: Via,
+    db_path: std::path::PathBuf,
+    clock: Arc<dyn Clock>,
+    /// This thread's connection, opened at the first check.
+    db: Option<Db>,
+}
+
+impl Recheck {
+    /// False once the session ended (expired, revoked, logged out, user
+    /// deleted) or the API key was deleted; also when it cannot be checked.
+    fn still_valid(&mut self) -> bool {
+        if self.db.is_none() {
+            self.db = Db::open(&self.db_path).map_err(|e| log::warn!("live: cannot check credentials: {e}")).ok();
+        }
+        let Some(db) = &self.db else { return false };
+        let alive = match &self.via {
+            Via::Console => Ok(true),
+            Via::Session { id, .. } => db.session_alive(*id, self.clock.now_ms()),
+            Via::ApiKey { id } => db.key_alive(*id),
+        };
+        alive.unwrap_or_else(|e| {
+            log::warn!("live: cannot check credentials: {e}");
+            false
+        })
+    }
 }
 
 impl Client {
@@ -376,6 +420,7 @@ impl Client {
             out: Outbox::default(),
             edge: LiveEdge::default(),
             idle_since: None,
+            auth: None,
         }
     }
 
@@ -398,12 +443,18 @@ impl Client {
     }
 
     fn serve(&mut self) -> End {
-        let mut checked = Instant::now();
+        let (mut checked, mut auth_checked) = (Instant::now(), Instant::now());
         loop {
             if checked.elapsed() >= STATUS_CHECK {
                 checked = Instant::now();
                 if self.rt.with_status(|s| s.state) == StreamState::Stopped {
                     return End::StreamStopped;
+                }
+            }
+            if auth_checked.elapsed() >= AUTH_CHECK {
+                auth_checked = Instant::now();
+                if self.auth.as_mut().is_some_and(|a| !a.still_valid()) {
+                    return End::Revoked;
                 }
             }
             if let Err(end) = self.step() {
@@ -534,6 +585,15 @@ impl Client {
                     out,
                     Opcode::Close,
                     &websocket::close_payload(close::GOING_AWAY, "stream stopped"),
+                );
+            }
+            End::Revoked => {
+                let text = json!({"type": "error", "error": "your login ended; log in again"}).to_string();
+                websocket::put_frame(out, Opcode::Text, text.as_bytes());
+                websocket::put_frame(
+                    out,
+                    Opcode::Close,
+                    &websocket::close_payload(close::POLICY_VIOLATION, "login ended"),
                 );
             }
             End::Protocol(e) => {

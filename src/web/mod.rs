@@ -166,7 +166,7 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     });
     let reply = match outcome {
         Outcome::Reply(r) => r,
-        Outcome::Live(stream) => return live::serve(nvr, &stream, rq),
+        Outcome::Live(stream, via) => return live::serve(nvr, &stream, via, rq),
     };
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
     if let Err(e) = respond(rq, reply) {
@@ -178,8 +178,9 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
 /// What `handle` decided: an answer, or to hand the connection to live view.
 enum Outcome {
     Reply(Reply),
-    /// An authorised `GET /api/streams/{name}/live`; `live::serve` answers it.
-    Live(String),
+    /// An authorised `GET /api/streams/{name}/live` (stream, credential);
+    /// `live::serve` answers it and re-checks the credential while it plays.
+    Live(String, crate::auth::Via),
 }
 
 fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcome {
@@ -209,7 +210,10 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcom
         Err(e) => return Outcome::Reply(e.into()),
     };
     match (&matched.resource, matched.method) {
-        (Resource::Live(name), _) => return Outcome::Live(name.clone()),
+        (Resource::Live(name), _) => {
+            let via = principal.map(|p| p.via).unwrap_or(crate::auth::Via::Console);
+            return Outcome::Live(name.clone(), via);
+        }
         (Resource::Ota, Method::Post) => {
             return Outcome::Reply(ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from))
         }
