@@ -66,16 +66,21 @@ fn role_at(r: &Row, i: usize) -> rusqlite::Result<Role> {
 }
 
 fn user_from_row(r: &Row) -> rusqlite::Result<UserRow> {
+    user_at(r, 0)
+}
+
+/// A user whose [`USER_COLS`] start at column `o`.
+fn user_at(r: &Row, o: usize) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        role: role_at(r, 2)?,
-        password_hash: r.get(3)?,
-        totp_secret: r.get(4)?,
-        totp_pending: r.get(5)?,
-        totp_last_step: r.get(6)?,
-        created_ms: r.get(7)?,
-        last_login_ms: r.get(8)?,
+        id: r.get(o)?,
+        name: r.get(o + 1)?,
+        role: role_at(r, o + 2)?,
+        password_hash: r.get(o + 3)?,
+        totp_secret: r.get(o + 4)?,
+        totp_pending: r.get(o + 5)?,
+        totp_last_step: r.get(o + 6)?,
+        created_ms: r.get(o + 7)?,
+        last_login_ms: r.get(o + 8)?,
     })
 }
 
@@ -306,22 +311,7 @@ impl Db {
              WHERE sessions.token_hash = ?1 AND sessions.expires_ms > ?2"
         );
         self.conn
-            .query_row(&sql, params![token_hash, now_ms], |r| {
-                let s = session_from_row(r)?;
-                let offset = 9;
-                let u = UserRow {
-                    id: r.get(offset)?,
-                    name: r.get(offset + 1)?,
-                    role: role_at(r, offset + 2)?,
-                    password_hash: r.get(offset + 3)?,
-                    totp_secret: r.get(offset + 4)?,
-                    totp_pending: r.get(offset + 5)?,
-                    totp_last_step: r.get(offset + 6)?,
-                    created_ms: r.get(offset + 7)?,
-                    last_login_ms: r.get(offset + 8)?,
-                };
-                Ok((s, u))
-            })
+            .query_row(&sql, params![token_hash, now_ms], |r| Ok((session_from_row(r)?, user_at(r, 9)?)))
             .optional()
             .ctx("find session")
     }
