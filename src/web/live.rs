@@ -352,6 +352,13 @@ impl LiveEdge {
     }
 }
 
+/// Queues an `error` text message and a close frame with `code` and `reason`.
+fn error_and_close(out: &mut Vec<u8>, error: &str, code: u16, reason: &str) {
+    let text = json!({"type": "error", "error": error}).to_string();
+    websocket::put_frame(out, Opcode::Text, text.as_bytes());
+    websocket::put_frame(out, Opcode::Close, &websocket::close_payload(code, reason));
+}
+
 /// One live client, served by its own thread.
 struct Client {
     rt: Arc<StreamRuntime>,
@@ -578,23 +585,9 @@ impl Client {
     fn goodbye(&mut self, end: &End) {
         let out = &mut self.out.buf;
         match end {
-            End::StreamStopped => {
-                let text = json!({"type": "error", "error": "stream stopped"}).to_string();
-                websocket::put_frame(out, Opcode::Text, text.as_bytes());
-                websocket::put_frame(
-                    out,
-                    Opcode::Close,
-                    &websocket::close_payload(close::GOING_AWAY, "stream stopped"),
-                );
-            }
+            End::StreamStopped => error_and_close(out, "stream stopped", close::GOING_AWAY, "stream stopped"),
             End::Revoked => {
-                let text = json!({"type": "error", "error": "your login ended; log in again"}).to_string();
-                websocket::put_frame(out, Opcode::Text, text.as_bytes());
-                websocket::put_frame(
-                    out,
-                    Opcode::Close,
-                    &websocket::close_payload(close::POLICY_VIOLATION, "login ended"),
-                );
+                error_and_close(out, "your login ended; log in again", close::POLICY_VIOLATION, "login ended")
             }
             End::Protocol(e) => {
                 websocket::put_frame(out, Opcode::Close, &websocket::close_payload(e.code, &e.reason));

@@ -93,6 +93,9 @@ fn path_of(r: &Resource) -> String {
     format!("{r:?}").split('(').next().unwrap_or("").to_lowercase()
 }
 
+/// "Last seen/used" is written at most this often: most requests only read the database.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
 /// Who sent the request: a Bearer key wins over the cookie.
 fn identify(nvr: &Nvr, db: &Db, req: &RequestInfo, now: i64) -> Result<Option<Principal>, ApiError> {
     if let Some(token) = &req.bearer {
@@ -102,7 +105,9 @@ fn identify(nvr: &Nvr, db: &Db, req: &RequestInfo, now: i64) -> Result<Option<Pr
         }
         let key =
             db.key_by_secret(&auth::token_hash(token))?.ok_or_else(|| unauthorized("the API key is not valid"))?;
-        db.touch_key(key.id, now)?;
+        if key.last_used_ms.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
+            db.touch_key(key.id, now)?;
+        }
         return Ok(Some(Principal {
             user_id: key.user_id,
             username: key.user,
@@ -114,7 +119,9 @@ fn identify(nvr: &Nvr, db: &Db, req: &RequestInfo, now: i64) -> Result<Option<Pr
     let (s, u) = db
         .session_by_token(&auth::token_hash(token), now)?
         .ok_or_else(|| unauthorized("your session has ended (expired, revoked or logged out); log in again"))?;
-    db.touch_session(s.id, now)?;
+    if now - s.last_seen_ms >= TOUCH_EVERY_MS {
+        db.touch_session(s.id, now)?;
+    }
     Ok(Some(Principal { user_id: u.id, username: u.name, role: u.role, via: Via::Session { id: s.id, csrf: s.csrf } }))
 }
 
