@@ -4,8 +4,11 @@
 //!
 //! Invariant: counting costs two relaxed atomic adds per allocation; bytes
 //! freed by another thread than the one that allocated them are subtracted
-//! from the freeing thread's subsystem, so per-subsystem figures are
-//! approximate while the total is exact.
+//! from the freeing thread's subsystem, so the total is exact and a
+//! subsystem's figure is true as long as its data stays among its own threads.
+//! Hence every thread that handles a subsystem's data is tagged with it,
+//! tiny_http's accept and connection threads too (they read the requests the
+//! http workers free).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

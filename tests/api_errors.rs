@@ -79,6 +79,25 @@ fn health_and_system_answer() {
     assert_eq!(r["recordings"], Value::Array(vec![]), "{r}");
 }
 
+/// The system page's memory by subsystem: after a few hundred requests (each on
+/// its own connection, read by tiny_http's threads, answered by the workers) no
+/// subsystem shows a negative heap, and the HTTP one holds what it uses.
+#[test]
+fn heap_by_subsystem_stays_true_under_traffic() {
+    let nvr = Nvr::start();
+    for i in 0..300 {
+        let path = ["/api/openapi.json", "/api/streams", "/", "/api/nope"][i % 4];
+        nvr.req("GET", path, b"");
+    }
+    let s = nvr.req("GET", "/api/system", b"").json();
+    let heap = s["memory"]["heap_by_subsystem"].as_object().cloned().unwrap_or_default();
+    assert_eq!(heap.len(), 4, "{s}");
+    for (name, bytes) in &heap {
+        assert!(bytes.as_i64().is_some_and(|b| b >= 0), "{name}: {bytes} bytes in {s}");
+    }
+    assert!(heap["http"].as_i64().unwrap_or(0) > 0, "{s}");
+}
+
 #[test]
 fn unknown_routes_methods_and_streams() {
     let nvr = Nvr::start();

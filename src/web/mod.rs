@@ -107,6 +107,9 @@ impl Http {
 /// Binds `config.web.listen` and starts `config.web.threads` workers.
 pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
     let listen = nvr.config.web.listen.clone();
+    // tiny_http's own threads read the requests the workers then free: counted as
+    // HTTP too, the subsystem's heap figure stays what it holds.
+    tiny_http::set_thread_start_hook(|| memory::set_subsystem(Subsystem::Http));
     let server = tiny_http::Server::http(&listen).map_err(|e| {
         let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
         io::Error::new(kind, format!("cannot listen on {listen}: {e}"))

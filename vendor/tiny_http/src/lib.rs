@@ -117,6 +117,23 @@ pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 
+/// OxiNVR patch: called first by every thread tiny_http starts (the accept
+/// thread and the connection pool's threads), so that the application can tag
+/// them (OxiNVR counts their heap as its HTTP subsystem's).
+static THREAD_START: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// OxiNVR patch: sets the function tiny_http's threads call when they start.
+/// Once per process: later calls change nothing.
+pub fn set_thread_start_hook(hook: fn()) {
+    let _ = THREAD_START.set(hook);
+}
+
+pub(crate) fn thread_started() {
+    if let Some(hook) = THREAD_START.get() {
+        hook();
+    }
+}
+
 mod client;
 mod common;
 mod connection;
@@ -287,6 +304,7 @@ impl Server {
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
         thread::spawn(move || {
+            thread_started(); // OxiNVR patch
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 

@@ -81,6 +81,7 @@ impl TaskPool {
         let sharing = self.sharing.clone();
 
         thread::spawn(move || {
+            crate::thread_started(); // OxiNVR patch
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
