@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::permit::Permit;
 use super::reply::{ApiError, Reply};
 use super::request::header;
 use super::websocket::{self, close, FrameReader, Message, Opcode, ProtocolError};
@@ -109,21 +110,14 @@ pub fn serve(nvr: &Nvr, stream: &str, via: Via, rq: tiny_http::Request) {
 // Admission (on the http worker)
 
 /// A live client's place among `web.max_live_clients`; freed on drop.
-struct Slot;
+struct Slot(#[allow(dead_code)] Permit); // held for its Drop
 
 impl Slot {
     fn take(max: u32) -> Result<Slot, ApiError> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        match CLIENTS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)) {
-            Ok(_) => Ok(Slot),
-            Err(_) => Err(ApiError::new(503, format!("{max} live clients are being served (web.max_live_clients)"))),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        CLIENTS.fetch_sub(1, Ordering::SeqCst);
+        Permit::try_take(&CLIENTS, max)
+            .map(Slot)
+            .ok_or_else(|| ApiError::new(503, format!("{max} live clients are being served (web.max_live_clients)")))
     }
 }
 

@@ -32,6 +32,7 @@ mod media;
 mod mp4box;
 mod openapi;
 mod ota;
+mod permit;
 mod probe;
 mod range;
 mod reply;

@@ -27,6 +27,7 @@ use retina::codec::{CodecItem, FrameFormat};
 use serde_json::{json, Map, Value};
 
 use super::api::mask_url;
+use super::permit::Permit;
 use super::reply::{ApiError, Reply};
 use super::router::Query;
 use super::Ctx;
@@ -105,20 +106,13 @@ fn check_url(raw: &str) -> Result<(), ApiError> {
 }
 
 /// A running probe's place among `MAX_PROBES`; freed on drop.
-struct ProbeSlot;
+struct ProbeSlot(#[allow(dead_code)] Permit); // held for its Drop
 
 impl ProbeSlot {
     fn take() -> Result<ProbeSlot, ApiError> {
-        match RUNNING.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_PROBES).then_some(n + 1)) {
-            Ok(_) => Ok(ProbeSlot),
-            Err(_) => Err(ApiError::new(503, format!("{MAX_PROBES} probes are running; try again when one ends"))),
-        }
-    }
-}
-
-impl Drop for ProbeSlot {
-    fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        Permit::try_take(&RUNNING, MAX_PROBES)
+            .map(ProbeSlot)
+            .ok_or_else(|| ApiError::new(503, format!("{MAX_PROBES} probes are running; try again when one ends")))
     }
 }
 
