@@ -33,6 +33,9 @@ commands:
   user passwd NAME [--config FILE] set a new password (ends their sessions)
   user del NAME [--config FILE]    delete a user (never the last admin)
   user list [--config FILE]        list users
+  user key NAME [--label L] [--config FILE]
+                                   make an API key for NAME and print it (shown once;
+                                   use it as 'Authorization: Bearer KEY')
   user bench [--config FILE]       time one login's password hashing
   --version                        print the version
 
@@ -196,7 +199,11 @@ fn user(args: &[String]) -> Result<ExitCode, String> {
     use oxinvr::auth::admin;
     use std::io::IsTerminal;
     let Some(sub) = args.first() else { return Err(format!("user needs a subcommand\n\n{USAGE}")) };
-    let opts = Opts::parse_full(&args[1..], &[], &["--role"], 1)?;
+    if matches!(sub.as_str(), "--help" | "-h" | "help") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = Opts::parse_full(&args[1..], &[], &["--role", "--label"], 1)?;
     let cfg = oxinvr::config::Config::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
     let name = || opts.positional.first().cloned().ok_or(format!("user {sub} needs a user name"));
     let new_password = || {
@@ -215,6 +222,7 @@ fn user(args: &[String]) -> Result<ExitCode, String> {
         }
         "del" | "delete" => admin::delete(&cfg, &name()?)?,
         "list" => admin::list(&cfg)?,
+        "key" => admin::key(&cfg, &name()?, &opts.value("--label").unwrap_or_else(|| "console".into()))?,
         "bench" => admin::bench(&cfg, 5)?,
         other => return Err(format!("unknown user subcommand {other:?}\n\n{USAGE}")),
     };

@@ -96,3 +96,46 @@ fn a_closed_output_pipe_ends_a_command_quietly() {
     assert_ne!(out.status.signal(), Some(6), "aborted on a closed pipe");
     assert!(out.status.success() || out.status.signal() == Some(13), "{:?}", out.status);
 }
+
+#[test]
+fn user_help_prints_the_usage_without_an_error() {
+    let (code, out, err) = run(&["user", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("user add NAME") && out.contains("user key NAME"), "{out}");
+    assert!(!err.contains("unknown") && !out.contains("unknown"), "{out}{err}");
+}
+
+/// `oxinvr user key` is how a console user (and scripts/demo) gets a key for
+/// ffplay/curl: the printed key must open the API of a running recorder.
+#[test]
+fn a_key_made_on_the_console_opens_the_api() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nvr = common::nvr::Oxinvr::start(
+        dir.path(),
+        "[storage]\ndata_dir = \"{DATA}\"\n[web]\nlisten = \"127.0.0.1:{PORT}\"\n",
+    );
+    let c = nvr.config.to_str().expect("utf-8 path");
+    let mut child = Command::new(oxinvr_bin())
+        .args(["user", "add", "viewer1", "--role", "viewer", "--config", c])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run oxinvr user add");
+    child.stdin.take().expect("stdin").write_all(b"a long enough password\n").expect("write the password");
+    let add = child.wait_with_output().expect("wait");
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let (code, _, err) = run(&["user", "key", "nobody", "--config", c]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no user \"nobody\""), "{err}");
+    let (code, key, err) = run(&["user", "key", "viewer1", "--label", "ffplay", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    let key = key.trim();
+    assert!(key.starts_with("oxk_"), "{key}");
+    let bearer = format!("Bearer {key}");
+    let r = common::nvr::http(nvr.port, "GET", "/api/streams", &[("Authorization", &bearer)], b"").expect("GET");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r =
+        common::nvr::http(nvr.port, "GET", "/api/streams", &[("Authorization", "Bearer oxk_wrong")], b"").expect("GET");
+    assert_eq!(r.status, 401);
+}

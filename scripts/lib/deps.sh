@@ -40,11 +40,34 @@ ensure_apt() {
     return "$rc"
 }
 
-# ensure_cargo: fails with a clear message if the Rust toolchain is absent.
+# The crate's rust-version (Cargo.toml); an older cargo cannot build it.
+OXINVR_RUST_MIN=1.85
+
+# _cargo_ok: true if `cargo` on PATH runs and is at least OXINVR_RUST_MIN.
+_cargo_ok() {
+    local v
+    v=$(cargo --version 2>/dev/null | awk '{print $2}') || return 1
+    [[ -n $v ]] && [[ $(printf '%s\n%s\n' "$OXINVR_RUST_MIN" "${v%%-*}" | sort -V | head -n1) == "$OXINVR_RUST_MIN" ]]
+}
+
+# ensure_cargo: a Rust toolchain of at least OXINVR_RUST_MIN on PATH. rustup's
+# (~/.cargo/bin) is used when present; otherwise Debian's rustc-web/cargo-web
+# (1.96, the same packages the MIPS build uses) are installed and used, and the
+# script says so. A C compiler is needed too (SQLite, ring).
 ensure_cargo() {
+    ensure_apt gcc libc6-dev ca-certificates
     [[ -d $HOME/.cargo/bin ]] && PATH="$HOME/.cargo/bin:$PATH"
-    command -v cargo >/dev/null && return 0
-    echo "deps: 'cargo' not found. Install Rust (rustup, stable toolchain, >= 1.85) and make sure cargo is on PATH." >&2
+    _cargo_ok && return 0
+    if command -v cargo >/dev/null; then
+        echo "deps: $(cargo --version) is older than $OXINVR_RUST_MIN; using Debian's rustc-web/cargo-web instead" >&2
+    else
+        echo "deps: no Rust toolchain found; installing and using Debian's rustc-web/cargo-web" >&2
+    fi
+    ensure_apt rustc-web cargo-web
+    PATH="/usr/bin:$PATH"
+    export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+    _cargo_ok && return 0
+    echo "deps: Debian's cargo ($(cargo --version 2>&1)) is not usable; install Rust >= $OXINVR_RUST_MIN (rustup) and retry" >&2
     return 1
 }
 

@@ -61,6 +61,19 @@ pub fn delete(cfg: &Config, name: &str) -> Result<String, String> {
     Ok(format!("user {name:?} deleted"))
 }
 
+/// Makes an API key for a user and returns it (shown once; only its hash is kept).
+pub fn key(cfg: &Config, name: &str, label: &str) -> Result<String, String> {
+    let label = label.trim();
+    if label.is_empty() || label.len() > 64 {
+        return Err("--label: give the key a name of 1-64 characters".into());
+    }
+    let db = open(cfg)?;
+    let user = db.user_by_name(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("no user {name:?}"))?;
+    let (key, prefix, hash) = super::new_api_key()?;
+    db.create_key(user.id, label, &prefix, &hash, RealClock.now_ms()).map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
 pub fn list(cfg: &Config) -> Result<String, String> {
     let users = open(cfg)?.list_users().map_err(|e| e.to_string())?;
     if users.is_empty() {

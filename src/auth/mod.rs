@@ -95,6 +95,15 @@ pub fn new_token() -> Result<String, String> {
     Ok(B64URL.encode(random_bytes::<32>()?))
 }
 
+/// A new API key: the secret shown once, the prefix kept to recognise it, and
+/// the hash that is stored (the web page and `oxinvr user key` share this).
+pub fn new_api_key() -> Result<(String, String, Vec<u8>), String> {
+    let key = format!("{KEY_PREFIX}{}", new_token()?);
+    let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
+    let hash = token_hash(&key);
+    Ok((key, prefix, hash))
+}
+
 /// What is stored for a token.
 pub fn token_hash(token: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().to_vec()

@@ -33,7 +33,18 @@ pub fn admit(nvr: &Nvr, db: &Db, req: &RequestInfo, m: &Matched) -> Result<Optio
     if need == Access::Public {
         return Ok(who.ok().flatten());
     }
-    let p = who?.ok_or_else(|| unauthorized("log in, or send an API key as 'Authorization: Bearer <key>'"))?;
+    let p = who?.ok_or_else(|| match m.resource {
+        // Media players (VLC, ffplay) send URL credentials only when challenged for Basic;
+        // the page's own requests always carry its cookie, so no browser dialog pops up there.
+        Resource::Playback(_) | Resource::RecordingFile(_) | Resource::Export if req.session.is_none() => {
+            ApiError::new(
+                401,
+                "send an API key: 'Authorization: Bearer <key>', or http://NAME:<key>@host/... in a player",
+            )
+            .with_header("WWW-Authenticate", "Basic realm=\"oxinvr: any name, an API key as the password\"".into())
+        }
+        _ => unauthorized("log in, or send an API key as 'Authorization: Bearer <key>'"),
+    })?;
     if !allows(p.role, need) {
         return Err(ApiError::new(
             403,
@@ -563,9 +574,8 @@ fn create_key(ctx: &Ctx, c: &Call, p: &Principal) -> Result<Reply, ApiError> {
     if p.user_id == 0 {
         return Err(ApiError::new(403, "the console has no user account to own a key; use a user's login"));
     }
-    let key = format!("{}{}", auth::KEY_PREFIX, auth::new_token().map_err(ApiError::internal)?);
-    let prefix: String = key.chars().take(auth::KEY_PREFIX.len() + 6).collect();
-    let id = ctx.db.create_key(p.user_id, name, &prefix, &auth::token_hash(&key), ctx.nvr.clock.now_ms())?;
+    let (key, prefix, hash) = auth::new_api_key().map_err(ApiError::internal)?;
+    let id = ctx.db.create_key(p.user_id, name, &prefix, &hash, ctx.nvr.clock.now_ms())?;
     Ok(Reply::json(201, &json!({ "id": id, "name": name, "key": key })))
 }
 
