@@ -95,21 +95,22 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     };
     let (storage_tx, storage_thread) = storage::spawn(settings, clock.clone()).map_err(|e| format!("storage: {e}"))?;
     let (ingest_tx, executor_thread) = ingest::spawn_executor(clock.clone()).map_err(|e| format!("executor: {e}"))?;
-    nvr.set_channels(Channels { ingest: ingest_tx.clone(), storage: storage_tx.clone() });
+    nvr.recorder.set_channels(Channels { ingest: ingest_tx.clone(), storage: storage_tx.clone() });
     let mut rows = db.list_streams().map_err(|e| e.to_string())?;
     rows.sort_by_key(|r| std::cmp::Reverse(r.spec.priority));
+    let mut edit = nvr.recorder.edit();
     for row in rows {
-        let name = row.spec.name.clone();
-        if let Err(e) = nvr.start_stream(row) {
-            log::error!("stream {name} not started: {e}");
+        if let Err(e) = edit.apply(&row) {
+            log::error!("stream {} not started: {e}", row.spec.name);
         }
     }
+    drop(edit);
     drop(db);
     let http = web::spawn(nvr.clone()).map_err(|e| format!("web: {e}"))?;
     log::info!(
         "oxinvr {} recording {} stream(s) into {}; API on http://{}/",
         env!("CARGO_PKG_VERSION"),
-        nvr.streams().len(),
+        nvr.recorder.streams().len(),
         cfg.storage.data_dir.display(),
         cfg.web.listen
     );

@@ -1,12 +1,30 @@
 //! Time as a dependency: code that decides by time (retention, reconnect
-//! backoff, sync policy) takes a `Clock` so tests can drive it deterministically.
+//! backoff, bring-up, stall detection, sync policy) takes a `Clock` so tests
+//! can drive it deterministically.
+//!
+//! Two times: *wall* time (`now_ms`, epoch milliseconds, may step when NTP
+//! answers) names recordings; *monotonic* time (`mono`) measures intervals and
+//! deadlines and never steps. `sleep` waits in monotonic time.
+//!
+//! Invariant: a `SimulatedClock` moves only when told (`advance`, `set`), and
+//! a sleeper wakes exactly when monotonic time reaches its deadline.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A future that completes after a `Clock::sleep`.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub trait Clock: Send + Sync {
     /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
+    /// Monotonic time since an arbitrary origin (fixed per clock).
+    fn mono(&self) -> Duration;
+    /// Completes once `d` of monotonic time has passed.
+    fn sleep(&self, d: Duration) -> Sleep;
 }
 
 /// The system's real-time clock.
@@ -17,28 +35,91 @@ impl Clock for RealClock {
     fn now_ms(&self) -> i64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
+    fn mono(&self) -> Duration {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        ORIGIN.get_or_init(Instant::now).elapsed()
+    }
+    fn sleep(&self, d: Duration) -> Sleep {
+        Box::pin(async move {
+            smol::Timer::after(d).await;
+        })
+    }
 }
 
 /// A clock that only moves when told to. (A mutex, not an `AtomicI64`: 32-bit
 /// MIPS has no 64-bit atomics.)
 #[derive(Debug, Default)]
-pub struct SimulatedClock(Mutex<i64>);
+pub struct SimulatedClock(Arc<Mutex<SimState>>);
+
+#[derive(Debug, Default)]
+struct SimState {
+    wall_ms: i64,
+    mono: Duration,
+    /// Pending sleepers: deadline and the waker of the task waiting.
+    sleepers: Vec<(Duration, Waker)>,
+}
 
 impl SimulatedClock {
     pub fn new(ms: i64) -> Self {
-        SimulatedClock(Mutex::new(ms))
+        SimulatedClock(Arc::new(Mutex::new(SimState { wall_ms: ms, ..SimState::default() })))
     }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves wall and monotonic time forward by `d` and wakes the sleepers due.
     pub fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += d.as_millis() as i64;
+        let due: Vec<Waker> = {
+            let mut s = self.state();
+            s.wall_ms += d.as_millis() as i64;
+            s.mono += d;
+            let now = s.mono;
+            let (due, keep) = std::mem::take(&mut s.sleepers).into_iter().partition(|(t, _)| *t <= now);
+            s.sleepers = keep;
+            due.into_iter().map(|(_, w)| w).collect()
+        };
+        due.into_iter().for_each(Waker::wake);
     }
+
+    /// Steps wall time only (what NTP does to a box that booted in 1970).
     pub fn set(&self, ms: i64) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ms;
+        self.state().wall_ms = ms;
+    }
+
+    /// The earliest deadline a sleeper waits for, if any.
+    pub fn next_wake(&self) -> Option<Duration> {
+        self.state().sleepers.iter().map(|(t, _)| *t).min()
     }
 }
 
 impl Clock for SimulatedClock {
     fn now_ms(&self) -> i64 {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.state().wall_ms
+    }
+    fn mono(&self) -> Duration {
+        self.state().mono
+    }
+    fn sleep(&self, d: Duration) -> Sleep {
+        let until = self.mono() + d;
+        Box::pin(SimSleep { state: self.0.clone(), until })
+    }
+}
+
+struct SimSleep {
+    state: Arc<Mutex<SimState>>,
+    until: Duration,
+}
+
+impl Future for SimSleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.mono >= self.until {
+            return Poll::Ready(());
+        }
+        s.sleepers.push((self.until, cx.waker().clone()));
+        Poll::Pending
     }
 }
 
@@ -69,6 +150,34 @@ mod tests {
         assert_eq!(c.now_ms(), 1000);
         c.advance(Duration::from_secs(2));
         assert_eq!(c.now_ms(), 3000);
+    }
+
+    #[test]
+    fn simulated_sleepers_wake_at_their_deadline() {
+        let c = Arc::new(SimulatedClock::new(0));
+        let woke = Arc::new(Mutex::new(Vec::new()));
+        let ex = smol::LocalExecutor::new();
+        for ms in [300u64, 100, 200] {
+            let (c, woke) = (c.clone(), woke.clone());
+            ex.spawn(async move {
+                c.sleep(Duration::from_millis(ms)).await;
+                woke.lock().expect("lock").push((ms, c.mono().as_millis()));
+            })
+            .detach();
+        }
+        while ex.try_tick() {}
+        assert_eq!(c.next_wake(), Some(Duration::from_millis(100)));
+        c.advance(Duration::from_millis(150));
+        while ex.try_tick() {}
+        assert_eq!(*woke.lock().expect("lock"), vec![(100, 150)]);
+        c.advance(Duration::from_millis(150));
+        while ex.try_tick() {}
+        let mut all = woke.lock().expect("lock").clone();
+        all.sort();
+        assert_eq!(all, vec![(100, 150), (200, 300), (300, 300)]);
+        assert_eq!(c.now_ms(), 300, "wall time moves with monotonic time");
+        c.set(5);
+        assert_eq!((c.now_ms(), c.mono()), (5, Duration::from_millis(300)), "a wall step leaves monotonic time");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod nvr;
 pub mod ota;
 pub mod retention;
 pub mod ring;
+pub mod rtsp;
 pub mod segment;
 pub mod shell;
 pub mod storage;

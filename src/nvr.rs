@@ -1,9 +1,11 @@
-//! The running recorder as the other boxes see it: one `StreamRuntime` per
-//! stream (its ring and live status) and the channels to the executor and the
-//! storage thread. The HTTP API and the CLI act through `Nvr` only.
+//! The running recorder as the other boxes see it: the `Recorder` (one
+//! `StreamRuntime` per stream, its ring and live status, and the channels to
+//! the executor and the storage thread) inside `Nvr`, the small state the HTTP
+//! API and the CLI act through.
 //!
-//! Invariants: a stream in `Nvr::streams` has a database row; its ring lives
-//! as long as some box holds its `Arc<StreamRuntime>`.
+//! Invariants: a stream in the registry has a database row; its ring lives as
+//! long as some box holds its `Arc<StreamRuntime>`; every change of the
+//! registry goes through `Recorder::edit` (config at start, API, shell).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,7 +15,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::db::{RecordMode, StreamRow};
+use crate::db::{RecordMode, StreamRow, StreamSpec};
 use crate::ring::{self, Ring};
 use crate::{ingest, storage};
 
@@ -105,7 +107,11 @@ impl StreamStatus {
 
 /// Everything the running recorder keeps about one stream.
 pub struct StreamRuntime {
-    pub row: StreamRow,
+    id: i64,
+    name: String,
+    /// The settings in effect; changed in place by `Edit::apply` for settings
+    /// that do not touch the session (retention, quota, priority).
+    spec: Mutex<StreamSpec>,
     pub ring: Arc<Ring>,
     status: Mutex<StreamStatus>,
 }
@@ -113,11 +119,27 @@ pub struct StreamRuntime {
 impl StreamRuntime {
     pub fn new(row: StreamRow, ring: Arc<Ring>) -> Self {
         let state = if row.spec.enabled { StreamState::Queued } else { StreamState::Disabled };
-        StreamRuntime { row, ring, status: Mutex::new(StreamStatus::new(state)) }
+        StreamRuntime {
+            id: row.id,
+            name: row.spec.name.clone(),
+            spec: Mutex::new(row.spec),
+            ring,
+            status: Mutex::new(StreamStatus::new(state)),
+        }
+    }
+
+    /// The database id of the stream.
+    pub fn id(&self) -> i64 {
+        self.id
     }
 
     pub fn name(&self) -> &str {
-        &self.row.spec.name
+        &self.name
+    }
+
+    /// A copy of the settings in effect.
+    pub fn spec(&self) -> StreamSpec {
+        self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs `f` on the status under its lock (never held across I/O).
@@ -143,7 +165,8 @@ impl StreamRuntime {
     }
 }
 
-/// The shared handle of a running recorder.
+/// The shared handle of a running recorder: what the web layer, the shell and
+/// the start-up code need. Streams are changed only through `recorder.edit()`.
 pub struct Nvr {
     pub config: Config,
     /// Login lockout and the console token (the rest of auth is in the database).
@@ -151,8 +174,15 @@ pub struct Nvr {
     pub clock: Arc<dyn Clock>,
     pub started: Instant,
     pub started_ms: i64,
-    streams: RwLock<BTreeMap<String, Arc<StreamRuntime>>>,
-    channels: RwLock<Option<Channels>>,
+    pub recorder: Recorder,
+}
+
+impl Nvr {
+    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Self {
+        let started_ms = clock.now_ms();
+        let recorder = Recorder::new(config.storage.ring_seconds, &config.storage.ring_dir);
+        Nvr { config, auth: crate::auth::Auth::default(), clock, started: Instant::now(), started_ms, recorder }
+    }
 }
 
 /// Where stream starts and stops are sent.
@@ -165,17 +195,55 @@ pub struct Channels {
 /// Default expected bitrate when a stream does not say.
 const DEFAULT_BITRATE_KBPS: u32 = 4000;
 
-impl Nvr {
-    pub fn new(config: Config, clock: Arc<dyn Clock>) -> Self {
-        let started_ms = clock.now_ms();
-        Nvr {
-            config,
-            auth: crate::auth::Auth::default(),
-            clock,
-            started: Instant::now(),
-            started_ms,
+/// The stream registry and the one control path that changes it.
+///
+/// Invariants: changes are applied one at a time (`edit` holds a lock for the
+/// whole read-modify-write, database row included); a stream's session is
+/// restarted only when a setting it runs with changed (`restart_reason`).
+pub struct Recorder {
+    ring_seconds: u32,
+    ring_dir: String,
+    streams: RwLock<BTreeMap<String, Arc<StreamRuntime>>>,
+    channels: RwLock<Option<Channels>>,
+    edits: Mutex<()>,
+}
+
+/// What `Edit::apply` did to the running stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was not running (new, or just enabled) and now is (or is now disabled).
+    Started,
+    /// Its session was restarted because this setting changed.
+    Restarted(&'static str),
+    /// Settings updated in place; the session, ring and open file are untouched.
+    Updated,
+}
+
+/// The setting whose change needs a new session (and ring), if any: the
+/// camera's URL (credentials included), enabled, record mode, and the bitrate
+/// the ring is sized for.
+pub fn restart_reason(old: &StreamSpec, new: &StreamSpec) -> Option<&'static str> {
+    if old.url != new.url {
+        Some("url")
+    } else if old.enabled != new.enabled {
+        Some("enabled")
+    } else if old.record != new.record {
+        Some("record")
+    } else if old.bitrate_kbps != new.bitrate_kbps {
+        Some("bitrate_kbps")
+    } else {
+        None
+    }
+}
+
+impl Recorder {
+    pub fn new(ring_seconds: u32, ring_dir: &str) -> Self {
+        Recorder {
+            ring_seconds,
+            ring_dir: ring_dir.to_string(),
             streams: RwLock::new(BTreeMap::new()),
             channels: RwLock::new(None),
+            edits: Mutex::new(()),
         }
     }
 
@@ -187,46 +255,23 @@ impl Nvr {
         self.channels.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The only way to change streams: one edit at a time, for as long as the
+    /// returned guard lives.
+    pub fn edit(&self) -> Edit<'_> {
+        Edit { rec: self, _one_at_a_time: self.edits.lock().unwrap_or_else(|p| p.into_inner()) }
+    }
+
     /// Ring size for a stream: its expected bitrate times `ring_seconds`.
-    pub fn ring_bytes(&self, row: &StreamRow) -> usize {
-        ring::ring_bytes(row.spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS), self.config.storage.ring_seconds)
+    pub fn ring_bytes(&self, spec: &StreamSpec) -> usize {
+        ring::ring_bytes(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS), self.ring_seconds)
     }
 
     fn ring_dir(&self) -> Option<std::path::PathBuf> {
-        let d = &self.config.storage.ring_dir;
-        if !d.is_empty() {
-            return Some(d.into());
+        if !self.ring_dir.is_empty() {
+            return Some((&self.ring_dir).into());
         }
         let shm = std::path::Path::new("/dev/shm");
         shm.is_dir().then(|| shm.to_path_buf())
-    }
-
-    /// (Re)starts a stream from its row: a new ring, then recording and ingest
-    /// as the row says. A running stream of that name is stopped first.
-    pub fn start_stream(&self, row: StreamRow) -> std::io::Result<Arc<StreamRuntime>> {
-        self.stop_stream(&row.spec.name);
-        let ring = Ring::new(&row.spec.name, self.ring_bytes(&row), self.ring_dir().as_deref())?;
-        let rt = Arc::new(StreamRuntime::new(row, Arc::new(ring)));
-        self.insert_stream(rt.clone());
-        let spec = &rt.row.spec;
-        if let (true, Some(ch)) = (spec.enabled, self.channels()) {
-            if spec.record == RecordMode::Continuous {
-                let _ = ch.storage.send(storage::Command::Add(rt.clone()));
-            }
-            let _ = ch.ingest.send_blocking(ingest::Command::Start(rt.clone()));
-        }
-        Ok(rt)
-    }
-
-    /// Stops ingest and recording of a stream (its open segment is closed).
-    pub fn stop_stream(&self, name: &str) -> Option<Arc<StreamRuntime>> {
-        let rt = self.remove_stream(name)?;
-        if let Some(ch) = self.channels() {
-            let _ = ch.ingest.send_blocking(ingest::Command::Stop(name.to_string()));
-            let _ = ch.storage.send(storage::Command::Remove(name.to_string()));
-        }
-        rt.set_state(StreamState::Stopped);
-        Some(rt)
     }
 
     /// Asks the storage thread to delete every recording of a stream (row
@@ -251,13 +296,61 @@ impl Nvr {
     pub fn streams(&self) -> Vec<Arc<StreamRuntime>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
+}
 
-    pub fn insert_stream(&self, rt: Arc<StreamRuntime>) -> Option<Arc<StreamRuntime>> {
-        self.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), rt)
+/// A change of the stream registry in progress (see `Recorder::edit`).
+pub struct Edit<'a> {
+    rec: &'a Recorder,
+    _one_at_a_time: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Edit<'_> {
+    /// Brings the running stream in line with its (saved) row: starts it if it
+    /// is not running, restarts it if a session setting changed, otherwise
+    /// updates its settings in place.
+    pub fn apply(&mut self, row: &StreamRow) -> std::io::Result<Applied> {
+        let Some(rt) = self.rec.stream(&row.spec.name) else {
+            self.start(row)?;
+            return Ok(Applied::Started);
+        };
+        match restart_reason(&rt.spec(), &row.spec) {
+            Some(why) => {
+                log::info!("stream {}: {why} changed; restarting it", row.spec.name);
+                self.remove(&row.spec.name);
+                self.start(row)?;
+                Ok(Applied::Restarted(why))
+            }
+            None => {
+                *rt.spec.lock().unwrap_or_else(|p| p.into_inner()) = row.spec.clone();
+                Ok(Applied::Updated)
+            }
+        }
     }
 
-    pub fn remove_stream(&self, name: &str) -> Option<Arc<StreamRuntime>> {
-        self.streams.write().unwrap_or_else(|p| p.into_inner()).remove(name)
+    /// A new ring, then recording and ingest as the row says.
+    fn start(&mut self, row: &StreamRow) -> std::io::Result<()> {
+        let ring = Ring::new(&row.spec.name, self.rec.ring_bytes(&row.spec), self.rec.ring_dir().as_deref())?;
+        let rt = Arc::new(StreamRuntime::new(row.clone(), Arc::new(ring)));
+        self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), rt.clone());
+        let spec = &row.spec;
+        if let (true, Some(ch)) = (spec.enabled, self.rec.channels()) {
+            if spec.record == RecordMode::Continuous {
+                let _ = ch.storage.send(storage::Command::Add(rt.clone()));
+            }
+            let _ = ch.ingest.send_blocking(ingest::Command::Start(rt));
+        }
+        Ok(())
+    }
+
+    /// Stops ingest and recording of a stream (its open segment is closed).
+    pub fn remove(&mut self, name: &str) -> Option<Arc<StreamRuntime>> {
+        let rt = self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
+        if let Some(ch) = self.rec.channels() {
+            let _ = ch.ingest.send_blocking(ingest::Command::Stop(name.to_string()));
+            let _ = ch.storage.send(storage::Command::Remove(name.to_string()));
+        }
+        rt.set_state(StreamState::Stopped);
+        Some(rt)
     }
 }
 

@@ -94,7 +94,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                     old.writer.close(&db, CloseReason::Shutdown);
                 }
                 let cursor = rt.ring.cursor_at_latest_keyframe();
-                let writer = SegmentWriter::new(rt.row.id, &name, writer_cfg.clone());
+                let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone());
                 recorders.insert(name, Recorder { rt, cursor, writer });
             }
             Ok(Command::Remove(name)) => {

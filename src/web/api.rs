@@ -14,7 +14,7 @@ use crate::clock::{parse_time, rfc3339};
 use crate::config::StreamConfig;
 use crate::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
 use crate::memory;
-use crate::nvr::StreamRuntime;
+use crate::nvr::{Edit, StreamRuntime};
 use crate::retention;
 
 use super::reply::{ApiError, Reply};
@@ -115,7 +115,7 @@ fn ring_json(rt: &StreamRuntime) -> Value {
 /// A stream as the API shows it: row (URL masked), live status, ring, storage use.
 fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
     let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
-    let rt = ctx.nvr.stream(&row.spec.name);
+    let rt = ctx.nvr.recorder.stream(&row.spec.name);
     if let Value::Object(m) = &mut v {
         m.insert("url".into(), mask_url(&row.spec.url).into());
         m.insert("created".into(), rfc3339(row.created_ms).into());
@@ -216,10 +216,12 @@ fn validate(c: &StreamConfig) -> Result<(), ApiError> {
     c.validate().map_err(|(field, m)| ApiError::bad_request(format!("field {field}: {m}")))
 }
 
-/// Saves a stream and (re)starts it; the answer shows it.
-fn save_and_start(ctx: &Ctx, spec: &StreamSpec, status: u16) -> Result<Reply, ApiError> {
+/// Saves a stream and brings the running one in line (restarted only if a
+/// session setting changed); the answer shows it. The caller holds `edit`
+/// since before it read the row, so concurrent changes apply one at a time.
+fn save_and_apply(ctx: &Ctx, edit: &mut Edit, spec: &StreamSpec, status: u16) -> Result<Reply, ApiError> {
     let row = ctx.db.upsert_stream(spec, ctx.nvr.clock.now_ms())?;
-    if let Err(e) = ctx.nvr.start_stream(row.clone()) {
+    if let Err(e) = edit.apply(&row) {
         return Err(ApiError::internal(format!("stream {:?} was saved but could not be started: {e}", spec.name)));
     }
     let usage = usage_of(ctx, row.id)?;
@@ -237,19 +239,21 @@ pub fn create_stream(ctx: &Ctx, q: &Query, body: &[u8]) -> Result<Reply, ApiErro
     let base = Map::from_iter([("name".to_string(), json!("x")), ("url".to_string(), json!("rtsp://x/"))]);
     let cfg = merge_fields(&base, &fields)?;
     validate(&cfg)?;
+    let mut edit = ctx.nvr.recorder.edit();
     if ctx.db.stream_by_name(&cfg.name)?.is_some() {
         return Err(ApiError::conflict(format!(
             "stream {:?} already exists; PUT /api/streams/{} changes it",
             cfg.name, cfg.name
         )));
     }
-    save_and_start(ctx, &cfg.to_spec("api"), 201)
+    save_and_apply(ctx, &mut edit, &cfg.to_spec("api"), 201)
 }
 
 pub fn update_stream(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
-    let row = find_stream(ctx, name)?;
     let mut patch = json_object(body)?;
+    let mut edit = ctx.nvr.recorder.edit();
+    let row = find_stream(ctx, name)?;
     // The name in the path wins; a masked URL sent back means "unchanged".
     patch.remove("name");
     if patch.get("url").and_then(Value::as_str) == Some(mask_url(&row.spec.url).as_str()) {
@@ -257,7 +261,7 @@ pub fn update_stream(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Re
     }
     let cfg = merge_fields(&spec_fields(&row.spec), &patch)?;
     validate(&cfg)?;
-    save_and_start(ctx, &cfg.to_spec(&row.spec.source), 200)
+    save_and_apply(ctx, &mut edit, &cfg.to_spec(&row.spec.source), 200)
 }
 
 fn flag(q: &Query, name: &str) -> Result<bool, ApiError> {
@@ -271,6 +275,7 @@ fn flag(q: &Query, name: &str) -> Result<bool, ApiError> {
 pub fn delete_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
     q.only(&["purge"]).map_err(ApiError::bad_request)?;
     let purge = flag(q, "purge")?;
+    let mut edit = ctx.nvr.recorder.edit();
     let row = find_stream(ctx, name)?;
     let (_, segments) = usage_of(ctx, row.id)?;
     if segments > 0 && !purge {
@@ -278,30 +283,31 @@ pub fn delete_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError
             "stream {name:?} has {segments} recording(s); DELETE /api/streams/{name}?purge=true deletes them with the stream"
         )));
     }
-    ctx.nvr.stop_stream(name);
-    let deleted = if purge { ctx.nvr.purge_recordings(row.id) } else { Ok(0) };
+    edit.remove(name);
+    let deleted = if purge { ctx.nvr.recorder.purge_recordings(row.id) } else { Ok(0) };
     let deleted = match deleted {
         Ok(n) => n,
-        Err(e) => return Err(restart(ctx, row, ApiError::internal(format!("stream {name:?}: purge failed: {e}")))),
+        Err(e) => {
+            return Err(restart(&mut edit, row, ApiError::internal(format!("stream {name:?}: purge failed: {e}"))))
+        }
     };
     match ctx.db.delete_stream(name) {
         Ok(_) => Ok(Reply::json(200, &json!({ "deleted": name, "recordings_deleted": deleted }))),
         Err(crate::db::DbError::InUse { segments, .. }) => Err(restart(
-            ctx,
+            &mut edit,
             row,
             ApiError::conflict(format!(
                 "stream {name:?} still has {segments} recording(s) (being written?); it was restarted, try again"
             )),
         )),
-        Err(e) => Err(restart(ctx, row, e.into())),
+        Err(e) => Err(restart(&mut edit, row, e.into())),
     }
 }
 
 /// Puts a stream back after a failed deletion and passes the error on.
-fn restart(ctx: &Ctx, row: StreamRow, err: ApiError) -> ApiError {
-    let name = row.spec.name.clone();
-    if let Err(e) = ctx.nvr.start_stream(row) {
-        log::warn!("stream {name}: cannot restart after a failed deletion: {e}");
+fn restart(edit: &mut Edit, row: StreamRow, err: ApiError) -> ApiError {
+    if let Err(e) = edit.apply(&row) {
+        log::warn!("stream {}: cannot restart after a failed deletion: {e}", row.spec.name);
     }
     err
 }
@@ -383,7 +389,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         Err(e) => disk["error"] = e.to_string().into(),
     }
     let streams: Vec<Value> =
-        nvr.streams().iter().map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt) })).collect();
+        nvr.recorder.streams().iter().map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt) })).collect();
     Ok(Reply::json(
         200,
         &json!({
@@ -393,7 +399,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "started": rfc3339(nvr.started_ms),
             "memory": {
                 "heap_by_subsystem": heap,
-                "rings_bytes": nvr.ring_bytes_total(),
+                "rings_bytes": nvr.recorder.ring_bytes_total(),
                 "process": memory::process_memory(),
             },
             "disk": disk,

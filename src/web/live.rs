@@ -131,7 +131,7 @@ struct Admitted {
 }
 
 fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) -> Result<Admitted, ApiError> {
-    let rt = nvr.stream(stream).ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
+    let rt = nvr.recorder.stream(stream).ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
     if rt.with_status(|s| s.state) == StreamState::Disabled {
         return Err(ApiError::conflict(format!("stream {stream:?} is disabled; enable it to watch it live")));
     }

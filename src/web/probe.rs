@@ -21,9 +21,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use async_compat::Compat;
-use futures_util::StreamExt;
-use retina::client::{Credentials, PlayOptions, SessionOptions, SetupOptions, Transport};
-use retina::codec::{CodecItem, FrameFormat};
 use serde_json::{json, Map, Value};
 
 use super::api::mask_url;
@@ -31,8 +28,8 @@ use super::permit::Permit;
 use super::reply::{ApiError, Reply};
 use super::router::Query;
 use super::Ctx;
-use crate::ingest;
-use crate::media::{AudioParams, VideoParams};
+use crate::media::{AudioParams, Track, VideoParams};
+use crate::rtsp::{self, Described, Source};
 
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
 const MIN_TIMEOUT_MS: u64 = 100;
@@ -59,10 +56,10 @@ struct Found {
 pub fn probe(_ctx: &Ctx, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let req = parse_body(body)?;
-    let (url, creds) = ingest::split_credentials(&req.url).map_err(|_| field_error("url", "is not a URL"))?;
+    let (_, creds) = rtsp::split_credentials(&req.url).map_err(|_| field_error("url", "is not a URL"))?;
     let password = creds.as_ref().map(|c| c.password.clone()).unwrap_or_default();
     let slot = ProbeSlot::take()?;
-    let result = run(url, creds, req.timeout, slot).map_err(|e| redact(&e, &password));
+    let result = run(req.url.clone(), creds.is_some(), req.timeout, slot).map_err(|e| redact(&e, &password));
     match &result {
         Ok(f) => log::info!("probe {}: {} {}x{}", mask_url(&req.url), f.video.codec, f.video.width, f.video.height),
         Err(e) => log::info!("probe {}: {e}", mask_url(&req.url)),
@@ -117,17 +114,16 @@ impl ProbeSlot {
 }
 
 /// Asks the camera on a thread `probe-N`; waits at most `timeout` + 1 s.
-fn run(url: url::Url, creds: Option<Credentials>, timeout: Duration, slot: ProbeSlot) -> Result<Found, String> {
+fn run(url: String, has_creds: bool, timeout: Duration, slot: ProbeSlot) -> Result<Found, String> {
     let (tx, rx) = mpsc::channel();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let has_creds = creds.is_some();
     let spawned = std::thread::Builder::new().name(format!("probe-{id}")).spawn(move || {
         crate::memory::set_subsystem(crate::memory::Subsystem::Http);
         let timed_out = async {
             smol::Timer::after(timeout).await;
             Err(format!("timeout: no answer in {} ms", timeout.as_millis()))
         };
-        let result = smol::block_on(Compat::new(smol::future::or(ask(url, creds), timed_out)));
+        let result = smol::block_on(Compat::new(smol::future::or(ask(&url, timeout), timed_out)));
         let _ = tx.send(result);
         drop(slot);
     });
@@ -148,52 +144,23 @@ fn explain(e: String, has_creds: bool) -> String {
 }
 
 /// DESCRIBE, SETUP of the video track, and PLAY until the first frame if the
-/// SDP did not carry the codec parameters.
-async fn ask(url: url::Url, creds: Option<Credentials>) -> Result<Found, String> {
-    let opts = SessionOptions::default().creds(creds).user_agent(format!("OxiNVR/{}", env!("CARGO_PKG_VERSION")));
-    let mut session = retina::client::Session::describe(url, opts).await.map_err(|e| failure("DESCRIBE", &e))?;
-    let streams = session.streams();
-    let video_i = streams
-        .iter()
-        .position(|s| s.media() == "video" && matches!(s.encoding_name(), "h264" | "h265"))
-        .ok_or_else(|| no_video(streams))?;
-    let audio_i = streams.iter().position(|s| s.media() == "audio" && s.encoding_name() == "mpeg4-generic");
-    let audio = audio_i.and_then(|a| ingest::audio_params(streams[a].parameters()));
-    let setup = SetupOptions::default().transport(Transport::Tcp(Default::default())).frame_format(FrameFormat::MP4);
-    session.setup(video_i, setup).await.map_err(|e| failure("SETUP", &e))?;
-    if let Some(video) = ingest::video_params(session.streams()[video_i].parameters()) {
+/// SDP did not carry the codec parameters: the steps ingest takes, through the
+/// same `rtsp` module, each within the probe's timeout.
+async fn ask(url: &str, limit: Duration) -> Result<Found, String> {
+    let mut d = Described::describe(url, limit).await.map_err(|e| e.to_string())?;
+    let audio = d.audio_params();
+    d.setup(false, limit).await.map_err(|e| e.to_string())?;
+    if let Some(video) = d.video_params() {
         return Ok(Found { video, audio });
     }
-    let playing = session.play(PlayOptions::default()).await.map_err(|e| failure("PLAY", &e))?;
-    let mut demuxed = playing.demuxed().map_err(|e| format!("cannot demux the stream: {e}"))?;
-    while let Some(item) = demuxed.next().await {
-        if let CodecItem::VideoFrame(_) = item.map_err(|e| failure("receiving video", &e))? {
-            if let Some(video) = ingest::video_params(demuxed.streams()[video_i].parameters()) {
-                return Ok(Found { video, audio });
-            }
+    let mut src = d.play(limit).await.map_err(|e| e.to_string())?;
+    while let Some(item) = src.next().await {
+        let frame = item.map_err(|e| format!("receiving video failed: {e}"))?;
+        if let (Track::Video, Some(video)) = (frame.track, src.video_params()) {
+            return Ok(Found { video, audio });
         }
     }
     Err("the camera ended the stream before sending the video parameters".into())
-}
-
-fn no_video(streams: &[retina::client::Stream]) -> String {
-    let offered: Vec<String> = streams.iter().map(|s| format!("{}/{}", s.media(), s.encoding_name())).collect();
-    let offered = if offered.is_empty() { "nothing".to_string() } else { offered.join(", ") };
-    format!("no video track in H.264 or H.265 (the camera offers {offered})")
-}
-
-/// A retina error in a line: the status for RTSP answers, the cause otherwise.
-fn failure(step: &str, e: &retina::Error) -> String {
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or("").trim();
-    match e.status_code() {
-        Some(401) => "401 unauthorized".into(),
-        Some(404) => format!("404 not found: the camera has no stream at this path ({step})"),
-        Some(code) => format!("{step} answered {code}: {first}"),
-        None if first.contains("Connection refused") => "connection refused".into(),
-        None if first.contains("Unable to connect") => format!("cannot connect: {first}"),
-        None => format!("{step} failed: {first}"),
-    }
 }
 
 /// `text` with every occurrence of the password replaced.
@@ -277,10 +244,10 @@ mod tests {
     #[test]
     fn a_closed_port_is_reported_quickly() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let url = url::Url::parse(&format!("rtsp://127.0.0.1:{port}/x")).expect("url");
+        let url = format!("rtsp://127.0.0.1:{port}/x");
         let slot = ProbeSlot::take().expect("slot");
         let began = std::time::Instant::now();
-        let e = run(url, None, Duration::from_secs(5), slot).err().expect("no camera there");
+        let e = run(url, false, Duration::from_secs(5), slot).err().expect("no camera there");
         assert_eq!(e, "connection refused");
         assert!(began.elapsed() < Duration::from_secs(3));
     }
@@ -289,10 +256,10 @@ mod tests {
     fn a_silent_server_times_out() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
         let port = listener.local_addr().expect("addr").port();
-        let url = url::Url::parse(&format!("rtsp://127.0.0.1:{port}/x")).expect("url");
+        let url = format!("rtsp://127.0.0.1:{port}/x");
         let slot = ProbeSlot::take().expect("slot");
         let began = std::time::Instant::now();
-        let e = run(url, None, Duration::from_millis(300), slot).err().expect("silent");
+        let e = run(url, false, Duration::from_millis(300), slot).err().expect("silent");
         assert!(e.starts_with("timeout"), "{e}");
         // Far below the 5 s default: the timeout, not the camera, ended it (even under qemu).
         assert!(began.elapsed() < Duration::from_secs(3), "{:?}", began.elapsed());

@@ -1,0 +1,335 @@
+//! Ingest's logic in simulated time against scripted cameras: bring-up order,
+//! deadlines, reconnect timing, keyframe wait, stalls and run boundaries. The
+//! executor runs until it is idle, then the clock jumps to the next timer, so
+//! a minute of camera life takes milliseconds and every run is the same.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::*;
+use crate::clock::SimulatedClock;
+use crate::db::{RecordMode, StreamRow, StreamSpec};
+use crate::ring::{ReadResult, Ring};
+
+const FPS: i64 = 10;
+const GOP: i64 = 10;
+const T0: i64 = 1_795_000_000_000;
+
+/// What a scripted camera does when asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Plays frames at `FPS`, a keyframe every `GOP`.
+    Up,
+    /// Refuses the connection.
+    Down,
+    /// Accepts and never answers.
+    Hang,
+    /// Answers RTSP with 404.
+    NotFound,
+    /// Plays, but never a keyframe.
+    NoKeyframes,
+    /// Plays a few frames, then goes silent with the connection open.
+    Stalls,
+}
+
+struct Camera {
+    mode: Mode,
+    /// Bumped whenever the mode changes, so a playing session notices.
+    epoch: u32,
+}
+
+/// Every camera by URL, and the log of `open` calls (URL, monotonic ms).
+#[derive(Clone)]
+struct Cameras {
+    clock: Arc<SimulatedClock>,
+    cams: Rc<RefCell<HashMap<String, Camera>>>,
+    opens: Rc<RefCell<Vec<(String, u128)>>>,
+}
+
+impl Cameras {
+    fn new(clock: Arc<SimulatedClock>) -> Self {
+        Cameras { clock, cams: Rc::default(), opens: Rc::default() }
+    }
+    fn set(&self, url: &str, mode: Mode) {
+        let mut cams = self.cams.borrow_mut();
+        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, epoch: 0 });
+        cam.mode = mode;
+        cam.epoch += 1;
+    }
+    fn mode(&self, url: &str) -> (Mode, u32) {
+        self.cams.borrow().get(url).map_or((Mode::Down, 0), |c| (c.mode, c.epoch))
+    }
+    fn opens_of(&self, url: &str) -> Vec<u128> {
+        self.opens.borrow().iter().filter(|(u, _)| u == url).map(|(_, t)| *t).collect()
+    }
+}
+
+impl Opener for Cameras {
+    type Source = Scripted;
+    async fn open(&self, url: &str) -> Result<Scripted, OpenError> {
+        self.opens.borrow_mut().push((url.to_string(), self.clock.mono().as_millis()));
+        let (mode, epoch) = self.mode(url);
+        match mode {
+            Mode::Down => Err(OpenError::Unreachable("connection refused".into())),
+            Mode::Hang => std::future::pending().await,
+            Mode::NotFound => Err(OpenError::Status { step: "DESCRIBE", code: 404, message: "Not Found".into() }),
+            _ => Ok(Scripted { cams: self.clone(), url: url.to_string(), epoch, n: 0 }),
+        }
+    }
+}
+
+struct Scripted {
+    cams: Cameras,
+    url: String,
+    epoch: u32,
+    n: i64,
+}
+
+fn video() -> VideoParams {
+    VideoParams { codec: "avc1.64001f".into(), width: 640, height: 360, timescale: 90_000, sample_entry: vec![1, 2, 3] }
+}
+
+impl Source for Scripted {
+    fn video_params(&self) -> Option<VideoParams> {
+        Some(video())
+    }
+    fn audio_params(&self) -> Option<AudioParams> {
+        None
+    }
+    async fn next(&mut self) -> Option<Result<MediaFrame, String>> {
+        self.cams.clock.sleep(Duration::from_millis(1000 / FPS as u64)).await;
+        let (mode, epoch) = self.cams.mode(&self.url);
+        if epoch != self.epoch && mode != Mode::Up {
+            return Some(Err("RTSP error: connection reset".into()));
+        }
+        if mode == Mode::Stalls && self.n >= 5 {
+            return std::future::pending().await;
+        }
+        let n = self.n;
+        self.n += 1;
+        let key = mode != Mode::NoKeyframes && n % GOP == 0;
+        let data = vec![0u8; 100];
+        Some(Ok(MediaFrame { track: Track::Video, key, pts: n * 90_000 / FPS, data, new_params: n == 0 }))
+    }
+}
+
+struct Harness {
+    clock: Arc<SimulatedClock>,
+    cams: Cameras,
+    ingest: Rc<Ingest<Cameras>>,
+    ex: LocalExecutor<'static>,
+    tasks: Vec<smol::Task<()>>,
+    /// A cursor at the start of each stream's ring.
+    starts: RefCell<HashMap<String, crate::ring::Cursor>>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let clock = Arc::new(SimulatedClock::new(T0));
+        let cams = Cameras::new(clock.clone());
+        let ingest = Ingest::new(cams.clone(), clock.clone());
+        Harness { clock, cams, ingest, ex: LocalExecutor::new(), tasks: Vec::new(), starts: RefCell::default() }
+    }
+
+    /// Starts a stream whose camera is at `url` (streams start in call order).
+    fn stream(&mut self, name: &str, url: &str, mode: Mode) -> Arc<StreamRuntime> {
+        self.stream_with_priority(name, url, mode, 0)
+    }
+
+    fn stream_with_priority(&mut self, name: &str, url: &str, mode: Mode, priority: i32) -> Arc<StreamRuntime> {
+        self.cams.set(url, mode);
+        let spec = StreamSpec {
+            name: name.into(),
+            url: url.into(),
+            enabled: true,
+            record: RecordMode::Continuous,
+            retention_days: None,
+            max_storage_mb: None,
+            priority,
+            bitrate_kbps: None,
+            source: "api".into(),
+        };
+        let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
+        let ring = Ring::new(name, 1 << 20, None).expect("ring");
+        self.starts.borrow_mut().insert(name.to_string(), ring.cursor_at_end());
+        let rt = Arc::new(StreamRuntime::new(row, Arc::new(ring)));
+        self.tasks.push(self.ex.spawn(self.ingest.clone().run_stream(rt.clone())));
+        rt
+    }
+
+    /// Runs every task until idle, jumping the clock from timer to timer, for `d`.
+    fn run_for(&self, d: Duration) {
+        let end = self.clock.mono() + d;
+        loop {
+            while self.ex.try_tick() {}
+            let now = self.clock.mono();
+            match self.clock.next_wake() {
+                Some(t) if t <= end => self.clock.advance(t.saturating_sub(now)),
+                _ => {
+                    self.clock.advance(end.saturating_sub(now));
+                    while self.ex.try_tick() {}
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs until `f` holds (checked after every timer), at most `limit`;
+    /// returns the monotonic time it first held.
+    fn run_until(&self, limit: Duration, f: impl Fn() -> bool) -> Option<Duration> {
+        let end = self.clock.mono() + limit;
+        loop {
+            while self.ex.try_tick() {}
+            if f() {
+                return Some(self.clock.mono());
+            }
+            let now = self.clock.mono();
+            match self.clock.next_wake() {
+                Some(t) if t <= end => self.clock.advance(t.saturating_sub(now)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn frames(rt: &StreamRuntime) -> u64 {
+    rt.status().frames
+}
+
+/// Runs and frames in a ring since it was made: ("run", anchor wall ms) or ("key"/"frame", pts).
+fn ring_records(h: &Harness, rt: &StreamRuntime) -> Vec<(&'static str, i64)> {
+    let mut cursor = h.starts.borrow()[rt.name()];
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        match rt.ring.read(&mut cursor, &mut buf) {
+            ReadResult::Run { run, .. } => out.push(("run", run.anchor_wall_ms)),
+            ReadResult::Frame { key, pts, .. } => out.push((if key { "key" } else { "frame" }, pts)),
+            ReadResult::Empty => return out,
+            ReadResult::Gap { .. } => panic!("the test ring wrapped"),
+        }
+    }
+}
+
+#[test]
+fn a_hung_camera_does_not_hold_up_the_others() {
+    let mut h = Harness::new();
+    let hung = h.stream("hung", "rtsp://hung/", Mode::Hang);
+    let b = h.stream("b", "rtsp://b/", Mode::Up);
+    let c = h.stream("c", "rtsp://c/", Mode::Up);
+    // b waits for the hung camera's turn to end (10 s), then c waits for b's first keyframe.
+    let b_at = h.run_until(Duration::from_secs(30), || frames(&b) > 0).expect("b records");
+    let c_at = h.run_until(Duration::from_secs(30), || frames(&c) > 0).expect("c records");
+    assert_eq!(b_at, BRING_UP_TURN + Duration::from_millis(100), "b connects when the hung turn ends");
+    assert_eq!(c_at, b_at + Duration::from_millis(100), "c connects at b's first keyframe");
+    assert_eq!(h.cams.opens_of("rtsp://b/"), vec![10_000]);
+    assert_eq!(hung.status().state, StreamState::Connecting);
+    // The hung open ends at its deadline with a clear error, and is tried again.
+    h.run_until(Duration::from_secs(30), || hung.status().state == StreamState::Backoff).expect("backoff");
+    assert_eq!(h.clock.mono(), OPEN_DEADLINE);
+    assert_eq!(hung.status().last_error.as_deref(), Some("timeout: opening got no answer in 20000 ms"));
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(h.cams.opens_of("rtsp://hung/"), vec![0, 21_000], "retried after the 1 s backoff");
+    assert!(frames(&b) >= 100 && frames(&c) >= 100, "the others kept recording: {} {}", frames(&b), frames(&c));
+}
+
+#[test]
+fn streams_come_up_one_at_a_time_in_the_order_started() {
+    let mut h = Harness::new();
+    let names = ["p3", "p2", "p1", "p0"];
+    let rts: Vec<_> = names.iter().map(|n| h.stream(n, &format!("rtsp://{n}/"), Mode::Up)).collect();
+    h.run_for(Duration::from_secs(2));
+    let opened: Vec<String> = h.cams.opens.borrow().iter().map(|(u, _)| u.clone()).collect();
+    assert_eq!(opened, ["rtsp://p3/", "rtsp://p2/", "rtsp://p1/", "rtsp://p0/"]);
+    let times: Vec<u128> = h.cams.opens.borrow().iter().map(|(_, t)| *t).collect();
+    assert_eq!(times, [0, 100, 200, 300], "each opens at the previous one's first keyframe");
+    assert!(rts.iter().all(|rt| rt.status().state == StreamState::Streaming));
+}
+
+#[test]
+fn a_waiting_stream_of_higher_priority_goes_first() {
+    let mut h = Harness::new();
+    h.stream("first", "rtsp://first/", Mode::Hang);
+    h.stream_with_priority("low", "rtsp://low/", Mode::Up, 0);
+    h.stream_with_priority("high", "rtsp://high/", Mode::Up, 5);
+    h.run_for(Duration::from_secs(11));
+    assert_eq!(h.cams.opens_of("rtsp://high/"), vec![10_000]);
+    assert_eq!(h.cams.opens_of("rtsp://low/"), vec![10_100]);
+}
+
+#[test]
+fn a_camera_that_comes_back_records_again_within_a_second() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(5));
+    let before = frames(&rt);
+    h.cams.set("rtsp://cam/", Mode::Down);
+    h.run_for(Duration::from_secs(5));
+    assert_eq!(rt.status().state, StreamState::Backoff);
+    let tries = h.cams.opens_of("rtsp://cam/").len();
+    assert!(tries >= 8, "a refused camera is tried every 500 ms: {tries} opens in 5 s");
+    h.cams.set("rtsp://cam/", Mode::Up);
+    let back = h.clock.mono();
+    let resumed = h.run_until(Duration::from_secs(10), || frames(&rt) > before + 1).expect("resumes");
+    assert!(resumed - back <= Duration::from_millis(700), "resumed {:?} after the camera returned", resumed - back);
+    assert_eq!(rt.status().connects as usize, h.cams.opens_of("rtsp://cam/").len());
+}
+
+#[test]
+fn protocol_failures_back_off_and_success_resets_the_backoff() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::NotFound);
+    h.run_for(Duration::from_secs(16));
+    assert_eq!(h.cams.opens_of("rtsp://cam/"), vec![0, 1_000, 3_000, 7_000, 15_000], "1, 2, 4, 8 s apart");
+    assert!(rt.status().last_error.is_some_and(|e| e.starts_with("404 not found")));
+    // Up for a while, then a failure: the next wait starts at 1 s again.
+    h.cams.set("rtsp://cam/", Mode::Up);
+    h.run_until(Duration::from_secs(40), || frames(&rt) > 0).expect("records");
+    h.run_for(Duration::from_secs(3));
+    h.cams.set("rtsp://cam/", Mode::NotFound);
+    let failed = h.run_until(Duration::from_secs(5), || rt.status().state == StreamState::Backoff).expect("fails");
+    h.run_for(Duration::from_secs(2));
+    let last = *h.cams.opens_of("rtsp://cam/").last().expect("opens");
+    assert_eq!(Duration::from_millis(last as u64) - failed, Duration::from_secs(1));
+}
+
+#[test]
+fn video_before_the_first_keyframe_is_skipped_and_a_keyframe_never_sent_ends_the_session() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::NoKeyframes);
+    let ended = h.run_until(Duration::from_secs(60), || rt.status().state == StreamState::Backoff).expect("ends");
+    assert_eq!(ended, KEYFRAME_WAIT);
+    assert_eq!(rt.status().last_error.as_deref(), Some("no keyframe in 20 s"));
+    assert_eq!(frames(&rt), 0);
+    assert!(ring_records(&h, &rt).is_empty(), "nothing undecodable was kept");
+}
+
+#[test]
+fn a_silent_session_is_dropped_after_the_stall_timeout() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Stalls);
+    let ended = h.run_until(Duration::from_secs(60), || rt.status().state == StreamState::Backoff).expect("ends");
+    assert_eq!(rt.status().last_error.as_deref(), Some("no data for 10 s"));
+    // The last frame came at 0.5 s; the check runs every 2 s: dropped at the first check >= 10.5 s.
+    assert_eq!(ended, Duration::from_secs(12));
+    assert_eq!(frames(&rt), 5);
+}
+
+#[test]
+fn a_wall_clock_step_starts_a_new_run_and_small_drift_does_not() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(3));
+    h.clock.set(h.clock.now_ms() + 5_000); // within the drift limit
+    h.run_for(Duration::from_secs(2));
+    h.clock.set(h.clock.now_ms() + 3_600_000); // NTP answered
+    h.run_for(Duration::from_secs(2));
+    let records = ring_records(&h, &rt);
+    let runs: Vec<i64> = records.iter().filter(|(k, _)| *k == "run").map(|(_, w)| *w - T0).collect();
+    assert_eq!(runs.len(), 2, "{records:?}");
+    assert_eq!(runs[0], 100);
+    // The new run starts at the first keyframe after the step (frames are 100 ms apart).
+    assert!(runs[1] > 3_600_000 + 5_000 && runs[1] <= 3_600_000 + 5_000 + 7_100, "{}", runs[1]);
+    let after = records.iter().position(|(k, w)| *k == "run" && *w - T0 == runs[1]).expect("second run");
+    assert_eq!(records[after + 1].0, "key", "a run starts on a keyframe");
+}
