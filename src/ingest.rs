@@ -16,7 +16,7 @@
 //!   frame after it (`STALL_TIMEOUT`).
 //! - Streams are brought up one at a time, in the order started (priority
 //!   order): the next one's turn comes when the previous produced its first
-//!   keyframe, failed, or had its turn for `BRING_UP_TURN`, whichever is first.
+//!   keyframe, failed, or had its turn for `BRING_UP_TURN` (3 s), whichever is first.
 //! - Reconnects: a camera that refused the connection is tried again every
 //!   `RETRY_UNREACHABLE` (a refused connect costs nothing, and a camera that
 //!   comes back is recording again within that); other failures back off
@@ -51,7 +51,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a session checks for a stall (one timer per check, not per frame).
 const STALL_CHECK: Duration = Duration::from_secs(2);
 /// Longest bring-up turn of one stream before the next may connect.
-const BRING_UP_TURN: Duration = Duration::from_secs(10);
+const BRING_UP_TURN: Duration = Duration::from_secs(3);
 /// Video time and wall time may disagree by this much before a new run starts.
 const MAX_DRIFT_MS: i64 = 10_000;
 /// Retry interval for a camera that refused the connection.

@@ -85,6 +85,15 @@ impl StreamStatus {
         }
     }
 
+    /// Keeps the counters of the session a restart replaced (a stream's
+    /// totals run over its whole life, not one session's).
+    fn carry_counters(&mut self, old: &StreamStatus) {
+        self.frames = old.frames;
+        self.bytes = old.bytes;
+        self.connects = old.connects;
+        self.gaps = old.gaps;
+    }
+
     /// Counts a received video frame and refreshes fps/bitrate once per window.
     pub fn count_video_frame(&mut self, bytes: usize, now_ms: i64) {
         self.frames += 1;
@@ -310,14 +319,14 @@ impl Edit<'_> {
     /// updates its settings in place.
     pub fn apply(&mut self, row: &StreamRow) -> std::io::Result<Applied> {
         let Some(rt) = self.rec.stream(&row.spec.name) else {
-            self.start(row)?;
+            self.start(row, None)?;
             return Ok(Applied::Started);
         };
         match restart_reason(&rt.spec(), &row.spec) {
             Some(why) => {
                 log::info!("stream {}: {why} changed; restarting it", row.spec.name);
                 self.remove(&row.spec.name);
-                self.start(row)?;
+                self.start(row, Some(rt.status()))?;
                 Ok(Applied::Restarted(why))
             }
             None => {
@@ -327,10 +336,14 @@ impl Edit<'_> {
         }
     }
 
-    /// A new ring, then recording and ingest as the row says.
-    fn start(&mut self, row: &StreamRow) -> std::io::Result<()> {
+    /// A new ring, then recording and ingest as the row says; `before` is the
+    /// status of the session this one replaces.
+    fn start(&mut self, row: &StreamRow, before: Option<StreamStatus>) -> std::io::Result<()> {
         let ring = Ring::new(&row.spec.name, self.rec.ring_bytes(&row.spec), self.rec.ring_dir().as_deref())?;
         let rt = Arc::new(StreamRuntime::new(row.clone(), Arc::new(ring)));
+        if let Some(old) = before {
+            rt.with_status(|s| s.carry_counters(&old));
+        }
         self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), rt.clone());
         let spec = &row.spec;
         if let (true, Some(ch)) = (spec.enabled, self.rec.channels()) {

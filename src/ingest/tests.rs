@@ -217,19 +217,20 @@ fn a_hung_camera_does_not_hold_up_the_others() {
     let hung = h.stream("hung", "rtsp://hung/", Mode::Hang);
     let b = h.stream("b", "rtsp://b/", Mode::Up);
     let c = h.stream("c", "rtsp://c/", Mode::Up);
-    // b waits for the hung camera's turn to end (10 s), then c waits for b's first keyframe.
+    // b waits for the hung camera's turn to end, then c waits for b's first keyframe.
     let b_at = h.run_until(Duration::from_secs(30), || frames(&b) > 0).expect("b records");
     let c_at = h.run_until(Duration::from_secs(30), || frames(&c) > 0).expect("c records");
     assert_eq!(b_at, BRING_UP_TURN + Duration::from_millis(100), "b connects when the hung turn ends");
     assert_eq!(c_at, b_at + Duration::from_millis(100), "c connects at b's first keyframe");
-    assert_eq!(h.cams.opens_of("rtsp://b/"), vec![10_000]);
+    assert_eq!(h.cams.opens_of("rtsp://b/"), vec![BRING_UP_TURN.as_millis()]);
     assert_eq!(hung.status().state, StreamState::Connecting);
     // The hung open ends at its deadline with a clear error, and is tried again.
     h.run_until(Duration::from_secs(30), || hung.status().state == StreamState::Backoff).expect("backoff");
     assert_eq!(h.clock.mono(), OPEN_DEADLINE);
     assert_eq!(hung.status().last_error.as_deref(), Some("timeout: opening got no answer in 20000 ms"));
     h.run_for(Duration::from_secs(2));
-    assert_eq!(h.cams.opens_of("rtsp://hung/"), vec![0, 21_000], "retried after the 1 s backoff");
+    let retry = (OPEN_DEADLINE + BACKOFF_MIN).as_millis();
+    assert_eq!(h.cams.opens_of("rtsp://hung/"), vec![0, retry], "retried after the 1 s backoff");
     assert!(frames(&b) >= 100 && frames(&c) >= 100, "the others kept recording: {} {}", frames(&b), frames(&c));
 }
 
@@ -252,9 +253,10 @@ fn a_waiting_stream_of_higher_priority_goes_first() {
     h.stream("first", "rtsp://first/", Mode::Hang);
     h.stream_with_priority("low", "rtsp://low/", Mode::Up, 0);
     h.stream_with_priority("high", "rtsp://high/", Mode::Up, 5);
-    h.run_for(Duration::from_secs(11));
-    assert_eq!(h.cams.opens_of("rtsp://high/"), vec![10_000]);
-    assert_eq!(h.cams.opens_of("rtsp://low/"), vec![10_100]);
+    h.run_for(BRING_UP_TURN + Duration::from_secs(1));
+    let turn = BRING_UP_TURN.as_millis();
+    assert_eq!(h.cams.opens_of("rtsp://high/"), vec![turn]);
+    assert_eq!(h.cams.opens_of("rtsp://low/"), vec![turn + 100]);
 }
 
 #[test]
