@@ -17,6 +17,10 @@
 //! - Streams are brought up one at a time, in the order started (priority
 //!   order): the next one's turn comes when the previous produced its first
 //!   keyframe, failed, or had its turn for `BRING_UP_TURN` (3 s), whichever is first.
+//! - Media time follows wall time: each video frame's duration is slewed by at
+//!   most `MAX_SLEW_PPM` toward the wall clock (audio by the same amount), so
+//!   slow drift never accumulates; only a real step (> `MAX_DRIFT_MS`) starts a
+//!   new run. Pts in the ring are the slewed ones; they stay strictly increasing.
 //! - Reconnects: a camera that refused the connection is tried again every
 //!   `RETRY_UNREACHABLE` (a refused connect costs nothing, and a camera that
 //!   comes back is recording again within that); other failures back off
@@ -52,8 +56,13 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const STALL_CHECK: Duration = Duration::from_secs(2);
 /// Longest bring-up turn of one stream before the next may connect.
 const BRING_UP_TURN: Duration = Duration::from_secs(3);
-/// Video time and wall time may disagree by this much before a new run starts.
+/// Video time and wall time may disagree by this much before a new run starts
+/// (a wall-clock step, or a camera whose clock runs away faster than the slew).
 const MAX_DRIFT_MS: i64 = 10_000;
+/// Most a frame's duration is stretched or shrunk to follow the wall clock
+/// (500 ppm: 1.8 s an hour, far more than a camera's crystal drifts, and no
+/// one sees a frame 0.05 % longer).
+const MAX_SLEW_PPM: i64 = 500;
 /// Retry interval for a camera that refused the connection.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -322,11 +331,12 @@ struct Session<'a> {
     run: Option<RunStart>,
     audio: Option<AudioParams>,
     keyframes: u64,
+    slew: Slew,
 }
 
 impl<'a> Session<'a> {
     fn new(rt: &'a StreamRuntime, clock: &'a dyn Clock, turn: Turn) -> Self {
-        Session { rt, clock, turn, run: None, audio: None, keyframes: 0 }
+        Session { rt, clock, turn, run: None, audio: None, keyframes: 0, slew: Slew::default() }
     }
 
     async fn run<O: Opener>(&mut self, opener: &O) -> Ended {
@@ -383,9 +393,11 @@ impl<'a> Session<'a> {
     /// Puts one frame into the ring, starting a run where one is due.
     fn take(&mut self, src: &impl Source, f: MediaFrame, need_run: &mut bool) -> Result<(), String> {
         if f.track == Track::Audio {
-            if self.run.as_ref().is_some_and(|r| r.audio.is_some()) {
+            if let Some(a) = self.run.as_ref().and_then(|r| r.audio.as_ref().map(|a| (a.timescale, r.video.timescale)))
+            {
+                let pts = self.slew.audio(f.pts, a.0, a.1);
                 // An audio frame that does not fit is dropped; video goes on.
-                let _ = self.rt.ring.push_frame(&Frame { track: Track::Audio, key: true, pts: f.pts, data: &f.data });
+                let _ = self.rt.ring.push_frame(&Frame { track: Track::Audio, key: true, pts, data: &f.data });
             }
             return Ok(());
         }
@@ -396,9 +408,11 @@ impl<'a> Session<'a> {
                 self.audio = src.audio_params();
             }
         }
-        if let Some(run) = &self.run {
-            let drift = now - run.wall_ms(f.pts);
-            if drift.abs() > MAX_DRIFT_MS && !*need_run {
+        let mut pts = f.pts;
+        if let (Some(run), false) = (&self.run, *need_run) {
+            pts = self.slew.video(f.pts, run, now);
+            let drift = now - run.wall_ms(pts);
+            if drift.abs() > MAX_DRIFT_MS {
                 log::warn!("stream {}: video time is {drift} ms off wall time; starting a new run", self.rt.name());
                 *need_run = true;
             }
@@ -409,13 +423,15 @@ impl<'a> Session<'a> {
             }
             let video = src.video_params().ok_or("the camera sent video without codec parameters")?;
             self.start_run(video, f.pts, now)?;
+            self.slew = Slew::starting_at(f.pts);
+            pts = f.pts;
             *need_run = false;
         }
         if f.key {
             self.keyframes += 1;
             self.turn.end();
         }
-        if let Err(e) = self.rt.ring.push_frame(&Frame { track: Track::Video, key: f.key, pts: f.pts, data: &f.data }) {
+        if let Err(e) = self.rt.ring.push_frame(&Frame { track: Track::Video, key: f.key, pts, data: &f.data }) {
             self.rt.set_error(format!("frame not kept: {e}"), now);
         }
         self.rt.with_status(|s| s.count_video_frame(f.data.len(), now));
@@ -441,6 +457,40 @@ impl<'a> Session<'a> {
         });
         self.run = Some(run);
         Ok(())
+    }
+}
+
+/// The correction of one run's media time toward wall time (see the module
+/// invariants): `corr` video ticks are added to the camera's pts.
+#[derive(Debug, Default)]
+struct Slew {
+    corr: i64,
+    last_in: Option<i64>,
+    /// Millionths of a tick not yet applied.
+    carry: i64,
+}
+
+impl Slew {
+    fn starting_at(pts: i64) -> Slew {
+        Slew { last_in: Some(pts), ..Slew::default() }
+    }
+
+    /// The slewed pts of a video frame of `run` that arrived at wall `now_ms`.
+    fn video(&mut self, pts_in: i64, run: &RunStart, now_ms: i64) -> i64 {
+        let Some(last) = self.last_in.replace(pts_in) else { return pts_in + self.corr };
+        let delta = pts_in - last;
+        let err_ms = now_ms - run.wall_ms(pts_in + self.corr);
+        // 10 ppm per ms of error: 50 ms behind or ahead already slews at full rate.
+        let ppm = (err_ms * 10).clamp(-MAX_SLEW_PPM, MAX_SLEW_PPM);
+        let num = delta.max(0) * ppm + self.carry;
+        self.corr += num / 1_000_000;
+        self.carry = num % 1_000_000;
+        pts_in + self.corr
+    }
+
+    /// The slewed pts of an audio frame: the video correction in audio ticks.
+    fn audio(&self, pts_in: i64, audio_timescale: u32, video_timescale: u32) -> i64 {
+        pts_in + self.corr * i64::from(audio_timescale) / i64::from(video_timescale.max(1))
     }
 }
 

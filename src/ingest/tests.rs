@@ -9,6 +9,7 @@ use std::rc::Rc;
 use super::*;
 use crate::clock::SimulatedClock;
 use crate::db::{RecordMode, StreamRow, StreamSpec};
+use crate::media::RunStart;
 use crate::ring::{ReadResult, Ring};
 
 const FPS: i64 = 10;
@@ -34,6 +35,8 @@ enum Mode {
 
 struct Camera {
     mode: Mode,
+    /// How much faster than real time the camera's clock runs (parts per million).
+    ppm: i64,
     /// Bumped whenever the mode changes, so a playing session notices.
     epoch: u32,
 }
@@ -52,9 +55,17 @@ impl Cameras {
     }
     fn set(&self, url: &str, mode: Mode) {
         let mut cams = self.cams.borrow_mut();
-        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, epoch: 0 });
+        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, ppm: 0, epoch: 0 });
         cam.mode = mode;
         cam.epoch += 1;
+    }
+    fn set_ppm(&self, url: &str, ppm: i64) {
+        if let Some(c) = self.cams.borrow_mut().get_mut(url) {
+            c.ppm = ppm;
+        }
+    }
+    fn ppm(&self, url: &str) -> i64 {
+        self.cams.borrow().get(url).map_or(0, |c| c.ppm)
     }
     fn mode(&self, url: &str) -> (Mode, u32) {
         self.cams.borrow().get(url).map_or((Mode::Down, 0), |c| (c.mode, c.epoch))
@@ -109,7 +120,8 @@ impl Source for Scripted {
         self.n += 1;
         let key = mode != Mode::NoKeyframes && n % GOP == 0;
         let data = vec![0u8; 100];
-        Some(Ok(MediaFrame { track: Track::Video, key, pts: n * 90_000 / FPS, data, new_params: n == 0 }))
+        let pts = n * 90_000 / FPS * (1_000_000 + self.cams.ppm(&self.url)) / 1_000_000;
+        Some(Ok(MediaFrame { track: Track::Video, key, pts, data, new_params: n == 0 }))
     }
 }
 
@@ -334,4 +346,45 @@ fn a_wall_clock_step_starts_a_new_run_and_small_drift_does_not() {
     assert!(runs[1] > 3_600_000 + 5_000 && runs[1] <= 3_600_000 + 5_000 + 7_100, "{}", runs[1]);
     let after = records.iter().position(|(k, w)| *k == "run" && *w - T0 == runs[1]).expect("second run");
     assert_eq!(records[after + 1].0, "key", "a run starts on a keyframe");
+}
+
+/// The run in effect at the newest keyframe and the last frame's pts.
+fn newest(rt: &StreamRuntime) -> (RunStart, i64) {
+    let mut cursor = rt.ring.cursor_at_latest_keyframe();
+    let (mut run, mut last, mut buf) = (None, None, Vec::new());
+    loop {
+        match rt.ring.read(&mut cursor, &mut buf) {
+            ReadResult::Run { run: r, .. } => run = Some(r),
+            ReadResult::Frame { pts, .. } => last = Some(pts),
+            ReadResult::Empty => break,
+            ReadResult::Gap { .. } => panic!("gap while reading the newest frames"),
+        }
+    }
+    (run.expect("a run"), last.expect("a frame"))
+}
+
+#[test]
+fn a_drifting_camera_clock_is_slewed_without_a_new_run() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.cams.set_ppm("rtsp://cam/", 300); // 1.08 s an hour
+    h.run_for(Duration::from_secs(3600));
+    let (run, pts) = newest(&rt);
+    assert_eq!(run.anchor_wall_ms - T0, 100, "still the first run");
+    let off = h.clock.now_ms() - run.wall_ms(pts);
+    // Proportional slew: a steady 300 ppm needs 30 ms of error (10 ppm per ms).
+    assert!((-50..=150).contains(&off), "the newest frame maps {off} ms before now (unslewed: -1080)");
+}
+
+#[test]
+fn a_camera_clock_faster_than_the_slew_gets_a_new_run_at_the_limit() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.cams.set_ppm("rtsp://cam/", 3000); // 2500 ppm beyond the slew: 10 s off after 4000 s
+    h.run_for(Duration::from_secs(3900));
+    assert_eq!(newest(&rt).0.anchor_wall_ms - T0, 100, "still the first run at 3900 s");
+    h.run_for(Duration::from_secs(200));
+    let (run, pts) = newest(&rt);
+    assert!(run.anchor_wall_ms - T0 > 3_900_000, "a new run once 10 s off: {}", run.anchor_wall_ms - T0);
+    assert!((h.clock.now_ms() - run.wall_ms(pts)).abs() < 1000);
 }
