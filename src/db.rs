@@ -300,6 +300,16 @@ pub struct StreamSpec {
     pub source: String,
 }
 
+/// The columns of a segment that start-up reconciliation needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentCheck {
+    pub id: i64,
+    pub path: String,
+    pub closed: bool,
+    pub start_ms: i64,
+    pub bytes: u64,
+}
+
 /// A stream as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StreamRow {
@@ -893,6 +903,30 @@ impl Db {
     /// Segments in state `open` (after a crash: the ones to recover), by start.
     pub fn open_segments(&self) -> Result<Vec<SegmentRow>, DbError> {
         self.segments_where("open_segments", "state = 'open'", [])
+    }
+
+    /// What start-up reconciliation checks of every segment of a stream: no
+    /// fragment index (the largest column), so 30 days of a box's recordings
+    /// stay a few MB to read.
+    pub fn segment_checks(&self, stream_id: i64) -> Result<Vec<SegmentCheck>, DbError> {
+        let op = "segment_checks";
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, path, state = 'closed', start_ms, bytes FROM segments WHERE stream_id = ?1")
+            .ctx(op)?;
+        let rows = st
+            .query_map([stream_id], |r| {
+                let bytes: i64 = r.get(4)?;
+                Ok(SegmentCheck {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    closed: r.get(2)?,
+                    start_ms: r.get(3)?,
+                    bytes: u64::try_from(bytes).unwrap_or(0),
+                })
+            })
+            .ctx(op)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
     }
 
     pub fn all_segment_paths(&self) -> Result<HashSet<String>, DbError> {

@@ -31,8 +31,12 @@ use crate::segment::{self, CloseReason, SegmentWriter, WriterConfig};
 const POLL: Duration = Duration::from_millis(50);
 /// Records read from one ring per pass, so one busy stream cannot starve others.
 const MAX_RECORDS_PER_PASS: usize = 256;
-/// Retention runs at least this often.
+/// Retention plans at least this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// Deletions carried out per pass of the loop: a plan of thousands (retention lowered
+/// by months) is worked off between ring drains, so recording never waits on it
+/// for longer than one batch (a few ms of unlinks and one durable transaction).
+const RETENTION_BATCH: usize = 50;
 /// Operations slower than this are logged.
 const SLOW: Duration = Duration::from_millis(500);
 
@@ -86,6 +90,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut recorders: HashMap<String, Recorder> = HashMap::new();
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut last_retention = Instant::now();
+    let mut backlog = Backlog::default();
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
@@ -104,7 +109,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                 }
             }
             Ok(Command::Retention) => {
-                run_retention(&db, &settings, &*clock, &recorders);
+                backlog.replan(plan_retention(&db, &settings, &*clock, &recorders));
                 last_retention = Instant::now();
             }
             Ok(Command::Purge(stream_id, answer)) => {
@@ -133,11 +138,68 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             r.writer.tick(&db);
             rotated |= r.writer.stats.segments != segments_before;
         }
-        if last_retention.elapsed() >= RETENTION_EVERY
-            || (rotated && last_retention.elapsed() >= Duration::from_secs(1))
-        {
-            run_retention(&db, &settings, &*clock, &recorders);
+        let due = last_retention.elapsed() >= RETENTION_EVERY
+            || (rotated && last_retention.elapsed() >= Duration::from_secs(1));
+        if due && backlog.is_empty() {
+            backlog.replan(plan_retention(&db, &settings, &*clock, &recorders));
             last_retention = Instant::now();
+        }
+        backlog.work(&db, &settings.data_dir);
+    }
+}
+
+/// Planned deletions not carried out yet, oldest first.
+#[derive(Default)]
+struct Backlog {
+    todo: std::collections::VecDeque<retention::Deletion>,
+    began: Option<Instant>,
+    done: usize,
+    freed: u64,
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.todo.is_empty()
+    }
+
+    fn replan(&mut self, plan: Vec<retention::Deletion>) {
+        if plan.is_empty() {
+            return;
+        }
+        let bytes: u64 = plan.iter().map(|d| d.bytes).sum();
+        if plan.len() > RETENTION_BATCH {
+            log::info!("retention: {} segments ({} MB) to delete, {RETENTION_BATCH} per pass", plan.len(), bytes >> 20);
+        }
+        *self = Backlog { todo: plan.into(), began: Some(Instant::now()), done: 0, freed: 0 };
+    }
+
+    /// Carries out one batch; logs the total when the plan is done.
+    fn work(&mut self, db: &Db, data_dir: &Path) {
+        if self.todo.is_empty() {
+            return;
+        }
+        let n = self.todo.len().min(RETENTION_BATCH);
+        let batch: Vec<retention::Deletion> = self.todo.drain(..n).collect();
+        let began = Instant::now();
+        match retention::execute(db, data_dir, &batch) {
+            Ok(out) => {
+                self.done += out.rows_deleted;
+                self.freed += batch.iter().map(|d| d.bytes).sum::<u64>();
+                for f in out.failures {
+                    log::warn!("retention: {f}");
+                }
+            }
+            Err(e) => {
+                log::warn!("retention: {e}; the rest of this plan waits for the next one");
+                self.todo.clear();
+            }
+        }
+        if began.elapsed() > SLOW {
+            log::warn!("retention: a batch of {n} took {:?}", began.elapsed());
+        }
+        if self.todo.is_empty() {
+            let took = self.began.map(|t| t.elapsed()).unwrap_or_default();
+            log::info!("retention: deleted {} segments ({} MB) in {took:?}", self.done, self.freed >> 20);
         }
     }
 }
@@ -158,8 +220,13 @@ fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) {
     }
 }
 
-/// Plans and carries out retention; the open segments are never touched.
-fn run_retention(db: &Db, settings: &StorageSettings, clock: &dyn Clock, recorders: &HashMap<String, Recorder>) {
+/// Plans retention (oldest first); the open segments are never planned.
+fn plan_retention(
+    db: &Db,
+    settings: &StorageSettings,
+    clock: &dyn Clock,
+    recorders: &HashMap<String, Recorder>,
+) -> Vec<retention::Deletion> {
     let began = Instant::now();
     let open: HashSet<i64> = recorders.values().filter_map(|r| r.writer.open_segment_id()).collect();
     let items = match db.retention_items() {
@@ -171,7 +238,7 @@ fn run_retention(db: &Db, settings: &StorageSettings, clock: &dyn Clock, recorde
         }
         Err(e) => {
             log::warn!("retention: cannot list segments: {e}");
-            return;
+            return Vec::new();
         }
     };
     let policies = match db.list_streams() {
@@ -187,33 +254,21 @@ fn run_retention(db: &Db, settings: &StorageSettings, clock: &dyn Clock, recorde
             .collect(),
         Err(e) => {
             log::warn!("retention: cannot list streams: {e}");
-            return;
+            return Vec::new();
         }
     };
     let disk = match retention::disk_usage(&settings.data_dir) {
         Ok(d) => d,
         Err(e) => {
             log::warn!("retention: cannot stat {}: {e}", settings.data_dir.display());
-            return;
+            return Vec::new();
         }
     };
     let plan = retention::plan(clock.now_ms(), &items, &policies, disk, settings.min_free_percent);
-    if plan.is_empty() {
-        return;
-    }
-    let freed: u64 = plan.iter().map(|d| d.bytes).sum();
-    match retention::execute(db, &settings.data_dir, &plan) {
-        Ok(out) => {
-            log::info!("retention: deleted {} segments ({} MB)", out.rows_deleted, freed / (1024 * 1024));
-            for f in out.failures {
-                log::warn!("retention: {f}");
-            }
-        }
-        Err(e) => log::warn!("retention: {e}"),
-    }
     if began.elapsed() > SLOW {
-        log::warn!("retention took {:?}", began.elapsed());
+        log::warn!("retention: planning over {} segments took {:?}", items.len(), began.elapsed());
     }
+    plan
 }
 
 /// Deletes every closed recording of a stream that is not being written.
@@ -273,7 +328,7 @@ pub fn reconcile(db: &Db, data_dir: &Path, repair: bool) -> Result<Report, Strin
     }
     let streams: Vec<_> = db.list_streams().map_err(|e| e.to_string())?;
     for st in &streams {
-        let segs = db.segments_overlapping(st.id, i64::MIN, i64::MAX).map_err(|e| e.to_string())?;
+        let segs = db.segment_checks(st.id).map_err(|e| e.to_string())?;
         for seg in segs {
             rep.segments_checked += 1;
             let path = data_dir.join(&seg.path);
