@@ -139,15 +139,15 @@ async function renderSystem(view) {
   const info = h('div.cards#system-info');
   const charts = h('div.cards#bitrate-charts');
   const logs = h('div');
-  append(view, pageHead('System'), info, h('h2', { text: 'Bitrate per stream (kbit/s, last 2 min)' }), charts, logs);
-  const rates = {};
-  const tick = () => drawSystem(info).catch((e) => clear(info, h('p.msg.error', { text: e.message })));
-  const poll = () => pollRates(charts, rates).catch(() => {});
-  await Promise.all([tick(), poll()]);
+  append(view, pageHead('System'), info, h('h2', { text: 'Received bitrate per stream (kbit/s, last 2 min)' }), charts, logs);
+  const tick = () => api('GET', '/api/system').then((s) => {
+    drawSystem(info, s);
+    drawRates(charts, s.streams);
+  }).catch((e) => clear(info, h('p.msg.error', { text: e.message })));
+  await tick();
   if (can('admin')) drawLogs(logs);
-  const t1 = setInterval(tick, 5000);
-  const t2 = setInterval(poll, 2000);
-  return () => clearInterval(t1) || clearInterval(t2);
+  const timer = setInterval(tick, 2000);
+  return () => clearInterval(timer);
 }
 
 function card(title, ...rows) {
@@ -156,38 +156,45 @@ function card(title, ...rows) {
 
 const kv = (k, v) => [h('dt', { text: k }), h('dd', {}, v)];
 
-function meter(value, max, text) {
-  return h('span.meter', {}, h('meter', { min: 0, max: max || 1, value }), ' ', text);
+// A bar filled with the used share, and a label that says so.
+function usedMeter(used, total, text) {
+  const pct = total ? Math.round((used / total) * 1000) / 10 : 0;
+  return h('span.meter', {}, h('meter', { min: 0, max: total || 1, value: used }),
+    ` ${pct} % used: ${text}`);
 }
 
-async function drawSystem(info) {
-  const s = await api('GET', '/api/system');
+function drawSystem(info, s) {
   const m = s.memory, p = m.process, d = s.disk;
-  const heap = Object.entries(m.heap_by_subsystem).map(([k, v]) => kv(`heap: ${k}`, fmtBytes(v)));
+  const heap = Object.entries(m.heap_by_subsystem).map(([k, v]) => kv(`Heap, ${k}`, fmtBytes(v)));
+  const heapTotal = Object.values(m.heap_by_subsystem).reduce((a, b) => a + b, 0);
+  const memUsed = p.mem_total - p.mem_available;
   clear(info,
     card('Recorder', kv('Version', s.version), kv('Firmware', s.firmware || '—'), kv('Up', fmtDuration(s.uptime_s * 1000)),
-      kv('Started', fmtIso(s.started))),
-    card('Memory', kv('RSS', `${fmtBytes(p.rss)} (peak ${fmtBytes(p.peak_rss)})`), kv('PSS', fmtBytes(p.pss)),
-      kv('Threads', p.threads), kv('Rings', fmtBytes(m.rings_bytes)), heap,
-      kv('Machine', meter(p.mem_total - p.mem_available, p.mem_total, `${fmtBytes(p.mem_available)} free of ${fmtBytes(p.mem_total)}`))),
+      kv('Started', fmtIso(s.started)), kv('Live viewers', s.live_clients)),
+    card('Memory of the recorder', kv('RSS', `${fmtBytes(p.rss)} (peak ${fmtBytes(p.peak_rss)})`), kv('PSS', fmtBytes(p.pss)),
+      kv('Threads', p.threads), kv('Rings', fmtBytes(m.rings_bytes)), kv('Heap', fmtBytes(heapTotal)), heap),
+    card('Machine memory', kv('Used', usedMeter(memUsed, p.mem_total,
+      `${fmtBytes(memUsed)} of ${fmtBytes(p.mem_total)}, ${fmtBytes(p.mem_available)} available`))),
     card('Disk', kv('Data', d.data_dir), kv('Recordings', fmtBytes(d.recordings_bytes)),
-      d.error ? kv('Error', d.error) : kv('Free', meter(d.total_bytes - d.free_bytes, d.total_bytes, `${fmtBytes(d.free_bytes)} free of ${fmtBytes(d.total_bytes)} (${d.free_percent} %)`))),
-    card('Rings', s.streams.map((r) => kv(r.name, meter(r.ring.used_bytes, r.ring.capacity,
-      `${r.ring.use_percent} % of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
+      d.error ? kv('Error', d.error) : kv('Used', usedMeter(d.total_bytes - d.free_bytes, d.total_bytes,
+        `${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)}, ${fmtBytes(d.free_bytes)} free`))),
+    card('Rings (recent video in memory)', s.streams.map((r) => kv(r.name, usedMeter(r.ring.used_bytes, r.ring.capacity,
+      `${fmtBytes(r.ring.used_bytes)} of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
 }
 
-async function pollRates(charts, rates) {
-  const streams = await listStreams();
+// One chart per stream, from the server's last 2 min of samples (so it has a past at once).
+function drawRates(charts, streams) {
   for (const s of streams) {
-    const list = (rates[s.name] = rates[s.name] || []);
-    list.push(s.status ? s.status.bitrate_kbps : 0);
-    if (list.length > 60) list.shift();
     let c = charts.querySelector(`canvas[data-stream="${CSS.escape(s.name)}"]`);
     if (!c) {
       c = h('canvas.chart', { 'data-stream': s.name });
       charts.append(h('section.card', {}, h('h3', { text: s.name }), c));
     }
-    Ox.drawChart(c, list, '#4fa3ff', 'kbit/s');
+    c.samples = s.bitrate_history; // for the browser tests
+    Ox.drawChart(c, s.bitrate_history, '#4fa3ff', 'kbit/s', 120000);
+  }
+  for (const c of charts.querySelectorAll('canvas')) {
+    if (!streams.some((s) => s.name === c.dataset.stream)) c.closest('section').remove();
   }
 }
 

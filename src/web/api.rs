@@ -366,6 +366,12 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
 
 // ---- system ----
 
+/// The stream's last bitrate samples, oldest first, as [epoch ms, kbit/s] pairs.
+fn bitrate_history_json(rt: &StreamRuntime) -> Value {
+    let samples = rt.with_status(|s| s.bitrate_history());
+    samples.into_iter().map(|(ms, kbps)| json!([ms, round1(kbps)])).collect()
+}
+
 pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let nvr = ctx.nvr;
@@ -382,8 +388,11 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         }
         Err(e) => disk["error"] = e.to_string().into(),
     }
-    let streams: Vec<Value> =
-        nvr.streams().iter().map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt) })).collect();
+    let streams: Vec<Value> = nvr
+        .streams()
+        .iter()
+        .map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt), "bitrate_history": bitrate_history_json(rt) }))
+        .collect();
     Ok(Reply::json(
         200,
         &json!({

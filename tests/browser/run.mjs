@@ -271,14 +271,48 @@ async function testPages() {
   const ota = await page.textContent('#ota .msg.error');
   assert(/refused/.test(ota) && !/CSRF/i.test(ota), `a bad bundle upload says "${ota}"`);
   console.log(`    bad OTA bundle: "${ota}"`);
+  await systemPage(page);
+  await shot(page, 'system');
+}
+
+// The system page: every figure labelled and non-negative, bars that say
+// what they fill with, bitrate charts drawn from the server's recent history.
+async function systemPage(page) {
   await open(page, '#/system');
-  await page.waitForSelector('#bitrate-charts canvas');
-  await sleep(6000);
-  const info = await page.textContent('#system-info');
-  assert(/RSS/.test(info) && /Free/.test(info), `the system page shows: ${info.slice(0, 200)}`);
+  const opened = Date.now();
+  const samples = await until('the bitrate chart to have points', () =>
+    page.$eval(`#bitrate-charts canvas[data-stream="${STREAM}"]`, (c) => c.samples && c.samples.length >= 10 && c.samples), 4000, 200);
+  const span = (samples[samples.length - 1][0] - samples[0][0]) / 1000;
+  const drawn = await page.$eval(`#bitrate-charts canvas[data-stream="${STREAM}"]`, (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 200 && d[i] < 120) n++;
+    return n;
+  });
+  assert(span >= 18 && drawn > 100, `the chart of ${STREAM} has ${samples.length} samples over ${span} s, ${drawn} line pixels`);
+  console.log(`    bitrate chart: ${samples.length} samples over ${span} s, ${Date.now() - opened} ms after opening`);
+  await sleep(2500);
+  const figures = await page.$$eval('#system-info dt', (dts) => dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent]));
+  assert(figures.length >= 15, `the system page shows ${figures.length} figures`);
+  for (const [k, v] of figures) {
+    assert(k.trim(), `a figure without a label: "${v}"`);
+    assert(!/(^|[^\w.-])-\s*\d/.test(v), `"${k}" shows a negative figure: "${v}"`);
+  }
+  assert(figures.filter(([k]) => /^Heap, /.test(k)).length >= 4, 'the heap by subsystem is missing');
+  const bars = await page.$$eval('#system-info meter', (ms) => ms.map((m) => ({
+    fill: (m.value / m.max) * 100, text: m.parentElement.textContent, label: m.closest('dd').previousElementSibling.textContent })));
+  assert(bars.length >= 5, `${bars.length} bars on the system page`);
+  for (const b of bars) {
+    const m = /([\d.]+) % used/.exec(b.text);
+    assert(m && !/free/i.test(b.label), `the bar "${b.label}" does not say that it fills with the used share: "${b.text}"`);
+    assert(Math.abs(Number(m[1]) - b.fill) < 0.2, `the bar "${b.label}" says ${m[1]} % used but is filled to ${b.fill.toFixed(1)} %`);
+  }
+  const sys = (await pageFetch(page, '/api/system')).body;
+  const negative = Object.entries(sys.memory.heap_by_subsystem).filter(([, v]) => v < 0);
+  assert(!negative.length, `GET /api/system has negative heap figures: ${JSON.stringify(negative)}`);
   const logs = await page.textContent('#logs');
   assert(!/Loading|unavailable/.test(logs) && logs.split('\n').length > 3, `the log shows: ${logs.slice(0, 200)}`);
-  await shot(page, 'system');
+  console.log(`    system page: ${figures.length} figures, none negative; ${bars.length} bars labelled "used"`);
 }
 
 // Adds a stream through the form (same camera, not recording), waits until it
