@@ -53,6 +53,17 @@ pub struct StreamStatus {
     /// The bitrate of each of the last windows, so a chart opened now has a past.
     #[serde(skip)]
     history: BitrateHistory,
+    /// The open segment as far as it is written (its row moves only at each sync).
+    #[serde(skip)]
+    pub writing: Option<Writing>,
+}
+
+/// How far the storage thread has written a stream's open segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writing {
+    pub segment_id: i64,
+    pub end_ms: i64,
+    pub bytes: u64,
 }
 
 /// Bitrate samples kept per stream: 2 min at one per `RATE_WINDOW_MS`.
@@ -90,6 +101,7 @@ impl StreamStatus {
             gaps: 0,
             window: RateWindow::default(),
             history: BitrateHistory::new(),
+            writing: None,
         }
     }
 

@@ -187,7 +187,7 @@ async function loadRecordings(body, stream, dayText) {
   const data = await api('GET', '/api/recordings?' + q);
   const recs = data.recordings.slice().reverse();
   const player = h('div.player');
-  const total = recs.reduce((n, r) => n + r.bytes, 0);
+  const total = recs.reduce((n, r) => n + shownSize(r), 0);
   clear(body, player,
     h('p.muted', { text: `${recs.length} recording(s), ${fmtBytes(total)}, ${data.gaps.length} gap(s) on ${fmtDate(day)}.` }),
     recs.length ? recordingTable(recs, player) : h('p.empty', { text: 'Nothing recorded on this day.' }),
@@ -207,15 +207,19 @@ function recordingTable(recs, player) {
     tbody), more);
 }
 
+// The recording being written says how far it is (its own figures move only at each sync).
+const shownSize = (r) => (r.writing ? r.writing.bytes : r.bytes);
+const shownDuration = (r) => (r.writing ? r.writing.duration_ms : r.duration_ms);
+
 function recordingRow(r, player) {
   const start = Date.parse(r.start);
   const link = `#/timeline?stream=${encodeURIComponent(r.stream)}&day=${fmtDate(start)}&t=${start}`;
   const exp = `#/export?stream=${encodeURIComponent(r.stream)}&start=${start}&end=${Date.parse(r.end)}`;
-  return h('tr', { 'data-id': r.id },
+  return h('tr', { 'data-id': r.id, 'data-open': !r.closed },
     h('td', { text: r.stream }),
-    h('td', { text: fmtDateTime(start) + (r.closed ? '' : ' (recording)') }),
-    h('td', { text: fmtDuration(r.duration_ms) }),
-    h('td', { text: fmtBytes(r.bytes) }),
+    h('td', {}, fmtDateTime(start), r.closed ? null : h('span.badge.rec', { text: 'recording' })),
+    h('td.duration', { text: fmtDuration(shownDuration(r)) }),
+    h('td.size', { text: fmtBytes(shownSize(r)) }),
     h('td', { text: `${r.codec} ${r.width}x${r.height}${r.has_audio ? ' + audio' : ''}` }),
     h('td.actions', {},
       h('button', { type: 'button', text: 'Play', onclick: () => playFile(player, r) }),

@@ -14,7 +14,7 @@ use crate::clock::{parse_time, rfc3339};
 use crate::config::StreamConfig;
 use crate::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
 use crate::memory;
-use crate::nvr::StreamRuntime;
+use crate::nvr::{StreamRuntime, Writing};
 use crate::retention;
 
 use super::reply::{ApiError, Reply};
@@ -308,7 +308,9 @@ fn restart(ctx: &Ctx, row: StreamRow, err: ApiError) -> ApiError {
 
 // ---- recordings ----
 
-fn segment_json(seg: &SegmentRow, stream: &str) -> Value {
+/// A recording as listed; an open one also says how far it is written
+/// (`writing`: the row's end and bytes move only at each sync).
+fn segment_json(seg: &SegmentRow, stream: &str, writing: Option<Writing>) -> Value {
     let mut v = serde_json::to_value(seg).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
         m.insert("stream".into(), stream.into());
@@ -317,8 +319,21 @@ fn segment_json(seg: &SegmentRow, stream: &str) -> Value {
         m.insert("duration_ms".into(), seg.end_ms.saturating_sub(seg.start_ms).into());
         m.insert("fragments".into(), seg.fragments.len().into());
         m.insert("url".into(), format!("/api/recordings/{}/file", seg.id).into());
+        if let Some(w) = writing.filter(|w| !seg.closed && w.segment_id == seg.id) {
+            m.insert("writing".into(), writing_json(seg, &w));
+        }
     }
     v
+}
+
+fn writing_json(seg: &SegmentRow, w: &Writing) -> Value {
+    let end_ms = w.end_ms.max(seg.end_ms);
+    json!({
+        "end_ms": end_ms,
+        "end": rfc3339(end_ms),
+        "duration_ms": end_ms.saturating_sub(seg.start_ms),
+        "bytes": w.bytes.max(seg.bytes),
+    })
 }
 
 fn gap_json(g: &GapRow, stream: &str) -> Value {
@@ -344,8 +359,9 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     let mut recs: Vec<(i64, i64, Value)> = Vec::new();
     let mut gaps: Vec<(i64, Value)> = Vec::new();
     for s in &streams {
+        let writing = ctx.nvr.stream(&s.spec.name).and_then(|rt| rt.with_status(|st| st.writing));
         for seg in ctx.db.segments_overlapping(s.id, start, end)? {
-            recs.push((seg.start_ms, seg.id, segment_json(&seg, &s.spec.name)));
+            recs.push((seg.start_ms, seg.id, segment_json(&seg, &s.spec.name, writing)));
         }
         for g in ctx.db.gaps_overlapping(s.id, start, end)? {
             gaps.push((g.start_ms, gap_json(&g, &s.spec.name)));

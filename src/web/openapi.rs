@@ -632,10 +632,14 @@ mod tests {
             has_audio: false,
             trigger: "continuous".into(),
         };
-        api.db.insert_segment(&seg).expect("segment");
+        let id = api.db.insert_segment(&seg).expect("segment");
         api.db.insert_gap(stream.id, t0 + 60_000, t0 + 70_000, "camera unreachable").expect("gap");
+        // The open segment as the storage thread reports it (ahead of its row).
+        let writing = crate::nvr::Writing { segment_id: id, end_ms: t0 + 4_000, bytes: 90_000 };
+        api.nvr.stream("cam").expect("cam runs").with_status(|s| s.writing = Some(writing));
         let v = api.call("GET", "/api/recordings?stream=cam", "", 200);
         assert!(v["recordings"][0].is_object() && v["gaps"][0].is_object(), "{v}");
+        assert_eq!(v["recordings"][0]["writing"]["duration_ms"], 4_000, "{v}");
         api.call("GET", "/api/recordings?stream=nope", "", 404);
         api.call("DELETE", "/api/streams/cam", "", 409);
         api.call("POST", "/api/streams", r#"{"name":"cam2","url":"rtsp://h/x"}"#, 201);

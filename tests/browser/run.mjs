@@ -37,6 +37,12 @@ async function loginAs(page, who) {
   await ready(page, '#/live');
 }
 
+// Seconds of an "HH:MM:SS" (or "Nd HH:MM:SS") duration.
+function seconds(text) {
+  const m = /(?:(\d+)d )?(\d+):(\d\d):(\d\d)/.exec(text);
+  return m ? (Number(m[1] || 0) * 86400) + m[2] * 3600 + m[3] * 60 + Number(m[4]) : NaN;
+}
+
 // Closed recordings of today for the stream, oldest first (through the page's session).
 async function closedRecordings(page) {
   const day = new Date();
@@ -238,6 +244,7 @@ async function testPages() {
   await open(page, `#/recordings?stream=${STREAM}`);
   const rows = await page.$$eval('#recordings tbody tr', (r) => r.length);
   assert(rows >= 2, `the recordings page lists ${rows} row(s)`);
+  await inProgressRecording(page);
   await page.click('#recordings tbody tr:nth-child(2) button');
   await advances(page, '.player video', 1);
   await shot(page, 'recordings');
@@ -273,6 +280,21 @@ async function testPages() {
   console.log(`    bad OTA bundle: "${ota}"`);
   await systemPage(page);
   await shot(page, 'system');
+}
+
+// The recording being written shows how long and large it is so far (its row
+// moves only at each sync, every 10 s here: as long as a whole segment).
+async function inProgressRecording(page) {
+  const row = '#recordings tr[data-open]';
+  const [d, size] = await until('the recording being written to show a length', async () => {
+    await page.click('.page-head button:has-text("Refresh")');
+    await page.waitForSelector(`${row} td.duration`);
+    const got = [await page.textContent(`${row} td.duration`), await page.textContent(`${row} td.size`)];
+    return seconds(got[0]) > 0 ? got : 0;
+  }, 20000, 1000);
+  assert(seconds(d) <= 15, `the recording being written (10 s segments) shows ${d}`);
+  assert(/(KiB|MiB)$/.test(size) && parseFloat(size) > (/MiB/.test(size) ? 0 : 2), `the recording being written shows ${size}`);
+  console.log(`    recording being written: ${d}, ${size}`);
 }
 
 // The system page: every figure labelled and non-negative, bars that say
