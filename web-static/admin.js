@@ -219,17 +219,40 @@ Ox.page('settings', { title: 'Settings', role: 'admin', nav: true, render: rende
 async function renderSettings(view) {
   const conf = h('div#settings');
   append(view, pageHead('Settings'), h('p.note', { text:
-    'The configuration in effect, without secrets. It is read from the configuration file (oxinvr.toml); edit that file and restart the recorder to change it. Cameras can also be added on the Streams page.' }),
+    'The configuration in effect, without secrets. Everything but the streams is read from the configuration file at start: edit the file and restart the recorder to change it.' }),
     conf, await otaCard());
   try {
-    const { config } = await api('GET', '/api/settings');
-    const entries = Object.entries(config);
+    const { config, streams } = await api('GET', '/api/settings');
+    const entries = Object.entries(config).filter(([k]) => k !== 'streams');
     const scalars = entries.filter(([, v]) => v === null || typeof v !== 'object');
-    clear(conf, scalars.length ? h('section.card', {}, h('dl', {}, scalars.map(([k, v]) => kv(k, show(v))))) : null,
+    clear(conf, streamSettings(streams),
+      scalars.length ? h('section.card', {}, h('dl', {}, scalars.map(([k, v]) => kv(k === 'source' ? 'read from' : k, show(v))))) : null,
       entries.filter(([, v]) => v !== null && typeof v === 'object').map(([k, v]) => settingsSection(k, v)));
   } catch (e) {
     clear(conf, h('p.msg.error', { text: `Settings unavailable: ${e.message}` }));
   }
+}
+
+const STREAM_KEYS = ['url', 'enabled', 'record', 'retention_days', 'max_storage_mb', 'priority', 'bitrate_kbps'];
+
+// Streams as they run, where each came from, and what a restart puts back.
+function streamSettings(streams) {
+  const rows = streams.map((s) => h('tr', { 'data-stream': s.name }, td(s.name),
+    h('td', {}, h('span.badge', { text: s.source === 'api' ? 'API' : 'config file' })),
+    STREAM_KEYS.map((k) => streamValue(s, k))));
+  return h('section.card#stream-settings', {}, h('h2', { text: 'Streams in effect' }),
+    h('p.muted', { text: 'Streams of the configuration file are written from the file at every start: a change made on the Streams page (or through the API) to one of them lasts until the next restart unless it is made in the file too; those values are marked "until restart". Streams added on the Streams page are kept.' }),
+    streams.length ? table('stream-settings-table', ['Stream', 'Source'].concat(STREAM_KEYS), rows) : h('p.muted', { text: 'none' }));
+}
+
+function streamValue(s, k) {
+  if (!s.in_effect) return h('td.wrap', {}, h('span.muted', { text: `deleted; the file brings ${show(s.file[k])} back at restart` }));
+  const cell = h('td', { 'data-key': k, text: show(s.in_effect[k]) });
+  if (s.restart_resets.includes(k)) {
+    cell.classList.add('wrap');
+    cell.append(h('small.until-restart', { text: ` until restart (file: ${show(s.file[k])})` }));
+  }
+  return cell;
 }
 
 function settingsSection(name, value) {

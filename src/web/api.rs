@@ -482,6 +482,27 @@ mod tests {
     }
 
     #[test]
+    fn settings_say_what_a_restart_puts_back() {
+        let spec = |body: &[u8], source| {
+            merge_fields(&Map::new(), &json_object(body).expect("obj")).expect("cfg").to_spec(source)
+        };
+        let file = spec(br#"{"name":"door","url":"rtsp://u:pw@h/x"}"#, "config");
+        let changed = spec(br#"{"name":"door","url":"rtsp://u:pw@h/x","retention_days":7}"#, "config");
+        let v = stream_setting(Some(&changed), Some(&file));
+        assert_eq!(v["in_effect"]["retention_days"], 7, "{v}");
+        assert_eq!(v["file"]["retention_days"], Value::Null, "{v}");
+        assert_eq!(v["restart_resets"], json!(["retention_days"]), "{v}");
+        assert_eq!((v["source"].as_str(), v["in_effect"]["url"].as_str()), (Some("config"), Some("rtsp://u:***@h/x")));
+        let other_password = spec(br#"{"name":"door","url":"rtsp://u:new@h/x"}"#, "config");
+        assert_eq!(stream_setting(Some(&other_password), Some(&file))["restart_resets"], json!(["url"]));
+        let api = spec(br#"{"name":"yard","url":"rtsp://h/y"}"#, "api");
+        let v = stream_setting(Some(&api), None);
+        assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
+        let v = stream_setting(None, Some(&file));
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 7), "{v}");
+    }
+
+    #[test]
     fn bodies_must_be_json_objects() {
         assert!(json_object(b"{\"a\":1").unwrap_err().message.contains("malformed JSON"));
         assert!(json_object(b"[1]").unwrap_err().message.contains("JSON object"));
@@ -531,8 +552,9 @@ pub fn logs(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &json!({ "file": path.display().to_string(), "lines": lines })))
 }
 
-/// `GET /api/settings`: the configuration in effect, stream passwords masked.
-/// It is edited in the configuration file (and streams through the API).
+/// `GET /api/settings`: the configuration in effect, stream passwords masked,
+/// and each stream as it runs now next to what the configuration file says
+/// (`streams`). The file is edited by hand; streams also through the API.
 pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let mut cfg = ctx.nvr.config.clone();
@@ -541,5 +563,45 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     }
     let config =
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
-    Ok(Reply::json(200, &json!({ "config": config })))
+    let file = &ctx.nvr.config.streams;
+    let rows = ctx.db.list_streams()?;
+    let spec_in_file = |name: &str| file.iter().find(|c| c.name == name).map(|c| c.to_spec("config"));
+    let mut streams: Vec<Value> =
+        rows.iter().map(|r| stream_setting(Some(&r.spec), spec_in_file(&r.spec.name).as_ref())).collect();
+    for c in file.iter().filter(|c| !rows.iter().any(|r| r.spec.name == c.name)) {
+        streams.push(stream_setting(None, Some(&c.to_spec("config"))));
+    }
+    Ok(Reply::json(200, &json!({ "config": config, "streams": streams })))
+}
+
+/// One stream's settings: in effect (the database row), in the file, and the
+/// fields a restart sets back to the file's values (the file's streams are
+/// written into the database at every start).
+fn stream_setting(effect: Option<&StreamSpec>, file: Option<&StreamSpec>) -> Value {
+    let fields = |s: &StreamSpec| {
+        let mut m = spec_fields(s);
+        m.remove("name");
+        m
+    };
+    let (now, in_file) = (effect.map(fields), file.map(fields));
+    let reset: Vec<&String> = match (&now, &in_file) {
+        (Some(n), Some(f)) => f.iter().filter(|(k, v)| n.get(*k) != Some(v)).map(|(k, _)| k).collect(),
+        (None, Some(f)) => f.keys().collect(),
+        _ => Vec::new(),
+    };
+    let masked = |m: &Map<String, Value>| {
+        let mut m = m.clone();
+        if let Some(url) = m.get("url").and_then(Value::as_str) {
+            m.insert("url".into(), mask_url(url).into());
+        }
+        m
+    };
+    let name = effect.or(file).map(|s| s.name.clone()).unwrap_or_default();
+    json!({
+        "name": name,
+        "source": effect.map_or("config", |s| s.source.as_str()),
+        "in_effect": now.as_ref().map(masked),
+        "file": in_file.as_ref().map(masked),
+        "restart_resets": reset,
+    })
 }

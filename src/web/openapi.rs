@@ -652,6 +652,12 @@ mod tests {
         api.call("GET", "/api/system/logs?lines=0", "", 400);
         let v = api.call("GET", "/api/settings", "", 200);
         assert_eq!(v["config"]["streams"][0]["url"], "rtsp://u:***@h/door");
+        let cam = v["streams"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "cam")).expect("cam");
+        assert_eq!(
+            (&cam["in_effect"]["retention_days"], &cam["source"]),
+            (&Value::from(7), &Value::from("api")),
+            "{v}"
+        );
         // Users, TOTP, sessions, keys.
         api.call("POST", "/api/users", r#"{"username":"bob","password":"bob-password","role":"viewer"}"#, 201);
         api.call("POST", "/api/users", r#"{"username":"bob","password":"bob-password","role":"viewer"}"#, 409);

@@ -270,6 +270,7 @@ async function testPages() {
   await page.waitForSelector('#settings .card, #settings .msg');
   const settings = await page.textContent('#settings');
   assert(/\[storage\]/.test(settings) && /segment_seconds/.test(settings), `the settings page shows: ${settings.slice(0, 200)}`);
+  await settingsInEffect(page);
   await shot(page, 'settings');
   // An upload that is not a bundle: sent with the CSRF header, refused, the reason shown.
   await page.setInputFiles('#ota input[type=file]', { name: 'bad.bin', mimeType: 'application/octet-stream', buffer: Buffer.from('not a bundle at all') });
@@ -295,6 +296,20 @@ async function inProgressRecording(page) {
   assert(seconds(d) <= 15, `the recording being written (10 s segments) shows ${d}`);
   assert(/(KiB|MiB)$/.test(size) && parseFloat(size) > (/MiB/.test(size) ? 0 : 2), `the recording being written shows ${size}`);
   console.log(`    recording being written: ${d}, ${size}`);
+}
+
+// Settings show each stream's settings in effect, where they came from, and
+// which values the configuration file puts back at the next start.
+async function settingsInEffect(page) {
+  const row = `#stream-settings tr[data-stream="${STREAM}"]`;
+  const cell = await page.textContent(`${row} td[data-key=retention_days]`);
+  assert(/^7\b/.test(cell.trim()), `after retention_days 7 was saved through the API, settings show "${cell}"`);
+  assert(/until restart/.test(cell), `settings do not say that the file resets retention_days at restart: "${cell}"`);
+  const source = await page.textContent(`${row} .badge`);
+  assert(source === 'config file', `${STREAM} (from the configuration file) shows the source "${source}"`);
+  const api = (await pageFetch(page, '/api/settings')).body.streams.find((x) => x.name === STREAM);
+  assert(api && api.in_effect.retention_days === 7 && api.restart_resets.includes('retention_days'), `GET /api/settings: ${JSON.stringify(api)}`);
+  console.log(`    settings: retention_days "${cell.trim()}", source "${source}"`);
 }
 
 // The system page: every figure labelled and non-negative, bars that say
