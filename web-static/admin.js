@@ -6,8 +6,8 @@
 'use strict';
 
 function table(id, headers, rows) {
-  return h('div.table-wrap', {}, h('table.list' + (id ? '#' + id : ''), {},
-    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { text: t })))), h('tbody', {}, rows)));
+  return h('div.table-wrap', {}, labelCells(h('table.list' + (id ? '#' + id : ''), {},
+    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { text: t })))), h('tbody', {}, rows))));
 }
 
 const td = (text) => h('td', { text: text === null || text === undefined ? '—' : String(text) });

@@ -199,12 +199,12 @@ const LIMIT = 300;
 function recordingTable(recs, player) {
   const rows = (n) => recs.slice(0, n).map((r) => recordingRow(r, player));
   const tbody = h('tbody', {}, rows(LIMIT));
+  const tbl = labelCells(h('table.list#recordings', {},
+    h('thead', {}, h('tr', {}, ['Stream', 'Start', 'Duration', 'Size', 'Video', ''].map((t) => h('th', { text: t })))), tbody));
   const more = recs.length > LIMIT
-    ? h('button', { type: 'button', text: `Show all ${recs.length}`, onclick: (e) => clear(tbody, rows(recs.length)) && e.target.remove() })
+    ? h('button', { type: 'button', text: `Show all ${recs.length}`, onclick: (e) => clear(tbody, rows(recs.length)) && labelCells(tbl) && e.target.remove() })
     : null;
-  return h('div.table-wrap', {}, h('table.list#recordings', {},
-    h('thead', {}, h('tr', {}, ['Stream', 'Start', 'Duration', 'Size', 'Video', ''].map((t) => h('th', { text: t })))),
-    tbody), more);
+  return h('div.table-wrap', {}, tbl, more);
 }
 
 // The recording being written says how far it is (its own figures move only at each sync).
@@ -217,7 +217,7 @@ function recordingRow(r, player) {
   const exp = `#/export?stream=${encodeURIComponent(r.stream)}&start=${start}&end=${Date.parse(r.end)}`;
   return h('tr', { 'data-id': r.id, 'data-open': !r.closed },
     h('td', { text: r.stream }),
-    h('td', {}, fmtDateTime(start), r.closed ? null : h('span.badge.rec', { text: 'recording' })),
+    h('td', {}, fmtClock(start), r.closed ? null : h('span.badge.rec', { text: 'recording' })),
     h('td.duration', { text: fmtDuration(shownDuration(r)) }),
     h('td.size', { text: fmtBytes(shownSize(r)) }),
     h('td', { text: `${r.codec} ${r.width}x${r.height}${r.has_audio ? ' + audio' : ''}` }),
@@ -237,10 +237,10 @@ function playFile(player, r) {
 
 function gapTable(gaps) {
   return h('details', {}, h('summary', { text: `Gaps (${gaps.length})` }),
-    h('div.table-wrap', {}, h('table.list', {},
+    h('div.table-wrap', {}, labelCells(h('table.list', {},
       h('thead', {}, h('tr', {}, ['Stream', 'From', 'To', 'Duration', 'Reason'].map((t) => h('th', { text: t })))),
       h('tbody', {}, gaps.map((g) => h('tr', {}, h('td', { text: g.stream }), h('td', { text: fmtDateTime(g.start_ms) }),
-        h('td', { text: fmtDateTime(g.end_ms) }), h('td', { text: fmtDuration(g.duration_ms) }), h('td', { text: g.reason })))))));
+        h('td', { text: fmtDateTime(g.end_ms) }), h('td', { text: fmtDuration(g.duration_ms) }), h('td.wrap', { text: g.reason }))))))));
 }
 
 // ---- timeline ----
@@ -281,7 +281,7 @@ function timelineUi(streams, params) {
     clock: h('span.clock#tl-clock', { text: '—' }), exp: h('a.button#tl-export', { href: '#/export', text: 'Export view' }),
     canvas: h('canvas.timeline#timeline'), video: h('video#tl-video', { playsinline: true, muted: true }), box: msgBox(),
     summary: h('span.muted') };
-  ui.head = pageHead('Timeline', sel, ui.prev, date, ui.next);
+  ui.head = pageHead('Timeline', sel, h('span.daypick', {}, ui.prev, date, ui.next));
   ui.bar = h('div.timeline-wrap', {}, h('div.tools', {}, ui.zout, ui.zin, ui.fit, ui.summary), ui.canvas);
   ui.stage = h('div.stage', {}, ui.video, h('div.controls', {}, ui.play, ui.clock, ui.exp));
   return ui;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import {
   BASE, STREAM, SHOTS, launch, newPage, assert, until, sleep, shot, open, pageFetch, errorText, totp, ffprobe,
-  decodesCleanly, pageProblems,
+  decodesCleanly, pageProblems, layoutProblems,
 } from './lib.mjs';
 
 const ADMIN = { name: 'admin', pass: 'Admin-pass-2024' };
@@ -472,7 +472,13 @@ async function testTotp() {
 
 async function testPhone() {
   const { page } = await newPage(S.browser, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  S.phone = page;
   await loginAs(page, ADMIN);
+  const logout = await page.$eval('#header-logout', (e) => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.left >= 0 && r.right <= innerWidth && r.bottom <= 60 && getComputedStyle(e).visibility === 'visible';
+  }).catch(() => false);
+  assert(logout, 'the header has no visible Log out on a phone');
   assert(!(await page.isVisible('#nav')), 'the menu is open on a phone before it was asked for');
   await advances(page, `.tile[data-stream="${STREAM}"] video`, 1, 25000);
   await shot(page, 'phone-live');
@@ -485,6 +491,25 @@ async function testPhone() {
   await page.waitForFunction(() => document.querySelector('#timeline').timeline.spans.length > 0);
   await shot(page, 'phone-timeline');
 }
+
+// Every main page, as the admin sees it: no control out of reach sideways, no
+// button label wrapped; a screenshot of each.
+const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/streams',
+  `#/streams?edit=${STREAM}`, '#/settings', '#/users', '#/account', '#/system'];
+
+async function checkLayout(page, size) {
+  const found = [];
+  for (const hash of MAIN_PAGES) {
+    await open(page, hash);
+    await sleep(700);
+    for (const p of await layoutProblems(page)) found.push(`${hash}: ${p}`);
+    await shot(page, `layout-${size}-${hash.slice(2).replace(/\W+/g, '-')}`);
+  }
+  assert(!found.length, `at ${size} controls are out of reach:\n      ${found.join('\n      ')}`);
+}
+
+const testLayoutWide = () => checkLayout(S.admin, '1280x800');
+const testLayoutPhone = () => checkLayout(S.phone, '390x844');
 
 async function testNoProblems() {
   assert(!pageProblems.length, `the page reported:\n      ${pageProblems.join('\n      ')}`);
@@ -500,8 +525,10 @@ const TESTS = [
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
   ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
   ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],
+  ['layout at 1280x800: every control of every page within reach, no wrapped buttons', testLayoutWide],
   ['7 TOTP enrolment shows a QR; the code confirms it and logs in', testTotp],
-  ['phone: collapsible menu, live view on a small screen', testPhone],
+  ['phone: collapsible menu, Log out in the header, live view on a small screen', testPhone],
+  ['layout at 390x844: every control of every page within reach, no wrapped buttons', testLayoutPhone],
   ['no page errors or CSP violations', testNoProblems],
 ];
 
