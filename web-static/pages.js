@@ -280,9 +280,11 @@ function timelineUi(streams, params) {
     zout: btn('−', 'Zoom out'), fit: btn('Fit', 'Show all recordings of the day'), play: btn('Play'),
     clock: h('span.clock#tl-clock', { text: '—' }), exp: h('a.button#tl-export', { href: '#/export', text: 'Export view' }),
     canvas: h('canvas.timeline#timeline'), video: h('video#tl-video', { playsinline: true, muted: true }), box: msgBox(),
-    summary: h('span.muted') };
+    summary: h('span.muted'), events: h('span#tl-events', { text: 'events: …' }) };
   ui.head = pageHead('Timeline', sel, h('span.daypick', {}, ui.prev, date, ui.next));
-  ui.bar = h('div.timeline-wrap', {}, h('div.tools', {}, ui.zout, ui.zin, ui.fit, ui.summary), ui.canvas);
+  const key = (cls, text) => h('span.key', {}, h('i.swatch.' + cls), text);
+  ui.legend = h('div.legend#tl-legend', {}, key('rec', 'recorded'), key('gap', 'gap (not recorded)'), key('event', ui.events));
+  ui.bar = h('div.timeline-wrap', {}, h('div.tools', {}, ui.zout, ui.zin, ui.fit, ui.summary), ui.canvas, ui.legend);
   ui.stage = h('div.stage', {}, ui.video, h('div.controls', {}, ui.play, ui.clock, ui.exp));
   return ui;
 }
@@ -323,6 +325,8 @@ async function refreshDay(ctx) {
     ctx.tl.bounds = data.recordings.map((r) => Date.parse(r.start));
     ctx.tl.gaps = data.gaps.map((g) => [g.start_ms, g.end_ms]);
     ctx.tl.events = Ox.timelineEvents(ctx.stream, ctx.day);
+    const n = ctx.tl.events.length;
+    ctx.ui.events.textContent = n ? `events: ${n} on this day` : 'events: none on this day';
     const total = ctx.tl.spans.reduce((n, s) => n + s[1] - s[0], 0);
     ctx.ui.summary.textContent = `${data.recordings.length} recording(s), ${fmtDuration(total)} recorded`;
     ctx.tl.draw();

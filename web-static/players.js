@@ -591,7 +591,7 @@ class Timeline {
     this.drawLane(g, 22, 26, 'recordings', this.spans, '#2e8b57');
     this.drawLane(g, 22, 26, null, this.gaps, '#8b3a3a');
     this.drawBounds(g, 22, 26);
-    this.drawLane(g, 54, 14, 'events', this.events, '#d9a400');
+    this.drawLane(g, 54, 14, this.events.length ? 'events' : 'events: none on this day', this.events, '#d9a400');
     this.drawAxis(g, w, hgt);
     this.drawMark(g, this.cursor, '#fff', hgt);
     if (this.hover !== undefined) this.drawHover(g, w, hgt);

@@ -185,6 +185,8 @@ async function testTimeline() {
   let wall = await clockMs(page);
   assert(wall >= target - 5000 && wall <= target + 20000, `the clock shows ${new Date(wall).toISOString()} after a click at ${new Date(target).toISOString()}`);
   console.log(`    timeline: currentTime ${a.toFixed(2)} -> ${b.toFixed(2)} s at ${new Date(wall).toISOString()}`);
+  const events = await page.textContent('#tl-legend');
+  assert(/events: (none|\d+) on this day/.test(events), `the timeline's legend says "${events}"`);
   await shot(page, 'timeline');
   // Across a file boundary: from 1.5 s before the first recording's end to 1.5 s after it.
   const boundary = recs[0].e;
