@@ -97,20 +97,77 @@ Ox.page('live', { title: 'Live', role: 'viewer', nav: true, render: renderLive }
 async function renderLive(view, params) {
   const single = params.get('stream');
   const streams = (await listStreams()).filter((s) => s.enabled && (!single || s.name === single));
-  const head = single
-    ? pageHead(single, h('a.button', { href: '#/live', text: '← All cameras' }),
-      h('a.button', { href: `#/timeline?stream=${encodeURIComponent(single)}`, text: 'Timeline' }))
-    : pageHead('Live');
-  append(view, head);
+  if (single) {
+    append(view, pageHead(single, h('a.button', { href: '#/live', text: '← All cameras' }),
+      h('a.button', { href: `#/timeline?stream=${encodeURIComponent(single)}`, text: 'Timeline' })));
+  }
+  const grid = h('div.grid' + (single ? '.single' : '.fill') + '#live-grid');
+  if (!single) append(view, pageHead('Live', layoutSelect(grid, streams.length)));
   if (!streams.length) return append(view, noStreams(single));
-  const grid = h('div.grid' + (single ? '.single' : ''));
   const tiles = streams.map((s) => liveTile(s, !!single));
   append(view, clear(grid, tiles.map((t) => t.el)));
+  const fit = () => fitGrid(grid, streams.length);
+  if (!single) {
+    fit();
+    window.addEventListener('resize', fit);
+  }
   const timer = setInterval(() => refreshTiles(tiles), 5000);
   return () => {
     clearInterval(timer);
+    window.removeEventListener('resize', fit);
     tiles.forEach((t) => t.player.stop());
   };
+}
+
+// ---- live grid layout: 1, 2x2, 3x3 or 4x4 cells filling the screen ----
+
+const LAYOUT_KEY = 'oxinvr.live.layout';
+const LAYOUTS = [['auto', 'Auto'], ['1', '1×1'], ['2', '2×2'], ['3', '3×3'], ['4', '4×4']];
+
+function savedLayout() {
+  try {
+    const v = localStorage.getItem(LAYOUT_KEY);
+    return LAYOUTS.some(([k]) => k === v) ? v : 'auto';
+  } catch (e) {
+    return 'auto';
+  }
+}
+
+function layoutSelect(grid, count) {
+  const sel = h('select#live-layout', { name: 'layout', 'aria-label': 'Layout' },
+    LAYOUTS.map(([k, text]) => h('option', { value: k, text, selected: k === savedLayout() })));
+  sel.addEventListener('change', () => {
+    try {
+      localStorage.setItem(LAYOUT_KEY, sel.value);
+    } catch (e) {
+      /* private mode: the choice lasts until the page is left */
+    }
+    grid.dataset.layout = sel.value;
+    fitGrid(grid, count);
+  });
+  grid.dataset.layout = sel.value;
+  return sel;
+}
+
+// Cells per side for `count` cameras: 1, 2x2, 3x3, then 4x4 (more scroll).
+const autoCells = (count) => (count <= 1 ? 1 : count <= 4 ? 2 : count <= 9 ? 3 : 4);
+
+// Sizes the grid's cells so n x n of them fill the space below the grid's top.
+// On a narrow portrait screen "auto" stacks the cameras one under another.
+function fitGrid(grid, count) {
+  const chosen = grid.dataset.layout || 'auto';
+  const width = grid.clientWidth;
+  const phone = width < 600 && window.innerHeight > window.innerWidth;
+  const n = chosen === 'auto' ? (phone ? 1 : autoCells(count)) : Number(chosen);
+  const top = grid.getBoundingClientRect().top + window.scrollY;
+  const free = Math.max(window.innerHeight - top - 12, 160);
+  const gap = 8;
+  const cell = phone ? ((width - gap * (n - 1)) / n) * 9 / 16 : (free - gap * (n - 1)) / n;
+  const auto = document.querySelector('#live-layout option[value=auto]');
+  if (auto) auto.textContent = phone ? 'Auto (one per row)' : `Auto (${autoCells(count)}×${autoCells(count)})`;
+  grid.style.setProperty('--cols', n);
+  grid.style.setProperty('--row', `${Math.max(90, Math.floor(cell))}px`);
+  grid.dataset.cells = n;
 }
 
 function noStreams(single) {

@@ -37,6 +37,16 @@ async function loginAs(page, who) {
   await ready(page, '#/live');
 }
 
+// Ox.api inside the page: its session and CSRF token.
+const pageApi = (page, method, path, body) => page.evaluate(([m, p, b]) => Ox.api(m, p, b), [method, path, body]);
+
+// Renders `hash` from scratch (a reload), as a user coming back to it would see it.
+async function reload(page, hash) {
+  await page.evaluate((h) => (location.hash = h), hash);
+  await page.reload();
+  await ready(page, hash);
+}
+
 // Seconds of an "HH:MM:SS" (or "Nd HH:MM:SS") duration.
 function seconds(text) {
   const m = /(?:(\d+)d )?(\d+):(\d\d):(\d\d)/.exec(text);
@@ -170,6 +180,56 @@ async function testLive() {
   await ready(page, `#/live?stream=${STREAM}`);
   await advances(page, `.grid.single video`, 1, 25000);
   await shot(page, 'live-single');
+}
+
+// The live grid fills the screen: one camera gets (nearly) all of it; a chosen
+// layout is remembered across a reload.
+async function testLiveGrid() {
+  const page = S.admin;
+  const all = (await pageFetch(page, '/api/streams')).body.streams;
+  const others = all.filter((s) => s.enabled && s.name !== STREAM).map((s) => s.name);
+  await page.evaluate(() => localStorage.removeItem('oxinvr.live.layout'));
+  try {
+    for (const n of others) await pageApi(page, 'PUT', `/api/streams/${n}`, { enabled: false });
+    await reload(page, '#/live');
+    await advances(page, `.tile[data-stream="${STREAM}"] video`, 1, 25000);
+    const m = await gridMeasure(page);
+    assert(m.tiles.length === 1, `${m.tiles.length} tiles with one camera enabled`);
+    const [t] = m.tiles;
+    const share = (t.w * t.h) / (m.grid.w * m.grid.h);
+    assert(share >= 0.9, `the only camera's tile covers ${(share * 100).toFixed(0)} % of the grid`);
+    assert(m.grid.w >= m.view.w - 60 && m.grid.bottom >= m.ih - 40 && t.h >= 0.6 * m.ih,
+      `the grid (${m.grid.w}x${m.grid.h}, bottom ${m.grid.bottom}) leaves the window (${m.view.w} wide, ${m.ih} tall) empty`);
+    console.log(`    one camera: tile ${t.w}x${t.h} px in a ${m.view.w}x${m.ih} px view (${(share * 100).toFixed(0)} % of the grid)`);
+    await shot(page, 'live-one-camera');
+  } finally {
+    for (const n of others) await pageApi(page, 'PUT', `/api/streams/${n}`, { enabled: true });
+  }
+  await reload(page, '#/live');
+  const auto = await gridMeasure(page);
+  assert(auto.cells === '2' && auto.tiles.length === others.length + 1, `${auto.tiles.length} cameras on auto: ${auto.cells}x${auto.cells}`);
+  await page.selectOption('#live-layout', '3');
+  await reload(page, '#/live');
+  const kept = await gridMeasure(page);
+  assert(kept.layout === '3' && kept.cells === '3', `after choosing 3x3 and a reload the layout is ${kept.layout}, ${kept.cells} cells a side`);
+  const w = kept.tiles[0].w;
+  assert(Math.abs(w * 3 - kept.grid.w) < 30, `a 3x3 tile is ${w} px wide in a ${kept.grid.w} px grid`);
+  await shot(page, 'live-3x3');
+  await page.selectOption('#live-layout', 'auto');
+}
+
+function gridMeasure(page) {
+  return page.evaluate(() => {
+    const box = (e) => {
+      const r = e.getBoundingClientRect();
+      return { w: Math.round(r.width), h: Math.round(r.height), bottom: Math.round(r.bottom) };
+    };
+    const grid = document.querySelector('#live-grid');
+    return {
+      grid: box(grid), view: box(document.querySelector('#view')), ih: innerHeight, cells: grid.dataset.cells,
+      layout: document.querySelector('#live-layout').value, tiles: [...grid.querySelectorAll('.tile')].map(box),
+    };
+  });
 }
 
 async function testTimeline() {
@@ -522,6 +582,7 @@ const TESTS = [
   ['1 first-run setup creates the admin and lands on the live grid', testSetup],
   ['2 log out; a wrong password is refused with a message; the right one logs in', testLogin],
   ['3 live view plays (currentTime advances)', testLive],
+  ['live grid: one camera fills it; a chosen layout survives a reload', testLiveGrid],
   ['4 a recording plays from the timeline, across a file boundary', testTimeline],
   ['5 export downloads an MP4 that ffprobe accepts with the span\'s duration', testExport],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
