@@ -52,7 +52,27 @@ pub struct StreamStatus {
     pub gaps: u64,
     #[serde(skip)]
     window: RateWindow,
+    /// The bitrate of each of the last windows, so a chart opened now has a past.
+    #[serde(skip)]
+    history: BitrateHistory,
+    /// The open segment as far as it is written (its row moves only at each sync).
+    #[serde(skip)]
+    pub writing: Option<Writing>,
 }
+
+/// How far the storage thread has written a stream's open segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writing {
+    pub segment_id: i64,
+    pub end_ms: i64,
+    pub bytes: u64,
+}
+
+/// Bitrate samples kept per stream: 2 min at one per `RATE_WINDOW_MS`.
+pub const BITRATE_HISTORY_LEN: usize = 60;
+
+/// (end of the window in epoch seconds, kbit/s), fixed size: 8 bytes a sample.
+type BitrateHistory = heapless::HistoryBuf<(u32, f32), BITRATE_HISTORY_LEN>;
 
 #[derive(Clone, Debug, Default)]
 struct RateWindow {
@@ -82,6 +102,8 @@ impl StreamStatus {
             connects: 0,
             gaps: 0,
             window: RateWindow::default(),
+            history: BitrateHistory::new(),
+            writing: None,
         }
     }
 
@@ -92,6 +114,12 @@ impl StreamStatus {
         self.bytes = old.bytes;
         self.connects = old.connects;
         self.gaps = old.gaps;
+        self.history = old.history.clone();
+    }
+
+    /// The last bitrate samples, oldest first: (end of the window in epoch ms, kbit/s).
+    pub fn bitrate_history(&self) -> Vec<(i64, f32)> {
+        self.history.oldest_ordered().map(|&(s, kbps)| (i64::from(s) * 1000, kbps)).collect()
     }
 
     /// Counts a received video frame and refreshes fps/bitrate once per window.
@@ -109,6 +137,8 @@ impl StreamStatus {
         if elapsed >= RATE_WINDOW_MS {
             self.fps = (w.frames as f64 * 1000.0 / elapsed as f64) as f32;
             self.bitrate_kbps = (w.bytes as f64 * 8.0 / elapsed as f64) as f32;
+            let secs = u32::try_from(now_ms.max(0) / 1000).unwrap_or(u32::MAX);
+            self.history.write((secs, self.bitrate_kbps));
             *w = RateWindow { start_ms: now_ms, frames: 0, bytes: 0 };
         }
     }
@@ -382,5 +412,21 @@ mod tests {
         assert!((s.bitrate_kbps - 84.0).abs() < 0.1, "{}", s.bitrate_kbps);
         assert_eq!(s.frames, 31);
         assert_eq!(s.last_frame_ms, Some(13_000));
+        assert_eq!(s.bitrate_history(), vec![(12_000, s.bitrate_kbps)]);
+    }
+
+    #[test]
+    fn the_bitrate_history_keeps_the_last_windows_in_fixed_memory() {
+        let mut s = StreamStatus::new(StreamState::Streaming);
+        let windows = BITRATE_HISTORY_LEN as i64 + 5;
+        for i in 0..=windows * 20 {
+            // 10 frames a second; the size grows with the window, so each sample differs.
+            s.count_video_frame(100 + (i / 20) as usize, 1_000_000 + i * 100);
+        }
+        let h = s.bitrate_history();
+        assert_eq!(h.len(), BITRATE_HISTORY_LEN);
+        assert!(h.windows(2).all(|p| p[1].0 - p[0].0 == 2000 && p[1].1 > p[0].1), "{h:?}");
+        assert_eq!(h.last().map(|p| p.0), Some(1_000_000 + windows * 2000));
+        assert!(std::mem::size_of::<BitrateHistory>() <= BITRATE_HISTORY_LEN * 8 + 16);
     }
 }

@@ -412,6 +412,15 @@ impl SegmentWriter {
         self.open.as_ref().map(|o| o.id)
     }
 
+    /// How far the open segment is written (fragments on disk, synced or not).
+    pub fn writing(&self) -> Option<crate::nvr::Writing> {
+        self.open.as_ref().map(|o| crate::nvr::Writing {
+            segment_id: o.id,
+            end_ms: end_ms(o, self.run.as_ref()),
+            bytes: o.bytes,
+        })
+    }
+
     /// Start of the open segment (ms) and its init length, for diagnostics.
     pub fn open_info(&self) -> Option<(i64, u64)> {
         self.open.as_ref().map(|o| (o.start_ms, o.init_len))

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::db::{Db, NewSegment, SegmentProgress};
 use crate::mp4;
-use crate::nvr::StreamRuntime;
+use crate::nvr::{StreamRuntime, Writing};
 use crate::retention;
 use crate::ring::{Cursor, ReadResult};
 use crate::segment::{self, CloseReason, SegmentWriter, WriterConfig};
@@ -65,6 +65,19 @@ struct Recorder {
     rt: Arc<StreamRuntime>,
     cursor: Cursor,
     writer: SegmentWriter,
+    /// What the stream's status last heard of the open segment.
+    published: Option<Writing>,
+}
+
+impl Recorder {
+    /// Tells the stream's status how far the open segment is written, when that changed.
+    fn publish(&mut self) {
+        let now = self.writer.writing();
+        if now != self.published {
+            self.rt.with_status(|s| s.writing = now);
+            self.published = now;
+        }
+    }
 }
 
 /// Starts the storage thread.
@@ -100,7 +113,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                 }
                 let cursor = rt.ring.cursor_at_latest_keyframe();
                 let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone());
-                recorders.insert(name, Recorder { rt, cursor, writer });
+                recorders.insert(name, Recorder { rt, cursor, writer, published: None });
             }
             Ok(Command::Remove(name)) => {
                 if let Some(mut r) = recorders.remove(&name) {
@@ -136,6 +149,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             let segments_before = r.writer.stats.segments;
             drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
             r.writer.tick(&db);
+            r.publish();
             rotated |= r.writer.stats.segments != segments_before;
         }
         let due = last_retention.elapsed() >= RETENTION_EVERY

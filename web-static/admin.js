@@ -6,8 +6,8 @@
 'use strict';
 
 function table(id, headers, rows) {
-  return h('div.table-wrap', {}, h('table.list' + (id ? '#' + id : ''), {},
-    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { text: t })))), h('tbody', {}, rows)));
+  return h('div.table-wrap', {}, labelCells(h('table.list' + (id ? '#' + id : ''), {},
+    h('thead', {}, h('tr', {}, headers.map((t) => h('th', { text: t })))), h('tbody', {}, rows))));
 }
 
 const td = (text) => h('td', { text: text === null || text === undefined ? '—' : String(text) });
@@ -139,15 +139,15 @@ async function renderSystem(view) {
   const info = h('div.cards#system-info');
   const charts = h('div.cards#bitrate-charts');
   const logs = h('div');
-  append(view, pageHead('System'), info, h('h2', { text: 'Bitrate per stream (kbit/s, last 2 min)' }), charts, logs);
-  const rates = {};
-  const tick = () => drawSystem(info).catch((e) => clear(info, h('p.msg.error', { text: e.message })));
-  const poll = () => pollRates(charts, rates).catch(() => {});
-  await Promise.all([tick(), poll()]);
+  append(view, pageHead('System'), info, h('h2', { text: 'Received bitrate per stream (kbit/s, last 2 min)' }), charts, logs);
+  const tick = () => api('GET', '/api/system').then((s) => {
+    drawSystem(info, s);
+    drawRates(charts, s.streams);
+  }).catch((e) => clear(info, h('p.msg.error', { text: e.message })));
+  await tick();
   if (can('admin')) drawLogs(logs);
-  const t1 = setInterval(tick, 5000);
-  const t2 = setInterval(poll, 2000);
-  return () => clearInterval(t1) || clearInterval(t2);
+  const timer = setInterval(tick, 2000);
+  return () => clearInterval(timer);
 }
 
 function card(title, ...rows) {
@@ -156,38 +156,45 @@ function card(title, ...rows) {
 
 const kv = (k, v) => [h('dt', { text: k }), h('dd', {}, v)];
 
-function meter(value, max, text) {
-  return h('span.meter', {}, h('meter', { min: 0, max: max || 1, value }), ' ', text);
+// A bar filled with the used share, and a label that says so.
+function usedMeter(used, total, text) {
+  const pct = total ? Math.round((used / total) * 1000) / 10 : 0;
+  return h('span.meter', {}, h('meter', { min: 0, max: total || 1, value: used }),
+    ` ${pct} % used: ${text}`);
 }
 
-async function drawSystem(info) {
-  const s = await api('GET', '/api/system');
+function drawSystem(info, s) {
   const m = s.memory, p = m.process, d = s.disk;
-  const heap = Object.entries(m.heap_by_subsystem).map(([k, v]) => kv(`heap: ${k}`, fmtBytes(v)));
+  const heap = Object.entries(m.heap_by_subsystem).map(([k, v]) => kv(`Heap, ${k}`, fmtBytes(v)));
+  const heapTotal = Object.values(m.heap_by_subsystem).reduce((a, b) => a + b, 0);
+  const memUsed = p.mem_total - p.mem_available;
   clear(info,
     card('Recorder', kv('Version', s.version), kv('Firmware', s.firmware || '—'), kv('Up', fmtDuration(s.uptime_s * 1000)),
-      kv('Started', fmtIso(s.started))),
-    card('Memory', kv('RSS', `${fmtBytes(p.rss)} (peak ${fmtBytes(p.peak_rss)})`), kv('PSS', fmtBytes(p.pss)),
-      kv('Threads', p.threads), kv('Rings', fmtBytes(m.rings_bytes)), heap,
-      kv('Machine', meter(p.mem_total - p.mem_available, p.mem_total, `${fmtBytes(p.mem_available)} free of ${fmtBytes(p.mem_total)}`))),
+      kv('Started', fmtIso(s.started)), kv('Live viewers', s.live_clients)),
+    card('Memory of the recorder', kv('RSS', `${fmtBytes(p.rss)} (peak ${fmtBytes(p.peak_rss)})`), kv('PSS', fmtBytes(p.pss)),
+      kv('Threads', p.threads), kv('Rings', fmtBytes(m.rings_bytes)), kv('Heap', fmtBytes(heapTotal)), heap),
+    card('Machine memory', kv('Used', usedMeter(memUsed, p.mem_total,
+      `${fmtBytes(memUsed)} of ${fmtBytes(p.mem_total)}, ${fmtBytes(p.mem_available)} available`))),
     card('Disk', kv('Data', d.data_dir), kv('Recordings', fmtBytes(d.recordings_bytes)),
-      d.error ? kv('Error', d.error) : kv('Free', meter(d.total_bytes - d.free_bytes, d.total_bytes, `${fmtBytes(d.free_bytes)} free of ${fmtBytes(d.total_bytes)} (${d.free_percent} %)`))),
-    card('Rings', s.streams.map((r) => kv(r.name, meter(r.ring.used_bytes, r.ring.capacity,
-      `${r.ring.use_percent} % of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
+      d.error ? kv('Error', d.error) : kv('Used', usedMeter(d.total_bytes - d.free_bytes, d.total_bytes,
+        `${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)}, ${fmtBytes(d.free_bytes)} free`))),
+    card('Rings (recent video in memory)', s.streams.map((r) => kv(r.name, usedMeter(r.ring.used_bytes, r.ring.capacity,
+      `${fmtBytes(r.ring.used_bytes)} of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
 }
 
-async function pollRates(charts, rates) {
-  const streams = await listStreams();
+// One chart per stream, from the server's last 2 min of samples (so it has a past at once).
+function drawRates(charts, streams) {
   for (const s of streams) {
-    const list = (rates[s.name] = rates[s.name] || []);
-    list.push(s.status ? s.status.bitrate_kbps : 0);
-    if (list.length > 60) list.shift();
     let c = charts.querySelector(`canvas[data-stream="${CSS.escape(s.name)}"]`);
     if (!c) {
       c = h('canvas.chart', { 'data-stream': s.name });
       charts.append(h('section.card', {}, h('h3', { text: s.name }), c));
     }
-    Ox.drawChart(c, list, '#4fa3ff', 'kbit/s');
+    c.samples = s.bitrate_history; // for the browser tests
+    Ox.drawChart(c, s.bitrate_history, '#4fa3ff', 'kbit/s', 120000);
+  }
+  for (const c of charts.querySelectorAll('canvas')) {
+    if (!streams.some((s) => s.name === c.dataset.stream)) c.closest('section').remove();
   }
 }
 
@@ -212,17 +219,40 @@ Ox.page('settings', { title: 'Settings', role: 'admin', nav: true, render: rende
 async function renderSettings(view) {
   const conf = h('div#settings');
   append(view, pageHead('Settings'), h('p.note', { text:
-    'The configuration in effect, without secrets. It is read from the configuration file (oxinvr.toml); edit that file and restart the recorder to change it. Cameras can also be added on the Streams page.' }),
+    'The configuration in effect, without secrets. Everything but the streams is read from the configuration file at start: edit the file and restart the recorder to change it.' }),
     conf, await otaCard());
   try {
-    const { config } = await api('GET', '/api/settings');
-    const entries = Object.entries(config);
+    const { config, streams } = await api('GET', '/api/settings');
+    const entries = Object.entries(config).filter(([k]) => k !== 'streams');
     const scalars = entries.filter(([, v]) => v === null || typeof v !== 'object');
-    clear(conf, scalars.length ? h('section.card', {}, h('dl', {}, scalars.map(([k, v]) => kv(k, show(v))))) : null,
+    clear(conf, streamSettings(streams),
+      scalars.length ? h('section.card', {}, h('dl', {}, scalars.map(([k, v]) => kv(k === 'source' ? 'read from' : k, show(v))))) : null,
       entries.filter(([, v]) => v !== null && typeof v === 'object').map(([k, v]) => settingsSection(k, v)));
   } catch (e) {
     clear(conf, h('p.msg.error', { text: `Settings unavailable: ${e.message}` }));
   }
+}
+
+const STREAM_KEYS = ['url', 'enabled', 'record', 'retention_days', 'max_storage_mb', 'priority', 'bitrate_kbps'];
+
+// Streams as they run, where each came from, and what a restart puts back.
+function streamSettings(streams) {
+  const rows = streams.map((s) => h('tr', { 'data-stream': s.name }, td(s.name),
+    h('td', {}, h('span.badge', { text: s.source === 'api' ? 'API' : 'config file' })),
+    STREAM_KEYS.map((k) => streamValue(s, k))));
+  return h('section.card#stream-settings', {}, h('h2', { text: 'Streams in effect' }),
+    h('p.muted', { text: 'Streams of the configuration file are written from the file at every start: a change made on the Streams page (or through the API) to one of them lasts until the next restart unless it is made in the file too; those values are marked "until restart". Streams added on the Streams page are kept.' }),
+    streams.length ? table('stream-settings-table', ['Stream', 'Source'].concat(STREAM_KEYS), rows) : h('p.muted', { text: 'none' }));
+}
+
+function streamValue(s, k) {
+  if (!s.in_effect) return h('td.wrap', {}, h('span.muted', { text: `deleted; the file brings ${show(s.file[k])} back at restart` }));
+  const cell = h('td', { 'data-key': k, text: show(s.in_effect[k]) });
+  if (s.restart_resets.includes(k)) {
+    cell.classList.add('wrap');
+    cell.append(h('small.until-restart', { text: ` until restart (file: ${show(s.file[k])})` }));
+  }
+  return cell;
 }
 
 function settingsSection(name, value) {

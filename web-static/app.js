@@ -44,6 +44,14 @@ function clear(el, ...kids) {
 
 const $ = (sel, root) => (root || document).querySelector(sel);
 
+// Gives each cell of a table its column's heading (data-label), which narrow
+// screens show in front of the value when rows become stacked cards.
+function labelCells(table) {
+  const heads = [...table.querySelectorAll('thead th')].map((th) => th.textContent);
+  for (const tr of table.querySelectorAll('tbody tr')) [...tr.cells].forEach((c, i) => (c.dataset.label = heads[i] || ''));
+  return table;
+}
+
 // A labelled form field around an input.
 function field(label, input, hint) {
   return h('label.field', {}, h('span.label', { text: label }), input, hint ? h('small.muted', { text: hint }) : null);
@@ -323,9 +331,9 @@ function renderChrome() {
     nav.append(h('a', { href: '#/' + name, 'data-page': name, text: p.title }));
   }
   const u = Ox.state.user;
-  append(who, h('a', { href: '#/account', text: `${u.name} (${u.role})` }));
+  append(who, h('a.who-name', { href: '#/account', title: `${u.name} (${u.role})` }, u.name, h('span.who-role', { text: ` (${u.role})` })));
   if (Ox.state.noAuth) who.append(h('span.badge.warn', { text: 'no login' }));
-  else who.append(h('button.link', { type: 'button', onclick: logout, text: 'Log out' }));
+  else who.append(h('button.link#header-logout', { type: 'button', onclick: logout, text: 'Log out' }));
 }
 
 function markNav(name) {

@@ -97,20 +97,77 @@ Ox.page('live', { title: 'Live', role: 'viewer', nav: true, render: renderLive }
 async function renderLive(view, params) {
   const single = params.get('stream');
   const streams = (await listStreams()).filter((s) => s.enabled && (!single || s.name === single));
-  const head = single
-    ? pageHead(single, h('a.button', { href: '#/live', text: '← All cameras' }),
-      h('a.button', { href: `#/timeline?stream=${encodeURIComponent(single)}`, text: 'Timeline' }))
-    : pageHead('Live');
-  append(view, head);
+  if (single) {
+    append(view, pageHead(single, h('a.button', { href: '#/live', text: '← All cameras' }),
+      h('a.button', { href: `#/timeline?stream=${encodeURIComponent(single)}`, text: 'Timeline' })));
+  }
+  const grid = h('div.grid' + (single ? '.single' : '.fill') + '#live-grid');
+  if (!single) append(view, pageHead('Live', layoutSelect(grid, streams.length)));
   if (!streams.length) return append(view, noStreams(single));
-  const grid = h('div.grid' + (single ? '.single' : ''));
   const tiles = streams.map((s) => liveTile(s, !!single));
   append(view, clear(grid, tiles.map((t) => t.el)));
+  const fit = () => fitGrid(grid, streams.length);
+  if (!single) {
+    fit();
+    window.addEventListener('resize', fit);
+  }
   const timer = setInterval(() => refreshTiles(tiles), 5000);
   return () => {
     clearInterval(timer);
+    window.removeEventListener('resize', fit);
     tiles.forEach((t) => t.player.stop());
   };
+}
+
+// ---- live grid layout: 1, 2x2, 3x3 or 4x4 cells filling the screen ----
+
+const LAYOUT_KEY = 'oxinvr.live.layout';
+const LAYOUTS = [['auto', 'Auto'], ['1', '1×1'], ['2', '2×2'], ['3', '3×3'], ['4', '4×4']];
+
+function savedLayout() {
+  try {
+    const v = localStorage.getItem(LAYOUT_KEY);
+    return LAYOUTS.some(([k]) => k === v) ? v : 'auto';
+  } catch (e) {
+    return 'auto';
+  }
+}
+
+function layoutSelect(grid, count) {
+  const sel = h('select#live-layout', { name: 'layout', 'aria-label': 'Layout' },
+    LAYOUTS.map(([k, text]) => h('option', { value: k, text, selected: k === savedLayout() })));
+  sel.addEventListener('change', () => {
+    try {
+      localStorage.setItem(LAYOUT_KEY, sel.value);
+    } catch (e) {
+      /* private mode: the choice lasts until the page is left */
+    }
+    grid.dataset.layout = sel.value;
+    fitGrid(grid, count);
+  });
+  grid.dataset.layout = sel.value;
+  return sel;
+}
+
+// Cells per side for `count` cameras: 1, 2x2, 3x3, then 4x4 (more scroll).
+const autoCells = (count) => (count <= 1 ? 1 : count <= 4 ? 2 : count <= 9 ? 3 : 4);
+
+// Sizes the grid's cells so n x n of them fill the space below the grid's top.
+// On a narrow portrait screen "auto" stacks the cameras one under another.
+function fitGrid(grid, count) {
+  const chosen = grid.dataset.layout || 'auto';
+  const width = grid.clientWidth;
+  const phone = width < 600 && window.innerHeight > window.innerWidth;
+  const n = chosen === 'auto' ? (phone ? 1 : autoCells(count)) : Number(chosen);
+  const top = grid.getBoundingClientRect().top + window.scrollY;
+  const free = Math.max(window.innerHeight - top - 12, 160);
+  const gap = 8;
+  const cell = phone ? ((width - gap * (n - 1)) / n) * 9 / 16 : (free - gap * (n - 1)) / n;
+  const auto = document.querySelector('#live-layout option[value=auto]');
+  if (auto) auto.textContent = phone ? 'Auto (one per row)' : `Auto (${autoCells(count)}×${autoCells(count)})`;
+  grid.style.setProperty('--cols', n);
+  grid.style.setProperty('--row', `${Math.max(90, Math.floor(cell))}px`);
+  grid.dataset.cells = n;
 }
 
 function noStreams(single) {
@@ -187,7 +244,7 @@ async function loadRecordings(body, stream, dayText) {
   const data = await api('GET', '/api/recordings?' + q);
   const recs = data.recordings.slice().reverse();
   const player = h('div.player');
-  const total = recs.reduce((n, r) => n + r.bytes, 0);
+  const total = recs.reduce((n, r) => n + shownSize(r), 0);
   clear(body, player,
     h('p.muted', { text: `${recs.length} recording(s), ${fmtBytes(total)}, ${data.gaps.length} gap(s) on ${fmtDate(day)}.` }),
     recs.length ? recordingTable(recs, player) : h('p.empty', { text: 'Nothing recorded on this day.' }),
@@ -199,23 +256,27 @@ const LIMIT = 300;
 function recordingTable(recs, player) {
   const rows = (n) => recs.slice(0, n).map((r) => recordingRow(r, player));
   const tbody = h('tbody', {}, rows(LIMIT));
+  const tbl = labelCells(h('table.list#recordings', {},
+    h('thead', {}, h('tr', {}, ['Stream', 'Start', 'Duration', 'Size', 'Video', ''].map((t) => h('th', { text: t })))), tbody));
   const more = recs.length > LIMIT
-    ? h('button', { type: 'button', text: `Show all ${recs.length}`, onclick: (e) => clear(tbody, rows(recs.length)) && e.target.remove() })
+    ? h('button', { type: 'button', text: `Show all ${recs.length}`, onclick: (e) => clear(tbody, rows(recs.length)) && labelCells(tbl) && e.target.remove() })
     : null;
-  return h('div.table-wrap', {}, h('table.list#recordings', {},
-    h('thead', {}, h('tr', {}, ['Stream', 'Start', 'Duration', 'Size', 'Video', ''].map((t) => h('th', { text: t })))),
-    tbody), more);
+  return h('div.table-wrap', {}, tbl, more);
 }
+
+// The recording being written says how far it is (its own figures move only at each sync).
+const shownSize = (r) => (r.writing ? r.writing.bytes : r.bytes);
+const shownDuration = (r) => (r.writing ? r.writing.duration_ms : r.duration_ms);
 
 function recordingRow(r, player) {
   const start = Date.parse(r.start);
   const link = `#/timeline?stream=${encodeURIComponent(r.stream)}&day=${fmtDate(start)}&t=${start}`;
   const exp = `#/export?stream=${encodeURIComponent(r.stream)}&start=${start}&end=${Date.parse(r.end)}`;
-  return h('tr', { 'data-id': r.id },
+  return h('tr', { 'data-id': r.id, 'data-open': !r.closed },
     h('td', { text: r.stream }),
-    h('td', { text: fmtDateTime(start) + (r.closed ? '' : ' (recording)') }),
-    h('td', { text: fmtDuration(r.duration_ms) }),
-    h('td', { text: fmtBytes(r.bytes) }),
+    h('td', {}, fmtClock(start), r.closed ? null : h('span.badge.rec', { text: 'recording' })),
+    h('td.duration', { text: fmtDuration(shownDuration(r)) }),
+    h('td.size', { text: fmtBytes(shownSize(r)) }),
     h('td', { text: `${r.codec} ${r.width}x${r.height}${r.has_audio ? ' + audio' : ''}` }),
     h('td.actions', {},
       h('button', { type: 'button', text: 'Play', onclick: () => playFile(player, r) }),
@@ -233,10 +294,10 @@ function playFile(player, r) {
 
 function gapTable(gaps) {
   return h('details', {}, h('summary', { text: `Gaps (${gaps.length})` }),
-    h('div.table-wrap', {}, h('table.list', {},
+    h('div.table-wrap', {}, labelCells(h('table.list', {},
       h('thead', {}, h('tr', {}, ['Stream', 'From', 'To', 'Duration', 'Reason'].map((t) => h('th', { text: t })))),
       h('tbody', {}, gaps.map((g) => h('tr', {}, h('td', { text: g.stream }), h('td', { text: fmtDateTime(g.start_ms) }),
-        h('td', { text: fmtDateTime(g.end_ms) }), h('td', { text: fmtDuration(g.duration_ms) }), h('td', { text: g.reason })))))));
+        h('td', { text: fmtDateTime(g.end_ms) }), h('td', { text: fmtDuration(g.duration_ms) }), h('td.wrap', { text: g.reason }))))))));
 }
 
 // ---- timeline ----
@@ -276,9 +337,11 @@ function timelineUi(streams, params) {
     zout: btn('−', 'Zoom out'), fit: btn('Fit', 'Show all recordings of the day'), play: btn('Play'),
     clock: h('span.clock#tl-clock', { text: '—' }), exp: h('a.button#tl-export', { href: '#/export', text: 'Export view' }),
     canvas: h('canvas.timeline#timeline'), video: h('video#tl-video', { playsinline: true, muted: true }), box: msgBox(),
-    summary: h('span.muted') };
-  ui.head = pageHead('Timeline', sel, ui.prev, date, ui.next);
-  ui.bar = h('div.timeline-wrap', {}, h('div.tools', {}, ui.zout, ui.zin, ui.fit, ui.summary), ui.canvas);
+    summary: h('span.muted'), events: h('span#tl-events', { text: 'events: …' }) };
+  ui.head = pageHead('Timeline', sel, h('span.daypick', {}, ui.prev, date, ui.next));
+  const key = (cls, text) => h('span.key', {}, h('i.swatch.' + cls), text);
+  ui.legend = h('div.legend#tl-legend', {}, key('rec', 'recorded'), key('gap', 'gap (not recorded)'), key('event', ui.events));
+  ui.bar = h('div.timeline-wrap', {}, h('div.tools', {}, ui.zout, ui.zin, ui.fit, ui.summary), ui.canvas, ui.legend);
   ui.stage = h('div.stage', {}, ui.video, h('div.controls', {}, ui.play, ui.clock, ui.exp));
   return ui;
 }
@@ -319,6 +382,8 @@ async function refreshDay(ctx) {
     ctx.tl.bounds = data.recordings.map((r) => Date.parse(r.start));
     ctx.tl.gaps = data.gaps.map((g) => [g.start_ms, g.end_ms]);
     ctx.tl.events = Ox.timelineEvents(ctx.stream, ctx.day);
+    const n = ctx.tl.events.length;
+    ctx.ui.events.textContent = n ? `events: ${n} on this day` : 'events: none on this day';
     const total = ctx.tl.spans.reduce((n, s) => n + s[1] - s[0], 0);
     ctx.ui.summary.textContent = `${data.recordings.length} recording(s), ${fmtDuration(total)} recorded`;
     ctx.tl.draw();

@@ -591,7 +591,7 @@ class Timeline {
     this.drawLane(g, 22, 26, 'recordings', this.spans, '#2e8b57');
     this.drawLane(g, 22, 26, null, this.gaps, '#8b3a3a');
     this.drawBounds(g, 22, 26);
-    this.drawLane(g, 54, 14, 'events', this.events, '#d9a400');
+    this.drawLane(g, 54, 14, this.events.length ? 'events' : 'events: none on this day', this.events, '#d9a400');
     this.drawAxis(g, w, hgt);
     this.drawMark(g, this.cursor, '#fff', hgt);
     if (this.hover !== undefined) this.drawHover(g, w, hgt);
@@ -679,18 +679,22 @@ function clearCanvas(c) {
   return [g, w, hgt];
 }
 
-function drawChart(canvas, values, color, unit) {
+// `samples`: [time ms, value] pairs, oldest first; the chart spans `span` ms
+// up to the newest sample.
+function drawChart(canvas, samples, color, unit, span) {
   const ctx = clearCanvas(canvas);
   if (!ctx) return;
   const [g, w, hgt] = ctx;
+  const values = samples.map((p) => p[1]);
   const max = Math.max(1, ...values) * 1.15;
+  const end = samples.length ? samples[samples.length - 1][0] : 0;
   g.strokeStyle = '#3a4250';
   g.strokeRect(0.5, 0.5, w - 1, hgt - 1);
   g.strokeStyle = color;
   g.lineWidth = 2;
   g.beginPath();
-  values.forEach((v, i) => {
-    const x = w - (values.length - 1 - i) * (w / 59);
+  samples.forEach(([t, v], i) => {
+    const x = w - ((end - t) / span) * w;
     const y = hgt - 4 - (v / max) * (hgt - 18);
     if (i) g.lineTo(x, y);
     else g.moveTo(x, y);
@@ -698,7 +702,8 @@ function drawChart(canvas, values, color, unit) {
   g.stroke();
   g.fillStyle = '#c7ced9';
   g.font = '11px sans-serif';
-  g.fillText(`max ${Math.round(max / 1.15)} ${unit}`, 4, 12);
+  const last = values.length ? `now ${Math.round(values[values.length - 1])} · ` : '';
+  g.fillText(samples.length ? `${last}max ${Math.round(max / 1.15)} ${unit}` : 'no samples yet', 4, 12);
 }
 
 Object.assign(Ox, { LivePlayer, VodPlayer, Timeline, drawChart, parsePlaylist, mimeOfInit });

@@ -14,7 +14,7 @@ use crate::clock::{parse_time, rfc3339};
 use crate::config::StreamConfig;
 use crate::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
 use crate::memory;
-use crate::nvr::{Edit, StreamRuntime};
+use crate::nvr::{Edit, StreamRuntime, Writing};
 use crate::retention;
 
 use super::reply::{ApiError, Reply};
@@ -314,7 +314,9 @@ fn restart(edit: &mut Edit, row: StreamRow, err: ApiError) -> ApiError {
 
 // ---- recordings ----
 
-fn segment_json(seg: &SegmentRow, stream: &str) -> Value {
+/// A recording as listed; an open one also says how far it is written
+/// (`writing`: the row's end and bytes move only at each sync).
+fn segment_json(seg: &SegmentRow, stream: &str, writing: Option<Writing>) -> Value {
     let mut v = serde_json::to_value(seg).unwrap_or_else(|_| json!({}));
     if let Value::Object(m) = &mut v {
         m.insert("stream".into(), stream.into());
@@ -323,8 +325,21 @@ fn segment_json(seg: &SegmentRow, stream: &str) -> Value {
         m.insert("duration_ms".into(), seg.end_ms.saturating_sub(seg.start_ms).into());
         m.insert("fragments".into(), seg.fragments.len().into());
         m.insert("url".into(), format!("/api/recordings/{}/file", seg.id).into());
+        if let Some(w) = writing.filter(|w| !seg.closed && w.segment_id == seg.id) {
+            m.insert("writing".into(), writing_json(seg, &w));
+        }
     }
     v
+}
+
+fn writing_json(seg: &SegmentRow, w: &Writing) -> Value {
+    let end_ms = w.end_ms.max(seg.end_ms);
+    json!({
+        "end_ms": end_ms,
+        "end": rfc3339(end_ms),
+        "duration_ms": end_ms.saturating_sub(seg.start_ms),
+        "bytes": w.bytes.max(seg.bytes),
+    })
 }
 
 fn gap_json(g: &GapRow, stream: &str) -> Value {
@@ -350,8 +365,9 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     let mut recs: Vec<(i64, i64, Value)> = Vec::new();
     let mut gaps: Vec<(i64, Value)> = Vec::new();
     for s in &streams {
+        let writing = ctx.nvr.recorder.stream(&s.spec.name).and_then(|rt| rt.with_status(|st| st.writing));
         for seg in ctx.db.segments_overlapping(s.id, start, end)? {
-            recs.push((seg.start_ms, seg.id, segment_json(&seg, &s.spec.name)));
+            recs.push((seg.start_ms, seg.id, segment_json(&seg, &s.spec.name, writing)));
         }
         for g in ctx.db.gaps_overlapping(s.id, start, end)? {
             gaps.push((g.start_ms, gap_json(&g, &s.spec.name)));
@@ -372,6 +388,12 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
 
 // ---- system ----
 
+/// The stream's last bitrate samples, oldest first, as [epoch ms, kbit/s] pairs.
+fn bitrate_history_json(rt: &StreamRuntime) -> Value {
+    let samples = rt.with_status(|s| s.bitrate_history());
+    samples.into_iter().map(|(ms, kbps)| json!([ms, round1(kbps)])).collect()
+}
+
 pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let nvr = ctx.nvr;
@@ -388,8 +410,12 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         }
         Err(e) => disk["error"] = e.to_string().into(),
     }
-    let streams: Vec<Value> =
-        nvr.recorder.streams().iter().map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt) })).collect();
+    let streams: Vec<Value> = nvr
+        .recorder
+        .streams()
+        .iter()
+        .map(|rt| json!({ "name": rt.name(), "ring": ring_json(rt), "bitrate_history": bitrate_history_json(rt) }))
+        .collect();
     Ok(Reply::json(
         200,
         &json!({
@@ -463,6 +489,27 @@ mod tests {
     }
 
     #[test]
+    fn settings_say_what_a_restart_puts_back() {
+        let spec = |body: &[u8], source| {
+            merge_fields(&Map::new(), &json_object(body).expect("obj")).expect("cfg").to_spec(source)
+        };
+        let file = spec(br#"{"name":"door","url":"rtsp://u:pw@h/x"}"#, "config");
+        let changed = spec(br#"{"name":"door","url":"rtsp://u:pw@h/x","retention_days":7}"#, "config");
+        let v = stream_setting(Some(&changed), Some(&file));
+        assert_eq!(v["in_effect"]["retention_days"], 7, "{v}");
+        assert_eq!(v["file"]["retention_days"], Value::Null, "{v}");
+        assert_eq!(v["restart_resets"], json!(["retention_days"]), "{v}");
+        assert_eq!((v["source"].as_str(), v["in_effect"]["url"].as_str()), (Some("config"), Some("rtsp://u:***@h/x")));
+        let other_password = spec(br#"{"name":"door","url":"rtsp://u:new@h/x"}"#, "config");
+        assert_eq!(stream_setting(Some(&other_password), Some(&file))["restart_resets"], json!(["url"]));
+        let api = spec(br#"{"name":"yard","url":"rtsp://h/y"}"#, "api");
+        let v = stream_setting(Some(&api), None);
+        assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
+        let v = stream_setting(None, Some(&file));
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 7), "{v}");
+    }
+
+    #[test]
     fn bodies_must_be_json_objects() {
         assert!(json_object(b"{\"a\":1").unwrap_err().message.contains("malformed JSON"));
         assert!(json_object(b"[1]").unwrap_err().message.contains("JSON object"));
@@ -512,8 +559,9 @@ pub fn logs(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &json!({ "file": path.display().to_string(), "lines": lines })))
 }
 
-/// `GET /api/settings`: the configuration in effect, stream passwords masked.
-/// It is edited in the configuration file (and streams through the API).
+/// `GET /api/settings`: the configuration in effect, stream passwords masked,
+/// and each stream as it runs now next to what the configuration file says
+/// (`streams`). The file is edited by hand; streams also through the API.
 pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let mut cfg = ctx.nvr.config.clone();
@@ -522,5 +570,45 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     }
     let config =
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
-    Ok(Reply::json(200, &json!({ "config": config })))
+    let file = &ctx.nvr.config.streams;
+    let rows = ctx.db.list_streams()?;
+    let spec_in_file = |name: &str| file.iter().find(|c| c.name == name).map(|c| c.to_spec("config"));
+    let mut streams: Vec<Value> =
+        rows.iter().map(|r| stream_setting(Some(&r.spec), spec_in_file(&r.spec.name).as_ref())).collect();
+    for c in file.iter().filter(|c| !rows.iter().any(|r| r.spec.name == c.name)) {
+        streams.push(stream_setting(None, Some(&c.to_spec("config"))));
+    }
+    Ok(Reply::json(200, &json!({ "config": config, "streams": streams })))
+}
+
+/// One stream's settings: in effect (the database row), in the file, and the
+/// fields a restart sets back to the file's values (the file's streams are
+/// written into the database at every start).
+fn stream_setting(effect: Option<&StreamSpec>, file: Option<&StreamSpec>) -> Value {
+    let fields = |s: &StreamSpec| {
+        let mut m = spec_fields(s);
+        m.remove("name");
+        m
+    };
+    let (now, in_file) = (effect.map(fields), file.map(fields));
+    let reset: Vec<&String> = match (&now, &in_file) {
+        (Some(n), Some(f)) => f.iter().filter(|(k, v)| n.get(*k) != Some(v)).map(|(k, _)| k).collect(),
+        (None, Some(f)) => f.keys().collect(),
+        _ => Vec::new(),
+    };
+    let masked = |m: &Map<String, Value>| {
+        let mut m = m.clone();
+        if let Some(url) = m.get("url").and_then(Value::as_str) {
+            m.insert("url".into(), mask_url(url).into());
+        }
+        m
+    };
+    let name = effect.or(file).map(|s| s.name.clone()).unwrap_or_default();
+    json!({
+        "name": name,
+        "source": effect.map_or("config", |s| s.source.as_str()),
+        "in_effect": now.as_ref().map(masked),
+        "file": in_file.as_ref().map(masked),
+        "restart_resets": reset,
+    })
 }

@@ -632,10 +632,14 @@ mod tests {
             has_audio: false,
             trigger: "continuous".into(),
         };
-        api.db.insert_segment(&seg).expect("segment");
+        let id = api.db.insert_segment(&seg).expect("segment");
         api.db.insert_gap(stream.id, t0 + 60_000, t0 + 70_000, "camera unreachable").expect("gap");
+        // The open segment as the storage thread reports it (ahead of its row).
+        let writing = crate::nvr::Writing { segment_id: id, end_ms: t0 + 4_000, bytes: 90_000 };
+        api.nvr.recorder.stream("cam").expect("cam runs").with_status(|s| s.writing = Some(writing));
         let v = api.call("GET", "/api/recordings?stream=cam", "", 200);
         assert!(v["recordings"][0].is_object() && v["gaps"][0].is_object(), "{v}");
+        assert_eq!(v["recordings"][0]["writing"]["duration_ms"], 4_000, "{v}");
         api.call("GET", "/api/recordings?stream=nope", "", 404);
         api.call("DELETE", "/api/streams/cam", "", 409);
         api.call("POST", "/api/streams", r#"{"name":"cam2","url":"rtsp://h/x"}"#, 201);
@@ -648,6 +652,12 @@ mod tests {
         api.call("GET", "/api/system/logs?lines=0", "", 400);
         let v = api.call("GET", "/api/settings", "", 200);
         assert_eq!(v["config"]["streams"][0]["url"], "rtsp://u:***@h/door");
+        let cam = v["streams"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "cam")).expect("cam");
+        assert_eq!(
+            (&cam["in_effect"]["retention_days"], &cam["source"]),
+            (&Value::from(7), &Value::from("api")),
+            "{v}"
+        );
         // Users, TOTP, sessions, keys.
         api.call("POST", "/api/users", r#"{"username":"bob","password":"bob-password","role":"viewer"}"#, 201);
         api.call("POST", "/api/users", r#"{"username":"bob","password":"bob-password","role":"viewer"}"#, 409);

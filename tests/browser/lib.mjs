@@ -62,6 +62,8 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export async function shot(page, name) {
   await page.waitForTimeout(300);
+  // A full-page shot of a scrolled page paints the sticky header mid-page.
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
   return name;
 }
@@ -72,6 +74,36 @@ export async function open(page, hash) {
   if (page.url().startsWith(BASE)) await page.evaluate((h) => (location.hash = h), hash);
   else await page.goto(`${BASE}/${hash}`);
   await page.waitForFunction((h) => document.querySelector('#view').dataset.ready === h, hash);
+}
+
+// A visible control (button, link, input, select) that a user cannot reach
+// without scrolling sideways: outside the viewport, or cut off by a box that
+// clips or scrolls its content. Also any button whose label wrapped (taller
+// than one line), and how far the document itself scrolls sideways.
+export function layoutProblems(page) {
+  return page.evaluate(() => {
+    const vw = document.documentElement.clientWidth;
+    const out = [];
+    const name = (e) => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''} "${(e.textContent || e.value || e.name || '').trim().slice(0, 30)}"`;
+    for (const e of document.querySelectorAll('button, a, input, select')) {
+      const r = e.getBoundingClientRect();
+      const st = getComputedStyle(e);
+      if (!r.width || !r.height || st.visibility === 'hidden') continue;
+      if (r.left < -0.5 || r.right > vw + 0.5) out.push(`${name(e)} spans x ${Math.round(r.left)}..${Math.round(r.right)} of a ${vw} px viewport`);
+      for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+        if (getComputedStyle(a).overflowX === 'visible') continue;
+        const b = a.getBoundingClientRect();
+        if (r.left < b.left - 0.5 || r.right > b.right + 0.5) {
+          out.push(`${name(e)} (x ${Math.round(r.left)}..${Math.round(r.right)}) is cut off by ${a.tagName.toLowerCase()}.${a.className} (x ${Math.round(b.left)}..${Math.round(b.right)})`);
+          break;
+        }
+      }
+      if (e.tagName === 'BUTTON' && !e.classList.contains('link') && r.height > 56) out.push(`${name(e)} wraps: ${Math.round(r.height)} px tall`);
+    }
+    const overflow = document.documentElement.scrollWidth - vw;
+    if (overflow > 0) out.push(`the document scrolls ${overflow} px sideways`);
+    return out;
+  });
 }
 
 // fetch() inside the page (its cookies): {status, body}.

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import {
   BASE, STREAM, SHOTS, launch, newPage, assert, until, sleep, shot, open, pageFetch, errorText, totp, ffprobe,
-  decodesCleanly, pageProblems,
+  decodesCleanly, pageProblems, layoutProblems,
 } from './lib.mjs';
 
 const ADMIN = { name: 'admin', pass: 'Admin-pass-2024' };
@@ -35,6 +35,22 @@ async function loginAs(page, who) {
   await page.goto(`${BASE}/#/login`);
   await fillLogin(page, who.name, who.pass);
   await ready(page, '#/live');
+}
+
+// Ox.api inside the page: its session and CSRF token.
+const pageApi = (page, method, path, body) => page.evaluate(([m, p, b]) => Ox.api(m, p, b), [method, path, body]);
+
+// Renders `hash` from scratch (a reload), as a user coming back to it would see it.
+async function reload(page, hash) {
+  await page.evaluate((h) => (location.hash = h), hash);
+  await page.reload();
+  await ready(page, hash);
+}
+
+// Seconds of an "HH:MM:SS" (or "Nd HH:MM:SS") duration.
+function seconds(text) {
+  const m = /(?:(\d+)d )?(\d+):(\d\d):(\d\d)/.exec(text);
+  return m ? (Number(m[1] || 0) * 86400) + m[2] * 3600 + m[3] * 60 + Number(m[4]) : NaN;
 }
 
 // Closed recordings of today for the stream, oldest first (through the page's session).
@@ -166,6 +182,56 @@ async function testLive() {
   await shot(page, 'live-single');
 }
 
+// The live grid fills the screen: one camera gets (nearly) all of it; a chosen
+// layout is remembered across a reload.
+async function testLiveGrid() {
+  const page = S.admin;
+  const all = (await pageFetch(page, '/api/streams')).body.streams;
+  const others = all.filter((s) => s.enabled && s.name !== STREAM).map((s) => s.name);
+  await page.evaluate(() => localStorage.removeItem('oxinvr.live.layout'));
+  try {
+    for (const n of others) await pageApi(page, 'PUT', `/api/streams/${n}`, { enabled: false });
+    await reload(page, '#/live');
+    await advances(page, `.tile[data-stream="${STREAM}"] video`, 1, 25000);
+    const m = await gridMeasure(page);
+    assert(m.tiles.length === 1, `${m.tiles.length} tiles with one camera enabled`);
+    const [t] = m.tiles;
+    const share = (t.w * t.h) / (m.grid.w * m.grid.h);
+    assert(share >= 0.9, `the only camera's tile covers ${(share * 100).toFixed(0)} % of the grid`);
+    assert(m.grid.w >= m.view.w - 60 && m.grid.bottom >= m.ih - 40 && t.h >= 0.6 * m.ih,
+      `the grid (${m.grid.w}x${m.grid.h}, bottom ${m.grid.bottom}) leaves the window (${m.view.w} wide, ${m.ih} tall) empty`);
+    console.log(`    one camera: tile ${t.w}x${t.h} px in a ${m.view.w}x${m.ih} px view (${(share * 100).toFixed(0)} % of the grid)`);
+    await shot(page, 'live-one-camera');
+  } finally {
+    for (const n of others) await pageApi(page, 'PUT', `/api/streams/${n}`, { enabled: true });
+  }
+  await reload(page, '#/live');
+  const auto = await gridMeasure(page);
+  assert(auto.cells === '2' && auto.tiles.length === others.length + 1, `${auto.tiles.length} cameras on auto: ${auto.cells}x${auto.cells}`);
+  await page.selectOption('#live-layout', '3');
+  await reload(page, '#/live');
+  const kept = await gridMeasure(page);
+  assert(kept.layout === '3' && kept.cells === '3', `after choosing 3x3 and a reload the layout is ${kept.layout}, ${kept.cells} cells a side`);
+  const w = kept.tiles[0].w;
+  assert(Math.abs(w * 3 - kept.grid.w) < 30, `a 3x3 tile is ${w} px wide in a ${kept.grid.w} px grid`);
+  await shot(page, 'live-3x3');
+  await page.selectOption('#live-layout', 'auto');
+}
+
+function gridMeasure(page) {
+  return page.evaluate(() => {
+    const box = (e) => {
+      const r = e.getBoundingClientRect();
+      return { w: Math.round(r.width), h: Math.round(r.height), bottom: Math.round(r.bottom) };
+    };
+    const grid = document.querySelector('#live-grid');
+    return {
+      grid: box(grid), view: box(document.querySelector('#view')), ih: innerHeight, cells: grid.dataset.cells,
+      layout: document.querySelector('#live-layout').value, tiles: [...grid.querySelectorAll('.tile')].map(box),
+    };
+  });
+}
+
 async function testTimeline() {
   const page = S.admin;
   const recs = await closedRecordings(page);
@@ -179,6 +245,8 @@ async function testTimeline() {
   let wall = await clockMs(page);
   assert(wall >= target - 5000 && wall <= target + 20000, `the clock shows ${new Date(wall).toISOString()} after a click at ${new Date(target).toISOString()}`);
   console.log(`    timeline: currentTime ${a.toFixed(2)} -> ${b.toFixed(2)} s at ${new Date(wall).toISOString()}`);
+  const events = await page.textContent('#tl-legend');
+  assert(/events: (none|\d+) on this day/.test(events), `the timeline's legend says "${events}"`);
   await shot(page, 'timeline');
   // Across a file boundary: from 1.5 s before the first recording's end to 1.5 s after it.
   const boundary = recs[0].e;
@@ -238,6 +306,7 @@ async function testPages() {
   await open(page, `#/recordings?stream=${STREAM}`);
   const rows = await page.$$eval('#recordings tbody tr', (r) => r.length);
   assert(rows >= 2, `the recordings page lists ${rows} row(s)`);
+  await inProgressRecording(page);
   await page.click('#recordings tbody tr:nth-child(2) button');
   await advances(page, '.player video', 1);
   await shot(page, 'recordings');
@@ -263,6 +332,7 @@ async function testPages() {
   await page.waitForSelector('#settings .card, #settings .msg');
   const settings = await page.textContent('#settings');
   assert(/\[storage\]/.test(settings) && /segment_seconds/.test(settings), `the settings page shows: ${settings.slice(0, 200)}`);
+  await settingsInEffect(page);
   await shot(page, 'settings');
   // An upload that is not a bundle: sent with the CSRF header, refused, the reason shown.
   await page.setInputFiles('#ota input[type=file]', { name: 'bad.bin', mimeType: 'application/octet-stream', buffer: Buffer.from('not a bundle at all') });
@@ -271,14 +341,77 @@ async function testPages() {
   const ota = await page.textContent('#ota .msg.error');
   assert(/refused/.test(ota) && !/CSRF/i.test(ota), `a bad bundle upload says "${ota}"`);
   console.log(`    bad OTA bundle: "${ota}"`);
+  await systemPage(page);
+  await shot(page, 'system');
+}
+
+// The recording being written shows how long and large it is so far (its row
+// moves only at each sync, every 10 s here: as long as a whole segment).
+async function inProgressRecording(page) {
+  const row = '#recordings tr[data-open]';
+  const [d, size] = await until('the recording being written to show a length', async () => {
+    await page.click('.page-head button:has-text("Refresh")');
+    await page.waitForSelector(`${row} td.duration`);
+    const got = [await page.textContent(`${row} td.duration`), await page.textContent(`${row} td.size`)];
+    return seconds(got[0]) > 0 ? got : 0;
+  }, 20000, 1000);
+  assert(seconds(d) <= 15, `the recording being written (10 s segments) shows ${d}`);
+  assert(/(KiB|MiB)$/.test(size) && parseFloat(size) > (/MiB/.test(size) ? 0 : 2), `the recording being written shows ${size}`);
+  console.log(`    recording being written: ${d}, ${size}`);
+}
+
+// Settings show each stream's settings in effect, where they came from, and
+// which values the configuration file puts back at the next start.
+async function settingsInEffect(page) {
+  const row = `#stream-settings tr[data-stream="${STREAM}"]`;
+  const cell = await page.textContent(`${row} td[data-key=retention_days]`);
+  assert(/^7\b/.test(cell.trim()), `after retention_days 7 was saved through the API, settings show "${cell}"`);
+  assert(/until restart/.test(cell), `settings do not say that the file resets retention_days at restart: "${cell}"`);
+  const source = await page.textContent(`${row} .badge`);
+  assert(source === 'config file', `${STREAM} (from the configuration file) shows the source "${source}"`);
+  const api = (await pageFetch(page, '/api/settings')).body.streams.find((x) => x.name === STREAM);
+  assert(api && api.in_effect.retention_days === 7 && api.restart_resets.includes('retention_days'), `GET /api/settings: ${JSON.stringify(api)}`);
+  console.log(`    settings: retention_days "${cell.trim()}", source "${source}"`);
+}
+
+// The system page: every figure labelled and non-negative, bars that say
+// what they fill with, bitrate charts drawn from the server's recent history.
+async function systemPage(page) {
   await open(page, '#/system');
-  await page.waitForSelector('#bitrate-charts canvas');
-  await sleep(6000);
-  const info = await page.textContent('#system-info');
-  assert(/RSS/.test(info) && /Free/.test(info), `the system page shows: ${info.slice(0, 200)}`);
+  const opened = Date.now();
+  const samples = await until('the bitrate chart to have points', () =>
+    page.$eval(`#bitrate-charts canvas[data-stream="${STREAM}"]`, (c) => c.samples && c.samples.length >= 10 && c.samples), 4000, 200);
+  const span = (samples[samples.length - 1][0] - samples[0][0]) / 1000;
+  const drawn = await page.$eval(`#bitrate-charts canvas[data-stream="${STREAM}"]`, (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 200 && d[i] < 120) n++;
+    return n;
+  });
+  assert(span >= 18 && drawn > 100, `the chart of ${STREAM} has ${samples.length} samples over ${span} s, ${drawn} line pixels`);
+  console.log(`    bitrate chart: ${samples.length} samples over ${span} s, ${Date.now() - opened} ms after opening`);
+  await sleep(2500);
+  const figures = await page.$$eval('#system-info dt', (dts) => dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent]));
+  assert(figures.length >= 15, `the system page shows ${figures.length} figures`);
+  for (const [k, v] of figures) {
+    assert(k.trim(), `a figure without a label: "${v}"`);
+    assert(!/(^|[^\w.-])-\s*\d/.test(v), `"${k}" shows a negative figure: "${v}"`);
+  }
+  assert(figures.filter(([k]) => /^Heap, /.test(k)).length >= 4, 'the heap by subsystem is missing');
+  const bars = await page.$$eval('#system-info meter', (ms) => ms.map((m) => ({
+    fill: (m.value / m.max) * 100, text: m.parentElement.textContent, label: m.closest('dd').previousElementSibling.textContent })));
+  assert(bars.length >= 5, `${bars.length} bars on the system page`);
+  for (const b of bars) {
+    const m = /([\d.]+) % used/.exec(b.text);
+    assert(m && !/free/i.test(b.label), `the bar "${b.label}" does not say that it fills with the used share: "${b.text}"`);
+    assert(Math.abs(Number(m[1]) - b.fill) < 0.2, `the bar "${b.label}" says ${m[1]} % used but is filled to ${b.fill.toFixed(1)} %`);
+  }
+  const sys = (await pageFetch(page, '/api/system')).body;
+  const negative = Object.entries(sys.memory.heap_by_subsystem).filter(([, v]) => v < 0);
+  assert(!negative.length, `GET /api/system has negative heap figures: ${JSON.stringify(negative)}`);
   const logs = await page.textContent('#logs');
   assert(!/Loading|unavailable/.test(logs) && logs.split('\n').length > 3, `the log shows: ${logs.slice(0, 200)}`);
-  await shot(page, 'system');
+  console.log(`    system page: ${figures.length} figures, none negative; ${bars.length} bars labelled "used"`);
 }
 
 // Adds a stream through the form (same camera, not recording), waits until it
@@ -401,7 +534,13 @@ async function testTotp() {
 
 async function testPhone() {
   const { page } = await newPage(S.browser, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  S.phone = page;
   await loginAs(page, ADMIN);
+  const logout = await page.$eval('#header-logout', (e) => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.left >= 0 && r.right <= innerWidth && r.bottom <= 60 && getComputedStyle(e).visibility === 'visible';
+  }).catch(() => false);
+  assert(logout, 'the header has no visible Log out on a phone');
   assert(!(await page.isVisible('#nav')), 'the menu is open on a phone before it was asked for');
   await advances(page, `.tile[data-stream="${STREAM}"] video`, 1, 25000);
   await shot(page, 'phone-live');
@@ -415,6 +554,25 @@ async function testPhone() {
   await shot(page, 'phone-timeline');
 }
 
+// Every main page, as the admin sees it: no control out of reach sideways, no
+// button label wrapped; a screenshot of each.
+const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/streams',
+  `#/streams?edit=${STREAM}`, '#/settings', '#/users', '#/account', '#/system'];
+
+async function checkLayout(page, size) {
+  const found = [];
+  for (const hash of MAIN_PAGES) {
+    await open(page, hash);
+    await sleep(700);
+    for (const p of await layoutProblems(page)) found.push(`${hash}: ${p}`);
+    await shot(page, `layout-${size}-${hash.slice(2).replace(/\W+/g, '-')}`);
+  }
+  assert(!found.length, `at ${size} controls are out of reach:\n      ${found.join('\n      ')}`);
+}
+
+const testLayoutWide = () => checkLayout(S.admin, '1280x800');
+const testLayoutPhone = () => checkLayout(S.phone, '390x844');
+
 async function testNoProblems() {
   assert(!pageProblems.length, `the page reported:\n      ${pageProblems.join('\n      ')}`);
 }
@@ -424,13 +582,16 @@ const TESTS = [
   ['1 first-run setup creates the admin and lands on the live grid', testSetup],
   ['2 log out; a wrong password is refused with a message; the right one logs in', testLogin],
   ['3 live view plays (currentTime advances)', testLive],
+  ['live grid: one camera fills it; a chosen layout survives a reload', testLiveGrid],
   ['4 a recording plays from the timeline, across a file boundary', testTimeline],
   ['5 export downloads an MP4 that ffprobe accepts with the span\'s duration', testExport],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
   ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
   ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],
+  ['layout at 1280x800: every control of every page within reach, no wrapped buttons', testLayoutWide],
   ['7 TOTP enrolment shows a QR; the code confirms it and logs in', testTotp],
-  ['phone: collapsible menu, live view on a small screen', testPhone],
+  ['phone: collapsible menu, Log out in the header, live view on a small screen', testPhone],
+  ['layout at 390x844: every control of every page within reach, no wrapped buttons', testLayoutPhone],
   ['no page errors or CSP violations', testNoProblems],
 ];
 
