@@ -50,6 +50,9 @@ pub struct StreamStatus {
     pub bytes: u64,
     pub connects: u64,
     pub gaps: u64,
+    /// Longest the storage thread left this stream's ring unread (ms): how close
+    /// recording came to losing records (the ring holds about `ring_seconds`).
+    pub storage_lag_max_ms: u64,
     #[serde(skip)]
     window: RateWindow,
     /// The bitrate of each of the last windows, so a chart opened now has a past.
@@ -101,6 +104,7 @@ impl StreamStatus {
             bytes: 0,
             connects: 0,
             gaps: 0,
+            storage_lag_max_ms: 0,
             window: RateWindow::default(),
             history: BitrateHistory::new(),
             writing: None,

@@ -33,10 +33,12 @@ const POLL: Duration = Duration::from_millis(50);
 const MAX_RECORDS_PER_PASS: usize = 256;
 /// Retention plans at least this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
-/// Deletions carried out per pass of the loop: a plan of thousands (retention lowered
-/// by months) is worked off between ring drains, so recording never waits on it
-/// for longer than one batch (a few ms of unlinks and one durable transaction).
+/// Deletions per durable transaction, and the time one pass of the loop may spend
+/// on them: a plan of thousands (retention lowered by months) is worked off
+/// between ring drains, so recording never waits on it for much longer than one
+/// budget (a batch is a few ms of unlinks and one transaction on a fast disk).
 const RETENTION_BATCH: usize = 50;
+const RETENTION_BUDGET: Duration = Duration::from_millis(50);
 /// Operations slower than this are logged.
 const SLOW: Duration = Duration::from_millis(500);
 
@@ -67,6 +69,9 @@ struct Recorder {
     writer: SegmentWriter,
     /// What the stream's status last heard of the open segment.
     published: Option<Writing>,
+    /// When this stream's ring was last drained, and the longest wait so far.
+    drained: Instant,
+    lag_max: Duration,
 }
 
 impl Recorder {
@@ -113,7 +118,9 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                 }
                 let cursor = rt.ring.cursor_at_latest_keyframe();
                 let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone());
-                recorders.insert(name, Recorder { rt, cursor, writer, published: None });
+                let recorder =
+                    Recorder { rt, cursor, writer, published: None, drained: Instant::now(), lag_max: Duration::ZERO };
+                recorders.insert(name, recorder);
             }
             Ok(Command::Remove(name)) => {
                 if let Some(mut r) = recorders.remove(&name) {
@@ -182,19 +189,29 @@ impl Backlog {
         }
         let bytes: u64 = plan.iter().map(|d| d.bytes).sum();
         if plan.len() > RETENTION_BATCH {
-            log::info!("retention: {} segments ({} MB) to delete, {RETENTION_BATCH} per pass", plan.len(), bytes >> 20);
+            log::info!(
+                "retention: {} segments ({} MB) to delete, in batches between ring drains",
+                plan.len(),
+                bytes >> 20
+            );
         }
         *self = Backlog { todo: plan.into(), began: Some(Instant::now()), done: 0, freed: 0 };
     }
 
-    /// Carries out one batch; logs the total when the plan is done.
+    /// Carries out batches for at most `RETENTION_BUDGET`; logs the total when the plan is done.
     fn work(&mut self, db: &Db, data_dir: &Path) {
-        if self.todo.is_empty() {
-            return;
+        let began = Instant::now();
+        while !self.todo.is_empty() && began.elapsed() < RETENTION_BUDGET {
+            self.batch(db, data_dir);
         }
+        if began.elapsed() > SLOW {
+            log::warn!("retention: one pass took {:?}", began.elapsed());
+        }
+    }
+
+    fn batch(&mut self, db: &Db, data_dir: &Path) {
         let n = self.todo.len().min(RETENTION_BATCH);
         let batch: Vec<retention::Deletion> = self.todo.drain(..n).collect();
-        let began = Instant::now();
         match retention::execute(db, data_dir, &batch) {
             Ok(out) => {
                 self.done += out.rows_deleted;
@@ -208,9 +225,6 @@ impl Backlog {
                 self.todo.clear();
             }
         }
-        if began.elapsed() > SLOW {
-            log::warn!("retention: a batch of {n} took {:?}", began.elapsed());
-        }
         if self.todo.is_empty() {
             let took = self.began.map(|t| t.elapsed()).unwrap_or_default();
             log::info!("retention: deleted {} segments ({} MB) in {took:?}", self.done, self.freed >> 20);
@@ -220,6 +234,12 @@ impl Backlog {
 
 /// Moves up to `max` records from the ring into the writer.
 fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) {
+    let lag = r.drained.elapsed();
+    r.drained = Instant::now();
+    if lag > r.lag_max {
+        r.lag_max = lag;
+        r.rt.with_status(|s| s.storage_lag_max_ms = lag.as_millis() as u64);
+    }
     for _ in 0..max {
         match r.rt.ring.read(&mut r.cursor, buf) {
             ReadResult::Empty => return,
