@@ -3,11 +3,12 @@
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
 //! streams started in priority order -> HTTP.
-//! Stop (SIGTERM/SIGINT): HTTP stops accepting, ingest stops, the storage
-//! thread finishes the open fragments, syncs and closes the segments.
+//! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
+//! accepting (workers still busy with a client are not waited for past 0.25 s),
+//! ingest drops every session, the storage thread drains the rings, writes the
+//! pending fragments, syncs and closes the segments (10 s at most), then exit.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -17,21 +18,31 @@ use crate::db::Db;
 use crate::nvr::{Channels, Nvr};
 use crate::{ingest, storage, web};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+/// SIGTERM and SIGINT are blocked in every thread (threads inherit the mask of
+/// the thread that starts them, so this runs before any other exists) and taken
+/// by `wait_for_stop` in the main thread: no handler, no polled flag.
+fn block_stop_signals() -> Result<nix::sys::signal::SigSet, String> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
+    Ok(set)
 }
 
-fn install_signal_handlers() -> Result<(), String> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
-    for sig in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.map_err(|e| format!("cannot install {sig} handler: {e}"))?;
+/// Sleeps until SIGTERM or SIGINT arrives; names it.
+fn wait_for_stop(set: &nix::sys::signal::SigSet) -> String {
+    match set.wait() {
+        Ok(sig) => sig.as_str().to_string(),
+        Err(e) => format!("sigwait failed ({e})"),
     }
-    Ok(())
 }
+
+/// How long shutdown waits for HTTP workers still answering clients.
+const HTTP_STOP: Duration = Duration::from_millis(250);
+/// How long it waits for the storage thread to write and sync the open segments.
+const STORAGE_STOP: Duration = Duration::from_secs(10);
 
 /// Held while a process owns the data directory, so `check --repair` can never
 /// truncate a file that a running recorder is writing.
@@ -69,7 +80,7 @@ fn open_storage(cfg: &Config, repair: bool) -> Result<(Db, storage::Report, Data
 
 pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
-    install_signal_handlers()?;
+    let stop_signals = block_stop_signals()?;
     let (db, _, _lock) = open_storage(&cfg, true)?;
     // The UART shell's `logs` reads this file.
     let log_file = cfg.storage.data_dir.join("oxinvr.log");
@@ -114,20 +125,21 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
         cfg.storage.data_dir.display(),
         cfg.web.listen
     );
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    log::info!("stopping");
+    let why = wait_for_stop(&stop_signals);
+    log::info!("{why}: stopping (HTTP, then the camera sessions, then the open segments are written and synced)");
     let began = Instant::now();
-    http.stop();
+    http.stop(HTTP_STOP);
+    // Sessions end first, so the rings hold everything that will ever arrive.
     let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
+    let _ = executor_thread.join();
     let (ack_tx, ack_rx) = mpsc::channel();
     let _ = storage_tx.send(storage::Command::Shutdown(ack_tx));
-    if ack_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-        log::error!("storage did not finish in 10 s");
+    match ack_rx.recv_timeout(STORAGE_STOP) {
+        Ok(()) => {
+            let _ = storage_thread.join();
+        }
+        Err(_) => log::error!("storage did not finish in {STORAGE_STOP:?}; exiting without it"),
     }
-    let _ = storage_thread.join();
-    let _ = executor_thread.join();
     log::info!("stopped in {:?}", began.elapsed());
     Ok(())
 }

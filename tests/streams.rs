@@ -137,3 +137,51 @@ fn editing_retention_or_priority_keeps_the_session_and_a_url_change_reconnects()
     let (st, _) = nvr.terminate(Duration::from_secs(15));
     assert!(st.success());
 }
+
+#[test]
+fn sigterm_ends_well_under_a_second_past_a_client_that_does_not_read_and_keeps_the_ring() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Snow does not compress: ~1 MB/s, so a 12 s export outgrows every socket buffer.
+    let cam = Camera::start(&["--fps", "15", "--pattern", "snow", "--bitrate", "8000"]);
+    let nvr = Oxinvr::start(tmp.path(), &config(&stream_toml("cam", &cam.url("h264"), 0)));
+    poll_until(Duration::from_secs(20), "cam records", || frames(&nvr, "cam") > 0);
+    let t0 = now_ms();
+    std::thread::sleep(Duration::from_secs(13));
+    // A client asks for the export and never reads it: its worker blocks in a write.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", nvr.port)).expect("connect");
+    let (k, v) = nvr.auth_header();
+    let target = format!("/api/export.mp4?stream=cam&start={t0}&end={}", t0 + 12_000);
+    write!(slow, "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{k}: {v}\r\n\r\n").expect("send");
+    std::thread::sleep(Duration::from_secs(1));
+    let stop_ms = now_ms();
+    let log_path = nvr.log_path.clone();
+    let data = nvr.data_dir.clone();
+    let (st, took) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{st}");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(log.contains("still answering a client"), "the slow client was not exercised:\n{log}");
+    println!("SIGTERM to exit: {took:?} with a client that does not read");
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+    // Nothing already in the ring is lost: the newest file runs up to the stop.
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    let mut stack = vec![data.join("recordings")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path())
+            } else {
+                files.push(e.path())
+            }
+        }
+    }
+    let newest = files
+        .iter()
+        .max_by_key(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<i64>().ok()))
+        .expect("a file");
+    let start: i64 = newest.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).expect("start ms");
+    let end = start + (common::media_duration(newest) * 1000.0) as i64;
+    assert!(end >= stop_ms - 1000, "the newest file ends {} ms before SIGTERM", stop_ms - end);
+    common::decode_ok(newest).expect("the newest file decodes");
+    drop(slow);
+}

@@ -89,16 +89,24 @@ impl Http {
         self.server.server_addr().to_ip()
     }
 
-    /// Stops accepting requests, lets each worker finish its current one, and
-    /// waits for them.
-    pub fn stop(self) {
+    /// Stops accepting requests and lets each worker finish its current one,
+    /// waiting for them until `deadline`: a client that does not read its answer
+    /// must not hold up the shutdown (a worker still writing to one is left to
+    /// end with the process).
+    pub fn stop(self, deadline: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         for _ in &self.threads {
             self.server.unblock();
         }
+        let until = Instant::now() + deadline;
         for t in self.threads {
             let name = t.thread().name().unwrap_or("http").to_string();
-            if t.join().is_err() {
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !t.is_finished() {
+                log::warn!("{name} is still answering a client after {deadline:?}; not waiting for it");
+            } else if t.join().is_err() {
                 log::warn!("{name} ended with a panic");
             }
         }
@@ -124,7 +132,7 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
-                Http { server, threads, stopping }.stop();
+                Http { server, threads, stopping }.stop(Duration::from_secs(1));
                 return Err(io::Error::new(e.kind(), format!("cannot start thread http-{n}: {e}")));
             }
         }
