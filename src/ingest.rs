@@ -24,7 +24,7 @@
 //! - Reconnects: a camera that refused the connection is tried again every
 //!   `RETRY_UNREACHABLE` (a refused connect costs nothing, and a camera that
 //!   comes back is recording again within that); other failures back off
-//!   exponentially from 1 s to 30 s; a session that reached its first keyframe
+//!   exponentially from 1 s to 30 s; a session that recorded for a minute
 //!   resets the backoff.
 
 use std::cell::{Cell, RefCell};
@@ -67,6 +67,8 @@ const MAX_SLEW_PPM: i64 = 500;
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that lasted this long (from its turn) resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 /// Commands to the executor thread.
 pub enum Command {
@@ -160,6 +162,7 @@ impl<O: Opener + 'static> Ingest<O> {
             let turn = Gate::enter(&self.gate, rt.spec().priority).await;
             rt.set_state(StreamState::Connecting);
             rt.with_status(|s| s.connects += 1);
+            let began = self.clock.mono();
             let mut session = Session::new(&rt, &*self.clock, turn.clone());
             let turn_ends = async {
                 self.clock.sleep(BRING_UP_TURN).await;
@@ -168,7 +171,9 @@ impl<O: Opener + 'static> Ingest<O> {
             };
             let outcome = smol::future::or(session.run(&self.opener), turn_ends).await;
             turn.end();
-            if session.keyframes > 0 {
+            // Only a session that lasted resets the backoff: a camera that drops every
+            // session after one GOP must not be redialled (and a file started) every second.
+            if session.keyframes > 0 && self.clock.mono() - began >= HEALTHY_SESSION {
                 backoff.reset();
             }
             let delay = match &outcome {
@@ -407,6 +412,10 @@ impl<'a> Session<'a> {
             if self.audio.is_none() {
                 self.audio = src.audio_params();
             }
+        }
+        if self.slew.last_in.is_some_and(|last| f.pts <= last) && !*need_run {
+            log::warn!("stream {}: video time went backwards; starting a new run", self.rt.name());
+            *need_run = true;
         }
         let mut pts = f.pts;
         if let (Some(run), false) = (&self.run, *need_run) {

@@ -309,6 +309,10 @@ impl Recorder {
         ring::ring_bytes(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS), self.ring_seconds)
     }
 
+    fn new_ring(&self, spec: &StreamSpec) -> std::io::Result<Ring> {
+        Ring::new(&spec.name, self.ring_bytes(spec), self.ring_dir().as_deref())
+    }
+
     fn ring_dir(&self) -> Option<std::path::PathBuf> {
         if !self.ring_dir.is_empty() {
             return Some((&self.ring_dir).into());
@@ -353,27 +357,36 @@ impl Edit<'_> {
     /// updates its settings in place.
     pub fn apply(&mut self, row: &StreamRow) -> std::io::Result<Applied> {
         let Some(rt) = self.rec.stream(&row.spec.name) else {
-            self.start(row, None)?;
+            let ring = self.rec.new_ring(&row.spec)?;
+            self.start(row, ring, None);
             return Ok(Applied::Started);
         };
-        match restart_reason(&rt.spec(), &row.spec) {
+        let old = rt.spec();
+        match restart_reason(&old, &row.spec) {
             Some(why) => {
+                // The new ring first: if it cannot be made, the old session runs on.
+                let ring = self.rec.new_ring(&row.spec)?;
                 log::info!("stream {}: {why} changed; restarting it", row.spec.name);
                 self.remove(&row.spec.name);
-                self.start(row, Some(rt.status()))?;
+                self.start(row, ring, Some(rt.status()));
                 Ok(Applied::Restarted(why))
             }
             None => {
                 *rt.spec.lock().unwrap_or_else(|p| p.into_inner()) = row.spec.clone();
+                let policy =
+                    (old.retention_days, old.max_storage_mb) != (row.spec.retention_days, row.spec.max_storage_mb);
+                if let (true, Some(ch)) = (policy, self.rec.channels()) {
+                    // A new plan replaces any half-done one made under the old policy.
+                    let _ = ch.storage.send(storage::Command::Retention);
+                }
                 Ok(Applied::Updated)
             }
         }
     }
 
-    /// A new ring, then recording and ingest as the row says; `before` is the
-    /// status of the session this one replaces.
-    fn start(&mut self, row: &StreamRow, before: Option<StreamStatus>) -> std::io::Result<()> {
-        let ring = Ring::new(&row.spec.name, self.rec.ring_bytes(&row.spec), self.rec.ring_dir().as_deref())?;
+    /// Registers the stream on `ring`, then recording and ingest as the row says;
+    /// `before` is the status of the session this one replaces.
+    fn start(&mut self, row: &StreamRow, ring: Ring, before: Option<StreamStatus>) {
         let rt = Arc::new(StreamRuntime::new(row.clone(), Arc::new(ring)));
         if let Some(old) = before {
             rt.with_status(|s| s.carry_counters(&old));
@@ -386,7 +399,6 @@ impl Edit<'_> {
             }
             let _ = ch.ingest.send_blocking(ingest::Command::Start(rt));
         }
-        Ok(())
     }
 
     /// Stops ingest and recording of a stream (its open segment is closed).

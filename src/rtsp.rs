@@ -23,7 +23,9 @@ use crate::media::{AudioParams, Track, VideoParams};
 /// Why a camera could not be opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpenError {
-    /// Nothing accepted the TCP connection (refused, no route): cheap to retry soon.
+    /// The camera's address refused the TCP connection (nothing listens there, e.g.
+    /// while it reboots): cheap to retry soon. Other connect failures (no route, DNS)
+    /// are `Failed` and back off.
     Unreachable(String),
     /// A step got no answer within its deadline.
     Timeout { step: &'static str, after: Duration },
@@ -60,7 +62,7 @@ impl OpenError {
         match e.status_code() {
             Some(code) => OpenError::Status { step, code, message: first },
             None if first.contains("Connection refused") => OpenError::Unreachable("connection refused".into()),
-            None if first.contains("Unable to connect") => OpenError::Unreachable(format!("cannot connect: {first}")),
+            None if first.contains("Unable to connect") => OpenError::Failed { step: "connect", message: first },
             None => OpenError::Failed { step, message: first },
         }
     }
@@ -275,7 +277,8 @@ pub fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), S
     if username.is_empty() {
         return Ok((url, None));
     }
-    let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    // Percent-decoding only: userinfo is not a form, a `+` is a plus.
+    let decode = |s: &str| percent_decode(s);
     let creds = Credentials {
         username: decode(&username).unwrap_or(username),
         password: url.password().and_then(decode).unwrap_or_default(),
@@ -283,6 +286,27 @@ pub fn split_credentials(raw: &str) -> Result<(url::Url, Option<Credentials>), S
     let _ = url.set_username("");
     let _ = url.set_password(None);
     Ok((url, Some(creds)))
+}
+
+/// `%XX` sequences decoded as UTF-8 (lossy); anything else kept as it is.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%').then(|| b.get(i + 1..i + 3)).flatten();
+        match hex.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(v) => {
+                out.push(v);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -306,6 +330,8 @@ mod tests {
         let c = c.expect("creds");
         assert_eq!(c.username, "ad@min");
         assert_eq!(c.password, "p:ss");
+        let (_, c) = split_credentials("rtsp://admin:pa+ss%2Bw@cam/s").expect("ok");
+        assert_eq!(c.expect("creds").password, "pa+ss+w", "a + in a password stays a +");
         let (_, none) = split_credentials("rtsp://10.0.0.2/s").expect("ok");
         assert!(none.is_none());
         assert!(split_credentials("not a url").is_err());

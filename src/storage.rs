@@ -183,8 +183,10 @@ impl Backlog {
         self.todo.is_empty()
     }
 
+    /// Replaces what is left of the previous plan (a policy change may have made it wrong).
     fn replan(&mut self, plan: Vec<retention::Deletion>) {
         if plan.is_empty() {
+            self.todo.clear();
             return;
         }
         let bytes: u64 = plan.iter().map(|d| d.bytes).sum();

@@ -138,4 +138,21 @@ fn a_key_made_on_the_console_opens_the_api() {
     let r =
         common::nvr::http(nvr.port, "GET", "/api/streams", &[("Authorization", "Bearer oxk_wrong")], b"").expect("GET");
     assert_eq!(r.status, 401);
+
+    // A player's URL credentials: the key as the Basic password, for media reads only
+    // (anywhere else a browser's cached Basic credential would bypass CSRF).
+    use base64::Engine;
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("anyone:{key}")));
+    let get =
+        |path: &str, headers: &[(&str, &str)]| common::nvr::http(nvr.port, "GET", path, headers, b"").expect("GET");
+    let r = get("/api/playback/nocam.m3u8", &[("Authorization", &basic)]);
+    assert_eq!(r.status, 404, "the key should be accepted and the stream not found: {}", r.text());
+    let r = get("/api/streams", &[("Authorization", &basic)]);
+    assert_eq!(r.status, 401, "Basic must not open other routes: {}", r.text());
+    // A media URL asked with no credential challenges a player for Basic; a browser
+    // (Sec-Fetch-*) and other routes get Bearer, so no password dialog opens.
+    let challenge = |r: &common::nvr::Response| r.header("WWW-Authenticate").unwrap_or_default().to_string();
+    assert!(challenge(&get("/api/playback/cam.m3u8", &[])).starts_with("Basic "));
+    assert!(challenge(&get("/api/playback/cam.m3u8", &[("Sec-Fetch-Site", "same-origin")])).starts_with("Bearer "));
+    assert!(challenge(&get("/api/streams", &[])).starts_with("Bearer "));
 }

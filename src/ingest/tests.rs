@@ -296,15 +296,33 @@ fn protocol_failures_back_off_and_success_resets_the_backoff() {
     h.run_for(Duration::from_secs(16));
     assert_eq!(h.cams.opens_of("rtsp://cam/"), vec![0, 1_000, 3_000, 7_000, 15_000], "1, 2, 4, 8 s apart");
     assert!(rt.status().last_error.is_some_and(|e| e.starts_with("404 not found")));
-    // Up for a while, then a failure: the next wait starts at 1 s again.
+    // Up for a minute, then a failure: the next wait starts at 1 s again.
     h.cams.set("rtsp://cam/", Mode::Up);
     h.run_until(Duration::from_secs(40), || frames(&rt) > 0).expect("records");
-    h.run_for(Duration::from_secs(3));
+    h.run_for(HEALTHY_SESSION);
     h.cams.set("rtsp://cam/", Mode::NotFound);
     let failed = h.run_until(Duration::from_secs(5), || rt.status().state == StreamState::Backoff).expect("fails");
     h.run_for(Duration::from_secs(2));
     let last = *h.cams.opens_of("rtsp://cam/").last().expect("opens");
     assert_eq!(Duration::from_millis(last as u64) - failed, Duration::from_secs(1));
+}
+
+#[test]
+fn a_camera_that_drops_every_session_after_a_gop_is_not_redialled_every_second() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    // Each session ends 2 s in (camera drops it), the camera answers again at once.
+    for _ in 0..6 {
+        h.run_for(Duration::from_secs(2));
+        h.cams.set("rtsp://cam/", Mode::NotFound);
+        h.run_until(Duration::from_secs(5), || rt.status().state == StreamState::Backoff).expect("dropped");
+        h.cams.set("rtsp://cam/", Mode::Up);
+        h.run_until(Duration::from_secs(60), || rt.status().state == StreamState::Streaming).expect("back");
+    }
+    let opens = h.cams.opens_of("rtsp://cam/");
+    let gaps: Vec<u128> = opens.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "waits grow between short sessions: {gaps:?}");
+    assert!(*gaps.last().expect("gaps") >= 2_000 + 16_000, "{gaps:?}");
 }
 
 #[test]

@@ -20,9 +20,14 @@ pub struct RequestInfo {
     pub user_agent: String,
     /// Value of the session cookie, if sent.
     pub session: Option<String>,
-    /// Token of an `Authorization: Bearer` header (or the password of a
-    /// `Basic` one), if sent.
+    /// Token of an `Authorization: Bearer` header, if sent.
     pub bearer: Option<String>,
+    /// The password of an `Authorization: Basic` header: an API key from a player
+    /// that can only put credentials in the URL. Honoured for media reads only.
+    pub basic: Option<String>,
+    /// Sent by a browser (`Sec-Fetch-*` headers): never challenged for Basic, so no
+    /// password dialog ever opens over the page.
+    pub browser: bool,
     pub csrf: Option<String>,
     pub content_type: Option<String>,
     /// The `Host` header.
@@ -53,6 +58,8 @@ impl RequestInfo {
             user_agent: h("User-Agent").unwrap_or_default().chars().take(200).collect(),
             session: h("Cookie").and_then(|c| cookie(&c, SESSION_COOKIE)),
             bearer: h("Authorization").and_then(|a| bearer(&a)),
+            basic: h("Authorization").and_then(|a| basic_password(&a)),
+            browser: h("Sec-Fetch-Site").is_some() || h("Sec-Fetch-Mode").is_some(),
             csrf: h(CSRF_HEADER),
             content_type: h("Content-Type"),
             host: h("Host"),
@@ -87,23 +94,22 @@ pub fn cookie(header: &str, name: &str) -> Option<String> {
     header.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
 }
 
-/// The token of `Bearer <token>`, or the password of `Basic base64(name:password)`:
-/// players that cannot set headers (VLC, ffplay with `http://name:KEY@host/...`)
-/// send an API key that way. The name is ignored; the key says who it is.
 fn bearer(header: &str) -> Option<String> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+/// The password of `Basic base64(name:password)` (the name is ignored: the key
+/// says who it is).
+fn basic_password(header: &str) -> Option<String> {
     use base64::Engine;
     let (scheme, token) = header.trim().split_once(' ')?;
-    let token = token.trim();
-    let found = if scheme.eq_ignore_ascii_case("bearer") {
-        Some(token.to_string())
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD.decode(token).ok()?;
-        let pair = String::from_utf8(raw).ok()?;
-        pair.split_once(':').map(|(_, pw)| pw.to_string())
-    } else {
-        None
-    };
-    found.filter(|t| !t.is_empty())
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(token.trim()).ok()?;
+    let pair = String::from_utf8(raw).ok()?;
+    pair.split_once(':').map(|(_, pw)| pw.to_string()).filter(|t| !t.is_empty())
 }
 
 fn accepts_gzip(header: &str) -> bool {
@@ -127,9 +133,10 @@ mod tests {
         assert_eq!(bearer("bearer  abc ").as_deref(), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         // "demo:oxk_k" and ":oxk_k" carry the key as the password; "demo:" carries none.
-        assert_eq!(bearer("Basic ZGVtbzpveGtfaw==").as_deref(), Some("oxk_k"));
-        assert_eq!(bearer("basic Om94a19r").as_deref(), Some("oxk_k"));
-        assert_eq!(bearer("Basic ZGVtbzo="), None);
+        assert_eq!(basic_password("Basic ZGVtbzpveGtfaw==").as_deref(), Some("oxk_k"));
+        assert_eq!(basic_password("basic Om94a19r").as_deref(), Some("oxk_k"));
+        assert_eq!(basic_password("Basic ZGVtbzo="), None);
+        assert_eq!(basic_password("Bearer oxk_k"), None);
         assert_eq!(bearer("Bearer "), None);
         assert!(accepts_gzip("gzip, deflate, br"));
         assert!(accepts_gzip("br;q=1.0, gzip;q=0.8"));

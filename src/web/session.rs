@@ -29,20 +29,18 @@ use crate::nvr::Nvr;
 pub fn admit(nvr: &Nvr, db: &Db, req: &RequestInfo, m: &Matched) -> Result<Option<Principal>, ApiError> {
     let need = access(&m.resource, m.method);
     let now = nvr.clock.now_ms();
-    let who = identify(nvr, db, req, now);
+    let who = identify(nvr, db, req, now, media_read(m));
     if need == Access::Public {
         return Ok(who.ok().flatten());
     }
     let p = who?.ok_or_else(|| match m.resource {
         // Media players (VLC, ffplay) send URL credentials only when challenged for Basic;
         // the page's own requests always carry its cookie, so no browser dialog pops up there.
-        Resource::Playback(_) | Resource::RecordingFile(_) | Resource::Export if req.session.is_none() => {
-            ApiError::new(
-                401,
-                "send an API key: 'Authorization: Bearer <key>', or http://NAME:<key>@host/... in a player",
-            )
-            .with_header("WWW-Authenticate", "Basic realm=\"oxinvr: any name, an API key as the password\"".into())
-        }
+        _ if media_read(m) && req.session.is_none() && !req.browser => ApiError::new(
+            401,
+            "send an API key: 'Authorization: Bearer <key>', or http://NAME:<key>@host/... in a player",
+        )
+        .with_header("WWW-Authenticate", "Basic realm=\"oxinvr: any name, an API key as the password\"".into()),
         _ => unauthorized("log in, or send an API key as 'Authorization: Bearer <key>'"),
     })?;
     if !allows(p.role, need) {
@@ -107,9 +105,18 @@ fn path_of(r: &Resource) -> String {
 /// "Last seen/used" is written at most this often: most requests only read the database.
 const TOUCH_EVERY_MS: i64 = 60_000;
 
-/// Who sent the request: a Bearer key wins over the cookie.
-fn identify(nvr: &Nvr, db: &Db, req: &RequestInfo, now: i64) -> Result<Option<Principal>, ApiError> {
-    if let Some(token) = &req.bearer {
+/// A read of recorded media: the only requests an API key may authenticate
+/// through HTTP Basic (a player's URL credentials). Anywhere else a cached Basic
+/// credential would act like a cookie without CSRF protection.
+fn media_read(m: &Matched) -> bool {
+    matches!(m.method, Method::Get | Method::Head)
+        && matches!(m.resource, Resource::Playback(_) | Resource::RecordingFile(_) | Resource::Export)
+}
+
+/// Who sent the request: a Bearer key (or, for media reads, a Basic one) wins over the cookie.
+fn identify(nvr: &Nvr, db: &Db, req: &RequestInfo, now: i64, media: bool) -> Result<Option<Principal>, ApiError> {
+    let key = req.bearer.as_ref().or(req.basic.as_ref().filter(|_| media));
+    if let Some(token) = key {
         if nvr.auth.is_console(token) {
             let p = Principal { user_id: 0, username: "console".into(), role: Role::Admin, via: Via::Console };
             return Ok(Some(p));
