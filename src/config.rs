@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::db::{RecordMode, StreamSpec};
+use crate::index::db::{RecordMode, StreamSpec};
 
 /// The embedded default configuration file (also printed by `oxinvr config`).
 pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
@@ -126,16 +126,6 @@ impl Default for SystemConfig {
             ota_public_key: PathBuf::from("/etc/oxinvr/ota.pub"),
             boot_limit: 3,
             network_interfaces: PathBuf::from("/etc/network/interfaces"),
-        }
-    }
-}
-
-impl SystemConfig {
-    /// The device of a slot.
-    pub fn slot_path(&self, slot: crate::bootenv::Slot) -> &Path {
-        match slot {
-            crate::bootenv::Slot::A => &self.slot_a,
-            crate::bootenv::Slot::B => &self.slot_b,
         }
     }
 }
@@ -327,7 +317,7 @@ fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), (String, String)> {
     Ok(())
 }
 
-pub use crate::db::validate_stream_name;
+pub use crate::index::db::validate_stream_name;
 
 pub fn validate_stream_url(u: &str) -> Result<(), String> {
     let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;

@@ -268,7 +268,7 @@ fn stream_lifecycle() {
     assert_eq!(v["retention_days"].as_u64(), Some(3));
     assert_error(&nvr.req("PUT", "/api/streams/cam1", br#"{"retention_days":0}"#), 400, "retention_days");
     assert_error(&nvr.req("PUT", "/api/streams/cam1", br#"{"url":"ftp://x/"}"#), 400, "url");
-    let db = oxinvr::db::Db::open(&nvr.data_dir.join("oxinvr.db")).expect("db");
+    let db = oxinvr::index::db::Db::open(&nvr.data_dir.join("oxinvr.db")).expect("db");
     let row = db.stream_by_name("cam1").expect("query").expect("row");
     assert_eq!(row.spec.url, "rtsp://user:secret@127.0.0.1:9/x");
     assert!(!row.spec.enabled);

@@ -153,7 +153,7 @@ fn video_trafs(fragments: &[Vec<u8>]) -> Vec<(u64, u64, bool)> {
         .map(|f| {
             let moof_len = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;
             assert_eq!(&f[4..8], b"moof");
-            let trafs = oxinvr::mp4::parse_moof(&f[..moof_len]).expect("our moof");
+            let trafs = oxinvr::recording::mp4::parse_moof(&f[..moof_len]).expect("our moof");
             let v = trafs.iter().find(|t| t.track_id == 1).expect("a video traf in every fragment");
             assert_eq!(v.samples, 1, "one video frame per fragment");
             (v.base_decode_time, v.duration, v.first_sync)

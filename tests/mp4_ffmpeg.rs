@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use oxinvr::media::{AudioParams, RunStart, VideoParams};
-use oxinvr::mp4::{self, BoxHeader, Sample, TrackRun};
+use oxinvr::recording::media::{AudioParams, RunStart, VideoParams};
+use oxinvr::recording::mp4::{self, BoxHeader, Sample, TrackRun};
 
 const FPS: u32 = 25;
 const VIDEO_TIMESCALE: u32 = 90_000;

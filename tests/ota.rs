@@ -22,8 +22,8 @@ fn oxinvr(args: &[&str], slot: Option<&str>) -> Run {
     let mut c = Command::new(oxinvr_bin());
     c.args(args);
     match slot {
-        Some(s) => c.env(oxinvr::ota::SLOT_ENV, s),
-        None => c.env_remove(oxinvr::ota::SLOT_ENV),
+        Some(s) => c.env(oxinvr::appliance::ota::SLOT_ENV, s),
+        None => c.env_remove(oxinvr::appliance::ota::SLOT_ENV),
     };
     let o = c.output().expect("run oxinvr");
     Run {
@@ -276,7 +276,7 @@ fn upload_through_the_http_api() {
         .expect("port in config");
     let mut child = Command::new(oxinvr_bin())
         .args(["run", "--config", p(&rig.config)])
-        .env(oxinvr::ota::SLOT_ENV, "A")
+        .env(oxinvr::appliance::ota::SLOT_ENV, "A")
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::nvr::Oxinvr;
 use common::Camera;
-use oxinvr::db::Db;
+use oxinvr::index::db::Db;
 
 const FPS: f64 = 15.0;
 const GOP_S: f64 = 1.0;

@@ -27,7 +27,7 @@ impl Session {
             .args(["shell", "--config"])
             .arg(config)
             .env("TERM", "dumb")
-            .env_remove(oxinvr::ota::SLOT_ENV)
+            .env_remove(oxinvr::appliance::ota::SLOT_ENV)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -183,7 +183,7 @@ fn the_shell_drives_the_running_recorder_through_its_api() {
     let out = sh.run("usrs\x08\x08ers");
     assert!(out.contains("root") && out.contains("LAST LOGIN"), "{out}");
 
-    if oxinvr::ota::appliance_slot().ok().flatten().is_none() {
+    if oxinvr::appliance::ota::appliance_slot().ok().flatten().is_none() {
         // A development machine is never reset, rebooted or renetworked.
         let out = sh.run("factory-reset");
         assert!(out.starts_with("error: this is not a booted OxiNVR appliance"), "{out}");

@@ -7,9 +7,9 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use super::{check_username, password, Role};
-use crate::clock::{rfc3339, Clock, RealClock};
+use crate::base::clock::{rfc3339, Clock, RealClock};
 use crate::config::Config;
-use crate::db::Db;
+use crate::index::db::Db;
 
 fn open(cfg: &Config) -> Result<Db, String> {
     std::fs::create_dir_all(&cfg.storage.data_dir)
@@ -24,7 +24,7 @@ pub fn read_new_password(input: &mut dyn BufRead, tty: bool) -> Result<String, S
             eprint!("{prompt}");
             let _ = std::io::stderr().flush();
         }
-        let _echo = tty.then(crate::lineedit::EchoOff::new);
+        let _echo = tty.then(crate::base::lineedit::EchoOff::new);
         let mut line = String::new();
         input.read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
         if tty {

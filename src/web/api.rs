@@ -10,12 +10,13 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::clock::{parse_time, rfc3339};
+use crate::base::clock::{parse_time, rfc3339};
+use crate::base::memory;
 use crate::config::StreamConfig;
-use crate::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
-use crate::memory;
-use crate::nvr::{Edit, StreamRuntime, Writing};
-use crate::retention;
+use crate::index::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
+use crate::recording::recorder::Edit;
+use crate::recording::retention;
+use crate::recording::stream::{StreamRuntime, Writing};
 
 use super::reply::{ApiError, Reply};
 use super::router::Query;
@@ -293,7 +294,7 @@ pub fn delete_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError
     };
     match ctx.db.delete_stream(name) {
         Ok(_) => Ok(Reply::json(200, &json!({ "deleted": name, "recordings_deleted": deleted }))),
-        Err(crate::db::DbError::InUse { segments, .. }) => Err(restart(
+        Err(crate::index::db::DbError::InUse { segments, .. }) => Err(restart(
             &mut edit,
             row,
             ApiError::conflict(format!(

@@ -50,12 +50,13 @@ use super::reply::{ApiError, Reply};
 use super::request::header;
 use super::websocket::{self, close, FrameReader, Message, Opcode, ProtocolError};
 use crate::auth::Via;
-use crate::clock::Clock;
-use crate::db::Db;
-use crate::media::{RunStart, Track};
-use crate::mp4;
-use crate::nvr::{Nvr, StreamRuntime, StreamState};
-use crate::ring::{Cursor, ReadResult};
+use crate::base::clock::Clock;
+use crate::index::db::Db;
+use crate::recording::media::{RunStart, Track};
+use crate::recording::mp4;
+use crate::recording::ring::{Cursor, ReadResult};
+use crate::recording::stream::{StreamRuntime, StreamState};
+use crate::web::state::Nvr;
 
 /// A frame further than this behind the live edge makes the client jump.
 const MAX_LAG_SECS: f64 = 2.0;
@@ -426,7 +427,7 @@ impl Client {
     }
 
     fn run(mut self) {
-        crate::memory::set_subsystem(crate::memory::Subsystem::Http);
+        crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Http);
         let began = Instant::now();
         let end = self.serve();
         self.goodbye(&end);
@@ -842,7 +843,7 @@ fn init_message(run: &RunStart) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{AudioParams, VideoParams};
+    use crate::recording::media::{AudioParams, VideoParams};
 
     fn run(audio: bool) -> RunStart {
         RunStart {

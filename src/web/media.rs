@@ -13,17 +13,17 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use crate::clock::rfc3339;
-use crate::db::{self, SegmentRow, StreamRow};
+use crate::base::clock::rfc3339;
+use crate::index::db::{self, SegmentRow, StreamRow};
 
 use super::api::{span, DAY_MS};
-use super::export::{self, ExportSegment, MoofPatch, Part, PartsReader, Patcher};
-use super::hls;
-use super::mp4box;
 use super::range::{self, RangeRequest};
 use super::reply::{ApiError, Body, Reply};
 use super::router::Query;
 use super::Ctx;
+use crate::playback::export::{self, ExportSegment, MoofPatch, Part, PartsReader, Patcher};
+use crate::playback::hls;
+use crate::playback::mp4box;
 
 /// An init segment larger than this is not believed.
 const MAX_INIT: u64 = 1 << 20;

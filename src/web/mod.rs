@@ -25,11 +25,8 @@
 
 mod api;
 mod assets;
-mod export;
-mod hls;
 pub mod live;
 mod media;
-mod mp4box;
 mod openapi;
 mod ota;
 mod permit;
@@ -38,8 +35,8 @@ mod range;
 mod reply;
 mod request;
 mod router;
-mod select;
 mod session;
+pub mod state;
 mod webrtc;
 pub mod websocket;
 
@@ -50,9 +47,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::db::Db;
-use crate::memory::{self, Subsystem};
-use crate::nvr::Nvr;
+use crate::base::memory::{self, Subsystem};
+use crate::index::db::Db;
+use crate::web::state::Nvr;
 
 use crate::auth::Principal;
 use reply::{ApiError, Body, Reply};

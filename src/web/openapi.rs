@@ -518,8 +518,8 @@ mod tests {
 
     struct Api {
         _dir: tempfile::TempDir,
-        nvr: crate::nvr::Nvr,
-        db: crate::db::Db,
+        nvr: crate::web::state::Nvr,
+        db: crate::index::db::Db,
         me: crate::auth::Principal,
         doc: Value,
     }
@@ -538,8 +538,11 @@ mod tests {
             let cfg = crate::config::Config::parse(&toml, "test").expect("config");
             std::fs::create_dir_all(&data).expect("data");
             let now = 1_800_000_000_000;
-            let nvr = crate::nvr::Nvr::new(cfg.clone(), std::sync::Arc::new(crate::clock::SimulatedClock::new(now)));
-            let db = crate::db::Db::open(&cfg.db_path()).expect("db");
+            let nvr = crate::web::state::Nvr::new(
+                cfg.clone(),
+                std::sync::Arc::new(crate::base::clock::SimulatedClock::new(now)),
+            );
+            let db = crate::index::db::Db::open(&cfg.db_path()).expect("db");
             let admin = db.create_user("root", Role::Admin, "unused-hash", now).expect("user");
             let id = db
                 .create_session(admin.id, b"token-hash", "csrf", now, now + 3_600_000, "192.0.2.1", "test")
@@ -620,7 +623,7 @@ mod tests {
         // Recordings and gaps.
         let stream = api.db.stream_by_name("cam").expect("db").expect("cam");
         let t0 = api.nvr.clock.now_ms() - 3_600_000;
-        let seg = crate::db::NewSegment {
+        let seg = crate::index::db::NewSegment {
             stream_id: stream.id,
             path: "recordings/cam/day/1.mp4".into(),
             start_ms: t0,
@@ -635,7 +638,7 @@ mod tests {
         let id = api.db.insert_segment(&seg).expect("segment");
         api.db.insert_gap(stream.id, t0 + 60_000, t0 + 70_000, "camera unreachable").expect("gap");
         // The open segment as the storage thread reports it (ahead of its row).
-        let writing = crate::nvr::Writing { segment_id: id, end_ms: t0 + 4_000, bytes: 90_000 };
+        let writing = crate::recording::stream::Writing { segment_id: id, end_ms: t0 + 4_000, bytes: 90_000 };
         api.nvr.recorder.stream("cam").expect("cam runs").with_status(|s| s.writing = Some(writing));
         let v = api.call("GET", "/api/recordings?stream=cam", "", 200);
         assert!(v["recordings"][0].is_object() && v["gaps"][0].is_object(), "{v}");

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::reply::{ApiError, Reply};
 use super::{Ctx, Query};
-use crate::ota::{self, OtaError};
+use crate::appliance::ota::{self, OtaError};
 
 static STATE: Mutex<Option<Value>> = Mutex::new(None);
 static BUSY: Mutex<bool> = Mutex::new(false);

@@ -28,8 +28,8 @@ use super::permit::Permit;
 use super::reply::{ApiError, Reply};
 use super::router::Query;
 use super::Ctx;
-use crate::media::{AudioParams, Track, VideoParams};
-use crate::rtsp::{self, Described, Source};
+use crate::recording::media::{AudioParams, Track, VideoParams};
+use crate::recording::rtsp::{self, Described, Source};
 
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
 const MIN_TIMEOUT_MS: u64 = 100;
@@ -118,7 +118,7 @@ fn run(url: String, has_creds: bool, timeout: Duration, slot: ProbeSlot) -> Resu
     let (tx, rx) = mpsc::channel();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let spawned = std::thread::Builder::new().name(format!("probe-{id}")).spawn(move || {
-        crate::memory::set_subsystem(crate::memory::Subsystem::Http);
+        crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Http);
         let timed_out = async {
             smol::Timer::after(timeout).await;
             Err(format!("timeout: no answer in {} ms", timeout.as_millis()))

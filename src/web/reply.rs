@@ -43,8 +43,8 @@ impl ApiError {
 }
 
 /// Database failures are server errors.
-impl From<crate::db::DbError> for ApiError {
-    fn from(e: crate::db::DbError) -> Self {
+impl From<crate::index::db::DbError> for ApiError {
+    fn from(e: crate::index::db::DbError) -> Self {
         ApiError::internal(e.to_string())
     }
 }

@@ -21,9 +21,9 @@ use super::request::{RequestInfo, SESSION_COOKIE};
 use super::router::{access, Access, Matched, Method, Resource};
 use super::{Call, Ctx};
 use crate::auth::{self, password, totp, Principal, Role, Via};
-use crate::clock::rfc3339;
-use crate::db::{Db, DbError, KeyRow, SessionRow, UserRow};
-use crate::nvr::Nvr;
+use crate::base::clock::rfc3339;
+use crate::index::db::{Db, DbError, KeyRow, SessionRow, UserRow};
+use crate::web::state::Nvr;
 
 /// Checks the credential of a request against what its route needs.
 pub fn admit(nvr: &Nvr, db: &Db, req: &RequestInfo, m: &Matched) -> Result<Option<Principal>, ApiError> {

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::export::tests::write_segment;
 use super::reply::{Body, Reply};
 use super::request::RequestInfo;
 use super::router::{self, Query};
 use super::{dispatch, Call, Ctx};
-use crate::clock::SimulatedClock;
+use crate::base::clock::SimulatedClock;
 use crate::config::Config;
-use crate::db::{Db, NewSegment, SegmentProgress};
-use crate::nvr::Nvr;
+use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::playback::export::tests::write_segment;
+use crate::web::state::Nvr;
 
 const T0: i64 = 1_800_000_000_000;
 
@@ -42,11 +42,11 @@ fn fixture() -> Fixture {
     let cfg = Config::parse(&toml, "test").expect("config");
     let nvr = Nvr::new(cfg.clone(), Arc::new(SimulatedClock::new(T0 + 60_000)));
     let db = Db::open(&cfg.db_path()).expect("db");
-    let spec = crate::db::StreamSpec {
+    let spec = crate::index::db::StreamSpec {
         name: "cam".into(),
         url: "rtsp://u:pw@h/x".into(),
         enabled: false,
-        record: crate::db::RecordMode::Continuous,
+        record: crate::index::db::RecordMode::Continuous,
         retention_days: None,
         max_storage_mb: None,
         priority: 0,
@@ -127,7 +127,7 @@ fn recordings_are_listed_with_urls() {
     assert_eq!(recs.len(), 2, "{v}");
     assert_eq!(recs[0]["url"].as_str(), Some(format!("/api/recordings/{}/file", f.ids[0]).as_str()));
     assert_eq!(recs[0]["duration_ms"].as_i64(), Some(4000));
-    assert_eq!(recs[1]["start"].as_str(), Some(crate::clock::rfc3339(T0 + 10_000).as_str()));
+    assert_eq!(recs[1]["start"].as_str(), Some(crate::base::clock::rfc3339(T0 + 10_000).as_str()));
     let v = json(call(&f, "GET", &format!("/api/recordings?start={}&end={}", T0 + 5000, T0 + 6000), None, b""));
     assert_eq!(v["recordings"].as_array().map(Vec::len), Some(0), "{v}");
     let v = json(call(&f, "GET", "/api/streams/cam", None, b""));
@@ -167,7 +167,7 @@ fn export_is_one_playable_file_over_both_recordings() {
     let whole = body(r);
     let out = f._dir.path().join("export.mp4");
     std::fs::write(&out, &whole).expect("write");
-    let scan = crate::mp4::scan_file(&out).expect("scan");
+    let scan = crate::recording::mp4::scan_file(&out).expect("scan");
     assert_eq!(scan.valid_len, scan.file_len);
     // Fragments 2, 3 of the first recording, 0, 1 of the second.
     let tfdts: Vec<u64> = scan.fragments.iter().map(|x| x.start_ticks).collect();
@@ -229,7 +229,7 @@ fn playback_timeline_is_continuous_across_files() {
     let text = String::from_utf8(body(r)).expect("utf8");
     let out = f._dir.path().join("hls.mp4");
     std::fs::write(&out, fetch_playlist(&f, &text)).expect("write");
-    let scan = crate::mp4::scan_file(&out).expect("scan");
+    let scan = crate::recording::mp4::scan_file(&out).expect("scan");
     assert_eq!(scan.valid_len, scan.file_len);
     let tfdts: Vec<u64> = scan.fragments.iter().map(|x| x.start_ticks).collect();
     assert_eq!(tfdts, vec![0, 90_000, 180_000, 270_000], "{text}");
@@ -244,7 +244,8 @@ fn tfdt_values(moof: &[u8]) -> Vec<std::ops::Range<usize>> {
 fn shifted_files_differ_from_the_stored_ones_only_in_decode_times() {
     let f = fixture();
     let stored = &f.file_a;
-    let scan = crate::mp4::scan_file(&f._dir.path().join(format!("data/recordings/cam/day/{T0}.mp4"))).expect("scan");
+    let scan = crate::recording::mp4::scan_file(&f._dir.path().join(format!("data/recordings/cam/day/{T0}.mp4")))
+        .expect("scan");
     assert_eq!(scan.fragments.len(), 4);
     // 1 s and 0.5 ms of video; 48024 ticks of the 48 kHz audio.
     let (shift, audio_shift) = (90_045u64, 48_024u64);
@@ -257,15 +258,17 @@ fn shifted_files_differ_from_the_stored_ones_only_in_decode_times() {
     let mut patchable = Vec::new();
     for frag in &scan.fragments {
         let at = frag.offset as usize;
-        let moof_len = super::mp4box::moof_size(&stored[at..at + 16]).expect("moof") as usize;
+        let moof_len = crate::playback::mp4box::moof_size(&stored[at..at + 16]).expect("moof") as usize;
         let (old, new) = (&stored[at..at + moof_len], &shifted[at..at + moof_len]);
-        let (old_trafs, new_trafs) =
-            (crate::mp4::parse_moof(old).expect("old"), crate::mp4::parse_moof(new).expect("new"));
+        let (old_trafs, new_trafs) = (
+            crate::recording::mp4::parse_moof(old).expect("old"),
+            crate::recording::mp4::parse_moof(new).expect("new"),
+        );
         assert_eq!(old_trafs.len(), 2);
         for (o, n) in old_trafs.iter().zip(&new_trafs) {
             let moved = if o.track_id == 1 { shift } else { audio_shift };
             assert_eq!(n.base_decode_time, o.base_decode_time + moved, "track {}", o.track_id);
-            assert_eq!(crate::mp4::TrafSummary { base_decode_time: o.base_decode_time, ..*n }, *o);
+            assert_eq!(crate::recording::mp4::TrafSummary { base_decode_time: o.base_decode_time, ..*n }, *o);
         }
         patchable.extend(tfdt_values(old).into_iter().map(|r| r.start + at..r.end + at));
     }
@@ -292,7 +295,8 @@ fn shifted_files_differ_from_the_stored_ones_only_in_decode_times() {
 #[test]
 fn shifts_below_zero_and_bad_shifts_are_refused() {
     let f = fixture();
-    let scan = crate::mp4::scan_file(&f._dir.path().join(format!("data/recordings/cam/day/{T0}.mp4"))).expect("scan");
+    let scan = crate::recording::mp4::scan_file(&f._dir.path().join(format!("data/recordings/cam/day/{T0}.mp4")))
+        .expect("scan");
     let file = |q: &str| format!("/api/recordings/{}/file.mp4?{q}", f.ids[0]);
     let error = |r: Reply| json(r)["error"].as_str().unwrap_or_default().to_string();
     let r = call(&f, "GET", &file("shift=-1"), None, b"");
@@ -311,8 +315,8 @@ fn shifts_below_zero_and_bad_shifts_are_refused() {
     let r = call(&f, "GET", &file("shift=-90000"), Some(&format!("bytes={one}-")), b"");
     assert_eq!(r.status, 206);
     let tail = body(r);
-    let moof_len = super::mp4box::moof_size(&tail[..16]).expect("moof") as usize;
-    let trafs = crate::mp4::parse_moof(&tail[..moof_len]).expect("moof");
+    let moof_len = crate::playback::mp4box::moof_size(&tail[..16]).expect("moof") as usize;
+    let trafs = crate::recording::mp4::parse_moof(&tail[..moof_len]).expect("moof");
     assert_eq!(trafs[0].base_decode_time, 0);
     let r = call(&f, "GET", &file("shift=-90000"), Some(&format!("bytes={}-{one}", one - 1)), b"");
     assert_eq!(r.status, 400);

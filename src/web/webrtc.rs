@@ -16,7 +16,7 @@ use serde_json::json;
 use super::reply::{ApiError, Reply};
 use super::router::Query;
 use super::Ctx;
-use crate::httpclient::Client;
+use crate::base::httpclient::Client;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

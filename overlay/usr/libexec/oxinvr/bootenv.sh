@@ -1,6 +1,6 @@
 # The A/B boot selector state file (boot.env on the boot partition), in busybox ash.
 # Sourced by the QEMU initramfs selector (/init) and by ./boot-state. The Rust side
-# (src/bootenv.rs, `oxinvr ota`) reads and writes the same file the same way:
+# (src/appliance/bootenv.rs, `oxinvr ota`) reads and writes the same file the same way:
 #   BOOT_ORDER="A B"   slots in order of preference
 #   BOOT_A_LEFT=3      boots slot A may still try before it counts as bad
 #   BOOT_B_LEFT=3

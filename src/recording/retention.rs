@@ -33,19 +33,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::db::{is_safe_relative_path, Db, DbError};
+use crate::index::db::{is_safe_relative_path, Db, DbError};
 
-/// What the planner knows of one segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Item {
-    pub id: i64,
-    pub stream_id: i64,
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub bytes: u64,
-    pub protected: bool,
-    pub open: bool,
-}
+/// What the planner knows of one segment (read from the index).
+pub use crate::index::db::RetentionItem as Item;
 
 /// Limits of one stream; `None` is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,7 +191,7 @@ pub fn execute(db: &Db, data_dir: &Path, deletions: &[Deletion]) -> Result<Outco
     Ok(outcome)
 }
 
-use crate::segment::sync_dir;
+use crate::base::fs::sync_dir;
 
 /// An emptied day directory goes too (its parent is fsynced after).
 fn remove_if_empty(dir: &Path) {
@@ -261,7 +252,7 @@ pub fn collect_garbage(db: &Db, data_dir: &Path) -> Result<Outcome, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{NewSegment, RecordMode, SegmentProgress, StreamSpec};
+    use crate::index::db::{NewSegment, RecordMode, SegmentProgress, StreamSpec};
 
     const MIN: i64 = 60_000;
     const DAY: i64 = MS_PER_DAY;

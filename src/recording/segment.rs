@@ -16,9 +16,10 @@ use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::db::{Db, NewSegment, SegmentProgress};
-use crate::media::{FragmentEntry, RunStart, Track};
-use crate::mp4;
+use crate::base::fs::sync_dir;
+use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::recording::media::{FragmentEntry, RunStart, Track};
+use crate::recording::mp4;
 
 /// Shortest fragment that is cut at a keyframe, in seconds.
 const FRAGMENT_MIN_SECS: i64 = 1;
@@ -238,7 +239,7 @@ impl SegmentWriter {
     fn open_segment(&mut self, db: &Db, pts: i64) -> io::Result<()> {
         let Some(run) = &self.run else { return Err(io::Error::other("no run")) };
         let start_ms = run.wall_ms(pts);
-        let day = crate::clock::rfc3339(start_ms);
+        let day = crate::base::clock::rfc3339(start_ms);
         let dir = self.cfg.data_dir.join("recordings").join(&self.name).join(&day[..10.min(day.len())]);
         create_dir_synced(&dir)?;
         let (path, mut file) = create_unique(&dir, start_ms)?;
@@ -413,8 +414,8 @@ impl SegmentWriter {
     }
 
     /// How far the open segment is written (fragments on disk, synced or not).
-    pub fn writing(&self) -> Option<crate::nvr::Writing> {
-        self.open.as_ref().map(|o| crate::nvr::Writing {
+    pub fn writing(&self) -> Option<crate::recording::stream::Writing> {
+        self.open.as_ref().map(|o| crate::recording::stream::Writing {
             segment_id: o.id,
             end_ms: end_ms(o, self.run.as_ref()),
             bytes: o.bytes,
@@ -444,7 +445,7 @@ fn discard_segment(db: &Db, id: i64, data_dir: &Path) {
         log::warn!("cannot discard empty segment {id}: {e}");
         return;
     }
-    if let Err(e) = crate::retention::collect_garbage(db, data_dir) {
+    if let Err(e) = crate::recording::retention::collect_garbage(db, data_dir) {
         log::warn!("cannot remove empty segment {id}: {e}");
     }
 }
@@ -483,10 +484,6 @@ pub fn create_dir_synced(dir: &Path) -> io::Result<()> {
 }
 
 /// fsync a directory so a created or removed entry is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn create_unique(dir: &Path, start_ms: i64) -> io::Result<(PathBuf, File)> {
     for n in 0..100 {
         let name = if n == 0 { format!("{start_ms}.mp4") } else { format!("{start_ms}-{n}.mp4") };
@@ -503,8 +500,8 @@ fn create_unique(dir: &Path, start_ms: i64) -> io::Result<(PathBuf, File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{RecordMode, StreamSpec};
-    use crate::mp4::tests::run_start;
+    use crate::index::db::{RecordMode, StreamSpec};
+    use crate::recording::mp4::tests::run_start;
 
     const T0: i64 = 1_700_000_000_000;
 

@@ -14,14 +14,15 @@
 //! - The network file is rewritten atomically (through its symlink, if it is
 //!   one); only the stanza of the interface named is replaced.
 
+pub mod bootenv;
+pub mod ota;
+pub mod shell;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use crate::bootenv;
-use crate::ota;
 
 /// Ok if this is a booted appliance; the error says why not and what was refused.
 pub fn require_appliance(what: &str) -> Result<(), String> {

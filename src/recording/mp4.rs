@@ -32,7 +32,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::media::{FragmentEntry, RunStart};
+use crate::recording::media::{FragmentEntry, RunStart};
 
 /// Track id of the video track in every file we write.
 pub const VIDEO_TRACK_ID: u32 = 1;
@@ -950,7 +950,7 @@ pub fn recover_file(path: &Path) -> Result<(ScannedFile, u64), Mp4Error> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::media::{AudioParams, VideoParams};
+    use crate::recording::media::{AudioParams, VideoParams};
 
     /// SPS and PPS of a 640x480 High profile, level 3.0 stream from libx264.
     const SPS: &[u8] = &[

@@ -65,7 +65,7 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let now = crate::clock::rfc3339(crate::clock::Clock::now_ms(&crate::clock::RealClock));
+        let now = crate::base::clock::rfc3339(crate::base::clock::Clock::now_ms(&crate::base::clock::RealClock));
         let thread = std::thread::current();
         let line = format!("{now} {:<5} [{}] {}", r.level(), thread.name().unwrap_or("?"), r.args());
         let _ = writeln!(std::io::stderr().lock(), "{line}");

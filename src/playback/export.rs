@@ -25,7 +25,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use crate::media::FragmentEntry;
+use crate::recording::media::FragmentEntry;
 
 use super::mp4box;
 use super::select::{select, ticks_to_ms};
@@ -198,14 +198,14 @@ impl Plan {
 /// Rewrites a moof in place as `MoofPatch` says.
 pub type Patcher = fn(&mut [u8], &MoofPatch) -> io::Result<()>;
 
-/// The real patcher: `crate::mp4::patch_moof`.
+/// The real patcher: `crate::recording::mp4::patch_moof`.
 pub fn patch_moof(moof: &mut [u8], p: &MoofPatch) -> io::Result<()> {
     let sequence = match p.sequence {
         Some(s) => s,
         None => mp4box::moof_sequence(moof)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cannot patch moof: no mfhd sequence number"))?,
     };
-    crate::mp4::patch_moof(moof, sequence, |track, old| p.new_tfdt(track, old))
+    crate::recording::mp4::patch_moof(moof, sequence, |track, old| p.new_tfdt(track, old))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("cannot patch moof: {e}")))
 }
 
@@ -322,8 +322,8 @@ impl Read for PartsReader {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::web::mp4box::tests::{bx, init};
-    use crate::web::select::tests::frags;
+    use crate::playback::mp4box::tests::{bx, init};
+    use crate::playback::select::tests::frags;
 
     fn seg(file: &str, start_ms: i64, init: Vec<u8>, fragments: Vec<FragmentEntry>) -> ExportSegment {
         ExportSegment {
@@ -484,7 +484,7 @@ pub(crate) mod tests {
         }
     }
 
-    /// Writes a real segment file (crate::mp4) of `n` one-second fragments with
+    /// Writes a real segment file (crate::recording::mp4) of `n` one-second fragments with
     /// 30 video frames each (keyframes where `key(i)`) and 47 AAC frames whose
     /// tfdt starts 10 ms after the video; returns its fragment index.
     pub(crate) fn write_segment(
@@ -492,8 +492,8 @@ pub(crate) mod tests {
         n: usize,
         key: impl Fn(usize) -> bool,
     ) -> (Vec<u8>, Vec<FragmentEntry>) {
-        use crate::mp4::{fragment_header, init_segment, Sample, TrackRun};
-        let init = init_segment(&crate::mp4::tests::run_start(true, 0));
+        use crate::recording::mp4::{fragment_header, init_segment, Sample, TrackRun};
+        let init = init_segment(&crate::recording::mp4::tests::run_start(true, 0));
         let mut file = init.clone();
         let mut index = Vec::new();
         for i in 0..n {
@@ -543,7 +543,7 @@ pub(crate) mod tests {
         PartsReader::new(p.files, p.parts, patch_moof, 0, p.len).read_to_end(&mut bytes).expect("read");
         assert_eq!(bytes.len() as u64, p.len);
         std::fs::write(&out, &bytes).expect("write");
-        let scan = crate::mp4::scan_file(&out).expect("scan");
+        let scan = crate::recording::mp4::scan_file(&out).expect("scan");
         assert_eq!(scan.valid_len, scan.file_len);
         let tfdts: Vec<u64> = scan.fragments.iter().map(|f| f.start_ticks).collect();
         assert_eq!(tfdts, vec![0, 90_000, 180_000, 270_000]);
@@ -556,7 +556,7 @@ pub(crate) mod tests {
             let moof_len = mp4box::moof_size(&bytes[at..at + 16]).expect("moof") as usize;
             let moof = &bytes[at..at + moof_len];
             seqs.push(u32::from_be_bytes([moof[20], moof[21], moof[22], moof[23]]));
-            let trafs = crate::mp4::parse_moof(moof).expect("parse");
+            let trafs = crate::recording::mp4::parse_moof(moof).expect("parse");
             audio.extend(trafs.iter().filter(|t| t.track_id == 2).map(|t| t.base_decode_time));
         }
         assert_eq!(seqs, vec![1, 2, 3, 4]);

@@ -12,11 +12,12 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::clock::{Clock, RealClock};
+use crate::base::clock::{Clock, RealClock};
 use crate::config::Config;
-use crate::db::Db;
-use crate::nvr::{Channels, Nvr};
-use crate::{ingest, storage, web};
+use crate::index::db::Db;
+use crate::recording::recorder::Channels;
+use crate::recording::{ingest, storage};
+use crate::web::{self, state::Nvr};
 
 /// SIGTERM and SIGINT are blocked in every thread (threads inherit the mask of
 /// the thread that starts them, so this runs before any other exists) and taken
@@ -84,7 +85,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     let (db, _, _lock) = open_storage(&cfg, true)?;
     // The UART shell's `logs` reads this file.
     let log_file = cfg.storage.data_dir.join("oxinvr.log");
-    if let Err(e) = crate::logging::log_to_file(&log_file) {
+    if let Err(e) = crate::base::logging::log_to_file(&log_file) {
         log::warn!("cannot write the log to {}: {e}", log_file.display());
     }
     let clock: Arc<dyn Clock> = Arc::new(RealClock);

@@ -96,19 +96,19 @@ pub fn loopback_addr(listen: &str) -> Result<SocketAddr, String> {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
-    /// The recorder's data directory: its console token is sent as a Bearer
+    /// The recorder's console token file: its token is sent as a Bearer
     /// credential, read afresh per request (a restarted recorder makes a new one).
-    pub console_of: Option<std::path::PathBuf>,
+    pub console_token: Option<std::path::PathBuf>,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, console_of: None }
+        Client { addr, console_token: None }
     }
 
-    /// A client that authenticates with the console token of `data_dir`.
-    pub fn with_console_token(addr: SocketAddr, data_dir: &std::path::Path) -> Client {
-        Client { addr, console_of: Some(data_dir.to_path_buf()) }
+    /// A client that authenticates with the console token kept in `token_file`.
+    pub fn with_console_token(addr: SocketAddr, token_file: &std::path::Path) -> Client {
+        Client { addr, console_token: Some(token_file.to_path_buf()) }
     }
 
     /// One request; `body` is sent as JSON. The whole answer is buffered.
@@ -117,7 +117,7 @@ impl Client {
         let stream = connect(&[self.addr], &what)?;
         let payload = body.map(|b| b.to_string().into_bytes());
         let host = self.addr.to_string();
-        let token = self.console_of.as_deref().and_then(crate::auth::read_console_token);
+        let token = self.console_token.as_deref().and_then(read_token);
         let head = send(&stream, (method, &host, path), token.as_deref(), payload.as_deref(), &what)?;
         let (status, headers, mut reader) = head;
         let len = body_len(&headers, &what)?;
@@ -376,6 +376,11 @@ pub fn download(url: &str) -> Result<Download, String> {
         return Ok(Download { reader, len: if chunked { None } else { len } });
     }
     Err(format!("{url}: more than {MAX_REDIRECTS} redirects"))
+}
+
+/// A token file's content, trimmed; `None` if missing or empty.
+fn read_token(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{Ctx, Db, DbError};
-use crate::auth::Role;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRow {
@@ -67,6 +66,33 @@ fn role_at(r: &Row, i: usize) -> rusqlite::Result<Role> {
 
 fn user_from_row(r: &Row) -> rusqlite::Result<UserRow> {
     user_at(r, 0)
+}
+
+/// A user's role; ordered (an admin may do what an operator may, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
 }
 
 /// A user whose [`USER_COLS`] start at column `o`.

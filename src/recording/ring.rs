@@ -46,7 +46,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use memmap2::MmapMut;
 
-use crate::media::{Frame, RunStart, Track};
+use crate::recording::media::{Frame, RunStart, Track};
 
 /// Bytes of the header in front of every record's payload.
 pub const HEADER_LEN: usize = 24;
@@ -730,7 +730,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{AudioParams, VideoParams};
+    use crate::recording::media::{AudioParams, VideoParams};
     use std::collections::VecDeque;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;

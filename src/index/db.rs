@@ -54,8 +54,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::media::FragmentEntry;
-use crate::retention;
+use super::fragments::FragmentEntry;
 
 /// Schema migrations; `MIGRATIONS[i]` takes the schema from version `i` to
 /// `i + 1`. Never edit an entry once released: append a new one.
@@ -164,7 +163,19 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 mod users;
-pub use users::{KeyRow, SessionRow, UserRow};
+pub use users::{KeyRow, Role, SessionRow, UserRow};
+
+/// What retention planning knows of one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionItem {
+    pub id: i64,
+    pub stream_id: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub bytes: u64,
+    pub protected: bool,
+    pub open: bool,
+}
 
 /// How long a connection waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -945,7 +956,7 @@ impl Db {
     }
 
     /// What the retention planner needs of every segment, by start.
-    pub fn retention_items(&self) -> Result<Vec<retention::Item>, DbError> {
+    pub fn retention_items(&self) -> Result<Vec<RetentionItem>, DbError> {
         let op = "retention_items";
         let mut st = self
             .conn
@@ -956,7 +967,7 @@ impl Db {
             .ctx(op)?;
         let rows = st
             .query_map([], |r| {
-                Ok(retention::Item {
+                Ok(RetentionItem {
                     id: r.get(0)?,
                     stream_id: r.get(1)?,
                     start_ms: r.get(2)?,
@@ -1590,7 +1601,7 @@ mod tests {
         assert_eq!(
             items,
             vec![
-                retention::Item {
+                RetentionItem {
                     id: a,
                     stream_id: s.id,
                     start_ms: 0,
@@ -1599,7 +1610,7 @@ mod tests {
                     protected: true,
                     open: false
                 },
-                retention::Item {
+                RetentionItem {
                     id: b,
                     stream_id: s.id,
                     start_ms: 10,

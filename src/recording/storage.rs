@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::clock::Clock;
-use crate::db::{Db, NewSegment, SegmentProgress};
-use crate::mp4;
-use crate::nvr::{StreamRuntime, Writing};
-use crate::retention;
-use crate::ring::{Cursor, ReadResult};
-use crate::segment::{self, CloseReason, SegmentWriter, WriterConfig};
+use crate::base::clock::Clock;
+use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::recording::mp4;
+use crate::recording::retention;
+use crate::recording::ring::{Cursor, ReadResult};
+use crate::recording::segment::{self, CloseReason, SegmentWriter, WriterConfig};
+use crate::recording::stream::{StreamRuntime, Writing};
 
 /// How often the thread wakes to drain rings when nothing else happens.
 const POLL: Duration = Duration::from_millis(50);
@@ -93,7 +93,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel();
     let db = Db::open(&settings.db_path).map_err(|e| io::Error::other(e.to_string()))?;
     let handle = std::thread::Builder::new().name("storage".into()).spawn(move || {
-        crate::memory::set_subsystem(crate::memory::Subsystem::Storage);
+        crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Storage);
         run(settings, db, rx, clock)
     })?;
     Ok((tx, handle))
@@ -468,7 +468,7 @@ fn adopt_orphans(db: &Db, data_dir: &Path, repair: bool, rep: &mut Report) -> Re
                     (Some(_), Some(_), false) => rep.orphans_adopted += 1,
                     (_, _, true) => {
                         if fs::remove_file(&path).is_ok() {
-                            let _ = segment::sync_dir(&day.path());
+                            let _ = crate::base::fs::sync_dir(&day.path());
                             rep.orphans_removed += 1;
                         }
                     }

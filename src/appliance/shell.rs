@@ -18,11 +18,11 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use crate::appliance::ota;
 use crate::appliance::{self, NetConfig};
+use crate::base::httpclient::{self, Client, HttpError, Response};
+use crate::base::lineedit::{Input, LineReader};
 use crate::config::Config;
-use crate::httpclient::{self, Client, HttpError, Response};
-use crate::lineedit::{Input, LineReader};
-use crate::ota;
 
 /// A parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -297,7 +297,7 @@ pub type Ask<'a> = dyn FnMut(&str) -> Option<String> + 'a;
 impl Shell {
     pub fn new(cfg: Config) -> Result<Shell, String> {
         let addr = httpclient::loopback_addr(&cfg.web.listen)?;
-        let api = Client::with_console_token(addr, &cfg.storage.data_dir);
+        let api = Client::with_console_token(addr, &crate::auth::console_token_path(&cfg.storage.data_dir));
         Ok(Shell { cfg, api })
     }
 
@@ -370,7 +370,7 @@ impl Shell {
             }
             Command::Logs(n) => {
                 let path = self.cfg.storage.data_dir.join("oxinvr.log");
-                let lines = crate::logging::tail_file(&path, n).map_err(|e| {
+                let lines = crate::base::logging::tail_file(&path, n).map_err(|e| {
                     format!("cannot read the log {}: {e} (the recorder writes it while it runs)", path.display())
                 })?;
                 if lines.is_empty() {
@@ -430,7 +430,7 @@ impl Shell {
         let mut out = format!("{} console\n", crate::appliance::version_line());
         match ota::current_slot() {
             Ok((slot, _)) => {
-                let env = crate::bootenv::Store::of(&self.cfg.system.boot_env).load().ok().flatten();
+                let env = crate::appliance::bootenv::Store::of(&self.cfg.system.boot_env).load().ok().flatten();
                 let good = env.as_ref().map(|e| e.left(slot) >= self.cfg.system.boot_limit);
                 let state = match (good, env.as_ref().and_then(|e| e.next_boot())) {
                     (_, Some(n)) if n != slot => format!("update in slot {n} boots next"),
@@ -492,7 +492,7 @@ impl Shell {
         if !db_path.exists() {
             out.push_str(&format!("database: none yet at {}\n", db_path.display()));
         } else {
-            match crate::db::Db::open(&db_path).and_then(|db| Ok((db.list_streams()?, db.stream_usage()?))) {
+            match crate::index::db::Db::open(&db_path).and_then(|db| Ok((db.list_streams()?, db.stream_usage()?))) {
                 Ok((rows, usage)) => {
                     out.push_str(&format!("streams (from the database): {}\n", rows.len()));
                     let mut t = Vec::new();
@@ -509,7 +509,7 @@ impl Shell {
                 Err(e) => out.push_str(&format!("database: {e}\n")),
             }
         }
-        match crate::retention::disk_usage(dir) {
+        match crate::recording::retention::disk_usage(dir) {
             Ok(d) => out.push_str(&format!(
                 "disk: {}: {} free of {}\n",
                 dir.display(),

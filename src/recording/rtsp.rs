@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use retina::client::{Credentials, Demuxed, PlayOptions, SessionOptions, SetupOptions, Transport};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 
-use crate::media::{AudioParams, Track, VideoParams};
+use crate::recording::media::{AudioParams, Track, VideoParams};
 
 /// Why a camera could not be opened.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -39,10 +39,10 @@ use std::time::Duration;
 use async_compat::Compat;
 use smol::LocalExecutor;
 
-use crate::clock::Clock;
-use crate::media::{AudioParams, Frame, RunStart, Track, VideoParams};
-use crate::nvr::{StreamRuntime, StreamState};
-use crate::rtsp::{MediaFrame, OpenError, Opener, RetinaOpener, Source};
+use crate::base::clock::Clock;
+use crate::recording::media::{AudioParams, Frame, RunStart, Track, VideoParams};
+use crate::recording::rtsp::{MediaFrame, OpenError, Opener, RetinaOpener, Source};
+use crate::recording::stream::{StreamRuntime, StreamState};
 
 /// Deadline of each RTSP step (TCP + DESCRIBE, SETUP, PLAY).
 pub const STEP_DEADLINE: Duration = Duration::from_secs(5);
@@ -107,7 +107,7 @@ pub fn spawn_executor(
 ) -> std::io::Result<(smol::channel::Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = smol::channel::unbounded::<Command>();
     let handle = std::thread::Builder::new().name("executor".into()).spawn(move || {
-        crate::memory::set_subsystem(crate::memory::Subsystem::Ingest);
+        crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Ingest);
         let ex = LocalExecutor::new();
         let ingest = Ingest::new(RetinaOpener { step: STEP_DEADLINE }, clock);
         smol::block_on(ex.run(ingest.serve(&ex, rx)));

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-use crate::bootenv::{self, BootEnv, Slot, Store};
+use crate::appliance::bootenv::{self, BootEnv, Slot, Store};
 use crate::config::SystemConfig;
 
 pub const MAGIC: &[u8; 8] = b"OXIBNDL1";
@@ -293,7 +293,7 @@ pub fn make_bundle(spec: &BundleSpec<'_>) -> Result<Manifest, String> {
         format: FORMAT,
         version: spec.version.into(),
         board: spec.board.into(),
-        created: crate::clock::rfc3339(crate::clock::Clock::now_ms(&crate::clock::RealClock)),
+        created: crate::base::clock::rfc3339(crate::base::clock::Clock::now_ms(&crate::base::clock::RealClock)),
         images: vec![ImageEntry { name: "rootfs".into(), size, sha256: hex(&digest) }],
     };
     let json = serde_json::to_vec(&manifest).map_err(|e| format!("manifest: {e}"))?;
@@ -627,8 +627,8 @@ fn ubi_volume_update(f: &File, size: u64) -> Result<(), String> {
 /// Opens the inactive slot's device for writing after the safety checks.
 fn open_target(sys: &SystemConfig, running: Slot, size: u64) -> Result<(Slot, PathBuf, File), OtaError> {
     let target = running.other();
-    let device = sys.slot_path(target).to_path_buf();
-    let active = sys.slot_path(running);
+    let device = slot_path(sys, target).to_path_buf();
+    let active = slot_path(sys, running);
     let same =
         device == active || matches!((fs::canonicalize(&device), fs::canonicalize(active)), (Ok(a), Ok(b)) if a == b);
     if same {
@@ -795,7 +795,7 @@ pub fn install_from(sys: &SystemConfig, source: &str, out: &mut dyn Write) -> Re
         let _ = writeln!(out, "installing {source} (board {}, public key {})", sys.board, sys.ota_public_key.display());
         let mut printer = progress_printer(out);
         if is_url {
-            let mut d = crate::httpclient::download(source)?;
+            let mut d = crate::base::httpclient::download(source)?;
             install(sys, &mut d.reader, d.len, &mut printer)
         } else {
             install_file(sys, Path::new(source), &mut printer)
@@ -900,9 +900,17 @@ pub fn status(sys: &SystemConfig) -> Vec<String> {
             None => "version unknown (not installed by oxinvr ota, or being overwritten)".into(),
         };
         let tag = if Some(slot) == running { " [running]" } else { "" };
-        out.push(format!("slot {slot} ({}): {what}{tag}", sys.slot_path(slot).display()));
+        out.push(format!("slot {slot} ({}): {what}{tag}", slot_path(sys, slot).display()));
     }
     out
+}
+
+/// The device of a slot.
+fn slot_path(sys: &SystemConfig, slot: Slot) -> &Path {
+    match slot {
+        Slot::A => &sys.slot_a,
+        Slot::B => &sys.slot_b,
+    }
 }
 
 #[cfg(test)]

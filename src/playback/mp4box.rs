@@ -1,4 +1,4 @@
-//! The little ISO-BMFF reading the HTTP side needs on top of `crate::mp4`:
+//! The little ISO-BMFF reading the HTTP side needs on top of `crate::recording::mp4`:
 //! track timescales out of an init segment (`moov/trak/{tkhd,mdia/mdhd}`),
 //! the size of a `moof` box from its header and its `mfhd` sequence number.
 //!

@@ -29,8 +29,8 @@
 
 use std::fmt::Write as _;
 
-use crate::clock::rfc3339;
-use crate::media::FragmentEntry;
+use crate::base::clock::rfc3339;
+use crate::recording::media::FragmentEntry;
 
 use super::select::{select, ticks_to_ms};
 
@@ -137,7 +137,7 @@ pub fn playlist(recordings: &[HlsRecording]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::web::select::tests::frags;
+    use crate::playback::select::tests::frags;
 
     const T0: i64 = 1_700_000_000_000;
     const CAM: CodecKey<'static> = ("avc1.64001f", 640, 480, true);

@@ -7,10 +7,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::*;
-use crate::clock::SimulatedClock;
-use crate::db::{RecordMode, StreamRow, StreamSpec};
-use crate::media::RunStart;
-use crate::ring::{ReadResult, Ring};
+use crate::base::clock::SimulatedClock;
+use crate::index::db::{RecordMode, StreamRow, StreamSpec};
+use crate::recording::media::RunStart;
+use crate::recording::ring::{ReadResult, Ring};
 
 const FPS: i64 = 10;
 const GOP: i64 = 10;
@@ -132,7 +132,7 @@ struct Harness {
     ex: LocalExecutor<'static>,
     tasks: Vec<smol::Task<()>>,
     /// A cursor at the start of each stream's ring.
-    starts: RefCell<HashMap<String, crate::ring::Cursor>>,
+    starts: RefCell<HashMap<String, crate::recording::ring::Cursor>>,
 }
 
 impl Harness {

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::media::FragmentEntry;
+use crate::recording::media::FragmentEntry;
 
 /// Wall-clock ms of a point `ticks` into a segment that started at `start_ms`.
 pub fn ticks_to_ms(start_ms: i64, timescale: u32, ticks: u64) -> i64 {

@@ -1,0 +1,304 @@
+//! The `oxinvr` command line: `run`, `check`, `shell`, `ota`, `--version`, `config`.
+
+pub mod app;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: oxinvr <command> [options]
+
+commands:
+  run   [--config FILE]            record the configured cameras and serve the API
+  check [--config FILE] [--repair] compare the database with the files on disk
+  config                           print the embedded default configuration
+  shell [--config FILE]            the console (UART): status, streams, recordings,
+                                   network, logs, ota, reboot, factory-reset
+  ota keygen --out-dir DIR         make an OTA signing key: DIR/ota.key (PKCS#8, 0600)
+                                   and DIR/ota.pub (hex, goes into the image)
+  ota make-bundle --key FILE --board B --version V --image FILE --out FILE
+                                   sign a rootfs image into a bundle (.oxb)
+  ota verify [--config FILE] [--pub FILE] [--board B] BUNDLE
+                                   check a bundle like install does, write nothing
+  ota install [--config FILE] [--reboot] BUNDLE|http://URL
+                                   write a bundle into the inactive slot, boot it next
+  ota status [--config FILE]       running slot, boot selector state, versions
+  ota mark-good [--config FILE] [--wait-healthy SECONDS]
+                                   the running slot is healthy (after /api/health
+                                   answers, when waiting)
+  user add NAME --role ROLE [--config FILE]
+                                   make a user (viewer, operator or admin); the password
+                                   is asked twice on a terminal, else read from stdin
+  user passwd NAME [--config FILE] set a new password (ends their sessions)
+  user del NAME [--config FILE]    delete a user (never the last admin)
+  user list [--config FILE]        list users
+  user key NAME [--label L] [--config FILE]
+                                   make an API key for NAME and print it (shown once;
+                                   use it as 'Authorization: Bearer KEY')
+  user bench [--config FILE]       time one login's password hashing
+  --version                        print the version
+
+Without --config the embedded defaults are used (data in ./oxinvr-data,
+web on port 8080 of every interface).";
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("oxinvr: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe (`oxinvr --help | head -1`)
+/// panics, and with panic=abort (the MIPS build) aborts. One-shot commands get the
+/// default behaviour back: a closed pipe ends them quietly. `run` keeps ignoring
+/// it: a client closing its socket must never kill the recorder.
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code; done before any other thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+fn dispatch(args: &[String]) -> Result<ExitCode, String> {
+    let Some(cmd) = args.first() else { return Err(format!("no command given\n\n{USAGE}")) };
+    let rest = &args[1..];
+    if cmd != "run" {
+        default_sigpipe();
+    }
+    match cmd.as_str() {
+        "--version" | "-V" | "version" => {
+            println!("oxinvr {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "--help" | "-h" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "config" => {
+            print!("{}", crate::config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        "run" => {
+            let opts = Opts::parse(rest, &[])?;
+            crate::base::logging::init();
+            crate::cli::app::run(opts.config.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        "check" => {
+            let opts = Opts::parse(rest, &["--repair"])?;
+            crate::base::logging::init();
+            let problems =
+                crate::cli::app::check(opts.config.as_deref(), opts.flags.contains(&"--repair".to_string()))?;
+            Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        "shell" => {
+            let opts = Opts::parse(rest, &[])?;
+            crate::appliance::shell::run(opts.config.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        "ota" => ota(rest),
+        "user" | "users" => user(rest),
+        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    }
+}
+
+fn ota(args: &[String]) -> Result<ExitCode, String> {
+    use crate::{appliance::ota, config::Config};
+    let Some(sub) = args.first() else { return Err(format!("ota needs a subcommand\n\n{USAGE}")) };
+    let rest = &args[1..];
+    let load = |opts: &Opts| Config::load(opts.config.as_deref()).map_err(|e| e.to_string());
+    let mut out = std::io::stdout();
+    match sub.as_str() {
+        "--help" | "-h" | "help" => println!("{USAGE}"),
+        "keygen" => {
+            let opts = Opts::parse_full(rest, &[], &["--out-dir"], 0)?;
+            let dir = opts.value("--out-dir").ok_or("ota keygen needs --out-dir DIR")?;
+            let (key, public) = ota::keygen(&PathBuf::from(dir))?;
+            println!("wrote {} (private: keep it off the box, never commit it)", key.display());
+            println!("wrote {} (public: goes into the image as system.ota_public_key)", public.display());
+        }
+        "make-bundle" => {
+            const NEEDED: [&str; 5] = ["--key", "--board", "--version", "--image", "--out"];
+            let opts = Opts::parse_full(rest, &[], &NEEDED, 0)?;
+            let missing: Vec<&str> = NEEDED.into_iter().filter(|k| opts.value(k).is_none()).collect();
+            if !missing.is_empty() {
+                return Err(format!("ota make-bundle needs {}\n\n{USAGE}", missing.join(", ")));
+            }
+            let need = |k: &str| opts.value(k).ok_or(format!("ota make-bundle needs {k}"));
+            let (key, image, out_path) =
+                (PathBuf::from(need("--key")?), PathBuf::from(need("--image")?), PathBuf::from(need("--out")?));
+            let spec = ota::BundleSpec {
+                key: &key,
+                board: &need("--board")?,
+                version: &need("--version")?,
+                image: &image,
+                out: &out_path,
+            };
+            let m = ota::make_bundle(&spec)?;
+            for img in &m.images {
+                println!(
+                    "wrote {}: version {} for board {}, {} {} bytes, sha256 {}",
+                    out_path.display(),
+                    m.version,
+                    m.board,
+                    img.name,
+                    img.size,
+                    img.sha256
+                );
+            }
+        }
+        "verify" => {
+            let opts = Opts::parse_full(rest, &[], &["--pub", "--board"], 1)?;
+            let bundle = opts.positional.first().ok_or("ota verify needs a bundle file")?;
+            let cfg = load(&opts)?;
+            let public = opts.value("--pub").map_or(cfg.system.ota_public_key.clone(), PathBuf::from);
+            let board = opts.value("--board").unwrap_or(cfg.system.board.clone());
+            let m = ota::verify_file(&PathBuf::from(bundle), &public, &board, &mut out)?;
+            println!("ok: version {} for board {}, signed by {}", m.version, m.board, public.display());
+        }
+        "install" => {
+            let opts = Opts::parse_full(rest, &["--reboot"], &[], 1)?;
+            let source = opts.positional.first().ok_or("ota install needs a bundle file or http:// URL")?;
+            let cfg = load(&opts)?;
+            let reboot = opts.flags.iter().any(|f| f == "--reboot");
+            if reboot {
+                crate::appliance::require_appliance("reboot")?;
+            }
+            ota::install_from(&cfg.system, source, &mut out)?;
+            if reboot {
+                println!("rebooting into the new slot");
+                crate::appliance::reboot()?;
+            }
+        }
+        "status" => {
+            let opts = Opts::parse(rest, &[])?;
+            for l in ota::status(&load(&opts)?.system) {
+                println!("{l}");
+            }
+        }
+        "mark-good" => {
+            let opts = Opts::parse_full(rest, &[], &["--wait-healthy"], 0)?;
+            let cfg = load(&opts)?;
+            if let Some(secs) = opts.value("--wait-healthy") {
+                let secs: u64 =
+                    secs.parse().map_err(|_| format!("--wait-healthy {secs:?} is not a number of seconds"))?;
+                if let Err(e) = wait_healthy(&cfg, secs) {
+                    eprintln!("oxinvr: not marked good: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            println!("{}", ota::mark_good(&cfg.system).map_err(|e| e.to_string())?);
+        }
+        other => return Err(format!("unknown ota subcommand {other:?}\n\n{USAGE}")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn user(args: &[String]) -> Result<ExitCode, String> {
+    use crate::auth::admin;
+    use std::io::IsTerminal;
+    let Some(sub) = args.first() else { return Err(format!("user needs a subcommand\n\n{USAGE}")) };
+    if matches!(sub.as_str(), "--help" | "-h" | "help") {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opts = Opts::parse_full(&args[1..], &[], &["--role", "--label"], 1)?;
+    let cfg = crate::config::Config::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
+    let name = || opts.positional.first().cloned().ok_or(format!("user {sub} needs a user name"));
+    let new_password = || {
+        let stdin = std::io::stdin();
+        admin::read_new_password(&mut stdin.lock(), stdin.is_terminal())
+    };
+    let out = match sub.as_str() {
+        "add" => {
+            let role = opts.value("--role").ok_or("user add needs --role viewer|operator|admin")?;
+            let n = name()?;
+            admin::add(&cfg, &n, &role, &new_password()?)?
+        }
+        "passwd" => {
+            let n = name()?;
+            admin::passwd(&cfg, &n, &new_password()?)?
+        }
+        "del" | "delete" => admin::delete(&cfg, &name()?)?,
+        "list" => admin::list(&cfg)?,
+        "key" => admin::key(&cfg, &name()?, &opts.value("--label").unwrap_or_else(|| "console".into()))?,
+        "bench" => admin::bench(&cfg, 5)?,
+        other => return Err(format!("unknown user subcommand {other:?}\n\n{USAGE}")),
+    };
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls GET /api/health on the configured listen address for up to `secs`.
+fn wait_healthy(cfg: &crate::config::Config, secs: u64) -> Result<(), String> {
+    let client = crate::base::httpclient::Client::new(crate::base::httpclient::loopback_addr(&cfg.web.listen)?);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let last = match client.request("GET", "/api/health", None) {
+            Ok(r) if r.status == 200 => return Ok(()),
+            Ok(r) => r.error_message(),
+            Err(e) => e.to_string(),
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("/api/health on {} did not answer 200 in {secs} s: {last}", client.addr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+struct Opts {
+    config: Option<PathBuf>,
+    flags: Vec<String>,
+    values: Vec<(String, String)>,
+    positional: Vec<String>,
+}
+
+impl Opts {
+    fn parse(args: &[String], allowed_flags: &[&str]) -> Result<Opts, String> {
+        Self::parse_full(args, allowed_flags, &[], 0)
+    }
+
+    /// `--config`, `allowed_flags`, `valued` options (`--k V` or `--k=V`) and
+    /// at most `max_positional` other arguments.
+    fn parse_full(
+        args: &[String],
+        allowed_flags: &[&str],
+        valued: &[&str],
+        max_positional: usize,
+    ) -> Result<Opts, String> {
+        let mut opts = Opts { config: None, flags: Vec::new(), values: Vec::new(), positional: Vec::new() };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            if name == "--config" || name == "-c" || valued.contains(&name) {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it.next().ok_or(format!("{name} needs a value"))?.clone(),
+                };
+                if name == "--config" || name == "-c" {
+                    opts.config = Some(PathBuf::from(v));
+                } else {
+                    opts.values.push((name.to_string(), v));
+                }
+            } else if allowed_flags.contains(&a.as_str()) {
+                opts.flags.push(a.clone());
+            } else if !a.starts_with('-') && opts.positional.len() < max_positional {
+                opts.positional.push(a.clone());
+            } else if !a.starts_with('-') {
+                return Err(format!("unexpected argument {a:?}\n\n{USAGE}"));
+            } else {
+                return Err(format!("unknown option {a:?}\n\n{USAGE}"));
+            }
+        }
+        Ok(opts)
+    }
+
+    fn value(&self, name: &str) -> Option<String> {
+        self.values.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+}

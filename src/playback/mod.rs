@@ -1,0 +1,8 @@
+//! Playback planning from the index: which fragments of which files make a
+//! span (select), an export file, an HLS playlist. Pure functions over index
+//! rows and file bytes; the web layer serves what they plan.
+
+pub mod export;
+pub mod hls;
+pub mod mp4box;
+pub mod select;

@@ -1,0 +1,198 @@
+//! The stream registry and the one control path that changes it: config at
+//! start, the API, the shell (and later MQTT) all go through `Recorder::edit`.
+//!
+//! Invariants: every change of the registry goes through `edit`, one at a time;
+//! a running session is restarted only when a setting it runs with changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::ring::{self, Ring};
+use super::stream::{StreamRuntime, StreamState, StreamStatus};
+use super::{ingest, storage};
+use crate::index::db::{RecordMode, StreamRow, StreamSpec};
+
+/// Where stream starts and stops are sent.
+#[derive(Clone)]
+pub struct Channels {
+    pub ingest: smol::channel::Sender<ingest::Command>,
+    pub storage: std::sync::mpsc::Sender<storage::Command>,
+}
+
+/// Default expected bitrate when a stream does not say.
+const DEFAULT_BITRATE_KBPS: u32 = 4000;
+
+/// The stream registry and the one control path that changes it.
+///
+/// Invariants: changes are applied one at a time (`edit` holds a lock for the
+/// whole read-modify-write, database row included); a stream's session is
+/// restarted only when a setting it runs with changed (`restart_reason`).
+pub struct Recorder {
+    ring_seconds: u32,
+    ring_dir: String,
+    streams: RwLock<BTreeMap<String, Arc<StreamRuntime>>>,
+    channels: RwLock<Option<Channels>>,
+    edits: Mutex<()>,
+}
+
+/// What `Edit::apply` did to the running stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It was not running (new, or just enabled) and now is (or is now disabled).
+    Started,
+    /// Its session was restarted because this setting changed.
+    Restarted(&'static str),
+    /// Settings updated in place; the session, ring and open file are untouched.
+    Updated,
+}
+
+/// The setting whose change needs a new session (and ring), if any: the
+/// camera's URL (credentials included), enabled, record mode, and the bitrate
+/// the ring is sized for.
+pub fn restart_reason(old: &StreamSpec, new: &StreamSpec) -> Option<&'static str> {
+    if old.url != new.url {
+        Some("url")
+    } else if old.enabled != new.enabled {
+        Some("enabled")
+    } else if old.record != new.record {
+        Some("record")
+    } else if old.bitrate_kbps != new.bitrate_kbps {
+        Some("bitrate_kbps")
+    } else {
+        None
+    }
+}
+
+impl Recorder {
+    pub fn new(ring_seconds: u32, ring_dir: &str) -> Self {
+        Recorder {
+            ring_seconds,
+            ring_dir: ring_dir.to_string(),
+            streams: RwLock::new(BTreeMap::new()),
+            channels: RwLock::new(None),
+            edits: Mutex::new(()),
+        }
+    }
+
+    pub fn set_channels(&self, ch: Channels) {
+        *self.channels.write().unwrap_or_else(|p| p.into_inner()) = Some(ch);
+    }
+
+    fn channels(&self) -> Option<Channels> {
+        self.channels.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The only way to change streams: one edit at a time, for as long as the
+    /// returned guard lives.
+    pub fn edit(&self) -> Edit<'_> {
+        Edit { rec: self, _one_at_a_time: self.edits.lock().unwrap_or_else(|p| p.into_inner()) }
+    }
+
+    /// Ring size for a stream: its expected bitrate times `ring_seconds`.
+    pub fn ring_bytes(&self, spec: &StreamSpec) -> usize {
+        ring::ring_bytes(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS), self.ring_seconds)
+    }
+
+    fn new_ring(&self, spec: &StreamSpec) -> std::io::Result<Ring> {
+        Ring::new(&spec.name, self.ring_bytes(spec), self.ring_dir().as_deref())
+    }
+
+    fn ring_dir(&self) -> Option<std::path::PathBuf> {
+        if !self.ring_dir.is_empty() {
+            return Some((&self.ring_dir).into());
+        }
+        let shm = std::path::Path::new("/dev/shm");
+        shm.is_dir().then(|| shm.to_path_buf())
+    }
+
+    /// Asks the storage thread to delete every recording of a stream (row
+    /// first, then files) and waits for it. Returns how many were deleted.
+    pub fn purge_recordings(&self, stream_id: i64) -> Result<usize, String> {
+        let ch = self.channels().ok_or("the recorder is not running")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        ch.storage.send(storage::Command::Purge(stream_id, tx)).map_err(|_| "the storage thread has stopped")?;
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .map_err(|_| "the storage thread did not answer".to_string())?
+    }
+
+    /// Bytes of all ring mappings.
+    pub fn ring_bytes_total(&self) -> u64 {
+        self.streams().iter().map(|s| s.ring.capacity() as u64).sum()
+    }
+
+    pub fn stream(&self, name: &str) -> Option<Arc<StreamRuntime>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn streams(&self) -> Vec<Arc<StreamRuntime>> {
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+/// A change of the stream registry in progress (see `Recorder::edit`).
+pub struct Edit<'a> {
+    rec: &'a Recorder,
+    _one_at_a_time: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Edit<'_> {
+    /// Brings the running stream in line with its (saved) row: starts it if it
+    /// is not running, restarts it if a session setting changed, otherwise
+    /// updates its settings in place.
+    pub fn apply(&mut self, row: &StreamRow) -> std::io::Result<Applied> {
+        let Some(rt) = self.rec.stream(&row.spec.name) else {
+            let ring = self.rec.new_ring(&row.spec)?;
+            self.start(row, ring, None);
+            return Ok(Applied::Started);
+        };
+        let old = rt.spec();
+        match restart_reason(&old, &row.spec) {
+            Some(why) => {
+                // The new ring first: if it cannot be made, the old session runs on.
+                let ring = self.rec.new_ring(&row.spec)?;
+                log::info!("stream {}: {why} changed; restarting it", row.spec.name);
+                self.remove(&row.spec.name);
+                self.start(row, ring, Some(rt.status()));
+                Ok(Applied::Restarted(why))
+            }
+            None => {
+                rt.set_spec(row.spec.clone());
+                let policy =
+                    (old.retention_days, old.max_storage_mb) != (row.spec.retention_days, row.spec.max_storage_mb);
+                if let (true, Some(ch)) = (policy, self.rec.channels()) {
+                    // A new plan replaces any half-done one made under the old policy.
+                    let _ = ch.storage.send(storage::Command::Retention);
+                }
+                Ok(Applied::Updated)
+            }
+        }
+    }
+
+    /// Registers the stream on `ring`, then recording and ingest as the row says;
+    /// `before` is the status of the session this one replaces.
+    fn start(&mut self, row: &StreamRow, ring: Ring, before: Option<StreamStatus>) {
+        let rt = Arc::new(StreamRuntime::new(row.clone(), Arc::new(ring)));
+        if let Some(old) = before {
+            rt.with_status(|s| s.carry_counters(&old));
+        }
+        self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), rt.clone());
+        let spec = &row.spec;
+        if let (true, Some(ch)) = (spec.enabled, self.rec.channels()) {
+            if spec.record == RecordMode::Continuous {
+                let _ = ch.storage.send(storage::Command::Add(rt.clone()));
+            }
+            let _ = ch.ingest.send_blocking(ingest::Command::Start(rt));
+        }
+    }
+
+    /// Stops ingest and recording of a stream (its open segment is closed).
+    pub fn remove(&mut self, name: &str) -> Option<Arc<StreamRuntime>> {
+        let rt = self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
+        if let Some(ch) = self.rec.channels() {
+            let _ = ch.ingest.send_blocking(ingest::Command::Stop(name.to_string()));
+            let _ = ch.storage.send(storage::Command::Remove(name.to_string()));
+        }
+        rt.set_state(StreamState::Stopped);
+        Some(rt)
+    }
+}

@@ -1,0 +1,241 @@
+//! One stream as the running recorder sees it: `StreamRuntime` (its spec, ring
+//! and live status), shared by ingest (writer), storage (reader) and the web
+//! layer (status, live view).
+//!
+//! Invariants: a stream in the registry has a database row; its ring lives as
+//! long as some box holds its `Arc<StreamRuntime>`.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::index::db::{StreamRow, StreamSpec};
+use crate::recording::ring::Ring;
+
+/// What a stream is doing right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamState {
+    /// Waiting for its turn in the staggered bring-up.
+    Queued,
+    Connecting,
+    Streaming,
+    /// Waiting before the next reconnect attempt.
+    Backoff,
+    Disabled,
+    Stopped,
+}
+
+/// Live status of a stream, as shown by the API.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamStatus {
+    pub state: StreamState,
+    pub fps: f32,
+    pub bitrate_kbps: f32,
+    pub last_frame_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    pub codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub audio: Option<String>,
+    pub frames: u64,
+    pub bytes: u64,
+    pub connects: u64,
+    pub gaps: u64,
+    /// Longest the storage thread left this stream's ring unread (ms): how close
+    /// recording came to losing records (the ring holds about `ring_seconds`).
+    pub storage_lag_max_ms: u64,
+    #[serde(skip)]
+    window: RateWindow,
+    /// The bitrate of each of the last windows, so a chart opened now has a past.
+    #[serde(skip)]
+    history: BitrateHistory,
+    /// The open segment as far as it is written (its row moves only at each sync).
+    #[serde(skip)]
+    pub writing: Option<Writing>,
+}
+
+/// How far the storage thread has written a stream's open segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writing {
+    pub segment_id: i64,
+    pub end_ms: i64,
+    pub bytes: u64,
+}
+
+/// Bitrate samples kept per stream: 2 min at one per `RATE_WINDOW_MS`.
+pub const BITRATE_HISTORY_LEN: usize = 60;
+
+/// (end of the window in epoch seconds, kbit/s), fixed size: 8 bytes a sample.
+type BitrateHistory = heapless::HistoryBuf<(u32, f32), BITRATE_HISTORY_LEN>;
+
+#[derive(Clone, Debug, Default)]
+struct RateWindow {
+    start_ms: i64,
+    frames: u64,
+    bytes: u64,
+}
+
+/// Rates are recomputed over windows of this length.
+const RATE_WINDOW_MS: i64 = 2000;
+
+impl StreamStatus {
+    fn new(state: StreamState) -> Self {
+        StreamStatus {
+            state,
+            fps: 0.0,
+            bitrate_kbps: 0.0,
+            last_frame_ms: None,
+            last_error: None,
+            last_error_ms: None,
+            codec: None,
+            width: None,
+            height: None,
+            audio: None,
+            frames: 0,
+            bytes: 0,
+            connects: 0,
+            gaps: 0,
+            storage_lag_max_ms: 0,
+            window: RateWindow::default(),
+            history: BitrateHistory::new(),
+            writing: None,
+        }
+    }
+
+    /// Keeps the counters of the session a restart replaced (a stream's
+    /// totals run over its whole life, not one session's).
+    pub(super) fn carry_counters(&mut self, old: &StreamStatus) {
+        self.frames = old.frames;
+        self.bytes = old.bytes;
+        self.connects = old.connects;
+        self.gaps = old.gaps;
+        self.history = old.history.clone();
+    }
+
+    /// The last bitrate samples, oldest first: (end of the window in epoch ms, kbit/s).
+    pub fn bitrate_history(&self) -> Vec<(i64, f32)> {
+        self.history.oldest_ordered().map(|&(s, kbps)| (i64::from(s) * 1000, kbps)).collect()
+    }
+
+    /// Counts a received video frame and refreshes fps/bitrate once per window.
+    pub fn count_video_frame(&mut self, bytes: usize, now_ms: i64) {
+        self.frames += 1;
+        self.bytes += bytes as u64;
+        self.last_frame_ms = Some(now_ms);
+        let w = &mut self.window;
+        if w.start_ms == 0 {
+            w.start_ms = now_ms;
+        }
+        w.frames += 1;
+        w.bytes += bytes as u64;
+        let elapsed = now_ms - w.start_ms;
+        if elapsed >= RATE_WINDOW_MS {
+            self.fps = (w.frames as f64 * 1000.0 / elapsed as f64) as f32;
+            self.bitrate_kbps = (w.bytes as f64 * 8.0 / elapsed as f64) as f32;
+            let secs = u32::try_from(now_ms.max(0) / 1000).unwrap_or(u32::MAX);
+            self.history.write((secs, self.bitrate_kbps));
+            *w = RateWindow { start_ms: now_ms, frames: 0, bytes: 0 };
+        }
+    }
+}
+
+/// Everything the running recorder keeps about one stream.
+pub struct StreamRuntime {
+    id: i64,
+    name: String,
+    /// The settings in effect; changed in place by `Edit::apply` for settings
+    /// that do not touch the session (retention, quota, priority).
+    spec: Mutex<StreamSpec>,
+    pub ring: Arc<Ring>,
+    status: Mutex<StreamStatus>,
+}
+
+impl StreamRuntime {
+    pub fn new(row: StreamRow, ring: Arc<Ring>) -> Self {
+        let state = if row.spec.enabled { StreamState::Queued } else { StreamState::Disabled };
+        StreamRuntime {
+            id: row.id,
+            name: row.spec.name.clone(),
+            spec: Mutex::new(row.spec),
+            ring,
+            status: Mutex::new(StreamStatus::new(state)),
+        }
+    }
+
+    /// The database id of the stream.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A copy of the settings in effect.
+    pub fn spec(&self) -> StreamSpec {
+        self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Updates the settings in place (a change that needs no new session).
+    pub(super) fn set_spec(&self, spec: StreamSpec) {
+        *self.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec;
+    }
+
+    /// Runs `f` on the status under its lock (never held across I/O).
+    pub fn with_status<T>(&self, f: impl FnOnce(&mut StreamStatus) -> T) -> T {
+        let mut guard = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn status(&self) -> StreamStatus {
+        self.with_status(|s| s.clone())
+    }
+
+    pub fn set_state(&self, state: StreamState) {
+        self.with_status(|s| s.state = state);
+    }
+
+    pub fn set_error(&self, err: String, now_ms: i64) {
+        log::warn!("stream {}: {err}", self.name());
+        self.with_status(|s| {
+            s.last_error = Some(err);
+            s.last_error_ms = Some(now_ms);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_computed_per_window() {
+        let mut s = StreamStatus::new(StreamState::Streaming);
+        for i in 0..=30 {
+            s.count_video_frame(1000, 10_000 + i * 100);
+        }
+        // 21 frames of 1000 bytes counted over the first 2000 ms window.
+        assert!((s.fps - 10.5).abs() < 0.01, "{}", s.fps);
+        assert!((s.bitrate_kbps - 84.0).abs() < 0.1, "{}", s.bitrate_kbps);
+        assert_eq!(s.frames, 31);
+        assert_eq!(s.last_frame_ms, Some(13_000));
+        assert_eq!(s.bitrate_history(), vec![(12_000, s.bitrate_kbps)]);
+    }
+
+    #[test]
+    fn the_bitrate_history_keeps_the_last_windows_in_fixed_memory() {
+        let mut s = StreamStatus::new(StreamState::Streaming);
+        let windows = BITRATE_HISTORY_LEN as i64 + 5;
+        for i in 0..=windows * 20 {
+            // 10 frames a second; the size grows with the window, so each sample differs.
+            s.count_video_frame(100 + (i / 20) as usize, 1_000_000 + i * 100);
+        }
+        let h = s.bitrate_history();
+        assert_eq!(h.len(), BITRATE_HISTORY_LEN);
+        assert!(h.windows(2).all(|p| p[1].0 - p[0].0 == 2000 && p[1].1 > p[0].1), "{h:?}");
+        assert_eq!(h.last().map(|p| p.0), Some(1_000_000 + windows * 2000));
+        assert!(std::mem::size_of::<BitrateHistory>() <= BITRATE_HISTORY_LEN * 8 + 16);
+    }
+}
