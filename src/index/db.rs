@@ -940,10 +940,13 @@ impl Db {
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
     }
 
-    pub fn all_segment_paths(&self) -> Result<HashSet<String>, DbError> {
-        let mut st = self.conn.prepare_cached("SELECT path FROM segments").ctx("all_segment_paths")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).ctx("all_segment_paths")?;
-        rows.collect::<rusqlite::Result<HashSet<_>>>().ctx("all_segment_paths")
+    /// The file paths of one stream's segments (start-up looks for orphans one
+    /// stream at a time, so only one stream's paths are in memory).
+    pub fn segment_paths(&self, stream_id: i64) -> Result<HashSet<String>, DbError> {
+        let op = "segment_paths";
+        let mut st = self.conn.prepare_cached("SELECT path FROM segments WHERE stream_id = ?1").ctx(op)?;
+        let rows = st.query_map([stream_id], |r| r.get::<_, String>(0)).ctx(op)?;
+        rows.collect::<rusqlite::Result<HashSet<_>>>().ctx(op)
     }
 
     /// Sets or clears the protection of a segment; `false` if there is no such segment.
@@ -955,9 +958,11 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// What the retention planner needs of every segment, by start.
-    pub fn retention_items(&self) -> Result<Vec<RetentionItem>, DbError> {
-        let op = "retention_items";
+    /// Walks what the retention planner needs of every segment, oldest first
+    /// (by `(start_ms, id)`, along the `segments_start` index: no sort, no
+    /// list in memory), until `f` returns false.
+    pub fn each_retention_item(&self, f: &mut dyn FnMut(&RetentionItem) -> bool) -> Result<(), DbError> {
+        let op = "each_retention_item";
         let mut st = self
             .conn
             .prepare_cached(
@@ -965,20 +970,43 @@ impl Db {
                  FROM segments ORDER BY start_ms, id",
             )
             .ctx(op)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(RetentionItem {
-                    id: r.get(0)?,
-                    stream_id: r.get(1)?,
-                    start_ms: r.get(2)?,
-                    end_ms: r.get(3)?,
-                    bytes: get_num(r, 4, "bytes")?,
-                    protected: r.get(5)?,
-                    open: r.get::<_, String>(6)? != "closed",
-                })
-            })
-            .ctx(op)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
+        let mut rows = st.query([]).ctx(op)?;
+        while let Some(r) = rows.next().ctx(op)? {
+            let item = RetentionItem {
+                id: r.get(0).ctx(op)?,
+                stream_id: r.get(1).ctx(op)?,
+                start_ms: r.get(2).ctx(op)?,
+                end_ms: r.get(3).ctx(op)?,
+                bytes: get_num(r, 4, "bytes").ctx(op)?,
+                protected: r.get(5).ctx(op)?,
+                open: r.get::<_, String>(6).ctx(op)? != "closed",
+            };
+            if !f(&item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every retention item, oldest first (tests compare with the walk).
+    #[cfg(test)]
+    pub fn retention_items(&self) -> Result<Vec<RetentionItem>, DbError> {
+        let mut out = Vec::new();
+        self.each_retention_item(&mut |it| {
+            out.push(*it);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Every segment's path (tests).
+    #[cfg(test)]
+    pub fn all_segment_paths(&self) -> Result<HashSet<String>, DbError> {
+        let mut out = HashSet::new();
+        for s in self.list_streams()? {
+            out.extend(self.segment_paths(s.id)?);
+        }
+        Ok(out)
     }
 
     /// Invariant 3 of ARCHITECTURE.md: deletes the rows of `ids` and inserts

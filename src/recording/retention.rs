@@ -91,7 +91,31 @@ pub fn plan(
         order.extend(items.iter().filter(|it| seen.insert(it.id)));
     }
     order.sort_by_key(|it| (it.start_ms, it.id));
+    let walk = |f: &mut dyn FnMut(&Item) -> bool| -> Result<(), std::convert::Infallible> {
+        for it in &order {
+            if !f(it) {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match plan_streaming(now_ms, walk, policies, disk, min_free_percent) {
+        Ok(d) => d,
+        Err(never) => match never {},
+    }
+}
 
+/// [`plan`] over a source that walks the items oldest first (by `(start_ms,
+/// id)`, each id once) as often as needed, calling `f` until it returns
+/// false: memory is the plan's, not the index's (the storage thread walks the
+/// database with a cursor, three times at most).
+pub fn plan_streaming<E>(
+    now_ms: i64,
+    mut walk: impl FnMut(&mut dyn FnMut(&Item) -> bool) -> Result<(), E>,
+    policies: &HashMap<i64, StreamPolicy>,
+    disk: Disk,
+    min_free_percent: u8,
+) -> Result<Vec<Deletion>, E> {
     let deletable = |it: &Item| !it.protected && !it.open;
     let mut picked: HashSet<i64> = HashSet::new();
     let mut out: Vec<Deletion> = Vec::new();
@@ -100,39 +124,37 @@ pub fn plan(
         out.push(Deletion { id: it.id, stream_id: it.stream_id, bytes: it.bytes, reason });
     };
 
-    // 1. Age.
-    for it in &order {
-        let Some(days) = policies.get(&it.stream_id).and_then(|p| p.retention_days) else {
-            continue;
-        };
-        let cutoff = now_ms.saturating_sub(i64::from(days).saturating_mul(MS_PER_DAY));
-        if it.end_ms < cutoff && deletable(it) {
+    // 1. Age, and each stream's total of what age leaves.
+    let mut left: HashMap<i64, u64> = HashMap::new();
+    walk(&mut |it| {
+        let days = policies.get(&it.stream_id).and_then(|p| p.retention_days);
+        let cutoff = days.map(|d| now_ms.saturating_sub(i64::from(d).saturating_mul(MS_PER_DAY)));
+        if cutoff.is_some_and(|c| it.end_ms < c) && deletable(it) {
             pick(it, Reason::Age, &mut picked, &mut out);
+        } else {
+            *left.entry(it.stream_id).or_default() += it.bytes;
         }
-    }
+        true
+    })?;
 
-    // 2. Quota, per stream in id order.
-    let mut per_stream: BTreeMap<i64, (u64, Vec<&Item>)> = BTreeMap::new();
-    for it in &order {
-        let entry = per_stream.entry(it.stream_id).or_default();
-        if !picked.contains(&it.id) {
-            entry.0 = entry.0.saturating_add(it.bytes);
-        }
-        entry.1.push(it);
-    }
-    for (stream_id, (mut total, list)) in per_stream {
-        let Some(max) = policies.get(&stream_id).and_then(|p| p.max_bytes) else {
-            continue;
-        };
-        for it in list {
-            if total <= max {
-                break;
+    // 2. Quota: each stream over its limit loses its oldest deletable items.
+    let mut over: HashMap<i64, (u64, u64)> = left
+        .iter()
+        .filter_map(|(s, &total)| {
+            let max = policies.get(s).and_then(|p| p.max_bytes)?;
+            (total > max).then_some((*s, (total, max)))
+        })
+        .collect();
+    if !over.is_empty() {
+        walk(&mut |it| {
+            if let Some((total, max)) = over.get_mut(&it.stream_id) {
+                if *total > *max && deletable(it) && !picked.contains(&it.id) {
+                    *total -= it.bytes;
+                    pick(it, Reason::Quota, &mut picked, &mut out);
+                }
             }
-            if deletable(it) && !picked.contains(&it.id) {
-                total -= it.bytes;
-                pick(it, Reason::Quota, &mut picked, &mut out);
-            }
-        }
+            over.values().any(|(total, max)| total > max)
+        })?;
     }
 
     // 3. Free space, across streams.
@@ -140,17 +162,15 @@ pub fn plan(
         .unwrap_or(disk.total_bytes);
     let mut free = out.iter().fold(disk.free_bytes, |acc, d| acc.saturating_add(d.bytes));
     if free < floor {
-        for it in &order {
-            if free >= floor {
-                break;
-            }
+        walk(&mut |it| {
             if deletable(it) && !picked.contains(&it.id) {
                 free = free.saturating_add(it.bytes);
                 pick(it, Reason::FreeSpace, &mut picked, &mut out);
             }
-        }
+            free < floor
+        })?;
     }
-    out
+    Ok(out)
 }
 
 /// Size and free space (`f_bavail`, what OxiNVR may use) of the file system
@@ -587,7 +607,9 @@ mod tests {
         // A pending entry from before a crash, whose file is already gone.
         db.conn_for_tests().execute("INSERT INTO garbage (path) VALUES ('recordings/a/gone.mp4')", []).expect("g");
 
-        let d = plan(10 * MIN, &db.retention_items().expect("items"), &pol, disk_usage(data).expect("disk"), 0);
+        let walk = |f: &mut dyn FnMut(&Item) -> bool| db.each_retention_item(f);
+        let d = plan_streaming(10 * MIN, walk, &pol, disk_usage(data).expect("disk"), 0).expect("plan");
+        assert_eq!(d, plan(10 * MIN, &db.retention_items().expect("items"), &pol, disk_usage(data).expect("disk"), 0));
         // Each stream has 5000 bytes against a 2500 quota: 3 go (the protected
         // one of "a" counts but is skipped).
         assert_eq!(d.len(), 9);

@@ -8,6 +8,9 @@
 //! - The file is fdatasync'ed at most every `sync_interval` and on close, and
 //!   only then does the row's `bytes` move forward: a row never claims bytes
 //!   that were not synced, so a power cut loses at most `sync_interval`.
+//! - A failed sync is retried after rewriting the unsynced range; a segment
+//!   whose close cannot be synced is closed at its last synced point, never
+//!   left `open`.
 //! - A failed write truncates the file back to its last complete fragment and
 //!   closes the segment; the recording goes on in a new one.
 
@@ -16,7 +19,7 @@ use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::base::fs::sync_dir;
+use crate::base::fs::{sync_dir, sync_range, SyncFn};
 use crate::index::db::{Db, NewSegment, SegmentProgress};
 use crate::recording::media::{FragmentEntry, RunStart, Track};
 use crate::recording::mp4;
@@ -33,7 +36,12 @@ pub struct WriterConfig {
     pub data_dir: PathBuf,
     pub segment_seconds: u32,
     pub sync_interval: Duration,
+    /// How data is made durable (`base::fs::fdatasync`; tests inject failures).
+    pub sync: SyncFn,
 }
+
+/// Syncs tried when a segment closes before it is closed short (see `sync`).
+const CLOSE_SYNC_ATTEMPTS: u32 = 3;
 
 /// Why the current segment ended (used as the gap reason if one follows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +104,19 @@ struct OpenSegment {
     last_sync: Instant,
     /// Duration of the last video sample, used when the next is unknown.
     last_duration: u32,
+    /// The row as of the last successful sync (what is known to be on disk).
+    synced: Synced,
+    /// The last sync failed: the next one writes the unsynced range again first.
+    sync_failed: bool,
+}
+
+/// What the row says after the last successful sync.
+#[derive(Clone, Copy, Debug, Default)]
+struct Synced {
+    end_ms: i64,
+    frames: u64,
+    audio_frames: u64,
+    fragments: usize,
 }
 
 /// Counters the storage thread reports.
@@ -229,7 +250,8 @@ impl SegmentWriter {
         } else {
             self.sync(db, true);
             if let Some(o) = self.open.take() {
-                self.last_end_ms = Some(end_ms(&o, self.run.as_ref()));
+                let end = if o.sync_failed { o.synced.end_ms } else { end_ms(&o, self.run.as_ref()) };
+                self.last_end_ms = Some(end);
                 self.stats.segments += 1;
             }
         }
@@ -244,7 +266,7 @@ impl SegmentWriter {
         create_dir_synced(&dir)?;
         let (path, mut file) = create_unique(&dir, start_ms)?;
         file.write_all(&self.init)?;
-        file.sync_data()?;
+        (self.cfg.sync)(&file)?;
         sync_dir(&dir)?;
         let rel = path.strip_prefix(&self.cfg.data_dir).unwrap_or(&path).to_string_lossy().into_owned();
         let init_len = self.init.len() as u64;
@@ -292,6 +314,8 @@ impl SegmentWriter {
             audio_ticks: None,
             last_sync: Instant::now(),
             last_duration: run.video.timescale / 30,
+            synced: Synced { end_ms: start_ms, ..Synced::default() },
+            sync_failed: false,
         });
         Ok(())
     }
@@ -380,13 +404,24 @@ impl SegmentWriter {
         }
     }
 
-    /// fdatasync and move the row forward (closing it if `closed`).
+    /// fdatasync and move the row forward (closing it if `closed`). A failed
+    /// sync leaves the row where it was (it never claims unsynced bytes); on
+    /// close it is retried, and if the disk still refuses, the segment is
+    /// closed at what was synced: never left `open`.
     fn sync(&mut self, db: &Db, closed: bool) {
         let Some(o) = &mut self.open else { return };
-        if let Err(e) = o.file.sync_data() {
-            self.fail(format!("fdatasync failed: {e}"));
+        let attempts = if closed { CLOSE_SYNC_ATTEMPTS } else { 1 };
+        if let Err(e) = sync_range(&o.file, o.synced_bytes, o.bytes, attempts, o.sync_failed, self.cfg.sync) {
+            o.sync_failed = true;
+            self.stats.write_errors += 1;
+            if closed {
+                self.close_short(db, &e);
+            } else {
+                self.fail(format!("fdatasync failed (will retry): {e}"));
+            }
             return;
         }
+        o.sync_failed = false;
         o.synced_bytes = o.bytes;
         o.last_sync = Instant::now();
         let progress = SegmentProgress {
@@ -397,10 +432,46 @@ impl SegmentWriter {
             fragments: o.fragments.clone(),
             closed,
         };
+        o.synced = Synced {
+            end_ms: progress.end_ms,
+            frames: o.frames,
+            audio_frames: o.audio_frames,
+            fragments: o.fragments.len(),
+        };
         let id = o.id;
         if let Err(e) = db.update_segment(id, &progress) {
             self.fail(format!("cannot update segment {id}: {e}"));
         }
+    }
+
+    /// Closes the row at its last synced state and cuts the file to match:
+    /// the unsynced tail could not be made durable.
+    fn close_short(&mut self, db: &Db, err: &io::Error) {
+        let Some(o) = &mut self.open else { return };
+        let lost_ms = end_ms(o, self.run.as_ref()) - o.synced.end_ms;
+        let _ = o.file.set_len(o.synced_bytes);
+        o.fragments.truncate(o.synced.fragments);
+        let (id, synced) = (o.id, o.synced);
+        o.bytes = o.synced_bytes;
+        if synced.fragments == 0 {
+            self.open = None;
+            discard_segment(db, id, &self.cfg.data_dir);
+        } else {
+            let progress = SegmentProgress {
+                end_ms: synced.end_ms,
+                bytes: o.synced_bytes,
+                frames: synced.frames,
+                audio_frames: synced.audio_frames,
+                fragments: o.fragments.clone(),
+                closed: true,
+            };
+            if let Err(e) = db.update_segment(id, &progress) {
+                self.fail(format!("cannot close segment {id}: {e}"));
+            }
+        }
+        self.fail(format!(
+            "fdatasync failed {CLOSE_SYNC_ATTEMPTS} times on close ({err}): segment {id} closed at its last synced point, the last {lost_ms} ms could not be made durable"
+        ));
     }
 
     fn fail(&mut self, msg: String) {
@@ -488,7 +559,7 @@ fn create_unique(dir: &Path, start_ms: i64) -> io::Result<(PathBuf, File)> {
     for n in 0..100 {
         let name = if n == 0 { format!("{start_ms}.mp4") } else { format!("{start_ms}-{n}.mp4") };
         let path = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
+        match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
             Ok(f) => return Ok((path, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -524,6 +595,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             segment_seconds,
             sync_interval: Duration::from_secs(3600),
+            sync: crate::base::fs::fdatasync,
         };
         let w = SegmentWriter::new(row.id, "cam", cfg);
         (dir, db, w)
@@ -614,5 +686,66 @@ mod tests {
         w.close(&db, CloseReason::Shutdown);
         assert!(db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments").is_empty());
         assert!(!dir.path().join("recordings").exists());
+    }
+
+    thread_local! {
+        /// Syncs the test's disk refuses from now on (u32::MAX: it stays broken).
+        static REFUSE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    fn refusing_disk(f: &File) -> io::Result<()> {
+        if REFUSE.with(|c| c.replace(c.get().saturating_sub(1))) > 0 {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        f.sync_data()
+    }
+
+    fn setup_syncing_each_fragment() -> (tempfile::TempDir, Db, SegmentWriter) {
+        let (dir, db, mut w) = setup(300);
+        w.cfg.sync_interval = Duration::ZERO;
+        w.cfg.sync = refusing_disk;
+        REFUSE.with(|c| c.set(0));
+        (dir, db, w)
+    }
+
+    #[test]
+    fn a_disk_that_refuses_sync_on_close_leaves_a_closed_playable_segment() {
+        let (dir, db, mut w) = setup_syncing_each_fragment();
+        w.on_run(&db, run_start(true, T0));
+        feed(&mut w, &db, 0, 4);
+        let synced = db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0].clone();
+        assert!(synced.frames > 0 && !synced.closed);
+        REFUSE.with(|c| c.set(u32::MAX));
+        feed(&mut w, &db, 4, 3);
+        w.close(&db, CloseReason::Shutdown);
+        let seg = &db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0];
+        assert!(seg.closed, "never left open");
+        assert_eq!((seg.bytes, seg.frames, seg.end_ms), (synced.bytes, synced.frames, synced.end_ms));
+        let scan = mp4::scan_file(&dir.path().join(&seg.path)).expect("scan");
+        assert_eq!((scan.file_len, scan.valid_len), (seg.bytes, seg.bytes), "file cut to what the row claims");
+        assert_eq!(scan.fragments, seg.fragments);
+        let err = w.last_error.clone().unwrap_or_default();
+        assert!(err.contains("os error 5"), "the disk's error, not ours: {err}");
+        assert!(
+            err.contains("fdatasync failed 3 times on close") && err.contains("ms could not be made durable"),
+            "{err}"
+        );
+        assert!(w.stats.write_errors >= 2);
+    }
+
+    #[test]
+    fn a_sync_that_fails_once_is_made_good_by_the_next_and_nothing_is_lost() {
+        let (dir, db, mut w) = setup_syncing_each_fragment();
+        w.on_run(&db, run_start(true, T0));
+        feed(&mut w, &db, 0, 3);
+        REFUSE.with(|c| c.set(1));
+        feed(&mut w, &db, 3, 3);
+        w.close(&db, CloseReason::Shutdown);
+        let seg = &db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0];
+        assert!(seg.closed);
+        assert_eq!(seg.frames, 150, "every frame kept ({:?})", w.last_error);
+        assert_eq!(w.stats.write_errors, 1);
+        let scan = mp4::scan_file(&dir.path().join(&seg.path)).expect("scan");
+        assert_eq!(scan.valid_len, seg.bytes);
     }
 }

@@ -104,6 +104,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
         data_dir: settings.data_dir.clone(),
         segment_seconds: settings.segment_seconds,
         sync_interval: Duration::from_secs(u64::from(settings.sync_seconds)),
+        sync: crate::base::fs::fdatasync,
     };
     let mut recorders: HashMap<String, Recorder> = HashMap::new();
     let mut buf = Vec::with_capacity(256 * 1024);
@@ -265,18 +266,6 @@ fn plan_retention(
 ) -> Vec<retention::Deletion> {
     let began = Instant::now();
     let open: HashSet<i64> = recorders.values().filter_map(|r| r.writer.open_segment_id()).collect();
-    let items = match db.retention_items() {
-        Ok(mut items) => {
-            for i in &mut items {
-                i.open |= open.contains(&i.id);
-            }
-            items
-        }
-        Err(e) => {
-            log::warn!("retention: cannot list segments: {e}");
-            return Vec::new();
-        }
-    };
     let policies = match db.list_streams() {
         Ok(streams) => streams
             .into_iter()
@@ -300,11 +289,21 @@ fn plan_retention(
             return Vec::new();
         }
     };
-    let plan = retention::plan(clock.now_ms(), &items, &policies, disk, settings.min_free_percent);
+    let mut walked = 0usize;
+    let walk = |f: &mut dyn FnMut(&retention::Item) -> bool| {
+        db.each_retention_item(&mut |it| {
+            walked += 1;
+            f(&retention::Item { open: it.open || open.contains(&it.id), ..*it })
+        })
+    };
+    let plan = retention::plan_streaming(clock.now_ms(), walk, &policies, disk, settings.min_free_percent);
     if began.elapsed() > SLOW {
-        log::warn!("retention: planning over {} segments took {:?}", items.len(), began.elapsed());
+        log::warn!("retention: planning ({walked} rows read) took {:?}", began.elapsed());
     }
-    plan
+    plan.unwrap_or_else(|e| {
+        log::warn!("retention: cannot list segments: {e}");
+        Vec::new()
+    })
 }
 
 /// Deletes every closed recording of a stream that is not being written.
@@ -437,12 +436,15 @@ fn drop_row(db: &Db, data_dir: &Path, id: i64) {
 
 /// Files under recordings/ without a row: adopt the valid ones, remove the rest.
 fn adopt_orphans(db: &Db, data_dir: &Path, repair: bool, rep: &mut Report) -> Result<(), String> {
-    let known = db.all_segment_paths().map_err(|e| e.to_string())?;
     let root = data_dir.join("recordings");
     let Ok(stream_dirs) = fs::read_dir(&root) else { return Ok(()) };
     for sd in stream_dirs.flatten() {
         let stream_name = sd.file_name().to_string_lossy().into_owned();
         let stream = db.stream_by_name(&stream_name).map_err(|e| e.to_string())?;
+        let known = match &stream {
+            Some(s) => db.segment_paths(s.id).map_err(|e| e.to_string())?,
+            None => HashSet::new(),
+        };
         let Ok(days) = fs::read_dir(sd.path()) else { continue };
         for day in days.flatten() {
             let Ok(files) = fs::read_dir(day.path()) else { continue };
