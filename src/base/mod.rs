@@ -7,3 +7,4 @@ pub mod httpclient;
 pub mod lineedit;
 pub mod logging;
 pub mod memory;
+pub mod shutdown;

@@ -42,12 +42,12 @@ pub mod websocket;
 
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::base::memory::{self, Subsystem};
+use crate::base::shutdown::Shutdown;
 use crate::index::db::Db;
 use crate::web::state::Nvr;
 
@@ -77,7 +77,7 @@ struct Call<'a> {
 pub struct Http {
     server: Arc<tiny_http::Server>,
     threads: Vec<JoinHandle<()>>,
-    stopping: Arc<AtomicBool>,
+    stopping: Shutdown,
 }
 
 impl Http {
@@ -91,7 +91,7 @@ impl Http {
     /// must not hold up the shutdown (a worker still writing to one is left to
     /// end with the process).
     pub fn stop(self, deadline: Duration) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stopping.trigger();
         for _ in &self.threads {
             self.server.unblock();
         }
@@ -110,8 +110,10 @@ impl Http {
     }
 }
 
-/// Binds `config.web.listen` and starts `config.web.threads` workers.
+/// Binds `config.web.listen` and starts `config.web.threads` workers, which
+/// end when `nvr.shutdown` is triggered (by `Http::stop`).
 pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
+    let stopping = nvr.shutdown.clone();
     let listen = nvr.config.web.listen.clone();
     // tiny_http's own threads read the requests the workers then free: counted as
     // HTTP too, the subsystem's heap figure stays what it holds.
@@ -121,7 +123,6 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
         io::Error::new(kind, format!("cannot listen on {listen}: {e}"))
     })?;
     let server = Arc::new(server);
-    let stopping = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for n in 1..=nvr.config.web.threads.max(1) {
         let (srv, nvr, stop) = (server.clone(), nvr.clone(), stopping.clone());
@@ -137,13 +138,13 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
     Ok(Http { server, threads, stopping })
 }
 
-fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &AtomicBool) {
+fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &Shutdown) {
     memory::set_subsystem(Subsystem::Http);
     let mut db: Option<Db> = None;
     loop {
         match server.recv() {
             Ok(rq) => serve(nvr, &mut db, rq),
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(_) if stopping.is_triggered() => return,
             Err(e) => {
                 log::warn!("http: {e}");
                 std::thread::sleep(Duration::from_millis(50));

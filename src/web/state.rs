@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::auth::Auth;
 use crate::base::clock::Clock;
+use crate::base::shutdown::Shutdown;
 use crate::config::Config;
 use crate::recording::recorder::Recorder;
 
@@ -19,12 +20,22 @@ pub struct Nvr {
     pub started: Instant,
     pub started_ms: i64,
     pub recorder: Recorder,
+    /// Triggered when the recorder stops: HTTP workers and live views end.
+    pub shutdown: Shutdown,
 }
 
 impl Nvr {
     pub fn new(config: Config, clock: Arc<dyn Clock>) -> Self {
         let started_ms = clock.now_ms();
         let recorder = Recorder::new(config.storage.ring_seconds, &config.storage.ring_dir);
-        Nvr { config, auth: Auth::default(), clock, started: Instant::now(), started_ms, recorder }
+        Nvr {
+            config,
+            auth: Auth::default(),
+            clock,
+            started: Instant::now(),
+            started_ms,
+            recorder,
+            shutdown: Shutdown::new(),
+        }
     }
 }
