@@ -615,7 +615,7 @@ fn lock(sys: &SystemConfig) -> Result<Lock, OtaError> {
 }
 
 fn load_env(store: &Store, running: Slot, limit: u32) -> Result<BootEnv, OtaError> {
-    Ok(store.load().map_err(OtaError::Io)?.unwrap_or_else(|| BootEnv::new(running, limit)))
+    Ok(store.load().map_err(|e| OtaError::Io(e.to_string()))?.unwrap_or_else(|| BootEnv::new(running, limit)))
 }
 
 /// Whether `dev` (or what it resolves to) is mounted, per /proc/mounts.
@@ -742,7 +742,7 @@ fn install_locked(
 
     // From here on the slot's old content is gone: it must not boot.
     if env.disarm(target) {
-        store.save(&env).map_err(OtaError::Io)?;
+        store.save(&env).map_err(|e| OtaError::Io(e.to_string()))?;
     }
 
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -785,7 +785,7 @@ fn install_locked(
 
     env.set_version(target, Some(&header.manifest.version));
     env.flip(target, running, sys.boot_limit);
-    store.save(&env).map_err(OtaError::Io)?;
+    store.save(&env).map_err(|e| OtaError::Io(e.to_string()))?;
     Ok(Installed { manifest: header.manifest, slot: target, device, running, env })
 }
 
@@ -843,7 +843,7 @@ pub fn install_from(sys: &SystemConfig, source: &str, out: &mut dyn Write) -> Re
                     None => env.summary(),
                 },
                 Ok(None) => "no state yet".into(),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             // The boot selector's state goes last, after the reason.
             Err(Error::new(Error::from(e.clone()).kind, format!("update refused: {e}\nboot selector: {env}")))
@@ -868,7 +868,7 @@ pub fn mark_good(sys: &SystemConfig) -> Result<String, OtaError> {
     let store = Store::of(&sys.boot_env);
     let mut env = load_env(&store, running, sys.boot_limit)?;
     let said = env.mark_good(running, sys.boot_limit);
-    store.save(&env).map_err(OtaError::Io)?;
+    store.save(&env).map_err(|e| OtaError::Io(e.to_string()))?;
     Ok(format!("{said}; {}", env.summary()))
 }
 
@@ -909,7 +909,7 @@ pub fn status(sys: &SystemConfig) -> Vec<String> {
             None
         }
         Err(e) => {
-            out.push(e);
+            out.push(e.to_string());
             None
         }
     };
