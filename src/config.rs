@@ -207,6 +207,14 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A configuration that cannot be used is the user's to fix: `InvalidInput`
+/// (a file that cannot be read included; the message says which and why).
+impl From<ConfigError> for crate::base::error::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::base::error::Error::wrap(crate::base::error::Kind::InvalidInput, e)
+    }
+}
+
 impl Config {
     /// Reads `path`, or the embedded defaults when `path` is None.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {

@@ -38,6 +38,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::base::error::{Context as _, Error, Result};
+
 /// One of the two root file system slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {
@@ -133,14 +135,15 @@ impl BootEnv {
     }
 
     /// Parses the file's text; errors name the line.
-    pub fn parse(text: &str) -> Result<BootEnv, String> {
+    pub fn parse(text: &str) -> Result<BootEnv> {
         let mut order: Option<Vec<Slot>> = None;
         let mut left: [Option<u32>; 2] = [None, None];
         let mut versions: [Option<String>; 2] = [None, None];
         let mut extra = Vec::new();
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
-            let at = |m: String| format!("line {}: {m} (in `{line}`)", n + 1);
+            // A selector we cannot read is broken state on the box, not the caller's input.
+            let at = |m: String| Error::io(format!("line {}: {m} (in `{line}`)", n + 1));
             let Some((key, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) else {
                 if !line.is_empty() {
                     extra.push(raw.to_string());
@@ -228,18 +231,18 @@ impl BootEnv {
     }
 
     /// Reads the file; `Ok(None)` if it does not exist.
-    pub fn load(path: &Path) -> Result<Option<BootEnv>, String> {
+    pub fn load(path: &Path) -> Result<Option<BootEnv>> {
         match fs::read_to_string(path) {
-            Ok(text) => BootEnv::parse(&text).map(Some).map_err(|e| format!("boot env {}: {e}", path.display())),
+            Ok(text) => BootEnv::parse(&text).map(Some).with_context(|| format!("boot env {}", path.display())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read boot env {}: {e}", path.display())),
+            Err(e) => Err(Error::from(e).context(format!("cannot read boot env {}", path.display()))),
         }
     }
 
     /// Replaces the file atomically (temp file, fsync, rename, fsync dir).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<()> {
         write_atomic(path, self.render().as_bytes())
-            .map_err(|e| format!("cannot write boot env {}: {e}", path.display()))
+            .with_context(|| format!("cannot write boot env {}", path.display()))
     }
 
     /// Before a slot is overwritten: it must not be booted, not even as a
@@ -318,18 +321,18 @@ impl Store {
 
     /// The state; `Ok(None)` if there is none yet (no file; no BOOT_ORDER in
     /// the U-Boot environment).
-    pub fn load(&self) -> Result<Option<BootEnv>, String> {
+    pub fn load(&self) -> Result<Option<BootEnv>> {
         match self {
             Store::File(p) => BootEnv::load(p),
             Store::UbootEnv { printenv, .. } => {
                 let out =
-                    Command::new(printenv).output().map_err(|e| format!("cannot run {}: {e}", printenv.display()))?;
+                    Command::new(printenv).output().with_context(|| format!("cannot run {}", printenv.display()))?;
                 if !out.status.success() {
-                    return Err(format!(
+                    return Err(Error::io(format!(
                         "{} failed: {}",
                         printenv.display(),
                         String::from_utf8_lossy(&out.stderr).trim()
-                    ));
+                    )));
                 }
                 let text = String::from_utf8_lossy(&out.stdout);
                 // Only our keys: the rest of the environment is U-Boot's business.
@@ -345,13 +348,13 @@ impl Store {
                 if !ours.lines().any(|l| l.starts_with("BOOT_ORDER=")) {
                     return Ok(None);
                 }
-                BootEnv::parse(&ours).map(Some).map_err(|e| format!("U-Boot environment: {e}"))
+                BootEnv::parse(&ours).map(Some).context("U-Boot environment")
             }
         }
     }
 
     /// Writes the state: the file atomically, or one `fw_setenv -s` call.
-    pub fn save(&self, env: &BootEnv) -> Result<(), String> {
+    pub fn save(&self, env: &BootEnv) -> Result<()> {
         match self {
             Store::File(p) => env.save(p),
             Store::UbootEnv { setenv, .. } => {
@@ -368,23 +371,23 @@ impl Store {
                 }
                 let tmp = std::env::temp_dir().join(format!("oxinvr-fw_setenv-{}.txt", std::process::id()));
                 let result = fs::write(&tmp, script)
-                    .map_err(|e| format!("cannot write {}: {e}", tmp.display()))
+                    .with_context(|| format!("cannot write {}", tmp.display()))
                     .and_then(|()| {
                         Command::new(setenv)
                             .arg("-s")
                             .arg(&tmp)
                             .output()
-                            .map_err(|e| format!("cannot run {}: {e}", setenv.display()))
+                            .with_context(|| format!("cannot run {}", setenv.display()))
                     })
                     .and_then(|out| {
                         if out.status.success() {
                             Ok(())
                         } else {
-                            Err(format!(
+                            Err(Error::io(format!(
                                 "{} -s failed: {}",
                                 setenv.display(),
                                 String::from_utf8_lossy(&out.stderr).trim()
-                            ))
+                            )))
                         }
                     });
                 let _ = fs::remove_file(&tmp);
@@ -395,7 +398,7 @@ impl Store {
 }
 
 /// Removes one level of shell quoting ("..." or '...').
-fn unquote(v: &str) -> Result<String, String> {
+fn unquote(v: &str) -> std::result::Result<String, String> {
     for q in ['"', '\''] {
         if let Some(rest) = v.strip_prefix(q) {
             return rest.strip_suffix(q).map(str::to_string).ok_or_else(|| format!("unbalanced {q}"));
@@ -451,12 +454,12 @@ mod tests {
 
     #[test]
     fn bad_lines_are_named() {
-        let e = BootEnv::parse("BOOT_ORDER=\"A C\"\n").unwrap_err();
+        let e = BootEnv::parse("BOOT_ORDER=\"A C\"\n").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("\"C\""), "{e}");
-        let e = BootEnv::parse("BOOT_ORDER=\"A B\"\nBOOT_B_LEFT=many\n").unwrap_err();
+        let e = BootEnv::parse("BOOT_ORDER=\"A B\"\nBOOT_B_LEFT=many\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("BOOT_B_LEFT"), "{e}");
-        assert!(BootEnv::parse("BOOT_ORDER=\"A A\"\n").unwrap_err().contains("twice"));
-        assert!(BootEnv::parse("BOOT_ORDER=\"A B\n").unwrap_err().contains("unbalanced"));
+        assert!(BootEnv::parse("BOOT_ORDER=\"A A\"\n").unwrap_err().to_string().contains("twice"));
+        assert!(BootEnv::parse("BOOT_ORDER=\"A B\n").unwrap_err().to_string().contains("unbalanced"));
         assert!(BootEnv::parse("BOOT_A_LEFT=-1\n").is_err());
     }
 
@@ -565,9 +568,8 @@ mod tests {
         assert_eq!(BootEnv::load(&path).expect("load"), Some(e));
         let names: Vec<_> = fs::read_dir(dir.path()).expect("ls").map(|d| d.expect("entry").file_name()).collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
-        let e = BootEnv::load(&dir.path().join("nope/boot.env"));
-        assert_eq!(e, Ok(None));
+        assert!(BootEnv::load(&dir.path().join("nope/boot.env")).expect("no file is no state").is_none());
         let err = BootEnv::new(Slot::A, 1).save(&dir.path().join("nope/boot.env")).unwrap_err();
-        assert!(err.contains("nope/boot.env"), "{err}");
+        assert!(err.kind == crate::base::error::Kind::NotFound && err.to_string().contains("nope/boot.env"), "{err}");
     }
 }

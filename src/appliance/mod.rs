@@ -24,24 +24,26 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::base::error::{Context as _, Error, Result};
+
 /// Ok if this is a booted appliance; the error says why not and what was refused.
-pub fn require_appliance(what: &str) -> Result<(), String> {
-    match ota::appliance_slot()? {
+pub fn require_appliance(what: &str) -> Result<()> {
+    match ota::appliance_slot().map_err(Error::internal)? {
         Some(_) => Ok(()),
-        None => Err(format!(
+        None => Err(Error::conflict(format!(
             "this is not a booted OxiNVR appliance (no oxinvr.slot= in /proc/cmdline, no /run/oxinvr/slot): \
              refusing to {what} this machine"
-        )),
+        ))),
     }
 }
 
 /// Syncs the file systems and reboots through the init system (`reboot`).
-pub fn reboot() -> Result<(), String> {
+pub fn reboot() -> Result<()> {
     require_appliance("reboot")?;
     nix::unistd::sync();
-    let out = Command::new("reboot").output().map_err(|e| format!("cannot run reboot: {e}"))?;
+    let out = Command::new("reboot").output().context("cannot run reboot")?;
     if !out.status.success() {
-        return Err(format!("reboot failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(Error::io(format!("reboot failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -85,23 +87,25 @@ fn unescape_mount(s: &str) -> PathBuf {
 }
 
 /// Where a factory reset would wipe, or why it will not.
-pub fn factory_reset_target(data_dir: &Path) -> Result<PathBuf, String> {
+pub fn factory_reset_target(data_dir: &Path) -> Result<PathBuf> {
     require_appliance("factory-reset")?;
-    let dir = fs::canonicalize(data_dir).map_err(|e| format!("data_dir {}: {e}", data_dir.display()))?;
-    let mounts = fs::read_to_string("/proc/mounts").map_err(|e| format!("cannot read /proc/mounts: {e}"))?;
-    let (mp, fstype) = mount_point_of(&dir, &mounts).ok_or_else(|| format!("no mount holds {}", dir.display()))?;
+    let dir = fs::canonicalize(data_dir).with_context(|| format!("data_dir {}", data_dir.display()))?;
+    let mounts = fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
+    let (mp, fstype) =
+        mount_point_of(&dir, &mounts).ok_or_else(|| Error::internal(format!("no mount holds {}", dir.display())))?;
+    // Wiping the wrong file system is refused in this state, not an input error.
     if mp == Path::new("/") {
-        return Err(format!(
+        return Err(Error::conflict(format!(
             "data_dir {} is on the root file system, not on a data partition: refusing to wipe it",
             dir.display()
-        ));
+        )));
     }
     if ["tmpfs", "ramfs", "squashfs", "overlay", "proc", "sysfs", "devtmpfs"].contains(&fstype.as_str()) {
-        return Err(format!(
+        return Err(Error::conflict(format!(
             "data_dir {} is on {} ({fstype}), not on the data partition (is it mounted?): refusing to wipe it",
             dir.display(),
             mp.display()
-        ));
+        )));
     }
     Ok(mp)
 }
@@ -112,7 +116,7 @@ const RECORDER_INIT: &str = "/etc/init.d/S50oxinvr";
 
 /// Stops the recorder (if the appliance's init script is there), empties the
 /// data partition at `target` and reboots. Returns only on failure.
-pub fn factory_reset(target: &Path) -> Result<usize, String> {
+pub fn factory_reset(target: &Path) -> Result<usize> {
     require_appliance("factory-reset")?;
     if Path::new(RECORDER_INIT).exists() {
         let _ = Command::new(RECORDER_INIT).arg("stop").output();
@@ -124,18 +128,18 @@ pub fn factory_reset(target: &Path) -> Result<usize, String> {
 
 /// Removes everything inside `dir` (not `dir` itself, and not `lost+found`).
 /// Returns the number of entries removed; the first failure ends it.
-pub fn wipe_contents(dir: &Path) -> Result<usize, String> {
-    let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+pub fn wipe_contents(dir: &Path) -> Result<usize> {
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     let mut n = 0;
     for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         if entry.file_name() == "lost+found" {
             continue;
         }
         let p = entry.path();
         let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
         let r = if is_dir { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-        r.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+        r.with_context(|| format!("cannot remove {}", p.display()))?;
         n += 1;
     }
     if let Ok(d) = fs::File::open(dir) {
@@ -154,7 +158,7 @@ pub enum NetConfig {
 }
 
 /// Interface names as the kernel allows them (and safe on a command line).
-pub fn validate_iface(name: &str) -> Result<(), String> {
+pub fn validate_iface(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -162,7 +166,7 @@ pub fn validate_iface(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} is not an interface name (like eth0)"))
+        Err(Error::invalid(format!("{name:?} is not an interface name (like eth0)")))
     }
 }
 
@@ -175,19 +179,21 @@ fn mask(prefix: u8) -> u32 {
 }
 
 /// Parses `ADDR/PREFIX` and `GW` of a static configuration.
-pub fn parse_static(cidr: &str, gateway: &str) -> Result<NetConfig, String> {
-    let (a, p) = cidr.split_once('/').ok_or_else(|| format!("{cidr:?} needs a prefix length, like 192.168.1.50/24"))?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+pub fn parse_static(cidr: &str, gateway: &str) -> Result<NetConfig> {
+    let bad = |m: String| Error::invalid(m);
+    let (a, p) =
+        cidr.split_once('/').ok_or_else(|| bad(format!("{cidr:?} needs a prefix length, like 192.168.1.50/24")))?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| bad(format!("{a:?} is not an IPv4 address")))?;
     let prefix: u8 =
-        p.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| format!("prefix {p:?} is not 1..32"))?;
-    let gw: Ipv4Addr = gateway.parse().map_err(|_| format!("gateway {gateway:?} is not an IPv4 address"))?;
+        p.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| bad(format!("prefix {p:?} is not 1..32")))?;
+    let gw: Ipv4Addr = gateway.parse().map_err(|_| bad(format!("gateway {gateway:?} is not an IPv4 address")))?;
     let m = mask(prefix);
     if u32::from(gw) & m != u32::from(addr) & m {
         let net = Ipv4Addr::from(u32::from(addr) & m);
-        return Err(format!("gateway {gw} is not in {net}/{prefix}, the network of {addr}/{prefix}"));
+        return Err(bad(format!("gateway {gw} is not in {net}/{prefix}, the network of {addr}/{prefix}")));
     }
     if gw == addr {
-        return Err(format!("the gateway cannot be the box's own address {addr}"));
+        return Err(bad(format!("the gateway cannot be the box's own address {addr}")));
     }
     Ok(NetConfig::Static { addr, prefix, gateway: gw })
 }
@@ -263,30 +269,30 @@ pub fn set_iface(text: &str, iface: &str, cfg: &NetConfig) -> String {
 
 /// Writes the new setting for `iface` into `file` and applies it with
 /// busybox `ifdown -i FILE IFACE` / `ifup -i FILE IFACE`. Returns what was done (and their output).
-pub fn apply_network(file: &Path, iface: &str, cfg: &NetConfig) -> Result<String, String> {
+pub fn apply_network(file: &Path, iface: &str, cfg: &NetConfig) -> Result<String> {
     require_appliance("change the network of")?;
     validate_iface(iface)?;
     let real = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let old = match fs::read_to_string(&real) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "auto lo\niface lo inet loopback\n".to_string(),
-        Err(e) => return Err(format!("cannot read {}: {e}", real.display())),
+        Err(e) => return Err(Error::from(e).context(format!("cannot read {}", real.display()))),
     };
     let new = set_iface(&old, iface, cfg);
-    bootenv::write_atomic(&real, new.as_bytes()).map_err(|e| format!("cannot write {}: {e}", real.display()))?;
+    bootenv::write_atomic(&real, new.as_bytes()).with_context(|| format!("cannot write {}", real.display()))?;
     let mut said = format!("wrote {}\n", real.display());
     // ifdown may fail when the interface was not up: that is fine.
     let _ = Command::new("ifdown").arg("-i").arg(&real).arg(iface).output();
-    let out = Command::new("ifup")
-        .arg("-i")
-        .arg(&real)
-        .arg(iface)
-        .output()
-        .map_err(|e| format!("settings saved; cannot run ifup: {e}"))?;
+    let out =
+        Command::new("ifup").arg("-i").arg(&real).arg(iface).output().context("settings saved; cannot run ifup")?;
     said.push_str(String::from_utf8_lossy(&out.stdout).trim_end());
     said.push_str(String::from_utf8_lossy(&out.stderr).trim_end());
     if !out.status.success() {
-        return Err(format!("settings saved in {}, but `ifup {iface}` failed: {}", real.display(), said.trim()));
+        return Err(Error::io(format!(
+            "settings saved in {}, but `ifup {iface}` failed: {}",
+            real.display(),
+            said.trim()
+        )));
     }
     Ok(format!("{}\n{iface} is up", said.trim_end()))
 }
@@ -378,6 +384,7 @@ pub fn proc_routes(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::error::Kind;
 
     #[test]
     fn interfaces_stanzas_are_replaced_or_added() {
@@ -405,15 +412,15 @@ mod tests {
 
     #[test]
     fn static_settings_are_checked() {
-        assert!(parse_static("10.0.0.5", "10.0.0.1").unwrap_err().contains("prefix"));
-        assert!(parse_static("10.0.0.5/33", "10.0.0.1").unwrap_err().contains("prefix"));
-        assert!(parse_static("10.0.0.300/24", "10.0.0.1").unwrap_err().contains("IPv4"));
+        assert!(parse_static("10.0.0.5", "10.0.0.1").unwrap_err().to_string().contains("prefix"));
+        assert!(parse_static("10.0.0.5/33", "10.0.0.1").unwrap_err().to_string().contains("prefix"));
+        assert!(parse_static("10.0.0.300/24", "10.0.0.1").unwrap_err().to_string().contains("IPv4"));
         let e = parse_static("10.0.0.5/24", "10.0.1.1").unwrap_err();
-        assert!(e.contains("not in 10.0.0.0/24"), "{e}");
+        assert!(e.kind == Kind::InvalidInput && e.to_string().contains("not in 10.0.0.0/24"), "{e}");
         assert!(parse_static("10.0.0.5/24", "10.0.0.5").is_err());
         assert_eq!(
-            parse_static("10.1.2.3/16", "10.1.0.1"),
-            Ok(NetConfig::Static { addr: [10, 1, 2, 3].into(), prefix: 16, gateway: [10, 1, 0, 1].into() })
+            parse_static("10.1.2.3/16", "10.1.0.1").expect("valid"),
+            NetConfig::Static { addr: [10, 1, 2, 3].into(), prefix: 16, gateway: [10, 1, 0, 1].into() }
         );
         assert!(validate_iface("eth0").is_ok());
         assert!(validate_iface("eth0; reboot").is_err());
@@ -453,10 +460,10 @@ mod tests {
         if ota::appliance_slot().ok().flatten().is_some() {
             return; // running on the appliance itself
         }
-        assert!(reboot().unwrap_err().contains("not a booted OxiNVR appliance"));
-        assert!(factory_reset_target(Path::new("/tmp")).unwrap_err().contains("factory-reset"));
+        assert!(reboot().unwrap_err().to_string().contains("not a booted OxiNVR appliance"));
+        assert!(factory_reset_target(Path::new("/tmp")).unwrap_err().to_string().contains("factory-reset"));
         let e = apply_network(Path::new("/nonexistent"), "eth0", &NetConfig::Dhcp).unwrap_err();
-        assert!(e.contains("not a booted OxiNVR appliance"), "{e}");
+        assert!(e.kind == Kind::Conflict && e.to_string().contains("not a booted OxiNVR appliance"), "{e}");
     }
 }
 

@@ -50,6 +50,7 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::appliance::bootenv::{self, BootEnv, Slot, Store};
+use crate::base::error::{Context as _, Error, Kind, Result as Res};
 use crate::config::SystemConfig;
 
 pub const MAGIC: &[u8; 8] = b"OXIBNDL1";
@@ -99,6 +100,21 @@ impl fmt::Display for OtaError {
 }
 
 impl std::error::Error for OtaError {}
+
+/// Malformed bundles are the sender's (`InvalidInput`); a well-formed one we
+/// will not take (signature, board, an image that does not match its signed
+/// manifest) is `Rejected`; a refusal in this state (slot, lock) `Conflict`.
+impl From<OtaError> for Error {
+    fn from(e: OtaError) -> Error {
+        let kind = match e {
+            OtaError::NotABundle(_) | OtaError::Truncated(_) | OtaError::Format(_) => Kind::InvalidInput,
+            OtaError::BadSignature(_) | OtaError::WrongBoard { .. } | OtaError::Image(_) => Kind::Rejected,
+            OtaError::Refused(_) => Kind::Conflict,
+            OtaError::Io(_) => Kind::Io,
+        };
+        Error::wrap(kind, e)
+    }
+}
 
 /// One image in a bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,46 +222,48 @@ fn is_sha256_hex(s: &str) -> bool {
 
 /// Writes `ota.key` (PKCS#8, 0600) and `ota.pub` (hex) into `dir`; refuses
 /// to overwrite an existing key. Returns the two paths.
-pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+pub fn keygen(dir: &Path) -> Res<(PathBuf, PathBuf)> {
     use std::os::unix::fs::OpenOptionsExt;
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let key_path = dir.join("ota.key");
     let pub_path = dir.join("ota.pub");
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 =
-        Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "cannot generate a key (no randomness?)".to_string())?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| "the generated key does not load".to_string())?;
+        Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| Error::internal("cannot generate a key (no randomness?)"))?;
+    let pair =
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| Error::internal("the generated key does not load"))?;
     let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_path).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
-            format!(
+            Error::conflict(format!(
                 "{} exists; remove it first to make a new key (bundles signed with it will no longer install)",
                 key_path.display()
-            )
+            ))
         } else {
-            format!("cannot create {}: {e}", key_path.display())
+            Error::from(e).context(format!("cannot create {}", key_path.display()))
         }
     })?;
     f.write_all(pkcs8.as_ref())
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
+        .with_context(|| format!("cannot write {}", key_path.display()))?;
     bootenv::write_atomic(&pub_path, format!("{}\n", hex(pair.public_key().as_ref())).as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", pub_path.display()))?;
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
     Ok((key_path, pub_path))
 }
 
 /// Reads a private key: PKCS#8 DER, v2 (ring) or v1 (`openssl genpkey -algorithm ed25519 -outform DER`).
-pub fn load_private_key(path: &Path) -> Result<Ed25519KeyPair, String> {
-    let bytes = fs::read(path).map_err(|e| format!("cannot read key {}: {e}", path.display()))?;
+pub fn load_private_key(path: &Path) -> Res<Ed25519KeyPair> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read key {}", path.display()))?;
     Ed25519KeyPair::from_pkcs8(&bytes)
         .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&bytes))
-        .map_err(|e| format!("{} is not an ed25519 PKCS#8 (DER) private key: {e}", path.display()))
+        .map_err(|e| Error::invalid(format!("{} is not an ed25519 PKCS#8 (DER) private key: {e}", path.display())))
 }
 
 /// Reads a public key: 64 hex digits (whitespace around ignored) or 32 raw bytes.
-pub fn load_public_key(path: &Path) -> Result<[u8; 32], String> {
-    let bytes = fs::read(path).map_err(|e| format!("cannot read OTA public key {}: {e}", path.display()))?;
-    parse_public_key(&bytes)
-        .ok_or_else(|| format!("{} is not an ed25519 public key (64 hex digits or 32 raw bytes)", path.display()))
+pub fn load_public_key(path: &Path) -> Res<[u8; 32]> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read OTA public key {}", path.display()))?;
+    parse_public_key(&bytes).ok_or_else(|| {
+        Error::invalid(format!("{} is not an ed25519 public key (64 hex digits or 32 raw bytes)", path.display()))
+    })
 }
 
 fn parse_public_key(bytes: &[u8]) -> Option<[u8; 32]> {
@@ -279,15 +297,15 @@ fn check_label(what: &str, v: &str) -> Result<(), String> {
 }
 
 /// Writes a signed bundle of `image`; returns its manifest.
-pub fn make_bundle(spec: &BundleSpec<'_>) -> Result<Manifest, String> {
-    check_label("board", spec.board)?;
-    check_label("version", spec.version)?;
+pub fn make_bundle(spec: &BundleSpec<'_>) -> Res<Manifest> {
+    check_label("board", spec.board).map_err(Error::invalid)?;
+    check_label("version", spec.version).map_err(Error::invalid)?;
     let pair = load_private_key(spec.key)?;
-    let img_err = |e: io::Error| format!("image {}: {e}", spec.image.display());
-    let mut image = File::open(spec.image).map_err(img_err)?;
-    let (size, digest) = hash_reader(&mut image, None, &mut |_| {}).map_err(img_err)?;
+    let img = || format!("image {}", spec.image.display());
+    let mut image = File::open(spec.image).with_context(img)?;
+    let (size, digest) = hash_reader(&mut image, None, &mut |_| {}).with_context(img)?;
     if size == 0 {
-        return Err(format!("image {} is empty", spec.image.display()));
+        return Err(Error::invalid(format!("image {} is empty", spec.image.display())));
     }
     let manifest = Manifest {
         format: FORMAT,
@@ -296,9 +314,9 @@ pub fn make_bundle(spec: &BundleSpec<'_>) -> Result<Manifest, String> {
         created: crate::base::clock::rfc3339(crate::base::clock::Clock::now_ms(&crate::base::clock::RealClock)),
         images: vec![ImageEntry { name: "rootfs".into(), size, sha256: hex(&digest) }],
     };
-    let json = serde_json::to_vec(&manifest).map_err(|e| format!("manifest: {e}"))?;
+    let json = serde_json::to_vec(&manifest).map_err(|e| Error::internal(format!("manifest: {e}")))?;
     let sig = pair.sign(&json);
-    let out_err = |e: io::Error| format!("cannot write {}: {e}", spec.out.display());
+    let out_err = |e: io::Error| Error::from(e).context(format!("cannot write {}", spec.out.display()));
     let tmp = spec.out.with_extension("oxb.tmp");
     let result = (|| {
         let mut out = io::BufWriter::new(File::create(&tmp)?);
@@ -320,14 +338,14 @@ pub fn make_bundle(spec: &BundleSpec<'_>) -> Result<Manifest, String> {
     }
     // What a box will check, checked once here (the image may have changed
     // between hashing and copying).
-    let public: [u8; 32] = pair.public_key().as_ref().try_into().map_err(|_| "bad public key".to_string())?;
-    let checked = File::open(&tmp).map_err(|e| e.to_string()).and_then(|mut f| {
+    let public: [u8; 32] = pair.public_key().as_ref().try_into().map_err(|_| Error::internal("bad public key"))?;
+    let checked = File::open(&tmp).map_err(Error::from).and_then(|mut f| {
         let len = f.metadata().map(|m| m.len()).ok();
-        verify_reader(&mut f, len, &public, spec.board, &mut |_| {}).map_err(|e| e.to_string())
+        verify_reader(&mut f, len, &public, spec.board, &mut |_| {}).map_err(Error::from)
     });
     if let Err(e) = checked.and_then(|_| fs::rename(&tmp, spec.out).map_err(out_err)) {
         let _ = fs::remove_file(&tmp);
-        return Err(format!("{} not written: {e}", spec.out.display()));
+        return Err(e.context(format!("{} not written", spec.out.display())));
     }
     Ok(manifest)
 }
@@ -597,7 +615,7 @@ fn lock(sys: &SystemConfig) -> Result<Lock, OtaError> {
 }
 
 fn load_env(store: &Store, running: Slot, limit: u32) -> Result<BootEnv, OtaError> {
-    Ok(store.load().map_err(OtaError::Io)?.unwrap_or_else(|| BootEnv::new(running, limit)))
+    Ok(store.load().map_err(|e| OtaError::Io(e.to_string()))?.unwrap_or_else(|| BootEnv::new(running, limit)))
 }
 
 /// Whether `dev` (or what it resolves to) is mounted, per /proc/mounts.
@@ -695,7 +713,7 @@ pub fn install_file(
 ) -> Result<Installed, OtaError> {
     let _lock = lock(sys)?;
     let (running, _) = current_slot().map_err(OtaError::Refused)?;
-    let key = load_public_key(&sys.ota_public_key).map_err(OtaError::Refused)?;
+    let key = load_public_key(&sys.ota_public_key).map_err(|e| OtaError::Refused(e.to_string()))?;
     let open = || File::open(path).map_err(|e| OtaError::Io(format!("cannot open {}: {e}", path.display())));
     let mut f = open()?;
     let len = f.metadata().map(|m| m.len()).ok();
@@ -713,7 +731,7 @@ fn install_locked(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Installed, OtaError> {
     let (running, _) = current_slot().map_err(OtaError::Refused)?;
-    let key = load_public_key(&sys.ota_public_key).map_err(OtaError::Refused)?;
+    let key = load_public_key(&sys.ota_public_key).map_err(|e| OtaError::Refused(e.to_string()))?;
     let header = read_header(reader, &key, &sys.board)?;
     check_len(&header, len)?;
     let img = header.image.clone();
@@ -724,7 +742,7 @@ fn install_locked(
 
     // From here on the slot's old content is gone: it must not boot.
     if env.disarm(target) {
-        store.save(&env).map_err(OtaError::Io)?;
+        store.save(&env).map_err(|e| OtaError::Io(e.to_string()))?;
     }
 
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
@@ -767,7 +785,7 @@ fn install_locked(
 
     env.set_version(target, Some(&header.manifest.version));
     env.flip(target, running, sys.boot_limit);
-    store.save(&env).map_err(OtaError::Io)?;
+    store.save(&env).map_err(|e| OtaError::Io(e.to_string()))?;
     Ok(Installed { manifest: header.manifest, slot: target, device, running, env })
 }
 
@@ -789,7 +807,7 @@ pub fn progress_printer(out: &mut dyn Write) -> impl FnMut(Progress) + '_ {
 
 /// `ota install FILE|http://URL`: installs with progress on `out`; returns
 /// what was installed (a message has been printed).
-pub fn install_from(sys: &SystemConfig, source: &str, out: &mut dyn Write) -> Result<Installed, String> {
+pub fn install_from(sys: &SystemConfig, source: &str, out: &mut dyn Write) -> Res<Installed> {
     let is_url = source.contains("://");
     let result = {
         let _ = writeln!(out, "installing {source} (board {}, public key {})", sys.board, sys.ota_public_key.display());
@@ -825,20 +843,21 @@ pub fn install_from(sys: &SystemConfig, source: &str, out: &mut dyn Write) -> Re
                     None => env.summary(),
                 },
                 Ok(None) => "no state yet".into(),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
-            Err(format!("update refused: {e}\nboot selector: {env}"))
+            // The boot selector's state goes last, after the reason.
+            Err(Error::new(Error::from(e.clone()).kind, format!("update refused: {e}\nboot selector: {env}")))
         }
     }
 }
 
 /// `ota verify BUNDLE`: everything `install` checks, nothing written.
-pub fn verify_file(path: &Path, public_key: &Path, board: &str, out: &mut dyn Write) -> Result<Manifest, String> {
+pub fn verify_file(path: &Path, public_key: &Path, board: &str, out: &mut dyn Write) -> Res<Manifest> {
     let key = load_public_key(public_key)?;
-    let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f.metadata().map(|m| m.len()).ok();
     let mut printer = progress_printer(out);
-    verify_reader(&mut f, len, &key, board, &mut printer).map_err(|e| format!("{}: {e}", path.display()))
+    verify_reader(&mut f, len, &key, board, &mut printer).context(path.display())
 }
 
 /// `ota mark-good`: the running slot gets `boot_limit` tries again (and goes
@@ -849,7 +868,7 @@ pub fn mark_good(sys: &SystemConfig) -> Result<String, OtaError> {
     let store = Store::of(&sys.boot_env);
     let mut env = load_env(&store, running, sys.boot_limit)?;
     let said = env.mark_good(running, sys.boot_limit);
-    store.save(&env).map_err(OtaError::Io)?;
+    store.save(&env).map_err(|e| OtaError::Io(e.to_string()))?;
     Ok(format!("{said}; {}", env.summary()))
 }
 
@@ -890,7 +909,7 @@ pub fn status(sys: &SystemConfig) -> Vec<String> {
             None
         }
         Err(e) => {
-            out.push(e);
+            out.push(e.to_string());
             None
         }
     };
@@ -1142,8 +1161,16 @@ mod tests {
         fs::write(&public, k).expect("raw");
         assert_eq!(load_public_key(&public).expect("raw"), k);
         fs::write(&public, "not a key").expect("junk");
-        assert!(load_public_key(&public).unwrap_err().contains("not an ed25519 public key"));
-        assert!(keygen(dir.path()).unwrap_err().contains("exists"));
+        let kind = |e: OtaError| Error::from(e).kind;
+        assert_eq!(kind(OtaError::Truncated("x".into())), Kind::InvalidInput);
+        assert_eq!(kind(OtaError::WrongBoard { bundle: "a".into(), ours: "b".into() }), Kind::Rejected);
+        assert_eq!(kind(OtaError::Image("x".into())), Kind::Rejected);
+        assert_eq!(kind(OtaError::Refused("x".into())), Kind::Conflict);
+        assert_eq!(Error::from(OtaError::Truncated("it is empty".into())).to_string(), "truncated bundle: it is empty");
+        let e = load_public_key(&public).unwrap_err();
+        assert!(e.kind == Kind::InvalidInput && e.to_string().contains("not an ed25519 public key"), "{e}");
+        let e = keygen(dir.path()).unwrap_err();
+        assert!(e.kind == Kind::Conflict && e.to_string().contains("exists"), "{e}");
         assert!(load_private_key(&public).is_err());
     }
 

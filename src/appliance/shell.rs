@@ -9,8 +9,11 @@
 //!   `ota` module as `oxinvr ota` does; reboot, factory reset and network go
 //!   through `appliance`. Only `status` falls back to reading the database
 //!   (read-only use) when the recorder is not running, and says so.
-//! - Every failure is one line starting `error:` that names what is wrong;
-//!   the shell goes on reading. It ends on `exit`, `quit` or end of input.
+//! - Every failure is one line starting `error:` that names what is wrong
+//!   (`error_line`, the one place a `base::error::Kind` becomes shell text);
+//!   the shell goes on reading after any command's error, whatever its kind.
+//!   It ends on `exit`, `quit`, end of input, or when the console itself
+//!   cannot be read (then `oxinvr shell` exits with the CLI's error code).
 //! - Factory reset happens only after the operator typed `YES`.
 
 use std::io::Write;
@@ -20,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::appliance::ota;
 use crate::appliance::{self, NetConfig};
+use crate::base::error::{Context as _, Error, Kind, Result};
 use crate::base::httpclient::{self, Client, HttpError, Response};
 use crate::base::lineedit::{Input, LineReader};
 use crate::config::Config;
@@ -89,7 +93,7 @@ fn usage(cmd: &str) -> &'static str {
 }
 
 /// Splits a line into words; "double" and 'single' quotes group.
-pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
+pub fn tokenize(line: &str) -> Result<Vec<String>> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -115,7 +119,7 @@ pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if let Some(q) = quote {
-        return Err(format!("unbalanced {q}"));
+        return Err(Error::invalid(format!("unbalanced {q}")));
     }
     if in_word {
         words.push(cur);
@@ -124,11 +128,11 @@ pub fn tokenize(line: &str) -> Result<Vec<String>, String> {
 }
 
 /// `KEY=VALUE` of `streams add`: numbers, true/false and null as JSON, the rest as text.
-fn field(kv: &str) -> Result<(String, Value), String> {
-    let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not KEY=VALUE"))?;
+fn field(kv: &str) -> Result<(String, Value)> {
+    let (k, v) = kv.split_once('=').ok_or_else(|| Error::invalid(format!("{kv:?} is not KEY=VALUE")))?;
     const KEYS: &[&str] = &["enabled", "record", "retention_days", "max_storage_mb", "priority", "bitrate_kbps"];
     if !KEYS.contains(&k) {
-        return Err(format!("unknown key {k:?}; known: {}", KEYS.join(" ")));
+        return Err(Error::invalid(format!("unknown key {k:?}; known: {}", KEYS.join(" "))));
     }
     let value = match v {
         "true" | "on" | "yes" => Value::Bool(true),
@@ -139,22 +143,22 @@ fn field(kv: &str) -> Result<(String, Value), String> {
     Ok((k.to_string(), value))
 }
 
-fn count(arg: &str, what: &str, max: usize) -> Result<usize, String> {
+fn count(arg: &str, what: &str, max: usize) -> Result<usize> {
     arg.parse::<usize>()
         .ok()
         .filter(|n| (1..=max).contains(n))
-        .ok_or_else(|| format!("{what} {arg:?} must be a number 1..{max}"))
+        .ok_or_else(|| Error::invalid(format!("{what} {arg:?} must be a number 1..{max}")))
 }
 
 /// Parses a command line; `Ok(None)` for an empty line or a `#` comment.
-pub fn parse(line: &str) -> Result<Option<Command>, String> {
+pub fn parse(line: &str) -> Result<Option<Command>> {
     let words = tokenize(line)?;
     let Some(first) = words.first() else { return Ok(None) };
     if first.starts_with('#') {
         return Ok(None);
     }
     let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
-    let bad = |cmd: &str| Err(format!("usage: {}", usage(cmd)));
+    let bad = |cmd: &str| Err(Error::invalid(format!("usage: {}", usage(cmd))));
     let cmd = match (first.as_str(), args.as_slice()) {
         ("help" | "?", []) => Command::Help(None),
         ("help" | "?", [c]) => Command::Help(Some(c.to_string())),
@@ -174,7 +178,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ("streams" | "stream", ["enable", name]) => Command::StreamsEnable(name.to_string(), true),
         ("streams" | "stream", ["disable", name]) => Command::StreamsEnable(name.to_string(), false),
         ("streams" | "stream", [sub, ..]) if !["add", "remove", "rm", "delete", "enable", "disable"].contains(sub) => {
-            return Err(format!("streams has no subcommand {sub:?}; usage: {}", usage("streams")))
+            return Err(Error::invalid(format!("streams has no subcommand {sub:?}; usage: {}", usage("streams"))))
         }
         ("streams" | "stream", _) => return bad("streams"),
         ("recordings" | "recs", []) => Command::Recordings { stream: None, count: 20 },
@@ -211,9 +215,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         ("factory-reset", []) => Command::FactoryReset,
         ("exit" | "quit" | "logout", []) => Command::Exit,
         ("status" | "reboot" | "factory-reset" | "exit" | "quit" | "logout", _) => {
-            return Err(format!("{first} takes no arguments"))
+            return Err(Error::invalid(format!("{first} takes no arguments")))
         }
-        (other, _) => return Err(format!("unknown command {other:?}; type help for the list")),
+        (other, _) => return Err(Error::invalid(format!("unknown command {other:?}; type help for the list"))),
     };
     Ok(Some(cmd))
 }
@@ -295,33 +299,33 @@ pub struct Shell {
 pub type Ask<'a> = dyn FnMut(&str) -> Option<String> + 'a;
 
 impl Shell {
-    pub fn new(cfg: Config) -> Result<Shell, String> {
+    pub fn new(cfg: Config) -> Result<Shell> {
         let addr = httpclient::loopback_addr(&cfg.web.listen)?;
         let api = Client::with_console_token(addr, &crate::auth::console_token_path(&cfg.storage.data_dir));
         Ok(Shell { cfg, api })
     }
 
-    fn not_running(&self, m: &str) -> String {
-        format!(
+    fn not_running(&self, m: &str) -> Error {
+        Error::unavailable(format!(
             "the recorder is not running ({m}); it serves the API on {} (see `logs`, or start `oxinvr run`)",
             self.api.addr
-        )
+        ))
     }
 
-    /// One API call; a 4xx/5xx becomes the API's error message.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response, String> {
+    /// One API call; a 4xx/5xx becomes the API's error message, of the kind its status stands for.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response> {
         let r = self.api.request(method, path, body).map_err(|e| match e {
             HttpError::NotRunning(m) => self.not_running(&m),
-            HttpError::Failed(m) => m,
+            HttpError::Failed(m) => Error::upstream(m),
         })?;
         if r.status >= 400 {
-            return Err(r.error_message());
+            return Err(r.error());
         }
         Ok(r)
     }
 
     /// Runs one command, writing to `out`. `Ok(false)` means leave.
-    pub fn execute(&mut self, cmd: Command, out: &mut dyn Write, ask: &mut Ask<'_>) -> Result<bool, String> {
+    pub fn execute(&mut self, cmd: Command, out: &mut dyn Write, ask: &mut Ask<'_>) -> Result<bool> {
         let mut say = |t: &str| {
             let _ = writeln!(out, "{}", t.trim_end_matches('\n'));
         };
@@ -329,7 +333,7 @@ impl Shell {
             Command::Help(None) => say(HELP),
             Command::Help(Some(c)) => match usage(&c) {
                 "" if COMMANDS.contains(&c.as_str()) => say(HELP),
-                "" => return Err(format!("no help for {c:?}; type help for the list")),
+                "" => return Err(Error::invalid(format!("no help for {c:?}; type help for the list"))),
                 u => say(&format!("usage: {u}")),
             },
             Command::Status => say(&self.status()),
@@ -349,10 +353,10 @@ impl Shell {
                         let v = r.json();
                         say(&format!("removed {name} ({} recording(s) deleted)", s(&v["recordings_deleted"])));
                     }
-                    Err(e) if !purge && e.contains("purge=true") => {
-                        return Err(format!(
+                    Err(e) if !purge && e.kind == Kind::Conflict && e.message.contains("purge=true") => {
+                        return Err(Error::conflict(format!(
                             "stream {name:?} has recordings; `streams remove {name} purge` deletes them with it"
-                        ))
+                        )))
                     }
                     Err(e) => return Err(e),
                 }
@@ -371,7 +375,9 @@ impl Shell {
             Command::Logs(n) => {
                 let path = self.cfg.storage.data_dir.join("oxinvr.log");
                 let lines = crate::base::logging::tail_file(&path, n).map_err(|e| {
-                    format!("cannot read the log {}: {e} (the recorder writes it while it runs)", path.display())
+                    let why =
+                        format!("cannot read the log {}: {e} (the recorder writes it while it runs)", path.display());
+                    Error::new(Kind::of_io(&e), why)
                 })?;
                 if lines.is_empty() {
                     say(&format!("{} is empty", path.display()));
@@ -385,7 +391,7 @@ impl Shell {
                     say(&l);
                 }
             }
-            Command::OtaMarkGood => say(&ota::mark_good(&self.cfg.system).map_err(|e| e.to_string())?),
+            Command::OtaMarkGood => say(&ota::mark_good(&self.cfg.system)?),
             Command::OtaInstall { source, reboot } => {
                 if reboot {
                     appliance::require_appliance("reboot")?;
@@ -521,7 +527,7 @@ impl Shell {
         out
     }
 
-    fn streams_list(&self) -> Result<String, String> {
+    fn streams_list(&self) -> Result<String> {
         let v = self.call("GET", "/api/streams", None)?.json();
         let list = v["streams"].as_array().cloned().unwrap_or_default();
         if list.is_empty() {
@@ -561,7 +567,7 @@ impl Shell {
         Ok(out)
     }
 
-    fn recordings(&self, stream: Option<&str>, count: usize) -> Result<String, String> {
+    fn recordings(&self, stream: Option<&str>, count: usize) -> Result<String> {
         let path = match stream {
             Some(st) => format!("/api/recordings?stream={}", path_seg(st)),
             None => "/api/recordings".to_string(),
@@ -643,15 +649,38 @@ fn streams_summary(list: &[Value]) -> String {
     out
 }
 
+/// The shell's line for a failed command, whatever its kind: `error: ` and
+/// the message (people and scripts on the UART look for that prefix). A
+/// refused credential adds how the shell logs in, the one thing the message
+/// from the API cannot know.
+pub fn error_line(e: &Error) -> String {
+    match e.kind {
+        Kind::Unauthorized => format!(
+            "error: {e} (the shell uses the console token the recorder writes into its data_dir: \
+             give the shell the recorder's --config)"
+        ),
+        Kind::InvalidInput
+        | Kind::Forbidden
+        | Kind::NotFound
+        | Kind::Conflict
+        | Kind::Rejected
+        | Kind::Upstream
+        | Kind::Unavailable
+        | Kind::Timeout
+        | Kind::Io
+        | Kind::Internal => format!("error: {e}"),
+    }
+}
+
 /// `oxinvr shell`: the read-eval-print loop on stdin/stdout.
-pub fn run(config_path: Option<&Path>) -> Result<(), String> {
-    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+pub fn run(config_path: Option<&Path>) -> Result<()> {
+    let cfg = Config::load(config_path)?;
     let mut shell = Shell::new(cfg)?;
     let mut reader = LineReader::new(COMMANDS.to_vec());
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "OxiNVR console ({}). Type help for the commands.", crate::appliance::version_line());
     loop {
-        let input = reader.read_line("oxinvr> ").map_err(|e| format!("reading the console: {e}"))?;
+        let input = reader.read_line("oxinvr> ").context("reading the console")?;
         let line = match input {
             Input::Line(l) => l,
             Input::Interrupted => continue,
@@ -661,7 +690,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => {
-                let _ = writeln!(stdout, "error: {e}");
+                let _ = writeln!(stdout, "{}", error_line(&e));
                 continue;
             }
         };
@@ -675,7 +704,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                let _ = writeln!(out, "error: {e}");
+                let _ = writeln!(out, "{}", error_line(&e));
             }
         }
         let _ = out.flush();
@@ -692,7 +721,9 @@ mod tests {
     }
 
     fn err(line: &str) -> String {
-        parse(line).expect_err(line)
+        let e = parse(line).expect_err(line);
+        assert_eq!(e.kind, Kind::InvalidInput, "{line}: {e}");
+        e.to_string()
     }
 
     #[test]
@@ -789,11 +820,13 @@ mod tests {
         assert!(st.contains("NOT RUNNING") && st.contains("database: none yet"), "{st}");
         let mut out = Vec::new();
         let e = sh.execute(p("streams list"), &mut out, &mut |_| None).unwrap_err();
-        assert!(e.contains("the recorder is not running") && e.contains(&port.to_string()), "{e}");
+        assert_eq!(e.kind, Kind::Unavailable);
+        let e = error_line(&e);
+        assert!(e.starts_with("error: the recorder is not running") && e.contains(&port.to_string()), "{e}");
         assert!(sh.execute(p("users"), &mut out, &mut |_| None).expect("users"));
         assert!(String::from_utf8_lossy(&out).contains("no users: open the web page"));
         let e = sh.execute(p("logs"), &mut out, &mut |_| None).unwrap_err();
-        assert!(e.contains("oxinvr.log"), "{e}");
+        assert!(e.kind == Kind::NotFound && e.to_string().contains("oxinvr.log"), "{e}");
         assert!(!sh.execute(p("exit"), &mut out, &mut |_| None).expect("exit"));
     }
 }

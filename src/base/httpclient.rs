@@ -12,6 +12,7 @@
 //! buffered body larger than `MAX_BODY` are refused, never allocated; the
 //! streaming body reader never reads past the declared length.
 
+use crate::base::error::{Error, Kind};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -43,6 +44,17 @@ impl fmt::Display for HttpError {
 }
 
 impl std::error::Error for HttpError {}
+
+/// Nobody listening is `Unavailable` (start the recorder); anything else the
+/// other side's trouble (`Upstream`).
+impl From<HttpError> for Error {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::NotRunning(_) => Error::wrap(Kind::Unavailable, e),
+            HttpError::Failed(_) => Error::wrap(Kind::Upstream, e),
+        }
+    }
+}
 
 /// A buffered response.
 #[derive(Debug, Clone)]
@@ -76,6 +88,12 @@ impl Response {
             }
         }
     }
+
+    /// An error answer as an [`Error`]: the kind
+    /// its status stands for, the API's message.
+    pub fn error(&self) -> Error {
+        Error::new(Kind::from_status(self.status), self.error_message())
+    }
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -84,8 +102,9 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// The address to reach a server listening on `listen` from this machine:
 /// an unspecified address (`0.0.0.0`, `[::]`) becomes loopback.
-pub fn loopback_addr(listen: &str) -> Result<SocketAddr, String> {
-    let mut a: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not an address like 127.0.0.1:8080"))?;
+pub fn loopback_addr(listen: &str) -> Result<SocketAddr, Error> {
+    let mut a: SocketAddr =
+        listen.parse().map_err(|_| Error::invalid(format!("{listen:?} is not an address like 127.0.0.1:8080")))?;
     if a.ip().is_unspecified() {
         a.set_ip(if a.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
@@ -322,29 +341,34 @@ impl fmt::Debug for Download {
 }
 
 /// GET `url` (plain http, redirects followed) and stream its body.
-pub fn download(url: &str) -> Result<Download, String> {
+pub fn download(url: &str) -> Result<Download, Error> {
     let mut current = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
-        let u = url::Url::parse(&current).map_err(|e| format!("{current:?} is not a URL: {e}"))?;
+        let u = url::Url::parse(&current).map_err(|e| Error::invalid(format!("{current:?} is not a URL: {e}")))?;
         match u.scheme() {
             "http" => {}
             "https" => {
-                return Err(format!(
+                return Err(Error::invalid(format!(
                     "{current}: https is not supported (no TLS on the box); serve the bundle over plain http \
                      (its signature protects it) or copy it to the box and install the file"
-                ))
+                )))
             }
-            other => return Err(format!("{current}: scheme {other:?} is not supported (use http://)")),
+            other => return Err(Error::invalid(format!("{current}: scheme {other:?} is not supported (use http://)"))),
         }
-        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| format!("{current}: the URL has no host"))?;
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| Error::invalid(format!("{current}: the URL has no host")))?;
         let port = u.port_or_known_default().unwrap_or(80);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> =
-            (bare, port).to_socket_addrs().map_err(|e| format!("{current}: cannot resolve {host}: {e}"))?.collect();
+        let addrs: Vec<SocketAddr> = (bare, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::upstream(format!("{current}: cannot resolve {host}: {e}")))?
+            .collect();
         let what = format!("GET {current}");
         let stream = connect(&addrs, &what).map_err(|e| match e {
-            HttpError::NotRunning(m) => format!("{what}: {m}"),
-            HttpError::Failed(m) => m,
+            HttpError::NotRunning(m) => Error::upstream(format!("{what}: {m}")),
+            HttpError::Failed(m) => Error::upstream(m),
         })?;
         let mut path = u.path().to_string();
         if let Some(q) = u.query() {
@@ -356,17 +380,18 @@ pub fn download(url: &str) -> Result<Download, String> {
             None => host.to_string(),
         };
         let (status, headers, reader) =
-            send(&stream, ("GET", &host_header, &path), None, None, &what).map_err(|e| e.to_string())?;
+            send(&stream, ("GET", &host_header, &path), None, None, &what).map_err(Error::from)?;
         if matches!(status, 301 | 302 | 303 | 307 | 308) {
-            let loc =
-                header(&headers, "location").ok_or_else(|| format!("{what}: redirect ({status}) without Location"))?;
-            current = u.join(loc).map_err(|e| format!("{what}: bad redirect {loc:?}: {e}"))?.to_string();
+            let loc = header(&headers, "location")
+                .ok_or_else(|| Error::upstream(format!("{what}: redirect ({status}) without Location")))?;
+            current =
+                u.join(loc).map_err(|e| Error::upstream(format!("{what}: bad redirect {loc:?}: {e}")))?.to_string();
             continue;
         }
         if status != 200 {
-            return Err(format!("{what}: the server answered HTTP {status}"));
+            return Err(Error::upstream(format!("{what}: the server answered HTTP {status}")));
         }
-        let len = body_len(&headers, &what).map_err(|e| e.to_string())?;
+        let len = body_len(&headers, &what)?;
         let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let reader: Box<dyn Read + Send> = match (chunked, len) {
             (true, _) => Box::new(Chunked::new(reader)),
@@ -375,7 +400,7 @@ pub fn download(url: &str) -> Result<Download, String> {
         };
         return Ok(Download { reader, len: if chunked { None } else { len } });
     }
-    Err(format!("{url}: more than {MAX_REDIRECTS} redirects"))
+    Err(Error::upstream(format!("{url}: more than {MAX_REDIRECTS} redirects")))
 }
 
 /// A token file's content, trimmed; `None` if missing or empty.
@@ -473,8 +498,9 @@ mod tests {
         assert_eq!(got, "hello");
         assert!(t1.join().expect("s1").starts_with("GET /a.oxb "));
         assert!(t2.join().expect("s2").starts_with("GET /b.oxb "));
-        assert!(download("https://example.invalid/x.oxb").unwrap_err().contains("https is not supported"));
-        assert!(download("ftp://h/x").unwrap_err().contains("not supported"));
+        let e = download("https://example.invalid/x.oxb").unwrap_err();
+        assert!(e.kind == Kind::InvalidInput && e.to_string().contains("https is not supported"), "{e}");
+        assert!(download("ftp://h/x").unwrap_err().to_string().contains("not supported"));
     }
 
     #[test]

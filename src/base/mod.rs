@@ -1,7 +1,9 @@
 //! Base utilities every layer may use: time, logging, memory accounting, the
-//! terminal line editor, an HTTP/1.1 client, file-system helpers.
+//! terminal line editor, an HTTP/1.1 client, file-system helpers, and the
+//! error type of the glue code (`error`).
 
 pub mod clock;
+pub mod error;
 pub mod fs;
 pub mod httpclient;
 pub mod lineedit;

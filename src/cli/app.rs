@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::base::clock::{Clock, RealClock};
+use crate::base::error::{Context as _, Error, Result};
 use crate::config::Config;
 use crate::index::db::Db;
 use crate::recording::recorder::Channels;
@@ -22,13 +23,13 @@ use crate::web::{self, state::Nvr};
 /// SIGTERM and SIGINT are blocked in every thread (threads inherit the mask of
 /// the thread that starts them, so this runs before any other exists) and taken
 /// by `wait_for_stop` in the main thread: no handler, no polled flag.
-fn block_stop_signals() -> Result<nix::sys::signal::SigSet, String> {
+fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .map_err(|e| format!("cannot block SIGTERM/SIGINT: {e}"))?;
+        .map_err(|e| Error::internal(format!("cannot block SIGTERM/SIGINT: {e}")))?;
     Ok(set)
 }
 
@@ -49,7 +50,7 @@ const STORAGE_STOP: Duration = Duration::from_secs(10);
 /// truncate a file that a running recorder is writing.
 pub struct DataLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
-fn lock_data_dir(dir: &Path) -> Result<DataLock, String> {
+fn lock_data_dir(dir: &Path) -> Result<DataLock> {
     use nix::fcntl::{Flock, FlockArg};
     let path = dir.join("oxinvr.lock");
     let file = std::fs::OpenOptions::new()
@@ -57,30 +58,31 @@ fn lock_data_dir(dir: &Path) -> Result<DataLock, String> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .with_context(|| format!("cannot open {}", path.display()))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map(DataLock)
-        .map_err(|_| format!("{} is in use by another oxinvr process; stop it first", dir.display()))
+        .map_err(|_| Error::conflict(format!("{} is in use by another oxinvr process; stop it first", dir.display())))
 }
 
 /// Opens the data directory and database, and reconciles files with rows.
-fn open_storage(cfg: &Config, repair: bool) -> Result<(Db, storage::Report, DataLock), String> {
+fn open_storage(cfg: &Config, repair: bool) -> Result<(Db, storage::Report, DataLock)> {
     let dir = &cfg.storage.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data_dir {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data_dir {}", dir.display()))?;
     let lock = lock_data_dir(dir)?;
-    let db = Db::open(&cfg.db_path()).map_err(|e| format!("database {}: {e}", cfg.db_path().display()))?;
+    let db = Db::open(&cfg.db_path()).with_context(|| format!("database {}", cfg.db_path().display()))?;
     let now = RealClock.now_ms();
     for s in &cfg.streams {
-        db.upsert_stream(&s.to_spec("config"), now).map_err(|e| format!("stream {}: {e}", s.name))?;
+        db.upsert_stream(&s.to_spec("config"), now).with_context(|| format!("stream {}", s.name))?;
     }
     let began = Instant::now();
-    let report = storage::reconcile(&db, dir, repair)?;
+    // reconcile's own messages name the file or row at fault.
+    let report = storage::reconcile(&db, dir, repair).map_err(Error::io)?;
     log::info!("reconciled {} segments in {:?}: {report:?}", report.segments_checked, began.elapsed());
     Ok((db, report, lock))
 }
 
-pub fn run(config_path: Option<&Path>) -> Result<(), String> {
-    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+pub fn run(config_path: Option<&Path>) -> Result<()> {
+    let cfg = Config::load(config_path)?;
     let stop_signals = block_stop_signals()?;
     let (db, _, _lock) = open_storage(&cfg, true)?;
     // The UART shell's `logs` reads this file.
@@ -92,8 +94,8 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     let nvr = Arc::new(Nvr::new(cfg.clone(), clock.clone()));
     nvr.auth
         .issue_console_token(&cfg.storage.data_dir)
-        .map_err(|e| format!("cannot write the console token into {}: {e}", cfg.storage.data_dir.display()))?;
-    if db.user_count().map_err(|e| e.to_string())? == 0 {
+        .with_context(|| format!("cannot write the console token into {}", cfg.storage.data_dir.display()))?;
+    if db.user_count()? == 0 {
         log::warn!(
             "no user exists yet: open the web page for first-run setup, or run `oxinvr user add NAME --role admin`"
         );
@@ -105,10 +107,10 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
         sync_seconds: cfg.storage.sync_seconds,
         min_free_percent: cfg.storage.min_free_percent,
     };
-    let (storage_tx, storage_thread) = storage::spawn(settings, clock.clone()).map_err(|e| format!("storage: {e}"))?;
-    let (ingest_tx, executor_thread) = ingest::spawn_executor(clock.clone()).map_err(|e| format!("executor: {e}"))?;
+    let (storage_tx, storage_thread) = storage::spawn(settings, clock.clone()).context("storage")?;
+    let (ingest_tx, executor_thread) = ingest::spawn_executor(clock.clone()).context("executor")?;
     nvr.recorder.set_channels(Channels { ingest: ingest_tx.clone(), storage: storage_tx.clone() });
-    let mut rows = db.list_streams().map_err(|e| e.to_string())?;
+    let mut rows = db.list_streams()?;
     rows.sort_by_key(|r| std::cmp::Reverse(r.spec.priority));
     let mut edit = nvr.recorder.edit();
     for row in rows {
@@ -118,7 +120,7 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
     }
     drop(edit);
     drop(db);
-    let http = web::spawn(nvr.clone()).map_err(|e| format!("web: {e}"))?;
+    let http = web::spawn(nvr.clone()).context("web")?;
     log::info!(
         "oxinvr {} recording {} stream(s) into {}; API on http://{}/",
         env!("CARGO_PKG_VERSION"),
@@ -146,8 +148,8 @@ pub fn run(config_path: Option<&Path>) -> Result<(), String> {
 }
 
 /// `oxinvr check`: returns the number of problems found (after repair).
-pub fn check(config_path: Option<&Path>, repair: bool) -> Result<usize, String> {
-    let cfg = Config::load(config_path).map_err(|e| e.to_string())?;
+pub fn check(config_path: Option<&Path>, repair: bool) -> Result<usize> {
+    let cfg = Config::load(config_path)?;
     let (_, report, _lock) = open_storage(&cfg, repair)?;
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     let problems = report.problems() + if repair { 0 } else { report.orphans_adopted + report.orphans_removed };

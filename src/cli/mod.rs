@@ -5,6 +5,8 @@ pub mod app;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::base::error::{Error, Kind, Result};
+
 const USAGE: &str = "\
 usage: oxinvr <command> [options]
 
@@ -48,9 +50,35 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("oxinvr: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code(e.kind))
         }
     }
+}
+
+/// The exit code of a command that failed, by kind: 2 for every kind. Scripts
+/// (the OTA and fresh-machine checks, init) read 2 as "not done, the message
+/// says why" and 1 as "done, and it found problems" (`check`, `ota mark-good
+/// --wait-healthy`); telling kinds apart is the message's job, so no kind
+/// gets a code of its own (that would also change what existing scripts see).
+pub fn exit_code(kind: Kind) -> u8 {
+    match kind {
+        Kind::InvalidInput
+        | Kind::Unauthorized
+        | Kind::Forbidden
+        | Kind::NotFound
+        | Kind::Conflict
+        | Kind::Rejected
+        | Kind::Upstream
+        | Kind::Unavailable
+        | Kind::Timeout
+        | Kind::Io
+        | Kind::Internal => 2,
+    }
+}
+
+/// A usage mistake: what is wrong, then the usage.
+fn usage_error(what: String) -> Error {
+    Error::invalid(format!("{what}\n\n{USAGE}"))
 }
 
 /// Rust ignores SIGPIPE, so `println!` into a closed pipe (`oxinvr --help | head -1`)
@@ -63,8 +91,8 @@ fn default_sigpipe() {
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
-fn dispatch(args: &[String]) -> Result<ExitCode, String> {
-    let Some(cmd) = args.first() else { return Err(format!("no command given\n\n{USAGE}")) };
+fn dispatch(args: &[String]) -> Result<ExitCode> {
+    let Some(cmd) = args.first() else { return Err(usage_error("no command given".into())) };
     let rest = &args[1..];
     if cmd != "run" {
         default_sigpipe();
@@ -100,21 +128,21 @@ fn dispatch(args: &[String]) -> Result<ExitCode, String> {
         }
         "ota" => ota(rest),
         "user" | "users" => user(rest),
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        other => Err(usage_error(format!("unknown command {other:?}"))),
     }
 }
 
-fn ota(args: &[String]) -> Result<ExitCode, String> {
+fn ota(args: &[String]) -> Result<ExitCode> {
     use crate::{appliance::ota, config::Config};
-    let Some(sub) = args.first() else { return Err(format!("ota needs a subcommand\n\n{USAGE}")) };
+    let Some(sub) = args.first() else { return Err(usage_error("ota needs a subcommand".into())) };
     let rest = &args[1..];
-    let load = |opts: &Opts| Config::load(opts.config.as_deref()).map_err(|e| e.to_string());
+    let load = |opts: &Opts| Config::load(opts.config.as_deref()).map_err(Error::from);
     let mut out = std::io::stdout();
     match sub.as_str() {
         "--help" | "-h" | "help" => println!("{USAGE}"),
         "keygen" => {
             let opts = Opts::parse_full(rest, &[], &["--out-dir"], 0)?;
-            let dir = opts.value("--out-dir").ok_or("ota keygen needs --out-dir DIR")?;
+            let dir = opts.value("--out-dir").ok_or_else(|| Error::invalid("ota keygen needs --out-dir DIR"))?;
             let (key, public) = ota::keygen(&PathBuf::from(dir))?;
             println!("wrote {} (private: keep it off the box, never commit it)", key.display());
             println!("wrote {} (public: goes into the image as system.ota_public_key)", public.display());
@@ -124,9 +152,9 @@ fn ota(args: &[String]) -> Result<ExitCode, String> {
             let opts = Opts::parse_full(rest, &[], &NEEDED, 0)?;
             let missing: Vec<&str> = NEEDED.into_iter().filter(|k| opts.value(k).is_none()).collect();
             if !missing.is_empty() {
-                return Err(format!("ota make-bundle needs {}\n\n{USAGE}", missing.join(", ")));
+                return Err(usage_error(format!("ota make-bundle needs {}", missing.join(", "))));
             }
-            let need = |k: &str| opts.value(k).ok_or(format!("ota make-bundle needs {k}"));
+            let need = |k: &str| opts.value(k).ok_or_else(|| Error::invalid(format!("ota make-bundle needs {k}")));
             let (key, image, out_path) =
                 (PathBuf::from(need("--key")?), PathBuf::from(need("--image")?), PathBuf::from(need("--out")?));
             let spec = ota::BundleSpec {
@@ -151,7 +179,7 @@ fn ota(args: &[String]) -> Result<ExitCode, String> {
         }
         "verify" => {
             let opts = Opts::parse_full(rest, &[], &["--pub", "--board"], 1)?;
-            let bundle = opts.positional.first().ok_or("ota verify needs a bundle file")?;
+            let bundle = opts.positional.first().ok_or_else(|| Error::invalid("ota verify needs a bundle file"))?;
             let cfg = load(&opts)?;
             let public = opts.value("--pub").map_or(cfg.system.ota_public_key.clone(), PathBuf::from);
             let board = opts.value("--board").unwrap_or(cfg.system.board.clone());
@@ -160,7 +188,10 @@ fn ota(args: &[String]) -> Result<ExitCode, String> {
         }
         "install" => {
             let opts = Opts::parse_full(rest, &["--reboot"], &[], 1)?;
-            let source = opts.positional.first().ok_or("ota install needs a bundle file or http:// URL")?;
+            let source = opts
+                .positional
+                .first()
+                .ok_or_else(|| Error::invalid("ota install needs a bundle file or http:// URL"))?;
             let cfg = load(&opts)?;
             let reboot = opts.flags.iter().any(|f| f == "--reboot");
             if reboot {
@@ -182,38 +213,41 @@ fn ota(args: &[String]) -> Result<ExitCode, String> {
             let opts = Opts::parse_full(rest, &[], &["--wait-healthy"], 0)?;
             let cfg = load(&opts)?;
             if let Some(secs) = opts.value("--wait-healthy") {
-                let secs: u64 =
-                    secs.parse().map_err(|_| format!("--wait-healthy {secs:?} is not a number of seconds"))?;
+                let secs: u64 = secs
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("--wait-healthy {secs:?} is not a number of seconds")))?;
                 if let Err(e) = wait_healthy(&cfg, secs) {
                     eprintln!("oxinvr: not marked good: {e}");
                     return Ok(ExitCode::from(1));
                 }
             }
-            println!("{}", ota::mark_good(&cfg.system).map_err(|e| e.to_string())?);
+            println!("{}", ota::mark_good(&cfg.system)?);
         }
-        other => return Err(format!("unknown ota subcommand {other:?}\n\n{USAGE}")),
+        other => return Err(usage_error(format!("unknown ota subcommand {other:?}"))),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn user(args: &[String]) -> Result<ExitCode, String> {
+fn user(args: &[String]) -> Result<ExitCode> {
     use crate::auth::admin;
     use std::io::IsTerminal;
-    let Some(sub) = args.first() else { return Err(format!("user needs a subcommand\n\n{USAGE}")) };
+    let Some(sub) = args.first() else { return Err(usage_error("user needs a subcommand".into())) };
     if matches!(sub.as_str(), "--help" | "-h" | "help") {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     }
     let opts = Opts::parse_full(&args[1..], &[], &["--role", "--label"], 1)?;
-    let cfg = crate::config::Config::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
-    let name = || opts.positional.first().cloned().ok_or(format!("user {sub} needs a user name"));
+    let cfg = crate::config::Config::load(opts.config.as_deref())?;
+    let name =
+        || opts.positional.first().cloned().ok_or_else(|| Error::invalid(format!("user {sub} needs a user name")));
     let new_password = || {
         let stdin = std::io::stdin();
         admin::read_new_password(&mut stdin.lock(), stdin.is_terminal())
     };
     let out = match sub.as_str() {
         "add" => {
-            let role = opts.value("--role").ok_or("user add needs --role viewer|operator|admin")?;
+            let role =
+                opts.value("--role").ok_or_else(|| Error::invalid("user add needs --role viewer|operator|admin"))?;
             let n = name()?;
             admin::add(&cfg, &n, &role, &new_password()?)?
         }
@@ -225,14 +259,14 @@ fn user(args: &[String]) -> Result<ExitCode, String> {
         "list" => admin::list(&cfg)?,
         "key" => admin::key(&cfg, &name()?, &opts.value("--label").unwrap_or_else(|| "console".into()))?,
         "bench" => admin::bench(&cfg, 5)?,
-        other => return Err(format!("unknown user subcommand {other:?}\n\n{USAGE}")),
+        other => return Err(usage_error(format!("unknown user subcommand {other:?}"))),
     };
     println!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// Polls GET /api/health on the configured listen address for up to `secs`.
-fn wait_healthy(cfg: &crate::config::Config, secs: u64) -> Result<(), String> {
+fn wait_healthy(cfg: &crate::config::Config, secs: u64) -> Result<()> {
     let client = crate::base::httpclient::Client::new(crate::base::httpclient::loopback_addr(&cfg.web.listen)?);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
@@ -242,7 +276,10 @@ fn wait_healthy(cfg: &crate::config::Config, secs: u64) -> Result<(), String> {
             Err(e) => e.to_string(),
         };
         if std::time::Instant::now() >= deadline {
-            return Err(format!("/api/health on {} did not answer 200 in {secs} s: {last}", client.addr));
+            return Err(Error::new(
+                Kind::Timeout,
+                format!("/api/health on {} did not answer 200 in {secs} s: {last}", client.addr),
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -256,18 +293,13 @@ struct Opts {
 }
 
 impl Opts {
-    fn parse(args: &[String], allowed_flags: &[&str]) -> Result<Opts, String> {
+    fn parse(args: &[String], allowed_flags: &[&str]) -> Result<Opts> {
         Self::parse_full(args, allowed_flags, &[], 0)
     }
 
     /// `--config`, `allowed_flags`, `valued` options (`--k V` or `--k=V`) and
     /// at most `max_positional` other arguments.
-    fn parse_full(
-        args: &[String],
-        allowed_flags: &[&str],
-        valued: &[&str],
-        max_positional: usize,
-    ) -> Result<Opts, String> {
+    fn parse_full(args: &[String], allowed_flags: &[&str], valued: &[&str], max_positional: usize) -> Result<Opts> {
         let mut opts = Opts { config: None, flags: Vec::new(), values: Vec::new(), positional: Vec::new() };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -278,7 +310,7 @@ impl Opts {
             if name == "--config" || name == "-c" || valued.contains(&name) {
                 let v = match inline {
                     Some(v) => v,
-                    None => it.next().ok_or(format!("{name} needs a value"))?.clone(),
+                    None => it.next().ok_or_else(|| Error::invalid(format!("{name} needs a value")))?.clone(),
                 };
                 if name == "--config" || name == "-c" {
                     opts.config = Some(PathBuf::from(v));
@@ -290,9 +322,9 @@ impl Opts {
             } else if !a.starts_with('-') && opts.positional.len() < max_positional {
                 opts.positional.push(a.clone());
             } else if !a.starts_with('-') {
-                return Err(format!("unexpected argument {a:?}\n\n{USAGE}"));
+                return Err(usage_error(format!("unexpected argument {a:?}")));
             } else {
-                return Err(format!("unknown option {a:?}\n\n{USAGE}"));
+                return Err(usage_error(format!("unknown option {a:?}")));
             }
         }
         Ok(opts)

@@ -237,6 +237,23 @@ impl std::error::Error for DbError {
     }
 }
 
+/// Into the glue's error: the kind the variant already tells; SQLite's own
+/// failure stays the source.
+impl From<DbError> for crate::base::error::Error {
+    fn from(e: DbError) -> Self {
+        use crate::base::error::{Error, Kind};
+        let kind = match e {
+            DbError::Sqlite { op, source } => return Error::wrap(Kind::Io, source).context(format!("database: {op}")),
+            // The kind says it is a missing row; the message needs no "database:".
+            DbError::NotFound { what } => return Error::not_found(format!("no {what}")),
+            DbError::Invalid { .. } => Kind::InvalidInput,
+            DbError::InUse { .. } | DbError::Conflict { .. } | DbError::TooNew { .. } => Kind::Conflict,
+            DbError::Corrupt { .. } => Kind::Internal,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
 /// Attaches the operation name to a rusqlite error.
 trait Ctx<T> {
     fn ctx(self, op: &'static str) -> Result<T, DbError>;

@@ -5,11 +5,13 @@
 //! a running session is restarted only when a setting it runs with changed.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::ring::{self, Ring};
 use super::stream::{StreamRuntime, StreamState, StreamStatus};
 use super::{ingest, storage};
+use crate::base::error::{Error, Kind};
 use crate::index::db::{RecordMode, StreamRow, StreamSpec};
 
 /// Where stream starts and stops are sent.
@@ -107,12 +109,17 @@ impl Recorder {
 
     /// Asks the storage thread to delete every recording of a stream (row
     /// first, then files) and waits for it. Returns how many were deleted.
-    pub fn purge_recordings(&self, stream_id: i64) -> Result<usize, String> {
-        let ch = self.channels().ok_or("the recorder is not running")?;
+    pub fn purge_recordings(&self, stream_id: i64) -> Result<usize, Error> {
+        let ch = self.channels().ok_or_else(|| Error::unavailable("the recorder is not running"))?;
         let (tx, rx) = std::sync::mpsc::channel();
-        ch.storage.send(storage::Command::Purge(stream_id, tx)).map_err(|_| "the storage thread has stopped")?;
-        rx.recv_timeout(std::time::Duration::from_secs(60))
-            .map_err(|_| "the storage thread did not answer".to_string())?
+        let stopped = || Error::unavailable("the storage thread has stopped");
+        ch.storage.send(storage::Command::Purge(stream_id, tx)).map_err(|_| stopped())?;
+        let done = rx.recv_timeout(std::time::Duration::from_secs(60)).map_err(|e| match e {
+            RecvTimeoutError::Timeout => Error::new(Kind::Timeout, "the storage thread did not answer in 60 s"),
+            RecvTimeoutError::Disconnected => stopped(),
+        })?;
+        // The storage thread's message names the row or file that failed.
+        done.map_err(Error::io)
     }
 
     /// Bytes of all ring mappings.

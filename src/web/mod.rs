@@ -46,6 +46,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::base::error::Error;
 use crate::base::memory::{self, Subsystem};
 use crate::base::shutdown::Shutdown;
 use crate::index::db::Db;
@@ -284,8 +285,9 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
 fn open_db<'a>(nvr: &Nvr, slot: &'a mut Option<Db>) -> Result<&'a Db, ApiError> {
     if slot.is_none() {
         let path = nvr.config.db_path();
+        // Whatever the database's error, this worker cannot answer for now.
         let db =
-            Db::open(&path).map_err(|e| ApiError::new(503, format!("database {} unavailable: {e}", path.display())))?;
+            Db::open(&path).map_err(|e| Error::unavailable(format!("database {} unavailable: {e}", path.display())))?;
         *slot = Some(db);
     }
     slot.as_ref().ok_or_else(|| ApiError::internal("no database connection"))

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use super::reply::{ApiError, Reply};
 use super::{Ctx, Query};
-use crate::appliance::ota::{self, OtaError};
+use crate::appliance::ota;
+use crate::base::error::Error;
 
 static STATE: Mutex<Option<Value>> = Mutex::new(None);
 static BUSY: Mutex<bool> = Mutex::new(false);
@@ -44,7 +45,7 @@ pub fn upload(ctx: &Ctx, q: &Query, rq: &mut tiny_http::Request) -> Result<Reply
     {
         let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         if *busy {
-            return Err(ApiError::new(409, "an update is already being installed; see GET /api/system/ota"));
+            return Err(Error::conflict("an update is already being installed; see GET /api/system/ota").into());
         }
         *busy = true;
     }
@@ -77,14 +78,8 @@ pub fn upload(ctx: &Ctx, q: &Query, rq: &mut tiny_http::Request) -> Result<Reply
             Ok(Reply::json(200, &v))
         }
         Err(e) => {
-            let status = match &e {
-                OtaError::NotABundle(_) | OtaError::Truncated(_) | OtaError::Format(_) => 400,
-                OtaError::BadSignature(_) | OtaError::WrongBoard { .. } => 422,
-                OtaError::Refused(_) => 409,
-                _ => 500,
-            };
             set_state(json!({ "state": "failed", "error": e.to_string() }));
-            Err(ApiError::new(status, format!("update refused: {e}")))
+            Err(Error::from(e).context("update refused").into())
         }
     }
 }

@@ -28,6 +28,7 @@ use super::permit::Permit;
 use super::reply::{ApiError, Reply};
 use super::router::Query;
 use super::Ctx;
+use crate::base::error::Error;
 use crate::recording::media::{AudioParams, Track, VideoParams};
 use crate::recording::rtsp::{self, Described, Source};
 
@@ -107,9 +108,9 @@ struct ProbeSlot(#[allow(dead_code)] Permit); // held for its Drop
 
 impl ProbeSlot {
     fn take() -> Result<ProbeSlot, ApiError> {
-        Permit::try_take(&RUNNING, MAX_PROBES)
-            .map(ProbeSlot)
-            .ok_or_else(|| ApiError::new(503, format!("{MAX_PROBES} probes are running; try again when one ends")))
+        Permit::try_take(&RUNNING, MAX_PROBES).map(ProbeSlot).ok_or_else(|| {
+            Error::unavailable(format!("{MAX_PROBES} probes are running; try again when one ends")).into()
+        })
     }
 }
 

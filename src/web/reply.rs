@@ -4,10 +4,34 @@
 //! Invariant: every error reaches the client as a 4xx/5xx with the JSON body
 //! `{"error": "<message>"}`, the message naming the parameter or stream at
 //! fault; 5xx messages are also logged.
+//!
+//! `status_of` is the one place a `base::error::Kind` becomes an HTTP status:
+//! handlers return a `base::error::Error` from glue code (or a typed error
+//! that converts into one, like `DbError`) and `?` turns it into an
+//! `ApiError`. Statuses that are HTTP's own business (405, 411, 413, 415,
+//! 416, 429, and 401 with its `WWW-Authenticate`) are still built here directly.
 
 use std::io::Read;
 
 use serde::Serialize;
+
+use crate::base::error::{Error, Kind};
+
+/// The HTTP status of each kind of error.
+pub fn status_of(kind: Kind) -> u16 {
+    match kind {
+        Kind::InvalidInput => 400,
+        Kind::Unauthorized => 401,
+        Kind::Forbidden => 403,
+        Kind::NotFound => 404,
+        Kind::Conflict => 409,
+        Kind::Rejected => 422,
+        Kind::Upstream => 502,
+        Kind::Unavailable => 503,
+        Kind::Timeout => 504,
+        Kind::Io | Kind::Internal => 500,
+    }
+}
 
 /// An error answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,10 +66,18 @@ impl ApiError {
     }
 }
 
-/// Database failures are server errors.
+/// The status of its kind; the body's message is the whole "what: why".
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::new(status_of(e.kind), e.to_string())
+    }
+}
+
+/// Through [`Error`]: a missing row is 404, a broken rule 409, bad input
+/// 400, SQLite's own failure 500.
 impl From<crate::index::db::DbError> for ApiError {
     fn from(e: crate::index::db::DbError) -> Self {
-        ApiError::internal(e.to_string())
+        Error::from(e).into()
     }
 }
 
@@ -119,5 +151,44 @@ mod tests {
         assert!(r.headers.contains(&("Content-Type", "application/json".into())));
         let Body::Bytes(b) = r.body else { panic!("bytes expected") };
         assert_eq!(b, b"{\"error\":\"no\"}\n");
+    }
+
+    #[test]
+    fn each_kind_has_its_status() {
+        let table = [
+            (Kind::InvalidInput, 400),
+            (Kind::Unauthorized, 401),
+            (Kind::Forbidden, 403),
+            (Kind::NotFound, 404),
+            (Kind::Conflict, 409),
+            (Kind::Rejected, 422),
+            (Kind::Upstream, 502),
+            (Kind::Unavailable, 503),
+            (Kind::Timeout, 504),
+            (Kind::Io, 500),
+            (Kind::Internal, 500),
+        ];
+        assert_eq!(table.len(), Kind::ALL.len());
+        for (kind, status) in table {
+            assert_eq!(status_of(kind), status, "{kind:?}");
+            // Clients of the API (the shell) read the kind back from the status.
+            if status != 500 {
+                assert_eq!(Kind::from_status(status), kind, "{status}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_answers_what_then_why_in_the_same_body() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = Error::from(io).context("recording 7: /data/x.mp4");
+        let r = Reply::from(ApiError::from(e));
+        assert_eq!(r.status, 404);
+        let Body::Bytes(b) = r.body else { panic!("bytes expected") };
+        assert_eq!(b, b"{\"error\":\"recording 7: /data/x.mp4: No such file or directory\"}\n");
+        let db = crate::index::db::DbError::NotFound { what: "user \"x\"".into() };
+        assert_eq!(ApiError::from(db).status, 404);
+        let db = crate::index::db::DbError::Conflict { what: "name taken".into() };
+        assert_eq!(ApiError::from(db), ApiError::new(409, "name taken"));
     }
 }

@@ -22,7 +22,7 @@ use super::router::{access, Access, Matched, Method, Resource};
 use super::{Call, Ctx};
 use crate::auth::{self, password, totp, Principal, Role, Via};
 use crate::base::clock::rfc3339;
-use crate::index::db::{Db, DbError, KeyRow, SessionRow, UserRow};
+use crate::index::db::{Db, KeyRow, SessionRow, UserRow};
 use crate::web::state::Nvr;
 
 /// Checks the credential of a request against what its route needs.
@@ -176,14 +176,6 @@ fn body<'a, T: Deserialize<'a>>(c: &Call<'a>) -> Result<T, ApiError> {
         return Err(ApiError::new(415, "send the body as JSON with 'Content-Type: application/json'"));
     }
     serde_json::from_slice(c.body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
-}
-
-fn db_error(e: DbError) -> ApiError {
-    match e {
-        DbError::Conflict { what } => ApiError::conflict(what),
-        DbError::NotFound { what } => ApiError::not_found(what.replace("database: ", "")),
-        e => ApiError::from(e),
-    }
 }
 
 fn status(ctx: &Ctx, p: Option<&Principal>, csrf: Option<&str>) -> Result<Reply, ApiError> {
@@ -452,7 +444,7 @@ fn create_user(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
     password::check_new(&b.password).map_err(ApiError::bad_request)?;
     let role = parse_role(&b.role)?;
     let hash = password::hash(&b.password, ctx.nvr.config.web.pbkdf2_iterations).map_err(ApiError::internal)?;
-    let u = ctx.db.create_user(&b.username, role, &hash, ctx.nvr.clock.now_ms()).map_err(db_error)?;
+    let u = ctx.db.create_user(&b.username, role, &hash, ctx.nvr.clock.now_ms())?;
     Ok(Reply::json(201, &user_json(&u)))
 }
 
@@ -505,20 +497,20 @@ fn update_user(ctx: &Ctx, c: &Call, p: &Principal, name: &str) -> Result<Reply, 
         None => None,
     };
     if let Some(role) = role {
-        ctx.db.set_user_role(name, role).map_err(db_error)?;
+        ctx.db.set_user_role(name, role)?;
     }
     if let Some(hash) = hash {
         let keep = match (&p.via, own) {
             (Via::Session { id, .. }, true) => Some(*id),
             _ => None,
         };
-        ctx.db.set_password(name, &hash, keep).map_err(db_error)?;
+        ctx.db.set_password(name, &hash, keep)?;
     }
     get_user(ctx, p, name)
 }
 
 fn delete_user(ctx: &Ctx, name: &str) -> Result<Reply, ApiError> {
-    ctx.db.delete_user(name).map_err(db_error)?;
+    ctx.db.delete_user(name)?;
     Ok(no_content())
 }
 

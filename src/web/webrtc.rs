@@ -16,6 +16,7 @@ use serde_json::json;
 use super::reply::{ApiError, Reply};
 use super::router::Query;
 use super::Ctx;
+use crate::base::error::Error;
 use crate::base::httpclient::Client;
 
 #[derive(Deserialize)]
@@ -52,21 +53,21 @@ pub fn offer(ctx: &Ctx, stream: &str, q: &Query, body: &[u8]) -> Result<Reply, A
     let register = format!("/api/streams?name={}&src={}", enc(stream), enc(&row.spec.url));
     match client.request("PUT", &register, None) {
         Ok(r) if r.status < 300 => {}
-        Ok(r) => return Err(ApiError::new(502, format!("go2rtc refused stream {stream:?}: HTTP {}", r.status))),
-        Err(e) => return Err(ApiError::new(502, format!("go2rtc at {api} did not answer: {e}"))),
+        Ok(r) => return Err(Error::upstream(format!("go2rtc refused stream {stream:?}: HTTP {}", r.status)).into()),
+        Err(e) => return Err(Error::upstream(format!("go2rtc at {api} did not answer: {e}")).into()),
     }
     let path = format!("/api/webrtc?src={}", enc(stream));
     let sent = json!({ "type": "offer", "sdp": offer.sdp });
     let r = client
         .request("POST", &path, Some(&sent))
-        .map_err(|e| ApiError::new(502, format!("go2rtc at {api} did not answer: {e}")))?;
+        .map_err(|e| Error::upstream(format!("go2rtc at {api} did not answer: {e}")))?;
     if r.status != 200 {
-        return Err(ApiError::new(502, format!("go2rtc refused the offer for {stream:?}: HTTP {}", r.status)));
+        return Err(Error::upstream(format!("go2rtc refused the offer for {stream:?}: HTTP {}", r.status)).into());
     }
-    let answer: serde_json::Value = serde_json::from_slice(&r.body)
-        .map_err(|_| ApiError::new(502, "go2rtc answered something that is not JSON"))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&r.body).map_err(|_| Error::upstream("go2rtc answered something that is not JSON"))?;
     match (answer["type"].as_str(), answer["sdp"].as_str()) {
         (Some("answer"), Some(sdp)) => Ok(Reply::json(200, &json!({ "type": "answer", "sdp": sdp }))),
-        _ => Err(ApiError::new(502, "go2rtc's answer has no SDP answer in it")),
+        _ => Err(Error::upstream("go2rtc's answer has no SDP answer in it").into()),
     }
 }
