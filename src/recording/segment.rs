@@ -487,7 +487,7 @@ mod tests {
         }
         // The last frame's duration is estimated, so all 250 frames are kept.
         assert_eq!(total_frames, 250);
-        assert_eq!(total_audio, (10 * 48_000 + 1023) / 1024, "every audio frame is kept");
+        assert_eq!(total_audio, (10 * 48_000u64).div_ceil(1024), "every audio frame is kept");
         assert_eq!(segs[0].start_ms, T0);
         assert_eq!(segs[2].end_ms, T0 + 10_000);
         assert!(db.gaps_overlapping(1, i64::MIN, i64::MAX).expect("gaps").is_empty());
