@@ -1,15 +1,20 @@
 //! The mp4 writer against real parts: ffmpeg encodes a 4 s H.264 clip and an
-//! AAC track, we mux them with `init_segment` + `fragment_header` (one fragment
-//! per GOP), and ffprobe/ffmpeg must read the result without complaint. The
-//! same goes for an "export" made of later fragments patched with `patch_moof`.
+//! AAC track, we mux them with `init_segment` and the fragmenter (one fragment
+//! per GOP, as segment files are), and ffprobe/ffmpeg must read the result
+//! without complaint. The same goes for an "export" made of later fragments
+//! patched with `patch_moof`, and for a file whose audio has a gap (later audio
+//! keeps its time).
 //!
 //! ffmpeg is required (scripts/test installs it): without it the test fails.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use std::ops::Range;
+
+use oxinvr::recording::fragmenter::{Cut, Fragmenter};
 use oxinvr::recording::media::{AudioParams, RunStart, VideoParams};
-use oxinvr::recording::mp4::{self, BoxHeader, Sample, TrackRun};
+use oxinvr::recording::mp4::{self, BoxHeader};
 
 const FPS: u32 = 25;
 const VIDEO_TIMESCALE: u32 = 90_000;
@@ -171,11 +176,48 @@ fn adts_frames(data: &[u8]) -> (Vec<&[u8]>, [u8; 2], u16) {
     (frames, asc, channels)
 }
 
-#[test]
-fn ffmpeg_reads_what_we_write() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let h264 = dir.path().join("x.h264");
-    let aac = dir.path().join("x.aac");
+/// The session clock's reading at the clip's first frame (pts are not 0-based).
+const SESSION_SECS: i64 = 7;
+
+/// Muxes the clip with [`Fragmenter`] in GOP mode, as the segment writer does:
+/// video at 25 fps and AAC on the same session clock, each audio frame pushed
+/// after the video frame it starts under; `lost` audio frames are left out.
+fn mux(run: &RunStart, units: &[AccessUnit], audio: &[&[u8]], lost: Range<usize>) -> Vec<u8> {
+    let mut file = mp4::init_segment(run);
+    let mut f = Fragmenter::new(run, Cut::Gop);
+    let video_pts = |i: usize| SESSION_SECS * i64::from(VIDEO_TIMESCALE) + (i as u32 * VIDEO_TIMESCALE / FPS) as i64;
+    let audio_pts = |n: usize| SESSION_SECS * i64::from(SAMPLE_RATE) + (n as u32 * AAC_FRAME) as i64;
+    let mut write = |frag: &oxinvr::recording::fragmenter::Fragment| {
+        file.extend_from_slice(&frag.header);
+        file.extend_from_slice(frag.video);
+        file.extend_from_slice(frag.audio);
+    };
+    let mut next_audio = 0;
+    for (i, u) in units.iter().enumerate() {
+        let pts = video_pts(i);
+        if f.cuts_before(u.key, pts) {
+            f.finish(Some(pts), &mut write);
+        }
+        f.push_video(u.key, pts, &u.data);
+        let last = i + 1 == units.len();
+        while next_audio < audio.len()
+            && (last || (next_audio as u64 * u64::from(AAC_FRAME * FPS)) < (i as u64 + 1) * u64::from(SAMPLE_RATE))
+        {
+            if !lost.contains(&next_audio) {
+                assert!(f.push_audio(audio_pts(next_audio), audio[next_audio]));
+            }
+            next_audio += 1;
+        }
+    }
+    f.finish(None, &mut write);
+    file
+}
+
+/// A 4 s clip encoded by ffmpeg: H.264 (25 fps, a keyframe each second, no
+/// B-frames) and stereo AAC at 48 kHz, as raw Annex B and ADTS bytes.
+fn encode_clip(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let h264 = dir.join("x.h264");
+    let aac = dir.join("x.aac");
     run(Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "4"])
         .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", "-g", "25", "-f", "h264"])
@@ -184,22 +226,18 @@ fn ffmpeg_reads_what_we_write() {
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "4"])
         .args(["-ac", "2", "-c:a", "aac", "-f", "adts"])
         .arg(&aac));
-    let h264 = std::fs::read(&h264).expect("read h264");
-    let aac = std::fs::read(&aac).expect("read aac");
+    (std::fs::read(&h264).expect("read h264"), std::fs::read(&aac).expect("read aac"))
+}
 
-    let (sps, pps, units) = access_units(&nal_units(&h264));
-    assert_eq!(units.len(), 100, "access units in the clip");
-    assert!(units[0].key);
-    let (audio_frames, asc, channels) = adts_frames(&aac);
-    let codec = format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]);
-
-    let run_start = RunStart {
+/// The run of the clip: codec parameters from its SPS/PPS and ADTS headers.
+fn clip_run(sps: &[u8], pps: &[u8], asc: [u8; 2], channels: u16) -> RunStart {
+    RunStart {
         video: VideoParams {
-            codec: codec.clone(),
+            codec: format!("avc1.{:02x}{:02x}{:02x}", sps[1], sps[2], sps[3]),
             width: 320,
             height: 240,
             timescale: VIDEO_TIMESCALE,
-            sample_entry: avc1_entry(&sps, &pps, 320, 240),
+            sample_entry: avc1_entry(sps, pps, 320, 240),
         },
         audio: Some(AudioParams {
             codec: "mp4a.40.2".into(),
@@ -210,49 +248,23 @@ fn ffmpeg_reads_what_we_write() {
         }),
         anchor_pts: 0,
         anchor_wall_ms: 1_700_000_000_000,
-    };
-
-    // One fragment per GOP; each takes the audio frames that start before its end.
-    let mut file = mp4::init_segment(&run_start);
-    let gop_starts: Vec<usize> = (0..units.len()).filter(|&i| units[i].key).collect();
-    let frame_ticks = VIDEO_TIMESCALE / FPS;
-    let mut next_audio = 0;
-    for (n, &start) in gop_starts.iter().enumerate() {
-        let end = gop_starts.get(n + 1).copied().unwrap_or(units.len());
-        let gop = &units[start..end];
-        let video: Vec<Sample> =
-            gop.iter().map(|u| Sample { duration: frame_ticks, size: u.data.len() as u32, key: u.key }).collect();
-        let video_end_ticks = u64::from(frame_ticks) * end as u64;
-        let audio_end = if end == units.len() {
-            audio_frames.len()
-        } else {
-            (next_audio..audio_frames.len())
-                .find(|&i| {
-                    i as u64 * u64::from(AAC_FRAME) * u64::from(VIDEO_TIMESCALE)
-                        >= video_end_ticks * u64::from(SAMPLE_RATE)
-                })
-                .unwrap_or(audio_frames.len())
-        };
-        let audio = &audio_frames[next_audio..audio_end];
-        let audio_samples: Vec<Sample> =
-            audio.iter().map(|f| Sample { duration: AAC_FRAME, size: f.len() as u32, key: true }).collect();
-        let runs = [
-            TrackRun {
-                track_id: mp4::VIDEO_TRACK_ID,
-                base_decode_time: u64::from(frame_ticks) * start as u64,
-                samples: &video,
-            },
-            TrackRun {
-                track_id: mp4::AUDIO_TRACK_ID,
-                base_decode_time: next_audio as u64 * u64::from(AAC_FRAME),
-                samples: &audio_samples,
-            },
-        ];
-        file.extend_from_slice(&mp4::fragment_header(n as u32 + 1, &runs));
-        gop.iter().for_each(|u| file.extend_from_slice(&u.data));
-        audio.iter().for_each(|f| file.extend_from_slice(f));
-        next_audio = audio_end;
     }
+}
+
+#[test]
+fn ffmpeg_reads_what_we_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (h264, aac) = encode_clip(dir.path());
+    let (sps, pps, units) = access_units(&nal_units(&h264));
+    assert_eq!(units.len(), 100, "access units in the clip");
+    assert!(units[0].key);
+    let (audio_frames, asc, channels) = adts_frames(&aac);
+    let run_start = clip_run(&sps, &pps, asc, channels);
+    let codec = run_start.video.codec.clone();
+
+    // One fragment per GOP, built by the fragmenter as the segment writer does.
+    let file = mux(&run_start, &units, &audio_frames, 0..0);
+    let gop_starts: Vec<usize> = (0..units.len()).filter(|&i| units[i].key).collect();
     let out = dir.path().join("out.mp4");
     std::fs::write(&out, &file).expect("write mp4");
 
@@ -321,4 +333,32 @@ fn ffmpeg_reads_what_we_write() {
     let rescan = mp4::scan_file(&export_path).expect("scan export");
     assert_eq!(rescan.fragments[0].start_ticks, 0);
     assert_eq!(rescan.fragments.len(), half.len());
+}
+
+/// Audio frames lost in the middle (a camera that dropped audio packets): the
+/// fragmenter places every later frame at its own pts, so ffprobe reads each
+/// packet at the time it was captured, the gap stays a gap, and nothing after
+/// it moves earlier.
+#[test]
+fn an_audio_gap_keeps_later_audio_at_its_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (h264, aac) = encode_clip(dir.path());
+    let (sps, pps, units) = access_units(&nal_units(&h264));
+    let (audio_frames, asc, channels) = adts_frames(&aac);
+    // 40 frames (0.85 s) from 1.07 s: across the fragment boundary at 2 s too.
+    let lost = 50..90;
+    let file = mux(&clip_run(&sps, &pps, asc, channels), &units, &audio_frames, lost.clone());
+    let out = dir.path().join("gap.mp4");
+    std::fs::write(&out, &file).expect("write mp4");
+
+    let pts = ffprobe(&out, &["-select_streams", "a:0", "-show_entries", "packet=pts", "-of", "csv=p=0"]);
+    let got: Vec<u64> = pts.lines().map(|l| l.trim().parse().expect("a pts")).collect();
+    let expected: Vec<u64> =
+        (0..audio_frames.len()).filter(|n| !lost.contains(n)).map(|n| n as u64 * u64::from(AAC_FRAME)).collect();
+    assert_eq!(got, expected, "audio packet times (48 kHz ticks) after a gap of {lost:?}");
+    let video = ffprobe(&out, &["-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames"]);
+    assert!(video.contains("nb_read_frames=100"), "{video}");
+    assert_decodes_cleanly(&out);
+    let scan = mp4::scan_file(&out).expect("scan");
+    assert_eq!(scan.audio_frames, expected.len() as u64);
 }

@@ -27,7 +27,6 @@ use std::path::PathBuf;
 
 use crate::recording::media::FragmentEntry;
 
-use super::mp4box;
 use super::select::{select, ticks_to_ms};
 
 /// A moof larger than this is refused rather than loaded into memory.
@@ -202,7 +201,7 @@ pub type Patcher = fn(&mut [u8], &MoofPatch) -> io::Result<()>;
 pub fn patch_moof(moof: &mut [u8], p: &MoofPatch) -> io::Result<()> {
     let sequence = match p.sequence {
         Some(s) => s,
-        None => mp4box::moof_sequence(moof)
+        None => crate::recording::mp4::moof_sequence(moof)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cannot patch moof: no mfhd sequence number"))?,
     };
     crate::recording::mp4::patch_moof(moof, sequence, |track, old| p.new_tfdt(track, old))
@@ -270,7 +269,7 @@ impl PartsReader {
         let part = self.parts[i].clone();
         let mut head = vec![0u8; 16.min(part.len) as usize];
         self.read_exact_at(part.file, part.offset, &mut head)?;
-        let size = mp4box::moof_size(&head)
+        let size = crate::recording::mp4::moof_size(&head)
             .filter(|s| *s <= part.len && *s <= MAX_MOOF)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no moof at offset {}", part.offset)))?;
         let mut moof = vec![0u8; size as usize];
@@ -322,8 +321,8 @@ impl Read for PartsReader {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::playback::mp4box::tests::{bx, init};
     use crate::playback::select::tests::frags;
+    use crate::recording::mp4::tests::{bare_init as init, bx};
 
     fn seg(file: &str, start_ms: i64, init: Vec<u8>, fragments: Vec<FragmentEntry>) -> ExportSegment {
         ExportSegment {
@@ -527,7 +526,7 @@ pub(crate) mod tests {
         let (pa, pb, out) = (dir.path().join("a.mp4"), dir.path().join("b.mp4"), dir.path().join("out.mp4"));
         let (init_a, frags_a) = write_segment(&pa, 4, |i| i % 2 == 0);
         let (init_b, frags_b) = write_segment(&pb, 2, |i| i == 0);
-        let audio_timescale = mp4box::timescale_of(&init_a, 2);
+        let audio_timescale = crate::recording::mp4::timescale_of(&init_a, 2);
         assert_eq!(audio_timescale, Some(48_000));
         let seg = |file: &PathBuf, start_ms, init: &Vec<u8>, fragments: &Vec<FragmentEntry>| ExportSegment {
             file: file.clone(),
@@ -553,7 +552,7 @@ pub(crate) mod tests {
         let mut audio = Vec::new();
         for f in &scan.fragments {
             let at = f.offset as usize;
-            let moof_len = mp4box::moof_size(&bytes[at..at + 16]).expect("moof") as usize;
+            let moof_len = crate::recording::mp4::moof_size(&bytes[at..at + 16]).expect("moof") as usize;
             let moof = &bytes[at..at + moof_len];
             seqs.push(u32::from_be_bytes([moof[20], moof[21], moof[22], moof[23]]));
             let trafs = crate::recording::mp4::parse_moof(moof).expect("parse");

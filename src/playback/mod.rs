@@ -4,5 +4,4 @@
 
 pub mod export;
 pub mod hls;
-pub mod mp4box;
 pub mod select;

@@ -2,6 +2,7 @@
 //! segment files, with recovery and retention, and the `Recorder` that owns
 //! the stream registry.
 
+pub mod fragmenter;
 pub mod ingest;
 pub mod media;
 pub mod mp4;

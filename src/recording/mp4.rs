@@ -1,4 +1,7 @@
-//! Our own small ISO-BMFF (fragmented MP4) writer and reader, for segment files.
+//! Our own small ISO-BMFF (fragmented MP4) writer and the one box reader: for
+//! segment files (scan, recovery), export and HLS (moof sizes, sequence numbers,
+//! track timescales, tfdt patching) and the live-view tests. Fragments are
+//! assembled by `recording::fragmenter`.
 //!
 //! A segment file (docs/ARCHITECTURE.md, "File format") is:
 //!
@@ -621,6 +624,38 @@ fn parse_trak(b: &[u8], trak: Range<usize>) -> Result<TrackInfo, String> {
     Ok(TrackInfo { id, handler, timescale, width, height, sample_entry })
 }
 
+/// (track id, media timescale) of every `trak` of the moov in `init` (the
+/// bytes of an init segment, or any buffer of boxes holding a moov). Only
+/// tkhd and mdia/mdhd are read; malformed boxes are skipped.
+pub fn track_timescales(init: &[u8]) -> Vec<(u32, u32)> {
+    let Some(moov) = children(init, 0..init.len()).map_while(Result::ok).find(|c| &c.kind == b"moov") else {
+        return Vec::new();
+    };
+    children(init, moov.payload)
+        .map_while(Result::ok)
+        .filter(|c| &c.kind == b"trak")
+        .filter_map(|trak| trak_timescale(init, trak.payload).ok())
+        .collect()
+}
+
+/// (track id, timescale) of one trak.
+fn trak_timescale(b: &[u8], trak: Range<usize>) -> Result<(u32, u32), String> {
+    let mut tkhd = Reader::new(&b[require(b, trak.clone(), b"tkhd", "trak")?], "tkhd");
+    let (version, _) = tkhd.version_flags()?;
+    tkhd.take(if version == 1 { 16 } else { 8 })?; // creation, modification time
+    let id = tkhd.u32()?;
+    let mdia = require(b, trak, b"mdia", "trak")?;
+    let mut mdhd = Reader::new(&b[require(b, mdia, b"mdhd", "mdia")?], "mdhd");
+    let (version, _) = mdhd.version_flags()?;
+    mdhd.take(if version == 1 { 16 } else { 8 })?;
+    Ok((id, mdhd.u32()?))
+}
+
+/// Timescale of `track_id` in an init segment (`None` if absent or 0).
+pub fn timescale_of(init: &[u8], track_id: u32) -> Option<u32> {
+    track_timescales(init).into_iter().find(|(id, _)| *id == track_id).map(|(_, ts)| ts).filter(|ts| *ts > 0)
+}
+
 // ---------------------------------------------------------------------------
 // moof
 
@@ -758,6 +793,23 @@ fn parse_traf(b: &[u8], traf: Range<usize>) -> Result<(TrafSummary, usize, u8), 
         }
     }
     Ok((sum, tfdt.start + 4, tfdt_version))
+}
+
+/// Size of the `moof` box whose header starts `head` (8 bytes, 16 with a
+/// 64-bit size); `None` if it is not a moof header with a usable size.
+pub fn moof_size(head: &[u8]) -> Option<u64> {
+    match RawHeader::parse(head)? {
+        RawHeader { kind, size: Some(size), .. } if &kind == b"moof" => Some(size),
+        _ => None,
+    }
+}
+
+/// The `mfhd` sequence number of a whole `moof` box (its trafs are not read).
+pub fn moof_sequence(moof: &[u8]) -> Option<u32> {
+    let h = BoxHeader::parse(moof, 0, moof.len() as u64).filter(|h| &h.kind == b"moof")?;
+    let mfhd = find(moof, h.header_len as usize..h.end() as usize, b"mfhd").ok()??;
+    // Full box: version(1) flags(3), then the sequence number.
+    be32(moof.get(mfhd)?, 4)
 }
 
 /// Parses one moof (the bytes of the moof box only) into a summary per traf.
@@ -951,6 +1003,89 @@ pub fn recover_file(path: &Path) -> Result<(ScannedFile, u64), Mp4Error> {
 pub(crate) mod tests {
     use super::*;
     use crate::recording::media::{AudioParams, VideoParams};
+
+    /// A box of `kind` around `payload` (for hand-made inputs).
+    pub(crate) fn bx(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut v = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(kind);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn full(version: u8, rest: &[u8]) -> Vec<u8> {
+        let mut v = vec![version, 0, 0, 0];
+        v.extend_from_slice(rest);
+        v
+    }
+
+    /// A trak holding only what `track_timescales` reads (tkhd, mdia/mdhd).
+    fn bare_trak(id: u32, ts: u32, v1: bool) -> Vec<u8> {
+        let times = if v1 { 16 } else { 8 };
+        let tkhd = full(u8::from(v1), &[vec![0u8; times], id.to_be_bytes().to_vec()].concat());
+        let mdhd = full(u8::from(v1), &[vec![0u8; times], ts.to_be_bytes().to_vec()].concat());
+        let mdia = bx(b"mdia", &[bx(b"hdlr", &[0; 12]), bx(b"mdhd", &mdhd)].concat());
+        bx(b"trak", &[bx(b"tkhd", &tkhd), mdia].concat())
+    }
+
+    /// A bare init segment with a 90 kHz video track and an optional audio track.
+    pub(crate) fn bare_init(audio_ts: Option<u32>) -> Vec<u8> {
+        let mut moov = bx(b"mvhd", &[0; 20]);
+        moov.extend(bare_trak(1, 90_000, false));
+        if let Some(ts) = audio_ts {
+            moov.extend(bare_trak(2, ts, true));
+        }
+        [bx(b"ftyp", b"iso6\0\0\0\0"), bx(b"moov", &moov)].concat()
+    }
+
+    #[test]
+    fn timescales_are_read_from_mdhd() {
+        let i = bare_init(Some(16_000));
+        assert_eq!(track_timescales(&i), vec![(1, 90_000), (2, 16_000)]);
+        assert_eq!(timescale_of(&i, 2), Some(16_000));
+        assert_eq!(timescale_of(&bare_init(None), 2), None);
+        // Our own init segments too.
+        let ours = init_segment(&run_start(true, 0));
+        assert_eq!(track_timescales(&ours), vec![(1, 90_000), (2, 48_000)]);
+    }
+
+    #[test]
+    fn malformed_init_gives_no_timescales() {
+        let i = bare_init(Some(8000));
+        for cut in 0..i.len() {
+            let _ = track_timescales(&i[..cut]);
+        }
+        assert!(track_timescales(&[0, 0, 0, 1, b'm', b'o', b'o', b'v', 255, 255]).is_empty());
+        assert!(track_timescales(&[0, 0, 0, 3, b'm', b'o', b'o', b'v']).is_empty());
+        let mut zero = vec![0, 0, 0, 0];
+        zero.extend_from_slice(b"moov");
+        assert!(track_timescales(&zero).is_empty());
+    }
+
+    #[test]
+    fn moof_sizes() {
+        assert_eq!(moof_size(&bx(b"moof", &[0; 100])), Some(108));
+        assert_eq!(moof_size(&bx(b"mdat", &[0; 100])), None);
+        assert_eq!(moof_size(&[0, 0, 0, 4, b'm', b'o', b'o', b'f']), None);
+        assert_eq!(moof_size(b"moof"), None);
+        let mut large = vec![0, 0, 0, 1];
+        large.extend_from_slice(b"moof");
+        large.extend_from_slice(&40u64.to_be_bytes());
+        assert_eq!(moof_size(&large), Some(40));
+    }
+
+    #[test]
+    fn moof_sequences() {
+        let mfhd = bx(b"mfhd", &[0, 0, 0, 0, 0, 0, 1, 2]);
+        let traf = bx(b"traf", &[0; 8]);
+        assert_eq!(moof_sequence(&bx(b"moof", &[traf.clone(), mfhd.clone()].concat())), Some(258));
+        assert_eq!(moof_sequence(&bx(b"moof", &traf)), None);
+        assert_eq!(moof_sequence(&bx(b"mdat", &mfhd)), None);
+        assert_eq!(moof_sequence(&bx(b"moof", &bx(b"mfhd", &[0; 6]))), None);
+        let whole = bx(b"moof", &mfhd);
+        for cut in 0..whole.len() {
+            assert_eq!(moof_sequence(&whole[..cut]), None);
+        }
+    }
 
     /// SPS and PPS of a 640x480 High profile, level 3.0 stream from libx264.
     const SPS: &[u8] = &[

@@ -3,8 +3,9 @@
 //!
 //! Invariants (see docs/ARCHITECTURE.md):
 //! - A segment starts on a video keyframe of a run and holds one run only.
-//! - A fragment is cut at the first keyframe after `FRAGMENT_MIN`, or forced
-//!   after `FRAGMENT_MAX`; each is written with one vectored write.
+//! - Fragments are built by `fragmenter` ([`Cut::Gop`]: cut at the first
+//!   keyframe after 1 s, forced after 4 s, one timeline from 0 per file); each
+//!   is written with one vectored write.
 //! - The file is fdatasync'ed at most every `sync_interval` and on close, and
 //!   only then does the row's `bytes` move forward: a row never claims bytes
 //!   that were not synced, so a power cut loses at most `sync_interval`.
@@ -21,13 +22,10 @@ use std::time::{Duration, Instant};
 
 use crate::base::fs::{sync_dir, sync_range, SyncFn};
 use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::recording::fragmenter::{Cut, Fragment, Fragmenter};
 use crate::recording::media::{FragmentEntry, RunStart, Track};
 use crate::recording::mp4;
 
-/// Shortest fragment that is cut at a keyframe, in seconds.
-const FRAGMENT_MIN_SECS: i64 = 1;
-/// Longest fragment, in seconds, even without a keyframe.
-const FRAGMENT_MAX_SECS: i64 = 4;
 /// A hole longer than this between two segments is recorded as a gap.
 const GAP_MIN_MS: i64 = 1000;
 
@@ -65,26 +63,6 @@ impl CloseReason {
     }
 }
 
-#[derive(Default)]
-struct PendingFragment {
-    /// (pts, size, key) of each video sample.
-    video: Vec<(i64, u32, bool)>,
-    video_data: Vec<u8>,
-    audio_first_pts: Option<i64>,
-    audio_sizes: Vec<u32>,
-    audio_data: Vec<u8>,
-}
-
-impl PendingFragment {
-    fn clear(&mut self) {
-        self.video.clear();
-        self.video_data.clear();
-        self.audio_first_pts = None;
-        self.audio_sizes.clear();
-        self.audio_data.clear();
-    }
-}
-
 struct OpenSegment {
     id: i64,
     file: File,
@@ -96,14 +74,9 @@ struct OpenSegment {
     frames: u64,
     audio_frames: u64,
     fragments: Vec<FragmentEntry>,
-    seq: u32,
-    /// Video ticks written so far: the next fragment's tfdt (files start at 0).
-    video_ticks: u64,
-    /// Audio ticks written so far, once audio started.
-    audio_ticks: Option<u64>,
+    /// The file's timeline and the fragment being gathered (tfdt from 0 per file).
+    frag: Fragmenter,
     last_sync: Instant,
-    /// Duration of the last video sample, used when the next is unknown.
-    last_duration: u32,
     /// The row as of the last successful sync (what is known to be on disk).
     synced: Synced,
     /// The last sync failed: the next one writes the unsynced range again first.
@@ -136,7 +109,6 @@ pub struct SegmentWriter {
     run: Option<RunStart>,
     init: Vec<u8>,
     need_key: bool,
-    frag: PendingFragment,
     open: Option<OpenSegment>,
     last_end_ms: Option<i64>,
     last_close: CloseReason,
@@ -153,7 +125,6 @@ impl SegmentWriter {
             run: None,
             init: Vec::new(),
             need_key: true,
-            frag: PendingFragment::default(),
             open: None,
             last_end_ms: None,
             last_close: CloseReason::Shutdown,
@@ -189,17 +160,14 @@ impl SegmentWriter {
             return;
         };
         let timescale = i64::from(run.video.timescale.max(1));
-        if let Some(&(first, _, _)) = self.frag.video.first() {
-            let len = pts - first;
-            if (key && len >= FRAGMENT_MIN_SECS * timescale) || len >= FRAGMENT_MAX_SECS * timescale {
-                self.flush_fragment(db, Some(pts));
-                let rotate = self
-                    .open
-                    .as_ref()
-                    .is_some_and(|o| key && pts - o.start_pts >= i64::from(self.cfg.segment_seconds) * timescale);
-                if rotate {
-                    self.close(db, CloseReason::Rotation);
-                }
+        if self.open.as_ref().is_some_and(|o| o.frag.cuts_before(key, pts)) {
+            self.flush_fragment(db, Some(pts));
+            let rotate = self
+                .open
+                .as_ref()
+                .is_some_and(|o| key && pts - o.start_pts >= i64::from(self.cfg.segment_seconds) * timescale);
+            if rotate {
+                self.close(db, CloseReason::Rotation);
             }
         }
         if self.open.is_none() {
@@ -214,19 +182,16 @@ impl SegmentWriter {
             }
         }
         self.need_key = false;
-        self.frag.video.push((pts, data.len() as u32, key));
-        self.frag.video_data.extend_from_slice(data);
+        if let Some(o) = &mut self.open {
+            o.frag.push_video(key, pts, data);
+        }
     }
 
+    /// Audio joins only a fragment that already has video (the fragmenter drops the rest).
     fn on_audio(&mut self, pts: i64, data: &[u8]) {
-        // Audio joins only a fragment that already has video, so it never leads.
-        let has_audio = self.run.as_ref().is_some_and(|r| r.audio.is_some());
-        if !has_audio || self.frag.video.is_empty() {
-            return;
+        if let Some(o) = &mut self.open {
+            o.frag.push_audio(pts, data);
         }
-        self.frag.audio_first_pts.get_or_insert(pts);
-        self.frag.audio_sizes.push(data.len() as u32);
-        self.frag.audio_data.extend_from_slice(data);
     }
 
     /// Periodic work: sync if due.
@@ -241,7 +206,6 @@ impl SegmentWriter {
     /// Ends the current segment (flushing what is pending) for `reason`.
     pub fn close(&mut self, db: &Db, reason: CloseReason) {
         self.flush_fragment(db, None);
-        self.frag.clear();
         let Some(o) = &self.open else { return };
         if o.fragments.is_empty() {
             let id = o.id;
@@ -309,11 +273,8 @@ impl SegmentWriter {
             frames: 0,
             audio_frames: 0,
             fragments: Vec::new(),
-            seq: 1,
-            video_ticks: 0,
-            audio_ticks: None,
+            frag: Fragmenter::new(run, Cut::Gop),
             last_sync: Instant::now(),
-            last_duration: run.video.timescale / 30,
             synced: Synced { end_ms: start_ms, ..Synced::default() },
             sync_failed: false,
         });
@@ -323,80 +284,31 @@ impl SegmentWriter {
     /// Writes the pending samples as one fragment. `next_pts` is the pts of the
     /// video frame that follows (for the last sample's duration), if known.
     fn flush_fragment(&mut self, db: &Db, next_pts: Option<i64>) {
-        if self.frag.video.is_empty() {
-            self.frag.clear();
-            return;
-        }
-        let (Some(run), Some(o)) = (&self.run, &mut self.open) else {
-            self.frag.clear();
-            return;
-        };
-        let max_dur = run.video.timescale.saturating_mul(10);
-        let n = self.frag.video.len();
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..n {
-            let (pts, size, key) = self.frag.video[i];
-            let next = self.frag.video.get(i + 1).map(|v| v.0).or(next_pts);
-            let d = match next {
-                Some(nx) if nx > pts && nx - pts <= i64::from(max_dur) => (nx - pts) as u32,
-                _ => o.last_duration,
-            };
-            o.last_duration = d.max(1);
-            samples.push(mp4::Sample { duration: d.max(1), size, key });
-        }
-        let duration: u64 = samples.iter().map(|s| u64::from(s.duration)).sum();
-        let mut runs = vec![mp4::TrackRun { track_id: 1, base_decode_time: o.video_ticks, samples: &samples }];
-        let audio_samples: Vec<mp4::Sample>;
-        let audio_base;
-        if let (Some(a), Some(first)) = (&run.audio, self.frag.audio_first_pts) {
-            audio_base = *o.audio_ticks.get_or_insert_with(|| {
-                // Both RTP clocks count from the session start: place the first
-                // audio sample at its offset from the segment's first video frame.
-                let vts = i128::from(run.video.timescale.max(1));
-                let video_start = i128::from(o.start_pts) * i128::from(a.timescale) / vts;
-                (i128::from(first) - video_start).max(0) as u64
-            });
-            audio_samples = self
-                .frag
-                .audio_sizes
-                .iter()
-                .map(|&size| mp4::Sample { duration: a.frame_ticks, size, key: true })
-                .collect();
-            runs.push(mp4::TrackRun { track_id: 2, base_decode_time: audio_base, samples: &audio_samples });
-        }
-        let header = mp4::fragment_header(o.seq, &runs);
-        let size = header.len() + self.frag.video_data.len() + self.frag.audio_data.len();
-        let mut bufs =
-            [IoSlice::new(&header), IoSlice::new(&self.frag.video_data), IoSlice::new(&self.frag.audio_data)];
-        match write_all_vectored(&mut o.file, &mut bufs) {
-            Ok(()) => {
+        let Some(o) = &mut self.open else { return };
+        let offset = o.bytes;
+        let written = o.frag.finish(next_pts, |f| write_fragment(&mut o.file, f).map(|()| (f.info, f.len() as u64)));
+        match written {
+            None => {}
+            Some(Ok((info, size))) => {
                 o.fragments.push(FragmentEntry {
-                    offset: o.bytes,
-                    size: size as u32,
-                    start_ticks: o.video_ticks,
-                    duration_ticks: duration as u32,
-                    frames: n as u32,
-                    key: self.frag.video[0].2,
+                    offset,
+                    size: u32::try_from(size).unwrap_or(u32::MAX),
+                    start_ticks: info.video_tfdt,
+                    duration_ticks: u32::try_from(info.duration).unwrap_or(u32::MAX),
+                    frames: info.frames,
+                    key: info.key,
                 });
-                o.bytes += size as u64;
-                o.seq += 1;
-                o.frames += n as u64;
-                o.video_ticks += duration;
-                let audio_n = self.frag.audio_sizes.len() as u64;
-                o.audio_frames += audio_n;
-                if let (Some(t), Some(a)) = (o.audio_ticks.as_mut(), &run.audio) {
-                    *t += audio_n * u64::from(a.frame_ticks);
-                }
-                self.stats.bytes_written += size as u64;
+                o.bytes += size;
+                o.frames += u64::from(info.frames);
+                o.audio_frames += u64::from(info.audio_frames);
+                self.stats.bytes_written += size;
                 self.stats.fragments += 1;
-                self.frag.clear();
                 self.tick(db);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.stats.write_errors += 1;
                 // Cut the torn fragment off so the file stays playable, then end the segment.
                 let _ = o.file.set_len(o.bytes);
-                self.frag.clear();
                 self.fail(format!("write failed: {e}"));
                 self.close(db, CloseReason::WriteError);
                 self.need_key = true;
@@ -501,7 +413,7 @@ impl SegmentWriter {
 
 fn end_ms(o: &OpenSegment, run: Option<&RunStart>) -> i64 {
     let ts = run.map(|r| r.video.timescale).unwrap_or(90_000).max(1);
-    o.start_ms + (u128::from(o.video_ticks) * 1000 / u128::from(ts)) as i64
+    o.start_ms + (u128::from(o.frag.video_end()) * 1000 / u128::from(ts)) as i64
 }
 
 /// Start time (ms) encoded in a segment file name (`<start_ms>[-n].mp4`).
@@ -519,6 +431,12 @@ fn discard_segment(db: &Db, id: i64, data_dir: &Path) {
     if let Err(e) = crate::recording::retention::collect_garbage(db, data_dir) {
         log::warn!("cannot remove empty segment {id}: {e}");
     }
+}
+
+/// Writes one fragment (header, video, audio) with one vectored write.
+fn write_fragment(file: &mut File, f: &Fragment) -> io::Result<()> {
+    let mut bufs = [IoSlice::new(&f.header), IoSlice::new(f.video), IoSlice::new(f.audio)];
+    write_all_vectored(file, &mut bufs)
 }
 
 /// Writes every byte of `bufs` (a short vectored write is continued).
@@ -609,7 +527,8 @@ mod tests {
             let pts = T0 * 90 + i * vt;
             w.on_frame(db, Track::Video, i % 25 == 0, pts, &vec![i as u8; 1000 + (i % 7) as usize]);
             while next_audio * 25 < (i + 1) * 48_000 {
-                w.on_frame(db, Track::Audio, true, next_audio, &[1u8; 200]);
+                // Both clocks count from the same session start (ms T0 is T0 x 48 ticks).
+                w.on_frame(db, Track::Audio, true, T0 * 48 + next_audio, &[1u8; 200]);
                 next_audio += at;
             }
         }
@@ -623,7 +542,7 @@ mod tests {
         w.close(&db, CloseReason::Shutdown);
         let segs = db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments");
         assert_eq!(segs.len(), 3, "{segs:?}");
-        let mut total_frames = 0;
+        let (mut total_frames, mut total_audio) = (0, 0);
         for (i, s) in segs.iter().enumerate() {
             assert!(s.closed);
             let scan = mp4::scan_file(&dir.path().join(&s.path)).expect("scan");
@@ -633,12 +552,14 @@ mod tests {
             assert!(s.fragments.iter().all(|f| f.key), "every fragment starts with a keyframe here");
             assert!(scan.has_audio && s.audio_frames > 0);
             total_frames += s.frames;
+            total_audio += s.audio_frames;
             if i + 1 < segs.len() {
                 assert_eq!(s.end_ms, segs[i + 1].start_ms, "segments are contiguous");
             }
         }
         // The last frame's duration is estimated, so all 250 frames are kept.
         assert_eq!(total_frames, 250);
+        assert_eq!(total_audio, (10 * 48_000u64).div_ceil(1024), "every audio frame is kept");
         assert_eq!(segs[0].start_ms, T0);
         assert_eq!(segs[2].end_ms, T0 + 10_000);
         assert!(db.gaps_overlapping(1, i64::MIN, i64::MAX).expect("gaps").is_empty());

@@ -23,7 +23,7 @@ use super::router::Query;
 use super::Ctx;
 use crate::playback::export::{self, ExportSegment, MoofPatch, Part, PartsReader, Patcher};
 use crate::playback::hls;
-use crate::playback::mp4box;
+use crate::recording::mp4;
 
 /// An init segment larger than this is not believed.
 const MAX_INIT: u64 = 1 << 20;
@@ -119,7 +119,7 @@ pub fn recording_file(ctx: &Ctx, id: &str, q: &Query, range_header: Option<&str>
     }
     let init = read_init(&path, seg.init_len)
         .map_err(|e| ApiError::internal(format!("the init segment of recording {id} cannot be read: {e}")))?;
-    let audio_shift = export::audio_shift(i128::from(shift), seg.video_timescale, mp4box::timescale_of(&init, 2));
+    let audio_shift = export::audio_shift(i128::from(shift), seg.video_timescale, mp4::timescale_of(&init, 2));
     let audio_shift = i64::try_from(audio_shift)
         .map_err(|_| ApiError::bad_request(format!("shift {shift} is out of range for the audio track")))?;
     let patch = MoofPatch { sequence: None, video_shift: shift, audio_shift };
@@ -160,7 +160,7 @@ fn export_segments(ctx: &Ctx, segs: Vec<SegmentRow>) -> Result<Vec<ExportSegment
                 continue;
             }
         };
-        let audio_timescale = if seg.has_audio { mp4box::timescale_of(&init, 2) } else { None };
+        let audio_timescale = if seg.has_audio { mp4::timescale_of(&init, 2) } else { None };
         out.push(ExportSegment {
             file,
             start_ms: seg.start_ms,

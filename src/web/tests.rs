@@ -258,7 +258,7 @@ fn shifted_files_differ_from_the_stored_ones_only_in_decode_times() {
     let mut patchable = Vec::new();
     for frag in &scan.fragments {
         let at = frag.offset as usize;
-        let moof_len = crate::playback::mp4box::moof_size(&stored[at..at + 16]).expect("moof") as usize;
+        let moof_len = crate::recording::mp4::moof_size(&stored[at..at + 16]).expect("moof") as usize;
         let (old, new) = (&stored[at..at + moof_len], &shifted[at..at + moof_len]);
         let (old_trafs, new_trafs) = (
             crate::recording::mp4::parse_moof(old).expect("old"),
@@ -315,7 +315,7 @@ fn shifts_below_zero_and_bad_shifts_are_refused() {
     let r = call(&f, "GET", &file("shift=-90000"), Some(&format!("bytes={one}-")), b"");
     assert_eq!(r.status, 206);
     let tail = body(r);
-    let moof_len = crate::playback::mp4box::moof_size(&tail[..16]).expect("moof") as usize;
+    let moof_len = crate::recording::mp4::moof_size(&tail[..16]).expect("moof") as usize;
     let trafs = crate::recording::mp4::parse_moof(&tail[..moof_len]).expect("moof");
     assert_eq!(trafs[0].base_decode_time, 0);
     let r = call(&f, "GET", &file("shift=-90000"), Some(&format!("bytes={}-{one}", one - 1)), b"");
