@@ -601,3 +601,25 @@ fn probe_reports_the_codec_and_size_or_what_failed() {
     assert_eq!(status, 400);
     assert!(!nvr.log().contains("s3cret") && !nvr.log().contains("wrong-pw"), "a password reached the log");
 }
+
+#[test]
+fn stopping_the_recorder_tells_live_viewers_why() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cam = Camera::start(&["--fps", "15"]);
+    let nvr = Oxinvr::start(tmp.path(), &config(&cam.url("h264"), "", "", 1000));
+    wait_streaming(&nvr);
+    let mut c = Client::connect(&nvr, "cam");
+    c.init();
+    let stopper = std::thread::spawn(move || nvr.terminate(Duration::from_secs(15)));
+    let ended = loop {
+        match c.next() {
+            Message::Binary(_) => {}
+            Message::Text(t) => break t,
+            other => panic!("expected the reason before the end, got {}", describe(&other)),
+        }
+    };
+    assert!(ended.contains("the recorder is stopping"), "{ended}");
+    assert!(matches!(c.next(), Message::Close(Some((1001, _)))), "close code 1001 (going away)");
+    let (status, _) = stopper.join().expect("stopper");
+    assert!(status.success(), "{status:?}");
+}

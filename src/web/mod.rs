@@ -88,9 +88,9 @@ impl Http {
     }
 
     /// Stops accepting requests and lets each worker finish its current one,
-    /// waiting for them until `deadline`: a client that does not read its answer
-    /// must not hold up the shutdown (a worker still writing to one is left to
-    /// end with the process).
+    /// and each live viewer receive its goodbye, waiting for them until
+    /// `deadline`: a client that does not read its answer must not hold up the
+    /// shutdown (a thread still writing to one is left to end with the process).
     pub fn stop(self, deadline: Duration) {
         self.stopping.trigger();
         for _ in &self.threads {
@@ -107,6 +107,10 @@ impl Http {
             } else if t.join().is_err() {
                 log::warn!("{name} ended with a panic");
             }
+        }
+        // Live viewers are told the recorder stops (close 1001) within the same deadline.
+        while live::live_clients() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

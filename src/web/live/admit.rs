@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::pump::{Recheck, READ_WAIT, WRITE_SLICE};
 use crate::auth::Via;
+use crate::base::shutdown::Shutdown;
 use crate::recording::stream::{StreamRuntime, StreamState};
 use crate::web::permit::Permit;
 use crate::web::reply::ApiError;
@@ -48,6 +49,8 @@ pub(super) struct Admitted {
     pub key: String,
     pub socket: TcpStream,
     pub slot: Slot,
+    /// The recorder's stop signal: the client is told and let go.
+    pub shutdown: Shutdown,
 }
 
 pub(super) fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) -> Result<Admitted, ApiError> {
@@ -69,7 +72,7 @@ pub(super) fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) 
         .and_then(socket_ready)
         .map_err(|e| ApiError::internal(format!("cannot set up the socket of the live connection from {peer}: {e}")))?;
     let auth = Recheck::new(via, nvr.config.db_path(), nvr.clock.clone());
-    Ok(Admitted { rt, auth, key, socket, slot })
+    Ok(Admitted { rt, auth, key, socket, slot, shutdown: nvr.shutdown.clone() })
 }
 
 /// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request.

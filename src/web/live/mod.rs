@@ -75,7 +75,7 @@ fn start(a: Admitted, stream: &str, rq: tiny_http::Request) {
     let upgraded = rq.upgrade("websocket", response);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let fallback = a.socket.try_clone();
-    let client = Client::new(a.rt, a.socket, upgraded, a.slot, Some(a.auth));
+    let client = Client::new(a.rt, a.socket, upgraded, a.slot, Some(a.auth), a.shutdown);
     log::info!("live-{id}: {peer} watches {stream}");
     let spawned =
         std::thread::Builder::new().name(format!("live-{id}")).stack_size(STACK_BYTES).spawn(move || client.run());

@@ -29,6 +29,7 @@ use super::admit::Slot;
 use super::feed::Feed;
 use crate::auth::Via;
 use crate::base::clock::Clock;
+use crate::base::shutdown::Shutdown as StopSignal;
 use crate::index::db::Db;
 use crate::recording::media::Track;
 use crate::recording::ring::{Cursor, ReadResult};
@@ -79,6 +80,8 @@ enum End {
     /// The connection ended without a close frame.
     Gone,
     StreamStopped,
+    /// The recorder is shutting down.
+    RecorderStopping,
     /// The session or API key it was opened with ended.
     Revoked,
     Stalled,
@@ -92,6 +95,7 @@ impl std::fmt::Display for End {
             End::ClientClosed => f.write_str("the client closed"),
             End::Gone => f.write_str("the connection ended without a close frame"),
             End::StreamStopped => f.write_str("the stream was stopped"),
+            End::RecorderStopping => f.write_str("the recorder is stopping"),
             End::Revoked => f.write_str("its session or API key ended"),
             End::Stalled => write!(f, "the client took nothing for {} s", STALL_LIMIT.as_secs()),
             End::Protocol(e) => write!(f, "the client broke the protocol: {e}"),
@@ -191,6 +195,7 @@ pub(super) struct Client {
     idle_since: Option<Instant>,
     /// The credential to check again while the client watches (None in unit tests).
     auth: Option<Recheck>,
+    shutdown: StopSignal,
 }
 
 /// A live client's credential, checked again against the database.
@@ -233,6 +238,7 @@ impl Client {
         upgraded: Box<dyn tiny_http::ReadWrite + Send>,
         slot: Slot,
         auth: Option<Recheck>,
+        shutdown: StopSignal,
     ) -> Client {
         let cursor = rt.ring.cursor_at_latest_keyframe();
         Client {
@@ -248,6 +254,7 @@ impl Client {
             edge: LiveEdge::default(),
             idle_since: None,
             auth,
+            shutdown,
         }
     }
 
@@ -272,6 +279,9 @@ impl Client {
     fn serve(&mut self) -> End {
         let (mut checked, mut auth_checked) = (Instant::now(), Instant::now());
         loop {
+            if self.shutdown.is_triggered() {
+                return End::RecorderStopping;
+            }
             if checked.elapsed() >= STATUS_CHECK {
                 checked = Instant::now();
                 if self.rt.with_status(|s| s.state) == StreamState::Stopped {
@@ -406,6 +416,9 @@ impl Client {
         let out = &mut self.out.buf;
         match end {
             End::StreamStopped => error_and_close(out, "stream stopped", close::GOING_AWAY, "stream stopped"),
+            End::RecorderStopping => {
+                error_and_close(out, "the recorder is stopping", close::GOING_AWAY, "recorder stopping")
+            }
             End::Revoked => {
                 error_and_close(out, "your login ended; log in again", close::POLICY_VIOLATION, "login ended")
             }
