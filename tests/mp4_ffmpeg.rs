@@ -210,6 +210,7 @@ fn ffmpeg_reads_what_we_write() {
         }),
         anchor_pts: 0,
         anchor_wall_ms: 1_700_000_000_000,
+        time_unknown: false,
     };
 
     // One fragment per GOP; each takes the audio frames that start before its end.
