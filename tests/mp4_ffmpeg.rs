@@ -248,6 +248,7 @@ fn clip_run(sps: &[u8], pps: &[u8], asc: [u8; 2], channels: u16) -> RunStart {
         }),
         anchor_pts: 0,
         anchor_wall_ms: 1_700_000_000_000,
+        time_unknown: false,
     }
 }
 

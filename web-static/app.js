@@ -346,9 +346,33 @@ function setNavOpen(open) {
   $('#nav-toggle').setAttribute('aria-expanded', String(open));
 }
 
+// ---- the clock banner ----
+
+const CLOCK_UNSET = 'The clock is not set (before the firmware build date): recordings are kept but their times are unknown until it is.';
+
+// /api/health (public) says whether the recorder's clock reads at least the firmware's build date.
+// Until it does, every page says so (rechecked every 15 s: NTP may answer at any time).
+async function watchClock() {
+  let clock = null;
+  try {
+    clock = (await api('GET', '/api/health', undefined, { quiet401: true })).clock || null;
+  } catch (e) {
+    // Unreachable now: keep what the banner says and try again.
+  }
+  const banner = $('#clock-banner');
+  if (clock) banner.hidden = clock.trusted;
+  if (clock && !clock.trusted) {
+    clear(banner, h('b', { text: CLOCK_UNSET }), ' ',
+      h('span', { text: `The recorder reads ${fmtIso(clock.now)}; the firmware was built ${fmtIso(clock.floor)}. ` }),
+      h('a', { href: `#/recordings?day=${fmtDate(clock.now_ms)}`, text: 'Recordings made now' }));
+  }
+  if (!clock || !clock.trusted) setTimeout(watchClock, 15000);
+}
+
 async function start() {
   $('#nav-toggle').addEventListener('click', () => setNavOpen(!$('#nav').classList.contains('open')));
   window.addEventListener('hashchange', route);
+  watchClock();
   try {
     await loadAuth();
   } catch (e) {

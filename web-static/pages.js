@@ -247,6 +247,9 @@ async function loadRecordings(body, stream, dayText) {
   const total = recs.reduce((n, r) => n + shownSize(r), 0);
   clear(body, player,
     h('p.muted', { text: `${recs.length} recording(s), ${fmtBytes(total)}, ${data.gaps.length} gap(s) on ${fmtDate(day)}.` }),
+    recs.some((r) => r.time_unknown)
+      ? h('p.msg.info', { text: 'Recordings marked "time unknown" were made while the clock was not set: their times are not when they happened.' })
+      : null,
     recs.length ? recordingTable(recs, player) : h('p.empty', { text: 'Nothing recorded on this day.' }),
     data.gaps.length ? gapTable(data.gaps) : null);
 }
@@ -274,7 +277,7 @@ function recordingRow(r, player) {
   const exp = `#/export?stream=${encodeURIComponent(r.stream)}&start=${start}&end=${Date.parse(r.end)}`;
   return h('tr', { 'data-id': r.id, 'data-open': !r.closed },
     h('td', { text: r.stream }),
-    h('td', {}, fmtClock(start), r.closed ? null : h('span.badge.rec', { text: 'recording' })),
+    h('td', {}, fmtClock(start), r.closed ? null : h('span.badge.rec', { text: 'recording' }), timeUnknown(r)),
     h('td.duration', { text: fmtDuration(shownDuration(r)) }),
     h('td.size', { text: fmtBytes(shownSize(r)) }),
     h('td', { text: `${r.codec} ${r.width}x${r.height}${r.has_audio ? ' + audio' : ''}` }),
@@ -283,6 +286,12 @@ function recordingRow(r, player) {
       h('a.button', { href: link, text: 'Timeline' }),
       h('a.button', { href: exp, text: 'Export' }),
       h('a.button', { href: `${r.url}.mp4`, download: `${r.stream}-${r.id}.mp4`, text: 'File' })));
+}
+
+// Recorded while the recorder's clock was not set: its times are the recorder's guess (1970 + uptime).
+function timeUnknown(r) {
+  if (!r.time_unknown) return null;
+  return h('span.badge.warn.time-unknown', { text: 'time unknown', title: 'Recorded while the clock was not set: the time shown is not when it happened.' });
 }
 
 function playFile(player, r) {
@@ -385,7 +394,9 @@ async function refreshDay(ctx) {
     const n = ctx.tl.events.length;
     ctx.ui.events.textContent = n ? `events: ${n} on this day` : 'events: none on this day';
     const total = ctx.tl.spans.reduce((n, s) => n + s[1] - s[0], 0);
-    ctx.ui.summary.textContent = `${data.recordings.length} recording(s), ${fmtDuration(total)} recorded`;
+    const unknown = data.recordings.filter((r) => r.time_unknown).length;
+    ctx.ui.summary.textContent = `${data.recordings.length} recording(s), ${fmtDuration(total)} recorded`
+      + (unknown ? `; ${unknown} of unknown time (made while the clock was not set)` : '');
     ctx.tl.draw();
   } catch (e) {
     ctx.ui.box.show(e.message);

@@ -6,6 +6,16 @@
 //! answers) names recordings; *monotonic* time (`mono`) measures intervals and
 //! deadlines and never steps. `sleep` waits in monotonic time.
 //!
+//! The wall-clock floor: a box without a battery clock boots in 1970 until NTP
+//! answers. A wall time below `floor_ms` (the firmware's build date,
+//! `WALL_FLOOR_MS`) is *untrusted*. Meanwhile runs are anchored on the
+//! *provisional* timeline, `origin_ms + mono` (the wall clock as it read when
+//! monotonic time began, then monotonic time: it never steps). Once the wall
+//! clock is trusted, `step_ms` (wall minus provisional, measured now: how far
+//! NTP stepped it since the process started) turns a provisional time of this
+//! process into wall time. A restart loses that link: provisional times of an
+//! earlier process stay unknown.
+//!
 //! Invariant: a `SimulatedClock` moves only when told (`advance`, `set`), and
 //! a sleeper wakes exactly when monotonic time reaches its deadline.
 
@@ -18,6 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A future that completes after a `Clock::sleep`.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+// `WALL_FLOOR_MS`: the build date, written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/build_time.rs"));
+
 pub trait Clock: Send + Sync {
     /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> i64;
@@ -25,19 +38,55 @@ pub trait Clock: Send + Sync {
     fn mono(&self) -> Duration;
     /// Completes once `d` of monotonic time has passed.
     fn sleep(&self, d: Duration) -> Sleep;
+    /// The wall time as it read when `mono` was zero: the origin of the
+    /// provisional timeline.
+    fn origin_ms(&self) -> i64;
+    /// Wall times below this are not believed (the firmware's build date).
+    fn floor_ms(&self) -> i64 {
+        WALL_FLOOR_MS
+    }
+
+    /// True once the wall clock reads at least the floor.
+    fn trusted(&self) -> bool {
+        self.now_ms() >= self.floor_ms()
+    }
+    /// Now on the provisional timeline (origin + monotonic time; never steps).
+    fn provisional_ms(&self) -> i64 {
+        self.origin_ms().saturating_add(self.mono().as_millis() as i64)
+    }
+    /// What turns a provisional time of this process into wall time, once the
+    /// wall clock is trusted: the step it made since monotonic time began.
+    fn step_ms(&self) -> Option<i64> {
+        let now = self.now_ms();
+        (now >= self.floor_ms()).then(|| now - self.provisional_ms())
+    }
 }
 
 /// The system's real-time clock.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RealClock;
 
-impl Clock for RealClock {
-    fn now_ms(&self) -> i64 {
+impl RealClock {
+    fn wall_ms() -> i64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
+
+    /// The monotonic origin and the wall time read with it (taken once per process).
+    fn origin() -> &'static (Instant, i64) {
+        static ORIGIN: OnceLock<(Instant, i64)> = OnceLock::new();
+        ORIGIN.get_or_init(|| (Instant::now(), Self::wall_ms()))
+    }
+}
+
+impl Clock for RealClock {
+    fn now_ms(&self) -> i64 {
+        Self::wall_ms()
+    }
     fn mono(&self) -> Duration {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        ORIGIN.get_or_init(Instant::now).elapsed()
+        Self::origin().0.elapsed()
+    }
+    fn origin_ms(&self) -> i64 {
+        Self::origin().1
     }
     fn sleep(&self, d: Duration) -> Sleep {
         Box::pin(async move {
@@ -55,13 +104,23 @@ pub struct SimulatedClock(Arc<Mutex<SimState>>);
 struct SimState {
     wall_ms: i64,
     mono: Duration,
+    /// Wall time when it was made; the floor (`i64::MIN` unless given: trusted).
+    origin_ms: i64,
+    floor_ms: i64,
     /// Pending sleepers: deadline and the waker of the task waiting.
     sleepers: Vec<(Duration, Waker)>,
 }
 
 impl SimulatedClock {
+    /// A clock at wall `ms` that trusts any wall time.
     pub fn new(ms: i64) -> Self {
-        SimulatedClock(Arc::new(Mutex::new(SimState { wall_ms: ms, ..SimState::default() })))
+        Self::with_floor(ms, i64::MIN)
+    }
+
+    /// A clock at wall `ms` that does not believe wall times below `floor_ms`.
+    pub fn with_floor(ms: i64, floor_ms: i64) -> Self {
+        let state = SimState { wall_ms: ms, origin_ms: ms, floor_ms, ..SimState::default() };
+        SimulatedClock(Arc::new(Mutex::new(state)))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SimState> {
@@ -99,6 +158,12 @@ impl Clock for SimulatedClock {
     }
     fn mono(&self) -> Duration {
         self.state().mono
+    }
+    fn origin_ms(&self) -> i64 {
+        self.state().origin_ms
+    }
+    fn floor_ms(&self) -> i64 {
+        self.state().floor_ms
     }
     fn sleep(&self, d: Duration) -> Sleep {
         let until = self.mono() + d;
@@ -178,6 +243,23 @@ mod tests {
         assert_eq!(c.now_ms(), 300, "wall time moves with monotonic time");
         c.set(5);
         assert_eq!((c.now_ms(), c.mono()), (5, Duration::from_millis(300)), "a wall step leaves monotonic time");
+    }
+
+    #[test]
+    fn the_step_past_the_floor_is_measured_against_monotonic_time() {
+        let c = SimulatedClock::with_floor(5_000, 1_000_000);
+        assert!(!c.trusted() && c.step_ms().is_none());
+        c.advance(Duration::from_secs(10));
+        assert_eq!(c.provisional_ms(), 15_000, "origin + monotonic time");
+        c.set(2_000_000); // NTP answered
+        c.advance(Duration::from_secs(1));
+        assert!(c.trusted());
+        assert_eq!(c.step_ms(), Some(2_000_000 - 15_000));
+        assert_eq!(c.provisional_ms() + c.step_ms().unwrap_or(0), c.now_ms());
+        let real = RealClock;
+        let built = 1_700_000_000_000..=real.now_ms();
+        assert!(built.contains(&WALL_FLOOR_MS), "the build date is the floor: {WALL_FLOOR_MS}");
+        assert!(real.trusted() && real.step_ms().is_some_and(|s| s.abs() < 1000), "this machine's clock is set");
     }
 
     #[test]

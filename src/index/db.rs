@@ -44,6 +44,10 @@
 //!
 //! Time is milliseconds since the Unix epoch; intervals are half-open
 //! `[start_ms, end_ms)`, and a zero-length interval is the point `start_ms`.
+//! A segment or gap with `time_unknown` was recorded while the wall clock was
+//! below its floor: its times are on that process's provisional timeline
+//! (`base::clock`). [`Db::restamp`] moves the ones of the running process to
+//! wall time once the clock is set; those of an earlier process stay unknown.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -160,6 +164,14 @@ pub const MIGRATIONS: &[&str] = &[
         last_used_ms INTEGER
     ) STRICT;
     "#,
+    // 5: rows recorded while the wall clock was below the firmware's build date.
+    r#"
+    ALTER TABLE segments ADD COLUMN time_unknown INTEGER NOT NULL DEFAULT 0
+        CHECK (time_unknown IN (0, 1));
+    ALTER TABLE gaps ADD COLUMN time_unknown INTEGER NOT NULL DEFAULT 0
+        CHECK (time_unknown IN (0, 1));
+    CREATE INDEX segments_time_unknown ON segments (id) WHERE time_unknown = 1;
+    "#,
 ];
 
 mod users;
@@ -175,6 +187,16 @@ pub struct RetentionItem {
     pub bytes: u64,
     pub protected: bool,
     pub open: bool,
+    /// Recorded while the wall clock was untrusted: its age is unknown.
+    pub time_unknown: bool,
+}
+
+/// The highest segment and gap ids when the storage thread started: rows above
+/// them are this process's (SQLite gives a new row the highest id + 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdMarks {
+    pub segment: i64,
+    pub gap: i64,
 }
 
 /// How long a connection waits for another connection's lock.
@@ -362,6 +384,8 @@ pub struct NewSegment {
     pub init_len: u64,
     pub has_audio: bool,
     pub trigger: String,
+    /// Times on the provisional timeline (the wall clock was untrusted).
+    pub time_unknown: bool,
 }
 
 /// What a writer reports about an open segment; `closed: true` is final.
@@ -397,6 +421,7 @@ pub struct SegmentRow {
     pub fragments: Vec<FragmentEntry>,
     pub protected: bool,
     pub trigger: String,
+    pub time_unknown: bool,
 }
 
 /// A stretch of time a stream did not record.
@@ -406,6 +431,7 @@ pub struct GapRow {
     pub start_ms: i64,
     pub end_ms: i64,
     pub reason: String,
+    pub time_unknown: bool,
 }
 
 /// Checks a stream name: it becomes a directory under `recordings/` and a
@@ -505,7 +531,7 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
 
 const SEGMENT_COLS: &str = "id, stream_id, path, state, start_ms, end_ms, bytes, frames, \
                             audio_frames, codec, width, height, video_timescale, init_len, \
-                            has_audio, fragments, protected, \"trigger\"";
+                            has_audio, fragments, protected, \"trigger\", time_unknown";
 
 fn segment_from_row(row: &Row<'_>) -> rusqlite::Result<SegmentRow> {
     let id: i64 = row.get(0)?;
@@ -552,11 +578,18 @@ fn segment_from_row(row: &Row<'_>) -> rusqlite::Result<SegmentRow> {
         fragments,
         protected: row.get(16)?,
         trigger: row.get(17)?,
+        time_unknown: row.get(18)?,
     })
 }
 
 fn gap_from_row(row: &Row<'_>) -> rusqlite::Result<GapRow> {
-    Ok(GapRow { stream_id: row.get(0)?, start_ms: row.get(1)?, end_ms: row.get(2)?, reason: row.get(3)? })
+    Ok(GapRow {
+        stream_id: row.get(0)?,
+        start_ms: row.get(1)?,
+        end_ms: row.get(2)?,
+        reason: row.get(3)?,
+        time_unknown: row.get(4)?,
+    })
 }
 
 fn user_version(conn: &Connection) -> Result<u32, DbError> {
@@ -824,9 +857,9 @@ impl Db {
         let init_len = to_i64(s.init_len, || format!("segment {:?}: init_len", s.path))?;
         self.conn
             .prepare_cached(
-                "INSERT INTO segments (stream_id, path, state, start_ms, end_ms, codec, width,
-                                       height, video_timescale, init_len, bytes, has_audio, \"trigger\")
-                 VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10) RETURNING id",
+                "INSERT INTO segments (stream_id, path, state, start_ms, end_ms, codec, width, height,
+                                       video_timescale, init_len, bytes, has_audio, \"trigger\", time_unknown)
+                 VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11) RETURNING id",
             )
             .and_then(|mut st| {
                 st.query_row(
@@ -840,7 +873,8 @@ impl Db {
                         s.video_timescale,
                         init_len,
                         s.has_audio,
-                        s.trigger
+                        s.trigger,
+                        s.time_unknown
                     ],
                     |r| r.get(0),
                 )
@@ -983,7 +1017,7 @@ impl Db {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT id, stream_id, start_ms, end_ms, bytes, protected, state
+                "SELECT id, stream_id, start_ms, end_ms, bytes, protected, state, time_unknown
                  FROM segments ORDER BY start_ms, id",
             )
             .ctx(op)?;
@@ -997,6 +1031,7 @@ impl Db {
                 bytes: get_num(r, 4, "bytes").ctx(op)?,
                 protected: r.get(5).ctx(op)?,
                 open: r.get::<_, String>(6).ctx(op)? != "closed",
+                time_unknown: r.get(7).ctx(op)?,
             };
             if !f(&item) {
                 break;
@@ -1095,10 +1130,24 @@ impl Db {
     // ---- gaps ----
 
     pub fn insert_gap(&self, stream_id: i64, start_ms: i64, end_ms: i64, reason: &str) -> Result<(), DbError> {
+        self.insert_gap_of(stream_id, start_ms, end_ms, reason, false)
+    }
+
+    /// [`Db::insert_gap`], on the provisional timeline if `time_unknown`.
+    pub fn insert_gap_of(
+        &self,
+        stream_id: i64,
+        start_ms: i64,
+        end_ms: i64,
+        reason: &str,
+        time_unknown: bool,
+    ) -> Result<(), DbError> {
         check_range(start_ms, end_ms, "insert_gap")?;
         self.conn
-            .prepare_cached("INSERT INTO gaps (stream_id, start_ms, end_ms, reason) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut st| st.execute(params![stream_id, start_ms, end_ms, reason]))
+            .prepare_cached(
+                "INSERT INTO gaps (stream_id, start_ms, end_ms, reason, time_unknown) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![stream_id, start_ms, end_ms, reason, time_unknown]))
             .with_ctx(|| format!("insert_gap {start_ms}..{end_ms} of stream {stream_id}"))?;
         Ok(())
     }
@@ -1114,13 +1163,48 @@ impl Db {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT stream_id, start_ms, end_ms, reason FROM gaps
+                "SELECT stream_id, start_ms, end_ms, reason, time_unknown FROM gaps
                  WHERE stream_id = ?1 AND start_ms < ?3 AND (end_ms > ?2 OR start_ms >= ?2)
                  ORDER BY start_ms, id",
             )
             .ctx(op)?;
         let rows = st.query_map(params![stream_id, start_ms, end_ms], gap_from_row).ctx(op)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
+    }
+
+    /// The highest segment and gap ids now (0 if none).
+    pub fn id_marks(&self) -> Result<IdMarks, DbError> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT COALESCE(MAX(id), 0) FROM segments), (SELECT COALESCE(MAX(id), 0) FROM gaps)",
+                [],
+                |r| Ok(IdMarks { segment: r.get(0)?, gap: r.get(1)? }),
+            )
+            .ctx("id_marks")
+    }
+
+    /// Moves the `time_unknown` segments and gaps with ids above `marks` (the
+    /// running process's) by `step_ms` and clears their flag, in one
+    /// transaction; rows of earlier processes stay as they are. Returns how
+    /// many segments and gaps moved.
+    pub fn restamp(&self, marks: IdMarks, step_ms: i64) -> Result<(usize, usize), DbError> {
+        self.write("restamp", |tx| {
+            let segments = tx
+                .execute(
+                    "UPDATE segments SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0
+                     WHERE time_unknown = 1 AND id > ?1",
+                    params![marks.segment, step_ms],
+                )
+                .ctx("restamp segments")?;
+            let gaps = tx
+                .execute(
+                    "UPDATE gaps SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0
+                     WHERE time_unknown = 1 AND id > ?1",
+                    params![marks.gap, step_ms],
+                )
+                .ctx("restamp gaps")?;
+            Ok((segments, gaps))
+        })
     }
 
     /// Deletes gaps that ended before `before_ms` (older than any recording
@@ -1180,6 +1264,7 @@ mod tests {
             init_len: 700,
             has_audio: true,
             trigger: "continuous".to_owned(),
+            time_unknown: false,
         }
     }
 
@@ -1633,6 +1718,30 @@ mod tests {
     }
 
     #[test]
+    fn restamp_moves_only_this_process_rows_of_unknown_time() {
+        let db = Db::open_in_memory().expect("db");
+        let s = db.upsert_stream(&spec("cam"), 0).expect("stream");
+        // An earlier process's row of unknown time, and one of known time.
+        let old = db.insert_segment(&NewSegment { time_unknown: true, ..new_seg(s.id, 1_000) }).expect("old");
+        db.insert_gap_of(s.id, 500, 1_000, "old", true).expect("old gap");
+        let known = closed_seg(&db, s.id, 5_000_000, 5_000_010, 10);
+        let marks = db.id_marks().expect("marks");
+        assert_eq!(marks, IdMarks { segment: known, gap: 1 });
+        let new = db.insert_segment(&NewSegment { time_unknown: true, ..new_seg(s.id, 2_000) }).expect("new");
+        db.update_segment(new, &progress(3_000, 800, true)).expect("close");
+        db.insert_gap_of(s.id, 1_500, 2_000, "new", true).expect("new gap");
+        assert_eq!(db.restamp(marks, 1_000_000).expect("restamp"), (1, 1));
+        let row = |id| db.segment(id).expect("read").expect("row");
+        assert_eq!((row(new).start_ms, row(new).end_ms, row(new).time_unknown), (1_002_000, 1_003_000, false));
+        assert_eq!((row(old).start_ms, row(old).time_unknown), (1_000, true), "an earlier process's stays unknown");
+        assert_eq!((row(known).start_ms, row(known).time_unknown), (5_000_000, false));
+        let gaps = db.gaps_overlapping(s.id, 0, i64::MAX).expect("gaps");
+        let spans: Vec<_> = gaps.iter().map(|g| (g.start_ms, g.end_ms, g.time_unknown)).collect();
+        assert_eq!(spans, vec![(500, 1_000, true), (1_001_500, 1_002_000, false)]);
+        assert_eq!(db.restamp(marks, 1_000_000).expect("again"), (0, 0), "done once");
+    }
+
+    #[test]
     fn usage_and_retention_items() {
         let db = Db::open_in_memory().expect("db");
         let s = db.upsert_stream(&spec("cam"), 0).expect("stream");
@@ -1653,7 +1762,8 @@ mod tests {
                     end_ms: 10,
                     bytes: 100,
                     protected: true,
-                    open: false
+                    open: false,
+                    time_unknown: false
                 },
                 RetentionItem {
                     id: b,
@@ -1662,7 +1772,8 @@ mod tests {
                     end_ms: 15,
                     bytes: 50,
                     protected: false,
-                    open: true
+                    open: true,
+                    time_unknown: false
                 },
             ]
         );

@@ -21,6 +21,11 @@
 //!   most `MAX_SLEW_PPM` toward the wall clock (audio by the same amount), so
 //!   slow drift never accumulates; only a real step (> `MAX_DRIFT_MS`) starts a
 //!   new run. Pts in the ring are the slewed ones; they stay strictly increasing.
+//! - A wall clock below its floor (a box that booted in 1970) never stops
+//!   recording: a run started then is anchored on the clock's provisional
+//!   timeline and marked `time_unknown`, and follows that timeline (which never
+//!   steps) for its whole life, so NTP setting the clock does not cut it; the
+//!   storage thread re-stamps its rows by the measured step.
 //! - Reconnects: a camera that refused the connection is tried again every
 //!   `RETRY_UNREACHABLE` (a refused connect costs nothing, and a camera that
 //!   comes back is recording again within that); other failures back off
@@ -419,8 +424,9 @@ impl<'a> Session<'a> {
         }
         let mut pts = f.pts;
         if let (Some(run), false) = (&self.run, *need_run) {
-            pts = self.slew.video(f.pts, run, now);
-            let drift = now - run.wall_ms(pts);
+            let run_now = if run.time_unknown { self.clock.provisional_ms() } else { now };
+            pts = self.slew.video(f.pts, run, run_now);
+            let drift = run_now - run.wall_ms(pts);
             if drift.abs() > MAX_DRIFT_MS {
                 log::warn!("stream {}: video time is {drift} ms off wall time; starting a new run", self.rt.name());
                 *need_run = true;
@@ -431,7 +437,7 @@ impl<'a> Session<'a> {
                 return Ok(()); // a run starts on a keyframe
             }
             let video = src.video_params().ok_or("the camera sent video without codec parameters")?;
-            self.start_run(video, f.pts, now)?;
+            self.start_run(video, f.pts)?;
             self.slew = Slew::starting_at(f.pts);
             pts = f.pts;
             *need_run = false;
@@ -447,15 +453,24 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn start_run(&mut self, video: VideoParams, pts: i64, now: i64) -> Result<(), String> {
-        let run = RunStart { video, audio: self.audio.clone(), anchor_pts: pts, anchor_wall_ms: now };
+    /// Starts a run at `pts`, anchored now on the wall clock, or on the
+    /// provisional timeline while the wall clock is untrusted.
+    fn start_run(&mut self, video: VideoParams, pts: i64) -> Result<(), String> {
+        let time_unknown = !self.clock.trusted();
+        let anchor_wall_ms = if time_unknown { self.clock.provisional_ms() } else { self.clock.now_ms() };
+        let run = RunStart { video, audio: self.audio.clone(), anchor_pts: pts, anchor_wall_ms, time_unknown };
         log::info!(
-            "stream {}: new run {} {}x{}{}",
+            "stream {}: new run {} {}x{}{}{}",
             self.rt.name(),
             run.video.codec,
             run.video.width,
             run.video.height,
-            run.audio.as_ref().map(|a| format!(" + {}", a.codec)).unwrap_or_default()
+            run.audio.as_ref().map(|a| format!(" + {}", a.codec)).unwrap_or_default(),
+            if time_unknown {
+                " (the clock is before the firmware build date: time unknown until it is set)"
+            } else {
+                ""
+            }
         );
         self.rt.ring.push_run(&run).map_err(|e| format!("cannot start a run: {e}"))?;
         self.rt.with_status(|s| {

@@ -5,7 +5,9 @@
 //! - Within one *run* (one RTSP session with unchanged codec parameters and no
 //!   timestamp jump) `pts` of each track is monotonic and counts ticks of that
 //!   track's `timescale` from an arbitrary origin; `RunStart::anchor_pts` maps
-//!   to `RunStart::anchor_wall_ms`.
+//!   to `RunStart::anchor_wall_ms`. A run with `time_unknown` was anchored
+//!   while the wall clock was below its floor: its anchor is on the clock's
+//!   provisional timeline (see `base::clock`), not wall time.
 //! - A run always starts with a `Params` record in the ring; the first video
 //!   frame after it is a keyframe. Every new run starts a new segment.
 
@@ -53,8 +55,11 @@ pub struct RunStart {
     pub audio: Option<AudioParams>,
     /// Video pts (in `video.timescale` ticks) that happened at `anchor_wall_ms`.
     pub anchor_pts: i64,
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (provisional if `time_unknown`).
     pub anchor_wall_ms: i64,
+    /// Anchored while the wall clock was untrusted (before the firmware's build date).
+    #[serde(default)]
+    pub time_unknown: bool,
 }
 
 impl RunStart {

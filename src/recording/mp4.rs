@@ -1166,6 +1166,7 @@ pub(crate) mod tests {
             }),
             anchor_pts: anchor_wall_ms * 90,
             anchor_wall_ms,
+            time_unknown: false,
         }
     }
 

@@ -8,7 +8,9 @@
 //! - Rules apply in order, each counting what the earlier ones already picked:
 //!   1. Age: an item of a stream with `retention_days = Some(d)` goes when its
 //!      `end_ms < now_ms - d days` (`d = 0`: every closed item that ended
-//!      before `now_ms`).
+//!      before `now_ms`). An item of unknown time (`time_unknown`: recorded
+//!      while the wall clock was not set) has no age and never goes by age;
+//!      quota and free space take it like any other, by its stored time.
 //!   2. Quota: a stream with `max_bytes = Some(m)` whose items (all of them,
 //!      protected and open included: they use the disk too) total more than
 //!      `m` loses its oldest deletable items, one at a time, and stops as
@@ -129,7 +131,7 @@ pub fn plan_streaming<E>(
     walk(&mut |it| {
         let days = policies.get(&it.stream_id).and_then(|p| p.retention_days);
         let cutoff = days.map(|d| now_ms.saturating_sub(i64::from(d).saturating_mul(MS_PER_DAY)));
-        if cutoff.is_some_and(|c| it.end_ms < c) && deletable(it) {
+        if cutoff.is_some_and(|c| it.end_ms < c) && deletable(it) && !it.time_unknown {
             pick(it, Reason::Age, &mut picked, &mut out);
         } else {
             *left.entry(it.stream_id).or_default() += it.bytes;
@@ -278,7 +280,16 @@ mod tests {
     const DAY: i64 = MS_PER_DAY;
 
     fn item(id: i64, stream_id: i64, start_ms: i64, bytes: u64) -> Item {
-        Item { id, stream_id, start_ms, end_ms: start_ms + MIN, bytes, protected: false, open: false }
+        Item {
+            id,
+            stream_id,
+            start_ms,
+            end_ms: start_ms + MIN,
+            bytes,
+            protected: false,
+            open: false,
+            time_unknown: false,
+        }
     }
 
     fn policies(list: &[(i64, Option<u32>, Option<u64>)]) -> HashMap<i64, StreamPolicy> {
@@ -307,6 +318,10 @@ mod tests {
         // retention_days = 0: everything that ended before now.
         let d = plan(now, &items, &policies(&[(1, Some(0), None)]), ROOMY, 10);
         assert_eq!(ids(&d), vec![1, 2, 3]);
+        // Recorded while the clock was not set (stored in 1970): no age, kept; a quota still counts it.
+        let unknown = [Item { time_unknown: true, ..item(6, 1, 0, 10) }];
+        assert!(plan(now, &unknown, &policies(&[(1, Some(0), None)]), ROOMY, 10).is_empty());
+        assert_eq!(ids(&plan(now, &unknown, &policies(&[(1, Some(0), Some(5))]), ROOMY, 10)), vec![6]);
     }
 
     #[test]
@@ -482,6 +497,7 @@ mod tests {
                     bytes: 1_000_000 + ((s * 7919 + i * 104_729) % 500_000) as u64,
                     protected: id % 97 == 0,
                     open: i == PER - 1,
+                    time_unknown: false,
                 });
             }
         }
@@ -574,6 +590,7 @@ mod tests {
                 init_len: 100,
                 has_audio: false,
                 trigger: "continuous".to_owned(),
+                time_unknown: false,
             })
             .expect("insert");
         let p = SegmentProgress {

@@ -757,6 +757,7 @@ mod tests {
             }),
             anchor_pts: anchor,
             anchor_wall_ms: 1_700_000_000_000,
+            time_unknown: false,
         }
     }
 

@@ -14,12 +14,19 @@
 //!   left `open`.
 //! - A failed write truncates the file back to its last complete fragment and
 //!   closes the segment; the recording goes on in a new one.
+//! - A segment of a run of unknown time (the wall clock was untrusted when it
+//!   began) gets wall times if the clock is trusted by the time the segment
+//!   starts (provisional + the measured step), else it is `time_unknown` and
+//!   keeps provisional times until `restamp`. A gap is recorded only between
+//!   two times on the same timeline.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::base::clock::Clock;
 use crate::base::fs::{sync_dir, sync_range, SyncFn};
 use crate::index::db::{Db, NewSegment, SegmentProgress};
 use crate::recording::fragmenter::{Cut, Fragment, Fragmenter};
@@ -68,6 +75,8 @@ struct OpenSegment {
     file: File,
     start_pts: i64,
     start_ms: i64,
+    /// `start_ms` is provisional (the row is `time_unknown`).
+    time_unknown: bool,
     init_len: u64,
     bytes: u64,
     synced_bytes: u64,
@@ -106,28 +115,34 @@ pub struct SegmentWriter {
     stream_id: i64,
     name: String,
     cfg: WriterConfig,
+    clock: Arc<dyn Clock>,
     run: Option<RunStart>,
     init: Vec<u8>,
     need_key: bool,
     open: Option<OpenSegment>,
-    last_end_ms: Option<i64>,
+    /// End of the last segment, and whether it is provisional.
+    last_end_ms: Option<(i64, bool)>,
     last_close: CloseReason,
+    /// Rows of unknown time were written since the last `take_wrote_unknown`.
+    wrote_unknown: bool,
     pub stats: WriterStats,
     pub last_error: Option<String>,
 }
 
 impl SegmentWriter {
-    pub fn new(stream_id: i64, name: &str, cfg: WriterConfig) -> Self {
+    pub fn new(stream_id: i64, name: &str, cfg: WriterConfig, clock: Arc<dyn Clock>) -> Self {
         SegmentWriter {
             stream_id,
             name: name.to_string(),
             cfg,
+            clock,
             run: None,
             init: Vec::new(),
             need_key: true,
             open: None,
             last_end_ms: None,
             last_close: CloseReason::Shutdown,
+            wrote_unknown: false,
             stats: WriterStats::default(),
             last_error: None,
         }
@@ -215,7 +230,7 @@ impl SegmentWriter {
             self.sync(db, true);
             if let Some(o) = self.open.take() {
                 let end = if o.sync_failed { o.synced.end_ms } else { end_ms(&o, self.run.as_ref()) };
-                self.last_end_ms = Some(end);
+                self.last_end_ms = Some((end, o.time_unknown));
                 self.stats.segments += 1;
             }
         }
@@ -224,7 +239,11 @@ impl SegmentWriter {
 
     fn open_segment(&mut self, db: &Db, pts: i64) -> io::Result<()> {
         let Some(run) = &self.run else { return Err(io::Error::other("no run")) };
-        let start_ms = run.wall_ms(pts);
+        let (start_ms, time_unknown) = match (run.time_unknown, self.clock.step_ms()) {
+            (false, _) => (run.wall_ms(pts), false),
+            (true, Some(step)) => (run.wall_ms(pts) + step, false),
+            (true, None) => (run.wall_ms(pts), true),
+        };
         let day = crate::base::clock::rfc3339(start_ms);
         let dir = self.cfg.data_dir.join("recordings").join(&self.name).join(&day[..10.min(day.len())]);
         create_dir_synced(&dir)?;
@@ -245,6 +264,7 @@ impl SegmentWriter {
             init_len,
             has_audio: run.audio.is_some(),
             trigger: "continuous".into(),
+            time_unknown,
         };
         let id = match db.insert_segment(&new) {
             Ok(id) => id,
@@ -254,9 +274,11 @@ impl SegmentWriter {
                 return Err(io::Error::other(format!("database: {e}")));
             }
         };
-        if let Some(prev) = self.last_end_ms {
+        self.wrote_unknown |= time_unknown;
+        if let Some(prev) = self.last_end_on(time_unknown) {
             if start_ms - prev > GAP_MIN_MS {
-                if let Err(e) = db.insert_gap(self.stream_id, prev, start_ms, self.last_close.gap_reason()) {
+                let reason = self.last_close.gap_reason();
+                if let Err(e) = db.insert_gap_of(self.stream_id, prev, start_ms, reason, time_unknown) {
                     log::warn!("stream {}: cannot record gap: {e}", self.name);
                 }
             }
@@ -267,6 +289,7 @@ impl SegmentWriter {
             file,
             start_pts: pts,
             start_ms,
+            time_unknown,
             init_len,
             bytes: init_len,
             synced_bytes: init_len,
@@ -384,6 +407,36 @@ impl SegmentWriter {
         self.fail(format!(
             "fdatasync failed {CLOSE_SYNC_ATTEMPTS} times on close ({err}): segment {id} closed at its last synced point, the last {lost_ms} ms could not be made durable"
         ));
+    }
+
+    /// The end of the last segment on the timeline of a new one (provisional
+    /// if `time_unknown`), if it can be placed there.
+    fn last_end_on(&self, time_unknown: bool) -> Option<i64> {
+        let (ms, unknown) = self.last_end_ms?;
+        match (unknown, time_unknown) {
+            (true, false) => self.clock.step_ms().map(|step| ms + step),
+            (a, b) if a == b => Some(ms),
+            _ => None,
+        }
+    }
+
+    /// The wall clock is trusted now and `step_ms` turns provisional times
+    /// into wall times: the open segment and the last end move by it (the
+    /// storage thread moves the rows with `Db::restamp` at the same moment).
+    pub fn restamp(&mut self, step_ms: i64) {
+        if let Some(o) = self.open.as_mut().filter(|o| o.time_unknown) {
+            o.start_ms += step_ms;
+            o.synced.end_ms += step_ms;
+            o.time_unknown = false;
+        }
+        if let Some((ms, true)) = self.last_end_ms {
+            self.last_end_ms = Some((ms + step_ms, false));
+        }
+    }
+
+    /// True (once) if rows of unknown time were written since the last call.
+    pub fn take_wrote_unknown(&mut self) -> bool {
+        std::mem::take(&mut self.wrote_unknown)
     }
 
     fn fail(&mut self, msg: String) {
@@ -515,7 +568,7 @@ mod tests {
             sync_interval: Duration::from_secs(3600),
             sync: crate::base::fs::fdatasync,
         };
-        let w = SegmentWriter::new(row.id, "cam", cfg);
+        let w = SegmentWriter::new(row.id, "cam", cfg, Arc::new(crate::base::clock::SimulatedClock::new(T0)));
         (dir, db, w)
     }
 

@@ -8,6 +8,10 @@
 //!   the camera session.
 //! - Retention deletes row first (into `garbage`), then unlinks, then fsyncs
 //!   the directory; `reconcile` finishes whatever garbage a crash left.
+//! - Rows written while the wall clock was untrusted (`time_unknown`) are
+//!   re-stamped by the measured step in the first pass that finds the clock
+//!   trusted: the rows (`Db::restamp`, this process's only) and the writers'
+//!   open segments together, between two drains.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::base::clock::Clock;
-use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::index::db::{Db, IdMarks, NewSegment, SegmentProgress};
 use crate::recording::mp4;
 use crate::recording::retention;
 use crate::recording::ring::{Cursor, ReadResult};
@@ -92,14 +96,15 @@ pub fn spawn(
 ) -> io::Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let db = Db::open(&settings.db_path).map_err(|e| io::Error::other(e.to_string()))?;
+    let marks = db.id_marks().map_err(|e| io::Error::other(e.to_string()))?;
     let handle = std::thread::Builder::new().name("storage".into()).spawn(move || {
         crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Storage);
-        run(settings, db, rx, clock)
+        run(settings, db, rx, clock, marks)
     })?;
     Ok((tx, handle))
 }
 
-fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Arc<dyn Clock>) {
+fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Arc<dyn Clock>, marks: IdMarks) {
     let writer_cfg = WriterConfig {
         data_dir: settings.data_dir.clone(),
         segment_seconds: settings.segment_seconds,
@@ -110,6 +115,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut last_retention = Instant::now();
     let mut backlog = Backlog::default();
+    let mut restamp = Restamp { marks, pending: false };
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
@@ -118,7 +124,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                     old.writer.close(&db, CloseReason::Shutdown);
                 }
                 let cursor = rt.ring.cursor_at_latest_keyframe();
-                let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone());
+                let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone(), clock.clone());
                 let recorder =
                     Recorder { rt, cursor, writer, published: None, drained: Instant::now(), lag_max: Duration::ZERO };
                 recorders.insert(name, recorder);
@@ -157,9 +163,11 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             let segments_before = r.writer.stats.segments;
             drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
             r.writer.tick(&db);
+            restamp.pending |= r.writer.take_wrote_unknown();
             r.publish();
             rotated |= r.writer.stats.segments != segments_before;
         }
+        restamp.run_if_due(&db, &*clock, &mut recorders);
         let due = last_retention.elapsed() >= RETENTION_EVERY
             || (rotated && last_retention.elapsed() >= Duration::from_secs(1));
         if due && backlog.is_empty() {
@@ -167,6 +175,36 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             last_retention = Instant::now();
         }
         backlog.work(&db, &settings.data_dir);
+    }
+}
+
+/// Rows of unknown time this process wrote, to re-stamp once the clock is set.
+struct Restamp {
+    marks: IdMarks,
+    pending: bool,
+}
+
+impl Restamp {
+    /// Re-stamps rows and open segments by the step, if any wait and the wall
+    /// clock is trusted; a failure is retried in the next pass.
+    fn run_if_due(&mut self, db: &Db, clock: &dyn Clock, recorders: &mut HashMap<String, Recorder>) {
+        if !self.pending {
+            return;
+        }
+        let Some(step) = clock.step_ms() else { return };
+        match db.restamp(self.marks, step) {
+            Ok((segments, gaps)) => {
+                for r in recorders.values_mut() {
+                    r.writer.restamp(step);
+                    r.publish();
+                }
+                self.pending = false;
+                log::info!(
+                    "the wall clock is set: {segments} recordings and {gaps} gaps of unknown time moved by {step} ms"
+                );
+            }
+            Err(e) => log::warn!("cannot re-stamp the recordings of unknown time: {e}"),
+        }
     }
 }
 
@@ -495,6 +533,8 @@ fn adopt(db: &Db, stream_id: i64, rel: &str, path: &Path, start_ms: i64) -> Resu
         init_len: scan.init_len,
         has_audio: scan.has_audio,
         trigger: "adopted".into(),
+        // Named before this firmware was built: recorded while the clock was not set.
+        time_unknown: start_ms < crate::base::clock::WALL_FLOOR_MS,
     };
     let id = db.insert_segment(&new).map_err(|e| e.to_string())?;
     db.update_segment(id, &progress_from_scan(start_ms, &scan)).map_err(|e| e.to_string())

@@ -79,6 +79,9 @@ struct RateWindow {
 
 /// Rates are recomputed over windows of this length.
 const RATE_WINDOW_MS: i64 = 2000;
+/// Frames further apart than this in wall time (or going back) mean the wall clock
+/// stepped (a camera down that long has nothing left in a 2-minute chart anyway).
+const STEP_MS: i64 = 86_400_000;
 
 impl StreamStatus {
     fn new(state: StreamState) -> Self {
@@ -125,8 +128,14 @@ impl StreamStatus {
         self.bytes += bytes as u64;
         self.last_frame_ms = Some(now_ms);
         let w = &mut self.window;
-        if w.start_ms == 0 {
-            w.start_ms = now_ms;
+        let stepped = w.start_ms != 0 && (now_ms < w.start_ms || now_ms - w.start_ms > STEP_MS);
+        if w.start_ms == 0 || stepped {
+            // First frame, or the wall clock stepped (NTP setting a box that booted in
+            // 1970): samples on the old time axis would stretch the chart over the step.
+            if stepped {
+                self.history.clear();
+            }
+            *w = RateWindow { start_ms: now_ms, frames: 0, bytes: 0 };
         }
         w.frames += 1;
         w.bytes += bytes as u64;
@@ -222,6 +231,21 @@ mod tests {
         assert_eq!(s.frames, 31);
         assert_eq!(s.last_frame_ms, Some(13_000));
         assert_eq!(s.bitrate_history(), vec![(12_000, s.bitrate_kbps)]);
+    }
+
+    #[test]
+    fn a_wall_clock_step_starts_the_chart_again() {
+        let mut s = StreamStatus::new(StreamState::Streaming);
+        for i in 0..=50 {
+            s.count_video_frame(1000, 20_000 + i * 100); // a box that booted in 1970
+        }
+        assert_eq!(s.bitrate_history().len(), 2);
+        let ntp = 1_795_000_000_000;
+        for i in 0..=20 {
+            s.count_video_frame(1000, ntp + i * 100);
+        }
+        assert_eq!(s.bitrate_history(), vec![(ntp + 2000, s.bitrate_kbps)], "only samples after the step");
+        assert!((s.bitrate_kbps - 84.0).abs() < 0.1, "no window spans the step: {}", s.bitrate_kbps);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::base::clock::{parse_time, rfc3339};
+use crate::base::clock::{parse_time, rfc3339, Clock};
 use crate::base::memory;
 use crate::config::StreamConfig;
 use crate::index::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
@@ -30,8 +30,16 @@ pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
         200,
         &json!({ "ok": true, "version": env!("CARGO_PKG_VERSION"),
                  "firmware": crate::appliance::firmware_version(),
-                 "uptime_s": ctx.nvr.started.elapsed().as_secs() }),
+                 "uptime_s": ctx.nvr.started.elapsed().as_secs(),
+                 "clock": clock_json(&*ctx.nvr.clock) }),
     ))
+}
+
+/// The wall clock against its floor (the firmware's build date). Public in
+/// /api/health, so every page can say when recordings' times are unknown.
+fn clock_json(clock: &dyn Clock) -> Value {
+    let (now, floor) = (clock.now_ms(), clock.floor_ms());
+    json!({ "trusted": clock.trusted(), "now_ms": now, "now": rfc3339(now), "floor_ms": floor, "floor": rfc3339(floor) })
 }
 
 // ---- time spans ----
@@ -353,6 +361,7 @@ fn gap_json(g: &GapRow, stream: &str) -> Value {
         "end": rfc3339(g.end_ms),
         "duration_ms": g.end_ms.saturating_sub(g.start_ms),
         "reason": g.reason,
+        "time_unknown": g.time_unknown,
     })
 }
 
@@ -430,6 +439,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
                 "process": memory::process_memory(),
             },
             "disk": disk,
+            "clock": clock_json(&*nvr.clock),
             "streams": streams,
             "live_clients": super::live::live_clients(),
         }),

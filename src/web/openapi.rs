@@ -634,6 +634,7 @@ mod tests {
             init_len: 700,
             has_audio: false,
             trigger: "continuous".into(),
+            time_unknown: false,
         };
         let id = api.db.insert_segment(&seg).expect("segment");
         api.db.insert_gap(stream.id, t0 + 60_000, t0 + 70_000, "camera unreachable").expect("gap");
@@ -649,6 +650,11 @@ mod tests {
         api.call("DELETE", "/api/streams/cam2", "", 200);
         // System.
         let v = api.call("GET", "/api/system", "", 200);
+        assert_eq!(
+            (&v["clock"]["trusted"], &v["clock"]["now_ms"]),
+            (&serde_json::json!(true), &serde_json::json!(1_800_000_000_000i64)),
+            "{v}"
+        );
         assert!(v["streams"][0]["ring"].is_object(), "{v}");
         api.call("GET", "/api/system/ota", "", 200);
         api.call("GET", "/api/system/logs?lines=5", "", 200);

@@ -75,6 +75,7 @@ fn fixture() -> Fixture {
                 init_len: init.len() as u64,
                 has_audio: true,
                 trigger: "continuous".into(),
+                time_unknown: false,
             })
             .expect("insert");
         let progress = SegmentProgress {

@@ -19,6 +19,8 @@ const WORK = process.env.OXINVR_WORK || tmpdir();
 // A stream of the camera's H.265 mount, if the recorder has one (OXINVR_H265_STREAM).
 const H265 = process.env.OXINVR_H265_STREAM || '';
 const S = {}; // shared between tests: browser, admin page, viewer page
+// A second recorder whose clock reads 1970 (libfaketime), fresh data dir, recording STREAM.
+const UNSET = process.env.OXINVR_UNSET_URL || '';
 
 // ---- helpers ----
 
@@ -573,6 +575,37 @@ async function checkLayout(page, size) {
 const testLayoutWide = () => checkLayout(S.admin, '1280x800');
 const testLayoutPhone = () => checkLayout(S.phone, '390x844');
 
+// The recorder in 1970 (below the firmware's build date): every page says the clock is not set,
+// and the recordings made meanwhile are marked; the recorder whose clock is set says nothing.
+async function testClockUnset() {
+  assert(await S.admin.isHidden('#clock-banner'), 'the banner shows on a recorder whose clock is set');
+  assert(UNSET, 'OXINVR_UNSET_URL is not set (scripts/test-browser starts that recorder)');
+  const { page } = await newPage(S.browser, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  await page.goto(`${UNSET}/`);
+  await page.waitForSelector('#setup-form');
+  const banner = await until('the clock banner', async () => (await page.isVisible('#clock-banner')) && page.textContent('#clock-banner'));
+  const want = 'The clock is not set (before the firmware build date): recordings are kept but their times are unknown until it is.';
+  assert(banner.includes(want), `the banner says: ${banner}`);
+  assert(banner.includes('1970-01-01'), `the banner does not show the recorder's time: ${banner}`);
+  await page.fill('#setup-form input[name=username]', ADMIN.name);
+  await page.fill('#setup-form input[name=password]', ADMIN.pass);
+  await page.fill('#setup-form input[name=confirm]', ADMIN.pass);
+  await page.click('#setup-form button[type=submit]');
+  await ready(page, '#/live');
+  await shot(page, 'clock-unset-live');
+  await page.click('#clock-banner a');
+  const hash = '#/recordings?day=1970-01-01';
+  await page.waitForFunction((h) => document.querySelector('#view').dataset.ready === h, hash);
+  const rows = await page.$$eval('#recordings tbody tr', (r) => r.map((tr) => !!tr.querySelector('.time-unknown')));
+  assert(rows.length >= 1 && rows.every(Boolean), `recordings of 1970, marked: ${JSON.stringify(rows)}`);
+  const note = await page.textContent('#view p.msg.info');
+  assert(note && note.includes('time unknown'), `no note on the recordings page: ${note}`);
+  const problems = await layoutProblems(page);
+  assert(!problems.length, `at 390x844 with the banner:\n      ${problems.join('\n      ')}`);
+  await shot(page, 'clock-unset-recordings');
+  await page.close();
+}
+
 async function testNoProblems() {
   assert(!pageProblems.length, `the page reported:\n      ${pageProblems.join('\n      ')}`);
 }
@@ -592,6 +625,7 @@ const TESTS = [
   ['7 TOTP enrolment shows a QR; the code confirms it and logs in', testTotp],
   ['phone: collapsible menu, Log out in the header, live view on a small screen', testPhone],
   ['layout at 390x844: every control of every page within reach, no wrapped buttons', testLayoutPhone],
+  ['clock not set (1970): a banner on every page, recordings marked "time unknown"', testClockUnset],
   ['no page errors or CSP violations', testNoProblems],
 ];
 

@@ -112,20 +112,25 @@ impl Oxinvr {
     /// Writes `<dir>/oxinvr.toml` from `body` (which may use {DATA} and {PORT})
     /// unless it exists, starts the binary and waits until /api/health answers.
     pub fn start(dir: &Path, body: &str) -> Oxinvr {
+        Self::start_with_env(dir, body, &[])
+    }
+
+    /// [`Oxinvr::start`] with extra environment variables (e.g. libfaketime's).
+    pub fn start_with_env(dir: &Path, body: &str, env: &[(&str, &str)]) -> Oxinvr {
         let config = dir.join("oxinvr.toml");
         let data_dir = dir.join("data");
         let port = free_port();
         let text = body.replace("{DATA}", &data_dir.display().to_string()).replace("{PORT}", &port.to_string());
         std::fs::write(&config, text).expect("write config");
-        Self::start_with(config, data_dir, port)
+        Self::start_with(config, data_dir, port, env)
     }
 
     /// Starts again on an existing config (same data dir and port).
     pub fn restart(config: &Path, data_dir: &Path, port: u16) -> Oxinvr {
-        Self::start_with(config.to_path_buf(), data_dir.to_path_buf(), port)
+        Self::start_with(config.to_path_buf(), data_dir.to_path_buf(), port, &[])
     }
 
-    fn start_with(config: PathBuf, data_dir: PathBuf, port: u16) -> Oxinvr {
+    fn start_with(config: PathBuf, data_dir: PathBuf, port: u16, env: &[(&str, &str)]) -> Oxinvr {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log_path = config.with_file_name(format!("oxinvr-{n}.log"));
@@ -134,6 +139,7 @@ impl Oxinvr {
             .args(["run", "--config"])
             .arg(&config)
             .env("OXINVR_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -281,5 +287,14 @@ impl Drop for Oxinvr {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
             let _ = c.wait();
         }
+    }
+}
+
+/// Polls every 50 ms until `f` holds, or panics after `limit`.
+pub fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

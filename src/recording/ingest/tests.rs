@@ -96,8 +96,9 @@ struct Scripted {
     n: i64,
 }
 
+/// A real avc1 sample entry, so the storage thread can write files of these runs.
 fn video() -> VideoParams {
-    VideoParams { codec: "avc1.64001f".into(), width: 640, height: 360, timescale: 90_000, sample_entry: vec![1, 2, 3] }
+    crate::recording::mp4::tests::run_start(false, 0).video
 }
 
 impl Source for Scripted {
@@ -137,7 +138,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let clock = Arc::new(SimulatedClock::new(T0));
+        Self::with_clock(SimulatedClock::new(T0))
+    }
+
+    fn with_clock(clock: SimulatedClock) -> Self {
+        let clock = Arc::new(clock);
         let cams = Cameras::new(clock.clone());
         let ingest = Ingest::new(cams.clone(), clock.clone());
         Harness { clock, cams, ingest, ex: LocalExecutor::new(), tasks: Vec::new(), starts: RefCell::default() }
@@ -405,4 +410,162 @@ fn a_camera_clock_faster_than_the_slew_gets_a_new_run_at_the_limit() {
     let (run, pts) = newest(&rt);
     assert!(run.anchor_wall_ms - T0 > 3_900_000, "a new run once 10 s off: {}", run.anchor_wall_ms - T0);
     assert!((h.clock.now_ms() - run.wall_ms(pts)).abs() < 1000);
+}
+
+/// Every run start in the ring since it was made: (anchor, time unknown), and the frames.
+fn runs_and_frames(h: &Harness, rt: &StreamRuntime) -> (Vec<(i64, bool)>, u64) {
+    let mut cursor = h.starts.borrow()[rt.name()];
+    let (mut runs, mut frames, mut buf) = (Vec::new(), 0, Vec::new());
+    loop {
+        match rt.ring.read(&mut cursor, &mut buf) {
+            ReadResult::Run { run, .. } => runs.push((run.anchor_wall_ms, run.time_unknown)),
+            ReadResult::Frame { .. } => frames += 1,
+            ReadResult::Empty => return (runs, frames),
+            ReadResult::Gap { .. } => panic!("the test ring wrapped"),
+        }
+    }
+}
+
+/// A box without a battery clock: 1970 plus 20 s of boot at start.
+const BOOT: i64 = 20_000;
+/// The firmware's build date in these tests: a day before T0.
+const FLOOR: i64 = T0 - 86_400_000;
+
+#[test]
+fn a_box_booted_in_1970_records_in_provisional_time_and_the_ntp_step_starts_no_run() {
+    let mut h = Harness::with_clock(SimulatedClock::with_floor(BOOT, FLOOR));
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(40));
+    h.clock.set(T0); // NTP answered: a step of about 56 years
+    h.run_for(Duration::from_secs(30));
+    let (runs, frames) = runs_and_frames(&h, &rt);
+    assert_eq!(runs, vec![(BOOT + 100, true)], "one run, anchored on the provisional timeline at the first keyframe");
+    assert_eq!((frames, rt.status().frames), (700, 700), "every frame kept, before and after the step");
+    let (run, pts) = newest(&rt);
+    let off = h.clock.provisional_ms() - run.wall_ms(pts);
+    assert!((0..=200).contains(&off), "the run still follows the provisional timeline: {off} ms");
+    // The next session (camera reconnects) is anchored on the wall clock, now trusted.
+    h.cams.set("rtsp://cam/", Mode::NotFound);
+    h.run_for(Duration::from_secs(2));
+    h.cams.set("rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(3));
+    let (runs, _) = runs_and_frames(&h, &rt);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(!runs[1].1 && runs[1].0 > T0 + 30_000 && runs[1].0 < T0 + 36_000, "{runs:?}");
+}
+
+mod with_storage {
+    use super::*;
+    use crate::index::db::{Db, SegmentRow};
+    use crate::recording::storage::{self, StorageSettings};
+
+    /// Runs a storage thread on `h`'s clock that records `rt` while `f` drives ingest,
+    /// then shuts it down (the ring drained, every segment closed).
+    fn record(h: &Harness, rt: &Arc<StreamRuntime>, dir: &std::path::Path, f: impl FnOnce()) {
+        let settings = StorageSettings {
+            data_dir: dir.to_path_buf(),
+            db_path: dir.join("oxinvr.db"),
+            segment_seconds: 10,
+            sync_seconds: 1,
+            min_free_percent: 0,
+        };
+        let (tx, thread) = storage::spawn(settings, h.clock.clone()).expect("storage");
+        tx.send(storage::Command::Add(rt.clone())).expect("add");
+        // Commands run in order: the answer to this no-op means the cursor is in place.
+        let (answer, purged) = std::sync::mpsc::channel();
+        tx.send(storage::Command::Purge(-1, answer)).expect("purge");
+        assert_eq!(purged.recv_timeout(Duration::from_secs(20)).expect("answer"), Ok(0));
+        f();
+        let (ack, done) = std::sync::mpsc::channel();
+        tx.send(storage::Command::Shutdown(ack)).expect("shutdown");
+        done.recv_timeout(Duration::from_secs(20)).expect("storage stopped");
+        thread.join().expect("storage thread");
+    }
+
+    fn db_with_cam(dir: &std::path::Path) -> Db {
+        let db = Db::open(&dir.join("oxinvr.db")).expect("db");
+        let spec = StreamSpec {
+            name: "cam".into(),
+            url: "rtsp://cam/".into(),
+            enabled: true,
+            record: RecordMode::Continuous,
+            retention_days: None,
+            max_storage_mb: None,
+            priority: 0,
+            bitrate_kbps: None,
+            source: "api".into(),
+        };
+        assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");
+        db
+    }
+
+    fn rows(db: &Db) -> Vec<SegmentRow> {
+        db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")
+    }
+
+    /// Waits (real time: the storage thread polls every 50 ms) until `f` holds.
+    fn wait(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn rows_recorded_before_the_ntp_step_are_restamped_and_none_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = db_with_cam(dir.path());
+        let mut h = Harness::with_clock(SimulatedClock::with_floor(BOOT, FLOOR));
+        let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+        record(&h, &rt, dir.path(), || {
+            h.run_for(Duration::from_secs(40));
+            // Three closed segments of unknown time on disk before the clock is set.
+            wait("3 closed rows", || rows(&db).iter().filter(|r| r.closed && r.time_unknown).count() == 3);
+            assert!(rows(&db)[0].start_ms < FLOOR);
+            h.clock.set(T0);
+            h.run_for(Duration::from_secs(30));
+            wait("the re-stamp", || rows(&db).iter().all(|r| !r.time_unknown));
+        });
+        let segs = rows(&db);
+        assert_eq!(segs.len(), 7, "one run of 70 s in segments of 10 s: {segs:?}");
+        // The first keyframe came 100 ms after start, 40 s before NTP answered at T0.
+        assert_eq!(segs[0].start_ms, T0 - 40_000 + 100);
+        assert!((segs[6].end_ms - (T0 + 30_000)).abs() <= 100, "{}", segs[6].end_ms - T0);
+        for w in segs.windows(2) {
+            assert_eq!(w[0].end_ms, w[1].start_ms, "contiguous across the step");
+        }
+        assert!(segs.iter().all(|s| s.closed && !s.time_unknown));
+        assert!(db.gaps_overlapping(1, i64::MIN, i64::MAX).expect("gaps").is_empty());
+        let frames: u64 = segs.iter().map(|s| s.frames).sum();
+        assert_eq!(frames, rt.status().frames, "no frame lost");
+        for s in &segs {
+            let scan = crate::recording::mp4::scan_file(&dir.path().join(&s.path)).expect("scan");
+            assert_eq!((scan.valid_len, scan.fragments.len()), (s.bytes, s.fragments.len()), "{}", s.path);
+        }
+        assert!(segs[0].path.contains("/1970-01-01/"), "file names keep their provisional start: {}", segs[0].path);
+    }
+
+    #[test]
+    fn after_a_restart_without_a_set_clock_the_earlier_rows_stay_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = db_with_cam(dir.path());
+        let mut first = Harness::with_clock(SimulatedClock::with_floor(BOOT, FLOOR));
+        let rt = first.stream("cam", "rtsp://cam/", Mode::Up);
+        record(&first, &rt, dir.path(), || first.run_for(Duration::from_secs(15)));
+        let before = rows(&db);
+        assert!(before.len() == 2 && before.iter().all(|r| r.time_unknown), "{before:?}");
+        // The next boot: the link between the first process's timeline and wall time is gone.
+        let mut second = Harness::with_clock(SimulatedClock::with_floor(BOOT, FLOOR));
+        let rt = second.stream("cam", "rtsp://cam/", Mode::Up);
+        record(&second, &rt, dir.path(), || {
+            second.run_for(Duration::from_secs(5));
+            second.clock.set(T0);
+            second.run_for(Duration::from_secs(5));
+            wait("the re-stamp", || rows(&db).iter().filter(|r| !r.time_unknown).count() == 1);
+        });
+        let after = rows(&db);
+        assert_eq!(after[..2], before[..], "the first boot's rows are untouched");
+        assert_eq!((after[2].start_ms, after[2].time_unknown), (T0 - 5_000 + 100, false));
+    }
 }

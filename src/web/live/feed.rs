@@ -196,6 +196,7 @@ mod tests {
             }),
             anchor_pts: 0,
             anchor_wall_ms: 1_700_000_000_000,
+            time_unknown: false,
         }
     }
 

@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // OxiNVR patch: queue only if an idle thread is left for this task too. A burst
+        // (a browser opening 6 connections) used to queue every task while the count of
+        // waiting threads, not yet woken, still said 4: two connections then waited for
+        // a keep-alive connection to end, and the page's first load hung.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
