@@ -343,7 +343,7 @@ fn live_view_decodes_from_a_keyframe_and_refuses_bad_requests() {
 
     // 3 s of collection plus the backlog of up to one GOP (1 s) sent at once.
     let n = fragments.len() as f64;
-    assert!(n >= 2.5 * FPS && n <= 4.5 * FPS, "{n} fragments in 3 s at {FPS} fps");
+    assert!((2.5 * FPS..=4.5 * FPS).contains(&n), "{n} fragments in 3 s at {FPS} fps");
     let path = tmp.path().join("live.mp4");
     let frames = check_file(&path, &init_segment, &fragments);
     assert_eq!(frames, fragments.len() as u64, "every fragment decodes to one frame");

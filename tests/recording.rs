@@ -188,7 +188,7 @@ fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     }
     let check = std::process::Command::new(common::nvr::oxinvr_bin())
         .args(["check", "--config"])
-        .arg(&nvr_config(tmp.path()))
+        .arg(nvr_config(tmp.path()))
         .output()
         .expect("check");
     assert!(check.status.success(), "oxinvr check: {}", String::from_utf8_lossy(&check.stdout));
@@ -227,7 +227,7 @@ fn sigkill_then_restart_leaves_every_file_playable_and_loses_at_most_sync_second
     let db = Db::open(&data.join("oxinvr.db")).expect("db");
     let st = db.stream_by_name("cam").expect("query").expect("stream");
     let segs = db.segments_overlapping(st.id, 0, kill_ms).expect("segments");
-    let before_kill = segs.iter().filter(|s| s.start_ms < kill_ms).next_back().expect("recovered segment");
+    let before_kill = segs.iter().rfind(|s| s.start_ms < kill_ms).expect("recovered segment");
     let lost_ms = kill_ms - before_kill.end_ms;
     assert!(lost_ms <= 2000, "lost {lost_ms} ms at SIGKILL (sync_seconds = 2)");
 

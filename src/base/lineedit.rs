@@ -383,6 +383,7 @@ pub struct EchoOff {
 
 impl EchoOff {
     /// Turns echo off on stdin if it is a terminal (else does nothing).
+    #[allow(clippy::new_without_default)] // it changes the terminal: not a default value
     pub fn new() -> EchoOff {
         use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
         let stdin = io::stdin();

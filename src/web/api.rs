@@ -446,6 +446,88 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     ))
 }
 
+/// `GET /api/system/logs?lines=N`: the newest lines of the recorder's log
+/// file (default 200, at most 2000; only its last 512 KiB are read).
+pub fn logs(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    use std::io::{Read, Seek, SeekFrom};
+    q.only(&["lines"]).map_err(ApiError::bad_request)?;
+    let n = match q.get("lines") {
+        None => 200,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=2000).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("lines={v:?}: give a number from 1 to 2000")))?,
+    };
+    let path = ctx.nvr.config.storage.data_dir.join("oxinvr.log");
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(&path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = len.saturating_sub(512 << 10);
+        f.seek(SeekFrom::Start(from))
+            .and_then(|_| f.take(512 << 10).read_to_end(&mut text))
+            .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
+    }
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    let lines = &all[all.len().saturating_sub(n)..];
+    Ok(Reply::json(200, &json!({ "file": path.display().to_string(), "lines": lines })))
+}
+
+/// `GET /api/settings`: the configuration in effect, stream passwords masked,
+/// and each stream as it runs now next to what the configuration file says
+/// (`streams`). The file is edited by hand; streams also through the API.
+pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let mut cfg = ctx.nvr.config.clone();
+    for s in &mut cfg.streams {
+        s.url = mask_url(&s.url);
+    }
+    let config =
+        serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
+    let file = &ctx.nvr.config.streams;
+    let rows = ctx.db.list_streams()?;
+    let spec_in_file = |name: &str| file.iter().find(|c| c.name == name).map(|c| c.to_spec("config"));
+    let mut streams: Vec<Value> =
+        rows.iter().map(|r| stream_setting(Some(&r.spec), spec_in_file(&r.spec.name).as_ref())).collect();
+    for c in file.iter().filter(|c| !rows.iter().any(|r| r.spec.name == c.name)) {
+        streams.push(stream_setting(None, Some(&c.to_spec("config"))));
+    }
+    Ok(Reply::json(200, &json!({ "config": config, "streams": streams })))
+}
+
+/// One stream's settings: in effect (the database row), in the file, and the
+/// fields a restart sets back to the file's values (the file's streams are
+/// written into the database at every start).
+fn stream_setting(effect: Option<&StreamSpec>, file: Option<&StreamSpec>) -> Value {
+    let fields = |s: &StreamSpec| {
+        let mut m = spec_fields(s);
+        m.remove("name");
+        m
+    };
+    let (now, in_file) = (effect.map(fields), file.map(fields));
+    let reset: Vec<&String> = match (&now, &in_file) {
+        (Some(n), Some(f)) => f.iter().filter(|(k, v)| n.get(*k) != Some(v)).map(|(k, _)| k).collect(),
+        (None, Some(f)) => f.keys().collect(),
+        _ => Vec::new(),
+    };
+    let masked = |m: &Map<String, Value>| {
+        let mut m = m.clone();
+        if let Some(url) = m.get("url").and_then(Value::as_str) {
+            m.insert("url".into(), mask_url(url).into());
+        }
+        m
+    };
+    let name = effect.or(file).map(|s| s.name.clone()).unwrap_or_default();
+    json!({
+        "name": name,
+        "source": effect.map_or("config", |s| s.source.as_str()),
+        "in_effect": now.as_ref().map(masked),
+        "file": in_file.as_ref().map(masked),
+        "restart_resets": reset,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,86 +622,4 @@ mod tests {
         assert!(e.message.starts_with("field retention_days"), "{e:?}");
         assert!(validate(&cfg(br#"{"name":"a-1_b","url":"rtsp://u:p@h:554/x"}"#)).is_ok());
     }
-}
-
-/// `GET /api/system/logs?lines=N`: the newest lines of the recorder's log
-/// file (default 200, at most 2000; only its last 512 KiB are read).
-pub fn logs(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
-    use std::io::{Read, Seek, SeekFrom};
-    q.only(&["lines"]).map_err(ApiError::bad_request)?;
-    let n = match q.get("lines") {
-        None => 200,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=2000).contains(n))
-            .ok_or_else(|| ApiError::bad_request(format!("lines={v:?}: give a number from 1 to 2000")))?,
-    };
-    let path = ctx.nvr.config.storage.data_dir.join("oxinvr.log");
-    let mut text = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(&path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let from = len.saturating_sub(512 << 10);
-        f.seek(SeekFrom::Start(from))
-            .and_then(|_| f.take(512 << 10).read_to_end(&mut text))
-            .map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
-    }
-    let text = String::from_utf8_lossy(&text);
-    let all: Vec<&str> = text.lines().collect();
-    let lines = &all[all.len().saturating_sub(n)..];
-    Ok(Reply::json(200, &json!({ "file": path.display().to_string(), "lines": lines })))
-}
-
-/// `GET /api/settings`: the configuration in effect, stream passwords masked,
-/// and each stream as it runs now next to what the configuration file says
-/// (`streams`). The file is edited by hand; streams also through the API.
-pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
-    q.only(&[]).map_err(ApiError::bad_request)?;
-    let mut cfg = ctx.nvr.config.clone();
-    for s in &mut cfg.streams {
-        s.url = mask_url(&s.url);
-    }
-    let config =
-        serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
-    let file = &ctx.nvr.config.streams;
-    let rows = ctx.db.list_streams()?;
-    let spec_in_file = |name: &str| file.iter().find(|c| c.name == name).map(|c| c.to_spec("config"));
-    let mut streams: Vec<Value> =
-        rows.iter().map(|r| stream_setting(Some(&r.spec), spec_in_file(&r.spec.name).as_ref())).collect();
-    for c in file.iter().filter(|c| !rows.iter().any(|r| r.spec.name == c.name)) {
-        streams.push(stream_setting(None, Some(&c.to_spec("config"))));
-    }
-    Ok(Reply::json(200, &json!({ "config": config, "streams": streams })))
-}
-
-/// One stream's settings: in effect (the database row), in the file, and the
-/// fields a restart sets back to the file's values (the file's streams are
-/// written into the database at every start).
-fn stream_setting(effect: Option<&StreamSpec>, file: Option<&StreamSpec>) -> Value {
-    let fields = |s: &StreamSpec| {
-        let mut m = spec_fields(s);
-        m.remove("name");
-        m
-    };
-    let (now, in_file) = (effect.map(fields), file.map(fields));
-    let reset: Vec<&String> = match (&now, &in_file) {
-        (Some(n), Some(f)) => f.iter().filter(|(k, v)| n.get(*k) != Some(v)).map(|(k, _)| k).collect(),
-        (None, Some(f)) => f.keys().collect(),
-        _ => Vec::new(),
-    };
-    let masked = |m: &Map<String, Value>| {
-        let mut m = m.clone();
-        if let Some(url) = m.get("url").and_then(Value::as_str) {
-            m.insert("url".into(), mask_url(url).into());
-        }
-        m
-    };
-    let name = effect.or(file).map(|s| s.name.clone()).unwrap_or_default();
-    json!({
-        "name": name,
-        "source": effect.map_or("config", |s| s.source.as_str()),
-        "in_effect": now.as_ref().map(masked),
-        "file": in_file.as_ref().map(masked),
-        "restart_resets": reset,
-    })
 }
