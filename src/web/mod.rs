@@ -123,7 +123,7 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
     // tiny_http's own threads read the requests the workers then free: counted as
     // HTTP too, the subsystem's heap figure stays what it holds.
     tiny_http::set_thread_start_hook(|| memory::set_subsystem(Subsystem::Http));
-    let server = tiny_http::Server::http(&listen).map_err(|e| {
+    let server = tiny_http::Server::http_limited(&listen, limits(&nvr.config.web)).map_err(|e| {
         let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
         io::Error::new(kind, format!("cannot listen on {listen}: {e}"))
     })?;
@@ -141,6 +141,19 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
         }
     }
     Ok(Http { server, threads, stopping })
+}
+
+/// What bounds each connection (docs/ARCHITECTURE.md, "HTTP").
+fn limits(web: &crate::config::WebConfig) -> tiny_http::Limits {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    tiny_http::Limits {
+        io_timeout: secs(web.io_timeout_seconds),
+        head_timeout: secs(web.head_timeout_seconds),
+        idle_timeout: secs(web.idle_timeout_seconds),
+        max_connections: count(web.max_connections),
+        max_per_address: count(web.max_connections_per_address),
+    }
 }
 
 fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &Shutdown) {

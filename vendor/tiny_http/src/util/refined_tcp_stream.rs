@@ -3,6 +3,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use crate::connection::Connection;
+use crate::util::{timed_read, ConnClock, ConnSlot}; // OxiNVR patch
+use std::sync::Arc;
+use std::time::Duration;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -86,6 +89,12 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // OxiNVR patch: the read half's timeouts (None: the socket's own), the
+    // timeout last set on the socket, and the write half's connection slot.
+    clock: Option<Arc<ConnClock>>,
+    applied: Option<Option<Duration>>,
+    #[allow(dead_code)] // held for its Drop
+    slot: Option<ConnSlot>,
 }
 
 impl RefinedTcpStream {
@@ -101,12 +110,18 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            clock: None,
+            applied: None,
+            slot: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            clock: None,
+            applied: None,
+            slot: None,
         };
 
         (read, write)
@@ -120,6 +135,18 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// OxiNVR patch: reads go through `clock` (plain HTTP only).
+    pub(crate) fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// OxiNVR patch: the connection's slot, held as long as this half lives.
+    pub(crate) fn with_slot(mut self, slot: ConnSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// OxiNVR patch: the TCP socket's file descriptor (plain HTTP only).
@@ -147,6 +174,10 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        // OxiNVR patch: the read timeout follows what the connection waits for.
+        if let (Some(clock), Stream::Http(conn)) = (&self.clock, &mut self.stream) {
+            return timed_read(conn, clock, &mut self.applied, buf);
+        }
         self.stream.read(buf)
     }
 }
