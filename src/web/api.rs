@@ -432,6 +432,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "disk": disk,
             "streams": streams,
             "live_clients": super::live::live_clients(),
+            "senders_busy": super::send::sending(),
         }),
     ))
 }
