@@ -385,7 +385,8 @@ impl Server {
                         };
                         // OxiNVR patch
                         let read_closable = read_closable.with_clock(clock.clone());
-                        let write_closable = write_closable.with_slot(slot);
+                        let io = admission.limits().io_timeout;
+                        let write_closable = write_closable.with_slot(slot, (!io.is_zero()).then_some(io));
 
                         Ok(ClientConnection::new(write_closable, read_closable, Some(clock)))
                     }

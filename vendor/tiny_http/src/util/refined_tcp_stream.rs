@@ -90,11 +90,13 @@ pub struct RefinedTcpStream {
     close_read: bool,
     close_write: bool,
     // OxiNVR patch: the read half's timeouts (None: the socket's own), the
-    // timeout last set on the socket, and the write half's connection slot.
+    // timeout last set on the socket, and the write half's connection slot
+    // and write timeout (SO_SNDTIMEO, also enforced here: see `write`).
     clock: Option<Arc<ConnClock>>,
     applied: Option<Option<Duration>>,
     #[allow(dead_code)] // held for its Drop
     slot: Option<ConnSlot>,
+    write_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
@@ -113,6 +115,7 @@ impl RefinedTcpStream {
             clock: None,
             applied: None,
             slot: None,
+            write_timeout: None,
         };
 
         let write = RefinedTcpStream {
@@ -122,6 +125,7 @@ impl RefinedTcpStream {
             clock: None,
             applied: None,
             slot: None,
+            write_timeout: None,
         };
 
         (read, write)
@@ -143,9 +147,11 @@ impl RefinedTcpStream {
         self
     }
 
-    /// OxiNVR patch: the connection's slot, held as long as this half lives.
-    pub(crate) fn with_slot(mut self, slot: ConnSlot) -> Self {
+    /// OxiNVR patch: the connection's slot, held as long as this half lives,
+    /// and the socket's write timeout.
+    pub(crate) fn with_slot(mut self, slot: ConnSlot, write_timeout: Option<Duration>) -> Self {
         self.slot = Some(slot);
+        self.write_timeout = write_timeout;
         self
     }
 
@@ -184,7 +190,23 @@ impl Read for RefinedTcpStream {
 
 impl Write for RefinedTcpStream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        self.stream.write(buf)
+        // OxiNVR patch: with SO_SNDTIMEO, Linux returns a short count after
+        // blocking the whole timeout if it took a few bytes (memory it frees
+        // now and then for a peer whose window is closed), so a client that
+        // reads nothing could hold a writer for minutes. A write that blocked
+        // (nearly) the whole timeout is a timeout, whatever it took.
+        let Some(limit) = self.write_timeout else {
+            return self.stream.write(buf);
+        };
+        let began = std::time::Instant::now();
+        let n = self.stream.write(buf)?;
+        if n < buf.len() && began.elapsed() >= limit.mul_f32(0.9) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took almost nothing for the write timeout",
+            ));
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> IoResult<()> {

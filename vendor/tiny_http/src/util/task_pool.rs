@@ -72,7 +72,12 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // OxiNVR patch: a waiting thread already notified for a queued task
+        // still counts as waiting until it wakes; with `== 0` a second task
+        // queued meanwhile had no thread and its connection waited, unread,
+        // until some other connection ended. Queue only as many tasks as
+        // there are waiting threads.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
