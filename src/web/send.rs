@@ -50,7 +50,7 @@ pub fn is_long(rq: &tiny_http::Request, reply: &Reply) -> bool {
 pub fn send(nvr: &Nvr, rq: tiny_http::Request, reply: Reply, line: String, began: Instant) {
     let max = usize::try_from(nvr.config.web.max_senders).unwrap_or(usize::MAX);
     let Some(permit) = Permit::try_take(&SENDING, max) else {
-        return answer(rq, Reply::from(busy(max)), &line, began);
+        return answer(rq, busy(max), &line, began);
     };
     // The job comes back if the thread cannot start (spawn drops its closure).
     let job = Arc::new(Mutex::new(Some((rq, reply, line))));
@@ -71,9 +71,11 @@ pub fn send(nvr: &Nvr, rq: tiny_http::Request, reply: Reply, line: String, began
     }
 }
 
-fn busy(max: usize) -> ApiError {
+/// 503 + Retry-After, the API's error body; logged at debug only (`Reply::from`
+/// warns of every 5xx, and a flood of these is what the limit is for).
+fn busy(max: usize) -> Reply {
     let msg = format!("{max} long answers are being sent (web.max_senders); try again in a few seconds");
-    ApiError::new(503, msg).with_header("Retry-After", RETRY_AFTER_S.to_string())
+    Reply::json(503, &serde_json::json!({ "error": msg })).with_header("Retry-After", RETRY_AFTER_S.to_string())
 }
 
 fn answer(rq: tiny_http::Request, reply: Reply, line: &str, began: Instant) {
