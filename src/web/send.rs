@@ -85,3 +85,33 @@ fn answer(rq: tiny_http::Request, reply: Reply, line: &str, began: Instant) {
         Err(e) => log::debug!("{line} -> {status}: answer not delivered after {:?}: {e}", began.elapsed()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: tiny_http::Method) -> tiny_http::Request {
+        tiny_http::TestRequest::new().with_method(method).with_path("/api/export.mp4").into()
+    }
+
+    #[test]
+    fn readers_and_big_bytes_go_to_a_sender_but_not_for_head() {
+        let bytes = |n: usize| Reply { status: 200, headers: Vec::new(), body: Body::Bytes(vec![0; n]) };
+        let reader = || Reply { status: 200, headers: Vec::new(), body: Body::Reader(Box::new(std::io::empty()), 0) };
+        let get = request(tiny_http::Method::Get);
+        assert!(is_long(&get, &reader()));
+        assert!(is_long(&get, &bytes(LONG_BYTES as usize + 1)));
+        assert!(!is_long(&get, &bytes(LONG_BYTES as usize)));
+        assert!(!is_long(&request(tiny_http::Method::Head), &reader()));
+    }
+
+    #[test]
+    fn busy_is_the_api_error_with_retry_after() {
+        let r = busy(16);
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains(&("Retry-After", RETRY_AFTER_S.to_string())));
+        let Body::Bytes(b) = r.body else { panic!("bytes expected") };
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("web.max_senders")), "{v}");
+    }
+}
