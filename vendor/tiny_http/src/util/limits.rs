@@ -161,7 +161,9 @@ impl Refused {
         }
         self.prune(Instant::now());
         if self.lingering.len() >= MAX_LINGERING {
-            self.lingering.pop_front().map(|(_, c)| drain(c));
+            if let Some((_, c)) = self.lingering.pop_front() {
+                drain(c);
+            }
         }
         self.lingering.push_back((Instant::now(), conn));
     }
@@ -169,7 +171,9 @@ impl Refused {
     /// Closes the refused connections that had their moment.
     pub(crate) fn prune(&mut self, now: Instant) {
         while self.lingering.front().is_some_and(|(t, _)| now.duration_since(*t) >= LINGER) {
-            self.lingering.pop_front().map(|(_, c)| drain(c));
+            if let Some((_, c)) = self.lingering.pop_front() {
+                drain(c);
+            }
         }
     }
 }
@@ -184,6 +188,8 @@ fn drain(mut conn: Connection) {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
     /// No request under way: the next head's first byte, within `idle_timeout`.
+    /// (Set as soon as a request is handed over, so a worker reading that
+    /// request's body gets `idle_timeout` per read too: still bounded.)
     Idle,
     /// A head has begun: the rest of it, until this instant.
     Head(Instant),
