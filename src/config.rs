@@ -73,6 +73,20 @@ pub struct WebConfig {
     pub lockout_seconds: u32,
     /// Live-view clients served at once (each holds a thread and a ring cursor).
     pub max_live_clients: u32,
+    /// Long answers (files, exports, anything over 256 KiB) sent at once, each
+    /// on its own `send-N` thread; more get 503 with Retry-After.
+    pub max_senders: u32,
+    /// Connections open at once, in total and from one client address; more
+    /// are answered 503 and closed by the accept thread.
+    pub max_connections: u32,
+    pub max_connections_per_address: u32,
+    /// One socket write (or body read) that makes no progress for this long
+    /// ends the connection.
+    pub io_timeout_seconds: u32,
+    /// A request line and headers must arrive within this of their first byte.
+    pub head_timeout_seconds: u32,
+    /// A keep-alive connection with no request under way is closed after this.
+    pub idle_timeout_seconds: u32,
     /// go2rtc's HTTP API on this machine (e.g. `http://127.0.0.1:1984`): the page
     /// then offers WebRTC live view, its signalling relayed through OxiNVR's auth.
     /// Empty: live view is fMP4 over WebSocket from the ring only.
@@ -91,6 +105,12 @@ impl Default for WebConfig {
             login_attempts: 5,
             lockout_seconds: 300,
             max_live_clients: 8,
+            max_senders: 16,
+            max_connections: 256,
+            max_connections_per_address: 64,
+            io_timeout_seconds: 10,
+            head_timeout_seconds: 10,
+            idle_timeout_seconds: 15,
             go2rtc_api: String::new(),
         }
     }
@@ -273,6 +293,12 @@ impl Config {
         range("web.login_attempts", self.web.login_attempts, 1, 1000)?;
         range("web.lockout_seconds", self.web.lockout_seconds, 1, 7 * 24 * 3600)?;
         range("web.max_live_clients", self.web.max_live_clients, 1, 256)?;
+        range("web.max_senders", self.web.max_senders, 1, 256)?;
+        range("web.max_connections", self.web.max_connections, 8, 4096)?;
+        range("web.max_connections_per_address", self.web.max_connections_per_address, 1, self.web.max_connections)?;
+        range("web.io_timeout_seconds", self.web.io_timeout_seconds, 1, 600)?;
+        range("web.head_timeout_seconds", self.web.head_timeout_seconds, 1, 600)?;
+        range("web.idle_timeout_seconds", self.web.idle_timeout_seconds, 1, 3600)?;
         if !self.web.go2rtc_api.is_empty() {
             go2rtc_addr(&self.web.go2rtc_api).map_err(|e| ("web.go2rtc_api".to_string(), e))?;
         }

@@ -442,6 +442,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "clock": clock_json(&*nvr.clock),
             "streams": streams,
             "live_clients": super::live::live_clients(),
+            "senders_busy": super::send::sending(),
         }),
     ))
 }

@@ -17,6 +17,13 @@
 //!   opened on first use and reopened after a failure.
 //! - Media is streamed from the files with a known Content-Length (never
 //!   buffered whole; chunked only past `usize::MAX` on 32-bit targets).
+//! - A worker never sends a long answer (a reader body, or bytes over
+//!   `send::LONG_BYTES`): a `send-N` thread does, at most `web.max_senders` at
+//!   once, else 503 + `Retry-After`. Live view goes to `live-N` threads. So a
+//!   worker is held only by a handler and a short answer, and every socket
+//!   write gives up after `web.io_timeout_seconds` without progress.
+//! - Connections are bounded in tiny_http (`limits`): in total, per address,
+//!   a head deadline and an idle time; see docs/ARCHITECTURE.md, "HTTP".
 //!
 //! - A declared body over `web.max_body_bytes` is refused with 413 before
 //!   anything is read. (tiny_http 0.12 allocated the whole declared length
@@ -35,6 +42,7 @@ mod range;
 mod reply;
 mod request;
 mod router;
+mod send;
 mod session;
 pub mod state;
 mod webrtc;
@@ -108,9 +116,14 @@ impl Http {
                 log::warn!("{name} ended with a panic");
             }
         }
-        // Live viewers are told the recorder stops (close 1001) within the same deadline.
-        while live::live_clients() > 0 && Instant::now() < until {
+        // Live viewers are told the recorder stops (close 1001) within the same
+        // deadline; senders still writing are left like workers.
+        while (live::live_clients() > 0 || send::sending() > 0) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
+        }
+        let sending = send::sending();
+        if sending > 0 {
+            log::warn!("{sending} send thread(s) still answering a client after {deadline:?}; not waiting for them");
         }
     }
 }
@@ -123,7 +136,7 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
     // tiny_http's own threads read the requests the workers then free: counted as
     // HTTP too, the subsystem's heap figure stays what it holds.
     tiny_http::set_thread_start_hook(|| memory::set_subsystem(Subsystem::Http));
-    let server = tiny_http::Server::http(&listen).map_err(|e| {
+    let server = tiny_http::Server::http_limited(&listen, limits(&nvr.config.web)).map_err(|e| {
         let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
         io::Error::new(kind, format!("cannot listen on {listen}: {e}"))
     })?;
@@ -141,6 +154,19 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
         }
     }
     Ok(Http { server, threads, stopping })
+}
+
+/// What bounds each connection (docs/ARCHITECTURE.md, "HTTP").
+fn limits(web: &crate::config::WebConfig) -> tiny_http::Limits {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+    tiny_http::Limits {
+        io_timeout: secs(web.io_timeout_seconds),
+        head_timeout: secs(web.head_timeout_seconds),
+        idle_timeout: secs(web.idle_timeout_seconds),
+        max_connections: count(web.max_connections),
+        max_per_address: count(web.max_connections_per_address),
+    }
 }
 
 fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &Shutdown) {
@@ -184,6 +210,9 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
         Outcome::Live(stream, via) => return live::serve(nvr, &stream, via, rq),
     };
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
+    if send::is_long(&rq, &reply) {
+        return send::send(nvr, rq, reply, line, began);
+    }
     if let Err(e) = respond(rq, reply) {
         log::debug!("{line}: answer not delivered: {e}");
     }

@@ -6,9 +6,10 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
-use crate::util::RefinedTcpStream;
+use crate::util::{ConnClock, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -38,6 +39,10 @@ pub struct ClientConnection {
     // OxiNVR patch: the socket's fd, handed to each request (see Request::tcp_fd)
     #[cfg(unix)]
     tcp_fd: Option<std::os::unix::io::RawFd>,
+
+    // OxiNVR patch: the read timeouts (idle, head deadline, body); shared with
+    // the read half of the socket and with each request (to abort on failure)
+    clock: Option<Arc<ConnClock>>,
 }
 
 /// Error that can happen when reading a request.
@@ -55,6 +60,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        clock: Option<Arc<ConnClock>>, // OxiNVR patch
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -73,6 +79,7 @@ impl ClientConnection {
             secure,
             #[cfg(unix)]
             tcp_fd,
+            clock,
         }
     }
 
@@ -85,7 +92,7 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    fn read_next_line(&mut self, first: bool) -> IoResult<AsciiString> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -93,9 +100,15 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
+                Some(b) => b.map_err(|e| self.idle_error(e))?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+            // OxiNVR patch: the head deadline runs from its first byte.
+            if first && buf.is_empty() {
+                if let Some(clock) = &self.clock {
+                    clock.head_started();
+                }
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -109,13 +122,27 @@ impl ClientConnection {
         }
     }
 
+    /// OxiNVR patch: a connection that timed out between requests is closed
+    /// quietly (no 408: nothing was asked).
+    fn idle_error(&self, e: IoError) -> IoError {
+        match &self.clock {
+            Some(c) if c.is_idle() && e.kind() == ErrorKind::TimedOut => {
+                IoError::new(ErrorKind::ConnectionAborted, "idle connection closed")
+            }
+            _ => e,
+        }
+    }
+
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            if let Some(clock) = &self.clock {
+                clock.idle(); // OxiNVR patch
+            }
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(true).map_err(ReadError::ReadIoError)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -126,7 +153,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(false).map_err(ReadError::ReadIoError)?;
 
                     if line.is_empty() {
                         break;
@@ -143,6 +170,9 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
+        if let Some(clock) = &self.clock {
+            clock.head_done(); // OxiNVR patch
+        }
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -173,6 +203,7 @@ impl ClientConnection {
         })?;
         #[cfg(unix)]
         let request = request.with_tcp_fd(self.tcp_fd);
+        let request = request.with_clock(self.clock.clone()); // OxiNVR patch
 
         // return the request
         Ok(request)

@@ -116,6 +116,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::Limits; // OxiNVR patch
 
 /// OxiNVR patch: called first by every thread tiny_http starts (the accept
 /// thread and the connection pool's threads), so that the application can tag
@@ -177,6 +178,21 @@ impl From<Request> for Message {
     }
 }
 
+/// OxiNVR patch: writes time out after `io_timeout`; reads wait for the first
+/// request at most `idle_timeout` (then `ConnClock` sets them per phase).
+fn set_timeouts(sock: &Connection, limits: &Limits) -> IoResult<()> {
+    let opt = |d: Duration| (!d.is_zero()).then_some(d);
+    sock.set_write_timeout(opt(limits.io_timeout))?;
+    sock.set_read_timeout(opt(limits.idle_timeout))
+}
+
+/// OxiNVR patch: accept errors that pass (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+/// ECONNABORTED, EINTR).
+fn accept_error_passes(e: &IoError) -> bool {
+    matches!(e.kind(), IoErrorKind::ConnectionAborted | IoErrorKind::Interrupted | IoErrorKind::OutOfMemory)
+        || matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
 trait MustBeShareDummy: Sync + Send {}
@@ -217,6 +233,19 @@ impl Server {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
             ssl: None,
         })
+    }
+
+    /// OxiNVR patch: a plain HTTP server whose connections are bounded by
+    /// `limits` (timeouts, head deadline, idle time, connection counts).
+    pub fn http_limited<A>(
+        addr: A,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        let listener = ConfigListenAddr::from_socket_addrs(addr)?.bind()?;
+        Self::start(listener.into(), None, limits)
     }
 
     /// Shortcut for an HTTPS server on a specific address.
@@ -261,7 +290,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::start(listener.into(), ssl_config, Limits::none())
+    }
+
+    /// OxiNVR patch: `from_listener` with limits.
+    fn start(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -307,12 +344,29 @@ impl Server {
             thread_started(); // OxiNVR patch
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // OxiNVR patch: connections are counted, refused past the limits, timed.
+            let admission = util::Admission::new(limits);
+            let mut refused = util::Refused::new();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
                         use util::RefinedTcpStream;
+                        // OxiNVR patch: admission, timeouts
+                        refused.prune(std::time::Instant::now());
+                        let slot = match admission.admit(peer) {
+                            Ok(slot) => slot,
+                            Err(why) => {
+                                refused.refuse(sock, why);
+                                continue;
+                            }
+                        };
+                        if let Err(e) = set_timeouts(&sock, admission.limits()) {
+                            log::debug!("cannot set the timeouts of a connection: {}", e);
+                            continue;
+                        }
+                        let clock = util::ConnClock::new(admission.limits().clone());
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -329,8 +383,12 @@ impl Server {
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
+                        // OxiNVR patch
+                        let read_closable = read_closable.with_clock(clock.clone());
+                        let io = admission.limits().io_timeout;
+                        let write_closable = write_closable.with_slot(slot, (!io.is_zero()).then_some(io));
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(write_closable, read_closable, Some(clock)))
                     }
                     Err(e) => Err(e),
                 };
@@ -357,6 +415,12 @@ impl Server {
                         }));
                     }
 
+                    // OxiNVR patch: out of descriptors or memory, or a client
+                    // gone before accept: not a reason to stop accepting for good.
+                    Err(e) if accept_error_passes(&e) => {
+                        log::warn!("Error accepting new client (retrying): {}", e);
+                        thread::sleep(Duration::from_millis(100));
+                    }
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());

@@ -60,6 +60,9 @@ pub struct Request {
     #[cfg(unix)]
     tcp_fd: Option<std::os::unix::io::RawFd>,
 
+    // OxiNVR patch: the connection's clock, aborted when an answer fails
+    clock: Option<std::sync::Arc<crate::util::ConnClock>>,
+
     // true if HTTPS, false if HTTP
     secure: bool,
 
@@ -236,6 +239,7 @@ where
         remote_addr,
         #[cfg(unix)]
         tcp_fd: None,
+        clock: None, // OxiNVR patch
         secure,
         method,
         path,
@@ -307,6 +311,12 @@ impl Request {
     #[inline]
     pub fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
         self.tcp_fd
+    }
+
+    /// OxiNVR patch
+    pub(crate) fn with_clock(mut self, clock: Option<std::sync::Arc<crate::util::ConnClock>>) -> Self {
+        self.clock = clock;
+        self
     }
 
     #[cfg(unix)]
@@ -456,6 +466,11 @@ impl Request {
         R: Read,
     {
         let res = self.respond_impl(response);
+        // OxiNVR patch: a client that did not take its answer (write timeout)
+        // gets no more: the connection ends instead of waiting for its next request.
+        if let (Err(_), Some(clock)) = (&res, &self.clock) {
+            clock.abort();
+        }
         if let Some(sender) = self.notify_when_responded.take() {
             sender.send(()).unwrap();
         }

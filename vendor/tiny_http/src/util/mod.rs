@@ -6,12 +6,16 @@ pub use self::refined_tcp_stream::RefinedTcpStream;
 pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
 pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
 pub use self::task_pool::TaskPool;
+// OxiNVR patch: connection limits and timeouts
+pub use self::limits::Limits;
+pub(crate) use self::limits::{timed_read, Admission, ConnClock, ConnSlot, Refused};
 
 use std::str::FromStr;
 
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
+mod limits; // OxiNVR patch
 mod messages_queue;
 pub(crate) mod refined_tcp_stream;
 mod sequential;

@@ -3,6 +3,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use crate::connection::Connection;
+use crate::util::{timed_read, ConnClock, ConnSlot}; // OxiNVR patch
+use std::sync::Arc;
+use std::time::Duration;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -86,6 +89,14 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // OxiNVR patch: the read half's timeouts (None: the socket's own), the
+    // timeout last set on the socket, and the write half's connection slot
+    // and write timeout (SO_SNDTIMEO, also enforced here: see `write`).
+    clock: Option<Arc<ConnClock>>,
+    applied: Option<Option<Duration>>,
+    #[allow(dead_code)] // held for its Drop
+    slot: Option<ConnSlot>,
+    write_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
@@ -101,12 +112,20 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            clock: None,
+            applied: None,
+            slot: None,
+            write_timeout: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            clock: None,
+            applied: None,
+            slot: None,
+            write_timeout: None,
         };
 
         (read, write)
@@ -120,6 +139,20 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// OxiNVR patch: reads go through `clock` (plain HTTP only).
+    pub(crate) fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// OxiNVR patch: the connection's slot, held as long as this half lives,
+    /// and the socket's write timeout.
+    pub(crate) fn with_slot(mut self, slot: ConnSlot, write_timeout: Option<Duration>) -> Self {
+        self.slot = Some(slot);
+        self.write_timeout = write_timeout;
+        self
     }
 
     /// OxiNVR patch: the TCP socket's file descriptor (plain HTTP only).
@@ -147,13 +180,33 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        // OxiNVR patch: the read timeout follows what the connection waits for.
+        if let (Some(clock), Stream::Http(conn)) = (&self.clock, &mut self.stream) {
+            return timed_read(conn, clock, &mut self.applied, buf);
+        }
         self.stream.read(buf)
     }
 }
 
 impl Write for RefinedTcpStream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        self.stream.write(buf)
+        // OxiNVR patch: with SO_SNDTIMEO, Linux returns a short count after
+        // blocking the whole timeout if it took a few bytes (memory it frees
+        // now and then for a peer whose window is closed), so a client that
+        // reads nothing could hold a writer for minutes. A write that blocked
+        // (nearly) the whole timeout is a timeout, whatever it took.
+        let Some(limit) = self.write_timeout else {
+            return self.stream.write(buf);
+        };
+        let began = std::time::Instant::now();
+        let n = self.stream.write(buf)?;
+        if n < buf.len() && began.elapsed() >= limit.mul_f32(0.9) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took almost nothing for the write timeout",
+            ));
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> IoResult<()> {

@@ -26,6 +26,9 @@ struct Sharing {
     waiting_tasks: AtomicUsize,
 }
 
+/// OxiNVR patch: stack of a connection thread.
+const STACK_BYTES: usize = 256 << 10;
+
 /// Minimum number of active threads.
 static MIN_THREADS: usize = 4;
 
@@ -84,7 +87,10 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // OxiNVR patch: a connection thread only parses heads; a small stack
+        // keeps hundreds of them cheap on a 32-bit box, and a failed spawn
+        // closes the one connection instead of panicking the accept thread.
+        let spawned = thread::Builder::new().stack_size(STACK_BYTES).spawn(move || {
             crate::thread_started(); // OxiNVR patch
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
@@ -129,6 +135,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a connection thread: {}", e);
+        }
     }
 }
 
