@@ -134,7 +134,8 @@ pub fn plan_streaming<E>(
         if cutoff.is_some_and(|c| it.end_ms < c) && deletable(it) && !it.time_unknown {
             pick(it, Reason::Age, &mut picked, &mut out);
         } else {
-            *left.entry(it.stream_id).or_default() += it.bytes;
+            let total = left.entry(it.stream_id).or_default();
+            *total = total.saturating_add(it.bytes);
         }
         true
     })?;
@@ -151,7 +152,7 @@ pub fn plan_streaming<E>(
         walk(&mut |it| {
             if let Some((total, max)) = over.get_mut(&it.stream_id) {
                 if *total > *max && deletable(it) && !picked.contains(&it.id) {
-                    *total -= it.bytes;
+                    *total = total.saturating_sub(it.bytes);
                     pick(it, Reason::Quota, &mut picked, &mut out);
                 }
             }
@@ -534,7 +535,8 @@ mod tests {
         let mut left: HashMap<i64, u64> = HashMap::new();
         let gone: HashSet<i64> = d.iter().map(|x| x.id).collect();
         for it in items.iter().filter(|i| !gone.contains(&i.id)) {
-            *left.entry(it.stream_id).or_default() += it.bytes;
+            let total = left.entry(it.stream_id).or_default();
+            *total = total.saturating_add(it.bytes);
         }
         for (s, p) in &pol {
             if let Some(max) = p.max_bytes {

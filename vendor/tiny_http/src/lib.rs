@@ -189,8 +189,17 @@ fn set_timeouts(sock: &Connection, limits: &Limits) -> IoResult<()> {
 /// OxiNVR patch: accept errors that pass (EMFILE, ENFILE, ENOBUFS, ENOMEM,
 /// ECONNABORTED, EINTR).
 fn accept_error_passes(e: &IoError) -> bool {
+    // Linux errno values; ENOBUFS differs on MIPS (132, not 105), where a
+    // wrong value would end the accept loop for good.
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOMEM: i32 = 12;
+    #[cfg(any(target_arch = "mips", target_arch = "mips64"))]
+    const ENOBUFS: i32 = 132;
+    #[cfg(not(any(target_arch = "mips", target_arch = "mips64")))]
+    const ENOBUFS: i32 = 105;
     matches!(e.kind(), IoErrorKind::ConnectionAborted | IoErrorKind::Interrupted | IoErrorKind::OutOfMemory)
-        || matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+        || matches!(e.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS | ENOMEM))
 }
 
 // this trait is to make sure that Server implements Share and Send
