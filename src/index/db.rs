@@ -172,7 +172,25 @@ pub const MIGRATIONS: &[&str] = &[
         CHECK (time_unknown IN (0, 1));
     CREATE INDEX segments_time_unknown ON segments (id) WHERE time_unknown = 1;
     "#,
+    // 6: which writer wrote a row of unknown time (`Db::mark_rows_of_unknown_time`):
+    // only that running process knows the step that corrects it. Row ids cannot tell, as
+    // SQLite reuses the highest id once its row is deleted.
+    r#"
+    ALTER TABLE segments ADD COLUMN clock_mark INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE gaps ADD COLUMN clock_mark INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
+
+/// A new mark for the rows of unknown time one writer (a storage thread's
+/// connection) writes: positive, and different from any earlier one (the
+/// pid, the instant and a counter).
+fn new_clock_mark() -> i64 {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mixed = nanos.rotate_left(20) ^ u64::from(std::process::id()) ^ n.rotate_left(48);
+    ((mixed & (i64::MAX as u64)) as i64).max(1)
+}
 
 mod users;
 pub use users::{KeyRow, Role, SessionRow, UserRow};
@@ -189,14 +207,6 @@ pub struct RetentionItem {
     pub open: bool,
     /// Recorded while the wall clock was untrusted: its age is unknown.
     pub time_unknown: bool,
-}
-
-/// The highest segment and gap ids when the storage thread started: rows above
-/// them are this process's (SQLite gives a new row the highest id + 1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IdMarks {
-    pub segment: i64,
-    pub gap: i64,
 }
 
 /// How long a connection waits for another connection's lock.
@@ -628,6 +638,9 @@ fn migrate(conn: &mut Connection, label: &str, migrations: &[&str]) -> Result<u3
 /// The index. See the module documentation for its invariants.
 pub struct Db {
     conn: Connection,
+    /// The `clock_mark` this connection puts on rows of unknown time (0: none;
+    /// see [`Db::mark_rows_of_unknown_time`]).
+    clock_mark: i64,
 }
 
 impl fmt::Debug for Db {
@@ -675,7 +688,7 @@ impl Db {
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024_i64)
             .with_ctx(|| format!("set journal_size_limit on {label}"))?;
         migrate(&mut conn, label, migrations)?;
-        Ok(Db { conn })
+        Ok(Db { conn, clock_mark: 0 })
     }
 
     /// The raw connection, for tests that need to reach under the API.
@@ -858,8 +871,9 @@ impl Db {
         self.conn
             .prepare_cached(
                 "INSERT INTO segments (stream_id, path, state, start_ms, end_ms, codec, width, height,
-                                       video_timescale, init_len, bytes, has_audio, \"trigger\", time_unknown)
-                 VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11) RETURNING id",
+                                       video_timescale, init_len, bytes, has_audio, \"trigger\", time_unknown,
+                                       clock_mark)
+                 VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12) RETURNING id",
             )
             .and_then(|mut st| {
                 st.query_row(
@@ -874,7 +888,8 @@ impl Db {
                         init_len,
                         s.has_audio,
                         s.trigger,
-                        s.time_unknown
+                        s.time_unknown,
+                        if s.time_unknown { self.clock_mark } else { 0 }
                     ],
                     |r| r.get(0),
                 )
@@ -1145,9 +1160,19 @@ impl Db {
         check_range(start_ms, end_ms, "insert_gap")?;
         self.conn
             .prepare_cached(
-                "INSERT INTO gaps (stream_id, start_ms, end_ms, reason, time_unknown) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO gaps (stream_id, start_ms, end_ms, reason, time_unknown, clock_mark)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .and_then(|mut st| st.execute(params![stream_id, start_ms, end_ms, reason, time_unknown]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    stream_id,
+                    start_ms,
+                    end_ms,
+                    reason,
+                    time_unknown,
+                    if time_unknown { self.clock_mark } else { 0 }
+                ])
+            })
             .with_ctx(|| format!("insert_gap {start_ms}..{end_ms} of stream {stream_id}"))?;
         Ok(())
     }
@@ -1172,35 +1197,36 @@ impl Db {
         rows.collect::<rusqlite::Result<Vec<_>>>().ctx(op)
     }
 
-    /// The highest segment and gap ids now (0 if none).
-    pub fn id_marks(&self) -> Result<IdMarks, DbError> {
-        self.conn
-            .query_row(
-                "SELECT (SELECT COALESCE(MAX(id), 0) FROM segments), (SELECT COALESCE(MAX(id), 0) FROM gaps)",
-                [],
-                |r| Ok(IdMarks { segment: r.get(0)?, gap: r.get(1)? }),
-            )
-            .ctx("id_marks")
+    /// Makes the rows of unknown time this connection writes from now on its
+    /// own, for [`Db::restamp`] (the storage thread, once per start).
+    pub fn mark_rows_of_unknown_time(&mut self) {
+        self.clock_mark = new_clock_mark();
     }
 
-    /// Moves the `time_unknown` segments and gaps with ids above `marks` (the
-    /// running process's) by `step_ms` and clears their flag, in one
-    /// transaction; rows of earlier processes stay as they are. Returns how
+    /// Moves the `time_unknown` segments and gaps this connection wrote since
+    /// [`Db::mark_rows_of_unknown_time`] by `step_ms` and clears their flag, in
+    /// one transaction; rows of earlier processes stay as they are. Returns how
     /// many segments and gaps moved.
-    pub fn restamp(&self, marks: IdMarks, step_ms: i64) -> Result<(usize, usize), DbError> {
+    pub fn restamp(&self, step_ms: i64) -> Result<(usize, usize), DbError> {
+        let mark = self.clock_mark;
+        if mark == 0 {
+            return Ok((0, 0));
+        }
         self.write("restamp", |tx| {
             let segments = tx
                 .execute(
-                    "UPDATE segments SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0
-                     WHERE time_unknown = 1 AND id > ?1",
-                    params![marks.segment, step_ms],
+                    "UPDATE segments SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0,
+                                         clock_mark = 0
+                     WHERE time_unknown = 1 AND clock_mark = ?1",
+                    params![mark, step_ms],
                 )
                 .ctx("restamp segments")?;
             let gaps = tx
                 .execute(
-                    "UPDATE gaps SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0
-                     WHERE time_unknown = 1 AND id > ?1",
-                    params![marks.gap, step_ms],
+                    "UPDATE gaps SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0,
+                                     clock_mark = 0
+                     WHERE time_unknown = 1 AND clock_mark = ?1",
+                    params![mark, step_ms],
                 )
                 .ctx("restamp gaps")?;
             Ok((segments, gaps))
@@ -1719,18 +1745,23 @@ mod tests {
 
     #[test]
     fn restamp_moves_only_this_process_rows_of_unknown_time() {
-        let db = Db::open_in_memory().expect("db");
+        let mut db = Db::open_in_memory().expect("db");
+        db.mark_rows_of_unknown_time();
         let s = db.upsert_stream(&spec("cam"), 0).expect("stream");
         // An earlier process's row of unknown time, and one of known time.
         let old = db.insert_segment(&NewSegment { time_unknown: true, ..new_seg(s.id, 1_000) }).expect("old");
         db.insert_gap_of(s.id, 500, 1_000, "old", true).expect("old gap");
+        db.mark_rows_of_unknown_time(); // this process starts
         let known = closed_seg(&db, s.id, 5_000_000, 5_000_010, 10);
-        let marks = db.id_marks().expect("marks");
-        assert_eq!(marks, IdMarks { segment: known, gap: 1 });
+        // The newest row is deleted before this process writes: SQLite gives its id
+        // again, which must not make the new row look like an earlier one.
+        let newest = db.insert_segment(&new_seg(s.id, 6_000_000)).expect("newest");
+        db.delete_segments_to_garbage(&[newest]).expect("delete");
         let new = db.insert_segment(&NewSegment { time_unknown: true, ..new_seg(s.id, 2_000) }).expect("new");
+        assert_eq!(new, newest, "the id is reused");
         db.update_segment(new, &progress(3_000, 800, true)).expect("close");
         db.insert_gap_of(s.id, 1_500, 2_000, "new", true).expect("new gap");
-        assert_eq!(db.restamp(marks, 1_000_000).expect("restamp"), (1, 1));
+        assert_eq!(db.restamp(1_000_000).expect("restamp"), (1, 1));
         let row = |id| db.segment(id).expect("read").expect("row");
         assert_eq!((row(new).start_ms, row(new).end_ms, row(new).time_unknown), (1_002_000, 1_003_000, false));
         assert_eq!((row(old).start_ms, row(old).time_unknown), (1_000, true), "an earlier process's stays unknown");
@@ -1738,7 +1769,7 @@ mod tests {
         let gaps = db.gaps_overlapping(s.id, 0, i64::MAX).expect("gaps");
         let spans: Vec<_> = gaps.iter().map(|g| (g.start_ms, g.end_ms, g.time_unknown)).collect();
         assert_eq!(spans, vec![(500, 1_000, true), (1_001_500, 1_002_000, false)]);
-        assert_eq!(db.restamp(marks, 1_000_000).expect("again"), (0, 0), "done once");
+        assert_eq!(db.restamp(1_000_000).expect("again"), (0, 0), "done once");
     }
 
     #[test]

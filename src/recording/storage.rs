@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::base::clock::Clock;
-use crate::index::db::{Db, IdMarks, NewSegment, SegmentProgress};
+use crate::index::db::{Db, NewSegment, SegmentProgress};
 use crate::recording::mp4;
 use crate::recording::retention;
 use crate::recording::ring::{Cursor, ReadResult};
@@ -95,16 +95,16 @@ pub fn spawn(
     clock: Arc<dyn Clock>,
 ) -> io::Result<(mpsc::Sender<Command>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
-    let db = Db::open(&settings.db_path).map_err(|e| io::Error::other(e.to_string()))?;
-    let marks = db.id_marks().map_err(|e| io::Error::other(e.to_string()))?;
+    let mut db = Db::open(&settings.db_path).map_err(|e| io::Error::other(e.to_string()))?;
+    db.mark_rows_of_unknown_time();
     let handle = std::thread::Builder::new().name("storage".into()).spawn(move || {
         crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Storage);
-        run(settings, db, rx, clock, marks)
+        run(settings, db, rx, clock)
     })?;
     Ok((tx, handle))
 }
 
-fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Arc<dyn Clock>, marks: IdMarks) {
+fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Arc<dyn Clock>) {
     let writer_cfg = WriterConfig {
         data_dir: settings.data_dir.clone(),
         segment_seconds: settings.segment_seconds,
@@ -115,7 +115,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut last_retention = Instant::now();
     let mut backlog = Backlog::default();
-    let mut restamp = Restamp { marks, pending: false };
+    let mut restamp = Restamp { pending: false };
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
@@ -180,7 +180,6 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
 
 /// Rows of unknown time this process wrote, to re-stamp once the clock is set.
 struct Restamp {
-    marks: IdMarks,
     pending: bool,
 }
 
@@ -192,7 +191,7 @@ impl Restamp {
             return;
         }
         let Some(step) = clock.step_ms() else { return };
-        match db.restamp(self.marks, step) {
+        match db.restamp(step) {
             Ok((segments, gaps)) => {
                 for r in recorders.values_mut() {
                     r.writer.restamp(step);
