@@ -185,9 +185,10 @@ pub const MIGRATIONS: &[&str] = &[
 /// connection) writes: positive, and different from any earlier one (the
 /// pid, the instant and a counter).
 fn new_clock_mark() -> i64 {
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // 32 bits: MIPS32 has no 64-bit atomics.
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = u64::from(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let mixed = nanos.rotate_left(20) ^ u64::from(std::process::id()) ^ n.rotate_left(48);
     ((mixed & (i64::MAX as u64)) as i64).max(1)
 }
