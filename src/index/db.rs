@@ -1214,23 +1214,15 @@ impl Db {
             return Ok((0, 0));
         }
         self.write("restamp", |tx| {
-            let segments = tx
-                .execute(
-                    "UPDATE segments SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0,
-                                         clock_mark = 0
-                     WHERE time_unknown = 1 AND clock_mark = ?1",
-                    params![mark, step_ms],
-                )
-                .ctx("restamp segments")?;
-            let gaps = tx
-                .execute(
-                    "UPDATE gaps SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0,
-                                     clock_mark = 0
-                     WHERE time_unknown = 1 AND clock_mark = ?1",
-                    params![mark, step_ms],
-                )
-                .ctx("restamp gaps")?;
-            Ok((segments, gaps))
+            let mut moved = [0; 2];
+            for (n, table) in ["segments", "gaps"].into_iter().enumerate() {
+                let sql = format!(
+                    "UPDATE {table} SET start_ms = start_ms + ?2, end_ms = end_ms + ?2, time_unknown = 0, clock_mark = 0
+                     WHERE time_unknown = 1 AND clock_mark = ?1"
+                );
+                moved[n] = tx.execute(&sql, params![mark, step_ms]).with_ctx(|| format!("restamp {table}"))?;
+            }
+            Ok((moved[0], moved[1]))
         })
     }
 
