@@ -1,5 +1,5 @@
 //! No client can hold the server: the real binary and test camera, and hostile
-//! clients on other loopback addresses (127.0.0.2: downloads never read;
+//! clients on other loopback addresses (127.0.0.10-13: downloads never read;
 //! 127.0.0.3: heads sent one byte a second) while a good client on 127.0.0.1
 //! uses the API. Latencies are printed, not asserted beyond a generous bound
 //! (scripts/bench-slow-clients measures them).
@@ -122,10 +122,11 @@ fn no_client_can_hold_the_server() {
     // 64 clients ask for the export and never read; 64 send a head one byte a second.
     let (k, v) = nvr.auth_header();
     let ask = format!("GET {export} HTTP/1.1\r\nHost: 127.0.0.1\r\n{k}: {v}\r\n\r\n");
-    let bad_readers = Ipv4Addr::new(127, 0, 0, 2);
+    // From 4 addresses: one address may hold only a quarter of the senders.
+    let bad_reader = |i: usize| Ipv4Addr::new(127, 0, 0, 10 + (i % 4) as u8);
     let mut stalled: Vec<TcpStream> = (0..HOSTILE)
-        .map(|_| {
-            let mut s = connect_from(bad_readers, nvr.port, Some(4096));
+        .map(|i| {
+            let mut s = connect_from(bad_reader(i), nvr.port, Some(4096));
             s.write_all(ask.as_bytes()).expect("send the request");
             s
         })
@@ -139,7 +140,7 @@ fn no_client_can_hold_the_server() {
     let trickler = trickle(slow_heads, head.into_bytes(), stop.clone());
 
     // A 65th connection from one address is refused by the accept thread.
-    let mut extra = connect_from(bad_readers, nvr.port, None);
+    let mut extra = connect_from(Ipv4Addr::new(127, 0, 0, 3), nvr.port, None);
     extra.write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
     let refused = read_head(&mut extra, Duration::from_secs(5)).expect("the 65th connection is answered");
     assert!(refused.starts_with("HTTP/1.1 503"), "65th connection from one address: {refused}");
@@ -162,6 +163,11 @@ fn no_client_can_hold_the_server() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("Retry-After").is_some_and(|s| s.parse::<u32>().is_ok()), "{:?}", r.headers);
     assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("web.max_senders")), "{}", r.text());
+    // An address that holds its share is told so.
+    let mut more = connect_from(bad_reader(0), nvr.port, None);
+    more.write_all(ask.as_bytes()).expect("send");
+    let got = read_head(&mut more, Duration::from_secs(5)).unwrap_or_else(|e| format!("{e}"));
+    assert!(got.starts_with("HTTP/1.1 503") && got.contains("your address"), "{got}");
 
     // While all of them are connected, health and the API answer.
     let mut hostile = good_calls(&nvr, 20, "with 128 hostile clients");
@@ -225,4 +231,110 @@ fn no_client_can_hold_the_server() {
     let (st, _) = nvr.terminate(Duration::from_secs(15));
     assert!(st.success(), "{st}");
     drop(cam);
+}
+
+/// Reads until the peer closes (or `limit`): whether it closed, and what came.
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (bool, String) {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut got = Vec::new();
+    let closed = match s.read_to_end(&mut got) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    (closed, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Bodies sent a byte a second, bodies declared too large and requests
+/// pipelined without reading hold none of the `http-N` workers (4 here).
+#[test]
+fn trickled_bodies_and_pipelines_hold_no_worker() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let nvr = Oxinvr::start(
+        tmp.path(),
+        &format!(
+            "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\nthreads = 4\n\
+             io_timeout_seconds = {IO_TIMEOUT_S}\nhead_timeout_seconds = {HEAD_TIMEOUT_S}\n\
+             [[streams]]\nname = \"cam\"\nurl = \"rtsp://127.0.0.1:9/off\"\nenabled = false\n"
+        ),
+    );
+    let mut calm = good_calls(&nvr, 10, "no hostile clients");
+    let from = Ipv4Addr::new(127, 0, 0, 4);
+
+    // 16 logins whose 4,000-byte body comes a byte a second (the head at once).
+    let login = "POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                 Content-Length: 4000\r\n\r\n{\"user\":\"";
+    let trickled: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = connect_from(from, nvr.port, None);
+            s.write_all(login.as_bytes()).expect("send the head");
+            s
+        })
+        .collect();
+    let mut probe = trickled[0].try_clone().expect("clone");
+    let began = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickler = trickle(trickled, b"a".to_vec(), stop.clone());
+
+    // 8 uploads declaring 10 MB to a JSON route: 413 at once, then the connection
+    // ends (the body is not drained from a client that may never send it).
+    let mut big: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect_from(from, nvr.port, None);
+            let head = "POST /api/streams HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                        Content-Length: 10000000\r\n\r\n{";
+            s.write_all(head.as_bytes()).expect("send");
+            s
+        })
+        .collect();
+
+    // 6 clients pipeline 3,000 requests each and read nothing: once their
+    // buffers are full, an answer written to them would block its writer.
+    let burst = "GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(3000);
+    let pipeliners: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = connect_from(from, nvr.port, Some(4096));
+            s.set_write_timeout(Some(Duration::from_secs(1))).expect("timeout");
+            let _ = s.write_all(burst.as_bytes()); // blocks once the buffers are full
+            s
+        })
+        .collect();
+
+    let mut hostile = good_calls(&nvr, 20, "with trickled bodies and pipeliners");
+    assert!(began.elapsed() < Duration::from_secs(HEAD_TIMEOUT_S), "measured after the bodies' deadline");
+    println!(
+        "API latency median: {:?} alone, {:?} with 16 trickled bodies, 8 oversized bodies and 6 pipeliners",
+        median(&mut calm),
+        median(&mut hostile)
+    );
+    for s in &mut big {
+        let (closed, got) = read_until_closed(s, Duration::from_secs(5));
+        assert!(got.starts_with("HTTP/1.1 413"), "a declared 10 MB body: {got:?}");
+        assert!(closed, "the connection of a refused, unread body stays open");
+    }
+
+    // A trickled body gets 408 when its head's deadline passes.
+    let answer = read_head(&mut probe, Duration::from_secs(HEAD_TIMEOUT_S + 5)).unwrap_or_else(|e| format!("{e}"));
+    stop.store(true, Ordering::SeqCst);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a body sent one byte a second: {answer:?}");
+    println!("trickled body: 408 after {:?} (head_timeout_seconds = {HEAD_TIMEOUT_S})", began.elapsed());
+    let _ = trickler.join();
+
+    // A client that sends `Expect: 100-continue` is told to go on and answered.
+    let mut s = connect_from(Ipv4Addr::LOCALHOST, nvr.port, None);
+    let body = format!("{{\"username\":\"nobody\",\"password\":\"{}\"}}", "x".repeat(2000));
+    let head = format!(
+        "POST /api/auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("send the head");
+    let cont = read_head(&mut s, Duration::from_secs(5)).expect("100 Continue");
+    assert!(cont.starts_with("HTTP/1.1 100"), "{cont:?}");
+    s.write_all(body.as_bytes()).expect("send the body");
+    let answer = read_head(&mut s, Duration::from_secs(5)).expect("the answer");
+    assert!(answer.starts_with("HTTP/1.1 401"), "a wrong login after 100-continue: {answer:?}");
+
+    drop(pipeliners);
+    let (st, _) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{st}");
 }

@@ -3,7 +3,7 @@
 One recorder (default [web] limits) records a snow test camera (~1 MB/s). The
 good client on 127.0.0.1 alternates GET /api/health and an authenticated
 GET /api/streams/cam, one connection each, and times every answer: first alone,
-then while 64 clients on 127.0.0.2 ask for a ~6 MB export and never read (small
+then while 64 clients on 127.0.0.10-13 ask for a ~6 MB export and never read (small
 receive buffer) and 64 on 127.0.0.3 send a request head one byte a second.
 A call that gets no answer within --timeout counts as failed."""
 import argparse
@@ -101,8 +101,9 @@ def hostile(port, token, export, stop):
     """64 downloads that never read, 64 heads one byte a second; returns the sockets."""
     ask = f"GET {export} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
     stalled = []
-    for _ in range(HOSTILE):
-        s = connect_from("127.0.0.2", port, rcvbuf=4096)
+    for i in range(HOSTILE):
+        # 4 addresses: one address may hold only a quarter of the senders.
+        s = connect_from(f"127.0.0.{10 + i % 4}", port, rcvbuf=4096)
         s.sendall(ask)
         stalled.append(s)
     slow = [connect_from("127.0.0.3", port) for _ in range(HOSTILE)]
@@ -179,7 +180,7 @@ def main():
              f"Machine: {platform.machine()}, {os.cpu_count()} cores; `scripts/bench-slow-clients` at "
              f"{rev.stdout.strip()}, default `[web]` limits. Good client on 127.0.0.1: {a.calls} calls per phase, "
              "`GET /api/health` and an authenticated `GET /api/streams/cam` in turn, one connection each; "
-             f"a call with no answer in {a.timeout:g} s fails. Hostile: {HOSTILE} clients on 127.0.0.2 ask for "
+             f"a call with no answer in {a.timeout:g} s fails. Hostile: {HOSTILE} clients on 127.0.0.10-13 ask for "
              f"a ~6 MB export and never read; {HOSTILE} on 127.0.0.3 send a head one byte a second.", "",
              "| binary | phase | answered | failed | median | p95 | max | phase took |",
              "|---|---|---|---|---|---|---|---|"]

@@ -156,6 +156,10 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
     Ok(Http { server, threads, stopping })
 }
 
+/// The most a connection's thread buffers of a body before a worker has the
+/// request (256 connections × this bounds the memory it can cost).
+const MAX_PREREAD: usize = 64 << 10;
+
 /// What bounds each connection (docs/ARCHITECTURE.md, "HTTP").
 fn limits(web: &crate::config::WebConfig) -> tiny_http::Limits {
     let secs = |s: u32| Duration::from_secs(u64::from(s));
@@ -166,6 +170,9 @@ fn limits(web: &crate::config::WebConfig) -> tiny_http::Limits {
         idle_timeout: secs(web.idle_timeout_seconds),
         max_connections: count(web.max_connections),
         max_per_address: count(web.max_connections_per_address),
+        // Every API body (JSON) is read with its head; only bundles and
+        // bodies over the cap reach a worker unread.
+        max_preread: count(web.max_body_bytes).min(MAX_PREREAD),
     }
 }
 
@@ -210,7 +217,7 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
         Outcome::Live(stream, via) => return live::serve(nvr, &stream, via, rq),
     };
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
-    if send::is_long(&rq, &reply) {
+    if send::is_long(&rq, &reply) || send::is_behind(&rq) {
         return send::send(nvr, rq, reply, line, began);
     }
     if let Err(e) = respond(rq, reply) {

@@ -59,18 +59,8 @@ const PUMP_BATCH: usize = 64;
 /// Pongs are only queued while less than this waits to be sent.
 const MAX_PONG_BACKLOG: usize = 64 << 10;
 
-mod sys {
-    nix::ioctl_read_bad!(tiocoutq, nix::libc::TIOCOUTQ, nix::libc::c_int);
-}
-
-/// Bytes in the socket's send queue (not yet acknowledged by the peer).
 fn unsent_bytes(sock: &TcpStream) -> usize {
-    let mut n: nix::libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int to the pointer, which is valid.
-    match unsafe { sys::tiocoutq(sock.as_raw_fd(), &mut n) } {
-        Ok(_) => usize::try_from(n).unwrap_or(0),
-        Err(_) => 0,
-    }
+    crate::web::send::unsent_bytes(sock.as_raw_fd())
 }
 
 /// Why a client's thread ended.

@@ -170,10 +170,6 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
-        if let Some(clock) = &self.clock {
-            clock.head_done(); // OxiNVR patch
-        }
-
         // building the writer for the request
         let writer = self.sink.next().unwrap();
 
@@ -191,6 +187,9 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            // OxiNVR patch: small bodies are read here, within the head's deadline
+            self.clock.as_ref().map_or(1024, |c| c.preread()),
+            self.clock.clone(),
         )
         .map_err(|e| {
             use crate::request;
@@ -203,7 +202,9 @@ impl ClientConnection {
         })?;
         #[cfg(unix)]
         let request = request.with_tcp_fd(self.tcp_fd);
-        let request = request.with_clock(self.clock.clone()); // OxiNVR patch
+        if let Some(clock) = &self.clock {
+            clock.head_done(); // OxiNVR patch
+        }
 
         // return the request
         Ok(request)

@@ -103,7 +103,7 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        self.sender.send(()).ok(); // OxiNVR patch: the connection may be gone
     }
 }
 
@@ -141,7 +141,9 @@ pub fn new_request<R, W>(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
-    writer: W,
+    mut writer: W,
+    preread: usize,                                      // OxiNVR patch
+    clock: Option<std::sync::Arc<crate::util::ConnClock>>, // OxiNVR patch
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -166,7 +168,7 @@ where
     };
 
     // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
+    let mut expects_continue = {
         match headers
             .iter()
             .find(|h: &&Header| h.field.equiv("Expect"))
@@ -198,28 +200,29 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
+        } else if content_length <= preread {
+            // OxiNVR patch: a body up to `preread` bytes is read here, by the
+            // connection's thread and within the head's deadline, so that a
+            // client trickling it holds no worker. The buffer grows with what
+            // arrives (a declared length costs nothing until it is sent).
+            if expects_continue {
+                writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+                writer.flush()?;
+                expects_continue = false;
+            }
+            let mut buffer = Vec::new();
+            source_data.by_ref().take(content_length as u64).read_to_end(&mut buffer)?;
+            if buffer.len() != content_length {
+                // the socket returned EOF, but we were before the expected content-length
+                let info = "Connection has been closed before we received enough data";
+                let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                return Err(RequestCreationError::CreationIoError(err));
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let data_reader = data_reader.ending_unread(clock.clone()); // OxiNVR patch
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -239,7 +242,7 @@ where
         remote_addr,
         #[cfg(unix)]
         tcp_fd: None,
-        clock: None, // OxiNVR patch
+        clock, // OxiNVR patch
         secure,
         method,
         path,
@@ -311,12 +314,6 @@ impl Request {
     #[inline]
     pub fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
         self.tcp_fd
-    }
-
-    /// OxiNVR patch
-    pub(crate) fn with_clock(mut self, clock: Option<std::sync::Arc<crate::util::ConnClock>>) -> Self {
-        self.clock = clock;
-        self
     }
 
     #[cfg(unix)]
@@ -472,7 +469,7 @@ impl Request {
             clock.abort();
         }
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            sender.send(()).ok(); // OxiNVR patch: the connection may be gone
         }
         res
     }
@@ -528,7 +525,7 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                sender.send(()).ok(); // OxiNVR patch: the connection may be gone
             }
         }
     }

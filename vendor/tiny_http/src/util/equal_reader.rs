@@ -2,6 +2,9 @@ use std::io::Read;
 use std::io::Result as IoResult;
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use crate::util::ConnClock; // OxiNVR patch
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
@@ -15,6 +18,10 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    // OxiNVR patch: the connection's clock. With one, an unread remainder is
+    // not drained at drop (a worker would wait on a client that may trickle
+    // it): the connection is ended instead.
+    on_unread: Option<Arc<ConnClock>>,
 }
 
 impl<R> EqualReader<R>
@@ -28,9 +35,16 @@ where
             reader,
             size,
             last_read_signal: tx,
+            on_unread: None,
         };
 
         (r, rx)
+    }
+
+    /// OxiNVR patch: end the connection, not drain, if the body is left unread.
+    pub(crate) fn ending_unread(mut self, clock: Option<Arc<ConnClock>>) -> Self {
+        self.on_unread = clock;
+        self
     }
 }
 
@@ -69,6 +83,12 @@ where
         // than DRAIN_LIMIT: the connection is closed instead.
         const DRAIN_LIMIT: usize = 1 << 20;
         let mut remaining_to_read = self.size;
+        if remaining_to_read > 0 {
+            if let Some(clock) = &self.on_unread {
+                clock.abort();
+                return;
+            }
+        }
         if remaining_to_read > DRAIN_LIMIT {
             let e = std::io::Error::new(std::io::ErrorKind::Other, "unread request body too large to drain");
             self.last_read_signal.send(Err(e)).ok();

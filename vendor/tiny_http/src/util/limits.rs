@@ -36,6 +36,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once from one client address.
     pub max_per_address: usize,
+    /// A request body up to this many bytes is read by the connection's
+    /// thread within `head_timeout` (as part of the head), before any worker
+    /// sees the request; a larger one is read by whoever handles it.
+    pub max_preread: usize,
 }
 
 impl Limits {
@@ -47,6 +51,7 @@ impl Limits {
             idle_timeout: Duration::ZERO,
             max_connections: usize::MAX,
             max_per_address: usize::MAX,
+            max_preread: 1024,
         }
     }
 }
@@ -240,6 +245,11 @@ impl ConnClock {
     /// Writing an answer failed (the client stopped reading): end the connection.
     pub(crate) fn abort(&self) {
         self.set(Phase::Aborted);
+    }
+
+    /// Bodies up to this many bytes are read with the head (see `Limits`).
+    pub(crate) fn preread(&self) -> usize {
+        self.limits.max_preread
     }
 
     pub(crate) fn is_idle(&self) -> bool {
