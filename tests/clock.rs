@@ -127,3 +127,93 @@ fn a_recorder_started_in_1970_flags_its_recordings_and_restamps_them_when_the_cl
     assert_eq!(gaps, Value::Array(Vec::new()), "no gap recorded");
     assert!(nvr.log().contains("the wall clock is set"), "{}", nvr.log());
 }
+
+/// The session cookie of a first admin made with POST /api/auth/setup.
+fn setup_session(nvr: &Oxinvr) -> String {
+    let body = br#"{"username":"ann","password":"correct horse battery"}"#;
+    let r = common::nvr::http(nvr.port, "POST", "/api/auth/setup", &[("Content-Type", "application/json")], body)
+        .expect("setup");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let cookie = r.header("Set-Cookie").expect("a session cookie").to_string();
+    cookie.split(';').next().expect("name=value").to_string()
+}
+
+fn logged_in(nvr: &Oxinvr, cookie: &str) -> bool {
+    let r = common::nvr::http(nvr.port, "GET", "/api/streams/cam", &[("Cookie", cookie)], b"").expect("GET");
+    r.status == 200
+}
+
+/// What the recorder lists now (by id: start_ms) and its clock steps.
+fn listing(nvr: &Oxinvr, around_ms: i64) -> (BTreeMap<i64, i64>, Vec<Value>) {
+    let day = 86_400_000;
+    let v = nvr.json(&format!("/api/recordings?stream=cam&start={}&end={}", around_ms - 2 * day, around_ms + 2 * day));
+    let recs = v["recordings"].as_array().cloned().unwrap_or_default();
+    let starts = recs.iter().map(|r| (r["id"].as_i64().unwrap_or(0), r["start_ms"].as_i64().unwrap_or(0))).collect();
+    (starts, v["clock_steps"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn a_clock_set_back_an_hour_then_a_year_ahead_keeps_recordings_sessions_and_retention_sane() {
+    const HOUR: i64 = 3_600_000;
+    const YEAR: i64 = 365 * 86_400_000;
+    let cam = Camera::start(&["--fps", "15"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stamp = tmp.path().join("faketime");
+    std::fs::write(&stamp, "+0\n").expect("write the fake time");
+    let (lib, stamp_path) = (libfaketime().display().to_string(), stamp.display().to_string());
+    let env = [
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME_TIMESTAMP_FILE", stamp_path.as_str()),
+        ("FAKETIME_CACHE_DURATION", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    // Keep a day: a year's jump would make every recording "older" than that.
+    let config = format!(
+        "[storage]\ndata_dir = \"{{DATA}}\"\nsegment_seconds = 2\nsync_seconds = 1\n\
+         [web]\nlisten = \"127.0.0.1:{{PORT}}\"\n\
+         [[streams]]\nname = \"cam\"\nurl = \"{}\"\nbitrate_kbps = 1000\nretention_days = 1\n",
+        cam.url("h264")
+    );
+    let nvr = Oxinvr::start_with_env(tmp.path(), &config, &env);
+    let cookie = setup_session(&nvr);
+    common::nvr::poll(Duration::from_secs(30), "two closed recordings", || closed(&recordings(&nvr)).len() >= 2);
+    let (before, steps) = listing(&nvr, now_ms());
+    assert!(steps.is_empty(), "no step yet: {steps:?}");
+
+    // An operator sets the clock back an hour.
+    std::fs::write(&stamp, "-3600\n").expect("step back");
+    let back_at = now_ms() - HOUR;
+    common::nvr::poll(Duration::from_secs(20), "the step back on the timeline and a recording after it", || {
+        let (recs, steps) = listing(&nvr, back_at);
+        let stepped = steps.iter().any(|s| (s["step_ms"].as_i64().unwrap_or(0) + HOUR).abs() < 3_000);
+        stepped && recs.values().any(|start| (start - back_at).abs() < 20_000)
+    });
+    let (recs, _) = listing(&nvr, back_at);
+    for (id, start) in &before {
+        assert_eq!(recs.get(id), Some(start), "a recording made before the step keeps its time");
+    }
+    assert!(logged_in(&nvr, &cookie), "the session survives the step back");
+
+    // Then someone sets it a year ahead: what was recorded is not a year old.
+    std::fs::write(&stamp, "+365d\n").expect("step ahead");
+    let ahead_at = now_ms() + YEAR;
+    common::nvr::poll(Duration::from_secs(20), "the year ahead on the timeline and a recording after it", || {
+        let (recs, steps) = listing(&nvr, ahead_at);
+        let stepped = steps.iter().any(|s| (s["step_ms"].as_i64().unwrap_or(0) - (YEAR + HOUR)).abs() < 3_000);
+        stepped && recs.values().any(|start| (start - ahead_at).abs() < 20_000)
+    });
+    // Segments of 2 s rotate and retention runs after each rotation: give it a few.
+    std::thread::sleep(Duration::from_secs(8));
+    let all = recordings(&nvr);
+    let ids: Vec<i64> = all.iter().map(|r| r["id"].as_i64().unwrap_or(0)).collect();
+    for id in before.keys() {
+        assert!(ids.contains(id), "recording {id} of before the jump was deleted by age: {ids:?}\n{}", nvr.log());
+    }
+    assert!(logged_in(&nvr, &cookie), "the session survives the year ahead");
+    assert!(nvr.log().contains("the wall clock stepped by"), "{}", nvr.log());
+    // Every recording plays.
+    for r in closed(&all) {
+        let path = nvr.data_dir.join(r["path"].as_str().expect("path"));
+        assert_eq!(common::frame_count(&path), r["frames"].as_u64().expect("frames"), "{}", path.display());
+    }
+}

@@ -390,13 +390,16 @@ async function refreshDay(ctx) {
     ctx.tl.spans = mergeSpans(data.recordings.map((r) => [Date.parse(r.start), Date.parse(r.end)]));
     ctx.tl.bounds = data.recordings.map((r) => Date.parse(r.start));
     ctx.tl.gaps = data.gaps.map((g) => [g.start_ms, g.end_ms]);
+    ctx.tl.steps = data.clock_steps || [];
     ctx.tl.events = Ox.timelineEvents(ctx.stream, ctx.day);
     const n = ctx.tl.events.length;
     ctx.ui.events.textContent = n ? `events: ${n} on this day` : 'events: none on this day';
     const total = ctx.tl.spans.reduce((n, s) => n + s[1] - s[0], 0);
     const unknown = data.recordings.filter((r) => r.time_unknown).length;
     ctx.ui.summary.textContent = `${data.recordings.length} recording(s), ${fmtDuration(total)} recorded`
-      + (unknown ? `; ${unknown} of unknown time (made while the clock was not set)` : '');
+      + (unknown ? `; ${unknown} of unknown time (made while the clock was not set)` : '')
+      + ctx.tl.steps.map((s) => `; the clock jumped ${s.step_ms < 0 ? 'back' : 'ahead'} `
+        + `${fmtDuration(Math.abs(s.step_ms))} at ${fmtDateTime(s.at_ms)}`).join('');
     ctx.tl.draw();
   } catch (e) {
     ctx.ui.box.show(e.message);

@@ -486,6 +486,11 @@ class VodPlayer {
 
 // ------------------------------------------------------------ timeline ----
 
+// "+1 h 0 min" / "-1 h 0 min": how far a clock step moved the clock.
+function stepText(ms) {
+  return (ms < 0 ? '-' : '+') + Ox.fmtDuration(Math.abs(ms));
+}
+
 // A day's recordings on a canvas: spans, gaps, an events lane, a cursor.
 // opts.onSeek(ms) fires on click and at the end of a drag; opts.onView() after zoom.
 class Timeline {
@@ -495,6 +500,7 @@ class Timeline {
     this.spans = [];
     this.gaps = [];
     this.events = [];
+    this.steps = []; // clock steps: { at_ms, before_ms, step_ms }
     this.cursor = null;
     canvas.timeline = this; // for the browser tests
     canvas.addEventListener('pointerdown', (e) => this.down(e));
@@ -593,6 +599,7 @@ class Timeline {
     this.drawBounds(g, 22, 26);
     this.drawLane(g, 54, 14, this.events.length ? 'events' : 'events: none on this day', this.events, '#d9a400');
     this.drawAxis(g, w, hgt);
+    this.drawSteps(g);
     this.drawMark(g, this.cursor, '#fff', hgt);
     if (this.hover !== undefined) this.drawHover(g, w, hgt);
   }
@@ -646,6 +653,22 @@ class Timeline {
       g.lineTo(x, 18);
       g.stroke();
       g.fillText(step < 60000 ? fmtClock(t) : fmtClock(t).slice(0, 5), x + 3, 12);
+    }
+  }
+
+  // Where the wall clock jumped (both sides): recordings around it keep the
+  // times the clock gave them, so after a step back two can cover one time.
+  drawSteps(g) {
+    const w = this.c.clientWidth;
+    g.font = '10px sans-serif';
+    for (const s of this.steps) {
+      for (const [t, label] of [[s.at_ms, `clock ${stepText(s.step_ms)}`], [s.before_ms, 'clock stepped']]) {
+        const x = Math.round(this.xOf(t)) + 0.5;
+        if (x < 0 || x > w) continue;
+        g.fillStyle = '#e07b00';
+        g.fillRect(x - 1, 16, 2, 40);
+        g.fillText(label, Math.min(x + 3, w - 70), 14);
+      }
     }
   }
 

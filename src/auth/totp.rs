@@ -4,7 +4,8 @@
 //!
 //! Invariants: a code is accepted for the current step and one step either
 //! side (clock skew), and never for a step at or before the last one used
-//! (no replay); verification compares in constant time.
+//! (no replay) unless that one is ahead of now (the clock was set back);
+//! verification compares in constant time.
 
 use ring::hmac;
 
@@ -70,7 +71,10 @@ pub fn verify(secret: &[u8], given: &str, now_ms: i64, last_step: Option<i64>) -
             found = Some(step);
         }
     }
-    found.filter(|s| last_step.is_none_or(|last| *s > last))
+    // A last use ahead of now means the clock was set back since: the code of
+    // a step already used is refused, not every code until the clock catches up.
+    // (Db::use_totp_step applies the same rule, atomically.)
+    found.filter(|s| last_step.is_none_or(|last| *s > last || last > *s + 2))
 }
 
 /// `otpauth://totp/OxiNVR:<user>?secret=...&issuer=OxiNVR`
@@ -128,6 +132,8 @@ mod tests {
         assert_eq!(verify(secret, &c(step + 1), now_ms, None), Some(step + 1));
         assert_eq!(verify(secret, &c(step - 2), now_ms, None), None, "too old");
         assert_eq!(verify(secret, &c(step), now_ms, Some(step)), None, "replayed");
+        // The clock was set back an hour after a login: codes work again.
+        assert_eq!(verify(secret, &c(step), now_ms, Some(step + 120)), Some(step), "clock set back");
         assert_eq!(verify(secret, "12345", now_ms, None), None);
         assert_eq!(verify(secret, "abcdef", now_ms, None), None);
     }

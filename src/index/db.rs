@@ -179,7 +179,34 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE segments ADD COLUMN clock_mark INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE gaps ADD COLUMN clock_mark INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: steps of the wall clock seen while recording (`Db::record_clock_step`): the
+    // timeline shows them, and age retention does not count a forward step as age.
+    r#"
+    CREATE TABLE clock_steps (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        step_ms INTEGER NOT NULL CHECK (step_ms != 0)
+    ) STRICT;
+    CREATE INDEX clock_steps_at ON clock_steps (at_ms);
+    "#,
 ];
+
+/// A step of the wall clock: at `at_ms` (wall time just after it) the clock
+/// read `step_ms` more than it did just before (negative: set back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ClockStep {
+    pub at_ms: i64,
+    pub step_ms: i64,
+}
+
+impl ClockStep {
+    /// Whether a time on the timeline before the step (`t`) lies before it:
+    /// split at the middle of the jump, since times near the step may be
+    /// a little off on either side.
+    pub fn is_after(&self, t: i64) -> bool {
+        t < self.at_ms - self.step_ms / 2
+    }
+}
 
 /// A new mark for the rows of unknown time one writer (a storage thread's
 /// connection) writes: positive, and different from any earlier one (the
@@ -1226,6 +1253,52 @@ impl Db {
         })
     }
 
+    /// Records a step of the wall clock and moves the login sessions made
+    /// before it by the same step, so that each keeps the time it had left
+    /// (a box whose clock NTP set from 1970 does not log everyone out; one set
+    /// back an hour does not give sessions an hour more). One transaction.
+    pub fn record_clock_step(&self, step: ClockStep) -> Result<usize, DbError> {
+        if step.step_ms == 0 {
+            return Err(DbError::invalid("a clock step of 0 ms"));
+        }
+        self.write("record_clock_step", |tx| {
+            tx.execute("INSERT INTO clock_steps (at_ms, step_ms) VALUES (?1, ?2)", params![step.at_ms, step.step_ms])
+                .ctx("insert clock step")?;
+            tx.execute(
+                "UPDATE sessions SET created_ms = created_ms + ?2, last_seen_ms = last_seen_ms + ?2,
+                        expires_ms = expires_ms + ?2
+                 WHERE created_ms <= ?1",
+                params![step.at_ms - step.step_ms, step.step_ms],
+            )
+            .ctx("move sessions by the clock step")
+        })
+    }
+
+    /// The clock steps made at `from_ms..=to_ms` (either timeline), oldest first.
+    pub fn clock_steps(&self, from_ms: i64, to_ms: i64) -> Result<Vec<ClockStep>, DbError> {
+        let op = "clock_steps";
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, step_ms FROM clock_steps
+                 WHERE at_ms BETWEEN ?1 AND ?2 OR at_ms - step_ms BETWEEN ?1 AND ?2 ORDER BY id",
+            )
+            .ctx(op)?;
+        let rows = st.query_map(params![from_ms, to_ms], |r| Ok(ClockStep { at_ms: r.get(0)?, step_ms: r.get(1)? }));
+        let steps = rows.ctx(op)?.collect::<Result<Vec<_>, _>>().ctx(op);
+        steps
+    }
+
+    /// Every forward step, oldest first (age retention discounts them).
+    pub fn forward_clock_steps(&self) -> Result<Vec<ClockStep>, DbError> {
+        let op = "forward_clock_steps";
+        let mut st =
+            self.conn.prepare_cached("SELECT at_ms, step_ms FROM clock_steps WHERE step_ms > 0 ORDER BY id").ctx(op)?;
+        let rows = st.query_map([], |r| Ok(ClockStep { at_ms: r.get(0)?, step_ms: r.get(1)? }));
+        let steps = rows.ctx(op)?.collect::<Result<Vec<_>, _>>().ctx(op);
+        steps
+    }
+
     /// Deletes gaps that ended before `before_ms` (older than any recording
     /// kept); returns how many.
     pub fn delete_gaps_before(&self, before_ms: i64) -> Result<usize, DbError> {
@@ -1734,6 +1807,33 @@ mod tests {
         assert_eq!(gone, vec![new_seg(s.id, 20).path]);
         assert!(db.segment(p).expect("q").is_none());
         assert_eq!(db.garbage().expect("g"), gone);
+    }
+
+    #[test]
+    fn a_clock_step_is_recorded_and_sessions_made_before_it_keep_their_time_left() {
+        const YEARS: i64 = 56 * 365 * 86_400_000;
+        let db = Db::open_in_memory().expect("db");
+        let u = db.create_user("ann", Role::Admin, "hash", 0).expect("user");
+        // Logged in at 1970 + 1 min for an hour; a session of an earlier boot (with
+        // a set clock) is "in the future" of that 1970 clock.
+        db.create_session(u.id, b"t1970", "c", 60_000, 60_000 + 3_600_000, "a", "ua").expect("session");
+        db.create_session(u.id, b"tearlier", "c", YEARS - 86_400_000, YEARS + 3_600_000, "a", "ua").expect("s");
+        // NTP sets the clock at 1970 + 2 min: it jumps 56 years.
+        let step = ClockStep { at_ms: YEARS + 120_000, step_ms: YEARS };
+        assert_eq!(db.record_clock_step(step).expect("step"), 1, "only the session made before the step moves");
+        let (s, _) = db.session_by_token(b"t1970", YEARS + 180_000).expect("read").expect("still alive a minute on");
+        assert_eq!((s.created_ms, s.expires_ms), (YEARS + 60_000, YEARS + 60_000 + 3_600_000));
+        let (s, _) = db.session_by_token(b"tearlier", YEARS + 180_000).expect("read").expect("alive");
+        assert_eq!(s.expires_ms, YEARS + 3_600_000, "the earlier boot's session is not moved");
+        // Then someone sets the clock back an hour.
+        let back = ClockStep { at_ms: YEARS + 240_000 - 3_600_000, step_ms: -3_600_000 };
+        db.record_clock_step(back).expect("step back");
+        let (s, _) = db.session_by_token(b"t1970", YEARS + 240_000 - 3_600_000).expect("read").expect("alive");
+        assert_eq!(s.expires_ms, YEARS + 60_000, "an hour earlier, as the clock");
+        assert_eq!(db.clock_steps(YEARS, YEARS + 300_000).expect("steps"), vec![step, back]);
+        assert_eq!(db.clock_steps(0, 1000).expect("steps"), vec![], "neither side in the span");
+        assert_eq!(db.forward_clock_steps().expect("steps"), vec![step]);
+        assert!(db.record_clock_step(ClockStep { at_ms: 1, step_ms: 0 }).is_err());
     }
 
     #[test]

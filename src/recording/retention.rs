@@ -10,7 +10,10 @@
 //!      `end_ms < now_ms - d days` (`d = 0`: every closed item that ended
 //!      before `now_ms`). An item of unknown time (`time_unknown`: recorded
 //!      while the wall clock was not set) has no age and never goes by age;
-//!      quota and free space take it like any other, by its stored time.
+//!      quota and free space take it like any other, by its stored time. A
+//!      forward step of the wall clock after an item is not age: its end
+//!      counts as moved by the step (`AgeClock`), so a clock set a year ahead
+//!      does not delete everything; quota and free space still bound the disk.
 //!   2. Quota: a stream with `max_bytes = Some(m)` whose items (all of them,
 //!      protected and open included: they use the disk too) total more than
 //!      `m` loses its oldest deletable items, one at a time, and stops as
@@ -35,7 +38,28 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::index::db::{is_safe_relative_path, Db, DbError};
+use crate::index::db::{is_safe_relative_path, ClockStep, Db, DbError};
+
+/// "Now" for age: the wall time and the forward steps the clock made.
+#[derive(Clone, Debug, Default)]
+pub struct AgeClock {
+    pub now_ms: i64,
+    pub forward_steps: Vec<ClockStep>,
+}
+
+impl From<i64> for AgeClock {
+    fn from(now_ms: i64) -> AgeClock {
+        AgeClock { now_ms, forward_steps: Vec::new() }
+    }
+}
+
+impl AgeClock {
+    /// `end_ms` moved by every forward step made after it.
+    fn aged_end(&self, end_ms: i64) -> i64 {
+        let later = self.forward_steps.iter().filter(|s| s.step_ms > 0 && s.is_after(end_ms));
+        later.fold(end_ms, |t, s| t.saturating_add(s.step_ms))
+    }
+}
 
 /// What the planner knows of one segment (read from the index).
 pub use crate::index::db::RetentionItem as Item;
@@ -80,7 +104,7 @@ const MS_PER_DAY: i64 = 86_400_000;
 /// across streams (by `start_ms`) until the floor is met, counting bytes
 /// already planned. Each id at most once. See the module documentation.
 pub fn plan(
-    now_ms: i64,
+    now: impl Into<AgeClock>,
     items: &[Item],
     policies: &HashMap<i64, StreamPolicy>,
     disk: Disk,
@@ -101,7 +125,7 @@ pub fn plan(
         }
         Ok(())
     };
-    match plan_streaming(now_ms, walk, policies, disk, min_free_percent) {
+    match plan_streaming(now, walk, policies, disk, min_free_percent) {
         Ok(d) => d,
         Err(never) => match never {},
     }
@@ -112,7 +136,7 @@ pub fn plan(
 /// false: memory is the plan's, not the index's (the storage thread walks the
 /// database with a cursor, three times at most).
 pub fn plan_streaming<E>(
-    now_ms: i64,
+    now: impl Into<AgeClock>,
     mut walk: impl FnMut(&mut dyn FnMut(&Item) -> bool) -> Result<(), E>,
     policies: &HashMap<i64, StreamPolicy>,
     disk: Disk,
@@ -127,11 +151,12 @@ pub fn plan_streaming<E>(
     };
 
     // 1. Age, and each stream's total of what age leaves.
+    let now: AgeClock = now.into();
     let mut left: HashMap<i64, u64> = HashMap::new();
     walk(&mut |it| {
         let days = policies.get(&it.stream_id).and_then(|p| p.retention_days);
-        let cutoff = days.map(|d| now_ms.saturating_sub(i64::from(d).saturating_mul(MS_PER_DAY)));
-        if cutoff.is_some_and(|c| it.end_ms < c) && deletable(it) && !it.time_unknown {
+        let cutoff = days.map(|d| now.now_ms.saturating_sub(i64::from(d).saturating_mul(MS_PER_DAY)));
+        if cutoff.is_some_and(|c| now.aged_end(it.end_ms) < c) && deletable(it) && !it.time_unknown {
             pick(it, Reason::Age, &mut picked, &mut out);
         } else {
             let total = left.entry(it.stream_id).or_default();
@@ -301,6 +326,29 @@ mod tests {
 
     fn ids(d: &[Deletion]) -> Vec<i64> {
         d.iter().map(|d| d.id).collect()
+    }
+
+    #[test]
+    fn a_forward_clock_step_is_not_age() {
+        // Stream 1 keeps 2 days. At 10 days the clock jumped a year ahead (a
+        // wrong date set by hand): what was recorded before is not a year old.
+        let year = 365 * DAY;
+        let jump = ClockStep { at_ms: 10 * DAY + year, step_ms: year };
+        let pol = HashMap::from([(1, StreamPolicy { retention_days: Some(2), max_bytes: None })]);
+        let items = [
+            Item { end_ms: 9 * DAY, ..item(1, 1, 9 * DAY - MIN, 10) }, // a day before the jump
+            Item { end_ms: 7 * DAY, ..item(2, 1, 7 * DAY - MIN, 10) }, // 3 days before the jump
+            Item { end_ms: 10 * DAY + year + MIN, ..item(3, 1, 10 * DAY + year, 10) }, // after
+        ];
+        let now = AgeClock { now_ms: 10 * DAY + year + 60 * MIN, forward_steps: vec![jump] };
+        let d = plan(now.clone(), &items, &pol, ROOMY, 0);
+        assert_eq!(ids(&d), vec![2], "only what was over 2 days old by the clock before the jump");
+        // Without the step known, the jump deletes all but the newest.
+        let d = plan(now.now_ms, &items, &pol, ROOMY, 0);
+        assert_eq!(ids(&d), vec![2, 1]);
+        // Two days after the jump, the item of the day before goes too.
+        let later = AgeClock { now_ms: 10 * DAY + year + 2 * DAY, ..now };
+        assert_eq!(ids(&plan(later, &items, &pol, ROOMY, 0)), vec![2, 1]);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::base::clock::Clock;
-use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::index::db::{ClockStep, Db, NewSegment, SegmentProgress};
 use crate::recording::mp4;
 use crate::recording::retention;
 use crate::recording::ring::{Cursor, ReadResult};
@@ -116,6 +116,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut last_retention = Instant::now();
     let mut backlog = Backlog::default();
     let mut restamp = Restamp { pending: false };
+    let mut steps = StepWatch { skew_ms: None };
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
@@ -168,6 +169,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             rotated |= r.writer.stats.segments != segments_before;
         }
         restamp.run_if_due(&db, &*clock, &mut recorders);
+        steps.check(&db, &*clock);
         let due = last_retention.elapsed() >= RETENTION_EVERY
             || (rotated && last_retention.elapsed() >= Duration::from_secs(1));
         if due && backlog.is_empty() {
@@ -203,6 +205,32 @@ impl Restamp {
                 );
             }
             Err(e) => log::warn!("cannot re-stamp the recordings of unknown time: {e}"),
+        }
+    }
+}
+
+/// A step of the wall clock smaller than this is drift or NTP slewing.
+const CLOCK_STEP_MS: i64 = 10_000;
+
+/// Notices steps of the wall clock (against monotonic time) and records them.
+struct StepWatch {
+    /// Wall minus provisional time at the last pass.
+    skew_ms: Option<i64>,
+}
+
+impl StepWatch {
+    fn check(&mut self, db: &Db, clock: &dyn Clock) {
+        let now = clock.now_ms();
+        let skew = now - clock.provisional_ms();
+        let Some(last) = self.skew_ms.replace(skew) else { return };
+        let step_ms = skew - last;
+        if step_ms.abs() < CLOCK_STEP_MS {
+            self.skew_ms = Some(last); // slow drift adds up to a step, if it ever does
+            return;
+        }
+        log::warn!("the wall clock stepped by {step_ms} ms (now {now}): recorded, and sessions moved with it");
+        if let Err(e) = db.record_clock_step(ClockStep { at_ms: now, step_ms }) {
+            log::warn!("cannot record the clock step: {e}");
         }
     }
 }
@@ -333,7 +361,15 @@ fn plan_retention(
             f(&retention::Item { open: it.open || open.contains(&it.id), ..*it })
         })
     };
-    let plan = retention::plan_streaming(clock.now_ms(), walk, &policies, disk, settings.min_free_percent);
+    let forward_steps = match db.forward_clock_steps() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("retention: cannot read the clock steps, without which age could count a step: {e}");
+            return Vec::new();
+        }
+    };
+    let now = retention::AgeClock { now_ms: clock.now_ms(), forward_steps };
+    let plan = retention::plan_streaming(now, walk, &policies, disk, settings.min_free_percent);
     if began.elapsed() > SLOW {
         log::warn!("retention: planning ({walked} rows read) took {:?}", began.elapsed());
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::base::clock::{parse_time, rfc3339, Clock};
 use crate::base::memory;
 use crate::config::StreamConfig;
-use crate::index::db::{GapRow, SegmentRow, StreamRow, StreamSpec};
+use crate::index::db::{ClockStep, GapRow, SegmentRow, StreamRow, StreamSpec};
 use crate::recording::recorder::Edit;
 use crate::recording::retention;
 use crate::recording::stream::{StreamRuntime, Writing};
@@ -385,6 +385,7 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     }
     recs.sort_by_key(|r| (r.0, r.1));
     gaps.sort_by_key(|g| g.0);
+    let steps = ctx.db.clock_steps(start, end)?;
     Ok(Reply::json(
         200,
         &json!({
@@ -392,8 +393,19 @@ pub fn recordings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "end": rfc3339(end),
             "recordings": recs.into_iter().map(|r| r.2).collect::<Vec<_>>(),
             "gaps": gaps.into_iter().map(|g| g.1).collect::<Vec<_>>(),
+            "clock_steps": steps.iter().map(clock_step_json).collect::<Vec<_>>(),
         }),
     ))
+}
+
+/// A step of the wall clock, for the timeline: where it happened on both sides.
+fn clock_step_json(s: &ClockStep) -> Value {
+    json!({
+        "at_ms": s.at_ms,
+        "at": rfc3339(s.at_ms),
+        "before_ms": s.at_ms - s.step_ms,
+        "step_ms": s.step_ms,
+    })
 }
 
 // ---- system ----

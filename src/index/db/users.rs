@@ -295,12 +295,15 @@ impl Db {
         Ok(())
     }
 
-    /// Remembers the last TOTP step used; false if `step` is not newer (a replay raced us).
+    /// Remembers the last TOTP step used; false if `step` is not newer (a replay
+    /// raced us), unless the last one is over 2 steps ahead of it (the clock was
+    /// set back since: refusing would lock the user out until it caught up).
     pub fn use_totp_step(&self, user_id: i64, step: i64) -> Result<bool, DbError> {
         let n = self
             .conn
             .execute(
-                "UPDATE users SET totp_last_step = ?2 WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
+                "UPDATE users SET totp_last_step = ?2
+                 WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2 OR totp_last_step > ?2 + 2)",
                 params![user_id, step],
             )
             .ctx("use totp step")?;
@@ -506,6 +509,9 @@ mod tests {
         );
         assert!(!db.use_totp_step(u.id, 10).expect("replay"));
         assert!(db.use_totp_step(u.id, 11).expect("next"));
+        assert!(!db.use_totp_step(u.id, 9).expect("older"));
+        // A last use far ahead: the clock was set back since.
+        assert!(db.use_totp_step(u.id, 11 - 120).expect("after the clock went back an hour"));
         db.set_totp(u.id, None).expect("off");
         assert_eq!(db.user_by_name("root").expect("q").expect("u").totp_secret, None);
     }
