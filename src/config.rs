@@ -179,11 +179,14 @@ impl StreamConfig {
         if let Some(b) = self.bitrate_kbps.filter(|b| !(64..=100_000).contains(b)) {
             return Err(("bitrate_kbps", format!("{b} is out of range 64..=100000")));
         }
-        if self.retention_days == Some(0) {
-            return Err(("retention_days", "must be at least 1 (leave it out to keep until space runs out)".into()));
+        if self.retention_days.is_some_and(|d| !(1..=MAX_RETENTION_DAYS).contains(&d)) {
+            return Err((
+                "retention_days",
+                format!("must be 1..={MAX_RETENTION_DAYS} (leave it out to keep until space runs out)"),
+            ));
         }
-        if self.max_storage_mb.is_some_and(|mb| mb == 0 || i64::try_from(mb).is_err()) {
-            return Err(("max_storage_mb", "must be at least 1 (leave it out for no quota)".into()));
+        if self.max_storage_mb.is_some_and(|mb| !(1..=MAX_STORAGE_MB).contains(&mb)) {
+            return Err(("max_storage_mb", format!("must be 1..={MAX_STORAGE_MB} (leave it out for no quota)")));
         }
         Ok(())
     }
@@ -354,6 +357,8 @@ fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), (String, String)> {
 pub use crate::index::db::validate_stream_name;
 
 pub fn validate_stream_url(u: &str) -> Result<(), String> {
+    // The value is not quoted: it may hold a password.
+    url_shape(u).map_err(|e| format!("not a camera URL: {e}"))?;
     let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
     match parsed.scheme() {
         "rtsp" | "rtsps" => {}
@@ -361,6 +366,63 @@ pub fn validate_stream_url(u: &str) -> Result<(), String> {
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+/// Upper bounds of a stream's settings (100 years; 1 PB), as the API document states them.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+pub const MAX_STORAGE_MB: u64 = 1_000_000_000;
+
+/// The shape of a camera URL, as the API document's pattern states it (so a
+/// URL the document allows is one the recorder takes, and the other way
+/// round): `rtsp[s]://[userinfo@]host[:port][/?#rest]` with a userinfo of
+/// RFC 3986 characters (and `@`: the last one ends it), a host of letters,
+/// digits and `._~-` or an IPv6 literal in `[ ]`, a port 1..=65535 without leading zeros, and a rest of
+/// printable ASCII (percent-encode anything else).
+fn url_shape(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("rtsp://")
+        .or_else(|| u.strip_prefix("rtsps://"))
+        .ok_or("it must start with rtsp:// or rtsps://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if !tail.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("after the host only printable ASCII without spaces may follow (percent-encode the rest)".into());
+    }
+    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("", authority));
+    let userinfo_ok = |c: char| c.is_ascii_alphanumeric() || "._~!$&'()*+,;=:%@-".contains(c);
+    if !userinfo.chars().all(userinfo_ok) {
+        return Err("the user name or password has a character that must be percent-encoded".into());
+    }
+    let port = match hostport.strip_prefix('[') {
+        // An IPv6 literal: [hex digits, ':' and '.'] (a link-local zone is not taken).
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']').ok_or("an IPv6 address in [ ] has no closing ]")?;
+            if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || ":.".contains(c)) {
+                return Err("an IPv6 address in [ ] may hold only hex digits, ':' and '.'".into());
+            }
+            match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err("only :port may follow an IPv6 address in [ ]".into()),
+            }
+        }
+        None => {
+            let (h, p) = hostport.split_once(':').map_or((hostport, None), |(h, p)| (h, Some(p)));
+            if h.is_empty() || !h.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) {
+                return Err("the host must be a name, an IPv4 address or an IPv6 one in [ ] \
+                            (letters, digits, '.', '_', '~', '-')"
+                    .into());
+            }
+            p
+        }
+    };
+    if let Some(p) = port {
+        let ok = !p.starts_with('0') && p.len() <= 5 && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n));
+        if !ok || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("the port must be a number from 1 to 65535".into());
+        }
     }
     Ok(())
 }
@@ -407,6 +469,30 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camera_urls_of_every_host_form_are_taken_and_junk_is_named() {
+        for ok in [
+            "rtsp://cam.local/stream1",
+            "rtsp://user:p%40ss+word@192.168.1.20:554/h264?channel=1",
+            "rtsps://[fd00::20]:322/live",
+            "rtsp://[2001:db8::1]/",
+        ] {
+            assert_eq!(validate_stream_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("http://cam/", "rtsp://"),
+            ("rtsp://[fd00::20/x", "closing ]"),
+            ("rtsp://[fd00::20]x/", "only :port"),
+            ("rtsp://cam:0/", "port"),
+            ("rtsp://cam:99999/", "port"),
+            ("rtsp://ca m/", "host"),
+            ("rtsp://cam/a b", "printable"),
+        ] {
+            let e = validate_stream_url(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn embedded_defaults_parse() {

@@ -12,7 +12,7 @@ use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use common::nvr::{send_raw, Oxinvr, Response, TempOxinvr};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const MAX_BODY: usize = 2048;
 
@@ -255,11 +255,14 @@ fn stream_lifecycle() {
     assert_eq!(list["streams"][0]["name"].as_str(), Some("cam1"), "{list}");
     assert!(!list.to_string().contains("secret"));
 
-    // Partial update; the masked URL sent back keeps the stored one.
+    // A rename is refused (not silently ignored); a partial update with the
+    // masked URL sent back keeps the stored one.
+    let body = br#"{"name":"other","enabled":false,"url":"rtsp://user:***@127.0.0.1:9/x"}"#;
+    assert_error(&nvr.req("PUT", "/api/streams/cam1", body), 400, "cannot be renamed");
     let r = nvr.req(
         "PUT",
         "/api/streams/cam1",
-        br#"{"name":"other","enabled":false,"url":"rtsp://user:***@127.0.0.1:9/x"}"#,
+        br#"{"name":"cam1","enabled":false,"url":"rtsp://user:***@127.0.0.1:9/x"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
@@ -287,4 +290,55 @@ fn head_requests_have_no_body() {
     let r = nvr.req("HEAD", "/api/health", b"");
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
+}
+
+/// What tests/api_fuzz.rs (Schemathesis against openapi.json) found, one
+/// request each: answers that disagreed with the document.
+#[test]
+fn what_the_api_fuzzer_found_stays_fixed() {
+    let nvr = Nvr::start();
+    let json = [("Content-Type", "application/json")];
+    let req = |m: &str, p: &str, body: &str| {
+        nvr.request(m, p, &json, body.as_bytes()).unwrap_or_else(|e| panic!("{m} {p}: {e}"))
+    };
+    let user = r#"{"username":"bob","password":"bob-password","role":"viewer"}"#;
+    assert_eq!(req("POST", "/api/users", user).status, 201);
+    // A JSON array is not an object, though serde would read the fields from it.
+    assert_error(&req("PUT", "/api/users/bob", "[null, null]"), 400, "JSON object");
+    assert_error(&req("POST", "/api/users", r#"["eve","eve-password","admin"]"#), 400, "JSON object");
+    assert_eq!(req("GET", "/api/users/eve", "").status, 404, "no user made from an array");
+    // 256 characters are allowed even when they take more bytes.
+    let long = "é".repeat(256);
+    let body = format!(r#"{{"username":"carol","password":"{long}","role":"viewer"}}"#);
+    assert_eq!(req("POST", "/api/users", &body).status, 201, "256 two-byte characters");
+    let body = format!(r#"{{"username":"dave","password":"{long}é","role":"viewer"}}"#);
+    assert_error(&req("POST", "/api/users", &body), 400, "257 characters");
+    // Integers written with a zero fraction are integers (JSON Schema's reading).
+    let body = r#"{"name":"f1","url":"rtsp://127.0.0.1:9/x","enabled":false,"priority":3.0,"max_storage_mb":256.0}"#;
+    let r = req("POST", "/api/streams", body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!((r.json()["priority"].as_i64(), r.json()["max_storage_mb"].as_i64()), (Some(3), Some(256)));
+    assert_error(&req("PUT", "/api/streams/f1", r#"{"priority":2.5}"#), 400, "priority");
+    assert_error(&req("POST", "/api/probe", r#"{"url":"rtsp://127.0.0.1:9/x","timeout_ms":100.5}"#), 400, "timeout_ms");
+    // A PUT may repeat the stream's name but not change it.
+    assert_eq!(req("PUT", "/api/streams/f1", r#"{"name":"f1","priority":1}"#).status, 200);
+    assert_error(&req("PUT", "/api/streams/f1", r#"{"name":"","priority":1}"#), 400, "field name");
+    assert_error(&req("PUT", "/api/streams/f1", r#"{"name":"f2"}"#), 400, "cannot be renamed");
+    // Camera URLs have the shape the document's pattern states.
+    for (url, why) in [
+        ("/api/recordings/7/file", "rtsp://"),
+        ("rtsp://h:70000/x", "port"),
+        ("rtsp://h:0554/x", "port"),
+        ("rtsp://h/a b", "printable ASCII"),
+        ("rtsp://u:p#w@h/x", "port"),
+        ("rtsp://h_ö/x", "host"),
+    ] {
+        let body = json!({ "url": url }).to_string();
+        assert_error(&req("PUT", "/api/streams/f1", &body), 400, why);
+    }
+    assert_eq!(req("PUT", "/api/streams/f1", r#"{"url":"rtsp://u:p%23w@h.lan:8554/a?b=1"}"#).status, 200);
+    assert_error(&req("POST", "/api/probe", r#"{"url":" rtsp://127.0.0.1:9/x"}"#), 400, "url");
+    // Upper bounds of the stream settings.
+    assert_error(&req("PUT", "/api/streams/f1", r#"{"retention_days":36501}"#), 400, "retention_days");
+    assert_error(&req("PUT", "/api/streams/f1", r#"{"max_storage_mb":1000000001}"#), 400, "max_storage_mb");
 }

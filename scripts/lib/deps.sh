@@ -86,3 +86,29 @@ ensure_test_deps() {
     ensure_apt "${OXINVR_TEST_APT[@]}"
     ensure_cargo
 }
+
+# Schemathesis (PyPI), the OpenAPI-driven property-based fuzzer of tests/api_fuzz.rs and
+# scripts/fuzz-api, in a virtualenv of its own (any python3 >= 3.9 will do: it needs no
+# python3-gi). Pinned, so a run is reproducible; OXINVR_SCHEMATHESIS names its CLI.
+OXINVR_SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/oxinvr/schemathesis"
+    export OXINVR_SCHEMATHESIS="$venv/bin/st"
+    if [[ -x $OXINVR_SCHEMATHESIS ]] &&
+        [[ $(cat "$venv/.oxinvr-version" 2>/dev/null) == "$OXINVR_SCHEMATHESIS_VERSION" ]]; then
+        return 0
+    fi
+    local py
+    py=$(command -v python3 || true)
+    [[ -n $py ]] || { ensure_apt python3 python3-venv; py=/usr/bin/python3; }
+    if ! "$py" -m venv --help >/dev/null 2>&1; then
+        ensure_apt python3-venv
+        py=/usr/bin/python3
+    fi
+    echo "deps: installing schemathesis $OXINVR_SCHEMATHESIS_VERSION into $venv" >&2
+    rm -rf "$venv"
+    "$py" -m venv "$venv" &&
+        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$OXINVR_SCHEMATHESIS_VERSION" &&
+        echo "$OXINVR_SCHEMATHESIS_VERSION" >"$venv/.oxinvr-version" ||
+        { echo "deps: schemathesis could not be installed" >&2; return 1; }
+}

@@ -57,8 +57,9 @@ pub fn check_new(password: &str) -> Result<(), String> {
     if n < MIN_LEN {
         return Err(format!("the password is too short ({n} characters; at least {MIN_LEN})"));
     }
-    if password.len() > MAX_LEN {
-        return Err(format!("the password is too long (more than {MAX_LEN} bytes)"));
+    // Characters, not bytes: the API document's maxLength counts characters.
+    if n > MAX_LEN {
+        return Err(format!("the password is too long ({n} characters; at most {MAX_LEN})"));
     }
     Ok(())
 }

@@ -169,15 +169,36 @@ pub fn get_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
 
 // ---- streams: changes ----
 
-/// The body as a JSON object, or a 400 naming what is wrong with it.
+/// The body as a JSON object, or a 400 naming what is wrong with it. A
+/// number written with a zero fraction (`5.0`) is read as the integer it is
+/// (JSON Schema's `integer`, and what JavaScript may send).
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(mut m)) => {
+            m.values_mut().for_each(integral);
+            Ok(m)
+        }
         Ok(_) => Err(ApiError::bad_request("the request body must be a JSON object")),
         Err(e) if body.iter().all(u8::is_ascii_whitespace) => {
             Err(ApiError::bad_request(format!("the request body is empty; a JSON object is expected ({e})")))
         }
         Err(e) => Err(ApiError::bad_request(format!("malformed JSON in the request body: {e}"))),
+    }
+}
+
+/// Turns numbers with a zero fraction that fit an i64 into integers, deeply.
+fn integral(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // The bounds are exact powers of two: every f64 in [-2^63, 2^63) is an i64.
+            if f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral),
+        Value::Object(m) => m.values_mut().for_each(integral),
+        _ => {}
     }
 }
 
@@ -263,8 +284,17 @@ pub fn update_stream(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Re
     let mut patch = json_object(body)?;
     let mut edit = ctx.nvr.recorder.edit();
     let row = find_stream(ctx, name)?;
-    // The name in the path wins; a masked URL sent back means "unchanged".
-    patch.remove("name");
+    // The path names the stream; a body may repeat the name (the page sends
+    // the object back) but not rename it. A masked URL sent back means "unchanged".
+    match patch.remove("name") {
+        Some(Value::String(n)) if n == name => {}
+        None => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "field name: {other} differs from the stream {name:?} of the path; streams cannot be renamed"
+            )))
+        }
+    }
     if patch.get("url").and_then(Value::as_str) == Some(mask_url(&row.spec.url).as_str()) {
         patch.remove("url");
     }

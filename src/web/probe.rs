@@ -75,13 +75,12 @@ fn field_error(field: &str, what: &str) -> ApiError {
 /// Parses and checks the body. Messages never quote the values (a URL may hold a password).
 fn parse_body(body: &[u8]) -> Result<ProbeRequest, ApiError> {
     let shape = "the body must be a JSON object {\"url\": \"rtsp://...\", \"timeout_ms\": 5000}";
-    let v: Value = serde_json::from_slice(body).map_err(|_| ApiError::bad_request(shape))?;
-    let obj = v.as_object().ok_or_else(|| ApiError::bad_request(shape))?;
+    let obj = super::api::json_object(body).map_err(|_| ApiError::bad_request(shape))?;
     if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "url" | "timeout_ms")) {
         return Err(field_error(k, "is unknown (known: url, timeout_ms)"));
     }
     let url = obj.get("url").ok_or_else(|| field_error("url", "is missing"))?;
-    let url = url.as_str().ok_or_else(|| field_error("url", "must be a string"))?.trim().to_string();
+    let url = url.as_str().ok_or_else(|| field_error("url", "must be a string"))?.to_string();
     check_url(&url)?;
     let timeout_ms = match obj.get("timeout_ms") {
         None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
@@ -93,6 +92,13 @@ fn parse_body(body: &[u8]) -> Result<ProbeRequest, ApiError> {
 }
 
 fn check_url(raw: &str) -> Result<(), ApiError> {
+    if raw.starts_with("rtsps://") {
+        return Err(field_error("url", "has scheme \"rtsps\"; only rtsp:// is supported"));
+    }
+    crate::config::validate_stream_url(raw).map_err(|e| match e.contains(raw) {
+        true => field_error("url", "is not a URL"),
+        false => field_error("url", &e),
+    })?;
     let u = url::Url::parse(raw).map_err(|e| field_error("url", &format!("is not a URL ({e})")))?;
     if u.scheme() != "rtsp" {
         return Err(field_error("url", &format!("has scheme {:?}; only rtsp:// is supported", u.scheme())));

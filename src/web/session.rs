@@ -175,7 +175,10 @@ fn body<'a, T: Deserialize<'a>>(c: &Call<'a>) -> Result<T, ApiError> {
     if !c.req.is_json() {
         return Err(ApiError::new(415, "send the body as JSON with 'Content-Type: application/json'"));
     }
-    serde_json::from_slice(c.body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+    // Through `json_object`: serde's derived structs would also take an array
+    // of the fields in order (`[null, null]` was a valid PUT /api/users/x).
+    let fields = super::api::json_object(c.body)?;
+    T::deserialize(serde_json::Value::Object(fields)).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
 fn status(ctx: &Ctx, p: Option<&Principal>, csrf: Option<&str>) -> Result<Reply, ApiError> {
@@ -566,9 +569,11 @@ struct NewKey {
 
 fn create_key(ctx: &Ctx, c: &Call, p: &Principal) -> Result<Reply, ApiError> {
     let b: NewKey = body(c)?;
-    let name = b.name.trim();
-    if name.is_empty() || name.len() > 64 {
-        return Err(ApiError::bad_request("name: give the key a name of 1-64 characters"));
+    // As the document says (maxLength 64, pattern `[^ ]`): characters, not
+    // bytes, and not only spaces; spaces around the name are dropped.
+    let name = b.name.trim_matches(' ');
+    if name.is_empty() || b.name.chars().count() > 64 {
+        return Err(ApiError::bad_request("name: give the key a name of 1-64 characters, not only spaces"));
     }
     if p.user_id == 0 {
         return Err(ApiError::new(403, "the console has no user account to own a key; use a user's login"));
