@@ -132,23 +132,30 @@ fn read_request(r: &mut impl std::io::BufRead) -> std::io::Result<Option<(String
 fn serve_camera(conn: std::net::TcpStream, port: u16, script: &CameraScript) -> std::io::Result<()> {
     use std::io::Write;
     conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    // Each answer goes out in one write, without Nagle's delay: small writes
+    // waiting for a delayed ACK cost 40 ms an input.
+    conn.set_nodelay(true)?;
     let mut w = conn.try_clone()?;
     let mut r = std::io::BufReader::new(conn);
     while let Some((method, cseq, transport)) = read_request(&mut r)? {
-        let head = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678;timeout=60\r\n");
+        let mut out = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 12345678;timeout=60\r\n").into_bytes();
+        let play = method == "PLAY";
         match method.as_str() {
             "DESCRIBE" => {
                 let base = format!("Content-Base: rtsp://127.0.0.1:{port}/cam/\r\nContent-Type: application/sdp\r\n");
-                write!(w, "{head}{base}Content-Length: {}\r\n\r\n", script.sdp.len())?;
-                w.write_all(&script.sdp)?;
+                write!(out, "{base}Content-Length: {}\r\n\r\n", script.sdp.len())?;
+                out.extend_from_slice(&script.sdp);
             }
-            "SETUP" => write!(w, "{head}Transport: {transport}\r\n\r\n")?,
+            "SETUP" => write!(out, "Transport: {transport}\r\n\r\n")?,
             "PLAY" => {
-                write!(w, "{head}\r\n")?;
-                w.write_all(&script.stream)?;
-                break;
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&script.stream);
             }
-            _ => write!(w, "{head}\r\n")?,
+            _ => out.extend_from_slice(b"\r\n"),
+        }
+        w.write_all(&out)?;
+        if play {
+            break;
         }
     }
     Ok(())
@@ -206,6 +213,23 @@ mod tests {
     #[test]
     fn a_malformed_sdp_line_fails_describe_instead_of_panicking() {
         let sdp = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=cam\r\nt=0 0\r\nnot a line\r\na=tool:x\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+        describe_fails(sdp, "line 6");
+    }
+
+    /// Found by the `rtsp` fuzz target: retina unwraps the first format of an
+    /// m= line, so "m=audio 0 RTP/AVP " (no format) panicked the ingest thread.
+    /// The vendored sdp-types refuses an m= line without a format.
+    #[test]
+    fn a_media_line_without_a_format_fails_describe_instead_of_panicking() {
+        let sdp = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 0 RTP/AVP \r\n";
+        describe_fails(sdp, "line 7");
+    }
+
+    /// Opens the fuzz camera serving `sdp`: DESCRIBE must fail, naming `line`.
+    fn describe_fails(sdp: &[u8], line: &str) {
+        // The camera serves scripts in the order given: one test at a time.
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let cam = camera();
         cam.scripts.lock().expect("camera").send(CameraScript { sdp: sdp.to_vec(), stream: Vec::new() }).expect("send");
         let url = format!("rtsp://127.0.0.1:{}/cam", cam.port);
@@ -215,7 +239,7 @@ mod tests {
         match got {
             Err(e @ OpenError::Status { step: "DESCRIBE", .. }) => {
                 let text = e.to_string();
-                assert!(text.contains("Unable to parse SDP") && text.contains("line 6"), "{text}");
+                assert!(text.contains("Unable to parse SDP") && text.contains(line), "{text}");
             }
             Err(e) => panic!("expected DESCRIBE to fail on the SDP, got: {e}"),
             Ok(_) => panic!("a malformed SDP was accepted"),

@@ -350,6 +350,11 @@ impl Media {
 
         let proto = parse_str(&mut media, line.n, "Media proto")?;
         let fmt = parse_str(&mut media, line.n, "Media fmt")?;
+        // OxiNVR patch: an m= line needs at least one format (RFC 8866 5.14);
+        // retina 0.4.21 unwraps the first one, so "m=video 0 RTP/AVP " panicked.
+        if fmt.split_ascii_whitespace().next().is_none() {
+            return Err(ParserError::MissingField(line.n, "Media fmt"));
+        }
 
         Ok(Media {
             media: name,
