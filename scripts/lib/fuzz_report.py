@@ -52,12 +52,15 @@ head = [
     "|---|---|---|---|---|---|---|---|",
 ]
 rows = {}
+notes = []  # hand-written sections ("## ...") after the table are kept
 if os.path.exists(report):
     for line in open(report):
         m = re.match(r"\| (\w+) \| [\d.]+ \|", line)
         if m:
             rows[m.group(1)] = line.rstrip("\n")
+        elif line.startswith("## ") or notes:
+            notes.append(line.rstrip("\n"))
 rows[target] = row
 with open(report, "w") as f:
-    f.write("\n".join(head + [rows[k] for k in sorted(rows)]) + "\n")
+    f.write("\n".join(head + [rows[k] for k in sorted(rows)] + ([""] + notes if notes else [])) + "\n")
 print(row)
