@@ -14,3 +14,34 @@ pub mod index;
 pub mod playback;
 pub mod recording;
 pub mod web;
+
+/// The coverage-guided fuzz targets (fuzz/fuzz_targets, one per entry here)
+/// and their corpus replay (tests/fuzz_corpus.rs). See docs/FUZZING.md.
+/// Not an API: the entry points live in their layers' `fuzz` modules.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Name (fuzz/corpus/NAME, fuzz/fuzz_targets/NAME.rs) and entry point.
+    pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+        ("mp4", crate::recording::fuzz::mp4),
+        ("recover", crate::recording::fuzz::recover),
+        ("ota", crate::appliance::fuzz::ota),
+        ("config", config),
+        ("http", crate::web::fuzz::http),
+        ("websocket", crate::web::fuzz::websocket),
+        ("json", crate::web::fuzz::json),
+        ("rtsp", crate::recording::fuzz::rtsp),
+    ];
+
+    /// The entry point of target `name`.
+    pub fn target(name: &str) -> fn(&[u8]) {
+        TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f).unwrap_or_else(|| panic!("no fuzz target {name}"))
+    }
+
+    /// `data` as the configuration file (and as a stream URL, a go2rtc address).
+    fn config(data: &[u8]) {
+        let Ok(text) = std::str::from_utf8(data) else { return };
+        let _ = crate::config::validate_stream_url(text);
+        let _ = crate::config::go2rtc_addr(text);
+        let _ = crate::config::Config::parse(text, "fuzz.toml");
+    }
+}

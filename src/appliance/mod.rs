@@ -15,6 +15,8 @@
 //!   one); only the stanza of the interface named is replaced.
 
 pub mod bootenv;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ota;
 pub mod shell;
 

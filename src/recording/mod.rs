@@ -3,6 +3,8 @@
 //! the stream registry.
 
 pub mod fragmenter;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod ingest;
 pub mod media;
 pub mod mp4;

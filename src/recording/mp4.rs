@@ -698,6 +698,9 @@ fn moof_layout(moof: &[u8]) -> Result<MoofLayout, String> {
     for child in children(moof, h.header_len as usize..moof.len()) {
         let child = child?;
         match &child.kind {
+            // One mfhd (ISO 14496-12 8.8.5): with two, `moof_sequence` would read
+            // the first while the patch wrote the other.
+            b"mfhd" if sequence_at.is_some() => return Err("more than one mfhd box".into()),
             b"mfhd" if child.payload.len() >= 8 => sequence_at = Some(child.payload.start + 4),
             b"mfhd" => return Err("mfhd box too short".into()),
             b"traf" => trafs.push(parse_traf(moof, child.payload)?),
@@ -1492,6 +1495,29 @@ pub(crate) mod tests {
                 assert!(scan.fragments.iter().all(|e| e.offset + u64::from(e.size) <= scan.valid_len));
             }
         }
+    }
+
+    /// Found by the `mp4` fuzz target: with two mfhd boxes, patch_moof wrote the
+    /// second while moof_sequence read the first, so an export could carry a
+    /// sequence number it never set. A moof has one mfhd; a second is an error.
+    #[test]
+    fn a_moof_with_two_mfhd_boxes_is_refused_untouched() {
+        let f = &test_frags(1)[1];
+        let runs = [TrackRun { track_id: VIDEO_TRACK_ID, base_decode_time: f.video_tfdt, samples: &f.video }];
+        let header = fragment_header(5, &runs);
+        let moof = &header[..moof_len(&header)];
+        // Insert a second mfhd (sequence 9) right after the first one (bytes 8..24).
+        let mut twice = moof[..24].to_vec();
+        twice.extend_from_slice(&[0, 0, 0, 16, b'm', b'f', b'h', b'd', 0, 0, 0, 0, 0, 0, 0, 9]);
+        twice.extend_from_slice(&moof[24..]);
+        let size = u32::try_from(twice.len()).expect("small");
+        twice[..4].copy_from_slice(&size.to_be_bytes());
+        let err = parse_moof(&twice).expect_err("two mfhd boxes");
+        assert!(err.to_string().contains("more than one mfhd"), "{err}");
+        let before = twice.clone();
+        assert!(patch_moof(&mut twice, 77, |_, t| t).is_err());
+        assert_eq!(twice, before, "a refused moof is not written");
+        assert_eq!(moof_sequence(moof), Some(5));
     }
 
     #[test]

@@ -486,7 +486,7 @@ fn ticks_ms(ticks: u64, timescale: u32) -> i64 {
     (u128::from(ticks) * 1000 / u128::from(timescale.max(1))) as i64
 }
 
-fn progress_from_scan(start_ms: i64, scan: &mp4::ScannedFile) -> SegmentProgress {
+pub(crate) fn progress_from_scan(start_ms: i64, scan: &mp4::ScannedFile) -> SegmentProgress {
     let end = scan.fragments.last().map(|f| f.start_ticks + u64::from(f.duration_ticks));
     SegmentProgress {
         end_ms: start_ms + end.map_or(0, |t| ticks_ms(t, scan.video_timescale)),

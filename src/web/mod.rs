@@ -32,6 +32,8 @@
 
 mod api;
 mod assets;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod live;
 mod media;
 mod openapi;

@@ -72,6 +72,11 @@ fn field_error(field: &str, what: &str) -> ApiError {
     ApiError::bad_request(format!("body field {field:?} {what}"))
 }
 
+/// For the JSON fuzz target (`web::fuzz`): whether `body` is a valid probe request.
+pub(super) fn body_ok(body: &[u8]) -> bool {
+    parse_body(body).is_ok()
+}
+
 /// Parses and checks the body. Messages never quote the values (a URL may hold a password).
 fn parse_body(body: &[u8]) -> Result<ProbeRequest, ApiError> {
     let shape = "the body must be a JSON object {\"url\": \"rtsp://...\", \"timeout_ms\": 5000}";

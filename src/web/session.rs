@@ -607,3 +607,24 @@ fn delete_key(ctx: &Ctx, p: &Principal, id: &str) -> Result<Reply, ApiError> {
         false => Err(ApiError::not_found(format!("no API key {id} of yours"))),
     }
 }
+
+/// For the JSON fuzz target (`web::fuzz`): `body` read as each auth body,
+/// with the checks each handler makes before it touches the database.
+pub(super) fn check_bodies(body: &[u8]) {
+    if let Ok(b) = serde_json::from_slice::<Credentials>(body) {
+        let _ = auth::check_username(&b.username);
+        let secret = [0x5a; 20];
+        let _ = b.totp.as_deref().map(|code| totp::verify(&secret, code, 1_800_000_000_000, Some(0)));
+    }
+    if let Ok(b) = serde_json::from_slice::<FirstAdmin>(body) {
+        let _ = (auth::check_username(&b.username), password::check_new(&b.password));
+    }
+    if let Ok(b) = serde_json::from_slice::<NewUser>(body) {
+        let _ = (auth::check_username(&b.username), password::check_new(&b.password), parse_role(&b.role));
+    }
+    if let Ok(b) = serde_json::from_slice::<UserChange>(body) {
+        let _ = (b.role.as_deref().map(parse_role), b.password.as_deref().map(password::check_new));
+    }
+    let _ = serde_json::from_slice::<Code>(body);
+    let _ = serde_json::from_slice::<NewKey>(body);
+}

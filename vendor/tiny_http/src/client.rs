@@ -2,7 +2,7 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write}; // OxiNVR patch: Write
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -269,15 +269,21 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // OxiNVR patch: answer on the request's own writer. A new writer
+                // from `self.sink` waited for this request's writer to be dropped,
+                // which never happened: one "GET / HTTP/2.0" hung its connection
+                // thread (and held its connection slot) for ever. Then close:
+                // where the next request would start is unknown.
+                let mut writer = rq.into_writer();
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
                 )
                 .with_status_code(StatusCode(505));
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(writer.by_ref(), HTTPVersion(1, 1), &[], false, None)
                     .ok();
-                continue;
+                writer.flush().ok();
+                return None;
             }
 
             // updating the status of the connection
