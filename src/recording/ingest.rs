@@ -17,6 +17,9 @@
 //! - Streams are brought up one at a time, in the order started (priority
 //!   order): the next one's turn comes when the previous produced its first
 //!   keyframe, failed, or had its turn for `BRING_UP_TURN` (3 s), whichever is first.
+//!   A stream queues for a turn only once its camera accepted a TCP connection
+//!   (`Opener::reachable`, within `STEP_DEADLINE`): addresses that never answer
+//!   (a hundred of them) wait outside the gate and delay no one.
 //! - Media time follows wall time: each video frame's duration is slewed by at
 //!   most `MAX_SLEW_PPM` toward the wall clock (audio by the same amount), so
 //!   slow drift never accumulates; only a real step (> `MAX_DRIFT_MS`) starts a
@@ -163,10 +166,19 @@ impl<O: Opener + 'static> Ingest<O> {
     pub async fn run_stream(self: Rc<Self>, rt: Arc<StreamRuntime>) {
         let mut backoff = Backoff::default();
         loop {
+            rt.set_state(StreamState::Connecting);
+            rt.with_status(|s| s.connects += 1);
+            if let Err(e) = self.reachable(&rt).await {
+                let delay =
+                    if matches!(e, OpenError::Unreachable(_)) { RETRY_UNREACHABLE } else { backoff.next_delay() };
+                rt.set_error(e.to_string(), self.clock.now_ms());
+                rt.set_state(StreamState::Backoff);
+                self.clock.sleep(delay).await;
+                continue;
+            }
             rt.set_state(StreamState::Queued);
             let turn = Gate::enter(&self.gate, rt.spec().priority).await;
             rt.set_state(StreamState::Connecting);
-            rt.with_status(|s| s.connects += 1);
             let began = self.clock.mono();
             let mut session = Session::new(&rt, &*self.clock, turn.clone());
             let turn_ends = async {
@@ -189,6 +201,19 @@ impl<O: Opener + 'static> Ingest<O> {
             rt.set_state(StreamState::Backoff);
             self.clock.sleep(delay).await;
         }
+    }
+}
+
+impl<O: Opener> Ingest<O> {
+    /// The camera's address accepts TCP, within `STEP_DEADLINE`: checked before
+    /// the bring-up turn, so a dead address (SYNs dropped) never holds it.
+    async fn reachable(&self, rt: &StreamRuntime) -> Result<(), OpenError> {
+        let url = rt.spec().url;
+        let deadline = async {
+            self.clock.sleep(STEP_DEADLINE).await;
+            Err(OpenError::Timeout { step: "TCP connect", after: STEP_DEADLINE })
+        };
+        smol::future::or(self.opener.reachable(&url), deadline).await
     }
 }
 

@@ -109,6 +109,13 @@ pub trait Opener {
     type Source: Source;
     /// Connects and starts playing; every step within its deadline.
     async fn open(&self, url: &str) -> Result<Self::Source, OpenError>;
+    /// Returns once the camera's address accepts a TCP connection (the
+    /// connection is closed again). Ingest asks this before a stream takes a
+    /// bring-up turn, so an address that never answers (SYNs dropped) holds no
+    /// turn; the caller bounds the wait.
+    async fn reachable(&self, _url: &str) -> Result<(), OpenError> {
+        Ok(())
+    }
 }
 
 /// Opens cameras with retina over RTSP/TCP.
@@ -124,6 +131,26 @@ impl Opener for RetinaOpener {
         let mut d = Described::describe(url, self.step).await?;
         d.setup(true, self.step).await?;
         d.play(self.step).await
+    }
+
+    async fn reachable(&self, url: &str) -> Result<(), OpenError> {
+        let (url, _) = split_credentials(url).map_err(|message| OpenError::Failed { step: "connect", message })?;
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = url.port().unwrap_or(554);
+        let connect = smol::net::TcpStream::connect((host.as_str(), port));
+        let timed_out = async {
+            smol::Timer::after(self.step).await;
+            Err(OpenError::Timeout { step: "TCP connect", after: self.step })
+        };
+        smol::future::or(async { connect.await.map(drop).map_err(|e| connect_error(&e)) }, timed_out).await
+    }
+}
+
+/// A TCP connect failure: refused is `Unreachable` (retried soon), anything else backs off.
+fn connect_error(e: &std::io::Error) -> OpenError {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => OpenError::Unreachable("connection refused".into()),
+        _ => OpenError::Failed { step: "connect", message: e.to_string() },
     }
 }
 

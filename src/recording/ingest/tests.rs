@@ -25,6 +25,8 @@ enum Mode {
     Down,
     /// Accepts and never answers.
     Hang,
+    /// Never accepts TCP (SYNs dropped): `reachable` never returns.
+    NoAnswer,
     /// Answers RTSP with 404.
     NotFound,
     /// Plays, but never a keyframe.
@@ -47,11 +49,13 @@ struct Cameras {
     clock: Arc<SimulatedClock>,
     cams: Rc<RefCell<HashMap<String, Camera>>>,
     opens: Rc<RefCell<Vec<(String, u128)>>>,
+    /// TCP reachability checks (URL), one per connect attempt.
+    dials: Rc<RefCell<Vec<String>>>,
 }
 
 impl Cameras {
     fn new(clock: Arc<SimulatedClock>) -> Self {
-        Cameras { clock, cams: Rc::default(), opens: Rc::default() }
+        Cameras { clock, cams: Rc::default(), opens: Rc::default(), dials: Rc::default() }
     }
     fn set(&self, url: &str, mode: Mode) {
         let mut cams = self.cams.borrow_mut();
@@ -82,9 +86,17 @@ impl Opener for Cameras {
         let (mode, epoch) = self.mode(url);
         match mode {
             Mode::Down => Err(OpenError::Unreachable("connection refused".into())),
-            Mode::Hang => std::future::pending().await,
+            Mode::Hang | Mode::NoAnswer => std::future::pending().await,
             Mode::NotFound => Err(OpenError::Status { step: "DESCRIBE", code: 404, message: "Not Found".into() }),
             _ => Ok(Scripted { cams: self.clone(), url: url.to_string(), epoch, n: 0 }),
+        }
+    }
+    async fn reachable(&self, url: &str) -> Result<(), OpenError> {
+        self.dials.borrow_mut().push(url.to_string());
+        match self.mode(url).0 {
+            Mode::Down => Err(OpenError::Unreachable("connection refused".into())),
+            Mode::NoAnswer => std::future::pending().await,
+            _ => Ok(()),
         }
     }
 }
@@ -252,6 +264,29 @@ fn a_hung_camera_does_not_hold_up_the_others() {
 }
 
 #[test]
+fn a_hundred_addresses_that_never_answer_hold_no_bring_up_turn() {
+    let mut h = Harness::new();
+    let dead: Vec<_> = (0..100)
+        .map(|i| h.stream_with_priority(&format!("d{i}"), &format!("rtsp://dead{i}/"), Mode::NoAnswer, 10))
+        .collect();
+    let good = h.stream("good", "rtsp://good/", Mode::Up);
+    let first = h.run_until(Duration::from_secs(5), || frames(&good) > 0).expect("good records");
+    assert_eq!(first, Duration::from_millis(100), "the good camera's first frame comes at once");
+    // The dead ones time out in their TCP connect and are tried again, outside the gate.
+    h.run_for(Duration::from_secs(20));
+    assert_eq!(dead[0].status().last_error.as_deref(), Some("timeout: TCP connect got no answer in 5000 ms"));
+    assert!(h.cams.opens_of("rtsp://dead0/").is_empty(), "no RTSP open of an address that never answered");
+    // The good camera drops; back after 5 s, it records within the refused-retry interval.
+    h.cams.set("rtsp://good/", Mode::Down);
+    h.run_for(Duration::from_secs(5));
+    h.cams.set("rtsp://good/", Mode::Up);
+    let back = h.clock.mono();
+    let before = frames(&good);
+    let again = h.run_until(Duration::from_secs(5), || frames(&good) > before).expect("good records again");
+    assert!(again - back <= RETRY_UNREACHABLE + Duration::from_millis(100), "back after {:?}", again - back);
+}
+
+#[test]
 fn streams_come_up_one_at_a_time_in_the_order_started() {
     let mut h = Harness::new();
     let names = ["p3", "p2", "p1", "p0"];
@@ -285,13 +320,14 @@ fn a_camera_that_comes_back_records_again_within_a_second() {
     h.cams.set("rtsp://cam/", Mode::Down);
     h.run_for(Duration::from_secs(5));
     assert_eq!(rt.status().state, StreamState::Backoff);
-    let tries = h.cams.opens_of("rtsp://cam/").len();
-    assert!(tries >= 8, "a refused camera is tried every 500 ms: {tries} opens in 5 s");
+    let dials = || h.cams.dials.borrow().iter().filter(|u| *u == "rtsp://cam/").count();
+    let tries = dials();
+    assert!(tries >= 8, "a refused camera is tried every 500 ms: {tries} connects in 5 s");
     h.cams.set("rtsp://cam/", Mode::Up);
     let back = h.clock.mono();
     let resumed = h.run_until(Duration::from_secs(10), || frames(&rt) > before + 1).expect("resumes");
     assert!(resumed - back <= Duration::from_millis(700), "resumed {:?} after the camera returned", resumed - back);
-    assert_eq!(rt.status().connects as usize, h.cams.opens_of("rtsp://cam/").len());
+    assert_eq!(rt.status().connects as usize, dials());
 }
 
 #[test]
