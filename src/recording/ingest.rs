@@ -22,8 +22,9 @@
 //!   (a hundred of them) wait outside the gate and delay no one.
 //! - Media time follows wall time: each video frame's duration is slewed by at
 //!   most `MAX_SLEW_PPM` toward the wall clock (audio by the same amount), so
-//!   slow drift never accumulates; only a real step (> `MAX_DRIFT_MS`) starts a
-//!   new run. Pts in the ring are the slewed ones; they stay strictly increasing.
+//!   slow drift never accumulates; only a real step starts a new run: video
+//!   time behind wall time by `MAX_DRIFT_MS`, ahead of it by `MAX_AHEAD_MS`, or
+//!   going back. Pts in the ring are the slewed ones; they stay strictly increasing.
 //! - A wall clock below its floor (a box that booted in 1970) never stops
 //!   recording: a run started then is anchored on the clock's provisional
 //!   timeline and marked `time_unknown`, and follows that timeline (which never
@@ -67,6 +68,11 @@ const BRING_UP_TURN: Duration = Duration::from_secs(3);
 /// Video time and wall time may disagree by this much before a new run starts
 /// (a wall-clock step, or a camera whose clock runs away faster than the slew).
 const MAX_DRIFT_MS: i64 = 10_000;
+/// Video time ahead of wall time by more than this is a forward step of the
+/// camera's clock (a frame cannot arrive before it was taken: only the anchor
+/// frame's own delay can put later frames ahead), so it starts a new run; left
+/// to the slew, a 5 s jump would sit in one frame lasting 5 s for hours.
+const MAX_AHEAD_MS: i64 = 2_000;
 /// Most a frame's duration is stretched or shrunk to follow the wall clock
 /// (500 ppm: 1.8 s an hour, far more than a camera's crystal drifts, and no
 /// one sees a frame 0.05 % longer).
@@ -452,7 +458,7 @@ impl<'a> Session<'a> {
             let run_now = if run.time_unknown { self.clock.provisional_ms() } else { now };
             pts = self.slew.video(f.pts, run, run_now);
             let drift = run_now - run.wall_ms(pts);
-            if drift.abs() > MAX_DRIFT_MS {
+            if drift > MAX_DRIFT_MS || drift < -MAX_AHEAD_MS {
                 log::warn!("stream {}: video time is {drift} ms off wall time; starting a new run", self.rt.name());
                 *need_run = true;
             }

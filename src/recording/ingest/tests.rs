@@ -41,6 +41,8 @@ struct Camera {
     ppm: i64,
     /// Bumped whenever the mode changes, so a playing session notices.
     epoch: u32,
+    /// Added to every pts from now on (a camera whose clock steps).
+    offset: i64,
 }
 
 /// Every camera by URL, and the log of `open` calls (URL, monotonic ms).
@@ -59,7 +61,7 @@ impl Cameras {
     }
     fn set(&self, url: &str, mode: Mode) {
         let mut cams = self.cams.borrow_mut();
-        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, ppm: 0, epoch: 0 });
+        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, ppm: 0, epoch: 0, offset: 0 });
         cam.mode = mode;
         cam.epoch += 1;
     }
@@ -70,6 +72,14 @@ impl Cameras {
     }
     fn ppm(&self, url: &str) -> i64 {
         self.cams.borrow().get(url).map_or(0, |c| c.ppm)
+    }
+    fn step_pts(&self, url: &str, ticks: i64) {
+        if let Some(c) = self.cams.borrow_mut().get_mut(url) {
+            c.offset += ticks;
+        }
+    }
+    fn offset(&self, url: &str) -> i64 {
+        self.cams.borrow().get(url).map_or(0, |c| c.offset)
     }
     fn mode(&self, url: &str) -> (Mode, u32) {
         self.cams.borrow().get(url).map_or((Mode::Down, 0), |c| (c.mode, c.epoch))
@@ -133,7 +143,7 @@ impl Source for Scripted {
         self.n += 1;
         let key = mode != Mode::NoKeyframes && n % GOP == 0;
         let data = vec![0u8; 100];
-        let pts = n * 90_000 / FPS * (1_000_000 + self.cams.ppm(&self.url)) / 1_000_000;
+        let pts = n * 90_000 / FPS * (1_000_000 + self.cams.ppm(&self.url)) / 1_000_000 + self.cams.offset(&self.url);
         Some(Ok(MediaFrame { track: Track::Video, key, pts, data, new_params: n == 0 }))
     }
 }
@@ -407,6 +417,32 @@ fn a_wall_clock_step_starts_a_new_run_and_small_drift_does_not() {
     assert_eq!(records[after + 1].0, "key", "a run starts on a keyframe");
 }
 
+#[test]
+fn a_camera_clock_step_of_seconds_forward_or_back_starts_a_new_run() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(3));
+    h.cams.step_pts("rtsp://cam/", 5 * 90_000); // 5 s forward: under MAX_DRIFT_MS, still a step
+    h.run_for(Duration::from_secs(3));
+    h.cams.step_pts("rtsp://cam/", -8 * 90_000); // back
+    h.run_for(Duration::from_secs(3));
+    let records = ring_records(&h, &rt);
+    let runs = records.iter().filter(|(k, _)| *k == "run").count();
+    assert_eq!(runs, 3, "{records:?}");
+    // Within each run the pts move forward by about a frame: no frame spans a step.
+    let mut last: Option<i64> = None;
+    for (k, v) in &records {
+        match (*k, last) {
+            ("run", _) => last = None,
+            (_, Some(l)) => {
+                assert!(*v > l && *v - l < 90_000 / FPS * 2, "a frame of {} ticks: {records:?}", *v - l);
+                last = Some(*v);
+            }
+            (_, None) => last = Some(*v),
+        }
+    }
+}
+
 /// The run in effect at the newest keyframe and the last frame's pts.
 fn newest(rt: &StreamRuntime) -> (RunStart, i64) {
     let mut cursor = rt.ring.cursor_at_latest_keyframe();
@@ -439,12 +475,13 @@ fn a_drifting_camera_clock_is_slewed_without_a_new_run() {
 fn a_camera_clock_faster_than_the_slew_gets_a_new_run_at_the_limit() {
     let mut h = Harness::new();
     let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
-    h.cams.set_ppm("rtsp://cam/", 3000); // 2500 ppm beyond the slew: 10 s off after 4000 s
-    h.run_for(Duration::from_secs(3900));
-    assert_eq!(newest(&rt).0.anchor_wall_ms - T0, 100, "still the first run at 3900 s");
-    h.run_for(Duration::from_secs(200));
+    // 2500 ppm beyond the slew: video time 2 s ahead of wall time (MAX_AHEAD_MS) after 800 s.
+    h.cams.set_ppm("rtsp://cam/", 3000);
+    h.run_for(Duration::from_secs(750));
+    assert_eq!(newest(&rt).0.anchor_wall_ms - T0, 100, "still the first run at 750 s");
+    h.run_for(Duration::from_secs(100));
     let (run, pts) = newest(&rt);
-    assert!(run.anchor_wall_ms - T0 > 3_900_000, "a new run once 10 s off: {}", run.anchor_wall_ms - T0);
+    assert!(run.anchor_wall_ms - T0 > 750_000, "a new run once 2 s ahead: {}", run.anchor_wall_ms - T0);
     assert!((h.clock.now_ms() - run.wall_ms(pts)).abs() < 1000);
 }
 
