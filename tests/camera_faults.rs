@@ -351,3 +351,42 @@ fn a_hundred_streams_that_never_answer_do_not_slow_two_working_ones() {
     w.check_with("100 dead streams", 100);
     every_file_plays(&nvr);
 }
+
+/// The long version (`scripts/fault-cameras`, not in CI): flapping 5 s gone /
+/// 5 s back for `OXINVR_FLAP_SECONDS` (default 600), figures on stdout.
+#[test]
+#[ignore]
+fn flapping_for_a_long_time() {
+    let secs: u64 = std::env::var("OXINVR_FLAP_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let r = rig(&["--fps", "15"]);
+    let mut w = Watch::new(&r.nvr, &["steady"]);
+    w.run_for(Duration::from_secs(5));
+    let first = r.nvr.rss_kb_and_fds();
+    let mut backs = Vec::new();
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(secs) {
+        r.proxy.down();
+        w.run_for(Duration::from_secs(5));
+        r.proxy.up();
+        let b = back_after(&mut w, Duration::from_secs(10));
+        backs.push(b);
+        w.run_for(Duration::from_secs(5).saturating_sub(b));
+    }
+    let last = r.nvr.rss_kb_and_fds();
+    let mut ms: Vec<u128> = backs.iter().map(|b| b.as_millis()).collect();
+    ms.sort();
+    let n = every_file_plays(&r.nvr);
+    println!(
+        "FIGURES cycles={} back_median_ms={} back_max_ms={} steady_longest_stall_ms={} rss_kb={}->{} fds={}->{} files={n}",
+        ms.len(),
+        ms[ms.len() / 2],
+        ms[ms.len() - 1],
+        w.longest_stall.as_millis(),
+        first.0,
+        last.0,
+        first.1,
+        last.1
+    );
+    w.check("long flapping");
+    assert!(ms[ms.len() - 1] < 2000, "back after {ms:?} ms");
+}
