@@ -33,8 +33,8 @@
 //! - Reconnects: a camera that refused the connection is tried again every
 //!   `RETRY_UNREACHABLE` (a refused connect costs nothing, and a camera that
 //!   comes back is recording again within that); other failures back off
-//!   exponentially from 1 s to 30 s; a session that recorded for a minute
-//!   resets the backoff.
+//!   exponentially from 1 s to 30 s; a session that recorded for
+//!   `HEALTHY_SESSION` (4 s) resets the backoff.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -81,8 +81,12 @@ const MAX_SLEW_PPM: i64 = 500;
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A session that lasted this long (from its turn) resets the backoff.
-const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+/// A session that recorded this long (from its turn) resets the backoff: long
+/// enough that a camera dropping every session after a GOP or two backs off,
+/// short enough that one flapping 5 s up / 5 s down is back within a second
+/// each time (at 60 s its backoff reached 8 s by the fourth flap and it missed
+/// whole up-periods: `scripts/fault-cameras`).
+const HEALTHY_SESSION: Duration = Duration::from_secs(4);
 
 /// Commands to the executor thread.
 pub enum Command {
