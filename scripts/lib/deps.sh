@@ -73,13 +73,15 @@ ensure_cargo() {
 
 # Packages for the test camera (GStreamer RTSP server via /usr/bin/python3 + gi),
 # the ffmpeg/ffprobe checks, the replay clip source (opencv-doc's vtest.avi), sqlite3, and
-# faketime (libfaketime: tests/clock.rs starts the binary in 1970).
+# faketime (libfaketime: tests/clock.rs starts the binary in 1970), and e2fsprogs/mount for the
+# disk fault tests (device-mapper is not used: the CI container has no dm driver).
 OXINVR_TEST_APT=(
     python3-gi gir1.2-gst-rtsp-server-1.0
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
     gstreamer1.0-x      # clockoverlay (pango plugin) lives here on Debian 12
     gstreamer1.0-libav ffmpeg opencv-doc sqlite3 procps faketime
+    e2fsprogs mount     # tests/disk_faults.rs: mkfs.ext4, losetup, mount (loop devices, as root)
 )
 
 ensure_test_deps() {

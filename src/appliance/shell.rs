@@ -472,6 +472,12 @@ impl Shell {
                     )),
                     None => out.push_str(&format!("disk: {}: {}\n", s(&d["data_dir"]), s(&d["error"]))),
                 }
+                if d["recording"] == "paused" {
+                    out.push_str(&format!(
+                        "RECORDING PAUSED: {} (resumes by itself when the disk accepts writes)\n",
+                        s(&d["problem"])
+                    ));
+                }
             }
             (Err(HttpError::NotRunning(m)), _) | (_, Err(HttpError::NotRunning(m))) => {
                 out.push_str(&format!("recorder: NOT RUNNING ({m})\n"));

@@ -17,10 +17,14 @@
 //! - Streams are brought up one at a time, in the order started (priority
 //!   order): the next one's turn comes when the previous produced its first
 //!   keyframe, failed, or had its turn for `BRING_UP_TURN` (3 s), whichever is first.
+//!   A stream queues for a turn only once its camera accepted a TCP connection
+//!   (`Opener::reachable`, within `STEP_DEADLINE`): addresses that never answer
+//!   (a hundred of them) wait outside the gate and delay no one.
 //! - Media time follows wall time: each video frame's duration is slewed by at
 //!   most `MAX_SLEW_PPM` toward the wall clock (audio by the same amount), so
-//!   slow drift never accumulates; only a real step (> `MAX_DRIFT_MS`) starts a
-//!   new run. Pts in the ring are the slewed ones; they stay strictly increasing.
+//!   slow drift never accumulates; only a real step starts a new run: video
+//!   time behind wall time by `MAX_DRIFT_MS`, ahead of it by `MAX_AHEAD_MS`, or
+//!   going back. Pts in the ring are the slewed ones; they stay strictly increasing.
 //! - A wall clock below its floor (a box that booted in 1970) never stops
 //!   recording: a run started then is anchored on the clock's provisional
 //!   timeline and marked `time_unknown`, and follows that timeline (which never
@@ -29,8 +33,8 @@
 //! - Reconnects: a camera that refused the connection is tried again every
 //!   `RETRY_UNREACHABLE` (a refused connect costs nothing, and a camera that
 //!   comes back is recording again within that); other failures back off
-//!   exponentially from 1 s to 30 s; a session that recorded for a minute
-//!   resets the backoff.
+//!   exponentially from 1 s to 30 s; a session that recorded for
+//!   `HEALTHY_SESSION` (4 s) resets the backoff.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -64,6 +68,11 @@ const BRING_UP_TURN: Duration = Duration::from_secs(3);
 /// Video time and wall time may disagree by this much before a new run starts
 /// (a wall-clock step, or a camera whose clock runs away faster than the slew).
 const MAX_DRIFT_MS: i64 = 10_000;
+/// Video time ahead of wall time by more than this is a forward step of the
+/// camera's clock (a frame cannot arrive before it was taken: only the anchor
+/// frame's own delay can put later frames ahead), so it starts a new run; left
+/// to the slew, a 5 s jump would sit in one frame lasting 5 s for hours.
+const MAX_AHEAD_MS: i64 = 2_000;
 /// Most a frame's duration is stretched or shrunk to follow the wall clock
 /// (500 ppm: 1.8 s an hour, far more than a camera's crystal drifts, and no
 /// one sees a frame 0.05 % longer).
@@ -72,8 +81,12 @@ const MAX_SLEW_PPM: i64 = 500;
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A session that lasted this long (from its turn) resets the backoff.
-const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+/// A session that recorded this long (from its turn) resets the backoff: long
+/// enough that a camera dropping every session after a GOP or two backs off,
+/// short enough that one flapping 5 s up / 5 s down is back within a second
+/// each time (at 60 s its backoff reached 8 s by the fourth flap and it missed
+/// whole up-periods: `scripts/fault-cameras`).
+const HEALTHY_SESSION: Duration = Duration::from_secs(4);
 
 /// Commands to the executor thread.
 pub enum Command {
@@ -163,10 +176,19 @@ impl<O: Opener + 'static> Ingest<O> {
     pub async fn run_stream(self: Rc<Self>, rt: Arc<StreamRuntime>) {
         let mut backoff = Backoff::default();
         loop {
+            rt.set_state(StreamState::Connecting);
+            rt.with_status(|s| s.connects += 1);
+            if let Err(e) = self.reachable(&rt).await {
+                let delay =
+                    if matches!(e, OpenError::Unreachable(_)) { RETRY_UNREACHABLE } else { backoff.next_delay() };
+                rt.set_error(e.to_string(), self.clock.now_ms());
+                rt.set_state(StreamState::Backoff);
+                self.clock.sleep(delay).await;
+                continue;
+            }
             rt.set_state(StreamState::Queued);
             let turn = Gate::enter(&self.gate, rt.spec().priority).await;
             rt.set_state(StreamState::Connecting);
-            rt.with_status(|s| s.connects += 1);
             let began = self.clock.mono();
             let mut session = Session::new(&rt, &*self.clock, turn.clone());
             let turn_ends = async {
@@ -189,6 +211,19 @@ impl<O: Opener + 'static> Ingest<O> {
             rt.set_state(StreamState::Backoff);
             self.clock.sleep(delay).await;
         }
+    }
+}
+
+impl<O: Opener> Ingest<O> {
+    /// The camera's address accepts TCP, within `STEP_DEADLINE`: checked before
+    /// the bring-up turn, so a dead address (SYNs dropped) never holds it.
+    async fn reachable(&self, rt: &StreamRuntime) -> Result<(), OpenError> {
+        let url = rt.spec().url;
+        let deadline = async {
+            self.clock.sleep(STEP_DEADLINE).await;
+            Err(OpenError::Timeout { step: "TCP connect", after: STEP_DEADLINE })
+        };
+        smol::future::or(self.opener.reachable(&url), deadline).await
     }
 }
 
@@ -427,7 +462,7 @@ impl<'a> Session<'a> {
             let run_now = if run.time_unknown { self.clock.provisional_ms() } else { now };
             pts = self.slew.video(f.pts, run, run_now);
             let drift = run_now - run.wall_ms(pts);
-            if drift.abs() > MAX_DRIFT_MS {
+            if drift > MAX_DRIFT_MS || drift < -MAX_AHEAD_MS {
                 log::warn!("stream {}: video time is {drift} ms off wall time; starting a new run", self.rt.name());
                 *need_run = true;
             }

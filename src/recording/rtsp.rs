@@ -7,6 +7,9 @@
 //!   its deadline with an `OpenError` naming the step; nothing here waits for
 //!   ever on a camera. Waiting for frames is the caller's (ingest's stall and
 //!   first-frame deadlines, the probe's overall timeout).
+//! - An RTP packet that cannot be depacketized (garbage from the camera or the
+//!   network) skips video to the next keyframe, which starts a new run; the
+//!   session ends only after `MAX_BAD_PACKETS` in a row.
 //! - Credentials never travel in the URL retina sees; they are sent only when
 //!   the camera asks.
 
@@ -109,6 +112,13 @@ pub trait Opener {
     type Source: Source;
     /// Connects and starts playing; every step within its deadline.
     async fn open(&self, url: &str) -> Result<Self::Source, OpenError>;
+    /// Returns once the camera's address accepts a TCP connection (the
+    /// connection is closed again). Ingest asks this before a stream takes a
+    /// bring-up turn, so an address that never answers (SYNs dropped) holds no
+    /// turn; the caller bounds the wait.
+    async fn reachable(&self, _url: &str) -> Result<(), OpenError> {
+        Ok(())
+    }
 }
 
 /// Opens cameras with retina over RTSP/TCP.
@@ -124,6 +134,26 @@ impl Opener for RetinaOpener {
         let mut d = Described::describe(url, self.step).await?;
         d.setup(true, self.step).await?;
         d.play(self.step).await
+    }
+
+    async fn reachable(&self, url: &str) -> Result<(), OpenError> {
+        let (url, _) = split_credentials(url).map_err(|message| OpenError::Failed { step: "connect", message })?;
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = url.port().unwrap_or(554);
+        let connect = smol::net::TcpStream::connect((host.as_str(), port));
+        let timed_out = async {
+            smol::Timer::after(self.step).await;
+            Err(OpenError::Timeout { step: "TCP connect", after: self.step })
+        };
+        smol::future::or(async { connect.await.map(drop).map_err(|e| connect_error(&e)) }, timed_out).await
+    }
+}
+
+/// A TCP connect failure: refused is `Unreachable` (retried soon), anything else backs off.
+fn connect_error(e: &std::io::Error) -> OpenError {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => OpenError::Unreachable("connection refused".into()),
+        _ => OpenError::Failed { step: "connect", message: e.to_string() },
     }
 }
 
@@ -178,8 +208,20 @@ impl Described {
         let playing = step("PLAY", limit, self.session.play(PlayOptions::default())).await?;
         let demuxed = playing.demuxed().map_err(|e| OpenError::Failed { step: "PLAY", message: e.to_string() })?;
         let audio_i = self.audio_i.filter(|_| self.audio_set_up);
-        Ok(RetinaSource { demuxed, video_i: self.video_i, audio_i, is_h265: self.is_h265 })
+        Ok(RetinaSource { demuxed, video_i: self.video_i, audio_i, is_h265: self.is_h265, bad_packets: None })
     }
+}
+
+/// Most RTP packets in a row that may fail to depacketize before the session
+/// ends (a camera sending only garbage also ends at ingest's stall deadline).
+const MAX_BAD_PACKETS: u32 = 1000;
+
+/// True if retina's error is one RTP packet that could not be depacketized (the
+/// interleaved framing, and so the connection, is intact). retina has no kind
+/// accessor; its packet errors alone name the packet's SSRC and sequence.
+fn is_packet_error(e: &retina::Error) -> bool {
+    let text = e.to_string();
+    text.contains("\nssrc: ") && text.contains("\nseq: ")
 }
 
 /// A playing retina session.
@@ -188,6 +230,9 @@ pub struct RetinaSource {
     video_i: usize,
     audio_i: Option<usize>,
     is_h265: bool,
+    /// Packets that failed since the last good video keyframe, if any did: video
+    /// is skipped until the next keyframe, which then starts a new run.
+    bad_packets: Option<u32>,
 }
 
 impl Source for RetinaSource {
@@ -203,17 +248,36 @@ impl Source for RetinaSource {
         loop {
             let item = match self.demuxed.next().await? {
                 Ok(item) => item,
+                Err(e) if is_packet_error(&e) && self.bad_packets.unwrap_or(0) < MAX_BAD_PACKETS => {
+                    // A corrupt packet costs its GOP, not the session: one that is
+                    // redialled backs off, and the camera is back seconds late.
+                    if self.bad_packets.is_none() {
+                        log::warn!(
+                            "{}; video skipped until the next keyframe",
+                            e.to_string().lines().next().unwrap_or("")
+                        );
+                    }
+                    *self.bad_packets.get_or_insert(0) += 1;
+                    continue;
+                }
                 Err(e) => return Some(Err(format!("RTSP error: {e}"))),
             };
             match item {
                 CodecItem::VideoFrame(f) => {
-                    let new_params = f.has_new_parameters();
+                    let mut new_params = f.has_new_parameters();
                     let pts = f.timestamp().elapsed();
                     let rap = f.is_random_access_point();
                     let data = f.into_data();
                     // retina flags only IDR pictures; an H.265 CRA (what x265 and
                     // some cameras send every GOP) is a random access point too.
                     let key = rap || (self.is_h265 && h265_irap(&data));
+                    if self.bad_packets.is_some() {
+                        if !key {
+                            continue;
+                        }
+                        self.bad_packets = None;
+                        new_params = true; // a new run (and file) from this keyframe
+                    }
                     return Some(Ok(MediaFrame { track: Track::Video, key, pts, data, new_params }));
                 }
                 CodecItem::AudioFrame(f) if self.audio_i.is_some() => {

@@ -13,7 +13,9 @@
 //!   whose close cannot be synced is closed at its last synced point, never
 //!   left `open`.
 //! - A failed write truncates the file back to its last complete fragment and
-//!   closes the segment; the recording goes on in a new one.
+//!   closes the segment; the recording goes on in a new one. A segment that
+//!   cannot start (disk full, read-only, I/O error) leaves no file and no row,
+//!   and is tried again at each keyframe; `failing` says why until it starts.
 //! - A segment of a run of unknown time (the wall clock was untrusted when it
 //!   began) gets wall times if the clock is trusted by the time the segment
 //!   starts (provisional + the measured step), else it is `time_unknown` and
@@ -127,6 +129,10 @@ pub struct SegmentWriter {
     wrote_unknown: bool,
     pub stats: WriterStats,
     pub last_error: Option<String>,
+    /// Why the last write, sync or segment start failed, until one succeeds:
+    /// recording of this stream is paused (it resumes by itself at the next
+    /// keyframe the disk accepts).
+    pub failing: Option<String>,
 }
 
 impl SegmentWriter {
@@ -145,6 +151,7 @@ impl SegmentWriter {
             wrote_unknown: false,
             stats: WriterStats::default(),
             last_error: None,
+            failing: None,
         }
     }
 
@@ -248,9 +255,12 @@ impl SegmentWriter {
         let dir = self.cfg.data_dir.join("recordings").join(&self.name).join(&day[..10.min(day.len())]);
         create_dir_synced(&dir)?;
         let (path, mut file) = create_unique(&dir, start_ms)?;
-        file.write_all(&self.init)?;
-        (self.cfg.sync)(&file)?;
-        sync_dir(&dir)?;
+        let written = file.write_all(&self.init).and_then(|()| (self.cfg.sync)(&file)).and_then(|()| sync_dir(&dir));
+        if let Err(e) = written {
+            // No row names it yet: a file left here would be an orphan for start-up to adopt.
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
         let rel = path.strip_prefix(&self.cfg.data_dir).unwrap_or(&path).to_string_lossy().into_owned();
         let init_len = self.init.len() as u64;
         let new = NewSegment {
@@ -275,6 +285,7 @@ impl SegmentWriter {
             }
         };
         self.wrote_unknown |= time_unknown;
+        self.failing = None;
         if let Some(prev) = self.last_end_on(time_unknown) {
             if start_ms - prev > GAP_MIN_MS {
                 let reason = self.last_close.gap_reason();
@@ -357,6 +368,7 @@ impl SegmentWriter {
             return;
         }
         o.sync_failed = false;
+        self.failing = None;
         o.synced_bytes = o.bytes;
         o.last_sync = Instant::now();
         let progress = SegmentProgress {
@@ -439,8 +451,13 @@ impl SegmentWriter {
         std::mem::take(&mut self.wrote_unknown)
     }
 
+    /// Records a write failure; logged once per different message (a full disk
+    /// fails at every keyframe until space returns).
     fn fail(&mut self, msg: String) {
-        log::warn!("stream {}: {msg}", self.name);
+        if self.failing.as_deref() != Some(msg.as_str()) {
+            log::warn!("stream {}: {msg}", self.name);
+        }
+        self.failing = Some(msg.clone());
         self.last_error = Some(msg);
     }
 

@@ -73,6 +73,8 @@ struct Recorder {
     writer: SegmentWriter,
     /// What the stream's status last heard of the open segment.
     published: Option<Writing>,
+    /// What the stream's status last heard of a write failure.
+    published_error: Option<String>,
     /// When this stream's ring was last drained, and the longest wait so far.
     drained: Instant,
     lag_max: Duration,
@@ -85,6 +87,14 @@ impl Recorder {
         if now != self.published {
             self.rt.with_status(|s| s.writing = now);
             self.published = now;
+        }
+        if self.writer.failing != self.published_error {
+            let err = self.writer.failing.clone();
+            self.rt.with_status(|s| s.storage_error = err.clone());
+            if err.is_none() {
+                log::info!("stream {}: recording again (the disk accepts writes)", self.rt.name());
+            }
+            self.published_error = err;
         }
     }
 }
@@ -126,8 +136,15 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                 }
                 let cursor = rt.ring.cursor_at_latest_keyframe();
                 let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone(), clock.clone());
-                let recorder =
-                    Recorder { rt, cursor, writer, published: None, drained: Instant::now(), lag_max: Duration::ZERO };
+                let recorder = Recorder {
+                    rt,
+                    cursor,
+                    writer,
+                    published: None,
+                    published_error: None,
+                    drained: Instant::now(),
+                    lag_max: Duration::ZERO,
+                };
                 recorders.insert(name, recorder);
             }
             Ok(Command::Remove(name)) => {
@@ -160,6 +177,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             }
         }
         let mut rotated = false;
+        let mut failing = false;
         for r in recorders.values_mut() {
             let segments_before = r.writer.stats.segments;
             drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
@@ -167,11 +185,13 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             restamp.pending |= r.writer.take_wrote_unknown();
             r.publish();
             rotated |= r.writer.stats.segments != segments_before;
+            failing |= r.writer.failing.is_some();
         }
         restamp.run_if_due(&db, &*clock, &mut recorders);
         steps.check(&db, &*clock);
+        // A failing writer may be a full disk: plan at once (every second) rather than in 10 s.
         let due = last_retention.elapsed() >= RETENTION_EVERY
-            || (rotated && last_retention.elapsed() >= Duration::from_secs(1));
+            || ((rotated || failing) && last_retention.elapsed() >= Duration::from_secs(1));
         if due && backlog.is_empty() {
             backlog.replan(plan_retention(&db, &settings, &*clock, &recorders));
             last_retention = Instant::now();

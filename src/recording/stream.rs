@@ -46,6 +46,9 @@ pub struct StreamStatus {
     /// Longest the storage thread left this stream's ring unread (ms): how close
     /// recording came to losing records (the ring holds about `ring_seconds`).
     pub storage_lag_max_ms: u64,
+    /// Why the storage thread cannot write this stream now (disk full, read-only,
+    /// I/O error); `None` while it writes. Recording resumes by itself.
+    pub storage_error: Option<String>,
     #[serde(skip)]
     window: RateWindow,
     /// The bitrate of each of the last windows, so a chart opened now has a past.
@@ -101,6 +104,7 @@ impl StreamStatus {
             connects: 0,
             gaps: 0,
             storage_lag_max_ms: 0,
+            storage_error: None,
             window: RateWindow::default(),
             history: BitrateHistory::new(),
             writing: None,

@@ -462,6 +462,10 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         }
         Err(e) => disk["error"] = e.to_string().into(),
     }
+    // Recording is paused while the storage thread cannot write some stream (the first one's reason).
+    let problem = nvr.recorder.streams().iter().find_map(|rt| rt.status().storage_error);
+    disk["recording"] = if problem.is_some() { "paused" } else { "ok" }.into();
+    disk["problem"] = problem.into();
     let streams: Vec<Value> = nvr
         .recorder
         .streams()

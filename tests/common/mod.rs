@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nvr;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

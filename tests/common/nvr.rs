@@ -195,6 +195,20 @@ impl Oxinvr {
         r.json()
     }
 
+    /// The process's resident set (kB, /proc/PID/status VmRSS) and open file descriptors.
+    pub fn rss_kb_and_fds(&self) -> (u64, usize) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+        (rss, fds)
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0))
     }

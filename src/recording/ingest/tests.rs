@@ -25,6 +25,8 @@ enum Mode {
     Down,
     /// Accepts and never answers.
     Hang,
+    /// Never accepts TCP (SYNs dropped): `reachable` never returns.
+    NoAnswer,
     /// Answers RTSP with 404.
     NotFound,
     /// Plays, but never a keyframe.
@@ -39,6 +41,8 @@ struct Camera {
     ppm: i64,
     /// Bumped whenever the mode changes, so a playing session notices.
     epoch: u32,
+    /// Added to every pts from now on (a camera whose clock steps).
+    offset: i64,
 }
 
 /// Every camera by URL, and the log of `open` calls (URL, monotonic ms).
@@ -47,15 +51,17 @@ struct Cameras {
     clock: Arc<SimulatedClock>,
     cams: Rc<RefCell<HashMap<String, Camera>>>,
     opens: Rc<RefCell<Vec<(String, u128)>>>,
+    /// TCP reachability checks (URL), one per connect attempt.
+    dials: Rc<RefCell<Vec<String>>>,
 }
 
 impl Cameras {
     fn new(clock: Arc<SimulatedClock>) -> Self {
-        Cameras { clock, cams: Rc::default(), opens: Rc::default() }
+        Cameras { clock, cams: Rc::default(), opens: Rc::default(), dials: Rc::default() }
     }
     fn set(&self, url: &str, mode: Mode) {
         let mut cams = self.cams.borrow_mut();
-        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, ppm: 0, epoch: 0 });
+        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, ppm: 0, epoch: 0, offset: 0 });
         cam.mode = mode;
         cam.epoch += 1;
     }
@@ -66,6 +72,14 @@ impl Cameras {
     }
     fn ppm(&self, url: &str) -> i64 {
         self.cams.borrow().get(url).map_or(0, |c| c.ppm)
+    }
+    fn step_pts(&self, url: &str, ticks: i64) {
+        if let Some(c) = self.cams.borrow_mut().get_mut(url) {
+            c.offset += ticks;
+        }
+    }
+    fn offset(&self, url: &str) -> i64 {
+        self.cams.borrow().get(url).map_or(0, |c| c.offset)
     }
     fn mode(&self, url: &str) -> (Mode, u32) {
         self.cams.borrow().get(url).map_or((Mode::Down, 0), |c| (c.mode, c.epoch))
@@ -82,9 +96,17 @@ impl Opener for Cameras {
         let (mode, epoch) = self.mode(url);
         match mode {
             Mode::Down => Err(OpenError::Unreachable("connection refused".into())),
-            Mode::Hang => std::future::pending().await,
+            Mode::Hang | Mode::NoAnswer => std::future::pending().await,
             Mode::NotFound => Err(OpenError::Status { step: "DESCRIBE", code: 404, message: "Not Found".into() }),
             _ => Ok(Scripted { cams: self.clone(), url: url.to_string(), epoch, n: 0 }),
+        }
+    }
+    async fn reachable(&self, url: &str) -> Result<(), OpenError> {
+        self.dials.borrow_mut().push(url.to_string());
+        match self.mode(url).0 {
+            Mode::Down => Err(OpenError::Unreachable("connection refused".into())),
+            Mode::NoAnswer => std::future::pending().await,
+            _ => Ok(()),
         }
     }
 }
@@ -121,7 +143,7 @@ impl Source for Scripted {
         self.n += 1;
         let key = mode != Mode::NoKeyframes && n % GOP == 0;
         let data = vec![0u8; 100];
-        let pts = n * 90_000 / FPS * (1_000_000 + self.cams.ppm(&self.url)) / 1_000_000;
+        let pts = n * 90_000 / FPS * (1_000_000 + self.cams.ppm(&self.url)) / 1_000_000 + self.cams.offset(&self.url);
         Some(Ok(MediaFrame { track: Track::Video, key, pts, data, new_params: n == 0 }))
     }
 }
@@ -252,6 +274,29 @@ fn a_hung_camera_does_not_hold_up_the_others() {
 }
 
 #[test]
+fn a_hundred_addresses_that_never_answer_hold_no_bring_up_turn() {
+    let mut h = Harness::new();
+    let dead: Vec<_> = (0..100)
+        .map(|i| h.stream_with_priority(&format!("d{i}"), &format!("rtsp://dead{i}/"), Mode::NoAnswer, 10))
+        .collect();
+    let good = h.stream("good", "rtsp://good/", Mode::Up);
+    let first = h.run_until(Duration::from_secs(5), || frames(&good) > 0).expect("good records");
+    assert_eq!(first, Duration::from_millis(100), "the good camera's first frame comes at once");
+    // The dead ones time out in their TCP connect and are tried again, outside the gate.
+    h.run_for(Duration::from_secs(20));
+    assert_eq!(dead[0].status().last_error.as_deref(), Some("timeout: TCP connect got no answer in 5000 ms"));
+    assert!(h.cams.opens_of("rtsp://dead0/").is_empty(), "no RTSP open of an address that never answered");
+    // The good camera drops; back after 5 s, it records within the refused-retry interval.
+    h.cams.set("rtsp://good/", Mode::Down);
+    h.run_for(Duration::from_secs(5));
+    h.cams.set("rtsp://good/", Mode::Up);
+    let back = h.clock.mono();
+    let before = frames(&good);
+    let again = h.run_until(Duration::from_secs(5), || frames(&good) > before).expect("good records again");
+    assert!(again - back <= RETRY_UNREACHABLE + Duration::from_millis(100), "back after {:?}", again - back);
+}
+
+#[test]
 fn streams_come_up_one_at_a_time_in_the_order_started() {
     let mut h = Harness::new();
     let names = ["p3", "p2", "p1", "p0"];
@@ -285,13 +330,14 @@ fn a_camera_that_comes_back_records_again_within_a_second() {
     h.cams.set("rtsp://cam/", Mode::Down);
     h.run_for(Duration::from_secs(5));
     assert_eq!(rt.status().state, StreamState::Backoff);
-    let tries = h.cams.opens_of("rtsp://cam/").len();
-    assert!(tries >= 8, "a refused camera is tried every 500 ms: {tries} opens in 5 s");
+    let dials = || h.cams.dials.borrow().iter().filter(|u| *u == "rtsp://cam/").count();
+    let tries = dials();
+    assert!(tries >= 8, "a refused camera is tried every 500 ms: {tries} connects in 5 s");
     h.cams.set("rtsp://cam/", Mode::Up);
     let back = h.clock.mono();
     let resumed = h.run_until(Duration::from_secs(10), || frames(&rt) > before + 1).expect("resumes");
     assert!(resumed - back <= Duration::from_millis(700), "resumed {:?} after the camera returned", resumed - back);
-    assert_eq!(rt.status().connects as usize, h.cams.opens_of("rtsp://cam/").len());
+    assert_eq!(rt.status().connects as usize, dials());
 }
 
 #[test]
@@ -371,6 +417,32 @@ fn a_wall_clock_step_starts_a_new_run_and_small_drift_does_not() {
     assert_eq!(records[after + 1].0, "key", "a run starts on a keyframe");
 }
 
+#[test]
+fn a_camera_clock_step_of_seconds_forward_or_back_starts_a_new_run() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(3));
+    h.cams.step_pts("rtsp://cam/", 5 * 90_000); // 5 s forward: under MAX_DRIFT_MS, still a step
+    h.run_for(Duration::from_secs(3));
+    h.cams.step_pts("rtsp://cam/", -8 * 90_000); // back
+    h.run_for(Duration::from_secs(3));
+    let records = ring_records(&h, &rt);
+    let runs = records.iter().filter(|(k, _)| *k == "run").count();
+    assert_eq!(runs, 3, "{records:?}");
+    // Within each run the pts move forward by about a frame: no frame spans a step.
+    let mut last: Option<i64> = None;
+    for (k, v) in &records {
+        match (*k, last) {
+            ("run", _) => last = None,
+            (_, Some(l)) => {
+                assert!(*v > l && *v - l < 90_000 / FPS * 2, "a frame of {} ticks: {records:?}", *v - l);
+                last = Some(*v);
+            }
+            (_, None) => last = Some(*v),
+        }
+    }
+}
+
 /// The run in effect at the newest keyframe and the last frame's pts.
 fn newest(rt: &StreamRuntime) -> (RunStart, i64) {
     let mut cursor = rt.ring.cursor_at_latest_keyframe();
@@ -403,12 +475,13 @@ fn a_drifting_camera_clock_is_slewed_without_a_new_run() {
 fn a_camera_clock_faster_than_the_slew_gets_a_new_run_at_the_limit() {
     let mut h = Harness::new();
     let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
-    h.cams.set_ppm("rtsp://cam/", 3000); // 2500 ppm beyond the slew: 10 s off after 4000 s
-    h.run_for(Duration::from_secs(3900));
-    assert_eq!(newest(&rt).0.anchor_wall_ms - T0, 100, "still the first run at 3900 s");
-    h.run_for(Duration::from_secs(200));
+    // 2500 ppm beyond the slew: video time 2 s ahead of wall time (MAX_AHEAD_MS) after 800 s.
+    h.cams.set_ppm("rtsp://cam/", 3000);
+    h.run_for(Duration::from_secs(750));
+    assert_eq!(newest(&rt).0.anchor_wall_ms - T0, 100, "still the first run at 750 s");
+    h.run_for(Duration::from_secs(100));
     let (run, pts) = newest(&rt);
-    assert!(run.anchor_wall_ms - T0 > 3_900_000, "a new run once 10 s off: {}", run.anchor_wall_ms - T0);
+    assert!(run.anchor_wall_ms - T0 > 750_000, "a new run once 2 s ahead: {}", run.anchor_wall_ms - T0);
     assert!((h.clock.now_ms() - run.wall_ms(pts)).abs() < 1000);
 }
 
