@@ -52,6 +52,26 @@ def kb(text, name):
     return 0
 
 
+def run_recorder(binary, work, config):
+    """Starts `binary run` on `config` (a format string with {port} and {work}) in
+    `work`; returns (process, port, console token) once /api/health answers."""
+    port = free_port()
+    cfg = os.path.join(work, "oxinvr.toml")
+    with open(cfg, "w") as f:
+        f.write(config.format(port=port, work=work))
+    log = open(os.path.join(work, "oxinvr.log"), "w")
+    proc = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log)
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
+                break
+        except OSError:
+            time.sleep(0.1)
+    with open(os.path.join(work, "data", "console.token")) as f:
+        token = f.read().strip()
+    return proc, port, token
+
+
 def sample(pid):
     with open(f"/proc/{pid}/status") as f:
         status = f.read()

@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, ROOT, free_port, sample  # noqa: E402
+from bench import BIN, ROOT, free_port, run_recorder, sample  # noqa: E402
 
 HOSTILE = 64
 
@@ -38,22 +38,9 @@ def start_camera():
 
 
 def start_recorder(binary, work, cam_port):
-    port = free_port()
-    cfg = os.path.join(work, "oxinvr.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[storage]\ndata_dir = "{work}/data"\nsync_seconds = 1\n[web]\nlisten = "127.0.0.1:{port}"\n'
-                f'[[streams]]\nname = "cam"\nurl = "rtsp://127.0.0.1:{cam_port}/h264"\nbitrate_kbps = 8000\n')
-    log = open(os.path.join(work, "oxinvr.log"), "w")
-    proc = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log)
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
-    with open(os.path.join(work, "data", "console.token")) as f:
-        token = f.read().strip()
-    return proc, port, token
+    return run_recorder(binary, work, '[storage]\ndata_dir = "{work}/data"\nsync_seconds = 1\n[web]\n'
+                        'listen = "127.0.0.1:{port}"\n[[streams]]\nname = "cam"\n'
+                        f'url = "rtsp://127.0.0.1:{cam_port}/h264"\nbitrate_kbps = 8000\n')
 
 
 def call(port, path, token, timeout):

@@ -21,7 +21,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, ROOT, free_port, sample  # noqa: E402
+from bench import BIN, ROOT, free_port, run_recorder, sample  # noqa: E402
 
 FPS = 10
 FLAP_S = 5
@@ -41,25 +41,12 @@ def camera(port):
 
 
 def start_recorder(work, urls):
-    port = free_port()
-    cfg = os.path.join(work, "oxinvr.toml")
-    with open(cfg, "w") as f:
-        f.write(f'[storage]\ndata_dir = "{work}/data"\nsync_seconds = 1\n'
-                f'[web]\nlisten = "127.0.0.1:{port}"\nmax_live_clients = 16\n')
-        for name, url in urls:
-            # A small quota: retention deletes all the time, as on a full card.
-            f.write(f'[[streams]]\nname = "{name}"\nurl = "{url}"\nbitrate_kbps = 200\nmax_storage_mb = 40\n')
-    log = open(os.path.join(work, "oxinvr.log"), "w")
-    proc = subprocess.Popen([BIN, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log)
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
-    with open(os.path.join(work, "data", "console.token")) as f:
-        token = f.read().strip()
-    return proc, port, token
+    config = ('[storage]\ndata_dir = "{work}/data"\nsync_seconds = 1\n'
+              '[web]\nlisten = "127.0.0.1:{port}"\nmax_live_clients = 16\n')
+    for name, url in urls:
+        # A small quota: retention deletes all the time, as on a full card.
+        config += f'[[streams]]\nname = "{name}"\nurl = "{url}"\nbitrate_kbps = 200\nmax_storage_mb = 40\n'
+    return run_recorder(BIN, work, config)
 
 
 def api(port, token, path):
