@@ -399,8 +399,10 @@ fn url_shape(u: &str) -> Result<(), String> {
         // An IPv6 literal: [hex digits, ':' and '.'] (a link-local zone is not taken).
         Some(v6) => {
             let (addr, after) = v6.split_once(']').ok_or("an IPv6 address in [ ] has no closing ]")?;
-            if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || ":.".contains(c)) {
-                return Err("an IPv6 address in [ ] may hold only hex digits, ':' and '.'".into());
+            // Exactly what the API document's pattern takes: an IPv6 address in
+            // hex groups (no embedded IPv4, no zone).
+            if addr.contains('.') || addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err("the host in [ ] is not an IPv6 address in hex groups".into());
             }
             match after.strip_prefix(':') {
                 Some(p) => Some(p),
@@ -484,6 +486,8 @@ mod tests {
             ("http://cam/", "rtsp://"),
             ("rtsp://[fd00::20/x", "closing ]"),
             ("rtsp://[fd00::20]x/", "only :port"),
+            ("rtsp://[5.71]/", "IPv6"),
+            ("rtsp://[1::2::3]/", "IPv6"),
             ("rtsp://cam:0/", "port"),
             ("rtsp://cam:99999/", "port"),
             ("rtsp://ca m/", "host"),
