@@ -39,12 +39,11 @@ fn closed(recs: &[Value]) -> Vec<&Value> {
     recs.iter().filter(|r| r["closed"] == true).collect()
 }
 
-#[test]
-fn a_recorder_started_in_1970_flags_its_recordings_and_restamps_them_when_the_clock_is_set() {
-    let cam = Camera::start(&["--fps", "15"]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let stamp = tmp.path().join("faketime");
-    std::fs::write(&stamp, "@1970-01-01 00:00:20\n").expect("write the fake time");
+/// The real binary under libfaketime, its wall clock read from a file that
+/// starts as `at` (rewrite it to step the clock); returns the file's path too.
+fn start_faked(dir: &std::path::Path, at: &str, config: &str) -> (Oxinvr, PathBuf) {
+    let stamp = dir.join("faketime");
+    std::fs::write(&stamp, at).expect("write the fake time");
     let (lib, stamp_path) = (libfaketime().display().to_string(), stamp.display().to_string());
     let env = [
         ("LD_PRELOAD", lib.as_str()),
@@ -52,13 +51,20 @@ fn a_recorder_started_in_1970_flags_its_recordings_and_restamps_them_when_the_cl
         ("FAKETIME_CACHE_DURATION", "1"), // reread the file at most every second
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
     ];
+    (Oxinvr::start_with_env(dir, config, &env), stamp)
+}
+
+#[test]
+fn a_recorder_started_in_1970_flags_its_recordings_and_restamps_them_when_the_clock_is_set() {
+    let cam = Camera::start(&["--fps", "15"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[storage]\ndata_dir = \"{{DATA}}\"\nsegment_seconds = 3\nsync_seconds = 1\n\
          [web]\nlisten = \"127.0.0.1:{{PORT}}\"\n\
          [[streams]]\nname = \"cam\"\nurl = \"{}\"\nbitrate_kbps = 1000\n",
         cam.url("h264")
     );
-    let nvr = Oxinvr::start_with_env(tmp.path(), &config, &env);
+    let (nvr, stamp) = start_faked(tmp.path(), "@1970-01-01 00:00:20\n", &config);
 
     // The recorder believes it is 1970, below the build date: it says so, publicly too.
     let sys = nvr.json("/api/system");
@@ -159,15 +165,6 @@ fn a_clock_set_back_an_hour_then_a_year_ahead_keeps_recordings_sessions_and_rete
     const YEAR: i64 = 365 * 86_400_000;
     let cam = Camera::start(&["--fps", "15"]);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let stamp = tmp.path().join("faketime");
-    std::fs::write(&stamp, "+0\n").expect("write the fake time");
-    let (lib, stamp_path) = (libfaketime().display().to_string(), stamp.display().to_string());
-    let env = [
-        ("LD_PRELOAD", lib.as_str()),
-        ("FAKETIME_TIMESTAMP_FILE", stamp_path.as_str()),
-        ("FAKETIME_CACHE_DURATION", "1"),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-    ];
     // Keep a day: a year's jump would make every recording "older" than that.
     let config = format!(
         "[storage]\ndata_dir = \"{{DATA}}\"\nsegment_seconds = 2\nsync_seconds = 1\n\
@@ -175,7 +172,7 @@ fn a_clock_set_back_an_hour_then_a_year_ahead_keeps_recordings_sessions_and_rete
          [[streams]]\nname = \"cam\"\nurl = \"{}\"\nbitrate_kbps = 1000\nretention_days = 1\n",
         cam.url("h264")
     );
-    let nvr = Oxinvr::start_with_env(tmp.path(), &config, &env);
+    let (nvr, stamp) = start_faked(tmp.path(), "+0\n", &config);
     let cookie = setup_session(&nvr);
     common::nvr::poll(Duration::from_secs(30), "two closed recordings", || closed(&recordings(&nvr)).len() >= 2);
     let (before, steps) = listing(&nvr, now_ms());
