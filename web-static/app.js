@@ -348,9 +348,9 @@ function setNavOpen(open) {
 
 // ---- the clock banner ----
 
-const CLOCK_UNSET = 'The clock is not set (before the firmware build date): recordings are kept but their times are unknown until it is.';
+const CLOCK_UNSET = 'The clock is not set (over 30 days before the firmware build date): recordings are kept but their times are unknown until it is.';
 
-// /api/health (public) says whether the recorder's clock reads at least the firmware's build date.
+// /api/health (public) says whether the recorder's clock reads at least 30 days before the firmware's build date.
 // Until it does, every page says so (rechecked every 15 s: NTP may answer at any time).
 async function watchClock() {
   let clock = null;

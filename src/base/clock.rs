@@ -7,8 +7,8 @@
 //! deadlines and never steps. `sleep` waits in monotonic time.
 //!
 //! The wall-clock floor: a box without a battery clock boots in 1970 until NTP
-//! answers. A wall time below `floor_ms` (the firmware's build date,
-//! `WALL_FLOOR_MS`) is *untrusted*. Meanwhile runs are anchored on the
+//! answers. A wall time below `floor_ms` (30 days before the firmware's
+//! build date, `WALL_FLOOR_MS`) is *untrusted*. Meanwhile runs are anchored on the
 //! *provisional* timeline, `origin_ms + mono` (the wall clock as it read when
 //! monotonic time began, then monotonic time: it never steps). Once the wall
 //! clock is trusted, `step_ms` (wall minus provisional, measured now: how far
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A future that completes after a `Clock::sleep`.
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-// `WALL_FLOOR_MS`: the build date, written by build.rs.
+// `WALL_FLOOR_MS`: 30 days before the build date, written by build.rs.
 include!(concat!(env!("OUT_DIR"), "/build_time.rs"));
 
 pub trait Clock: Send + Sync {
@@ -257,8 +257,8 @@ mod tests {
         assert_eq!(c.step_ms(), Some(2_000_000 - 15_000));
         assert_eq!(c.provisional_ms() + c.step_ms().unwrap_or(0), c.now_ms());
         let real = RealClock;
-        let built = 1_700_000_000_000..=real.now_ms();
-        assert!(built.contains(&WALL_FLOOR_MS), "the build date is the floor: {WALL_FLOOR_MS}");
+        let built = 1_700_000_000_000..=real.now_ms() - 30 * 86_400_000;
+        assert!(built.contains(&WALL_FLOOR_MS), "30 days before the build date is the floor: {WALL_FLOOR_MS}");
         assert!(real.trusted() && real.step_ms().is_some_and(|s| s.abs() < 1000), "this machine's clock is set");
     }
 

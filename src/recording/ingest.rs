@@ -502,7 +502,7 @@ impl<'a> Session<'a> {
             run.video.height,
             run.audio.as_ref().map(|a| format!(" + {}", a.codec)).unwrap_or_default(),
             if time_unknown {
-                " (the clock is before the firmware build date: time unknown until it is set)"
+                " (the clock is over 30 days before the firmware build date: time unknown until it is set)"
             } else {
                 ""
             }

@@ -57,7 +57,7 @@ pub struct RunStart {
     pub anchor_pts: i64,
     /// Milliseconds since the Unix epoch (provisional if `time_unknown`).
     pub anchor_wall_ms: i64,
-    /// Anchored while the wall clock was untrusted (before the firmware's build date).
+    /// Anchored while the wall clock was untrusted (over 30 days before the firmware's build date).
     #[serde(default)]
     pub time_unknown: bool,
 }

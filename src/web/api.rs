@@ -35,7 +35,7 @@ pub fn health(ctx: &Ctx) -> Result<Reply, ApiError> {
     ))
 }
 
-/// The wall clock against its floor (the firmware's build date). Public in
+/// The wall clock against its floor (30 days before the firmware's build date). Public in
 /// /api/health, so every page can say when recordings' times are unknown.
 fn clock_json(clock: &dyn Clock) -> Value {
     let (now, floor) = (clock.now_ms(), clock.floor_ms());

@@ -584,7 +584,7 @@ async function testClockUnset() {
   await page.goto(`${UNSET}/`);
   await page.waitForSelector('#setup-form');
   const banner = await until('the clock banner', async () => (await page.isVisible('#clock-banner')) && page.textContent('#clock-banner'));
-  const want = 'The clock is not set (before the firmware build date): recordings are kept but their times are unknown until it is.';
+  const want = 'The clock is not set (over 30 days before the firmware build date): recordings are kept but their times are unknown until it is.';
   assert(banner.includes(want), `the banner says: ${banner}`);
   assert(banner.includes('1970-01-01'), `the banner does not show the recorder's time: ${banner}`);
   await page.fill('#setup-form input[name=username]', ADMIN.name);
