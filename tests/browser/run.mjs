@@ -253,10 +253,21 @@ async function testTimeline() {
   // Across a file boundary: from 1.5 s before the first recording's end to 1.5 s after it.
   const boundary = recs[0].e;
   await clickTimeline(page, boundary - 1500);
-  wall = await until('playback across the first file boundary', async () => {
-    const ms = await clockMs(page);
-    return ms > boundary + 1500 ? ms : 0;
-  }, 20000);
+  let seen = 0;
+  try {
+    wall = await until('playback across the first file boundary', async () => {
+      seen = await clockMs(page);
+      return seen > boundary + 1500 ? seen : 0;
+    }, 20000);
+  } catch (e) {
+    // Say where it stuck: the clock, the player and the recordings around the boundary.
+    const player = await page.$eval('#tl-video', (v) => ({
+      src: v.currentSrc, t: v.currentTime, paused: v.paused, ready: v.readyState, error: v.error && v.error.message,
+    }));
+    const near = (await closedRecordings(page)).slice(0, 3).map((r) => `${new Date(r.s).toISOString()}..${new Date(r.e).toISOString()}`);
+    e.message += `; the clock stuck at ${seen ? new Date(seen).toISOString() : '?'}, player ${JSON.stringify(player)}, recordings ${near.join(', ')}`;
+    throw e;
+  }
   console.log(`    played across the boundary at ${new Date(boundary).toISOString()} to ${new Date(wall).toISOString()}`);
 }
 
