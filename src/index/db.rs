@@ -678,6 +678,15 @@ impl fmt::Debug for Db {
 }
 
 impl Db {
+    /// Bytes SQLite holds now, all connections of the process together (its
+    /// own allocations: page caches, schemas, statements), which the counting
+    /// allocator does not see.
+    pub fn memory_used() -> u64 {
+        // SAFETY: a plain read of SQLite's global statistics, thread-safe.
+        let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        u64::try_from(used).unwrap_or(0)
+    }
+
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let label = path.display().to_string();

@@ -508,6 +508,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "memory": {
                 "heap_by_subsystem": heap,
                 "rings_bytes": nvr.recorder.ring_bytes_total(),
+                "sqlite_bytes": crate::index::db::Db::memory_used(),
                 "budget": nvr.recorder.budget_report(),
                 "process": memory::process_memory(),
             },
