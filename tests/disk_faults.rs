@@ -154,7 +154,6 @@ fn nothing_lost_or_corrupt(cfg: &Path, data: &Path) -> usize {
 }
 
 #[test]
-#[ignore = "finding, not fixed yet: with the disk 100 % full SQLite cannot delete rows (database or disk is full), so retention frees nothing and `oxinvr check` then reports 2 orphan files"]
 fn a_full_disk_is_freed_by_retention_and_foreign_files_pause_recording_until_space_returns() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(fs) = loop_fs(tmp.path(), 32) else { return };
@@ -182,9 +181,9 @@ fn a_full_disk_is_freed_by_retention_and_foreign_files_pause_recording_until_spa
         ["disk"]
         .clone();
     println!("disk full: paused after {:?}: {d}", paused.elapsed());
-    assert!(d["problem"].as_str().is_some_and(|p| p.contains("No space left on device")), "{d}");
+    assert!(d["problem"].as_str().is_some_and(|p| p.starts_with("disk full: ")), "{d}");
     let st = nvr.json("/api/streams/cam")["status"].clone();
-    assert!(st["storage_error"].as_str().is_some_and(|p| p.contains("No space left")), "{st}");
+    assert!(st["storage_error"].as_str().is_some_and(|p| p.starts_with("disk full: ")), "{st}");
     assert_eq!(nvr.get("/api/health").map(|r| r.status).unwrap_or(0), 200);
     // 3. Space returns: recording resumes by itself.
     std::fs::remove_file(fs.mnt.join("foreign-2")).expect("rm");
@@ -210,7 +209,6 @@ fn a_full_disk_is_freed_by_retention_and_foreign_files_pause_recording_until_spa
 }
 
 #[test]
-#[ignore = "finding, not fixed yet: after EXT4_IOC_SHUTDOWN the status did not turn paused within 20 s"]
 fn an_io_error_disk_pauses_recording_without_a_crash_and_what_was_written_survives() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(mut fs) = loop_fs(tmp.path(), 64) else { return };
