@@ -106,10 +106,6 @@ fn recording_ids(nvr: &Oxinvr) -> Vec<i64> {
     v["recordings"].as_array().map(|a| a.iter().filter_map(|r| r["id"].as_i64()).collect()).unwrap_or_default()
 }
 
-fn disk(nvr: &Oxinvr) -> serde_json::Value {
-    nvr.json("/api/system")["disk"].clone()
-}
-
 /// Writes a foreign file until the file system is full, or until `leave` bytes are free.
 fn fill(path: &Path, leave: u64) {
     use std::io::Write;
@@ -216,11 +212,12 @@ fn an_io_error_disk_pauses_recording_without_a_crash_and_what_was_written_surviv
     let nvr = Oxinvr::start(tmp.path(), &config(&fs.mnt, &cam));
     common::nvr::poll(Duration::from_secs(30), "three recordings", || recording_ids(&nvr).len() >= 3);
     fs.shut_down();
+    let failed = Instant::now();
     let d = nvr
         .wait_for("/api/system", Duration::from_secs(20), "recording paused", |v| v["disk"]["recording"] == "paused")
         ["disk"]
         .clone();
-    println!("EIO: {d}");
+    println!("EIO: paused {:?} after the disk failed: {d}", failed.elapsed());
     assert!(d["problem"].as_str().is_some_and(|p| p.contains("os error 5")), "{d}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(nvr.get("/api/health").map(|r| r.status).unwrap_or(0), 200, "the recorder still answers");
@@ -239,5 +236,57 @@ fn an_io_error_disk_pauses_recording_without_a_crash_and_what_was_written_surviv
     nvr.terminate(Duration::from_secs(15));
     let files = nothing_lost_or_corrupt(&cfg, &fs.mnt);
     println!("EIO: {files} files play, oxinvr check agrees");
+    drop(cam);
+}
+
+/// The appliance's `storage.require_mount`: the data disk is not mounted on the data
+/// directory, so nothing records onto the file system under it, and every way a user
+/// looks (the page, /api/health, /api/system, the shell's `status`) says why.
+#[test]
+fn a_missing_data_disk_records_nothing_and_says_why() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cam = Camera::start(&["--fps", "15"]);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let cfg = config(&data, &cam).replace("[storage]\n", "[storage]\nrequire_mount = true\n");
+    let nvr = Oxinvr::start(tmp.path(), &cfg);
+    let health = nvr.json("/api/health");
+    println!("no disk: {health}");
+    assert_eq!(health["recording"], "no_disk", "{health}");
+    let why = health["problem"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("not a mount point") && why.contains(&data.display().to_string()), "{why}");
+    assert_eq!(nvr.json("/api/system")["disk"]["problem"], why.as_str());
+    let page = nvr.get("/").expect("page");
+    assert!(page.status == 200 && page.text().contains("not a mount point"), "{}", page.text());
+    let streams = nvr.get("/api/streams").expect("streams");
+    assert!(streams.status == 503 && streams.text().contains("nothing records"), "{}", streams.text());
+    // The UART shell's `status`, as the box's console runs it.
+    let out = Command::new(common::nvr::oxinvr_bin())
+        .args(["shell", "--config"])
+        .arg(&nvr.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(b"status\nexit\n")?;
+            c.wait_with_output()
+        })
+        .expect("oxinvr shell");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("no disk: shell: {text}");
+    assert!(text.contains("NOTHING RECORDS") && text.contains("not a mount point"), "{text}");
+    // A few seconds with the camera up: not a byte lands under the data directory.
+    std::thread::sleep(Duration::from_secs(4));
+    let (st, _) = nvr.terminate(Duration::from_secs(10));
+    assert!(st.success(), "{st}");
+    let left: Vec<_> = std::fs::read_dir(&data).expect("ls").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "nothing is written onto the root file system: {left:?}");
+    // The disk mounted on the same directory (a real file system on a loop device), it records.
+    let Some(fs) = loop_fs(tmp.path(), 64) else { return };
+    assert_eq!(fs.mnt, data);
+    let nvr = Oxinvr::start(tmp.path(), &cfg);
+    common::nvr::poll(Duration::from_secs(30), "a recording on the mounted disk", || !recording_ids(&nvr).is_empty());
+    nvr.terminate(Duration::from_secs(15));
     drop(cam);
 }

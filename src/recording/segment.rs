@@ -290,7 +290,7 @@ impl SegmentWriter {
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 let _ = sync_dir(&dir);
-                return Err(io::Error::other(format!("database: {e}")));
+                return Err(io::Error::other(e.to_string()));
             }
         };
         self.wrote_unknown |= time_unknown;
