@@ -1,6 +1,6 @@
 //! Disk faults on real file systems (issue 10, part 6): the data directory is
 //! an ext4 file system on a loop device (mkfs.ext4 on a file, losetup, mount),
-//! so the recorder meets the kernel's own ENOSPC and EIO. Needs root and loop
+//! so the recorder meets the kernel's own ENOSPC, EIO and EROFS. Needs root and loop
 //! devices (CI runs as root); without them each test says so and returns.
 //! Every mount and loop device is undone by a Drop guard on every exit path.
 
@@ -50,7 +50,7 @@ impl LoopFs {
     }
 
     fn mount(&mut self) -> Result<(), String> {
-        sh("mount", &[&self.dev, &self.mnt.to_string_lossy()])?;
+        sh("mount", &["-o", "errors=remount-ro", &self.dev, &self.mnt.to_string_lossy()])?;
         self.mounted = true;
         Ok(())
     }
@@ -70,6 +70,15 @@ impl LoopFs {
         let f = std::fs::File::open(&self.mnt).expect("open mount point");
         let mut flags: u32 = 2; // EXT4_GOING_FLAGS_NOLOGFLUSH
         unsafe { ext4_shutdown(std::os::fd::AsRawFd::as_raw_fd(&f), &mut flags) }.expect("EXT4_IOC_SHUTDOWN");
+    }
+}
+
+impl LoopFs {
+    /// The file system turns read-only as ext4 does on an error with
+    /// `errors=remount-ro` (its sysfs test hook raises one).
+    fn turn_read_only(&self) {
+        let name = Path::new(&self.dev).file_name().expect("loop device name").to_string_lossy().into_owned();
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "disk_faults test").expect("trigger_fs_error");
     }
 }
 
@@ -156,14 +165,21 @@ fn a_full_disk_is_freed_by_retention_and_foreign_files_pause_recording_until_spa
     let cam = Camera::start(&["--fps", "15", "--bitrate", "3000"]);
     let nvr = Oxinvr::start(tmp.path(), &config(&fs.mnt, &cam));
     common::nvr::poll(Duration::from_secs(30), "three recordings", || recording_ids(&nvr).len() >= 3);
-    // 1. Foreign files leave 1 MB free (under the 10 % floor): retention deletes the
+    // 1. Foreign files fill the disk to its last block while ours are there to delete:
+    //    the released ballast lets the database delete rows, retention deletes the
     //    oldest recordings and recording goes on.
     let filler = fs.mnt.join("foreign-1");
-    fill(&filler, 1 << 20);
     let first = recording_ids(&nvr)[0];
+    fill(&filler, 0);
+    let full = Instant::now();
+    let at_full = recording_ids(&nvr);
     common::nvr::poll(Duration::from_secs(20), "retention deletes the oldest", || {
         !recording_ids(&nvr).contains(&first)
     });
+    common::nvr::poll(Duration::from_secs(20), "a recording started after the disk was full", || {
+        recording_ids(&nvr).iter().any(|id| !at_full.contains(id))
+    });
+    println!("disk full: recording again {:?} after the disk filled up", full.elapsed());
     let f0 = nvr.json("/api/streams/cam")["status"]["frames"].as_u64().unwrap_or(0);
     std::thread::sleep(Duration::from_secs(3));
     let st = nvr.json("/api/streams/cam")["status"].clone();
@@ -206,36 +222,57 @@ fn a_full_disk_is_freed_by_retention_and_foreign_files_pause_recording_until_spa
 
 #[test]
 fn an_io_error_disk_pauses_recording_without_a_crash_and_what_was_written_survives() {
+    a_failing_disk_pauses_recording("EIO", LoopFs::shut_down, "os error 5");
+}
+
+/// ext4 mounted `errors=remount-ro` (as most systems do) turns read-only under the
+/// recorder on an error; `mount -o remount,ro` itself is refused (EBUSY) while files
+/// are open for writing, so the kernel's own error path is used (`trigger_fs_error`).
+#[test]
+fn a_disk_turned_read_only_pauses_recording_without_a_crash_and_what_was_written_survives() {
+    a_failing_disk_pauses_recording("read-only", LoopFs::turn_read_only, "os error 30");
+}
+
+/// The disk fails under a recording stream: the status turns paused naming the
+/// disk's error, the recorder keeps answering, and after the disk is mounted
+/// again and the recorder restarted every recording made before is there, plays,
+/// and `oxinvr check` agrees; recording goes on.
+fn a_failing_disk_pauses_recording(label: &str, fault: fn(&LoopFs), error: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(mut fs) = loop_fs(tmp.path(), 64) else { return };
     let cam = Camera::start(&["--fps", "15"]);
     let nvr = Oxinvr::start(tmp.path(), &config(&fs.mnt, &cam));
     common::nvr::poll(Duration::from_secs(30), "three recordings", || recording_ids(&nvr).len() >= 3);
-    fs.shut_down();
+    // The last one listed may be the open one, cut back to its last synced point.
+    let mut made = recording_ids(&nvr);
+    made.pop();
+    fault(&fs);
     let failed = Instant::now();
     let d = nvr
         .wait_for("/api/system", Duration::from_secs(20), "recording paused", |v| v["disk"]["recording"] == "paused")
         ["disk"]
         .clone();
-    println!("EIO: paused {:?} after the disk failed: {d}", failed.elapsed());
-    assert!(d["problem"].as_str().is_some_and(|p| p.contains("os error 5")), "{d}");
+    println!("{label}: paused {:?} after the disk failed: {d}", failed.elapsed());
+    assert!(d["problem"].as_str().is_some_and(|p| p.contains(error)), "{d}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(nvr.get("/api/health").map(|r| r.status).unwrap_or(0), 200, "the recorder still answers");
     // The disk returns (here: unmounted and mounted again; the recorder is
     // restarted on it, as the box does after such an error, see docs/ARCHITECTURE.md).
     let (cfg, port) = (nvr.config.clone(), nvr.port);
     let (st, _) = nvr.terminate(Duration::from_secs(20));
-    println!("EIO: the recorder stopped ({st})");
+    println!("{label}: the recorder stopped ({st})");
     fs.umount();
     fs.mount().expect("mount again");
     let nvr = Oxinvr::restart(&cfg, &fs.mnt, port);
     let before = recording_ids(&nvr);
+    let lost: Vec<_> = made.iter().filter(|id| !before.contains(id)).collect();
+    assert!(lost.is_empty(), "recordings made before the fault are gone: {lost:?} (listed: {before:?})");
     common::nvr::poll(Duration::from_secs(30), "recording again", || {
         recording_ids(&nvr).iter().any(|id| !before.contains(id))
     });
     nvr.terminate(Duration::from_secs(15));
     let files = nothing_lost_or_corrupt(&cfg, &fs.mnt);
-    println!("EIO: {files} files play, oxinvr check agrees");
+    println!("{label}: {files} files play, oxinvr check agrees");
     drop(cam);
 }
 

@@ -909,22 +909,20 @@ impl Db {
                  VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut st| {
-                st.execute(
-                    params![
-                        s.stream_id,
-                        s.path,
-                        s.start_ms,
-                        s.codec,
-                        s.width,
-                        s.height,
-                        s.video_timescale,
-                        init_len,
-                        s.has_audio,
-                        s.trigger,
-                        s.time_unknown,
-                        if s.time_unknown { self.clock_mark } else { 0 }
-                    ],
-                )
+                st.execute(params![
+                    s.stream_id,
+                    s.path,
+                    s.start_ms,
+                    s.codec,
+                    s.width,
+                    s.height,
+                    s.video_timescale,
+                    init_len,
+                    s.has_audio,
+                    s.trigger,
+                    s.time_unknown,
+                    if s.time_unknown { self.clock_mark } else { 0 }
+                ])
             })
             .map(|_| self.conn.last_insert_rowid())
             .with_ctx(|| format!("insert_segment {:?} of stream {}", s.path, s.stream_id))

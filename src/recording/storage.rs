@@ -339,7 +339,8 @@ impl Backlog {
                 bytes >> 20
             );
         }
-        *self = Backlog { todo: plan.into(), began: Some(Instant::now()), hit_full: self.hit_full, ..Backlog::default() };
+        *self =
+            Backlog { todo: plan.into(), began: Some(Instant::now()), hit_full: self.hit_full, ..Backlog::default() };
     }
 
     /// Carries out batches for at most `RETENTION_BUDGET`; logs the total when the plan is done.

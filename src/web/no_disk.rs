@@ -60,7 +60,9 @@ fn answer(url: &str, data_dir: &str, why: &str) -> (u16, &'static str, String) {
     let disk = json!({ "data_dir": data_dir, "recording": "no_disk", "problem": why });
     match url.split('?').next().unwrap_or("") {
         // 200: the firmware runs (an OTA install may be marked good); `recording` says the rest.
-        "/api/health" => (200, JSON, json!({ "ok": true, "version": version, "recording": "no_disk", "problem": why }).to_string()),
+        "/api/health" => {
+            (200, JSON, json!({ "ok": true, "version": version, "recording": "no_disk", "problem": why }).to_string())
+        }
         "/api/system" => (200, JSON, json!({ "version": version, "disk": disk }).to_string()),
         "/" | "/index.html" => (200, "text/html; charset=utf-8", page(why)),
         _ => (503, JSON, json!({ "error": format!("nothing records: {why}") }).to_string()),
