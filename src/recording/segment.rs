@@ -759,6 +759,26 @@ mod tests {
     }
 
     #[test]
+    fn a_close_the_database_refuses_is_kept_and_written_when_it_accepts_again() {
+        let (dir, db, mut w) = setup(300);
+        w.on_run(&db, run_start(true, T0));
+        feed(&mut w, &db, 0, 3);
+        // The database stops accepting writes (as on a failing or full disk).
+        db.conn_for_tests().pragma_update(None, "query_only", true).expect("query_only");
+        w.close(&db, CloseReason::Shutdown);
+        assert!(w.failing.as_deref().is_some_and(|f| f.contains("(retried)")), "{:?}", w.failing);
+        db.conn_for_tests().pragma_update(None, "query_only", false).expect("writable");
+        let seg = db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0].clone();
+        assert!(!seg.closed, "not written yet");
+        w.tick(&db);
+        let seg = &db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0];
+        assert!(seg.closed, "the close is written once the database accepts it");
+        assert_eq!(seg.frames, 75);
+        let scan = mp4::scan_file(&dir.path().join(&seg.path)).expect("scan");
+        assert_eq!((scan.valid_len, scan.fragments.len()), (seg.bytes, seg.fragments.len()));
+    }
+
+    #[test]
     fn a_sync_that_fails_once_is_made_good_by_the_next_and_nothing_is_lost() {
         let (dir, db, mut w) = setup_syncing_each_fragment();
         w.on_run(&db, run_start(true, T0));
