@@ -565,13 +565,15 @@ pub fn reconcile(db: &Db, data_dir: &Path, repair: bool) -> Result<Report, Strin
 
 /// Milliseconds of `ticks` at `timescale`.
 fn ticks_ms(ticks: u64, timescale: u32) -> i64 {
-    (u128::from(ticks) * 1000 / u128::from(timescale.max(1))) as i64
+    i64::try_from(u128::from(ticks) * 1000 / u128::from(timescale.max(1))).unwrap_or(i64::MAX)
 }
 
+/// A scanned file's progress. Saturating: the times come from a file on disk,
+/// which may be anything after a crash.
 pub(crate) fn progress_from_scan(start_ms: i64, scan: &mp4::ScannedFile) -> SegmentProgress {
-    let end = scan.fragments.last().map(|f| f.start_ticks + u64::from(f.duration_ticks));
+    let end = scan.fragments.last().map(|f| f.start_ticks.saturating_add(u64::from(f.duration_ticks)));
     SegmentProgress {
-        end_ms: start_ms + end.map_or(0, |t| ticks_ms(t, scan.video_timescale)),
+        end_ms: start_ms.saturating_add(end.map_or(0, |t| ticks_ms(t, scan.video_timescale))),
         bytes: scan.valid_len,
         frames: scan.fragments.iter().map(|f| u64::from(f.frames)).sum(),
         audio_frames: scan.audio_frames,

@@ -61,6 +61,8 @@ pub enum Resource {
     Export,
     Playback(String),
     System,
+    /// The memory budget (`governor::budget`).
+    Memory,
     Logs,
     Settings,
     Ota,
@@ -79,6 +81,7 @@ impl Resource {
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
             Resource::User(_) | Resource::Stream(_) => &[Get, Put, Delete],
+            Resource::Memory => &[Get, Put],
             Resource::UserTotp(_) => &[Post, Delete],
             _ => &[Get],
         }
@@ -104,7 +107,10 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Health | R::OpenApi | R::AuthStatus | R::AuthSetup | R::AuthLogin | R::Static(_), _) => Access::Public,
         (R::Users, _) | (R::User(_), Method::Delete) => Access::Admin,
         (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota, _) => Access::Admin,
-        (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System, _) => Access::Operator,
+        (R::Memory, Method::Put) => Access::Admin,
+        (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
+            Access::Operator
+        }
         _ => Access::Viewer,
     }
 }
@@ -188,6 +194,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
         ["system"] => Resource::System,
         ["system", "ota"] => Resource::Ota,
+        ["system", "memory"] => Resource::Memory,
         ["system", "logs"] => Resource::Logs,
         ["settings"] => Resource::Settings,
         _ => return None,
