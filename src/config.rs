@@ -54,6 +54,8 @@ pub struct StorageConfig {
     pub min_free_percent: u8,
     pub ring_dir: String,
     pub ring_seconds: u32,
+    /// `data_dir` must be a mount point (the data disk), else nothing records.
+    pub require_mount: bool,
 }
 
 impl Default for StorageConfig {
@@ -65,6 +67,7 @@ impl Default for StorageConfig {
             min_free_percent: 10,
             ring_dir: String::new(),
             ring_seconds: 8,
+            require_mount: false,
         }
     }
 }

@@ -448,7 +448,13 @@ impl Shell {
             }
             Err(_) => out.push_str("slot: - (not an appliance)\n"),
         }
-        match (self.api.request("GET", "/api/system", None), self.api.request("GET", "/api/streams", None)) {
+        let sys = self.api.request("GET", "/api/system", None);
+        let no_disk = sys.as_ref().ok().filter(|r| r.status == 200).map(|r| r.json());
+        if let Some(d) = no_disk.as_ref().map(|v| &v["disk"]).filter(|d| d["recording"] == "no_disk") {
+            out.push_str(&format!("recorder: running WITHOUT ITS DATA DISK: NOTHING RECORDS: {}\n", s(&d["problem"])));
+            return out;
+        }
+        match (sys, self.api.request("GET", "/api/streams", None)) {
             (Ok(sys), Ok(streams)) if sys.status == 200 && streams.status == 200 => {
                 let sys = sys.json();
                 let up = sys["uptime_s"].as_u64().unwrap_or(0);

@@ -478,8 +478,13 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     let heap: Map<String, Value> =
         memory::heap_by_subsystem().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
     let data_dir = &nvr.config.storage.data_dir;
-    let recorded: u64 = ctx.db.stream_usage()?.iter().map(|u| u.1).sum();
-    let mut disk = json!({ "data_dir": data_dir.display().to_string(), "recordings_bytes": recorded });
+    let mut disk = json!({ "data_dir": data_dir.display().to_string() });
+    // A disk that fails (EIO) fails the database too: the rest of this answer still says what is wrong.
+    match ctx.db.stream_usage() {
+        Ok(usage) => disk["recordings_bytes"] = usage.iter().map(|u| u.1).sum::<u64>().into(),
+        Err(e) => disk["database_error"] = e.to_string().into(),
+    }
+    disk["reserve_held"] = crate::recording::reserve::Reserve::new(data_dir).held().into();
     match retention::disk_usage(data_dir) {
         Ok(d) => {
             disk["total_bytes"] = d.total_bytes.into();

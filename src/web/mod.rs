@@ -36,6 +36,7 @@ mod assets;
 pub mod fuzz;
 pub mod live;
 mod media;
+pub mod no_disk;
 mod openapi;
 mod ota;
 mod permit;
