@@ -48,7 +48,8 @@ from qemu_serial import Console  # noqa: E402
 W = "target/power-cuts"
 SYNC_SECONDS = 10  # the image's [storage] sync_seconds (overlay/etc/oxinvr/oxinvr.toml)
 SEGMENT_SECONDS = 20  # set on the box: segments close often, retention deletes often
-MAX_STORAGE_MB = 1  # per stream: retention deletes at every rotation or two
+MAX_STORAGE_MB = 1  # per stream: with CAM_KBIT, retention deletes at about every rotation
+CAM_KBIT = 500  # a 20 s segment is about 1.2 MB
 LOSS_SLACK_S = 3.0  # one fragment (1 s GOP) + the poll before the cut + clock reading
 CONF = "/var/lib/oxinvr/oxinvr.toml"
 CAMS = ("cam1", "cam2", "cam3")
@@ -164,7 +165,8 @@ class Box:
         """Runs CMD in the busybox shell on the serial console: (output, rc)."""
         con = Console(self.sock, timeout)
         try:
-            con.expect(r"[#$] $", poke="\n")
+            # busybox's prompt may end with a cursor position query (ESC [6n).
+            con.expect(r"[#$] (\x1b\[6n)?$", poke="\n")
             return con.run(cmd)
         finally:
             con.s.close()
@@ -256,6 +258,7 @@ class Run:
         self.files_checked = 0
         self.unplayable = []
         self.host_check = None
+        self.run_start = {}  # stream -> start_ms of its first recording in this recorder run
         self.rng = random.Random(args.seed)
         self.t0 = now()
 
@@ -266,6 +269,7 @@ class Run:
             out = open(f"{W}/{name}.log", "w")
             p = subprocess.Popen(["/usr/bin/python3", "scripts/test-camera", "--port", str(port),
                                   "--address", "127.0.0.1", "--size", "320x240", "--fps", "10",
+                                  "--bitrate", str(CAM_KBIT),
                                   "--pattern", ["ball", "smpte", "snow"][i]],
                                  stdout=out, stderr=subprocess.STDOUT)
             self.cams.append((name, port, p))
@@ -275,7 +279,7 @@ class Run:
                 if p.poll() is not None or now() > end:
                     raise Fail(f"test camera {name} did not start: {open(f'{W}/{name}.log').read()}")
                 time.sleep(0.2)
-        log(f"   3 test cameras (H.264 320x240 10 fps): ports {', '.join(str(c[1]) for c in self.cams)}")
+        log(f"   3 test cameras (H.264 320x240 10 fps {CAM_KBIT} kbit/s): ports {', '.join(str(c[1]) for c in self.cams)}")
 
     def set_up_box(self):
         b = self.box
@@ -299,6 +303,7 @@ class Run:
                                    "max_storage_mb": MAX_STORAGE_MB})
         t = now()
         b.wait_recording(120)
+        self.mark_run_start()
         log(f"   3 streams added (max_storage_mb={MAX_STORAGE_MB}), recording after {now() - t:.1f} s")
 
     def make_key(self):
@@ -382,7 +387,10 @@ class Run:
         recs = b.recordings()
         loss = {}
         for s, e in ends.items():
+            # Recorded before the cut: up to the end of what survived, or if nothing
+            # of this recorder run survived, from the run's first frame.
             after = max((r["end_ms"] for r in recs if r["stream"] == s and r["start_ms"] <= e), default=0)
+            after = max(after, self.run_start.get(s, 0))
             loss[s] = round((e - after) / 1000 + (t_loss - t_poll), 2)
         c["loss_s"] = max(loss.values()) if loss else None
         c["loss_by_stream"] = loss
@@ -393,9 +401,17 @@ class Run:
             f"loss {c['loss_s']} s (bound {bound}); fsck: {c['fsck'] or 'clean'}")
         if c["loss_s"] is not None and c["loss_s"] > bound:
             raise Fail(f"cut {c['n']}: lost {c['loss_s']} s of recording, more than sync_seconds + {LOSS_SLACK_S}: {loss}")
+        self.mark_run_start(recs)
         self.check_files(c, recs)
         if c["n"] % self.args.check_every == 0 or c["n"] == self.args.cuts:
             self.oxinvr_check(c)
+
+    def mark_run_start(self, recs=None):
+        """Remembers where each stream's recording began in this recorder run (the
+        start of its open recording, just after wait_recording)."""
+        for r in recs if recs is not None else self.box.recordings():
+            if not r["closed"]:
+                self.run_start[r["stream"]] = r["start_ms"]
 
     def check_files(self, c, recs):
         """Fetches every recording that changed since it was last checked and decodes it."""
@@ -440,6 +456,7 @@ class Run:
         log(f"     oxinvr check on the box: {m.group(0)}")
         b.wait_health(120)
         b.wait_recording(120)
+        self.mark_run_start()
 
     # --- the migration cut ---
     def migration_cut(self, i):
@@ -462,7 +479,7 @@ class Run:
                 raise Fail("the box did not start after the downgrade")
             time.sleep(0.05)
         t_started = now()
-        time.sleep(self.rng.uniform(0.0, 1.5))
+        time.sleep(self.rng.uniform(0.0, 3.0))
         t_cut = now()
         c["cut_after_start_s"] = round(t_cut - t_started, 2)
         b.kill9()
@@ -494,12 +511,14 @@ class Run:
         log(f"== power cuts: {self.args.cuts} cuts, seed {self.args.seed} ==")
         self.start_cameras()
         self.set_up_box()
-        mig_at = self.args.migration_at if self.args.migration_at else max(2, self.args.cuts // 2)
+        n = self.args.cuts
+        mig = {self.args.migration_at} if self.args.migration_at else (
+            set(range(5, n + 1, 10)) if n >= 10 else {max(2, n // 2)})
         for i in range(1, self.args.cuts + 1):
             if self.args.until and time.strftime("%H:%M", time.gmtime()) >= self.args.until:
                 log(f"   --until {self.args.until} (UTC) reached after {i - 1} cuts: checking and stopping")
                 break
-            if i == mig_at and self.args.migration:
+            if i in mig and self.args.migration:
                 c = self.migration_cut(i)
             else:
                 kind = "reset" if i % 2 else "kill"
@@ -537,7 +556,7 @@ class Run:
             f"# Power cuts on the emulated board, {time.strftime('%Y-%m-%d', time.gmtime(self.t0))}",
             "",
             f"`scripts/power-cuts {self.args.cuts}` (seed {self.args.seed}): QEMU malta (TCG) from "
-            "`scripts/build-image`, 1 GiB disk, 3 host test cameras (H.264 320x240 10 fps, real RTSP), "
+            f"`scripts/build-image`, 1 GiB disk, 3 host test cameras (H.264 320x240 10 fps {CAM_KBIT} kbit/s, real RTSP), "
             f"segment_seconds={SEGMENT_SECONDS}, sync_seconds={SYNC_SECONDS}, max_storage_mb={MAX_STORAGE_MB} per stream. "
             "Machine: 2 cores shared with other builds.",
             "",
@@ -548,9 +567,10 @@ class Run:
             "|---|---|",
             f"| cuts survived | {len(cuts)} of {self.args.cuts} planned |",
             f"| by kind | {', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))} |",
-            f"| loss per cut, worst / median | {max(losses):.1f} s / {statistics.median(losses):.1f} s (bound sync_seconds {SYNC_SECONDS} + {LOSS_SLACK_S} s)" if losses else "| loss per cut | - |",
-            f"| cut to recording again (3 cameras), median / worst | {statistics.median(b2r):.1f} s / {max(b2r):.1f} s" if b2r else "| cut to recording | - |",
+            f"| loss per cut, worst / median | {max(losses):.1f} s / {statistics.median(losses):.1f} s (bound sync_seconds {SYNC_SECONDS} + {LOSS_SLACK_S} s) |" if losses else "| loss per cut | - |",
+            f"| cut to recording again (3 cameras), median / worst | {statistics.median(b2r):.1f} s / {max(b2r):.1f} s |" if b2r else "| cut to recording | - |",
             f"| recordings fetched and decoded after cuts | {self.files_checked}, unplayable {len(self.unplayable)} |",
+            f"| recordings deleted by retention across a cut (listed before, gone after) | {sum(c.get('deleted_across_cut', 0) for c in cuts)} |",
             f"| boot.env damaged (selector reset the counters) | {sum(1 for c in cuts if c.get('boot_env_reset'))} |",
             f"| data partition fsck at boot | {len(fsck)} repairs: {', '.join(sorted(set(fsck))) or 'none'} |",
             f"| `oxinvr check` on the box | {sum(1 for c in cuts if 'oxinvr_check' in c)} runs, all `ok` |",
