@@ -355,7 +355,6 @@ class Run:
         else:
             time.sleep(self.rng.uniform(*self.args.delay))
         ends, t_poll, recs = self.writing_ends()
-        before_ids = {r["id"] for r in recs}
         t_cut = now()
         c["since_poll_s"] = round(t_cut - t_poll, 2)
         if kind == "reset":
@@ -366,10 +365,10 @@ class Run:
         log(f"   cut {i}: {kind} ({aim}) at {time.strftime('%H:%M:%S', time.gmtime(t_cut))}")
         if kind == "kill":
             b.start()
-        self.after_cut(c, ends, t_cut, t_poll, before_ids)
+        self.after_cut(c, ends, t_cut, t_poll, recs)
         return c
 
-    def after_cut(self, c, ends, t_cut, t_poll, before_ids, t_loss=None):
+    def after_cut(self, c, ends, t_cut, t_poll, before, t_loss=None):
         """The checks after a cut at t_cut. The loss counts from t_loss (default
         t_cut): what the streams had written at t_poll, plus t_loss - t_poll."""
         b = self.box
@@ -391,10 +390,15 @@ class Run:
             # of this recorder run survived, from the run's first frame.
             after = max((r["end_ms"] for r in recs if r["stream"] == s and r["start_ms"] <= e), default=0)
             after = max(after, self.run_start.get(s, 0))
+            # A closed recording listed before the cut and gone after it was deleted by
+            # retention (durably, as policy says), not lost to the cut.
+            gone = max((r["end_ms"] for r in before if r["stream"] == s and r["closed"]
+                        and r["id"] not in {x["id"] for x in recs}), default=0)
+            after = max(after, gone)
             loss[s] = round((e - after) / 1000 + (t_loss - t_poll), 2)
         c["loss_s"] = max(loss.values()) if loss else None
         c["loss_by_stream"] = loss
-        deleted = sorted(before_ids - {r["id"] for r in recs})
+        deleted = sorted({r["id"] for r in before if r["closed"]} - {r["id"] for r in recs})
         c["deleted_across_cut"] = len(deleted)
         bound = SYNC_SECONDS + LOSS_SLACK_S
         log(f"     back recording {c['boot_to_recording_s']} s after the cut (healthy {c['boot_to_health_s']} s); "
@@ -465,7 +469,6 @@ class Run:
         b = self.box
         c = {"n": i, "kind": "kill", "aim": "migration"}
         ends, t_poll, recs = self.writing_ends()
-        before_ids = {r["id"] for r in recs}
         t_kill1 = now()
         b.kill9()
         with DataPartition(b.disk) as d:
@@ -490,7 +493,7 @@ class Run:
         b.start()
         # The loss is that of the first kill (while recording); the box was down
         # from then to the second.
-        self.after_cut(c, ends, t_cut, t_poll, before_ids, t_loss=t_kill1)
+        self.after_cut(c, ends, t_cut, t_poll, recs, t_loss=t_kill1)
         return c
 
     # --- the end ---
