@@ -258,6 +258,7 @@ class Run:
         self.files_checked = 0
         self.unplayable = []
         self.host_check = None
+        self.seen = {}  # path -> recording as last listed
         self.run_start = {}  # stream -> start_ms of its first recording in this recorder run
         self.rng = random.Random(args.seed)
         self.t0 = now()
@@ -324,9 +325,16 @@ class Run:
         return key
 
     # --- one cut ---
+    def recordings(self):
+        """The box's recordings; each one is remembered by path (self.seen)."""
+        recs = self.box.recordings()
+        for r in recs:
+            self.seen[r["path"]] = r
+        return recs
+
     def writing_ends(self):
         """{stream: how far it is written (guest ms)} from the API, and the host time of the answer."""
-        recs = self.box.recordings()
+        recs = self.recordings()
         t = now()
         ends = {}
         for r in recs:
@@ -341,7 +349,7 @@ class Run:
         if aim == "retention":
             # A rotation: retention runs about 1 s later and deletes the oldest
             # segments (rows to garbage, then unlinks). Cut into that.
-            ids0 = {r["id"] for r in b.recordings()}
+            ids0 = {r["id"] for r in self.recordings()}
             end = now() + 3 * SEGMENT_SECONDS + 30
             while now() < end:
                 ends, t_poll, recs = self.writing_ends()
@@ -383,18 +391,14 @@ class Run:
         if c["boot_env_reset"]:
             raise Fail(f"cut {c['n']}: the selector found boot.env damaged (counters were reset)")
         # Loss: written before the cut (guest clock), recorded after it.
-        recs = b.recordings()
+        recs = self.recordings()
         loss = {}
         for s, e in ends.items():
             # Recorded before the cut: up to the end of what survived, or if nothing
             # of this recorder run survived, from the run's first frame.
             after = max((r["end_ms"] for r in recs if r["stream"] == s and r["start_ms"] <= e), default=0)
             after = max(after, self.run_start.get(s, 0))
-            # A closed recording listed before the cut and gone after it was deleted by
-            # retention (durably, as policy says), not lost to the cut.
-            gone = max((r["end_ms"] for r in before if r["stream"] == s and r["closed"]
-                        and r["id"] not in {x["id"] for x in recs}), default=0)
-            after = max(after, gone)
+            after = max(after, self.retention_deleted(s, before, recs))
             loss[s] = round((e - after) / 1000 + (t_loss - t_poll), 2)
         c["loss_s"] = max(loss.values()) if loss else None
         c["loss_by_stream"] = loss
@@ -409,6 +413,20 @@ class Run:
         self.check_files(c, recs)
         if c["n"] % self.args.check_every == 0 or c["n"] == self.args.cuts:
             self.oxinvr_check(c)
+
+    def retention_deleted(self, stream, before, recs):
+        """The end of the newest recording of `stream` that retention deleted: one
+        seen at some poll (by path: a row whose insert a cut lost comes back adopted
+        under a new id) that is gone now and older than the one being written at the
+        last poll. Rows are only deleted durably (garbage transaction, synchronous=
+        FULL), so a cut cannot make an older recording vanish; retention can."""
+        mine = [r for r in before if r["stream"] == stream]
+        if not mine:
+            return 0
+        newest = max(mine, key=lambda r: r["start_ms"])
+        now_paths = {r["path"] for r in recs}
+        return max((r["end_ms"] for r in self.seen.values() if r["stream"] == stream
+                    and r["path"] not in now_paths and r["start_ms"] < newest["start_ms"]), default=0)
 
     def mark_run_start(self, recs=None):
         """Remembers where each stream's recording began in this recorder run (the
