@@ -48,7 +48,7 @@ from qemu_serial import Console  # noqa: E402
 W = "target/power-cuts"
 SYNC_SECONDS = 10  # the image's [storage] sync_seconds (overlay/etc/oxinvr/oxinvr.toml)
 SEGMENT_SECONDS = 20  # set on the box: segments close often, retention deletes often
-MAX_STORAGE_MB = 1  # per stream: with CAM_KBIT, retention deletes at about every rotation
+MAX_STORAGE_MB = 3  # per stream: 2-3 segments; with CAM_KBIT retention deletes the oldest at about every rotation, never the one just closed
 CAM_KBIT = 500  # a 20 s segment is about 1.2 MB
 LOSS_SLACK_S = 3.0  # one fragment (1 s GOP) + the poll before the cut + clock reading
 CONF = "/var/lib/oxinvr/oxinvr.toml"
