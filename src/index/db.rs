@@ -40,7 +40,11 @@
 //! (start-up recovery rescans open segments), a `garbage_done` reverts (the
 //! unlink is retried and finds the file gone). The one commit whose loss would
 //! break an invariant is a deletion followed by an unlink -- a row would come
-//! back pointing to no file -- so exactly those run with `synchronous=FULL`.
+//! back pointing to no file -- so those run with `synchronous=FULL`. So do
+//! the user's own settings, which nothing rebuilds: streams added, changed
+//! or deleted, and what grants or revokes access (`users`): power cuts on
+//! the emulated board lost an API key made seconds before, and a stream
+//! added through the API is as exposed.
 //!
 //! Time is milliseconds since the Unix epoch; intervals are half-open
 //! `[start_ms, end_ms)`, and a zero-length interval is the point `start_ms`.
@@ -779,7 +783,7 @@ impl Db {
         }
         let max_mb =
             s.max_storage_mb.map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name))).transpose()?;
-        self.write("upsert_stream", |tx| {
+        self.write_durably("upsert_stream", |tx| {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, retention_days, max_storage_mb,
                                       priority, bitrate_kbps, source, created_ms, updated_ms)
@@ -847,7 +851,7 @@ impl Db {
     /// stream; [`DbError::InUse`] if it still has segments (see
     /// [`Db::purge_stream`]).
     pub fn delete_stream(&self, name: &str) -> Result<bool, DbError> {
-        self.write("delete_stream", |tx| {
+        self.write_durably("delete_stream", |tx| {
             let Some(id) = stream_id(tx, name, "delete_stream")? else {
                 return Ok(false);
             };

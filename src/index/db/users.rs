@@ -8,6 +8,12 @@
 //!   (`INSERT ... WHERE NOT EXISTS`), so two concurrent setups cannot both win.
 //! - Sessions and keys go with their user (`ON DELETE CASCADE`); tokens are
 //!   stored only as hashes.
+//! - What grants or revokes access is committed with `synchronous=FULL`
+//!   (users, roles, passwords, TOTP on/off, API keys, logouts): a power cut
+//!   must neither revive a revoked key or session nor lose the first admin
+//!   (which would reopen first-run setup to anyone on the network). Power cuts
+//!   on the emulated board lost a new API key before this. Creating a session
+//!   and the `last_*` stamps stay `NORMAL` (a lost one is a new login).
 
 use rusqlite::{params, OptionalExtension, Row};
 
@@ -159,7 +165,7 @@ impl Db {
     /// Creates the first user, an admin, only if there is no user yet
     /// (`None` if one exists).
     pub fn create_first_admin(&self, name: &str, hash: &str, now_ms: i64) -> Result<Option<UserRow>, DbError> {
-        self.write("create first admin", |tx| {
+        self.write_durably("create first admin", |tx| {
             let n = tx
                 .execute(
                     "INSERT INTO users (name, role, password_hash, created_ms)
@@ -177,7 +183,7 @@ impl Db {
     }
 
     pub fn create_user(&self, name: &str, role: Role, hash: &str, now_ms: i64) -> Result<UserRow, DbError> {
-        self.write("create user", |tx| {
+        self.write_durably("create user", |tx| {
             let taken: bool =
                 tx.query_row("SELECT count(*) FROM users WHERE name = ?1", [name], |r| r.get(0)).ctx("find user")?;
             if taken {
@@ -208,7 +214,7 @@ impl Db {
 
     /// Changes a role; refuses to demote the last admin.
     pub fn set_user_role(&self, name: &str, role: Role) -> Result<(), DbError> {
-        self.write("set role", |tx| {
+        self.write_durably("set role", |tx| {
             if role != Role::Admin && other_admins(tx, name)? == 0 && self.is_admin(tx, name)? {
                 return Err(conflict(format!("{name:?} is the last admin; make another user admin first")));
             }
@@ -229,7 +235,7 @@ impl Db {
 
     /// Sets a new password hash and ends the user's sessions except `keep`.
     pub fn set_password(&self, name: &str, hash: &str, keep: Option<i64>) -> Result<(), DbError> {
-        self.write("set password", |tx| {
+        self.write_durably("set password", |tx| {
             let n = tx
                 .execute("UPDATE users SET password_hash = ?2 WHERE name = ?1", params![name, hash])
                 .ctx("set password")?;
@@ -255,7 +261,7 @@ impl Db {
 
     /// Deletes a user with their sessions and keys; refuses the last admin.
     pub fn delete_user(&self, name: &str) -> Result<(), DbError> {
-        self.write("delete user", |tx| {
+        self.write_durably("delete user", |tx| {
             if other_admins(tx, name)? == 0 && self.is_admin(tx, name)? {
                 return Err(conflict(format!("{name:?} is the last admin and cannot be deleted")));
             }
@@ -291,7 +297,7 @@ impl Db {
             }
             None => "UPDATE users SET totp_secret = NULL, totp_pending = NULL, totp_last_step = ?2 WHERE id = ?1",
         };
-        self.conn.execute(sql, params![user_id, enable_at_step]).ctx("set totp")?;
+        self.write_durably("set totp", |tx| tx.execute(sql, params![user_id, enable_at_step]).ctx("set totp"))?;
         Ok(())
     }
 
@@ -383,10 +389,10 @@ impl Db {
 
     /// Ends a session (of `user_id` only, if given); false if there was none.
     pub fn delete_session(&self, id: i64, user_id: Option<i64>) -> Result<bool, DbError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM sessions WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)", params![id, user_id])
-            .ctx("delete session")?;
+        let n = self.write_durably("delete session", |tx| {
+            tx.execute("DELETE FROM sessions WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)", params![id, user_id])
+                .ctx("delete session")
+        })?;
         Ok(n == 1)
     }
 
@@ -397,13 +403,14 @@ impl Db {
     // ---- API keys ----
 
     pub fn create_key(&self, user_id: i64, name: &str, prefix: &str, hash: &[u8], now_ms: i64) -> Result<i64, DbError> {
-        self.conn
-            .execute(
+        self.write_durably("create key", |tx| {
+            tx.execute(
                 "INSERT INTO api_keys (user_id, name, prefix, secret_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![user_id, name, prefix, hash, now_ms],
             )
             .ctx("create key")?;
-        Ok(self.conn.last_insert_rowid())
+            Ok(tx.last_insert_rowid())
+        })
     }
 
     /// The key with this secret hash, with its user's current role.
@@ -434,10 +441,10 @@ impl Db {
     }
 
     pub fn delete_key(&self, id: i64, user_id: Option<i64>) -> Result<bool, DbError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM api_keys WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)", params![id, user_id])
-            .ctx("delete key")?;
+        let n = self.write_durably("delete key", |tx| {
+            tx.execute("DELETE FROM api_keys WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)", params![id, user_id])
+                .ctx("delete key")
+        })?;
         Ok(n == 1)
     }
 }

@@ -15,6 +15,29 @@ say() {
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
+# fsck_data DEV: `e2fsck -p` (replays the journal, fixes what is safe); when it
+# gives up (exit 4 and above, as after some power cuts), `e2fsck -fy` repairs the
+# rest, so the box records again by itself instead of on a damaged file system.
+# The console lines say what happened (scripts/power-cuts counts them);
+# tests/appliance_fsck.rs runs it on damaged images.
+fsck_data() {
+    /sbin/e2fsck -p "$1" >/dev/null 2>&1
+    rc=$?
+    [ $rc -eq 0 ] && return 0
+    if [ $rc -lt 4 ]; then
+        say "data: e2fsck -p fixed the file system ($rc)"
+        return 0
+    fi
+    say "data: e2fsck -p could not fix the file system ($rc): running e2fsck -fy"
+    /sbin/e2fsck -fy "$1" >/dev/null 2>&1
+    rc=$?
+    if [ $rc -lt 4 ]; then
+        say "data: e2fsck -fy repaired the file system ($rc)"
+    else
+        say "data: e2fsck -fy found errors it could not fix ($rc); mounting anyway"
+    fi
+}
+
 # is_mounted DIR (busybox may lack `mountpoint`). False before /proc is mounted.
 is_mounted() { grep -q "^[^ ]* $1 " /proc/mounts 2>/dev/null; }
 
