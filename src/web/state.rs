@@ -22,6 +22,8 @@ pub struct Nvr {
     pub recorder: Recorder,
     /// Triggered when the recorder stops: HTTP workers and live views end.
     pub shutdown: Shutdown,
+    /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
+    pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
 }
 
 impl Nvr {
@@ -36,6 +38,7 @@ impl Nvr {
             started_ms,
             recorder,
             shutdown: Shutdown::new(),
+            tls: std::sync::OnceLock::new(),
         }
     }
 }
