@@ -292,3 +292,91 @@ fn a_client_that_never_sends_a_client_hello_holds_no_worker_and_is_dropped() {
     assert!(began.elapsed() < Duration::from_secs(HEAD_TIMEOUT_S + 5));
     assert_eq!(b.https("GET", "/api/health", &[]).status, 200);
 }
+
+/// A rustls client trusting only the box's certificate (its name: localhost).
+fn tls_connect(b: &Box_) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(b.cert()).expect("cert.pem") {
+        roots.add(c.expect("a certificate")).expect("trusted");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let sock = TcpStream::connect(("127.0.0.1", b.tls_port)).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    rustls::StreamOwned::new(conn, sock)
+}
+
+#[test]
+fn live_view_plays_over_https() {
+    use oxinvr::web::websocket::{self, FrameReader, Message, Opcode};
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cam = common::Camera::start(&["--fps", "15"]);
+    let tls_port = free_port();
+    let body = format!(
+        "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\ntls = true\n\
+         tls_listen = \"127.0.0.1:{tls_port}\"\n[[streams]]\nname = \"cam\"\nurl = \"{}\"\nbitrate_kbps = 1000\n",
+        cam.url("h264")
+    );
+    let nvr = Oxinvr::start(tmp.path(), &body);
+    wait_listening(tls_port);
+    nvr.wait_for("/api/streams/cam", Duration::from_secs(30), "cam streaming", |v| v["status"]["state"] == "streaming");
+    let b = Box_ { nvr, tls_port, dir: tmp.path().to_path_buf() };
+    let mut s = tls_connect(&b);
+    let (auth_k, auth_v) = b.nvr.auth_header();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let req = format!(
+        "GET /api/streams/cam/live HTTP/1.1\r\nHost: localhost:{tls_port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{auth_k}: {auth_v}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send the upgrade");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = s.read(&mut buf).expect("read the answer");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut reader = FrameReader::client(64 << 20);
+    reader.push(&raw[end + 4..]);
+    let mut next = |s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| {
+        reader.read_message(s).unwrap_or_else(|e| panic!("live message over TLS: {e}"))
+    };
+    let Message::Text(init) = next(&mut s) else { panic!("the init text first") };
+    assert!(init.contains("\"init\""), "{init}");
+    let Message::Binary(mut file) = next(&mut s) else { panic!("the init segment") };
+    assert_eq!(&file[4..8], b"ftyp");
+    // A ping is answered through TLS too (the thread reads the client there).
+    let mut ping = Vec::new();
+    websocket::put_masked_frame(&mut ping, Opcode::Ping, b"tls?", websocket::random_mask());
+    s.write_all(&ping).expect("ping");
+    let (mut fragments, mut pong) = (0, false);
+    while fragments < 30 || !pong {
+        match next(&mut s) {
+            Message::Binary(f) => {
+                file.extend_from_slice(&f);
+                fragments += 1;
+            }
+            Message::Pong(p) => pong = p == b"tls?",
+            Message::Text(t) => panic!("unexpected text: {t}"),
+            _ => {}
+        }
+        assert!(fragments < 200, "no pong after {fragments} fragments");
+    }
+    let path = tmp.path().join("live-over-tls.mp4");
+    std::fs::write(&path, &file).expect("write");
+    common::decode_ok(&path).expect("what came over TLS decodes");
+    assert!(common::frame_count(&path) >= 30, "{} frames", common::frame_count(&path));
+}
