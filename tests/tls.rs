@@ -167,8 +167,26 @@ fn https_serves_the_page_and_the_api_with_the_certificate_made_at_first_start() 
     assert!(v.get("private_key").is_none() && !info.body.contains("PRIVATE"), "{v}");
     let streams = b.https("GET", "/api/streams", &["-H", &format!("Cookie: {cookie}")]);
     assert_eq!(streams.status, 200, "{}", streams.body);
-    // The fingerprint is in the recorder's log too (a user may read it there).
-    assert!(b.nvr.log().contains(v["fingerprint_sha256"].as_str().unwrap_or("?")));
+    // The fingerprint is in the recorder's log too, and in the UART shell's
+    // `status` (which reaches the recorder over plain HTTP with the console token).
+    let fp = v["fingerprint_sha256"].as_str().unwrap_or("?");
+    assert!(b.nvr.log().contains(fp));
+    let mut shell = Command::new(common::nvr::oxinvr_bin())
+        .args(["shell", "--config"])
+        .arg(&b.nvr.config)
+        .env("TERM", "dumb")
+        .env_remove(oxinvr::appliance::ota::SLOT_ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("oxinvr shell");
+    std::io::Write::write_all(&mut shell.stdin.take().expect("stdin"), b"status\nexit\n").expect("type");
+    let out = shell.wait_with_output().expect("shell output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("recorder: running"), "{text}");
+    assert!(text.contains(&format!("https: port {}, self-signed certificate", b.tls_port)), "{text}");
+    assert!(text.contains(&format!("SHA-256 {fp}")), "{text}");
 }
 
 #[test]
