@@ -302,7 +302,10 @@ impl Config {
             })?;
             let http = self.web.listen.parse::<SocketAddr>().ok();
             if http.is_some_and(|h| h.port() == tls.port() && h.port() != 0) {
-                return Err(("web.tls_listen".into(), format!("port {} is web.listen's; HTTPS needs its own", tls.port())));
+                return Err((
+                    "web.tls_listen".into(),
+                    format!("port {} is web.listen's; HTTPS needs its own", tls.port()),
+                ));
             }
         }
         range("web.threads", u32::from(self.web.threads), 1, 32)?;

@@ -110,7 +110,11 @@ impl Box_ {
 fn fingerprint_of_pem(pem: &str, tmp: &Path) -> String {
     let f = tmp.join("served.pem");
     std::fs::write(&f, pem).expect("write pem");
-    let out = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&f).output().expect("openssl");
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&f)
+        .output()
+        .expect("openssl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "openssl x509: {}", String::from_utf8_lossy(&out.stderr));
     text.trim().split_once('=').map(|(_, v)| v.to_string()).unwrap_or_else(|| panic!("no fingerprint: {text}"))
@@ -124,7 +128,8 @@ fn mode(p: &Path) -> u32 {
 /// console's calls are not redirected).
 fn add_admin(b: &Box_, name: &str) {
     let body = serde_json::json!({ "username": name, "password": PASSWORD, "role": "admin" }).to_string();
-    let r = b.nvr.request("POST", "/api/users", &[("Content-Type", "application/json")], body.as_bytes()).expect("POST");
+    let r =
+        b.nvr.request("POST", "/api/users", &[("Content-Type", "application/json")], body.as_bytes()).expect("POST");
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
@@ -149,7 +154,11 @@ fn https_serves_the_page_and_the_api_with_the_certificate_made_at_first_start() 
     for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"][..]] {
         let page = b.https("GET", "/", version);
         assert_eq!(page.status, 200, "{version:?}: {}", page.head);
-        assert!(page.body.contains("<html") || page.body.contains("<!doctype"), "{}", &page.body[..page.body.len().min(200)]);
+        assert!(
+            page.body.contains("<html") || page.body.contains("<!doctype"),
+            "{}",
+            &page.body[..page.body.len().min(200)]
+        );
     }
     // Login over HTTPS: the session cookie is Secure (and still HttpOnly).
     add_admin(&b, "ann");
@@ -202,7 +211,8 @@ fn plain_http_redirects_to_https_except_health_and_the_console() {
     // A password sent over plain HTTP is not looked at: 308, no session.
     add_admin(&b, "ann");
     let body = serde_json::json!({ "username": "ann", "password": PASSWORD }).to_string();
-    let r = http(port, "POST", "/api/auth/login", &[("Content-Type", "application/json")], body.as_bytes()).expect("login");
+    let r =
+        http(port, "POST", "/api/auth/login", &[("Content-Type", "application/json")], body.as_bytes()).expect("login");
     assert_eq!(r.status, 308, "{}", r.text());
     assert!(r.header("Set-Cookie").is_none());
     // Monitoring and the console (UART shell) keep plain HTTP on the box.
@@ -288,7 +298,8 @@ fn a_client_that_never_sends_a_client_hello_holds_no_worker_and_is_dropped() {
     let tmp = tempfile::tempdir().expect("tmp");
     // One worker per server: a handshake on a worker would block it at once.
     let b = start(tmp.path(), 1);
-    let silent: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(("127.0.0.1", b.tls_port)).expect("connect")).collect();
+    let silent: Vec<TcpStream> =
+        (0..8).map(|_| TcpStream::connect(("127.0.0.1", b.tls_port)).expect("connect")).collect();
     // Half a ClientHello record header, then nothing.
     let mut partial = TcpStream::connect(("127.0.0.1", b.tls_port)).expect("connect");
     std::io::Write::write_all(&mut partial, &[0x16, 0x03]).expect("write");
@@ -303,7 +314,10 @@ fn a_client_that_never_sends_a_client_hello_holds_no_worker_and_is_dropped() {
         s.set_read_timeout(Some(Duration::from_secs(HEAD_TIMEOUT_S + 5))).expect("timeout");
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf);
-        assert!(matches!(n, Ok(0)) || n.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{n:?}");
+        assert!(
+            matches!(n, Ok(0)) || n.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{n:?}"
+        );
         let after = began.elapsed();
         assert!(after >= Duration::from_secs(HEAD_TIMEOUT_S) - Duration::from_millis(500), "dropped early: {after:?}");
     }

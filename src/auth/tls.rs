@@ -206,7 +206,8 @@ fn write_pair(dir: &Path, cert_pem: &str, key_pem: &str, source: Source) -> Resu
     for (name, text, mode) in [(KEY_FILE, key_pem, 0o600), (CERT_FILE, cert_pem, 0o644)] {
         let (tmp, path) = (dir.join(format!("{name}.new")), dir.join(name));
         let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(|e| err(&tmp, e))?;
+        let mut f =
+            fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(|e| err(&tmp, e))?;
         f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| err(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
     }

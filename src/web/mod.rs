@@ -150,7 +150,8 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
         let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
         io::Error::new(kind, format!("cannot listen on {listen}: {e}"))
     };
-    let server = tiny_http::Server::http_limited(&listen, limits(&nvr.config.web)).map_err(|e| cannot_listen(&listen, e))?;
+    let server =
+        tiny_http::Server::http_limited(&listen, limits(&nvr.config.web)).map_err(|e| cannot_listen(&listen, e))?;
     let mut http = Http { server: Arc::new(server), https: None, threads: Vec::new(), stopping };
     if nvr.config.web.tls {
         match start_https(&nvr) {
