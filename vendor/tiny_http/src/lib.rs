@@ -432,7 +432,6 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, peer)) => {
-                        use util::RefinedTcpStream;
                         // OxiNVR patch: admission, timeouts
                         refused.prune(std::time::Instant::now());
                         let slot = match admission.admit(peer) {
