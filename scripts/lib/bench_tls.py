@@ -113,6 +113,7 @@ def main():
     ap.add_argument("--n-mips", type=int, default=50, help="connections per TLS version (MIPS under qemu)")
     ap.add_argument("--x86", default="target/release/oxinvr")
     ap.add_argument("--mips", default="target/mips/oxinvr", help="'' to skip")
+    ap.add_argument("--mips-before", default="", help="a MIPS binary without TLS, to compare sizes")
     ap.add_argument("--out", default=f"bench/results/tls-{datetime.date.today()}.md")
     a = ap.parse_args()
     runs = [("x86-64 release", [a.x86], a.n)]
@@ -139,6 +140,10 @@ def main():
     lines.append("")
     if size:
         lines.append(f"MIPS binary (`{a.mips}`, stripped, static): {size} bytes ({size / 1048576:.2f} MiB); the limit is 8 MiB.")
+        if a.mips_before and os.path.exists(a.mips_before):
+            before = os.path.getsize(a.mips_before)
+            lines.append(f"Without HTTPS (`{a.mips_before}`): {before} bytes; HTTPS (rustls, ring's TLS code, rcgen) adds "
+                         f"{size - before} bytes ({(size - before) / before * 100:+.1f} %).")
         lines.append("")
     lines.append("qemu-user translates MIPS code on an x86 core, so its figures are an emulation cost, not the")
     lines.append("A1's: they bound how the handshake's cost compares with the rest of the work (health is the")
