@@ -307,7 +307,8 @@ impl Server {
     /// OxiNVR patch: an HTTPS server bounded by `limits` like `http_limited`.
     /// Each connection's TLS handshake runs on that connection's own thread
     /// and must end within `limits.head_timeout`; accepted sockets get
-    /// TCP_NODELAY (else delayed ACKs add ~40 ms to a TLS 1.2 handshake).
+    /// TCP_NODELAY (else Nagle and delayed ACKs add ~45 ms to a TLS 1.2
+    /// handshake: bench/results/tls-2026-12-02.md).
     /// `config` may resolve its certificate per connection (a new one then
     /// takes effect for new connections).
     #[cfg(feature = "ssl-rustls")]
