@@ -23,6 +23,8 @@ pub struct Config {
     #[serde(default)]
     pub web: WebConfig,
     #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
     pub streams: Vec<StreamConfig>,
     #[serde(default)]
     pub system: SystemConfig,
@@ -30,6 +32,18 @@ pub struct Config {
     #[serde(skip_deserializing)]
     pub source: String,
 }
+
+/// `[memory]`: the budget every stream is admitted into (`governor::budget`).
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// MiB the process may use; 0 derives it from the machine's MemTotal.
+    pub budget_mb: u32,
+}
+
+/// Smallest and largest `memory.budget_mb` (0 aside): below 16 MiB not even
+/// the process's own fixed reservations fit.
+pub const BUDGET_MB_RANGE: (u32, u32) = (16, 1 << 20);
 
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +54,8 @@ pub struct StorageConfig {
     pub min_free_percent: u8,
     pub ring_dir: String,
     pub ring_seconds: u32,
+    /// `data_dir` must be a mount point (the data disk), else nothing records.
+    pub require_mount: bool,
 }
 
 impl Default for StorageConfig {
@@ -51,6 +67,7 @@ impl Default for StorageConfig {
             min_free_percent: 10,
             ring_dir: String::new(),
             ring_seconds: 8,
+            require_mount: false,
         }
     }
 }
@@ -315,6 +332,13 @@ impl Config {
         range("web.login_attempts", self.web.login_attempts, 1, 1000)?;
         range("web.lockout_seconds", self.web.lockout_seconds, 1, 7 * 24 * 3600)?;
         range("web.max_live_clients", self.web.max_live_clients, 1, 256)?;
+        let (b, (lo, hi)) = (self.memory.budget_mb, BUDGET_MB_RANGE);
+        if b != 0 && !(lo..=hi).contains(&b) {
+            return Err((
+                "memory.budget_mb".into(),
+                format!("{b} is out of range {lo}..={hi} (0 derives it from MemTotal)"),
+            ));
+        }
         range("web.max_senders", self.web.max_senders, 1, 256)?;
         range("web.max_connections", self.web.max_connections, 8, 4096)?;
         range("web.max_connections_per_address", self.web.max_connections_per_address, 1, self.web.max_connections)?;

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lowest first.
-const LAYERS: &[&str] = &["base", "index", "config", "auth", "recording", "playback", "appliance", "web", "cli"];
+const LAYERS: &[&str] =
+    &["base", "index", "config", "governor", "auth", "recording", "playback", "appliance", "web", "cli"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

@@ -44,7 +44,9 @@ async function drawStreamList(list) {
 
 function streamRow(s) {
   const st = s.status || {};
-  const state = h('td', {}, h('span.pill.' + (st.state || 'stopped'), { text: st.state || 'stopped' }),
+  const wait = st.memory_wait;
+  const state = h('td', {}, h('span.pill.' + (st.state || 'stopped'), { text: (st.state || 'stopped').replace(/_/g, ' ') }),
+    wait ? h('small.note', { text: ` needs ${fmtBytes(wait.needs_bytes)}, ${fmtBytes(wait.free_bytes)} free in the memory budget` }) : null,
     st.last_error ? h('small.error-text', { text: ' ' + st.last_error }) : null);
   const toggle = h('button', { type: 'button', text: s.enabled ? 'Disable' : 'Enable',
     onclick: (e) => busy(e.target, null, () => saveEnabled(s.name, !s.enabled)) });

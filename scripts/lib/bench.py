@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -54,14 +55,15 @@ def kb(text, name):
 
 def run_recorder(binary, work, config):
     """Starts `binary run` on `config` (a format string with {port} and {work}) in
-    `work`; returns (process, port, console token) once /api/health answers."""
+    `work`; returns (process, port, console token) once /api/health answers.
+    `binary` may carry a runner before it ("qemu-mipsel-static /path/oxinvr")."""
     port = free_port()
     cfg = os.path.join(work, "oxinvr.toml")
     with open(cfg, "w") as f:
         f.write(config.format(port=port, work=work))
     log = open(os.path.join(work, "oxinvr.log"), "w")
-    proc = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log)
-    for _ in range(300):
+    proc = subprocess.Popen(shlex.split(binary) + ["run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log)
+    for _ in range(600):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1):
                 break

@@ -163,7 +163,7 @@ def main():
         s = sample(proc.pid)
         s.update(t=time.time() - began, fds=fds(proc.pid))
         samples.append(s)
-        print(f"  {s['t']:7.0f} s  rss {s['rss'] / 1024:6.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}  "
+        print(f"  {s['t']:7.0f} s  rss {s['rss'] / 1048576:6.1f} MiB  pss {s['pss'] / 1048576:6.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}  "
               f"live {live['sessions']}  fuzz runs {fuzz['runs']} (failed {fuzz['failed']})", flush=True)
         time.sleep(SAMPLE_S)
     elapsed = time.time() - began
@@ -179,7 +179,8 @@ def main():
 def report(a, work, samples, elapsed, streams, start_frames, steady, flaps, live, fuzz):
     measured = [s for s in samples if s["t"] >= a.warmup_minutes * 60] or samples
     rows = []
-    for key, unit, scale in [("rss", "MiB", 1 / 1024), ("fds", "", 1), ("threads", "", 1)]:
+    for key, unit, scale in [("rss", "MiB", 1 / 1048576), ("pss", "MiB", 1 / 1048576), ("fds", "", 1),
+                             ("threads", "", 1)]:
         first, last, pct = drift([s[key] for s in measured])
         rows.append(f"| {key} | {first * scale:.1f} {unit} | {last * scale:.1f} {unit} | {pct:+.1f} % |")
     cams = []

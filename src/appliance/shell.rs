@@ -448,7 +448,13 @@ impl Shell {
             }
             Err(_) => out.push_str("slot: - (not an appliance)\n"),
         }
-        match (self.api.request("GET", "/api/system", None), self.api.request("GET", "/api/streams", None)) {
+        let sys = self.api.request("GET", "/api/system", None);
+        let no_disk = sys.as_ref().ok().filter(|r| r.status == 200).map(|r| r.json());
+        if let Some(d) = no_disk.as_ref().map(|v| &v["disk"]).filter(|d| d["recording"] == "no_disk") {
+            out.push_str(&format!("recorder: running WITHOUT ITS DATA DISK: NOTHING RECORDS: {}\n", s(&d["problem"])));
+            return out;
+        }
+        match (sys, self.api.request("GET", "/api/streams", None)) {
             (Ok(sys), Ok(streams)) if sys.status == 200 && streams.status == 200 => {
                 let sys = sys.json();
                 let up = sys["uptime_s"].as_u64().unwrap_or(0);
@@ -584,6 +590,9 @@ impl Shell {
         }
         let mut out = table(&rows);
         for st in &list {
+            if let Some(w) = memory_wait(&st["status"]) {
+                out.push_str(&format!("  {}: {w}\n", s(&st["name"])));
+            }
             if let Some(e) = st["status"]["last_error"].as_str() {
                 out.push_str(&format!(
                     "  {}: last error {}: {e}\n",
@@ -636,6 +645,17 @@ impl Shell {
     }
 }
 
+/// "waiting for memory: needs X MiB, Y MiB free in the budget" of a stream
+/// status whose reservation does not fit yet.
+fn memory_wait(status: &Value) -> Option<String> {
+    let w = &status["memory_wait"];
+    let wait = crate::governor::budget::Wait {
+        needs_bytes: w["needs_bytes"].as_u64()?,
+        free_bytes: w["free_bytes"].as_u64()?,
+    };
+    Some(wait.to_string())
+}
+
 fn stream_line(st: &Value) -> String {
     format!(
         "{} {}, {}",
@@ -669,7 +689,9 @@ fn streams_summary(list: &[Value]) -> String {
                 s(&status["state"]),
                 format!("{} fps", s(&status["fps"])),
                 format!("{} kbps", s(&status["bitrate_kbps"])),
-                status["last_error"].as_str().map(|e| format!("last error: {e}")).unwrap_or_default(),
+                memory_wait(status)
+                    .or_else(|| status["last_error"].as_str().map(|e| format!("last error: {e}")))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -743,6 +765,18 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_says_which_streams_wait_for_memory_and_for_how_much() {
+        let list = vec![
+            serde_json::json!({"name": "door", "status": {"state": "streaming", "fps": 15, "bitrate_kbps": 900}}),
+            serde_json::json!({"name": "yard", "status": {"state": "waiting_for_memory", "fps": 0, "bitrate_kbps": 0,
+                "memory_wait": {"needs_bytes": 5 << 20, "free_bytes": 3 << 19}}}),
+        ];
+        let out = streams_summary(&list);
+        assert!(out.starts_with("streams: 2 (1 streaming, 1 waiting_for_memory)"), "{out}");
+        assert!(out.contains("waiting for memory: needs 5.0 MiB, 1.5 MiB free in the budget"), "{out}");
+    }
 
     fn p(line: &str) -> Command {
         parse(line).unwrap_or_else(|e| panic!("{line}: {e}")).unwrap_or_else(|| panic!("{line}: nothing"))

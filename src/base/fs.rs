@@ -9,6 +9,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// True if `dir` is a mount point: its device differs from its parent's (or it
+/// is `/`). An error if it cannot be examined (it does not exist, ...).
+pub fn is_mount_point(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata(dir)?;
+    let parent = std::fs::metadata(dir.join(".."))?;
+    Ok(me.dev() != parent.dev() || me.ino() == parent.ino())
+}
+
 /// How file data is made durable: `fdatasync` in the recorder, a failing
 /// function in tests (a disk that refuses writeback cannot be made on demand).
 pub type SyncFn = fn(&File) -> io::Result<()>;

@@ -118,16 +118,19 @@ pub struct Client {
     /// The recorder's console token file: its token is sent as a Bearer
     /// credential, read afresh per request (a restarted recorder makes a new one).
     pub console_token: Option<std::path::PathBuf>,
+    /// The token last read, sent when the file cannot be read (a failing data
+    /// disk must not lock the console out of the recorder that reports it).
+    last_token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, console_token: None }
+        Client { addr, console_token: None, last_token: Default::default() }
     }
 
     /// A client that authenticates with the console token kept in `token_file`.
     pub fn with_console_token(addr: SocketAddr, token_file: &std::path::Path) -> Client {
-        Client { addr, console_token: Some(token_file.to_path_buf()) }
+        Client { addr, console_token: Some(token_file.to_path_buf()), last_token: Default::default() }
     }
 
     /// One request; `body` is sent as JSON. The whole answer is buffered.
@@ -136,7 +139,7 @@ impl Client {
         let stream = connect(&[self.addr], &what)?;
         let payload = body.map(|b| b.to_string().into_bytes());
         let host = self.addr.to_string();
-        let token = self.console_token.as_deref().and_then(read_token);
+        let token = self.console_token.as_deref().and_then(|p| self.token(p));
         let head = send(&stream, (method, &host, path), token.as_deref(), payload.as_deref(), &what)?;
         let (status, headers, mut reader) = head;
         let len = body_len(&headers, &what)?;
@@ -152,6 +155,17 @@ impl Client {
             return Err(HttpError::Failed(format!("{what}: the answer is larger than {MAX_BODY} bytes")));
         }
         Ok(Response { status, headers, body })
+    }
+}
+
+impl Client {
+    /// The console token from its file, else the last one read.
+    fn token(&self, path: &std::path::Path) -> Option<String> {
+        let mut last = self.last_token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = read_token(path) {
+            *last = Some(t);
+        }
+        last.clone()
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
-//! streams started in priority order -> HTTP.
+//! streams started in priority order -> HTTP. With `storage.require_mount`
+//! and no disk mounted on the data directory, only `web::no_disk` (nothing
+//! records, nothing is written).
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
 //! accepting (workers still busy with a client are not waited for past 0.25 s),
 //! ingest drops every session, the storage thread drains the rings, writes the
@@ -81,9 +83,37 @@ fn open_storage(cfg: &Config, repair: bool) -> Result<(Db, storage::Report, Data
     Ok((db, report, lock))
 }
 
+/// Why nothing may record, if `storage.require_mount` and the data directory is not a mount point.
+fn missing_disk(cfg: &Config) -> Option<String> {
+    if !cfg.storage.require_mount {
+        return None;
+    }
+    let dir = cfg.storage.data_dir.display();
+    match crate::base::fs::is_mount_point(&cfg.storage.data_dir) {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "the data disk is missing: {dir} is not a mount point (storage.require_mount), so nothing records"
+        )),
+        Err(e) => Some(format!("the data disk is missing: {dir}: {e} (storage.require_mount), so nothing records")),
+    }
+}
+
+/// Without the data disk: only the web server that says why (`web::no_disk`), until stopped.
+fn run_without_disk(cfg: &Config, stop_signals: &nix::sys::signal::SigSet, why: String) -> Result<()> {
+    log::error!("{why}; serving only a page that says so on http://{}/", cfg.web.listen);
+    let server = web::no_disk::spawn(cfg, why).context("web")?;
+    let sig = wait_for_stop(stop_signals);
+    log::info!("{sig}: stopping");
+    server.stop();
+    Ok(())
+}
+
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     let cfg = Config::load(config_path)?;
     let stop_signals = block_stop_signals()?;
+    if let Some(why) = missing_disk(&cfg) {
+        return run_without_disk(&cfg, &stop_signals, why);
+    }
     let (db, _, _lock) = open_storage(&cfg, true)?;
     // The UART shell's `logs` reads this file.
     let log_file = cfg.storage.data_dir.join("oxinvr.log");

@@ -678,6 +678,15 @@ impl fmt::Debug for Db {
 }
 
 impl Db {
+    /// Bytes SQLite holds now, all connections of the process together (its
+    /// own allocations: page caches, schemas, statements), which the counting
+    /// allocator does not see.
+    pub fn memory_used() -> u64 {
+        // SAFETY: a plain read of SQLite's global statistics, thread-safe.
+        let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        u64::try_from(used).unwrap_or(0)
+    }
+
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let label = path.display().to_string();
@@ -896,32 +905,35 @@ impl Db {
             )));
         }
         let init_len = to_i64(s.init_len, || format!("segment {:?}: init_len", s.path))?;
+        // Not `RETURNING id` with `query_row`: that reads the row and then resets the
+        // statement, and an autocommit INSERT commits at that reset, whose error (a full
+        // disk: SQLITE_FULL) rusqlite drops. The id of a row that was rolled back came
+        // back as if inserted (and was handed out again to the next segment). `execute`
+        // steps to the end, so a failed commit is this call's error.
         self.conn
             .prepare_cached(
                 "INSERT INTO segments (stream_id, path, state, start_ms, end_ms, codec, width, height,
                                        video_timescale, init_len, bytes, has_audio, \"trigger\", time_unknown,
                                        clock_mark)
-                 VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12) RETURNING id",
+                 VALUES (?1, ?2, 'open', ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut st| {
-                st.query_row(
-                    params![
-                        s.stream_id,
-                        s.path,
-                        s.start_ms,
-                        s.codec,
-                        s.width,
-                        s.height,
-                        s.video_timescale,
-                        init_len,
-                        s.has_audio,
-                        s.trigger,
-                        s.time_unknown,
-                        if s.time_unknown { self.clock_mark } else { 0 }
-                    ],
-                    |r| r.get(0),
-                )
+                st.execute(params![
+                    s.stream_id,
+                    s.path,
+                    s.start_ms,
+                    s.codec,
+                    s.width,
+                    s.height,
+                    s.video_timescale,
+                    init_len,
+                    s.has_audio,
+                    s.trigger,
+                    s.time_unknown,
+                    if s.time_unknown { self.clock_mark } else { 0 }
+                ])
             })
+            .map(|_| self.conn.last_insert_rowid())
             .with_ctx(|| format!("insert_segment {:?} of stream {}", s.path, s.stream_id))
     }
 

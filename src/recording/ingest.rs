@@ -25,6 +25,7 @@
 //!   slow drift never accumulates; only a real step starts a new run: video
 //!   time behind wall time by `MAX_DRIFT_MS`, ahead of it by `MAX_AHEAD_MS`, or
 //!   going back. Pts in the ring are the slewed ones; they stay strictly increasing.
+//!   A video frame at the same pts as the previous one is a repeat and dropped.
 //! - A wall clock below its floor (a box that booted in 1970) never stops
 //!   recording: a run started then is anchored on the clock's provisional
 //!   timeline and marked `time_unknown`, and follows that timeline (which never
@@ -453,8 +454,20 @@ impl<'a> Session<'a> {
                 self.audio = src.audio_params();
             }
         }
-        if self.slew.last_in.is_some_and(|last| f.pts <= last) && !*need_run {
-            log::warn!("stream {}: video time went backwards; starting a new run", self.rt.name());
+        if let (Some(last), false) = (self.slew.last_in.filter(|&last| f.pts <= last), *need_run) {
+            if f.pts == last {
+                // A second frame at the same time is a repeat: an RTSP server that
+                // shares one encoder among its clients resends one when another
+                // client joins. Dropped; a new run for it left 0.1 s recordings.
+                log::debug!("stream {}: a second video frame at {} ticks: dropped", self.rt.name(), f.pts);
+                return Ok(());
+            }
+            log::warn!(
+                "stream {}: video time went backwards ({} to {} ticks); starting a new run",
+                self.rt.name(),
+                last,
+                f.pts
+            );
             *need_run = true;
         }
         let mut pts = f.pts;

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod media;
 pub mod mp4;
 pub mod recorder;
+pub mod reserve;
 pub mod retention;
 pub mod ring;
 pub mod rtsp;

@@ -2,7 +2,11 @@
 //! start, the API, the shell (and later MQTT) all go through `Recorder::edit`.
 //!
 //! Invariants: every change of the registry goes through `edit`, one at a time;
-//! a running session is restarted only when a setting it runs with changed.
+//! a running session is restarted only when a setting it runs with changed;
+//! an enabled stream runs (ingest, storage) only while it holds a reservation
+//! in the memory budget, else it is registered as `waiting_for_memory` and
+//! started when a release or a raised budget admits it. A restart keeps the
+//! stream's reservation (resized in place when that fits).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::RecvTimeoutError;
@@ -12,6 +16,7 @@ use super::ring::{self, Ring};
 use super::stream::{StreamRuntime, StreamState, StreamStatus};
 use super::{ingest, storage};
 use crate::base::error::{Error, Kind};
+use crate::governor::budget::{self, Budget};
 use crate::index::db::{RecordMode, StreamRow, StreamSpec};
 
 /// Where stream starts and stops are sent.
@@ -23,6 +28,12 @@ pub struct Channels {
 
 /// Default expected bitrate when a stream does not say.
 const DEFAULT_BITRATE_KBPS: u32 = 4000;
+/// Heap of a stream's ingest beside its ring (the RTSP session's buffers and
+/// depacketizer). Measured at 76 KB a stream (16 streams, `scripts/soak`).
+const INGEST_HEAP: u64 = 128 << 10;
+/// The storage thread holds about a GOP of a recorded stream: 2 s at its
+/// bitrate, at least this (measured at 56 KB a 200 kbit/s stream).
+const WRITER_MIN: u64 = 256 << 10;
 
 /// The stream registry and the one control path that changes it.
 ///
@@ -35,6 +46,7 @@ pub struct Recorder {
     streams: RwLock<BTreeMap<String, Arc<StreamRuntime>>>,
     channels: RwLock<Option<Channels>>,
     edits: Mutex<()>,
+    budget: Mutex<Budget>,
 }
 
 /// What `Edit::apply` did to the running stream.
@@ -66,14 +78,32 @@ pub fn restart_reason(old: &StreamSpec, new: &StreamSpec) -> Option<&'static str
 }
 
 impl Recorder {
-    pub fn new(ring_seconds: u32, ring_dir: &str) -> Self {
+    pub fn new(ring_seconds: u32, ring_dir: &str, budget: Budget) -> Self {
         Recorder {
             ring_seconds,
             ring_dir: ring_dir.to_string(),
             streams: RwLock::new(BTreeMap::new()),
             channels: RwLock::new(None),
             edits: Mutex::new(()),
+            budget: Mutex::new(budget),
         }
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The memory budget and who holds what.
+    pub fn budget_report(&self) -> budget::Report {
+        self.budget().report()
+    }
+
+    /// Bytes a stream reserves in the budget: its ring, the writer's GOP (if
+    /// it records) and its ingest heap.
+    pub fn reservation(&self, spec: &StreamSpec) -> u64 {
+        let kbps = u64::from(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS));
+        let writer = if spec.record == RecordMode::Continuous { (kbps * 1000 * 2 / 8).max(WRITER_MIN) } else { 0 };
+        self.ring_bytes(spec) as u64 + writer + INGEST_HEAP
     }
 
     pub fn set_channels(&self, ch: Channels) {
@@ -122,6 +152,15 @@ impl Recorder {
         done.map_err(Error::io)
     }
 
+    /// Sets the memory budget (bytes); streams a raise admits start now, and
+    /// no running stream is stopped by a lower one.
+    pub fn set_budget(&self, total: u64) -> budget::Report {
+        let edit = self.edit();
+        let admitted = self.budget().set_total(total);
+        edit.launch_admitted(admitted);
+        self.budget_report()
+    }
+
     /// Bytes of all ring mappings.
     pub fn ring_bytes_total(&self) -> u64 {
         self.streams().iter().map(|s| s.ring.capacity() as u64).sum()
@@ -158,7 +197,7 @@ impl Edit<'_> {
                 // The new ring first: if it cannot be made, the old session runs on.
                 let ring = self.rec.new_ring(&row.spec)?;
                 log::info!("stream {}: {why} changed; restarting it", row.spec.name);
-                self.remove(&row.spec.name);
+                self.stop(&row.spec.name);
                 self.start(row, ring, Some(rt.status()));
                 Ok(Applied::Restarted(why))
             }
@@ -175,7 +214,8 @@ impl Edit<'_> {
         }
     }
 
-    /// Registers the stream on `ring`, then recording and ingest as the row says;
+    /// Registers the stream on `ring`, then, if it is enabled and its
+    /// reservation fits the budget, recording and ingest as the row says;
     /// `before` is the status of the session this one replaces.
     fn start(&mut self, row: &StreamRow, ring: Ring, before: Option<StreamStatus>) {
         let rt = Arc::new(StreamRuntime::new(row.clone(), Arc::new(ring)));
@@ -184,16 +224,65 @@ impl Edit<'_> {
         }
         self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), rt.clone());
         let spec = &row.spec;
-        if let (true, Some(ch)) = (spec.enabled, self.rec.channels()) {
-            if spec.record == RecordMode::Continuous {
-                let _ = ch.storage.send(storage::Command::Add(rt.clone()));
+        if !spec.enabled {
+            let admitted = self.rec.budget().release(&spec.name);
+            self.launch_admitted(admitted);
+            return;
+        }
+        let bytes = self.rec.reservation(spec);
+        let (wait, admitted) = {
+            let mut b = self.rec.budget();
+            let wait = b.ask(&spec.name, bytes, spec.priority);
+            // A smaller reservation than before (a restart) may admit others.
+            (wait, if wait.is_none() { b.admit_waiting() } else { Vec::new() })
+        };
+        match wait {
+            None => self.launch(&rt),
+            Some(w) => log::info!("stream {}: {w}", spec.name),
+        }
+        self.launch_admitted(admitted);
+    }
+
+    /// Starts recording and ingest of an admitted stream.
+    fn launch(&self, rt: &Arc<StreamRuntime>) {
+        rt.with_status(|s| s.memory_wait = None);
+        let Some(ch) = self.rec.channels() else { return };
+        if rt.spec().record == RecordMode::Continuous {
+            let _ = ch.storage.send(storage::Command::Add(rt.clone()));
+        }
+        let _ = ch.ingest.send_blocking(ingest::Command::Start(rt.clone()));
+    }
+
+    /// Starts the streams the budget just admitted, and shows every stream
+    /// still waiting its numbers as they are now.
+    fn launch_admitted(&self, admitted: Vec<String>) {
+        for name in admitted {
+            if let Some(rt) = self.rec.stream(&name) {
+                log::info!("stream {name}: admitted into the memory budget");
+                self.launch(&rt);
             }
-            let _ = ch.ingest.send_blocking(ingest::Command::Start(rt));
+        }
+        for (name, wait) in self.rec.budget().waits() {
+            if let Some(rt) = self.rec.stream(&name) {
+                rt.with_status(|s| {
+                    s.state = StreamState::WaitingForMemory;
+                    s.memory_wait = Some(wait);
+                });
+            }
         }
     }
 
-    /// Stops ingest and recording of a stream (its open segment is closed).
+    /// Stops ingest and recording of a stream (its open segment is closed) and
+    /// releases its reservation, which may admit a waiting stream.
     pub fn remove(&mut self, name: &str) -> Option<Arc<StreamRuntime>> {
+        let rt = self.stop(name)?;
+        let admitted = self.rec.budget().release(name);
+        self.launch_admitted(admitted);
+        Some(rt)
+    }
+
+    /// Stops ingest and recording of a stream, keeping its reservation.
+    fn stop(&mut self, name: &str) -> Option<Arc<StreamRuntime>> {
         let rt = self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
         if let Some(ch) = self.rec.channels() {
             let _ = ch.ingest.send_blocking(ingest::Command::Stop(name.to_string()));

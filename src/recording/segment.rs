@@ -16,6 +16,10 @@
 //!   closes the segment; the recording goes on in a new one. A segment that
 //!   cannot start (disk full, read-only, I/O error) leaves no file and no row,
 //!   and is tried again at each keyframe; `failing` says why until it starts.
+//! - A row update that fails (the database's disk is full or gone) is kept
+//!   and retried at every tick until it succeeds or the writer is dropped: a
+//!   segment's final state (closed, its last synced size) is not forgotten
+//!   because the disk refused it once.
 //! - A segment of a run of unknown time (the wall clock was untrusted when it
 //!   began) gets wall times if the clock is trusted by the time the segment
 //!   starts (provisional + the measured step), else it is `time_unknown` and
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::clock::Clock;
 use crate::base::fs::{sync_dir, sync_range, SyncFn};
-use crate::index::db::{Db, NewSegment, SegmentProgress};
+use crate::index::db::{Db, DbError, NewSegment, SegmentProgress};
 use crate::recording::fragmenter::{Cut, Fragment, Fragmenter};
 use crate::recording::media::{FragmentEntry, RunStart, Track};
 use crate::recording::mp4;
@@ -133,6 +137,8 @@ pub struct SegmentWriter {
     /// recording of this stream is paused (it resumes by itself at the next
     /// keyframe the disk accepts).
     pub failing: Option<String>,
+    /// Row updates the database refused, oldest first, retried at each tick.
+    unsaved: Vec<(i64, SegmentProgress)>,
 }
 
 impl SegmentWriter {
@@ -152,6 +158,7 @@ impl SegmentWriter {
             stats: WriterStats::default(),
             last_error: None,
             failing: None,
+            unsaved: Vec::new(),
         }
     }
 
@@ -216,8 +223,9 @@ impl SegmentWriter {
         }
     }
 
-    /// Periodic work: sync if due.
+    /// Periodic work: retry refused row updates, sync if due.
     pub fn tick(&mut self, db: &Db) {
+        self.retry_unsaved(db);
         if let Some(o) = &self.open {
             if o.bytes > o.synced_bytes && o.last_sync.elapsed() >= self.cfg.sync_interval {
                 self.sync(db, false);
@@ -227,6 +235,7 @@ impl SegmentWriter {
 
     /// Ends the current segment (flushing what is pending) for `reason`.
     pub fn close(&mut self, db: &Db, reason: CloseReason) {
+        self.retry_unsaved(db);
         self.flush_fragment(db, None);
         let Some(o) = &self.open else { return };
         if o.fragments.is_empty() {
@@ -281,7 +290,7 @@ impl SegmentWriter {
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 let _ = sync_dir(&dir);
-                return Err(io::Error::other(format!("database: {e}")));
+                return Err(io::Error::other(e.to_string()));
             }
         };
         self.wrote_unknown |= time_unknown;
@@ -386,8 +395,34 @@ impl SegmentWriter {
             fragments: o.fragments.len(),
         };
         let id = o.id;
+        self.save(db, id, progress);
+    }
+
+    /// Writes a segment's row, or keeps the update to retry (a newer one of the
+    /// same segment replaces it).
+    fn save(&mut self, db: &Db, id: i64, progress: SegmentProgress) {
+        self.unsaved.retain(|(i, _)| *i != id);
         if let Err(e) = db.update_segment(id, &progress) {
-            self.fail(format!("cannot update segment {id}: {e}"));
+            self.fail(format!("cannot update segment {id} (retried): {e}"));
+            self.unsaved.push((id, progress));
+        }
+    }
+
+    /// Retries the row updates the database refused, oldest first.
+    fn retry_unsaved(&mut self, db: &Db) {
+        while let Some((id, p)) = self.unsaved.first() {
+            match db.update_segment(*id, p) {
+                Ok(()) => {
+                    log::info!("stream {}: segment {id}: its row is written after all", self.name);
+                    self.unsaved.remove(0);
+                }
+                // Gone (deleted) or refused for good: retrying cannot help.
+                Err(e @ (DbError::NotFound { .. } | DbError::Invalid { .. })) => {
+                    log::warn!("stream {}: segment {id}: {e}", self.name);
+                    self.unsaved.remove(0);
+                }
+                Err(_) => return,
+            }
         }
     }
 
@@ -412,9 +447,7 @@ impl SegmentWriter {
                 fragments: o.fragments.clone(),
                 closed: true,
             };
-            if let Err(e) = db.update_segment(id, &progress) {
-                self.fail(format!("cannot close segment {id}: {e}"));
-            }
+            self.save(db, id, progress);
         }
         self.fail(format!(
             "fdatasync failed {CLOSE_SYNC_ATTEMPTS} times on close ({err}): segment {id} closed at its last synced point, the last {lost_ms} ms could not be made durable"
@@ -454,6 +487,7 @@ impl SegmentWriter {
     /// Records a write failure; logged once per different message (a full disk
     /// fails at every keyframe until space returns).
     fn fail(&mut self, msg: String) {
+        let msg = if crate::recording::reserve::is_disk_full(&msg) { format!("disk full: {msg}") } else { msg };
         if self.failing.as_deref() != Some(msg.as_str()) {
             log::warn!("stream {}: {msg}", self.name);
         }
@@ -722,6 +756,26 @@ mod tests {
             "{err}"
         );
         assert!(w.stats.write_errors >= 2);
+    }
+
+    #[test]
+    fn a_close_the_database_refuses_is_kept_and_written_when_it_accepts_again() {
+        let (dir, db, mut w) = setup(300);
+        w.on_run(&db, run_start(true, T0));
+        feed(&mut w, &db, 0, 3);
+        // The database stops accepting writes (as on a failing or full disk).
+        db.conn_for_tests().pragma_update(None, "query_only", true).expect("query_only");
+        w.close(&db, CloseReason::Shutdown);
+        assert!(w.failing.as_deref().is_some_and(|f| f.contains("(retried)")), "{:?}", w.failing);
+        db.conn_for_tests().pragma_update(None, "query_only", false).expect("writable");
+        let seg = db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0].clone();
+        assert!(!seg.closed, "not written yet");
+        w.tick(&db);
+        let seg = &db.segments_overlapping(1, i64::MIN, i64::MAX).expect("segments")[0];
+        assert!(seg.closed, "the close is written once the database accepts it");
+        assert_eq!(seg.frames, 75);
+        let scan = mp4::scan_file(&dir.path().join(&seg.path)).expect("scan");
+        assert_eq!((scan.valid_len, scan.fragments.len()), (seg.bytes, seg.fragments.len()));
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   re-stamped by the measured step in the first pass that finds the clock
 //!   trusted: the rows (`Db::restamp`, this process's only) and the writers'
 //!   open segments together, between two drains.
+//! - The ballast (`reserve`) is released only when the disk is full (a writer
+//!   or retention failed with ENOSPC/SQLITE_FULL) and made again only when no
+//!   writer fails and twice its size is free; while it is missing, retention
+//!   counts its size as used, so it frees room for it too.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -26,6 +30,7 @@ use serde::Serialize;
 use crate::base::clock::Clock;
 use crate::index::db::{ClockStep, Db, NewSegment, SegmentProgress};
 use crate::recording::mp4;
+use crate::recording::reserve::{self, Reserve};
 use crate::recording::retention;
 use crate::recording::ring::{Cursor, ReadResult};
 use crate::recording::segment::{self, CloseReason, SegmentWriter, WriterConfig};
@@ -127,6 +132,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut backlog = Backlog::default();
     let mut restamp = Restamp { pending: false };
     let mut steps = StepWatch { skew_ms: None };
+    let mut ballast = Ballast::new(&settings.data_dir);
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
@@ -178,6 +184,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
         }
         let mut rotated = false;
         let mut failing = false;
+        let mut full = std::mem::take(&mut backlog.hit_full);
         for r in recorders.values_mut() {
             let segments_before = r.writer.stats.segments;
             drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
@@ -186,16 +193,19 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             r.publish();
             rotated |= r.writer.stats.segments != segments_before;
             failing |= r.writer.failing.is_some();
+            full |= r.writer.failing.as_deref().is_some_and(reserve::is_disk_full);
         }
         restamp.run_if_due(&db, &*clock, &mut recorders);
         steps.check(&db, &*clock);
         // A failing writer may be a full disk: plan at once (every second) rather than in 10 s.
+        let released = full && ballast.release();
         let due = last_retention.elapsed() >= RETENTION_EVERY
             || ((rotated || failing) && last_retention.elapsed() >= Duration::from_secs(1));
-        if due && backlog.is_empty() {
+        if released || (due && backlog.is_empty()) {
             backlog.replan(plan_retention(&db, &settings, &*clock, &recorders));
             last_retention = Instant::now();
         }
+        ballast.make_if_room(&settings.data_dir, failing);
         backlog.work(&db, &settings.data_dir);
     }
 }
@@ -255,6 +265,50 @@ impl StepWatch {
     }
 }
 
+/// The ballast (see `reserve`): released when the disk is full, made again when there is room.
+struct Ballast {
+    reserve: Reserve,
+    checked: Instant,
+}
+
+impl Ballast {
+    /// Makes it at start-up (a failure is logged; it is tried again later).
+    fn new(data_dir: &Path) -> Ballast {
+        let b = Ballast { reserve: Reserve::new(data_dir), checked: Instant::now() };
+        if let Err(e) = b.reserve.make() {
+            log::warn!("cannot make the {} MB disk reserve: {e} (tried again when there is room)", reserve::SIZE >> 20);
+        }
+        b
+    }
+
+    /// Releases it; true if it was there.
+    fn release(&mut self) -> bool {
+        let released = self.reserve.release();
+        if released {
+            log::warn!(
+                "disk full: released the {} MB reserve so the database can delete rows and retention can free space",
+                reserve::SIZE >> 20
+            );
+        }
+        released
+    }
+
+    /// Makes it again (checked every `RETENTION_EVERY`) when no writer fails and twice its size is free.
+    fn make_if_room(&mut self, data_dir: &Path, failing: bool) {
+        if failing || self.checked.elapsed() < RETENTION_EVERY {
+            return;
+        }
+        self.checked = Instant::now();
+        if self.reserve.held() || retention::disk_usage(data_dir).map_or(true, |d| d.free_bytes < 2 * reserve::SIZE) {
+            return;
+        }
+        match self.reserve.make() {
+            Ok(()) => log::info!("the disk has room again: the {} MB reserve is made again", reserve::SIZE >> 20),
+            Err(e) => log::warn!("cannot make the disk reserve again: {e}"),
+        }
+    }
+}
+
 /// Planned deletions not carried out yet, oldest first.
 #[derive(Default)]
 struct Backlog {
@@ -262,6 +316,8 @@ struct Backlog {
     began: Option<Instant>,
     done: usize,
     freed: u64,
+    /// A batch failed because the disk is full (taken by the loop).
+    hit_full: bool,
 }
 
 impl Backlog {
@@ -283,7 +339,8 @@ impl Backlog {
                 bytes >> 20
             );
         }
-        *self = Backlog { todo: plan.into(), began: Some(Instant::now()), done: 0, freed: 0 };
+        *self =
+            Backlog { todo: plan.into(), began: Some(Instant::now()), hit_full: self.hit_full, ..Backlog::default() };
     }
 
     /// Carries out batches for at most `RETENTION_BUDGET`; logs the total when the plan is done.
@@ -310,6 +367,7 @@ impl Backlog {
             }
             Err(e) => {
                 log::warn!("retention: {e}; the rest of this plan waits for the next one");
+                self.hit_full |= reserve::is_disk_full(&e.to_string());
                 self.todo.clear();
             }
         }
@@ -368,6 +426,10 @@ fn plan_retention(
         }
     };
     let disk = match retention::disk_usage(&settings.data_dir) {
+        // A missing ballast counts as used: retention frees room for it too.
+        Ok(d) if !Reserve::new(&settings.data_dir).held() => {
+            retention::Disk { free_bytes: d.free_bytes.saturating_sub(reserve::SIZE), ..d }
+        }
         Ok(d) => d,
         Err(e) => {
             log::warn!("retention: cannot stat {}: {e}", settings.data_dir.display());
@@ -503,13 +565,15 @@ pub fn reconcile(db: &Db, data_dir: &Path, repair: bool) -> Result<Report, Strin
 
 /// Milliseconds of `ticks` at `timescale`.
 fn ticks_ms(ticks: u64, timescale: u32) -> i64 {
-    (u128::from(ticks) * 1000 / u128::from(timescale.max(1))) as i64
+    i64::try_from(u128::from(ticks) * 1000 / u128::from(timescale.max(1))).unwrap_or(i64::MAX)
 }
 
+/// A scanned file's progress. Saturating: the times come from a file on disk,
+/// which may be anything after a crash.
 pub(crate) fn progress_from_scan(start_ms: i64, scan: &mp4::ScannedFile) -> SegmentProgress {
-    let end = scan.fragments.last().map(|f| f.start_ticks + u64::from(f.duration_ticks));
+    let end = scan.fragments.last().map(|f| f.start_ticks.saturating_add(u64::from(f.duration_ticks)));
     SegmentProgress {
-        end_ms: start_ms + end.map_or(0, |t| ticks_ms(t, scan.video_timescale)),
+        end_ms: start_ms.saturating_add(end.map_or(0, |t| ticks_ms(t, scan.video_timescale))),
         bytes: scan.valid_len,
         frames: scan.fragments.iter().map(|f| u64::from(f.frames)).sum(),
         audio_frames: scan.audio_frames,

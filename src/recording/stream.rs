@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::governor::budget::Wait;
 use crate::index::db::{StreamRow, StreamSpec};
 use crate::recording::ring::Ring;
 
@@ -24,6 +25,10 @@ pub enum StreamState {
     Backoff,
     Disabled,
     Stopped,
+    /// Enabled, but its memory reservation does not fit in the budget yet
+    /// (`StreamStatus::memory_wait` has the numbers).
+    #[serde(rename = "waiting_for_memory")]
+    WaitingForMemory,
 }
 
 /// Live status of a stream, as shown by the API.
@@ -49,6 +54,8 @@ pub struct StreamStatus {
     /// Why the storage thread cannot write this stream now (disk full, read-only,
     /// I/O error); `None` while it writes. Recording resumes by itself.
     pub storage_error: Option<String>,
+    /// While the state is `waiting_for_memory`: what it needs, what is free.
+    pub memory_wait: Option<Wait>,
     #[serde(skip)]
     window: RateWindow,
     /// The bitrate of each of the last windows, so a chart opened now has a past.
@@ -105,6 +112,7 @@ impl StreamStatus {
             gaps: 0,
             storage_lag_max_ms: 0,
             storage_error: None,
+            memory_wait: None,
             window: RateWindow::default(),
             history: BitrateHistory::new(),
             writing: None,

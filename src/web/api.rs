@@ -440,6 +440,32 @@ fn clock_step_json(s: &ClockStep) -> Value {
 
 // ---- system ----
 
+/// `GET /api/system/memory`: the memory budget, its reservations and the
+/// streams waiting for one.
+pub fn memory_budget(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    Ok(Reply::json(200, &ctx.nvr.recorder.budget_report()))
+}
+
+/// `PUT /api/system/memory` `{"budget_mb": N}`: sets the budget until the
+/// recorder restarts (the file's `memory.budget_mb` then applies again). A
+/// raise admits waiting streams now; a cut stops no running stream.
+pub fn set_memory_budget(ctx: &Ctx, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    let mut m = json_object(body)?;
+    let (lo, hi) = crate::config::BUDGET_MB_RANGE;
+    let mb = m.remove("budget_mb").ok_or_else(|| ApiError::bad_request("budget_mb is required"))?;
+    let mb = mb
+        .as_u64()
+        .filter(|mb| (u64::from(lo)..=u64::from(hi)).contains(mb))
+        .ok_or_else(|| ApiError::bad_request(format!("budget_mb must be a whole number of MiB, {lo}..={hi}: {mb}")))?;
+    if let Some(k) = m.keys().next() {
+        return Err(ApiError::bad_request(format!("unknown field {k:?} (only budget_mb)")));
+    }
+    log::info!("memory budget set to {mb} MiB through the API");
+    Ok(Reply::json(200, &ctx.nvr.recorder.set_budget(mb << 20)))
+}
+
 /// The stream's last bitrate samples, oldest first, as [epoch ms, kbit/s] pairs.
 fn bitrate_history_json(rt: &StreamRuntime) -> Value {
     let samples = rt.with_status(|s| s.bitrate_history());
@@ -452,8 +478,13 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     let heap: Map<String, Value> =
         memory::heap_by_subsystem().into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
     let data_dir = &nvr.config.storage.data_dir;
-    let recorded: u64 = ctx.db.stream_usage()?.iter().map(|u| u.1).sum();
-    let mut disk = json!({ "data_dir": data_dir.display().to_string(), "recordings_bytes": recorded });
+    let mut disk = json!({ "data_dir": data_dir.display().to_string() });
+    // A disk that fails (EIO) fails the database too: the rest of this answer still says what is wrong.
+    match ctx.db.stream_usage() {
+        Ok(usage) => disk["recordings_bytes"] = usage.iter().map(|u| u.1).sum::<u64>().into(),
+        Err(e) => disk["database_error"] = e.to_string().into(),
+    }
+    disk["reserve_held"] = crate::recording::reserve::Reserve::new(data_dir).held().into();
     match retention::disk_usage(data_dir) {
         Ok(d) => {
             disk["total_bytes"] = d.total_bytes.into();
@@ -482,6 +513,8 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "memory": {
                 "heap_by_subsystem": heap,
                 "rings_bytes": nvr.recorder.ring_bytes_total(),
+                "sqlite_bytes": crate::index::db::Db::memory_used(),
+                "budget": nvr.recorder.budget_report(),
                 "process": memory::process_memory(),
             },
             "disk": disk,

@@ -36,6 +36,7 @@ mod assets;
 pub mod fuzz;
 pub mod live;
 mod media;
+pub mod no_disk;
 mod openapi;
 mod ota;
 mod permit;
@@ -372,6 +373,8 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Export, _) => media::export_mp4(ctx, q, c.range),
         (Resource::Playback(stream), _) => media::playback(ctx, stream, q),
         (Resource::System, _) => api::system(ctx, q),
+        (Resource::Memory, Method::Put) => api::set_memory_budget(ctx, q, c.body),
+        (Resource::Memory, _) => api::memory_budget(ctx, q),
         (Resource::Logs, _) => api::logs(ctx, q),
         (Resource::Settings, _) => api::settings(ctx, q),
         (Resource::Ota, _) => ota::status(q),

@@ -63,6 +63,8 @@ pub enum Resource {
     System,
     /// The HTTPS certificate (`web.tls`).
     Tls,
+    /// The memory budget (`governor::budget`).
+    Memory,
     Logs,
     Settings,
     Ota,
@@ -82,6 +84,7 @@ impl Resource {
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
             Resource::User(_) | Resource::Stream(_) => &[Get, Put, Delete],
             Resource::Tls => &[Get, Put],
+            Resource::Memory => &[Get, Put],
             Resource::UserTotp(_) => &[Post, Delete],
             _ => &[Get],
         }
@@ -107,7 +110,10 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Health | R::OpenApi | R::AuthStatus | R::AuthSetup | R::AuthLogin | R::Static(_), _) => Access::Public,
         (R::Users, _) | (R::User(_), Method::Delete) | (R::Tls, Method::Put) => Access::Admin,
         (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota, _) => Access::Admin,
-        (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System, _) => Access::Operator,
+        (R::Memory, Method::Put) => Access::Admin,
+        (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
+            Access::Operator
+        }
         _ => Access::Viewer,
     }
 }
@@ -192,6 +198,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["system"] => Resource::System,
         ["system", "ota"] => Resource::Ota,
         ["system", "tls"] => Resource::Tls,
+        ["system", "memory"] => Resource::Memory,
         ["system", "logs"] => Resource::Logs,
         ["settings"] => Resource::Settings,
         _ => return None,

@@ -8,6 +8,7 @@ use crate::auth::Auth;
 use crate::base::clock::Clock;
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
+use crate::governor::budget::mib;
 use crate::recording::recorder::Recorder;
 
 /// The shared handle of a running recorder: what the web layer, the shell and
@@ -29,7 +30,10 @@ pub struct Nvr {
 impl Nvr {
     pub fn new(config: Config, clock: Arc<dyn Clock>) -> Self {
         let started_ms = clock.now_ms();
-        let recorder = Recorder::new(config.storage.ring_seconds, &config.storage.ring_dir);
+        let mem_total = crate::base::memory::process_memory().mem_total;
+        let budget = crate::governor::budget(&config, mem_total);
+        log::info!("memory budget: {} ({} free for streams)", mib(budget.total()), mib(budget.free()));
+        let recorder = Recorder::new(config.storage.ring_seconds, &config.storage.ring_dir, budget);
         Nvr {
             config,
             auth: Auth::default(),

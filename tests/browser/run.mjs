@@ -250,8 +250,12 @@ async function testTimeline() {
   const events = await page.textContent('#tl-legend');
   assert(/events: (none|\d+) on this day/.test(events), `the timeline's legend says "${events}"`);
   await shot(page, 'timeline');
-  // Across a file boundary: from 1.5 s before the first recording's end to 1.5 s after it.
-  const boundary = recs[0].e;
+  // Across a file boundary: from 1.5 s before a recording's end to 1.5 s into the next
+  // one, where both last at least 3 s and meet (the first files can be short runs).
+  const i = recs.findIndex((r, k) => recs[k + 1] && r.e - r.s >= 3000 && recs[k + 1].e - recs[k + 1].s >= 3000 &&
+    Math.abs(recs[k + 1].s - r.e) < 1000);
+  assert(i >= 0, `no two closed recordings of 3 s or more that meet: ${recs.map((r) => `${r.start}..${r.end}`).join(', ')}`);
+  const boundary = recs[i].e;
   await clickTimeline(page, boundary - 1500);
   let seen = 0;
   try {
@@ -264,7 +268,7 @@ async function testTimeline() {
     const player = await page.$eval('#tl-video', (v) => ({
       src: v.currentSrc, t: v.currentTime, paused: v.paused, ready: v.readyState, error: v.error && v.error.message,
     }));
-    const near = (await closedRecordings(page)).slice(0, 3).map((r) => `${new Date(r.s).toISOString()}..${new Date(r.e).toISOString()}`);
+    const near = (await closedRecordings(page)).slice(i, i + 2).map((r) => `${new Date(r.s).toISOString()}..${new Date(r.e).toISOString()}`);
     e.message += `; the clock stuck at ${seen ? new Date(seen).toISOString() : '?'}, player ${JSON.stringify(player)}, recordings ${near.join(', ')}`;
     throw e;
   }

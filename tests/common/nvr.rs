@@ -106,6 +106,7 @@ pub struct Oxinvr {
     pub config: PathBuf,
     /// The process's stderr.
     pub log_path: PathBuf,
+    token: std::cell::RefCell<String>,
 }
 
 impl Oxinvr {
@@ -144,7 +145,7 @@ impl Oxinvr {
             .stderr(log)
             .spawn()
             .expect("start oxinvr");
-        let mut me = Oxinvr { child: Some(child), port, data_dir, config, log_path };
+        let mut me = Oxinvr { child: Some(child), port, data_dir, config, log_path, token: Default::default() };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
@@ -166,8 +167,12 @@ impl Oxinvr {
     /// `Authorization: Bearer <console token>`: an admin credential that the
     /// recorder writes into its data dir at start (the UART shell uses it).
     pub fn auth_header(&self) -> (String, String) {
-        let token = std::fs::read_to_string(self.data_dir.join("console.token")).unwrap_or_default();
-        ("Authorization".to_string(), format!("Bearer {}", token.trim()))
+        // The last token read if the file cannot be (a failing disk, tests/disk_faults.rs).
+        let mut last = self.token.borrow_mut();
+        if let Ok(t) = std::fs::read_to_string(self.data_dir.join("console.token")) {
+            *last = t.trim().to_string();
+        }
+        ("Authorization".to_string(), format!("Bearer {last}"))
     }
 
     /// A request with the console credential.
@@ -247,16 +252,20 @@ impl Oxinvr {
         f: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = Instant::now() + limit;
+        let mut last;
         loop {
-            if let Ok(r) = self.get(path) {
-                if r.status == 200 {
+            match self.get(path) {
+                Ok(r) if r.status == 200 => {
                     let v = r.json();
                     if f(&v) {
                         return v;
                     }
+                    last = v.to_string();
                 }
+                Ok(r) => last = format!("{}: {}", r.status, r.text()),
+                Err(e) => last = e.to_string(),
             }
-            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}; last answer: {last}");
             std::thread::sleep(Duration::from_millis(250));
         }
     }

@@ -443,6 +443,23 @@ fn a_camera_clock_step_of_seconds_forward_or_back_starts_a_new_run() {
     }
 }
 
+#[test]
+fn a_repeated_frame_is_dropped_without_a_new_run() {
+    let mut h = Harness::new();
+    let rt = h.stream("cam", "rtsp://cam/", Mode::Up);
+    h.run_for(Duration::from_secs(2));
+    // The next frame carries the previous one's pts again (a server resending it).
+    h.cams.step_pts("rtsp://cam/", -90_000 / FPS);
+    h.run_for(Duration::from_secs(2));
+    let records = ring_records(&h, &rt);
+    assert_eq!(records.iter().filter(|(k, _)| *k == "run").count(), 1, "{records:?}");
+    let pts: Vec<i64> = records.iter().filter(|(k, _)| *k != "run").map(|(_, v)| *v).collect();
+    assert!(pts.windows(2).all(|w| w[1] > w[0]), "pts strictly increase: {pts:?}");
+    // 4 s of frames at FPS, less the repeat; the status counts what was kept.
+    assert_eq!(pts.len() as i64, 4 * FPS - 1, "only the repeat is missing: {pts:?}");
+    assert_eq!(pts.len() as u64, frames(&rt));
+}
+
 /// The run in effect at the newest keyframe and the last frame's pts.
 fn newest(rt: &StreamRuntime) -> (RunStart, i64) {
     let mut cursor = rt.ring.cursor_at_latest_keyframe();

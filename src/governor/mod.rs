@@ -1,0 +1,31 @@
+//! The governor: what the box's memory is spent on. `budget` admits each
+//! stream into a memory budget (docs/ARCHITECTURE.md, "Memory budget").
+//! Later stages (the pressure ladder, swap, go2rtc supervision) live here too.
+//!
+//! Layer: after `config`, before `auth` and `recording`, which asks it for
+//! admission; it names no higher layer.
+
+pub mod budget;
+
+use crate::config::Config;
+use budget::Budget;
+
+const MIB: u64 = 1 << 20;
+/// The process without streams: code, SQLite's cache, thread stacks, the
+/// allocator's slack (PSS 10.2 MiB on x86 as 16 streams started, `scripts/soak`).
+pub const PROCESS_BYTES: u64 = 12 * MIB;
+/// HTTP: workers, senders and the pages of connection threads' stacks in use.
+pub const HTTP_BYTES: u64 = 4 * MIB;
+/// One live viewer: its queue of fragments and socket buffers.
+pub const LIVE_CLIENT_BYTES: u64 = 512 << 10;
+
+/// The budget `config` asks for (`memory.budget_mb`, or derived from the
+/// machine's `mem_total` bytes when 0) with its fixed reservations.
+pub fn budget(config: &Config, mem_total: u64) -> Budget {
+    let total = match config.memory.budget_mb {
+        0 => budget::default_total(mem_total),
+        mb => u64::from(mb) * MIB,
+    };
+    let live = u64::from(config.web.max_live_clients) * LIVE_CLIENT_BYTES;
+    Budget::new(total, vec![("process", PROCESS_BYTES), ("http", HTTP_BYTES), ("live", live)])
+}
