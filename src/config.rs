@@ -108,6 +108,11 @@ pub struct WebConfig {
     /// then offers WebRTC live view, its signalling relayed through OxiNVR's auth.
     /// Empty: live view is fMP4 over WebSocket from the ring only.
     pub go2rtc_api: String,
+    /// Serve HTTPS on `tls_listen` (certificate in `<data_dir>/tls`, self-signed
+    /// at first start); plain HTTP then redirects there (308), except health
+    /// and the console.
+    pub tls: bool,
+    pub tls_listen: String,
 }
 
 impl Default for WebConfig {
@@ -129,6 +134,8 @@ impl Default for WebConfig {
             head_timeout_seconds: 10,
             idle_timeout_seconds: 15,
             go2rtc_api: String::new(),
+            tls: false,
+            tls_listen: "0.0.0.0:8443".into(),
         }
     }
 }
@@ -306,6 +313,18 @@ impl Config {
         self.web.listen.parse::<SocketAddr>().map_err(|_| {
             ("web.listen".into(), format!("{:?} is not an address like 127.0.0.1:8080", self.web.listen))
         })?;
+        if self.web.tls {
+            let tls = self.web.tls_listen.parse::<SocketAddr>().map_err(|_| {
+                ("web.tls_listen".to_string(), format!("{:?} is not an address like 0.0.0.0:8443", self.web.tls_listen))
+            })?;
+            let http = self.web.listen.parse::<SocketAddr>().ok();
+            if http.is_some_and(|h| h.port() == tls.port() && h.port() != 0) {
+                return Err((
+                    "web.tls_listen".into(),
+                    format!("port {} is web.listen's; HTTPS needs its own", tls.port()),
+                ));
+            }
+        }
         range("web.threads", u32::from(self.web.threads), 1, 32)?;
         range("web.max_body_bytes", self.web.max_body_bytes, 1024, 64 << 20)?;
         range("web.pbkdf2_iterations", self.web.pbkdf2_iterations, 1000, 10_000_000)?;

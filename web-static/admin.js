@@ -222,7 +222,7 @@ async function renderSettings(view) {
   const conf = h('div#settings');
   append(view, pageHead('Settings'), h('p.note', { text:
     'The configuration in effect, without secrets. Everything but the streams is read from the configuration file at start: edit the file and restart the recorder to change it.' }),
-    conf, await otaCard());
+    conf, await tlsCard(), await otaCard());
   try {
     const { config, streams } = await api('GET', '/api/settings');
     const entries = Object.entries(config).filter(([k]) => k !== 'streams');
@@ -267,6 +267,37 @@ function settingsSection(name, value) {
 }
 
 const show = (v) => (v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+
+// HTTPS: the certificate's SHA-256 fingerprint, to compare with what the
+// browser shows (and the UART shell's `status`), and an upload of one's own pair.
+async function tlsCard() {
+  const info = h('dl#tls-info');
+  const cert = h('textarea', { name: 'certificate', rows: 4, placeholder: '-----BEGIN CERTIFICATE-----' });
+  const key = h('textarea', { name: 'private_key', rows: 4, placeholder: '-----BEGIN PRIVATE KEY-----' });
+  const box = msgBox();
+  const btn = h('button.primary', { type: 'submit', text: 'Upload certificate and key' });
+  const draw = (t) => clear(info, t.enabled
+    ? [kv('SHA-256 fingerprint', h('code#tls-fingerprint', { text: t.fingerprint_sha256 })), kv('subject', t.subject),
+      kv('valid until', t.not_after), kv('source', t.source)]
+    : kv('HTTPS', 'off (web.tls = false in the configuration file)'));
+  let t;
+  try {
+    t = await api('GET', '/api/system/tls');
+    draw(t);
+  } catch (e) {
+    clear(info, h('p.msg.error', { text: `Certificate unavailable: ${e.message}` }));
+  }
+  const submit = (e) => {
+    e.preventDefault();
+    busy(btn, box, async () => {
+      draw(await api('PUT', '/api/system/tls', { certificate: cert.value, private_key: key.value }));
+      key.value = '';
+      box.show('Installed: new connections use it (reload the page to see it).', 'ok');
+    });
+  };
+  const form = t && t.enabled ? [field('Certificate (PEM, chain with the leaf first)', cert), field('Private key (PEM)', key), box, btn] : [];
+  return h('form.card#tls', { onsubmit: submit }, h('h2', { text: 'HTTPS certificate' }), info, ...form);
+}
 
 async function otaCard() {
   const state = h('p#ota-state', { text: '…' });

@@ -56,7 +56,7 @@ pub const COMMANDS: &[&str] =
 
 const HELP: &str = "\
 commands:
-  status                              recorder, streams, disk and boot slot at a glance
+  status                              recorder, streams, disk, boot slot, HTTPS fingerprint
   streams [list]                      cameras with their live state
   streams add NAME URL [KEY=VALUE..]  add a camera (keys: enabled record retention_days
                                       max_storage_mb priority bitrate_kbps)
@@ -87,7 +87,7 @@ fn usage(cmd: &str) -> &'static str {
         "users" => "users: lists the accounts; make or change them with `oxinvr user add|passwd|del` or the web page",
         "factory-reset" => "factory-reset: asks you to type YES, erases the data partition (recordings, settings), restarts",
         "reboot" => "reboot: restarts the box",
-        "status" => "status: version, recorder uptime, streams, disk, boot slot",
+        "status" => "status: version, recorder uptime, streams, disk, boot slot, HTTPS fingerprint",
         _ => "",
     }
 }
@@ -499,7 +499,29 @@ impl Shell {
                 out.push_str(&self.status_from_db());
             }
         }
+        out.push_str(&self.https_line());
         out
+    }
+
+    /// The HTTPS certificate's fingerprint, for a user to compare with what
+    /// the browser shows (trust on first use; docs/SECURITY.md, "HTTPS").
+    fn https_line(&self) -> String {
+        let web = &self.cfg.web;
+        if !web.tls {
+            return "https: off (web.tls = false)\n".into();
+        }
+        let port = web.tls_listen.rsplit_once(':').map_or("?", |(_, p)| p);
+        match crate::auth::tls::read_info(&self.cfg.storage.data_dir) {
+            Some(Ok(i)) => format!(
+                "https: port {port}, {} certificate {}, valid until {}\n  SHA-256 {}\n",
+                i.source.as_str(),
+                i.subject,
+                i.not_after,
+                i.fingerprint
+            ),
+            Some(Err(e)) => format!("https: port {port}, certificate unreadable: {e}\n"),
+            None => format!("https: port {port}, no certificate yet (the recorder makes one when it starts)\n"),
+        }
     }
 
     /// What the database and the disk say, without the recorder.

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod password;
+pub mod tls;
 pub mod totp;
 
 use std::collections::HashMap;

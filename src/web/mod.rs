@@ -48,6 +48,7 @@ mod router;
 mod send;
 mod session;
 pub mod state;
+mod tls;
 mod webrtc;
 pub mod websocket;
 
@@ -85,10 +86,12 @@ struct Call<'a> {
     req: &'a RequestInfo,
 }
 
-/// The running HTTP server; `stop` ends it.
+/// The running HTTP server (and HTTPS one, `web.tls`); `stop` ends them.
 pub struct Http {
     server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
+    https: Option<Arc<tiny_http::Server>>,
+    /// Each worker with the server it takes requests from.
+    threads: Vec<(Arc<tiny_http::Server>, JoinHandle<()>)>,
     stopping: Shutdown,
 }
 
@@ -98,17 +101,22 @@ impl Http {
         self.server.server_addr().to_ip()
     }
 
+    /// The HTTPS address bound, if `web.tls` is on.
+    pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.https.as_ref().and_then(|s| s.server_addr().to_ip())
+    }
+
     /// Stops accepting requests and lets each worker finish its current one,
     /// and each live viewer receive its goodbye, waiting for them until
     /// `deadline`: a client that does not read its answer must not hold up the
     /// shutdown (a thread still writing to one is left to end with the process).
     pub fn stop(self, deadline: Duration) {
         self.stopping.trigger();
-        for _ in &self.threads {
-            self.server.unblock();
+        for (server, _) in &self.threads {
+            server.unblock();
         }
         let until = Instant::now() + deadline;
-        for t in self.threads {
+        for (_, t) in self.threads {
             let name = t.thread().name().unwrap_or("http").to_string();
             while !t.is_finished() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(5));
@@ -139,24 +147,69 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
     // tiny_http's own threads read the requests the workers then free: counted as
     // HTTP too, the subsystem's heap figure stays what it holds.
     tiny_http::set_thread_start_hook(|| memory::set_subsystem(Subsystem::Http));
-    let server = tiny_http::Server::http_limited(&listen, limits(&nvr.config.web)).map_err(|e| {
+    let cannot_listen = |listen: &str, e: Box<dyn std::error::Error + Send + Sync>| {
         let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
         io::Error::new(kind, format!("cannot listen on {listen}: {e}"))
-    })?;
-    let server = Arc::new(server);
-    let mut threads = Vec::new();
-    for n in 1..=nvr.config.web.threads.max(1) {
-        let (srv, nvr, stop) = (server.clone(), nvr.clone(), stopping.clone());
-        let spawned = std::thread::Builder::new().name(format!("http-{n}")).spawn(move || worker(&srv, &nvr, &stop));
-        match spawned {
-            Ok(t) => threads.push(t),
+    };
+    let server =
+        tiny_http::Server::http_limited(&listen, limits(&nvr.config.web)).map_err(|e| cannot_listen(&listen, e))?;
+    let mut http = Http { server: Arc::new(server), https: None, threads: Vec::new(), stopping };
+    if nvr.config.web.tls {
+        match start_https(&nvr) {
+            Ok(https) => http.https = Some(Arc::new(https)),
             Err(e) => {
-                Http { server, threads, stopping }.stop(Duration::from_secs(1));
-                return Err(io::Error::new(e.kind(), format!("cannot start thread http-{n}: {e}")));
+                http.stop_now();
+                return Err(e);
             }
         }
     }
-    Ok(Http { server, threads, stopping })
+    // The same number of workers for each server: HTTP keeps serving health
+    // and the console when it redirects the rest.
+    let servers: Vec<_> = std::iter::once(http.server.clone()).chain(http.https.clone()).collect();
+    for (i, server) in servers.into_iter().enumerate() {
+        for n in 1..=nvr.config.web.threads.max(1) {
+            let name = if i == 0 { format!("http-{n}") } else { format!("https-{n}") };
+            let (srv, nvr, stop) = (server.clone(), nvr.clone(), http.stopping.clone());
+            match std::thread::Builder::new().name(name.clone()).spawn(move || worker(&srv, &nvr, &stop)) {
+                Ok(t) => http.threads.push((server.clone(), t)),
+                Err(e) => {
+                    http.stop_now();
+                    return Err(io::Error::new(e.kind(), format!("cannot start thread {name}: {e}")));
+                }
+            }
+        }
+    }
+    Ok(http)
+}
+
+impl Http {
+    fn stop_now(self) {
+        self.stop(Duration::from_secs(1));
+    }
+}
+
+/// The HTTPS server on `web.tls_listen`, with the certificate of
+/// `<data_dir>/tls` (made now if there is none).
+fn start_https(nvr: &Arc<Nvr>) -> io::Result<tiny_http::Server> {
+    let web = &nvr.config.web;
+    let failed = |m: String| io::Error::new(io::ErrorKind::Other, m);
+    let store = crate::auth::tls::Store::open_or_create(&nvr.config.storage.data_dir)
+        .map_err(|e| failed(format!("HTTPS certificate: {e}")))?;
+    let store = Arc::new(store);
+    let config = store.server_config().map_err(failed)?;
+    let info = store.info();
+    let _ = nvr.tls.set(store);
+    let server = tiny_http::Server::https_limited(&web.tls_listen, limits(web), config).map_err(|e| {
+        let kind = e.downcast_ref::<io::Error>().map_or(io::ErrorKind::Other, io::Error::kind);
+        io::Error::new(kind, format!("cannot listen on {}: {e}", web.tls_listen))
+    })?;
+    log::info!(
+        "HTTPS on {} with a {} certificate, SHA-256 fingerprint {}",
+        web.tls_listen,
+        info.source.as_str(),
+        info.fingerprint
+    );
+    Ok(server)
 }
 
 /// The most a connection's thread buffers of a body before a worker has the
@@ -238,6 +291,10 @@ enum Outcome {
 }
 
 fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcome {
+    let req = RequestInfo::of(rq, &nvr.config.web);
+    if let Some(moved) = tls::redirect(nvr, rq, &req) {
+        return Outcome::Reply(moved);
+    }
     let (path, query) = router::split_target(rq.url());
     let method = rq.method().as_str().to_string();
     let matched = match router::route(&method, path) {
@@ -251,7 +308,6 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcom
         }
     };
     let query = Query::parse(query);
-    let req = RequestInfo::of(rq, &nvr.config.web);
     if let Resource::Static(file) = &matched.resource {
         return Outcome::Reply(assets::serve(file, &req));
     }
@@ -322,6 +378,8 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Logs, _) => api::logs(ctx, q),
         (Resource::Settings, _) => api::settings(ctx, q),
         (Resource::Ota, _) => ota::status(q),
+        (Resource::Tls, Method::Put) => tls::put(ctx, q, c.body),
+        (Resource::Tls, _) => tls::get(ctx, q),
         (Resource::Live(_) | Resource::Static(_), _) => Err(ApiError::internal("route handled before dispatch")),
     }
 }

@@ -98,6 +98,7 @@ mod tests {
             Resource::Logs => "/api/system/logs",
             Resource::Settings => "/api/settings",
             Resource::Ota => "/api/system/ota",
+            Resource::Tls => "/api/system/tls",
             Resource::Static(file) if file.is_empty() => "/",
             Resource::Static(_) => "/{file}",
         }
@@ -137,6 +138,7 @@ mod tests {
             Resource::Logs,
             Resource::Settings,
             Resource::Ota,
+            Resource::Tls,
             Resource::Static(String::new()),
             Resource::Static(value_of("file").to_string()),
         ]
@@ -659,6 +661,9 @@ mod tests {
         );
         assert!(v["streams"][0]["ring"].is_object(), "{v}");
         api.call("GET", "/api/system/ota", "", 200);
+        // HTTPS is off here (tests/tls.rs has it on).
+        assert_eq!(api.call("GET", "/api/system/tls", "", 200), serde_json::json!({"enabled": false}));
+        api.call("PUT", "/api/system/tls", r#"{"certificate":"x","private_key":"y"}"#, 409);
         api.call("GET", "/api/system/logs?lines=5", "", 200);
         api.call("GET", "/api/system/logs?lines=0", "", 400);
         let v = api.call("GET", "/api/settings", "", 200);

@@ -36,7 +36,7 @@ pub struct RequestInfo {
     pub accept_gzip: bool,
     /// `If-None-Match` (ETags of a cached copy), for the embedded page's files.
     pub if_none_match: Option<String>,
-    /// Served over TLS (by a trusted proxy that says so): cookies get `Secure`.
+    /// Served over TLS (ours, or a trusted proxy that says so): cookies get `Secure`.
     pub secure: bool,
 }
 
@@ -44,9 +44,9 @@ impl RequestInfo {
     pub fn of(rq: &tiny_http::Request, web: &WebConfig) -> RequestInfo {
         let h = |name: &'static str| header(rq, name);
         let mut peer = rq.remote_addr().map(|a| a.ip());
-        let mut secure = false;
+        let mut secure = rq.secure();
         if web.trust_proxy {
-            secure = h("X-Forwarded-Proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+            secure |= h("X-Forwarded-Proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
             // The proxy appends the address it saw: the last entry. Earlier ones
             // are whatever the client claimed.
             let all = headers_joined(rq, "X-Forwarded-For");

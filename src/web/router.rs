@@ -61,6 +61,8 @@ pub enum Resource {
     Export,
     Playback(String),
     System,
+    /// The HTTPS certificate (`web.tls`).
+    Tls,
     /// The memory budget (`governor::budget`).
     Memory,
     Logs,
@@ -81,6 +83,7 @@ impl Resource {
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
             Resource::User(_) | Resource::Stream(_) => &[Get, Put, Delete],
+            Resource::Tls => &[Get, Put],
             Resource::Memory => &[Get, Put],
             Resource::UserTotp(_) => &[Post, Delete],
             _ => &[Get],
@@ -105,7 +108,7 @@ pub fn access(resource: &Resource, method: Method) -> Access {
     use Resource as R;
     match (resource, method) {
         (R::Health | R::OpenApi | R::AuthStatus | R::AuthSetup | R::AuthLogin | R::Static(_), _) => Access::Public,
-        (R::Users, _) | (R::User(_), Method::Delete) => Access::Admin,
+        (R::Users, _) | (R::User(_), Method::Delete) | (R::Tls, Method::Put) => Access::Admin,
         (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota, _) => Access::Admin,
         (R::Memory, Method::Put) => Access::Admin,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
@@ -194,6 +197,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
         ["system"] => Resource::System,
         ["system", "ota"] => Resource::Ota,
+        ["system", "tls"] => Resource::Tls,
         ["system", "memory"] => Resource::Memory,
         ["system", "logs"] => Resource::Logs,
         ["settings"] => Resource::Settings,

@@ -23,6 +23,8 @@ pub struct Nvr {
     pub recorder: Recorder,
     /// Triggered when the recorder stops: HTTP workers and live views end.
     pub shutdown: Shutdown,
+    /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
+    pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
 }
 
 impl Nvr {
@@ -40,6 +42,7 @@ impl Nvr {
             started_ms,
             recorder,
             shutdown: Shutdown::new(),
+            tls: std::sync::OnceLock::new(),
         }
     }
 }

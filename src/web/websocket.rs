@@ -236,7 +236,7 @@ impl FrameReader {
 
     /// One `read` from `src` into the buffer; returns the bytes read (0 at EOF).
     /// A timeout or `WouldBlock` is returned as the error it is.
-    pub fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
+    pub fn fill(&mut self, src: &mut (impl Read + ?Sized)) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
         let n = src.read(&mut chunk)?;
         self.push(&chunk[..n]);

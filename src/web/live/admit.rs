@@ -113,6 +113,7 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
 /// A duplicate of the request's TCP socket: tiny_http's upgraded stream does
 /// not expose its socket, and live view needs one for timeouts and the send
 /// queue size. (`Request::tcp_fd` is our patch to the vendored tiny_http.)
+/// Over TLS it is used for those only; the bytes go through rustls.
 fn dup_socket(rq: &tiny_http::Request) -> io::Result<TcpStream> {
     let fd = rq.tcp_fd().ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a plain TCP connection"))?;
     // SAFETY: the fd is the socket of the connection `rq` came from, which

@@ -72,16 +72,21 @@ fn start(a: Admitted, stream: &str, rq: tiny_http::Request) {
         response.add_header(h);
     }
     let peer = rq.remote_addr().map(|p| p.to_string()).unwrap_or_default();
+    let tls = rq.secure();
     let upgraded = rq.upgrade("websocket", response);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let fallback = a.socket.try_clone();
-    let client = Client::new(a.rt, a.socket, upgraded, a.slot, Some(a.auth), a.shutdown);
+    // (Over TLS a raw close frame would be garbage: the client just sees the socket close.)
+    let fallback = a.socket.try_clone().ok().filter(|_| !tls);
+    let mut client = Client::new(a.rt, a.socket, upgraded, a.slot, Some(a.auth), a.shutdown);
+    if tls {
+        client = client.over_tls();
+    }
     log::info!("live-{id}: {peer} watches {stream}");
     let spawned =
         std::thread::Builder::new().name(format!("live-{id}")).stack_size(STACK_BYTES).spawn(move || client.run());
     if let Err(e) = spawned {
         log::warn!("live {stream} for {peer}: cannot start thread live-{id}: {e}");
-        if let Ok(mut s) = fallback {
+        if let Some(mut s) = fallback {
             let mut out = Vec::new();
             websocket::put_frame(
                 &mut out,

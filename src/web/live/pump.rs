@@ -107,7 +107,7 @@ impl Outbox {
     }
 
     /// Writes for at most about `WRITE_SLICE`; true if anything was written.
-    fn flush(&mut self, w: &mut impl Write) -> Result<bool, End> {
+    fn flush(&mut self, w: &mut (impl Write + ?Sized)) -> Result<bool, End> {
         let began = Instant::now();
         let mut progressed = false;
         while self.pending() > 0 && began.elapsed() < WRITE_SLICE {
@@ -125,6 +125,13 @@ impl Outbox {
         if self.pending() == 0 {
             self.buf.clear();
             self.sent = 0;
+        }
+        // Over TLS, what tiny_http's writer buffered and rustls' records go out
+        // (bounded by the same socket timeout); a no-op on the plain socket.
+        match w.flush() {
+            Ok(()) => {}
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(End::Io(e)),
         }
         Ok(progressed)
     }
@@ -168,9 +175,23 @@ fn error_and_close(out: &mut Vec<u8>, error: &str, code: u16, reason: &str) {
     websocket::put_frame(out, Opcode::Close, &websocket::close_payload(code, reason));
 }
 
+/// The bytes' way to the client: the socket itself, or over TLS tiny_http's
+/// upgraded stream (rustls); `sock` is then only for timeouts and the send queue.
+macro_rules! io {
+    ($c:expr) => {
+        if $c.tls {
+            &mut *$c.upgraded as &mut dyn tiny_http::ReadWrite
+        } else {
+            &mut $c.sock as &mut dyn tiny_http::ReadWrite
+        }
+    };
+}
+
 /// One live client, served by its own thread.
 pub(super) struct Client {
     rt: Arc<StreamRuntime>,
+    /// Served over TLS: bytes go through `upgraded`.
+    tls: bool,
     sock: TcpStream,
     /// tiny_http's side of the connection: dropping it shuts the socket down.
     upgraded: Box<dyn tiny_http::ReadWrite + Send>,
@@ -232,6 +253,7 @@ impl Client {
     ) -> Client {
         let cursor = rt.ring.cursor_at_latest_keyframe();
         Client {
+            tls: false,
             sock,
             cursor,
             rt,
@@ -246,6 +268,12 @@ impl Client {
             auth,
             shutdown,
         }
+    }
+
+    /// Bytes go through the upgraded stream (a TLS connection).
+    pub(super) fn over_tls(mut self) -> Client {
+        self.tls = true;
+        self
     }
 
     pub(super) fn run(mut self) {
@@ -293,7 +321,7 @@ impl Client {
     /// One turn: flush what is queued, or wait for the client, or read the ring.
     fn step(&mut self) -> Result<(), End> {
         if self.out.pending() > 0 {
-            let progressed = self.out.flush(&mut self.sock)?;
+            let progressed = self.out.flush(io!(self))?;
             self.note_progress(progressed)?;
             if !progressed {
                 self.read_client()?;
@@ -375,7 +403,7 @@ impl Client {
 
     /// Reads what the client sent (waiting at most `READ_WAIT`) and answers it.
     fn read_client(&mut self) -> Result<(), End> {
-        match self.reader.fill(&mut self.sock) {
+        match self.reader.fill(io!(self)) {
             Ok(0) => return Err(End::Gone),
             Ok(_) => {}
             Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
@@ -420,7 +448,7 @@ impl Client {
         }
         let began = Instant::now();
         while self.out.pending() > 0 && began.elapsed() < GOODBYE_LIMIT {
-            if self.out.flush(&mut self.sock).is_err() {
+            if self.out.flush(io!(self)).is_err() {
                 return;
             }
         }

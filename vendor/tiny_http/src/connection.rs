@@ -123,6 +123,15 @@ impl Connection {
         }
     }
 
+    /// OxiNVR patch: TCP_NODELAY (nothing for Unix sockets).
+    pub(crate) fn set_nodelay(&self, on: bool) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nodelay(on),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(()),
+        }
+    }
+
     /// OxiNVR patch: for answering a refused connection without blocking.
     pub(crate) fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         match self {

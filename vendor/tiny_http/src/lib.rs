@@ -202,6 +202,53 @@ fn accept_error_passes(e: &IoError) -> bool {
         || matches!(e.raw_os_error(), Some(ENFILE | EMFILE | ENOBUFS | ENOMEM))
 }
 
+#[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+type SslContext = ();
+#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+type SslContext = crate::ssl::SslContextImpl;
+
+/// OxiNVR patch: an admitted connection, before its TLS handshake (if any).
+struct Accepted {
+    sock: Connection,
+    slot: util::ConnSlot,
+    clock: Arc<util::ConnClock>,
+    limits: Limits,
+    ssl: Option<Arc<SslContext>>,
+}
+
+impl Accepted {
+    /// On the connection's own thread: the handshake (rustls: within the head
+    /// deadline), then the connection's reader and writer. None: dropped.
+    fn connect(self) -> Option<ClientConnection> {
+        use util::RefinedTcpStream;
+        let Accepted { sock, slot, clock, limits, ssl } = self;
+        let (read_closable, write_closable) = match ssl {
+            None => RefinedTcpStream::new(sock),
+            #[cfg(feature = "ssl-rustls")]
+            Some(ssl) => {
+                let _ = sock.set_nodelay(true);
+                let deadline = (!limits.head_timeout.is_zero())
+                    .then(|| std::time::Instant::now() + limits.head_timeout);
+                match ssl.handshake(sock, deadline) {
+                    Ok(s) => RefinedTcpStream::new(s),
+                    Err(e) => {
+                        log::debug!("TLS handshake failed: {}", e);
+                        return None;
+                    }
+                }
+            }
+            #[cfg(feature = "ssl-openssl")]
+            Some(ssl) => RefinedTcpStream::new(ssl.accept(sock).ok()?),
+            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+            Some(_) => unreachable!(),
+        };
+        let read_closable = read_closable.with_clock(clock.clone());
+        let io = limits.io_timeout;
+        let write_closable = write_closable.with_slot(slot, (!io.is_zero()).then_some(io));
+        Some(ClientConnection::new(write_closable, read_closable, Some(clock)))
+    }
+}
+
 // this trait is to make sure that Server implements Share and Send
 #[doc(hidden)]
 trait MustBeShareDummy: Sync + Send {}
@@ -257,6 +304,26 @@ impl Server {
         Self::start(listener.into(), None, limits)
     }
 
+    /// OxiNVR patch: an HTTPS server bounded by `limits` like `http_limited`.
+    /// Each connection's TLS handshake runs on that connection's own thread
+    /// and must end within `limits.head_timeout`; accepted sockets get
+    /// TCP_NODELAY (else Nagle and delayed ACKs add ~45 ms to a TLS 1.2
+    /// handshake: bench/results/tls-2026-12-02.md).
+    /// `config` may resolve its certificate per connection (a new one then
+    /// takes effect for new connections).
+    #[cfg(feature = "ssl-rustls")]
+    pub fn https_limited<A>(
+        addr: A,
+        limits: Limits,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        A: ToSocketAddrs,
+    {
+        let listener = ConfigListenAddr::from_socket_addrs(addr)?.bind()?;
+        Self::start_with(listener.into(), Some(crate::ssl::SslContextImpl(config)), limits)
+    }
+
     /// Shortcut for an HTTPS server on a specific address.
     #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
     #[inline]
@@ -308,25 +375,11 @@ impl Server {
         ssl_config: Option<SslConfig>,
         limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        // building the "close" variable
-        let close_trigger = Arc::new(AtomicBool::new(false));
-
-        // building the TcpListener
-        let (server, local_addr) = {
-            let local_addr = listener.local_addr()?;
-            log::debug!("Server listening on {}", local_addr);
-            (listener, local_addr)
-        };
-
         // building the SSL capabilities
         #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
         compile_error!(
             "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
         );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
         let ssl: Option<SslContext> = {
             match ssl_config {
                 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -342,6 +395,25 @@ impl Server {
                 None => None,
             }
         };
+        Self::start_with(listener, ssl, limits)
+    }
+
+    /// OxiNVR patch: the accept thread and the connection threads.
+    fn start_with(
+        listener: Listener,
+        ssl: Option<SslContext>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        // building the "close" variable
+        let close_trigger = Arc::new(AtomicBool::new(false));
+
+        // building the TcpListener
+        let (server, local_addr) = {
+            let local_addr = listener.local_addr()?;
+            log::debug!("Server listening on {}", local_addr);
+            (listener, local_addr)
+        };
+        let ssl = ssl.map(Arc::new);
 
         // creating a task where server.accept() is continuously called
         // and ClientConnection objects are pushed in the messages queue
@@ -361,7 +433,6 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, peer)) => {
-                        use util::RefinedTcpStream;
                         // OxiNVR patch: admission, timeouts
                         refused.prune(std::time::Instant::now());
                         let slot = match admission.admit(peer) {
@@ -376,38 +447,18 @@ impl Server {
                             continue;
                         }
                         let clock = util::ConnClock::new(admission.limits().clone());
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-                        // OxiNVR patch
-                        let read_closable = read_closable.with_clock(clock.clone());
-                        let io = admission.limits().io_timeout;
-                        let write_closable = write_closable.with_slot(slot, (!io.is_zero()).then_some(io));
-
-                        Ok(ClientConnection::new(write_closable, read_closable, Some(clock)))
+                        Ok(Accepted { sock, slot, clock, limits: admission.limits().clone(), ssl: ssl.clone() })
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
-                    Ok(client) => {
+                    Ok(accepted) => {
                         let messages = inside_messages.clone();
-                        let mut client = Some(client);
+                        let mut accepted = Some(accepted);
                         tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
+                            // OxiNVR patch: the TLS handshake, if any, runs here.
+                            if let Some(client) = accepted.take().and_then(Accepted::connect) {
                                 // OxiNVR patch: one request of a connection at a time (as
                                 // tiny_http did for HTTPS only): the next head is read once
                                 // this one is answered, so a client that pipelines requests

@@ -338,6 +338,10 @@ impl Request {
     ) -> Box<dyn ReadWrite + Send> {
         use crate::util::CustomStream;
 
+        // OxiNVR patch: the socket's read timeouts are the new owner's now.
+        if let Some(clock) = &self.clock {
+            clock.release();
+        }
         response
             .raw_print(
                 self.response_writer.as_mut().unwrap().by_ref(),

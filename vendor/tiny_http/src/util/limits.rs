@@ -202,6 +202,8 @@ enum Phase {
     Body,
     /// An answer failed: no more reads.
     Aborted,
+    /// Upgraded (WebSocket): the socket's timeouts are its new owner's.
+    Released,
 }
 
 /// Shared by a connection's reader, its `ClientConnection` and its requests.
@@ -247,6 +249,11 @@ impl ConnClock {
         self.set(Phase::Aborted);
     }
 
+    /// The connection was upgraded: reads keep the timeouts its new owner sets.
+    pub(crate) fn release(&self) {
+        self.set(Phase::Released);
+    }
+
     /// Bodies up to this many bytes are read with the head (see `Limits`).
     pub(crate) fn preread(&self) -> usize {
         self.limits.max_preread
@@ -267,6 +274,7 @@ impl ConnClock {
                 _ => Err(io::Error::new(io::ErrorKind::TimedOut, "request head too slow")),
             },
             Phase::Aborted => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "answer failed")),
+            Phase::Released => Ok(None),
         }
     }
 }
@@ -279,13 +287,28 @@ pub(crate) fn timed_read(
     applied: &mut Option<Option<Duration>>,
     buf: &mut [u8],
 ) -> io::Result<usize> {
+    apply_read_timeout(conn, clock, applied)?;
+    conn.read(buf).map_err(timeout_error)
+}
+
+/// Sets `sock`'s read timeout to what `clock` says, if it changed (not once released).
+pub(crate) fn apply_read_timeout(
+    sock: &Connection,
+    clock: &ConnClock,
+    applied: &mut Option<Option<Duration>>,
+) -> io::Result<()> {
     let timeout = clock.read_timeout()?;
-    if *applied != Some(timeout) {
-        conn.set_read_timeout(timeout)?;
+    if clock.get() != Phase::Released && *applied != Some(timeout) {
+        sock.set_read_timeout(timeout)?;
         *applied = Some(timeout);
     }
-    conn.read(buf).map_err(|e| match e.kind() {
+    Ok(())
+}
+
+/// A read timeout as `TimedOut` (the socket says `WouldBlock`).
+pub(crate) fn timeout_error(e: io::Error) -> io::Error {
+    match e.kind() {
         io::ErrorKind::WouldBlock => io::Error::new(io::ErrorKind::TimedOut, "client sent nothing in time"),
         _ => e,
-    })
+    }
 }

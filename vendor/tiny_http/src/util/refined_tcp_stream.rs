@@ -141,7 +141,7 @@ impl RefinedTcpStream {
         self.stream.peer_addr()
     }
 
-    /// OxiNVR patch: reads go through `clock` (plain HTTP only).
+    /// OxiNVR patch: reads go through `clock` (plain HTTP and rustls).
     pub(crate) fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
         self.clock = Some(clock);
         self
@@ -160,8 +160,12 @@ impl RefinedTcpStream {
     pub(crate) fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
         match &self.stream {
             Stream::Http(c) => c.tcp_fd(),
-            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            #[cfg(feature = "ssl-openssl")]
             Stream::Https(_) => None,
+            // OxiNVR patch: for the send queue size and timeouts; bytes must
+            // go through the TLS stream (`Request::secure`).
+            #[cfg(feature = "ssl-rustls")]
+            Stream::Https(s) => s.socket().tcp_fd(),
         }
     }
 }
@@ -183,6 +187,11 @@ impl Read for RefinedTcpStream {
         // OxiNVR patch: the read timeout follows what the connection waits for.
         if let (Some(clock), Stream::Http(conn)) = (&self.clock, &mut self.stream) {
             return timed_read(conn, clock, &mut self.applied, buf);
+        }
+        #[cfg(feature = "ssl-rustls")]
+        if let (Some(clock), Stream::Https(tls)) = (&self.clock, &mut self.stream) {
+            crate::util::limits::apply_read_timeout(tls.socket(), clock, &mut self.applied)?;
+            return tls.read(buf).map_err(crate::util::limits::timeout_error);
         }
         self.stream.read(buf)
     }
