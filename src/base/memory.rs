@@ -148,6 +148,32 @@ pub fn process_memory() -> ProcessMemory {
     }
 }
 
+/// Sets glibc's malloc up for a long-running recorder with many short-lived
+/// threads (connections, live viewers): two arenas instead of eight per core,
+/// and a fixed 128 KiB threshold above which blocks are mapped (and unmapped
+/// when freed) instead of glibc raising it to 32 MiB after the first large
+/// free. With the defaults the soak's anonymous memory reached 30 MiB after 50
+/// minutes while the live heap stayed at 2.4 MiB (and SQLite's at 2 MiB); with
+/// these, 10 MiB after 10 minutes. No-op elsewhere (musl's malloc on the box).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called at start.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
+/// Gives the free pages glibc's malloc holds back to the kernel (the storage
+/// thread calls it once a minute). No-op elsewhere.
+pub fn release_free() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim is thread-safe; it takes each arena's lock in turn.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// Parses a `Name:   1234 kB` line into bytes.
 fn kb_field(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;

@@ -109,6 +109,7 @@ fn run_without_disk(cfg: &Config, stop_signals: &nix::sys::signal::SigSet, why: 
 }
 
 pub fn run(config_path: Option<&Path>) -> Result<()> {
+    crate::base::memory::tune_allocator();
     let cfg = Config::load(config_path)?;
     let stop_signals = block_stop_signals()?;
     if let Some(why) = missing_disk(&cfg) {

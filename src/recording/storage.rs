@@ -133,6 +133,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut restamp = Restamp { pending: false };
     let mut steps = StepWatch { skew_ms: None };
     let mut ballast = Ballast::new(&settings.data_dir);
+    let mut last_trim = Instant::now();
     loop {
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
@@ -207,8 +208,15 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
         }
         ballast.make_if_room(&settings.data_dir, failing);
         backlog.work(&db, &settings.data_dir);
+        if last_trim.elapsed() >= TRIM_EVERY {
+            crate::base::memory::release_free();
+            last_trim = Instant::now();
+        }
     }
 }
+
+/// How often the allocator's free pages go back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// Rows of unknown time this process wrote, to re-stamp once the clock is set.
 struct Restamp {
