@@ -298,19 +298,7 @@ fn a_missing_data_disk_records_nothing_and_says_why() {
     let streams = nvr.get("/api/streams").expect("streams");
     assert!(streams.status == 503 && streams.text().contains("nothing records"), "{}", streams.text());
     // The UART shell's `status`, as the box's console runs it.
-    let out = Command::new(common::nvr::oxinvr_bin())
-        .args(["shell", "--config"])
-        .arg(&nvr.config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().expect("stdin").write_all(b"status\nexit\n")?;
-            c.wait_with_output()
-        })
-        .expect("oxinvr shell");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::nvr::shell_output(&nvr.config, "status\nexit\n");
     println!("no disk: shell: {text}");
     assert!(text.contains("NOTHING RECORDS") && text.contains("not a mount point"), "{text}");
     // A few seconds with the camera up: not a byte lands under the data directory.

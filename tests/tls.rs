@@ -180,19 +180,7 @@ fn https_serves_the_page_and_the_api_with_the_certificate_made_at_first_start() 
     // `status` (which reaches the recorder over plain HTTP with the console token).
     let fp = v["fingerprint_sha256"].as_str().unwrap_or("?");
     assert!(b.nvr.log().contains(fp));
-    let mut shell = Command::new(common::nvr::oxinvr_bin())
-        .args(["shell", "--config"])
-        .arg(&b.nvr.config)
-        .env("TERM", "dumb")
-        .env_remove(oxinvr::appliance::ota::SLOT_ENV)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("oxinvr shell");
-    std::io::Write::write_all(&mut shell.stdin.take().expect("stdin"), b"status\nexit\n").expect("type");
-    let out = shell.wait_with_output().expect("shell output");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::nvr::shell_output(&b.nvr.config, "status\nexit\n");
     assert!(text.contains("recorder: running"), "{text}");
     assert!(text.contains(&format!("https: port {}, self-signed certificate", b.tls_port)), "{text}");
     assert!(text.contains(&format!("SHA-256 {fp}")), "{text}");

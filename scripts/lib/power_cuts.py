@@ -34,6 +34,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,13 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_port  # noqa: E402
+
+# The box's certificate is self-signed, made at its first boot (what it defends is
+# tested by tests/tls.rs and test-appliance's fingerprint check, not here).
+SELF_SIGNED = ssl.create_default_context()
+SELF_SIGNED.check_hostname = False
+SELF_SIGNED.verify_mode = ssl.CERT_NONE
 from qemu_serial import Console  # noqa: E402
 
 W = "target/power-cuts"
@@ -75,7 +83,8 @@ class Box:
         self.sock = f"{W}/serial.sock"
         self.mon = f"{W}/monitor.sock"
         self.pidfile = f"{W}/qemu.pid"
-        self.port = free_port()
+        self.port = free_port()  # plain HTTP: /api/health only (the box redirects the rest)
+        self.https_port = free_port()
         self.pid = None
         self.log = None
         self.starts = 0
@@ -88,7 +97,7 @@ class Box:
         self.log = f"{W}/serial-{self.starts}.log"
         cmd = ["scripts/qemu-boot", "--disk", self.disk, "--detach", "--serial-socket", self.sock,
                "--serial-log", self.log, "--monitor-socket", self.mon, "--pidfile", self.pidfile,
-               "--http-port", str(self.port), "--append", "oxinvr.console=sh oxinvr.health_timeout=600"]
+               "--http-port", str(self.port), "--https-port", str(self.https_port), "--append", "oxinvr.console=sh oxinvr.health_timeout=600"]
         if fresh:
             cmd += ["--fresh", "--disk-size", "1G"]
         for p in (self.pidfile,):
@@ -172,14 +181,21 @@ class Box:
             con.s.close()
 
     # --- HTTP API ---
+    def url(self, path):
+        """Health over plain HTTP (the box's boot check uses it too); the rest over
+        HTTPS, the appliance's default, on the box's self-signed certificate."""
+        if path == "/api/health":
+            return f"http://127.0.0.1:{self.port}{path}"
+        return f"https://127.0.0.1:{self.https_port}{path}"
+
     def api(self, path, body=None, timeout=30, raw=False):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        req = urllib.request.Request(self.url(path))
         if body is not None:
             req.data = json.dumps(body).encode()
             req.add_header("Content-Type", "application/json")
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=SELF_SIGNED) as r:
             data = r.read()
         return data if raw else json.loads(data)
 
@@ -220,14 +236,6 @@ class Box:
 
     def recordings(self):
         return self.api("/api/recordings?start=1&end=4102444800000", timeout=30)["recordings"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 # ---------------------------------------------------------------- media check --
@@ -310,8 +318,9 @@ class Run:
     def make_key(self):
         import http.cookiejar
         jar = http.cookiejar.CookieJar()
-        op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-        base = f"http://127.0.0.1:{self.box.port}"
+        op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar),
+                                         urllib.request.HTTPSHandler(context=SELF_SIGNED))
+        base = f"https://127.0.0.1:{self.box.https_port}"
 
         def post(path, body, hdr=None):
             req = urllib.request.Request(base + path, data=json.dumps(body).encode(),

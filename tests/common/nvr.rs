@@ -313,6 +313,24 @@ impl Drop for Oxinvr {
     }
 }
 
+/// What `oxinvr shell --config CONFIG` (the UART console, on a dumb terminal,
+/// outside any booted slot) prints for the lines of `input`.
+pub fn shell_output(config: &Path, input: &str) -> String {
+    let mut shell = Command::new(oxinvr_bin())
+        .args(["shell", "--config"])
+        .arg(config)
+        .env("TERM", "dumb")
+        .env_remove(oxinvr::appliance::ota::SLOT_ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("oxinvr shell");
+    std::io::Write::write_all(&mut shell.stdin.take().expect("stdin"), input.as_bytes()).expect("type");
+    let out = shell.wait_with_output().expect("shell output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls every 50 ms until `f` holds, or panics after `limit`.
 pub fn poll(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
