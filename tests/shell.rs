@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,7 @@ struct Session {
 
 impl Session {
     fn start(config: &Path) -> (Session, String) {
-        let mut child = Command::new(oxinvr_bin())
-            .args(["shell", "--config"])
-            .arg(config)
-            .env("TERM", "dumb")
-            .env_remove(oxinvr::appliance::ota::SLOT_ENV)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start oxinvr shell");
+        let mut child = common::nvr::shell_child(config);
         let stdin = child.stdin.take();
         let mut stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();

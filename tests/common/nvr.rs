@@ -313,10 +313,10 @@ impl Drop for Oxinvr {
     }
 }
 
-/// What `oxinvr shell --config CONFIG` (the UART console, on a dumb terminal,
-/// outside any booted slot) prints for the lines of `input`.
-pub fn shell_output(config: &Path, input: &str) -> String {
-    let mut shell = Command::new(oxinvr_bin())
+/// `oxinvr shell --config CONFIG` started as the UART console runs it: a dumb
+/// terminal, outside any booted slot, stdin and stdout piped.
+pub fn shell_child(config: &Path) -> Child {
+    Command::new(oxinvr_bin())
         .args(["shell", "--config"])
         .arg(config)
         .env("TERM", "dumb")
@@ -325,7 +325,13 @@ pub fn shell_output(config: &Path, input: &str) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("oxinvr shell");
+        .expect("start oxinvr shell")
+}
+
+/// What `oxinvr shell --config CONFIG` (the UART console, on a dumb terminal,
+/// outside any booted slot) prints for the lines of `input`.
+pub fn shell_output(config: &Path, input: &str) -> String {
+    let mut shell = shell_child(config);
     std::io::Write::write_all(&mut shell.stdin.take().expect("stdin"), input.as_bytes()).expect("type");
     let out = shell.wait_with_output().expect("shell output");
     String::from_utf8_lossy(&out.stdout).into_owned()
