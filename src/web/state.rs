@@ -25,6 +25,8 @@ pub struct Nvr {
     pub shutdown: Shutdown,
     /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
+    /// The database connection live clients' credential checks share.
+    pub live_db: crate::web::live::LiveDb,
 }
 
 impl Nvr {
@@ -43,6 +45,7 @@ impl Nvr {
             recorder,
             shutdown: Shutdown::new(),
             tls: std::sync::OnceLock::new(),
+            live_db: Default::default(),
         }
     }
 }
