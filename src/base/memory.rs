@@ -154,8 +154,12 @@ pub fn process_memory() -> ProcessMemory {
 /// when freed) instead of glibc raising it to 32 MiB after the first large
 /// free. With the defaults the soak's anonymous memory reached 30 MiB after 50
 /// minutes while the live heap stayed at 2.4 MiB (and SQLite's at 2 MiB); with
-/// these, 10 MiB after 10 minutes. No-op elsewhere (musl's malloc on the box).
+/// these, 10 MiB after 10 minutes. No-op elsewhere (musl's malloc on the box),
+/// and when `GLIBC_TUNABLES` sets malloc parameters itself (they then stand).
 pub fn tune_allocator() {
+    if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called at start.
     unsafe {
