@@ -91,9 +91,26 @@ def write_bytes(pid):
         return next(int(l.split()[1]) for l in f if l.startswith("write_bytes:"))
 
 
-def get_json(port, path):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+def get_json(port, path, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    rq = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(rq, timeout=10) as r:
         return json.load(r)
+
+
+def console_token(data_dir, deadline):
+    """The console token the recorder writes at start (the API needs a credential)."""
+    path = os.path.join(data_dir, "console.token")
+    while time.time() < deadline:
+        try:
+            with open(path) as f:
+                token = f.read().strip()
+            if token:
+                return token
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"bench: no console token at {path}")
 
 
 def start_camera(clip):
@@ -123,9 +140,10 @@ def run_one(n, seconds, clip, workdir):
     nvr = subprocess.Popen([BIN, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 30 + 3 * n
+        token = console_token(os.path.join(data, "data"), deadline)
         while True:
             try:
-                streams = get_json(port, "/api/streams")
+                streams = get_json(port, "/api/streams", token)
                 up = sum(1 for s in streams["streams"] if s["status"]["state"] == "streaming" and s["status"]["frames"] > 0)
                 if up == n:
                     break
@@ -145,9 +163,9 @@ def run_one(n, seconds, clip, workdir):
             samples.append(sample(nvr.pid))
         cpu1, wb1, cam1, t1 = cpu_seconds(nvr.pid), write_bytes(nvr.pid), cpu_seconds(cam.pid), time.time()
         threads1 = cpu_by_thread(nvr.pid)
-        system = get_json(port, "/api/system")
+        system = get_json(port, "/api/system", token)
         elapsed = t1 - t0
-        streams = get_json(port, "/api/streams")["streams"]
+        streams = get_json(port, "/api/streams", token)["streams"]
         fps = statistics.median(s["status"]["fps"] for s in streams)
         kbps = statistics.median(s["status"]["bitrate_kbps"] for s in streams)
         return {
