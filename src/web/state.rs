@@ -9,6 +9,7 @@ use crate::base::clock::Clock;
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
 use crate::governor::budget::mib;
+use crate::governor::watchdog::StatusHandle;
 use crate::recording::recorder::Recorder;
 
 /// The shared handle of a running recorder: what the web layer, the shell and
@@ -25,6 +26,8 @@ pub struct Nvr {
     pub shutdown: Shutdown,
     /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
+    /// The hardware watchdog's state (`off` unless `[watchdog] device` is set).
+    pub watchdog: StatusHandle,
 }
 
 impl Nvr {
@@ -37,6 +40,7 @@ impl Nvr {
         Nvr {
             config,
             auth: Auth::default(),
+            watchdog: StatusHandle::off(clock.clone()),
             clock,
             started: Instant::now(),
             started_ms,
