@@ -38,16 +38,16 @@ nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, std::ffi::c_int);
 pub struct Watch {
     stuck_after: Duration,
     /// Per part: the counter last seen and when it last moved.
-    last: [(u64, Duration); 3],
+    last: [(u32, Duration); 3],
 }
 
 impl Watch {
-    pub fn new(now: Duration, counts: [u64; 3], stuck_after: Duration) -> Watch {
+    pub fn new(now: Duration, counts: [u32; 3], stuck_after: Duration) -> Watch {
         Watch { stuck_after, last: counts.map(|c| (c, now)) }
     }
 
     /// The parts whose counter has not moved for `stuck_after`, with how long.
-    pub fn stuck(&mut self, now: Duration, counts: [u64; 3]) -> Vec<(Part, Duration)> {
+    pub fn stuck(&mut self, now: Duration, counts: [u32; 3]) -> Vec<(Part, Duration)> {
         let mut out = Vec::new();
         for (i, part) in Part::ALL.into_iter().enumerate() {
             if counts[i] != self.last[i].0 {
