@@ -28,6 +28,8 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     #[serde(default)]
     pub system: SystemConfig,
+    #[serde(default)]
+    pub watchdog: WatchdogConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -39,6 +41,25 @@ pub struct Config {
 pub struct MemoryConfig {
     /// MiB the process may use; 0 derives it from the machine's MemTotal.
     pub budget_mb: u32,
+}
+
+/// `[watchdog]`: the hardware watchdog fed while every part makes progress
+/// (`governor::watchdog`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    /// The watchdog device (e.g. `/dev/watchdog`); empty: no watchdog.
+    pub device: String,
+    /// Seconds without a feed before the board resets (set with WDIOC_SETTIMEOUT).
+    pub timeout_s: u32,
+    /// A part whose heartbeat has not moved for this long is stuck: feeding stops.
+    pub stuck_s: u32,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig { device: String::new(), timeout_s: 60, stuck_s: 30 }
+    }
 }
 
 /// Smallest and largest `memory.budget_mb` (0 aside): below 16 MiB not even
@@ -339,6 +360,8 @@ impl Config {
                 format!("{b} is out of range {lo}..={hi} (0 derives it from MemTotal)"),
             ));
         }
+        range("watchdog.timeout_s", self.watchdog.timeout_s, 2, 3600)?;
+        range("watchdog.stuck_s", self.watchdog.stuck_s, 2, 3600)?;
         range("web.max_senders", self.web.max_senders, 1, 256)?;
         range("web.max_connections", self.web.max_connections, 8, 4096)?;
         range("web.max_connections_per_address", self.web.max_connections_per_address, 1, self.web.max_connections)?;

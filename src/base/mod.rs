@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod error;
 pub mod fs;
+pub mod heartbeat;
 pub mod httpclient;
 pub mod lineedit;
 pub mod logging;

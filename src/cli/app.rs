@@ -8,7 +8,10 @@
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
 //! accepting (workers still busy with a client are not waited for past 0.25 s),
 //! ingest drops every session, the storage thread drains the rings, writes the
-//! pending fragments, syncs and closes the segments (10 s at most), then exit.
+//! pending fragments, syncs and closes the segments (10 s at most), the
+//! watchdog is disarmed (magic close) if all of that finished, then exit.
+//! The watchdog (`[watchdog] device`) is held from just after the config is
+//! read and watches the heartbeats once HTTP runs.
 
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::base::clock::{Clock, RealClock};
 use crate::base::error::{Context as _, Error, Result};
 use crate::config::Config;
+use crate::governor::watchdog::Watchdog;
 use crate::index::db::Db;
 use crate::recording::recorder::Channels;
 use crate::recording::{ingest, storage};
@@ -99,19 +103,33 @@ fn missing_disk(cfg: &Config) -> Option<String> {
 }
 
 /// Without the data disk: only the web server that says why (`web::no_disk`), until stopped.
+/// The watchdog is fed (never armed: nothing records to watch) while that page is served.
 fn run_without_disk(cfg: &Config, stop_signals: &nix::sys::signal::SigSet, why: String) -> Result<()> {
     log::error!("{why}; serving only a page that says so on http://{}/", cfg.web.listen);
+    let watchdog = Watchdog::start(&cfg.watchdog, Arc::new(RealClock)).context("watchdog")?;
     let server = web::no_disk::spawn(cfg, why).context("web")?;
     let sig = wait_for_stop(stop_signals);
     log::info!("{sig}: stopping");
     server.stop();
+    if let Some(w) = watchdog {
+        w.stop(true);
+    }
     Ok(())
+}
+
+/// `OXINVR_TEST_KNOBS=1`: allows the test-only knobs (`base::heartbeat::stall`).
+fn test_knobs_from_env() {
+    if std::env::var("OXINVR_TEST_KNOBS").as_deref() == Ok("1") {
+        crate::base::heartbeat::enable_test_knobs();
+        log::warn!("OXINVR_TEST_KNOBS=1: test-only knobs are on (POST /api/system/test-stall); never in production");
+    }
 }
 
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     crate::base::memory::tune_allocator();
     let cfg = Config::load(config_path)?;
     let stop_signals = block_stop_signals()?;
+    test_knobs_from_env();
     if let Some(why) = missing_disk(&cfg) {
         return run_without_disk(&cfg, &stop_signals, why);
     }
@@ -122,7 +140,13 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         log::warn!("cannot write the log to {}: {e}", log_file.display());
     }
     let clock: Arc<dyn Clock> = Arc::new(RealClock);
-    let nvr = Arc::new(Nvr::new(cfg.clone(), clock.clone()));
+    // Held from here (fed unconditionally) until `arm`, once every watched part runs.
+    let watchdog = Watchdog::start(&cfg.watchdog, clock.clone()).context("watchdog")?;
+    let mut nvr = Nvr::new(cfg.clone(), clock.clone());
+    if let Some(w) = &watchdog {
+        nvr.watchdog = w.status();
+    }
+    let nvr = Arc::new(nvr);
     nvr.auth
         .issue_console_token(&cfg.storage.data_dir)
         .with_context(|| format!("cannot write the console token into {}", cfg.storage.data_dir.display()))?;
@@ -152,6 +176,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     drop(edit);
     drop(db);
     let http = web::spawn(nvr.clone()).context("web")?;
+    if let Some(w) = &watchdog {
+        w.arm();
+    }
     log::info!(
         "oxinvr {} recording {} stream(s) into {}; API on http://{}/",
         env!("CARGO_PKG_VERSION"),
@@ -162,17 +189,25 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     let why = wait_for_stop(&stop_signals);
     log::info!("{why}: stopping (HTTP, then the camera sessions, then the open segments are written and synced)");
     let began = Instant::now();
+    if let Some(w) = &watchdog {
+        w.stopping();
+    }
     http.stop(HTTP_STOP);
     // Sessions end first, so the rings hold everything that will ever arrive.
     let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
     let _ = executor_thread.join();
     let (ack_tx, ack_rx) = mpsc::channel();
     let _ = storage_tx.send(storage::Command::Shutdown(ack_tx));
-    match ack_rx.recv_timeout(STORAGE_STOP) {
-        Ok(()) => {
-            let _ = storage_thread.join();
+    let clean = match ack_rx.recv_timeout(STORAGE_STOP) {
+        Ok(()) => storage_thread.join().is_ok(),
+        Err(_) => {
+            log::error!("storage did not finish in {STORAGE_STOP:?}; exiting without it");
+            false
         }
-        Err(_) => log::error!("storage did not finish in {STORAGE_STOP:?}; exiting without it"),
+    };
+    // Disarmed only by a clean stop: a recorder that could not stop cleanly is reset.
+    if let Some(w) = watchdog {
+        w.stop(clean);
     }
     log::info!("stopped in {:?}", began.elapsed());
     Ok(())

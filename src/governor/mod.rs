@@ -1,11 +1,13 @@
 //! The governor: what the box's memory is spent on. `budget` admits each
 //! stream into a memory budget (docs/ARCHITECTURE.md, "Memory budget").
+//! `watchdog` feeds the hardware watchdog while every part makes progress.
 //! Later stages (the pressure ladder, swap, go2rtc supervision) live here too.
 //!
 //! Layer: after `config`, before `auth` and `recording`, which asks it for
 //! admission; it names no higher layer.
 
 pub mod budget;
+pub mod watchdog;
 
 use crate::config::Config;
 use budget::Budget;

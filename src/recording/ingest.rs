@@ -53,6 +53,7 @@ use async_compat::Compat;
 use smol::LocalExecutor;
 
 use crate::base::clock::Clock;
+use crate::base::heartbeat::{self, Part};
 use crate::recording::media::{AudioParams, Frame, RunStart, Track, VideoParams};
 use crate::recording::rtsp::{MediaFrame, OpenError, Opener, RetinaOpener, Source};
 use crate::recording::stream::{StreamRuntime, StreamState};
@@ -132,6 +133,14 @@ pub fn spawn_executor(
         crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Ingest);
         let ex = LocalExecutor::new();
         let ingest = Ingest::new(RetinaOpener { step: STEP_DEADLINE }, clock);
+        // A task among the stream tasks: it beats only while the executor runs its tasks.
+        ex.spawn(async {
+            loop {
+                heartbeat::beat(Part::Executor);
+                smol::Timer::after(heartbeat::IDLE_BEAT).await;
+            }
+        })
+        .detach();
         smol::block_on(ex.run(ingest.serve(&ex, rx)));
     })?;
     Ok((tx, handle))

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::base::clock::Clock;
+use crate::base::heartbeat::{self, Part};
 use crate::index::db::{ClockStep, Db, NewSegment, SegmentProgress};
 use crate::recording::mp4;
 use crate::recording::reserve::{self, Reserve};
@@ -135,6 +136,8 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut ballast = Ballast::new(&settings.data_dir);
     let mut last_trim = Instant::now();
     loop {
+        // One beat per pass (every POLL at least): the watchdog's sign of progress.
+        heartbeat::beat(Part::Storage);
         match rx.recv_timeout(POLL) {
             Ok(Command::Add(rt)) => {
                 let name = rt.name().to_string();

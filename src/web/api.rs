@@ -520,10 +520,24 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "disk": disk,
             "clock": clock_json(&*nvr.clock),
             "streams": streams,
+            "watchdog": nvr.watchdog.snapshot(),
             "live_clients": super::live::live_clients(),
             "senders_busy": super::send::sending(),
         }),
     ))
+}
+
+/// `POST /api/system/test-stall?part=storage|executor|http`: test-only, the
+/// part blocks at its next heartbeat (the watchdog then stops feeding). 403
+/// unless the process was started with `OXINVR_TEST_KNOBS=1`.
+pub fn test_stall(q: &Query) -> Result<Reply, ApiError> {
+    use crate::base::heartbeat::{self, Part};
+    q.only(&["part"]).map_err(ApiError::bad_request)?;
+    let name = q.get("part").ok_or_else(|| ApiError::bad_request("part is required: storage, executor or http"))?;
+    let part = Part::parse(name)
+        .ok_or_else(|| ApiError::bad_request(format!("part={name:?}: give storage, executor or http")))?;
+    heartbeat::stall(part).map_err(|m| ApiError::new(403, m))?;
+    Ok(Reply::json(200, &json!({ "stalled": part.name() })))
 }
 
 /// `GET /api/system/logs?lines=N`: the newest lines of the recorder's log

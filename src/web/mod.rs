@@ -59,6 +59,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::base::error::Error;
+use crate::base::heartbeat::{self, Part};
 use crate::base::memory::{self, Subsystem};
 use crate::base::shutdown::Shutdown;
 use crate::index::db::Db;
@@ -236,8 +237,11 @@ fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &Shutdown) {
     memory::set_subsystem(Subsystem::Http);
     let mut db: Option<Db> = None;
     loop {
-        match server.recv() {
-            Ok(rq) => serve(nvr, &mut db, rq),
+        // Any worker's beat is the pool's: one busy with a long upload must not count as stuck.
+        heartbeat::beat(Part::Http);
+        match server.recv_timeout(heartbeat::IDLE_BEAT) {
+            Ok(Some(rq)) => serve(nvr, &mut db, rq),
+            Ok(None) => {}
             Err(_) if stopping.is_triggered() => return,
             Err(e) => {
                 log::warn!("http: {e}");
@@ -376,6 +380,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Memory, Method::Put) => api::set_memory_budget(ctx, q, c.body),
         (Resource::Memory, _) => api::memory_budget(ctx, q),
         (Resource::Logs, _) => api::logs(ctx, q),
+        (Resource::TestStall, _) => api::test_stall(q),
         (Resource::Settings, _) => api::settings(ctx, q),
         (Resource::Ota, _) => ota::status(q),
         (Resource::Tls, Method::Put) => tls::put(ctx, q, c.body),

@@ -68,6 +68,9 @@ pub enum Resource {
     Logs,
     Settings,
     Ota,
+    /// Test-only: stall a part (`base::heartbeat::stall`); refused unless
+    /// `OXINVR_TEST_KNOBS=1`.
+    TestStall,
     /// A file of the embedded web page (any path outside `/api/`), without the leading `/`.
     Static(String),
 }
@@ -79,7 +82,7 @@ impl Resource {
         match self {
             Resource::AuthSetup | Resource::AuthLogin | Resource::AuthLogout | Resource::Probe => &[Post],
             Resource::WebRtc(_) => &[Post],
-            Resource::UserTotpConfirm(_) => &[Post],
+            Resource::UserTotpConfirm(_) | Resource::TestStall => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
             Resource::User(_) | Resource::Stream(_) => &[Get, Put, Delete],
@@ -109,7 +112,7 @@ pub fn access(resource: &Resource, method: Method) -> Access {
     match (resource, method) {
         (R::Health | R::OpenApi | R::AuthStatus | R::AuthSetup | R::AuthLogin | R::Static(_), _) => Access::Public,
         (R::Users, _) | (R::User(_), Method::Delete) | (R::Tls, Method::Put) => Access::Admin,
-        (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota, _) => Access::Admin,
+        (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota | R::TestStall, _) => Access::Admin,
         (R::Memory, Method::Put) => Access::Admin,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
             Access::Operator
@@ -200,6 +203,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["system", "tls"] => Resource::Tls,
         ["system", "memory"] => Resource::Memory,
         ["system", "logs"] => Resource::Logs,
+        ["system", "test-stall"] => Resource::TestStall,
         ["settings"] => Resource::Settings,
         _ => return None,
     };

@@ -9,6 +9,7 @@ use crate::base::clock::Clock;
 use crate::base::shutdown::Shutdown;
 use crate::config::Config;
 use crate::governor::budget::mib;
+use crate::governor::watchdog::StatusHandle;
 use crate::recording::recorder::Recorder;
 
 /// The shared handle of a running recorder: what the web layer, the shell and
@@ -27,6 +28,8 @@ pub struct Nvr {
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
     /// The database connection live clients' credential checks share.
     pub live_db: crate::web::live::LiveDb,
+    /// The hardware watchdog's state (`off` unless `[watchdog] device` is set).
+    pub watchdog: StatusHandle,
 }
 
 impl Nvr {
@@ -39,6 +42,7 @@ impl Nvr {
         Nvr {
             config,
             auth: Auth::default(),
+            watchdog: StatusHandle::off(clock.clone()),
             clock,
             started: Instant::now(),
             started_ms,
