@@ -171,7 +171,8 @@ impl Recorder {
 
     /// Pressure ladder step 4: stops the running streams of the lowest
     /// priority (none if every running stream has the same priority: there
-    /// is no lower one to give up). They stay registered, state `stopped`
+    /// is no lower one to give up; called again, the next lowest, never the
+    /// highest). They stay registered, state `stopped`
     /// with `stopped_for` saying why, on a tiny ring (the big one is freed as
     /// ingest and storage let go), and keep their budget reservation so no
     /// waiting stream takes the memory. Returns the names stopped.
@@ -394,5 +395,70 @@ impl Edit<'_> {
         }
         rt.set_state(StreamState::Stopped);
         Some(rt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn row(id: i64, name: &str, priority: i32) -> StreamRow {
+        let spec = StreamSpec {
+            name: name.into(),
+            url: "rtsp://cam/x".into(),
+            enabled: true,
+            record: RecordMode::Continuous,
+            retention_days: None,
+            max_storage_mb: None,
+            priority,
+            bitrate_kbps: Some(1000),
+            source: "api".into(),
+        };
+        StreamRow { id, spec, created_ms: 0, updated_ms: 0 }
+    }
+
+    /// A recorder with no threads behind it (starts are bookkeeping only).
+    fn recorder(rows: &[StreamRow]) -> Recorder {
+        let rec = Recorder::new(8, "", Budget::new(1024 * MIB, Vec::new()));
+        let mut edit = rec.edit();
+        for r in rows {
+            edit.apply(r).expect("apply");
+        }
+        drop(edit);
+        rec
+    }
+
+    #[test]
+    fn pressure_stops_only_the_lowest_priority_and_keeps_their_reservation() {
+        let rec = recorder(&[row(1, "hi", 5), row(2, "lo", 0), row(3, "lo2", 0), row(4, "mid", 2)]);
+        let big = rec.stream("lo").expect("lo").ring.capacity();
+        let why = "stopped for memory pressure (ladder step 4: test)";
+        assert_eq!(rec.stop_for_pressure(why), vec!["lo".to_string(), "lo2".to_string()]);
+        let lo = rec.stream("lo").expect("still registered");
+        let st = lo.status();
+        assert_eq!((st.state, st.stopped_for.as_deref()), (StreamState::Stopped, Some(why)));
+        assert!(lo.ring.capacity() < big, "the big ring is let go");
+        assert!(rec.budget_report().streams.contains_key("lo"), "its reservation is kept");
+        assert_eq!(rec.stream("mid").expect("mid").status().stopped_for, None);
+
+        // Asked again (the ladder does not: it enters step 4 once), the next lowest goes,
+        // never the highest.
+        assert_eq!(rec.stop_for_pressure(why), vec!["mid".to_string()]);
+        assert!(rec.stop_for_pressure(why).is_empty(), "only the highest priority is left");
+        assert_eq!(rec.stream("hi").expect("hi").status().stopped_for, None);
+
+        assert_eq!(rec.resume_after_pressure(), vec!["lo".to_string(), "lo2".to_string(), "mid".to_string()]);
+        let lo = rec.stream("lo").expect("lo");
+        assert_eq!((lo.status().stopped_for, lo.ring.capacity()), (None, big));
+        assert!(rec.resume_after_pressure().is_empty());
+    }
+
+    #[test]
+    fn pressure_stops_nobody_when_all_share_one_priority() {
+        let rec = recorder(&[row(1, "a", 1), row(2, "b", 1)]);
+        assert!(rec.stop_for_pressure("x").is_empty());
+        assert!(rec.streams().iter().all(|s| s.status().stopped_for.is_none()));
     }
 }
