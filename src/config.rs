@@ -35,12 +35,97 @@ pub struct Config {
     pub source: String,
 }
 
-/// `[memory]`: the budget every stream is admitted into (`governor::budget`).
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+/// `[memory]`: the budget every stream is admitted into (`governor::budget`),
+/// the pressure ladder's thresholds (`governor::pressure`) and the swapfile
+/// (`governor::swap`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// MiB the process may use; 0 derives it from the machine's MemTotal.
     pub budget_mb: u32,
+    /// The ladder climbs when PSI memory `some avg10` reaches this (percent)...
+    pub pressure_some_percent: f32,
+    /// ... or `full avg10` reaches this ...
+    pub pressure_full_percent: f32,
+    /// ... or, on a kernel without PSI, MemAvailable falls below this share of MemTotal,
+    pub available_percent: f32,
+    /// for this many seconds (per step).
+    pub climb_seconds: u32,
+    /// It descends one step after this many seconds of calm.
+    pub calm_seconds: u32,
+    /// Swapfile size (MiB) turned on at ladder step 3; 0: no swap.
+    pub swap_file_mb: u32,
+    /// The swapfile; empty: `<data_dir>/oxinvr.swap` (never an SD card unless set here).
+    pub swap_file: String,
+    /// Written to /proc/self/oom_score_adj at start (-1000..=1000), so the kernel
+    /// kills something else first.
+    pub oom_score_adj: i32,
+    /// mlock each stream's ring (it is in the budget) so it is never swapped out.
+    pub lock_rings: bool,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            budget_mb: 0,
+            pressure_some_percent: 10.0,
+            pressure_full_percent: 5.0,
+            available_percent: 10.0,
+            climb_seconds: 5,
+            calm_seconds: 60,
+            swap_file_mb: 0,
+            swap_file: String::new(),
+            oom_score_adj: -500,
+            lock_rings: true,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// The swapfile's path and whether it was configured explicitly.
+    pub fn swap_path(&self, data_dir: &Path) -> (PathBuf, bool) {
+        match self.swap_file.as_str() {
+            "" => (data_dir.join("oxinvr.swap"), false),
+            p => (PathBuf::from(p), true),
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let (b, (lo, hi)) = (self.budget_mb, BUDGET_MB_RANGE);
+        if b != 0 && !(lo..=hi).contains(&b) {
+            return Err((
+                "memory.budget_mb".into(),
+                format!("{b} is out of range {lo}..={hi} (0 derives it from MemTotal)"),
+            ));
+        }
+        for (key, v) in [
+            ("memory.pressure_some_percent", self.pressure_some_percent),
+            ("memory.pressure_full_percent", self.pressure_full_percent),
+            ("memory.available_percent", self.available_percent),
+        ] {
+            if !(v > 0.0 && v <= 100.0) {
+                return Err((key.into(), format!("{v} is not a percentage above 0 and at most 100")));
+            }
+        }
+        if self.available_percent * 1.5 > 100.0 {
+            return Err(("memory.available_percent".into(), "at most 66 (calm is 1.5 times it)".into()));
+        }
+        range("memory.climb_seconds", self.climb_seconds, 1, 600)?;
+        range("memory.calm_seconds", self.calm_seconds, 1, 3600)?;
+        if self.swap_file_mb != 0 {
+            range("memory.swap_file_mb", self.swap_file_mb, 1, 65_536)?;
+        }
+        if !(-1000..=1000).contains(&self.oom_score_adj) {
+            return Err((
+                "memory.oom_score_adj".into(),
+                format!("{} is out of range -1000..=1000", self.oom_score_adj),
+            ));
+        }
+        if !self.swap_file.is_empty() && !Path::new(&self.swap_file).is_absolute() {
+            return Err(("memory.swap_file".into(), format!("{:?} must be an absolute path", self.swap_file)));
+        }
+        Ok(())
+    }
 }
 
 /// `[watchdog]`: the hardware watchdog fed while every part makes progress
@@ -353,13 +438,7 @@ impl Config {
         range("web.login_attempts", self.web.login_attempts, 1, 1000)?;
         range("web.lockout_seconds", self.web.lockout_seconds, 1, 7 * 24 * 3600)?;
         range("web.max_live_clients", self.web.max_live_clients, 1, 256)?;
-        let (b, (lo, hi)) = (self.memory.budget_mb, BUDGET_MB_RANGE);
-        if b != 0 && !(lo..=hi).contains(&b) {
-            return Err((
-                "memory.budget_mb".into(),
-                format!("{b} is out of range {lo}..={hi} (0 derives it from MemTotal)"),
-            ));
-        }
+        self.memory.validate()?;
         range("watchdog.timeout_s", self.watchdog.timeout_s, 2, 3600)?;
         range("watchdog.stuck_s", self.watchdog.stuck_s, 2, 3600)?;
         range("web.max_senders", self.web.max_senders, 1, 256)?;
@@ -581,6 +660,29 @@ mod tests {
         let d = SystemConfig::default();
         assert_eq!(c.system.network_interfaces, d.network_interfaces);
         assert_eq!(Config::parse("", "x").expect("empty").system.boot_limit, d.boot_limit);
+    }
+
+    #[test]
+    fn memory_section_is_checked() {
+        let c = Config::parse("", "x").expect("empty");
+        assert_eq!((c.memory.climb_seconds, c.memory.calm_seconds, c.memory.oom_score_adj), (5, 60, -500));
+        let (p, explicit) = c.memory.swap_path(Path::new("/data"));
+        assert_eq!((p, explicit), (PathBuf::from("/data/oxinvr.swap"), false));
+        for (toml, key) in [
+            ("[memory]\npressure_some_percent = 0", "memory.pressure_some_percent"),
+            ("[memory]\npressure_full_percent = 101", "memory.pressure_full_percent"),
+            ("[memory]\navailable_percent = 70", "memory.available_percent"),
+            ("[memory]\nclimb_seconds = 0", "memory.climb_seconds"),
+            ("[memory]\ncalm_seconds = 4000", "memory.calm_seconds"),
+            ("[memory]\nswap_file_mb = 70000", "memory.swap_file_mb"),
+            ("[memory]\noom_score_adj = -1001", "memory.oom_score_adj"),
+            ("[memory]\nswap_file = \"rel.swap\"", "memory.swap_file"),
+        ] {
+            let e = Config::parse(toml, "x").expect_err(toml).to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let ok = Config::parse("[memory]\nswap_file_mb = 64\nswap_file = \"/mnt/sd/s\"\nclimb_seconds = 2", "x");
+        assert_eq!(ok.expect("valid").memory.swap_path(Path::new("/d")), (PathBuf::from("/mnt/sd/s"), true));
     }
 
     #[test]

@@ -47,6 +47,7 @@ function streamRow(s) {
   const wait = st.memory_wait;
   const state = h('td', {}, h('span.pill.' + (st.state || 'stopped'), { text: (st.state || 'stopped').replace(/_/g, ' ') }),
     wait ? h('small.note', { text: ` needs ${fmtBytes(wait.needs_bytes)}, ${fmtBytes(wait.free_bytes)} free in the memory budget` }) : null,
+    st.stopped_for ? h('small.note', { text: ' ' + st.stopped_for }) : null,
     st.last_error ? h('small.error-text', { text: ' ' + st.last_error }) : null);
   const toggle = h('button', { type: 'button', text: s.enabled ? 'Disable' : 'Enable',
     onclick: (e) => busy(e.target, null, () => saveEnabled(s.name, !s.enabled)) });
@@ -177,11 +178,25 @@ function drawSystem(info, s) {
       kv('Threads', p.threads), kv('Rings', fmtBytes(m.rings_bytes)), kv('Heap', fmtBytes(heapTotal)), heap),
     card('Machine memory', kv('Used', usedMeter(memUsed, p.mem_total,
       `${fmtBytes(memUsed)} of ${fmtBytes(p.mem_total)}, ${fmtBytes(p.mem_available)} available`))),
+    pressureCard(m.pressure),
     card('Disk', kv('Data', d.data_dir), kv('Recordings', fmtBytes(d.recordings_bytes)),
       d.error ? kv('Error', d.error) : kv('Used', usedMeter(d.total_bytes - d.free_bytes, d.total_bytes,
         `${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)}, ${fmtBytes(d.free_bytes)} free`))),
     card('Rings (recent video in memory)', s.streams.map((r) => kv(r.name, usedMeter(r.ring.used_bytes, r.ring.capacity,
       `${fmtBytes(r.ring.used_bytes)} of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
+}
+
+// The memory pressure ladder: the step, why, since when, what it did, how often.
+function pressureCard(pr) {
+  if (!pr) return null;
+  const sw = pr.swap;
+  const counts = pr.steps.slice(1).map((name, i) => `${i + 1} ${name}: ${pr.entered[i + 1]}`).join('; ');
+  return h('section.card#memory-pressure', {}, h('h2', { text: 'Memory pressure' }), h('dl', {},
+    kv('Step', h('span.pill.' + (pr.step ? 'backoff' : 'streaming'), { text: `${pr.step}: ${pr.name}` })),
+    kv('Why', pr.why), kv('Since', fmtIso(pr.since)), pr.last_action ? kv('Last action', pr.last_action) : null,
+    pr.read_error ? kv('Error', pr.read_error) : null,
+    kv('Swap', sw.unusable || `${sw.on ? 'on' : 'off'}: ${sw.file} (${fmtBytes(sw.bytes)})${sw.last_error ? ', ' + sw.last_error : ''}`),
+    kv('Times entered', counts)));
 }
 
 // One chart per stream, from the server's last 2 min of samples (so it has a past at once).

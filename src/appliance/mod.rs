@@ -123,6 +123,8 @@ pub fn factory_reset(target: &Path) -> Result<usize> {
     if Path::new(RECORDER_INIT).exists() {
         let _ = Command::new(RECORDER_INIT).arg("stop").output();
     }
+    // An active swapfile (memory pressure) cannot be removed: swap off first.
+    crate::governor::swap::off_under(target).context("cannot turn off the swapfile before the wipe")?;
     let n = wipe_contents(target)?;
     reboot()?;
     Ok(n)

@@ -646,8 +646,12 @@ impl Shell {
 }
 
 /// "waiting for memory: needs X MiB, Y MiB free in the budget" of a stream
-/// status whose reservation does not fit yet.
+/// status whose reservation does not fit yet, or why the pressure ladder
+/// stopped it ("stopped for memory pressure ...").
 fn memory_wait(status: &Value) -> Option<String> {
+    if let Some(why) = status["stopped_for"].as_str() {
+        return Some(why.to_string());
+    }
     let w = &status["memory_wait"];
     let wait = crate::governor::budget::Wait {
         needs_bytes: w["needs_bytes"].as_u64()?,
@@ -776,6 +780,16 @@ mod tests {
         let out = streams_summary(&list);
         assert!(out.starts_with("streams: 2 (1 streaming, 1 waiting_for_memory)"), "{out}");
         assert!(out.contains("waiting for memory: needs 5.0 MiB, 1.5 MiB free in the budget"), "{out}");
+    }
+
+    #[test]
+    fn status_says_which_streams_memory_pressure_stopped() {
+        let why =
+            "stopped for memory pressure (ladder step 4: PSI memory some avg10 45.0 %, full avg10 12.0 % for 5 s)";
+        let list = vec![serde_json::json!({"name": "yard", "status": {"state": "stopped", "fps": 0,
+            "bitrate_kbps": 0, "stopped_for": why}})];
+        let out = streams_summary(&list);
+        assert!(out.contains(why), "{out}");
     }
 
     fn p(line: &str) -> Command {

@@ -179,6 +179,8 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     if let Some(w) = &watchdog {
         w.arm();
     }
+    // Not joined at exit: it may be writing the swapfile; it ends at the shutdown signal.
+    let _pressure = web::pressure::spawn(nvr.clone(), web::pressure::kernel_source()).context("pressure")?;
     log::info!(
         "oxinvr {} recording {} stream(s) into {}; API on http://{}/",
         env!("CARGO_PKG_VERSION"),

@@ -1,12 +1,17 @@
 //! The governor: what the box's memory is spent on. `budget` admits each
-//! stream into a memory budget (docs/ARCHITECTURE.md, "Memory budget").
-//! `watchdog` feeds the hardware watchdog while every part makes progress.
-//! Later stages (the pressure ladder, swap, go2rtc supervision) live here too.
+//! stream into a memory budget (docs/ARCHITECTURE.md, "Memory budget");
+//! `pressure` turns the kernel's memory pressure into a ladder step; `swap`
+//! owns the swapfile the ladder turns on. Pure logic and system calls: the
+//! web layer's `pressure` driver applies the steps. `watchdog` feeds the
+//! hardware watchdog while every part makes progress. Later stages (go2rtc
+//! supervision) live here too.
 //!
 //! Layer: after `config`, before `auth` and `recording`, which asks it for
 //! admission; it names no higher layer.
 
 pub mod budget;
+pub mod pressure;
+pub mod swap;
 pub mod watchdog;
 
 use crate::config::Config;
@@ -30,4 +35,23 @@ pub fn budget(config: &Config, mem_total: u64) -> Budget {
     };
     let live = u64::from(config.web.max_live_clients) * LIVE_CLIENT_BYTES;
     Budget::new(total, vec![("process", PROCESS_BYTES), ("http", HTTP_BYTES), ("live", live)])
+}
+
+/// The ladder's thresholds from `[memory]`.
+pub fn thresholds(config: &Config) -> pressure::Thresholds {
+    let m = &config.memory;
+    pressure::Thresholds {
+        some_percent: m.pressure_some_percent,
+        full_percent: m.pressure_full_percent,
+        available_percent: m.available_percent,
+        climb_ms: i64::from(m.climb_seconds) * 1000,
+        calm_ms: i64::from(m.calm_seconds) * 1000,
+    }
+}
+
+/// Writes `adj` to /proc/self/oom_score_adj (so the kernel's OOM killer picks
+/// another process first); the error names the file and what the kernel said.
+pub fn set_oom_score_adj(adj: i32) -> Result<(), String> {
+    let path = "/proc/self/oom_score_adj";
+    std::fs::write(path, adj.to_string()).map_err(|e| format!("cannot write {adj} to {path}: {e}"))
 }

@@ -47,6 +47,8 @@ pub struct Recorder {
     channels: RwLock<Option<Channels>>,
     edits: Mutex<()>,
     budget: Mutex<Budget>,
+    /// mlock the ring of each admitted stream (`memory.lock_rings`).
+    lock_rings: std::sync::atomic::AtomicBool,
 }
 
 /// What `Edit::apply` did to the running stream.
@@ -86,7 +88,13 @@ impl Recorder {
             channels: RwLock::new(None),
             edits: Mutex::new(()),
             budget: Mutex::new(budget),
+            lock_rings: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether admitted streams' rings are locked in RAM (`memory.lock_rings`).
+    pub fn set_lock_rings(&self, on: bool) {
+        self.lock_rings.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
@@ -161,9 +169,53 @@ impl Recorder {
         self.budget_report()
     }
 
+    /// Pressure ladder step 4: stops the running streams of the lowest
+    /// priority (none if every running stream has the same priority: there
+    /// is no lower one to give up; called again, the next lowest, never the
+    /// highest). They stay registered, state `stopped`
+    /// with `stopped_for` saying why, on a tiny ring (the big one is freed as
+    /// ingest and storage let go), and keep their budget reservation so no
+    /// waiting stream takes the memory. Returns the names stopped.
+    pub fn stop_for_pressure(&self, why: &str) -> Vec<String> {
+        let mut edit = self.edit();
+        let held = self.budget_report().streams;
+        let running: Vec<_> = self
+            .streams()
+            .into_iter()
+            .filter(|rt| held.contains_key(rt.name()) && rt.spec().enabled && rt.status().stopped_for.is_none())
+            .collect();
+        let prio = |rt: &Arc<StreamRuntime>| rt.spec().priority;
+        let (Some(low), Some(high)) = (running.iter().map(prio).min(), running.iter().map(prio).max()) else {
+            return Vec::new();
+        };
+        if low == high {
+            log::warn!("memory pressure: every running stream has priority {low}; none is stopped");
+            return Vec::new();
+        }
+        running
+            .iter()
+            .filter(|rt| prio(rt) == low)
+            .filter(|rt| edit.park(rt, why))
+            .map(|rt| rt.name().to_string())
+            .collect()
+    }
+
+    /// Leaving ladder step 4: starts the streams it stopped again (new rings).
+    /// Returns the names started.
+    pub fn resume_after_pressure(&self) -> Vec<String> {
+        let mut edit = self.edit();
+        let parked: Vec<_> = self.streams().into_iter().filter(|rt| rt.status().stopped_for.is_some()).collect();
+        parked.iter().filter(|rt| edit.unpark(rt)).map(|rt| rt.name().to_string()).collect()
+    }
+
     /// Bytes of all ring mappings.
     pub fn ring_bytes_total(&self) -> u64 {
         self.streams().iter().map(|s| s.ring.capacity() as u64).sum()
+    }
+
+    /// Bytes of the ring mappings locked in RAM.
+    pub fn ring_bytes_locked(&self) -> u64 {
+        self.streams().iter().filter(|s| s.ring.is_locked()).map(|s| s.ring.capacity() as u64).sum()
     }
 
     pub fn stream(&self, name: &str) -> Option<Arc<StreamRuntime>> {
@@ -173,6 +225,12 @@ impl Recorder {
     pub fn streams(&self) -> Vec<Arc<StreamRuntime>> {
         self.streams.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
+}
+
+/// The row a running stream was started from (its times are not kept: a
+/// `StreamRuntime` needs only the id and the spec).
+fn row_of(rt: &StreamRuntime) -> StreamRow {
+    StreamRow { id: rt.id(), spec: rt.spec(), created_ms: 0, updated_ms: 0 }
 }
 
 /// A change of the stream registry in progress (see `Recorder::edit`).
@@ -246,6 +304,12 @@ impl Edit<'_> {
     /// Starts recording and ingest of an admitted stream.
     fn launch(&self, rt: &Arc<StreamRuntime>) {
         rt.with_status(|s| s.memory_wait = None);
+        // Its ring is in the budget: lock it so recording's hot memory is never swapped.
+        if self.rec.lock_rings.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = rt.ring.lock_in_memory() {
+                log::warn!("stream {}: ring not locked in RAM (mlock: {e}); the kernel may swap it out", rt.name());
+            }
+        }
         let Some(ch) = self.rec.channels() else { return };
         if rt.spec().record == RecordMode::Continuous {
             let _ = ch.storage.send(storage::Command::Add(rt.clone()));
@@ -281,6 +345,47 @@ impl Edit<'_> {
         Some(rt)
     }
 
+    /// Stops a stream for memory pressure (`Recorder::stop_for_pressure`):
+    /// ingest and recording end, the registry keeps it on a tiny ring.
+    fn park(&mut self, rt: &Arc<StreamRuntime>, why: &str) -> bool {
+        let tiny = match Ring::new(rt.name(), ring::MIN_CAPACITY, None) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("stream {}: not stopped for memory pressure: no placeholder ring: {e}", rt.name());
+                return false;
+            }
+        };
+        let row = row_of(rt);
+        self.stop(rt.name());
+        let parked = Arc::new(StreamRuntime::new(row, Arc::new(tiny)));
+        let old = rt.status();
+        parked.with_status(|s| {
+            s.carry_counters(&old);
+            s.state = StreamState::Stopped;
+            s.stopped_for = Some(why.to_string());
+        });
+        self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), parked);
+        log::warn!("stream {}: {why}", rt.name());
+        true
+    }
+
+    /// Starts a parked stream again on a new ring, keeping its reservation.
+    fn unpark(&mut self, rt: &Arc<StreamRuntime>) -> bool {
+        let row = row_of(rt);
+        match self.rec.new_ring(&row.spec) {
+            Ok(ring) => {
+                self.start(&row, ring, Some(rt.status()));
+                log::info!("stream {}: started again (memory pressure is over)", rt.name());
+                true
+            }
+            Err(e) => {
+                let why = format!("stopped for memory pressure; cannot start again: no ring: {e}");
+                rt.with_status(|s| s.stopped_for = Some(why));
+                false
+            }
+        }
+    }
+
     /// Stops ingest and recording of a stream, keeping its reservation.
     fn stop(&mut self, name: &str) -> Option<Arc<StreamRuntime>> {
         let rt = self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
@@ -290,5 +395,70 @@ impl Edit<'_> {
         }
         rt.set_state(StreamState::Stopped);
         Some(rt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn row(id: i64, name: &str, priority: i32) -> StreamRow {
+        let spec = StreamSpec {
+            name: name.into(),
+            url: "rtsp://cam/x".into(),
+            enabled: true,
+            record: RecordMode::Continuous,
+            retention_days: None,
+            max_storage_mb: None,
+            priority,
+            bitrate_kbps: Some(1000),
+            source: "api".into(),
+        };
+        StreamRow { id, spec, created_ms: 0, updated_ms: 0 }
+    }
+
+    /// A recorder with no threads behind it (starts are bookkeeping only).
+    fn recorder(rows: &[StreamRow]) -> Recorder {
+        let rec = Recorder::new(8, "", Budget::new(1024 * MIB, Vec::new()));
+        let mut edit = rec.edit();
+        for r in rows {
+            edit.apply(r).expect("apply");
+        }
+        drop(edit);
+        rec
+    }
+
+    #[test]
+    fn pressure_stops_only_the_lowest_priority_and_keeps_their_reservation() {
+        let rec = recorder(&[row(1, "hi", 5), row(2, "lo", 0), row(3, "lo2", 0), row(4, "mid", 2)]);
+        let big = rec.stream("lo").expect("lo").ring.capacity();
+        let why = "stopped for memory pressure (ladder step 4: test)";
+        assert_eq!(rec.stop_for_pressure(why), vec!["lo".to_string(), "lo2".to_string()]);
+        let lo = rec.stream("lo").expect("still registered");
+        let st = lo.status();
+        assert_eq!((st.state, st.stopped_for.as_deref()), (StreamState::Stopped, Some(why)));
+        assert!(lo.ring.capacity() < big, "the big ring is let go");
+        assert!(rec.budget_report().streams.contains_key("lo"), "its reservation is kept");
+        assert_eq!(rec.stream("mid").expect("mid").status().stopped_for, None);
+
+        // Asked again (the ladder does not: it enters step 4 once), the next lowest goes,
+        // never the highest.
+        assert_eq!(rec.stop_for_pressure(why), vec!["mid".to_string()]);
+        assert!(rec.stop_for_pressure(why).is_empty(), "only the highest priority is left");
+        assert_eq!(rec.stream("hi").expect("hi").status().stopped_for, None);
+
+        assert_eq!(rec.resume_after_pressure(), vec!["lo".to_string(), "lo2".to_string(), "mid".to_string()]);
+        let lo = rec.stream("lo").expect("lo");
+        assert_eq!((lo.status().stopped_for, lo.ring.capacity()), (None, big));
+        assert!(rec.resume_after_pressure().is_empty());
+    }
+
+    #[test]
+    fn pressure_stops_nobody_when_all_share_one_priority() {
+        let rec = recorder(&[row(1, "a", 1), row(2, "b", 1)]);
+        assert!(rec.stop_for_pressure("x").is_empty());
+        assert!(rec.streams().iter().all(|s| s.status().stopped_for.is_none()));
     }
 }

@@ -179,6 +179,7 @@ pub struct Ring {
     name: String,
     capacity: usize,
     state: Mutex<State>,
+    locked: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Ring {
@@ -232,7 +233,21 @@ impl Ring {
                 pushes: 0,
                 evictions: 0,
             }),
+            locked: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Locks the mapping in RAM (mlock) so the kernel never swaps it out;
+    /// fails (ENOMEM/EPERM) past RLIMIT_MEMLOCK without CAP_IPC_LOCK.
+    pub fn lock_in_memory(&self) -> io::Result<()> {
+        self.lock().map.lock()?;
+        self.locked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// True once `lock_in_memory` succeeded.
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
     }
 
     /// The name given at creation.

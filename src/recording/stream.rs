@@ -56,6 +56,9 @@ pub struct StreamStatus {
     pub storage_error: Option<String>,
     /// While the state is `waiting_for_memory`: what it needs, what is free.
     pub memory_wait: Option<Wait>,
+    /// Why the pressure ladder stopped it (step 4, state `stopped`); it starts
+    /// again when the ladder leaves that step.
+    pub stopped_for: Option<String>,
     #[serde(skip)]
     window: RateWindow,
     /// The bitrate of each of the last windows, so a chart opened now has a past.
@@ -113,6 +116,7 @@ impl StreamStatus {
             storage_lag_max_ms: 0,
             storage_error: None,
             memory_wait: None,
+            stopped_for: None,
             window: RateWindow::default(),
             history: BitrateHistory::new(),
             writing: None,

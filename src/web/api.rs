@@ -515,6 +515,8 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
                 "rings_bytes": nvr.recorder.ring_bytes_total(),
                 "sqlite_bytes": crate::index::db::Db::memory_used(),
                 "budget": nvr.recorder.budget_report(),
+                "rings_locked_bytes": nvr.recorder.ring_bytes_locked(),
+                "pressure": nvr.pressure.report(nvr.clock.now_ms()),
                 "process": memory::process_memory(),
             },
             "disk": disk,

@@ -40,6 +40,7 @@ pub mod no_disk;
 mod openapi;
 mod ota;
 mod permit;
+pub mod pressure;
 mod probe;
 mod range;
 mod reply;

@@ -24,6 +24,8 @@ pub struct Nvr {
     pub recorder: Recorder,
     /// Triggered when the recorder stops: HTTP workers and live views end.
     pub shutdown: Shutdown,
+    /// The pressure ladder, the swapfile and the OOM score (`web::pressure`).
+    pub pressure: crate::web::pressure::Pressure,
     /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
     /// The database connection live clients' credential checks share.
@@ -39,7 +41,10 @@ impl Nvr {
         let budget = crate::governor::budget(&config, mem_total);
         log::info!("memory budget: {} ({} free for streams)", mib(budget.total()), mib(budget.free()));
         let recorder = Recorder::new(config.storage.ring_seconds, &config.storage.ring_dir, budget);
+        recorder.set_lock_rings(config.memory.lock_rings);
+        let pressure = crate::web::pressure::Pressure::new(&config);
         Nvr {
+            pressure,
             config,
             auth: Auth::default(),
             watchdog: StatusHandle::off(clock.clone()),

@@ -3,6 +3,8 @@
 //! and a slot among `web.max_live_clients` must be free.
 //!
 //! Invariants:
+//! - While memory is short (`shedding`, pressure ladder step 1+) every
+//!   request is refused with 503 before it takes anything.
 //! - Every check runs before the 101: a refused request gets a JSON error and
 //!   never takes a slot, a thread or a ring cursor.
 //! - A slot is held by the client's thread and freed when it ends (on drop).
@@ -10,7 +12,7 @@
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::pump::{Recheck, READ_WAIT, WRITE_SLICE};
@@ -24,6 +26,19 @@ use crate::web::state::Nvr;
 use crate::web::websocket;
 
 static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+/// Set by the pressure ladder (step 1 and above): clients are let go and new
+/// ones refused with 503 until it descends below step 1.
+static SHEDDING: AtomicBool = AtomicBool::new(false);
+
+/// Turns live-view shedding on or off (`web::pressure`, ladder step 1).
+pub fn set_shedding(on: bool) {
+    SHEDDING.store(on, Ordering::SeqCst);
+}
+
+/// True while memory is short and live view is shed.
+pub fn shedding() -> bool {
+    SHEDDING.load(Ordering::SeqCst)
+}
 
 /// Live-view clients being served right now.
 pub fn live_clients() -> usize {
@@ -65,6 +80,11 @@ pub(super) fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) 
     let host = forwarded.or_else(|| header(rq, "Host"));
     if let Some(origin) = origin.filter(|o| !same_origin(o, host.as_deref())) {
         return Err(ApiError::new(403, format!("Origin {origin:?} does not match the Host header")));
+    }
+    if shedding() {
+        let why =
+            "live view is refused while memory is short (memory pressure ladder step 1 or above); try again later";
+        return Err(ApiError::new(503, why).with_header("Retry-After", "30".into()));
     }
     let slot = Slot::take(nvr.config.web.max_live_clients)?;
     let peer = rq.remote_addr().copied().ok_or_else(|| ApiError::internal("the connection has no peer address"))?;

@@ -21,7 +21,8 @@
 //! 4. text `{"type":"jump","reason":..,"skipped_frames":N,"skipped_ms":M}` right
 //!    before the first fragment after frames were skipped (slow client).
 //! 5. text `{"type":"error","error":"stream stopped"}` and a close frame when
-//!    the stream is stopped, deleted or restarted.
+//!    the stream is stopped, deleted or restarted; `"live view stopped: memory
+//!    is short"` when the pressure ladder sheds live view (step 1).
 //!
 //! Invariant: the http worker never serves the client; it is free again as
 //! soon as the 101 is handed over (or refused).
@@ -38,8 +39,8 @@ use super::websocket::{self, close, Opcode};
 use crate::auth::Via;
 use crate::web::state::Nvr;
 
-pub use admit::live_clients;
 use admit::{admit, Admitted};
+pub use admit::{live_clients, set_shedding, shedding};
 use pump::Client;
 pub use pump::LiveDb;
 

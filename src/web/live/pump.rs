@@ -74,6 +74,8 @@ enum End {
     RecorderStopping,
     /// The session or API key it was opened with ended.
     Revoked,
+    /// Memory is short: the pressure ladder sheds live view.
+    Shed,
     Stalled,
     Protocol(ProtocolError),
     Io(io::Error),
@@ -87,6 +89,7 @@ impl std::fmt::Display for End {
             End::StreamStopped => f.write_str("the stream was stopped"),
             End::RecorderStopping => f.write_str("the recorder is stopping"),
             End::Revoked => f.write_str("its session or API key ended"),
+            End::Shed => f.write_str("memory is short: live view is shed"),
             End::Stalled => write!(f, "the client took nothing for {} s", STALL_LIMIT.as_secs()),
             End::Protocol(e) => write!(f, "the client broke the protocol: {e}"),
             End::Io(e) => write!(f, "socket error: {e}"),
@@ -308,6 +311,9 @@ impl Client {
             if self.shutdown.is_triggered() {
                 return End::RecorderStopping;
             }
+            if super::admit::shedding() {
+                return End::Shed;
+            }
             if checked.elapsed() >= STATUS_CHECK {
                 checked = Instant::now();
                 if self.rt.with_status(|s| s.state) == StreamState::Stopped {
@@ -447,6 +453,9 @@ impl Client {
             }
             End::Revoked => {
                 error_and_close(out, "your login ended; log in again", close::POLICY_VIOLATION, "login ended")
+            }
+            End::Shed => {
+                error_and_close(out, "live view stopped: memory is short", close::GOING_AWAY, "memory pressure")
             }
             End::Protocol(e) => {
                 websocket::put_frame(out, Opcode::Close, &websocket::close_payload(e.code, &e.reason));
