@@ -1,11 +1,13 @@
 //! The governor: what the box's memory is spent on. `budget` admits each
-//! stream into a memory budget (docs/ARCHITECTURE.md, "Memory budget").
-//! Later stages (the pressure ladder, swap, go2rtc supervision) live here too.
+//! stream into a memory budget (docs/ARCHITECTURE.md, "Memory budget");
+//! `go2rtc` runs go2rtc within its reservation (docs/ARCHITECTURE.md,
+//! "go2rtc supervised"). Later stages (the pressure ladder, swap) live here too.
 //!
 //! Layer: after `config`, before `auth` and `recording`, which asks it for
 //! admission; it names no higher layer.
 
 pub mod budget;
+pub mod go2rtc;
 
 use crate::config::Config;
 use budget::Budget;
@@ -20,12 +22,17 @@ pub const HTTP_BYTES: u64 = 4 * MIB;
 pub const LIVE_CLIENT_BYTES: u64 = 512 << 10;
 
 /// The budget `config` asks for (`memory.budget_mb`, or derived from the
-/// machine's `mem_total` bytes when 0) with its fixed reservations.
+/// machine's `mem_total` bytes when 0) with its fixed reservations; a
+/// supervised go2rtc reserves its `max_rss_mb`, the RSS it is killed above.
 pub fn budget(config: &Config, mem_total: u64) -> Budget {
     let total = match config.memory.budget_mb {
         0 => budget::default_total(mem_total),
         mb => u64::from(mb) * MIB,
     };
     let live = u64::from(config.web.max_live_clients) * LIVE_CLIENT_BYTES;
-    Budget::new(total, vec![("process", PROCESS_BYTES), ("http", HTTP_BYTES), ("live", live)])
+    let mut fixed = vec![("process", PROCESS_BYTES), ("http", HTTP_BYTES), ("live", live)];
+    if !config.go2rtc.binary.is_empty() {
+        fixed.push(("go2rtc", u64::from(config.go2rtc.max_rss_mb) * MIB));
+    }
+    Budget::new(total, fixed)
 }

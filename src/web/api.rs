@@ -522,6 +522,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "streams": streams,
             "live_clients": super::live::live_clients(),
             "senders_busy": super::send::sending(),
+            "go2rtc": nvr.go2rtc.get().map(|g| g.status()),
         }),
     ))
 }

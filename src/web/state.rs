@@ -25,6 +25,8 @@ pub struct Nvr {
     pub shutdown: Shutdown,
     /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
+    /// go2rtc's supervisor, set at start-up when `[go2rtc] binary` is set.
+    pub go2rtc: std::sync::OnceLock<Arc<crate::governor::go2rtc::Supervisor>>,
 }
 
 impl Nvr {
@@ -43,6 +45,7 @@ impl Nvr {
             recorder,
             shutdown: Shutdown::new(),
             tls: std::sync::OnceLock::new(),
+            go2rtc: std::sync::OnceLock::new(),
         }
     }
 }
