@@ -509,6 +509,16 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_never_answers_is_given_up_on_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        // Accepts (the kernel does, from the backlog) and never reads or answers.
+        let e = Client::new(addr).with_deadline(Duration::from_millis(200)).request("GET", "/api", None).unwrap_err();
+        assert!(matches!(e, HttpError::Failed(_)) && e.to_string().contains("reading the answer"), "{e}");
+        drop(l);
+    }
+
+    #[test]
     fn garbage_answers_are_errors() {
         let (addr, t) = serve_once(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec());
         let e = Client::new(addr).request("GET", "/", None).unwrap_err();
