@@ -227,3 +227,21 @@ fn go2rtc_over_its_memory_is_killed_and_started_again_and_never_orphaned() {
     nvr.kill9();
     poll(Duration::from_secs(5), "go2rtc gone after OxiNVR was SIGKILLed", || gone(second));
 }
+
+#[test]
+fn a_missing_go2rtc_binary_is_said_and_the_recorder_runs_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n\
+         [go2rtc]\nbinary = \"/nonexistent/go2rtc\"\napi_port = {}\nrtsp_port = {}\nwebrtc_port = {}\n",
+        free_port(),
+        free_port(),
+        free_port()
+    );
+    let nvr = Oxinvr::start(dir.path(), &config);
+    let s =
+        nvr.wait_for("/api/system", Duration::from_secs(10), "go2rtc backoff", |s| s["go2rtc"]["state"] == "backoff");
+    let why = s["go2rtc"]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("cannot start /nonexistent/go2rtc") && why.contains("No such file"), "{s}");
+    assert_eq!(nvr.get("/api/health").expect("health").status, 200);
+}
