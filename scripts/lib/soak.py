@@ -59,6 +59,18 @@ def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def rss_parts(pid):
+    """Anonymous, file-backed and shared (the rings on tmpfs) resident bytes: a
+    drift in one names its cause."""
+    out = {"anon": 0, "file": 0, "shmem": 0}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            for key, field in (("anon", "RssAnon:"), ("file", "RssFile:"), ("shmem", "RssShmem:")):
+                if line.startswith(field):
+                    out[key] = int(line.split()[1]) * 1024
+    return out
+
+
 def flapper(port, stop, log):
     """A camera that is gone FLAP_S seconds, back FLAP_S seconds, until `stop`."""
     while not stop.is_set():
@@ -123,12 +135,15 @@ def main():
     ap.add_argument("--cameras", type=int, default=16)
     ap.add_argument("--live-viewers", type=int, default=4)
     ap.add_argument("--warmup-minutes", type=float, default=5)
+    ap.add_argument("--flapping", type=int, default=2, help="how many of the cameras flap")
+    ap.add_argument("--no-fuzz", action="store_true", help="no API fuzzer (to isolate a drift)")
+    ap.add_argument("--report", help="where the report goes (default bench/results/soak-<date>.md)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="oxinvr-soak-")
     steady_ports = [free_port(), free_port()]
-    flap_ports = [free_port(), free_port()]
+    flap_ports = [free_port() for _ in range(a.flapping)]
     cams = [camera(p) for p in steady_ports]
-    steady = [(f"cam{i:02}", f"rtsp://127.0.0.1:{steady_ports[i % 2]}/h264") for i in range(a.cameras - 2)]
+    steady = [(f"cam{i:02}", f"rtsp://127.0.0.1:{steady_ports[i % 2]}/h264") for i in range(a.cameras - a.flapping)]
     flapping = [(f"flap{i}", f"rtsp://127.0.0.1:{p}/h264") for i, p in enumerate(flap_ports)]
     stop = threading.Event()
     flaps = [[] for _ in flap_ports]
@@ -154,16 +169,21 @@ def main():
     fuzz = {"runs": 0, "failed": 0}
     for _ in range(a.live_viewers):
         threading.Thread(target=live_viewer, args=(port, token, names, stop, live), daemon=True).start()
-    threading.Thread(target=fuzzer, args=(port, token, stop, fuzz, work), daemon=True).start()
+    if not a.no_fuzz:
+        threading.Thread(target=fuzzer, args=(port, token, stop, fuzz, work), daemon=True).start()
     samples = []
     end = began + a.minutes * 60
     while time.time() < end:
         if proc.poll() is not None:
             sys.exit(f"soak: the recorder exited ({proc.returncode}); see {work}/oxinvr.log")
         s = sample(proc.pid)
-        s.update(t=time.time() - began, fds=fds(proc.pid))
+        s.update(t=time.time() - began, fds=fds(proc.pid), **rss_parts(proc.pid))
+        mem = api(port, token, "/api/system")["memory"]
+        s.update(heap=sum(mem["heap_by_subsystem"].values()), sqlite=mem["sqlite_bytes"])
         samples.append(s)
-        print(f"  {s['t']:7.0f} s  rss {s['rss'] / 1048576:6.1f} MiB  pss {s['pss'] / 1048576:6.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}  "
+        print(f"  {s['t']:7.0f} s  rss {s['rss'] / 1048576:6.1f} MiB (anon {s['anon'] / 1048576:5.1f}, file "
+              f"{s['file'] / 1048576:5.1f}, shmem {s['shmem'] / 1048576:5.1f}, heap {s['heap'] / 1048576:5.1f}, sqlite {s['sqlite'] / 1048576:4.1f})  "
+              f"pss {s['pss'] / 1048576:6.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}  "
               f"live {live['sessions']}  fuzz runs {fuzz['runs']} (failed {fuzz['failed']})", flush=True)
         time.sleep(SAMPLE_S)
     elapsed = time.time() - began
@@ -179,7 +199,10 @@ def main():
 def report(a, work, samples, elapsed, streams, start_frames, steady, flaps, live, fuzz):
     measured = [s for s in samples if s["t"] >= a.warmup_minutes * 60] or samples
     rows = []
-    for key, unit, scale in [("rss", "MiB", 1 / 1048576), ("pss", "MiB", 1 / 1048576), ("fds", "", 1),
+    for key, unit, scale in [("rss", "MiB", 1 / 1048576), ("anon", "MiB", 1 / 1048576),
+                             ("file", "MiB", 1 / 1048576), ("shmem", "MiB", 1 / 1048576),
+                             ("heap", "MiB", 1 / 1048576),
+                             ("sqlite", "MiB", 1 / 1048576), ("pss", "MiB", 1 / 1048576), ("fds", "", 1),
                              ("threads", "", 1)]:
         first, last, pct = drift([s[key] for s in measured])
         rows.append(f"| {key} | {first * scale:.1f} {unit} | {last * scale:.1f} {unit} | {pct:+.1f} % |")
@@ -195,13 +218,13 @@ def report(a, work, samples, elapsed, streams, start_frames, steady, flaps, live
     flap_rows = [f"| {n} | {streams[n]['status']['connects']} | {len(flaps[i])} |"
                  for i, n in enumerate(sorted(n for n in streams if n.startswith("flap")))]
     date = datetime.date.today().isoformat()
-    out = os.path.join(ROOT, "bench", "results", f"soak-{date}.md")
+    out = a.report or os.path.join(ROOT, "bench", "results", f"soak-{date}.md")
     with open(out, "w") as f:
         f.write(f"# Soak, {date}\n\n`scripts/soak --minutes {a.minutes:g} --cameras {a.cameras}` on {platform.node()} "
-                f"({os.cpu_count()} cores): {a.cameras} cameras ({a.cameras - 2} steady from two test cameras, "
-                f"2 flapping {FLAP_S} s gone / {FLAP_S} s back), 320x240 {FPS} fps ~200 kbit/s each, 40 MB quota "
-                f"per stream (retention deletes throughout), {a.live_viewers} live viewers coming and going, the "
-                f"API fuzzer (GET operations) in a loop. Measured for {elapsed / 60:.1f} min after every steady "
+                f"({os.cpu_count()} cores): {a.cameras} cameras ({a.cameras - a.flapping} steady from two test cameras, "
+                f"{a.flapping} flapping {FLAP_S} s gone / {FLAP_S} s back), 320x240 {FPS} fps ~200 kbit/s each, 40 MB quota "
+                f"per stream (retention deletes throughout), {a.live_viewers} live viewers coming and going, "
+                f"{'no API fuzzer' if a.no_fuzz else 'the API fuzzer (GET operations) in a loop'}. Measured for {elapsed / 60:.1f} min after every steady "
                 f"stream recorded; drift compares the median of the last quarter with the first quarter after a "
                 f"{a.warmup_minutes:g} min warm-up (samples every {SAMPLE_S} s).\n\n")
         f.write("| | first quarter | last quarter | drift |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")

@@ -243,6 +243,20 @@ pub struct RetentionItem {
 
 /// How long a connection waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache of each connection, KiB.
+const CACHE_KIB: i64 = 1024;
+/// SQLite's heap, all connections together, above which it frees cached pages
+/// before it allocates (a soft limit: a query in progress may exceed it).
+pub const SQLITE_HEAP_LIMIT: i64 = 8 << 20;
+
+/// Sets SQLite's process-wide soft heap limit (once).
+fn limit_heap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a plain call setting SQLite's global limit; thread-safe.
+    ONCE.call_once(|| unsafe {
+        rusqlite::ffi::sqlite3_soft_heap_limit64(SQLITE_HEAP_LIMIT);
+    });
+}
 
 /// What went wrong, always naming the operation or the value at fault.
 #[derive(Debug)]
@@ -728,6 +742,10 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", true).with_ctx(|| format!("set foreign_keys on {label}"))?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024_i64)
             .with_ctx(|| format!("set journal_size_limit on {label}"))?;
+        // Negative: KiB. Each HTTP worker has a connection; at SQLite's default
+        // (2 MiB each) their caches filled slowly for hours.
+        conn.pragma_update(None, "cache_size", -CACHE_KIB).with_ctx(|| format!("set cache_size on {label}"))?;
+        limit_heap();
         migrate(&mut conn, label, migrations)?;
         Ok(Db { conn, clock_mark: 0 })
     }

@@ -15,8 +15,11 @@
 //!   `OPEN_DEADLINE` overall), the first keyframe (`KEYFRAME_WAIT`), and every
 //!   frame after it (`STALL_TIMEOUT`).
 //! - Streams are brought up one at a time, in the order started (priority
-//!   order): the next one's turn comes when the previous produced its first
-//!   keyframe, failed, or had its turn for `BRING_UP_TURN` (3 s), whichever is first.
+//!   order): the next one's turn comes when the previous one's session is open
+//!   (PLAY answered), failed, or had its turn for `BRING_UP_TURN` (3 s),
+//!   whichever is first. Only the handshake is staggered: waiting for the first
+//!   keyframe costs nothing, and staggering it too kept the last of 64 cameras
+//!   a minute from recording after a reboot.
 //!   A stream queues for a turn only once its camera accepted a TCP connection
 //!   (`Opener::reachable`, within `STEP_DEADLINE`): addresses that never answer
 //!   (a hundred of them) wait outside the gate and delay no one.
@@ -397,6 +400,7 @@ impl<'a> Session<'a> {
             Ok(None) => return Ended::Open(OpenError::Timeout { step: "opening", after: OPEN_DEADLINE }),
             Err(e) => return Ended::Open(e),
         };
+        self.turn.end();
         self.rt.set_state(StreamState::Streaming);
         let began = self.clock.mono();
         let mut last_item = began;
@@ -492,7 +496,6 @@ impl<'a> Session<'a> {
         }
         if f.key {
             self.keyframes += 1;
-            self.turn.end();
         }
         if let Err(e) = self.rt.ring.push_frame(&Frame { track: Track::Video, key: f.key, pts, data: &f.data }) {
             self.rt.set_error(format!("frame not kept: {e}"), now);

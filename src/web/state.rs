@@ -27,6 +27,8 @@ pub struct Nvr {
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
     /// go2rtc's supervisor, set at start-up when `[go2rtc] binary` is set.
     pub go2rtc: std::sync::OnceLock<Arc<crate::governor::go2rtc::Supervisor>>,
+    /// The database connection live clients' credential checks share.
+    pub live_db: crate::web::live::LiveDb,
 }
 
 impl Nvr {
@@ -46,6 +48,7 @@ impl Nvr {
             shutdown: Shutdown::new(),
             tls: std::sync::OnceLock::new(),
             go2rtc: std::sync::OnceLock::new(),
+            live_db: Default::default(),
         }
     }
 }

@@ -108,6 +108,17 @@ pub fn media_duration(path: &Path) -> f64 {
     ffprobe_json(path)["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0)
 }
 
+/// Presentation times (s) of the video keyframes of a file, in order.
+pub fn keyframe_times(path: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-skip_frame", "nokey", "-select_streams", "v:0"])
+        .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect()
+}
+
 /// Decoded video frames of a file (ffprobe -count_frames).
 pub fn frame_count(path: &Path) -> u64 {
     let out = Command::new("ffprobe")

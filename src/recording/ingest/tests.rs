@@ -43,6 +43,8 @@ struct Camera {
     epoch: u32,
     /// Added to every pts from now on (a camera whose clock steps).
     offset: i64,
+    /// How long its RTSP handshake takes.
+    handshake: Duration,
 }
 
 /// Every camera by URL, and the log of `open` calls (URL, monotonic ms).
@@ -61,13 +63,24 @@ impl Cameras {
     }
     fn set(&self, url: &str, mode: Mode) {
         let mut cams = self.cams.borrow_mut();
-        let cam = cams.entry(url.to_string()).or_insert(Camera { mode, ppm: 0, epoch: 0, offset: 0 });
+        let cam = cams.entry(url.to_string()).or_insert(Camera {
+            mode,
+            ppm: 0,
+            epoch: 0,
+            offset: 0,
+            handshake: Duration::ZERO,
+        });
         cam.mode = mode;
         cam.epoch += 1;
     }
     fn set_ppm(&self, url: &str, ppm: i64) {
         if let Some(c) = self.cams.borrow_mut().get_mut(url) {
             c.ppm = ppm;
+        }
+    }
+    fn set_handshake(&self, url: &str, d: Duration) {
+        if let Some(c) = self.cams.borrow_mut().get_mut(url) {
+            c.handshake = d;
         }
     }
     fn ppm(&self, url: &str) -> i64 {
@@ -93,6 +106,10 @@ impl Opener for Cameras {
     type Source = Scripted;
     async fn open(&self, url: &str) -> Result<Scripted, OpenError> {
         self.opens.borrow_mut().push((url.to_string(), self.clock.mono().as_millis()));
+        let handshake = self.cams.borrow().get(url).map_or(Duration::ZERO, |c| c.handshake);
+        if !handshake.is_zero() {
+            self.clock.sleep(handshake).await;
+        }
         let (mode, epoch) = self.mode(url);
         match mode {
             Mode::Down => Err(OpenError::Unreachable("connection refused".into())),
@@ -256,11 +273,11 @@ fn a_hung_camera_does_not_hold_up_the_others() {
     let hung = h.stream("hung", "rtsp://hung/", Mode::Hang);
     let b = h.stream("b", "rtsp://b/", Mode::Up);
     let c = h.stream("c", "rtsp://c/", Mode::Up);
-    // b waits for the hung camera's turn to end, then c waits for b's first keyframe.
+    // b waits for the hung camera's turn to end, then c waits for b's handshake.
     let b_at = h.run_until(Duration::from_secs(30), || frames(&b) > 0).expect("b records");
     let c_at = h.run_until(Duration::from_secs(30), || frames(&c) > 0).expect("c records");
     assert_eq!(b_at, BRING_UP_TURN + Duration::from_millis(100), "b connects when the hung turn ends");
-    assert_eq!(c_at, b_at + Duration::from_millis(100), "c connects at b's first keyframe");
+    assert_eq!(c_at, b_at, "c connects as soon as b's session is open");
     assert_eq!(h.cams.opens_of("rtsp://b/"), vec![BRING_UP_TURN.as_millis()]);
     assert_eq!(hung.status().state, StreamState::Connecting);
     // The hung open ends at its deadline with a clear error, and is tried again.
@@ -297,15 +314,20 @@ fn a_hundred_addresses_that_never_answer_hold_no_bring_up_turn() {
 }
 
 #[test]
-fn streams_come_up_one_at_a_time_in_the_order_started() {
+fn streams_handshake_one_at_a_time_in_the_order_started() {
     let mut h = Harness::new();
     let names = ["p3", "p2", "p1", "p0"];
     let rts: Vec<_> = names.iter().map(|n| h.stream(n, &format!("rtsp://{n}/"), Mode::Up)).collect();
+    for n in names {
+        h.cams.set_handshake(&format!("rtsp://{n}/"), Duration::from_millis(30));
+    }
     h.run_for(Duration::from_secs(2));
     let opened: Vec<String> = h.cams.opens.borrow().iter().map(|(u, _)| u.clone()).collect();
     assert_eq!(opened, ["rtsp://p3/", "rtsp://p2/", "rtsp://p1/", "rtsp://p0/"]);
     let times: Vec<u128> = h.cams.opens.borrow().iter().map(|(_, t)| *t).collect();
-    assert_eq!(times, [0, 100, 200, 300], "each opens at the previous one's first keyframe");
+    // The handshake is the costly part; waiting for the first keyframe is not,
+    // so the next one starts when the previous session is open.
+    assert_eq!(times, [0, 30, 60, 90], "each opens when the previous one's handshake is done");
     assert!(rts.iter().all(|rt| rt.status().state == StreamState::Streaming));
 }
 
@@ -315,10 +337,11 @@ fn a_waiting_stream_of_higher_priority_goes_first() {
     h.stream("first", "rtsp://first/", Mode::Hang);
     h.stream_with_priority("low", "rtsp://low/", Mode::Up, 0);
     h.stream_with_priority("high", "rtsp://high/", Mode::Up, 5);
+    h.cams.set_handshake("rtsp://high/", Duration::from_millis(30));
     h.run_for(BRING_UP_TURN + Duration::from_secs(1));
     let turn = BRING_UP_TURN.as_millis();
     assert_eq!(h.cams.opens_of("rtsp://high/"), vec![turn]);
-    assert_eq!(h.cams.opens_of("rtsp://low/"), vec![turn + 100]);
+    assert_eq!(h.cams.opens_of("rtsp://low/"), vec![turn + 30], "low goes once high's session is open");
 }
 
 #[test]

@@ -71,7 +71,7 @@ pub(super) fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) 
     let socket = dup_socket(rq)
         .and_then(socket_ready)
         .map_err(|e| ApiError::internal(format!("cannot set up the socket of the live connection from {peer}: {e}")))?;
-    let auth = Recheck::new(via, nvr.config.db_path(), nvr.clock.clone());
+    let auth = Recheck::new(via, nvr.config.db_path(), nvr.clock.clone(), nvr.live_db.clone());
     Ok(Admitted { rt, auth, key, socket, slot, shutdown: nvr.shutdown.clone() })
 }
 

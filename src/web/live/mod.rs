@@ -41,6 +41,7 @@ use crate::web::state::Nvr;
 pub use admit::live_clients;
 use admit::{admit, Admitted};
 use pump::Client;
+pub use pump::LiveDb;
 
 /// Stack of a `live-N` thread (its loop is shallow; keeps 32-bit address space for 256 clients small).
 const STACK_BYTES: usize = 256 << 10;

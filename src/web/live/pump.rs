@@ -209,27 +209,35 @@ pub(super) struct Client {
     shutdown: StopSignal,
 }
 
+/// The database connection every live client's checks share, opened at the
+/// first check. Shared: a connection per client (opened and closed with each
+/// one, thousands a day) fragmented the heap, which grew for hours.
+pub type LiveDb = Arc<std::sync::Mutex<Option<Db>>>;
+
 /// A live client's credential, checked again against the database.
 pub(super) struct Recheck {
     via: Via,
     db_path: std::path::PathBuf,
     clock: Arc<dyn Clock>,
-    /// This thread's connection, opened at the first check.
-    db: Option<Db>,
+    db: LiveDb,
 }
 
 impl Recheck {
-    pub(super) fn new(via: Via, db_path: std::path::PathBuf, clock: Arc<dyn Clock>) -> Recheck {
-        Recheck { via, db_path, clock, db: None }
+    pub(super) fn new(via: Via, db_path: std::path::PathBuf, clock: Arc<dyn Clock>, db: LiveDb) -> Recheck {
+        Recheck { via, db_path, clock, db }
     }
 
     /// False once the session ended (expired, revoked, logged out, user
     /// deleted) or the API key was deleted; also when it cannot be checked.
     fn still_valid(&mut self) -> bool {
-        if self.db.is_none() {
-            self.db = Db::open(&self.db_path).map_err(|e| log::warn!("live: cannot check credentials: {e}")).ok();
+        if matches!(self.via, Via::Console) {
+            return true; // the console token lives as long as the process
         }
-        let Some(db) = &self.db else { return false };
+        let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Db::open(&self.db_path).map_err(|e| log::warn!("live: cannot check credentials: {e}")).ok();
+        }
+        let Some(db) = slot.as_ref() else { return false };
         let alive = match &self.via {
             Via::Console => Ok(true),
             Via::Session { id, .. } => db.session_alive(*id, self.clock.now_ms()),
