@@ -30,6 +30,7 @@ pub struct Config {
     pub system: SystemConfig,
     #[serde(default)]
     pub watchdog: WatchdogConfig,
+    pub go2rtc: Go2rtcConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -146,6 +147,36 @@ impl Default for WatchdogConfig {
         WatchdogConfig { device: String::new(), timeout_s: 60, stuck_s: 30 }
     }
 }
+
+/// `[go2rtc]`: go2rtc run and watched by OxiNVR (`governor::go2rtc`).
+/// An empty `binary` supervises nothing (`web.go2rtc_api` may still name a
+/// go2rtc started some other way).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Go2rtcConfig {
+    /// Absolute path of the go2rtc executable; empty: not supervised.
+    pub binary: String,
+    /// Its HTTP API, bound to 127.0.0.1 (go2rtc trusts local clients).
+    pub api_port: u16,
+    /// Its RTSP server, bound to 127.0.0.1.
+    pub rtsp_port: u16,
+    /// Its WebRTC media port (TCP and UDP, all interfaces: the browser's media
+    /// comes here directly).
+    pub webrtc_port: u16,
+    /// RSS above which it is killed and started again; also its reservation
+    /// in the memory budget.
+    pub max_rss_mb: u32,
+}
+
+impl Default for Go2rtcConfig {
+    fn default() -> Self {
+        Go2rtcConfig { binary: String::new(), api_port: 1984, rtsp_port: 8554, webrtc_port: 8555, max_rss_mb: 40 }
+    }
+}
+
+/// Smallest and largest `go2rtc.max_rss_mb`: go2rtc (Go) starts at about
+/// 10 MiB, so less would kill it at once.
+pub const GO2RTC_RSS_MB_RANGE: (u32, u32) = (16, 4096);
 
 /// Smallest and largest `memory.budget_mb` (0 aside): below 16 MiB not even
 /// the process's own fixed reservations fit.
@@ -402,6 +433,10 @@ impl Config {
             key: Some(key),
             message,
         })?;
+        if !cfg.go2rtc.binary.is_empty() && cfg.web.go2rtc_api.is_empty() {
+            // The page's WebRTC relay talks to the go2rtc we supervise.
+            cfg.web.go2rtc_api = format!("http://127.0.0.1:{}", cfg.go2rtc.api_port);
+        }
         cfg.source = file.to_string();
         Ok(cfg)
     }
@@ -450,6 +485,7 @@ impl Config {
         if !self.web.go2rtc_api.is_empty() {
             go2rtc_addr(&self.web.go2rtc_api).map_err(|e| ("web.go2rtc_api".to_string(), e))?;
         }
+        self.validate_go2rtc()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -481,6 +517,52 @@ impl Config {
             st.validate().map_err(|(field, m)| (key(field), m))?;
             if !seen.insert(st.name.as_str()) {
                 return Err((key("name"), format!("{:?} is used by two streams", st.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[go2rtc]`: an absolute binary, three distinct ports that are not the
+    /// web server's, and a `web.go2rtc_api` (if set) that is the API port.
+    fn validate_go2rtc(&self) -> Result<(), (String, String)> {
+        let g = &self.go2rtc;
+        if g.binary.is_empty() {
+            return Ok(());
+        }
+        if !Path::new(&g.binary).is_absolute() {
+            return Err(("go2rtc.binary".into(), format!("{:?} must be an absolute path (or empty)", g.binary)));
+        }
+        let (lo, hi) = GO2RTC_RSS_MB_RANGE;
+        range("go2rtc.max_rss_mb", g.max_rss_mb, lo, hi)?;
+        let web = [&self.web.listen, &self.web.tls_listen]
+            .iter()
+            .filter_map(|l| l.parse::<SocketAddr>().ok())
+            .map(|a| a.port())
+            .collect::<Vec<_>>();
+        let ports =
+            [("go2rtc.api_port", g.api_port), ("go2rtc.rtsp_port", g.rtsp_port), ("go2rtc.webrtc_port", g.webrtc_port)];
+        for (i, (key, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err((key.to_string(), "must be a port from 1 to 65535".into()));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                return Err((key.to_string(), format!("{port} is also {other}; each needs its own port")));
+            }
+            if web.contains(port) {
+                return Err((key.to_string(), format!("{port} is the web server's port")));
+            }
+        }
+        if !self.web.go2rtc_api.is_empty() {
+            let addr = go2rtc_addr(&self.web.go2rtc_api).map_err(|e| ("web.go2rtc_api".to_string(), e))?;
+            if addr.port() != g.api_port {
+                return Err((
+                    "web.go2rtc_api".into(),
+                    format!(
+                        "names port {} but the supervised go2rtc's API is on go2rtc.api_port {}; leave it empty",
+                        addr.port(),
+                        g.api_port
+                    ),
+                ));
             }
         }
         Ok(())
@@ -733,6 +815,28 @@ mod tests {
         assert_eq!(e.line, Some(2), "{e}");
         let e = Config::parse("[web]\nlisten = \"everywhere\"\n", "x.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("web.listen"));
+    }
+
+    #[test]
+    fn go2rtc_section_is_checked_and_points_the_relay_at_it() {
+        let off = Config::parse("", "x").expect("defaults");
+        assert!(off.go2rtc.binary.is_empty() && off.web.go2rtc_api.is_empty(), "not supervised by default");
+        let on = Config::parse("[go2rtc]\nbinary = \"/usr/bin/go2rtc\"\napi_port = 1990\n", "x").expect("ok");
+        assert_eq!(on.web.go2rtc_api, "http://127.0.0.1:1990", "the WebRTC relay talks to the supervised one");
+        for (text, key, says) in [
+            ("[go2rtc]\nbinary = \"go2rtc\"\n", "go2rtc.binary", "absolute"),
+            ("[go2rtc]\nbinary = \"/g\"\nrtsp_port = 1984\n", "go2rtc.rtsp_port", "go2rtc.api_port"),
+            ("[go2rtc]\nbinary = \"/g\"\napi_port = 8080\n", "go2rtc.api_port", "web server"),
+            ("[go2rtc]\nbinary = \"/g\"\nwebrtc_port = 0\n", "go2rtc.webrtc_port", "1 to 65535"),
+            ("[go2rtc]\nbinary = \"/g\"\nmax_rss_mb = 4\n", "go2rtc.max_rss_mb", "16..=4096"),
+            ("[web]\ngo2rtc_api = \"http://127.0.0.1:1985\"\n[go2rtc]\nbinary = \"/g\"\n", "web.go2rtc_api", "1984"),
+        ] {
+            let e = Config::parse(text, "x.toml").expect_err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains(says), "{text}: {e}");
+        }
+        let e = Config::parse("[go2rtc]\nbinary = \"/g\"\napi_prot = 1\n", "x.toml").expect_err("typo");
+        assert!(e.to_string().contains("api_prot"), "{e}");
     }
 
     #[test]

@@ -183,7 +183,23 @@ function drawSystem(info, s) {
       d.error ? kv('Error', d.error) : kv('Used', usedMeter(d.total_bytes - d.free_bytes, d.total_bytes,
         `${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)}, ${fmtBytes(d.free_bytes)} free`))),
     card('Rings (recent video in memory)', s.streams.map((r) => kv(r.name, usedMeter(r.ring.used_bytes, r.ring.capacity,
-      `${fmtBytes(r.ring.used_bytes)} of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))));
+      `${fmtBytes(r.ring.used_bytes)} of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))),
+    s.go2rtc ? go2rtcCard(s.go2rtc) : null);
+}
+
+// go2rtc as OxiNVR runs it: state, process, restarts and why it last stopped.
+function go2rtcCard(g) {
+  const state = g.state === 'backoff' ? `restarting in ${Math.ceil(g.backoff_ms / 1000)} s` : g.state;
+  return h('section.card#go2rtc', {}, h('h2', { text: 'go2rtc (WebRTC live view)' }), h('dl', {}, [
+    kv('State', state),
+    kv('Process', g.pid ? `pid ${g.pid}${g.version ? `, version ${g.version}` : ''}` : '—'),
+    kv('Memory', g.rss_bytes != null ? usedMeter(g.rss_bytes, g.max_rss_bytes,
+      `${fmtBytes(g.rss_bytes)} of its ${fmtBytes(g.max_rss_bytes)} limit`) : `limit ${fmtBytes(g.max_rss_bytes)}`),
+    kv('Running since', g.running_since ? fmtIso(g.running_since) : '—'),
+    kv('Streams', String(g.streams)),
+    kv('Restarts', String(g.restarts)),
+    kv('Last stop', g.last_error ? `${g.last_error} (${fmtIso(g.last_error_at)})` : '—'),
+  ]));
 }
 
 // The memory pressure ladder: the step, why, since when, what it did, how often.

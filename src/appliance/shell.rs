@@ -484,6 +484,7 @@ impl Shell {
                         s(&d["problem"])
                     ));
                 }
+                out.push_str(&go2rtc_line(&sys["go2rtc"]));
             }
             (Err(HttpError::NotRunning(m)), _) | (_, Err(HttpError::NotRunning(m))) => {
                 out.push_str(&format!("recorder: NOT RUNNING ({m})\n"));
@@ -643,6 +644,28 @@ impl Shell {
         out.push_str(&table(&rows));
         Ok(out)
     }
+}
+
+/// The supervised go2rtc's state, or nothing when it is not supervised.
+fn go2rtc_line(g: &Value) -> String {
+    if g.is_null() {
+        return String::new();
+    }
+    let mut line = format!("go2rtc: {}", s(&g["state"]));
+    if let Some(pid) = g["pid"].as_u64() {
+        line.push_str(&format!(", pid {pid}"));
+    }
+    if let Some(rss) = g["rss_bytes"].as_u64() {
+        line.push_str(&format!(", RSS {} of {}", size(rss), size(g["max_rss_bytes"].as_u64().unwrap_or(0))));
+    }
+    if let Some(ms) = g["backoff_ms"].as_u64() {
+        line.push_str(&format!(", next start in {} s", ms.div_ceil(1000)));
+    }
+    line.push_str(&format!(", {} restart(s)", g["restarts"].as_u64().unwrap_or(0)));
+    if let Some(e) = g["last_error"].as_str() {
+        line.push_str(&format!(", last: {e}"));
+    }
+    line + "\n"
 }
 
 /// "waiting for memory: needs X MiB, Y MiB free in the budget" of a stream

@@ -121,22 +121,39 @@ pub struct Client {
     /// The token last read, sent when the file cannot be read (a failing data
     /// disk must not lock the console out of the recorder that reports it).
     last_token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Connect, and each read or write, must finish within this.
+    timeout: Timeouts,
 }
+
+/// (connect, each read or write).
+type Timeouts = (Duration, Duration);
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, console_token: None, last_token: Default::default() }
+        Client { addr, console_token: None, last_token: Default::default(), timeout: (CONNECT_TIMEOUT, IO_TIMEOUT) }
+    }
+
+    /// The same client with every step (connect, each read and write) bounded
+    /// by `d`: for services that must answer quickly (go2rtc's API).
+    pub fn with_deadline(mut self, d: Duration) -> Client {
+        self.timeout = (d, d);
+        self
     }
 
     /// A client that authenticates with the console token kept in `token_file`.
     pub fn with_console_token(addr: SocketAddr, token_file: &std::path::Path) -> Client {
-        Client { addr, console_token: Some(token_file.to_path_buf()), last_token: Default::default() }
+        Client {
+            addr,
+            console_token: Some(token_file.to_path_buf()),
+            last_token: Default::default(),
+            timeout: (CONNECT_TIMEOUT, IO_TIMEOUT),
+        }
     }
 
     /// One request; `body` is sent as JSON. The whole answer is buffered.
     pub fn request(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<Response, HttpError> {
         let what = format!("{method} http://{}{path}", self.addr);
-        let stream = connect(&[self.addr], &what)?;
+        let stream = connect(&[self.addr], &what, self.timeout)?;
         let payload = body.map(|b| b.to_string().into_bytes());
         let host = self.addr.to_string();
         let token = self.console_token.as_deref().and_then(|p| self.token(p));
@@ -169,13 +186,13 @@ impl Client {
     }
 }
 
-fn connect(addrs: &[SocketAddr], what: &str) -> Result<TcpStream, HttpError> {
+fn connect(addrs: &[SocketAddr], what: &str, (connect_in, io): Timeouts) -> Result<TcpStream, HttpError> {
     let mut last = None;
     for a in addrs {
-        match TcpStream::connect_timeout(a, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(a, connect_in) {
             Ok(s) => {
-                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                let _ = s.set_read_timeout(Some(io));
+                let _ = s.set_write_timeout(Some(io));
                 return Ok(s);
             }
             Err(e) => last = Some((a, e)),
@@ -380,7 +397,7 @@ pub fn download(url: &str) -> Result<Download, Error> {
             .map_err(|e| Error::upstream(format!("{current}: cannot resolve {host}: {e}")))?
             .collect();
         let what = format!("GET {current}");
-        let stream = connect(&addrs, &what).map_err(|e| match e {
+        let stream = connect(&addrs, &what, (CONNECT_TIMEOUT, IO_TIMEOUT)).map_err(|e| match e {
             HttpError::NotRunning(m) => Error::upstream(format!("{what}: {m}")),
             HttpError::Failed(m) => Error::upstream(m),
         })?;
@@ -489,6 +506,16 @@ mod tests {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
         let e = Client::new(SocketAddr::from(([127, 0, 0, 1], port))).request("GET", "/api/health", None).unwrap_err();
         assert!(matches!(e, HttpError::NotRunning(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_server_that_never_answers_is_given_up_on_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        // Accepts (the kernel does, from the backlog) and never reads or answers.
+        let e = Client::new(addr).with_deadline(Duration::from_millis(200)).request("GET", "/api", None).unwrap_err();
+        assert!(matches!(e, HttpError::Failed(_)) && e.to_string().contains("reading the answer"), "{e}");
+        drop(l);
     }
 
     #[test]

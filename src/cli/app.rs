@@ -175,6 +175,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     }
     drop(edit);
     drop(db);
+    start_go2rtc(&nvr, &cfg, &clock)?;
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
         w.arm();
@@ -195,6 +196,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         w.stopping();
     }
     http.stop(HTTP_STOP);
+    if let Some(g) = nvr.go2rtc.get() {
+        g.stop();
+    }
     // Sessions end first, so the rings hold everything that will ever arrive.
     let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
     let _ = executor_thread.join();
@@ -212,6 +216,22 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         w.stop(clean);
     }
     log::info!("stopped in {:?}", began.elapsed());
+    Ok(())
+}
+
+/// Starts go2rtc's supervisor when `[go2rtc] binary` is set; it serves every
+/// enabled stream (read from the recorder at each check, so API edits reach it).
+fn start_go2rtc(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Result<()> {
+    use crate::governor::go2rtc::{Settings, Supervisor};
+    let Some(settings) = Settings::from_config(cfg) else { return Ok(()) };
+    // Weak: the supervisor lives in the Nvr it reads from.
+    let weak = Arc::downgrade(nvr);
+    let streams = Box::new(move || {
+        let Some(nvr) = weak.upgrade() else { return Vec::new() };
+        nvr.recorder.streams().iter().map(|rt| rt.spec()).filter(|s| s.enabled).map(|s| (s.name, s.url)).collect()
+    });
+    let sup = Supervisor::spawn(settings, streams, clock.clone()).context("go2rtc")?;
+    let _ = nvr.go2rtc.set(sup);
     Ok(())
 }
 

@@ -3,13 +3,14 @@
 //! `pressure` turns the kernel's memory pressure into a ladder step; `swap`
 //! owns the swapfile the ladder turns on. Pure logic and system calls: the
 //! web layer's `pressure` driver applies the steps. `watchdog` feeds the
-//! hardware watchdog while every part makes progress. Later stages (go2rtc
-//! supervision) live here too.
+//! hardware watchdog while every part makes progress. `go2rtc` runs go2rtc
+//! within its reservation (docs/ARCHITECTURE.md, "go2rtc supervised").
 //!
 //! Layer: after `config`, before `auth` and `recording`, which asks it for
 //! admission; it names no higher layer.
 
 pub mod budget;
+pub mod go2rtc;
 pub mod pressure;
 pub mod swap;
 pub mod watchdog;
@@ -27,14 +28,19 @@ pub const HTTP_BYTES: u64 = 4 * MIB;
 pub const LIVE_CLIENT_BYTES: u64 = 512 << 10;
 
 /// The budget `config` asks for (`memory.budget_mb`, or derived from the
-/// machine's `mem_total` bytes when 0) with its fixed reservations.
+/// machine's `mem_total` bytes when 0) with its fixed reservations; a
+/// supervised go2rtc reserves its `max_rss_mb`, the RSS it is killed above.
 pub fn budget(config: &Config, mem_total: u64) -> Budget {
     let total = match config.memory.budget_mb {
         0 => budget::default_total(mem_total),
         mb => u64::from(mb) * MIB,
     };
     let live = u64::from(config.web.max_live_clients) * LIVE_CLIENT_BYTES;
-    Budget::new(total, vec![("process", PROCESS_BYTES), ("http", HTTP_BYTES), ("live", live)])
+    let mut fixed = vec![("process", PROCESS_BYTES), ("http", HTTP_BYTES), ("live", live)];
+    if !config.go2rtc.binary.is_empty() {
+        fixed.push(("go2rtc", u64::from(config.go2rtc.max_rss_mb) * MIB));
+    }
+    Budget::new(total, fixed)
 }
 
 /// The ladder's thresholds from `[memory]`.

@@ -525,6 +525,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "watchdog": nvr.watchdog.snapshot(),
             "live_clients": super::live::live_clients(),
             "senders_busy": super::send::sending(),
+            "go2rtc": nvr.go2rtc.get().map(|g| g.status()),
         }),
     ))
 }

@@ -28,6 +28,8 @@ pub struct Nvr {
     pub pressure: crate::web::pressure::Pressure,
     /// The HTTPS certificate, set by `web::spawn` when `web.tls` is on.
     pub tls: std::sync::OnceLock<Arc<crate::auth::tls::Store>>,
+    /// go2rtc's supervisor, set at start-up when `[go2rtc] binary` is set.
+    pub go2rtc: std::sync::OnceLock<Arc<crate::governor::go2rtc::Supervisor>>,
     /// The database connection live clients' credential checks share.
     pub live_db: crate::web::live::LiveDb,
     /// The hardware watchdog's state (`off` unless `[watchdog] device` is set).
@@ -54,6 +56,7 @@ impl Nvr {
             recorder,
             shutdown: Shutdown::new(),
             tls: std::sync::OnceLock::new(),
+            go2rtc: std::sync::OnceLock::new(),
             live_db: Default::default(),
         }
     }

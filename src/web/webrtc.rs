@@ -18,6 +18,7 @@ use super::router::Query;
 use super::Ctx;
 use crate::base::error::Error;
 use crate::base::httpclient::Client;
+use crate::governor::go2rtc::State;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,9 @@ struct Offer {
     kind: String,
     sdp: String,
 }
+
+/// Each step (connect, read, write) of a call to go2rtc.
+const OFFER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Largest SDP offer relayed (browsers send a few KiB).
 const MAX_SDP: usize = 32 << 10;
@@ -46,8 +50,17 @@ pub fn offer(ctx: &Ctx, stream: &str, q: &Query, body: &[u8]) -> Result<Reply, A
     if !row.spec.enabled {
         return Err(ApiError::conflict(format!("stream {stream:?} is disabled; enable it to watch it live")));
     }
+    if let Some(st) = ctx.nvr.go2rtc.get().map(|g| g.status()).filter(|s| s.state != State::Running) {
+        let now = match (st.state, st.backoff_ms) {
+            (State::Backoff, Some(ms)) => format!("restarting in {} s", ms.div_ceil(1000)),
+            (state, _) => state.as_str().to_string(),
+        };
+        let why = st.last_error.map(|e| format!(" (it stopped: {e})")).unwrap_or_default();
+        return Err(Error::unavailable(format!("go2rtc is {now}{why}; try again shortly")).into());
+    }
     let addr = crate::config::go2rtc_addr(api).map_err(ApiError::internal)?;
-    let client = Client::new(addr);
+    // go2rtc is local and quick; a hung one must not hold an HTTP worker.
+    let client = Client::new(addr).with_deadline(OFFER_DEADLINE);
     let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
     // Tell go2rtc where the camera is (idempotent): it needs no config of its own.
     let register = format!("/api/streams?name={}&src={}", enc(stream), enc(&row.spec.url));
