@@ -30,6 +30,7 @@ pub struct Config {
     pub system: SystemConfig,
     #[serde(default)]
     pub watchdog: WatchdogConfig,
+    #[serde(default)]
     pub go2rtc: Go2rtcConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
