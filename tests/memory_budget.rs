@@ -83,6 +83,9 @@ fn a_budget_admits_what_fits_and_a_raise_admits_more_without_restarting_anyone()
     let held: u64 = budget["streams"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
     let fixed: u64 = budget["fixed"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
     assert!(held + fixed <= 64 * MIB, "reservations {held} + {fixed} exceed the budget: {budget}");
+    // A waiting stream holds no ring of its own size: the budget's refusal frees the memory.
+    let rings = system["memory"]["rings_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(rings < (admitted.len() as u64 + 1) * 4 * MIB, "rings of {rings} bytes for {} admitted", admitted.len());
     assert_eq!(budget["waiting"].as_array().map(Vec::len), Some(24 - admitted.len()), "{budget}");
     // Let the rings fill (4 MiB each, a few seconds of this camera), then measure.
     std::thread::sleep(Duration::from_secs(20));

@@ -229,6 +229,12 @@ impl Recorder {
 
 /// The row a running stream was started from (its times are not kept: a
 /// `StreamRuntime` needs only the id and the spec).
+/// The ring of a stream that does not record (disabled, waiting for memory,
+/// stopped for pressure): the smallest there is, in anonymous memory.
+fn placeholder(name: &str) -> std::io::Result<Ring> {
+    Ring::new(name, ring::MIN_CAPACITY, None)
+}
+
 fn row_of(rt: &StreamRuntime) -> StreamRow {
     StreamRow { id: rt.id(), spec: rt.spec(), created_ms: 0, updated_ms: 0 }
 }
@@ -245,8 +251,7 @@ impl Edit<'_> {
     /// updates its settings in place.
     pub fn apply(&mut self, row: &StreamRow) -> std::io::Result<Applied> {
         let Some(rt) = self.rec.stream(&row.spec.name) else {
-            let ring = self.rec.new_ring(&row.spec)?;
-            self.start(row, ring, None);
+            self.start(row, None, None)?;
             return Ok(Applied::Started);
         };
         let old = rt.spec();
@@ -256,7 +261,7 @@ impl Edit<'_> {
                 let ring = self.rec.new_ring(&row.spec)?;
                 log::info!("stream {}: {why} changed; restarting it", row.spec.name);
                 self.stop(&row.spec.name);
-                self.start(row, ring, Some(rt.status()));
+                self.start(row, Some(ring), Some(rt.status()))?;
                 Ok(Applied::Restarted(why))
             }
             None => {
@@ -272,33 +277,48 @@ impl Edit<'_> {
         }
     }
 
-    /// Registers the stream on `ring`, then, if it is enabled and its
-    /// reservation fits the budget, recording and ingest as the row says;
-    /// `before` is the status of the session this one replaces.
-    fn start(&mut self, row: &StreamRow, ring: Ring, before: Option<StreamStatus>) {
+    /// Registers the stream, then, if it is enabled and its reservation fits
+    /// the budget, recording and ingest as the row says, on `ring` (made here
+    /// when `None`); `before` is the status of the session this one replaces.
+    /// A disabled or waiting stream is registered on a placeholder ring: its
+    /// full ring is made when it is admitted (`launch_admitted`), so memory
+    /// the budget refused is not taken anyway.
+    fn start(&mut self, row: &StreamRow, ring: Option<Ring>, before: Option<StreamStatus>) -> std::io::Result<()> {
+        let spec = &row.spec;
+        let (wait, admitted) = if spec.enabled {
+            let bytes = self.rec.reservation(spec);
+            let mut b = self.rec.budget();
+            let wait = b.ask(&spec.name, bytes, spec.priority);
+            // A smaller reservation than before (a restart) may admit others.
+            (Some(wait), if wait.is_none() { b.admit_waiting() } else { Vec::new() })
+        } else {
+            (None, self.rec.budget().release(&spec.name))
+        };
+        let run = matches!(wait, Some(None));
+        let ring = match (run, ring) {
+            (true, Some(r)) => r,
+            (true, None) => match self.rec.new_ring(spec) {
+                Ok(r) => r,
+                Err(e) => {
+                    let admitted = self.rec.budget().release(&spec.name);
+                    self.launch_admitted(admitted);
+                    return Err(e);
+                }
+            },
+            (false, _) => placeholder(&spec.name)?,
+        };
         let rt = Arc::new(StreamRuntime::new(row.clone(), Arc::new(ring)));
         if let Some(old) = before {
             rt.with_status(|s| s.carry_counters(&old));
         }
         self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(rt.name().to_string(), rt.clone());
-        let spec = &row.spec;
-        if !spec.enabled {
-            let admitted = self.rec.budget().release(&spec.name);
-            self.launch_admitted(admitted);
-            return;
-        }
-        let bytes = self.rec.reservation(spec);
-        let (wait, admitted) = {
-            let mut b = self.rec.budget();
-            let wait = b.ask(&spec.name, bytes, spec.priority);
-            // A smaller reservation than before (a restart) may admit others.
-            (wait, if wait.is_none() { b.admit_waiting() } else { Vec::new() })
-        };
         match wait {
-            None => self.launch(&rt),
-            Some(w) => log::info!("stream {}: {w}", spec.name),
+            Some(None) => self.launch(&rt),
+            Some(Some(w)) => log::info!("stream {}: {w}", spec.name),
+            None => {}
         }
         self.launch_admitted(admitted);
+        Ok(())
     }
 
     /// Starts recording and ingest of an admitted stream.
@@ -321,9 +341,14 @@ impl Edit<'_> {
     /// still waiting its numbers as they are now.
     fn launch_admitted(&self, admitted: Vec<String>) {
         for name in admitted {
-            if let Some(rt) = self.rec.stream(&name) {
-                log::info!("stream {name}: admitted into the memory budget");
-                self.launch(&rt);
+            let Some(rt) = self.rec.stream(&name) else { continue };
+            log::info!("stream {name}: admitted into the memory budget");
+            match self.full_ring(&rt) {
+                Ok(rt) => self.launch(&rt),
+                Err(e) => {
+                    log::error!("stream {name}: admitted, but its ring cannot be made: {e}");
+                    rt.set_error(format!("cannot make its ring: {e}"), 0);
+                }
             }
         }
         for (name, wait) in self.rec.budget().waits() {
@@ -345,10 +370,25 @@ impl Edit<'_> {
         Some(rt)
     }
 
+    /// The stream on a ring of its full size: itself, or (a stream that waited
+    /// on a placeholder) a new runtime with its counters, in its place.
+    fn full_ring(&self, rt: &Arc<StreamRuntime>) -> std::io::Result<Arc<StreamRuntime>> {
+        let spec = rt.spec();
+        if rt.ring.capacity() >= self.rec.ring_bytes(&spec) {
+            return Ok(rt.clone());
+        }
+        let ring = self.rec.new_ring(&spec)?;
+        let full = Arc::new(StreamRuntime::new(row_of(rt), Arc::new(ring)));
+        let old = rt.status();
+        full.with_status(|s| s.carry_counters(&old));
+        self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).insert(full.name().to_string(), full.clone());
+        Ok(full)
+    }
+
     /// Stops a stream for memory pressure (`Recorder::stop_for_pressure`):
     /// ingest and recording end, the registry keeps it on a tiny ring.
     fn park(&mut self, rt: &Arc<StreamRuntime>, why: &str) -> bool {
-        let tiny = match Ring::new(rt.name(), ring::MIN_CAPACITY, None) {
+        let tiny = match placeholder(rt.name()) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("stream {}: not stopped for memory pressure: no placeholder ring: {e}", rt.name());
@@ -374,7 +414,10 @@ impl Edit<'_> {
         let row = row_of(rt);
         match self.rec.new_ring(&row.spec) {
             Ok(ring) => {
-                self.start(&row, ring, Some(rt.status()));
+                if let Err(e) = self.start(&row, Some(ring), Some(rt.status())) {
+                    log::error!("stream {}: cannot start again: {e}", rt.name());
+                    return false;
+                }
                 log::info!("stream {}: started again (memory pressure is over)", rt.name());
                 true
             }
