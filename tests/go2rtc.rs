@@ -131,11 +131,7 @@ fn go2rtc_runs_on_our_yaml_serves_our_streams_logs_into_ours_and_stops_with_us()
 
     // Its reservation is in the memory budget; WebRTC offers reach it.
     assert_eq!(s.nvr.json("/api/system/memory")["fixed"]["go2rtc"], 40 << 20);
-    let offer = br#"{"type":"offer","sdp":"v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\n"}"#;
-    let r = s
-        .nvr
-        .request("POST", "/api/streams/cam/webrtc", &[("Content-Type", "application/json")], offer)
-        .expect("offer");
+    let r = webrtc_offer(&s.nvr);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.json()["sdp"].as_str().is_some_and(|sdp| sdp.contains("go2rtc-standin")), "{}", r.text());
 
@@ -183,11 +179,7 @@ fn a_crash_is_followed_by_a_restart_and_repeated_crashes_back_off() {
     }
     assert_eq!(seen, [2000, 4000, 8000], "each failed start doubles the wait");
     // Meanwhile (8 s of backoff) a WebRTC offer is told why at once, not left waiting.
-    let offer = br#"{"type":"offer","sdp":"v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\n"}"#;
-    let r = s
-        .nvr
-        .request("POST", "/api/streams/cam/webrtc", &[("Content-Type", "application/json")], offer)
-        .expect("offer");
+    let r = webrtc_offer(&s.nvr);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("go2rtc is restarting in 8 s (it stopped: exited"), "{}", r.text());
     // ... and once it can start again it does, with no help.
@@ -244,4 +236,10 @@ fn a_missing_go2rtc_binary_is_said_and_the_recorder_runs_on() {
     let why = s["go2rtc"]["last_error"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("cannot start /nonexistent/go2rtc") && why.contains("No such file"), "{s}");
     assert_eq!(nvr.get("/api/health").expect("health").status, 200);
+}
+
+/// A WebRTC offer for stream `cam`, as the page sends it.
+fn webrtc_offer(nvr: &Oxinvr) -> common::nvr::Response {
+    let offer = br#"{"type":"offer","sdp":"v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\n"}"#;
+    nvr.request("POST", "/api/streams/cam/webrtc", &[("Content-Type", "application/json")], offer).expect("offer")
 }
