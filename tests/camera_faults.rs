@@ -141,15 +141,20 @@ fn files(data_dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// ffprobe reads every file, each has frames, and one video size only.
-fn every_file_plays(nvr: &Oxinvr) -> usize {
+/// Stops the recorder (SIGTERM, clean exit), then ffprobe reads every file and each has frames.
+fn every_file_plays(nvr: Oxinvr) -> usize {
     every_file_plays_where(nvr, |_| true)
 }
 
-/// ffprobe reads every file with its video size; those `must_decode` names
-/// also decode frames (a file may hold only what a camera garbled).
-fn every_file_plays_where(nvr: &Oxinvr, must_decode: impl Fn(&Path) -> bool) -> usize {
-    let all = files(&nvr.data_dir);
+/// `every_file_plays`, where only the `must_decode` names must also decode frames (a
+/// file may hold only what a camera garbled). The recorder is stopped first: a file it
+/// has just opened holds its init segment only until its first fragment (a GOP) is
+/// written, which is not a loss; after a clean stop no file may be without frames.
+fn every_file_plays_where(nvr: Oxinvr, must_decode: impl Fn(&Path) -> bool) -> usize {
+    let data_dir = nvr.data_dir.clone();
+    let (status, _) = nvr.terminate(Duration::from_secs(20));
+    assert!(status.success(), "oxinvr exited with {status}");
+    let all = files(&data_dir);
     assert!(!all.is_empty(), "no files");
     for f in &all {
         let j = ffprobe_json(f);
@@ -208,7 +213,7 @@ fn a_flapping_camera_records_again_within_two_seconds_each_time() {
     w.run_for(Duration::from_secs(2));
     w.check("flapping");
     assert!(recordings(&r.nvr, "faulty").len() >= 4, "a new file per session");
-    every_file_plays(&r.nvr);
+    every_file_plays(r.nvr);
 }
 
 #[test]
@@ -226,7 +231,7 @@ fn a_camera_silent_mid_stream_is_dropped_and_recorded_again() {
     println!("silent camera: dropped after {dropped:?}, back {back:?} after it spoke again");
     w.run_for(Duration::from_secs(2));
     w.check("silent");
-    every_file_plays(&r.nvr);
+    every_file_plays(r.nvr);
 }
 
 #[test]
@@ -255,7 +260,7 @@ fn garbage_rtp_costs_the_session_not_the_recorder() {
         let start = f.file_stem().and_then(|s| s.to_str()).and_then(|s| s.split('-').next()?.parse::<i64>().ok());
         f.to_string_lossy().contains("/faulty/") && start.is_some_and(|ms| ms < clean_ms)
     };
-    every_file_plays_where(&r.nvr, |f| !garbled(f));
+    every_file_plays_where(r.nvr, |f| !garbled(f));
 }
 
 #[test]
@@ -274,7 +279,7 @@ fn a_resolution_change_starts_a_new_file_and_every_file_plays() {
     }
     println!("resolution change: {} recordings, file sizes {sizes:?}", recs.len());
     assert!(sizes.contains(&(640, 360)) && sizes.contains(&(320, 240)), "both sizes recorded: {sizes:?}");
-    every_file_plays(&r.nvr);
+    every_file_plays(r.nvr);
 }
 
 #[test]
@@ -306,7 +311,7 @@ fn rtp_timestamp_steps_start_new_runs_and_no_file_spans_one() {
         let d = common::media_duration(f);
         assert!(d < 11.0, "{}: {d} s", f.display());
     }
-    every_file_plays(&r.nvr);
+    every_file_plays(r.nvr);
 }
 
 /// A listening socket whose accept queue is full, so further SYNs are dropped:
@@ -366,7 +371,7 @@ fn a_hundred_streams_that_never_answer_do_not_slow_two_working_ones() {
     // Each dead stream holds one socket while its connect waits (5 s), then none
     // in its backoff: bounded by the stream count, not growing.
     w.check_with("100 dead streams", 100);
-    every_file_plays(&nvr);
+    every_file_plays(nvr);
 }
 
 /// The long version (`scripts/fault-cameras`, not in CI): flapping 5 s gone /
@@ -392,18 +397,19 @@ fn flapping_for_a_long_time() {
     let last = r.nvr.rss_kb_and_fds();
     let mut ms: Vec<u128> = backs.iter().map(|b| b.as_millis()).collect();
     ms.sort();
-    let n = every_file_plays(&r.nvr);
+    let stall = w.longest_stall;
+    w.check("long flapping");
+    let n = every_file_plays(r.nvr);
     println!(
         "FIGURES cycles={} back_median_ms={} back_max_ms={} steady_longest_stall_ms={} rss_kb={}->{} fds={}->{} files={n}",
         ms.len(),
         ms[ms.len() / 2],
         ms[ms.len() - 1],
-        w.longest_stall.as_millis(),
+        stall.as_millis(),
         first.0,
         last.0,
         first.1,
         last.1
     );
-    w.check("long flapping");
     assert!(ms[ms.len() - 1] < 2000, "back after {ms:?} ms");
 }

@@ -203,7 +203,7 @@ pub fn rtsp(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::rtsp::{OpenError, Opener, RetinaOpener};
+    use crate::recording::rtsp::{OpenError, Opener, RetinaOpener, Source};
 
     /// Found by the `rtsp` fuzz target: sdp-types 0.1.8 (retina's SDP parser)
     /// asserted that the line after a malformed one is an m= line, so a camera
@@ -225,10 +225,57 @@ mod tests {
         describe_fails(sdp, "line 7");
     }
 
+    /// The camera serves scripts in the order given: one test at a time.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// One interleaved RTP packet (channel 0, payload type 96, SSRC 1).
+    fn rtp(seq: u16, ts: u32, mark: bool, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 96 | if mark { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&1u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        let mut out = vec![b'$', 0];
+        out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        out.extend_from_slice(&p);
+        out
+    }
+
+    /// Seen in CI (tests/camera_faults.rs, garbage RTP): a packet with a new
+    /// timestamp finishes the frame before it, then fails to depacketize.
+    /// retina 0.4.21 returned the error with that frame still queued, and the
+    /// next packet hit its "push with data already pending" panic, which took
+    /// down every stream (and aborted the MIPS build). The vendored retina
+    /// hands out the queued frame first: the bad packet costs only itself.
+    #[test]
+    fn a_bad_packet_right_after_a_finished_frame_costs_that_packet_only() {
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        let sdp = b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=cam\r\nt=0 0\r\nm=video 0 RTP/AVP 96\r\n\
+            a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;\
+            sprop-parameter-sets=Z0LACtxCbARAAAADAEAAAAMAo8SJ4A==,aM4PyA==\r\na=control:trackID=0\r\n";
+        let idr = [0x65, 0x88, 0x84, 0x3a, 0x0c, 0x60, 0x00, 0x80];
+        let mut stream = rtp(1, 90_000, false, &idr); // no mark: finished by the next timestamp
+        stream.extend(rtp(2, 93_000, false, &[0x81, 0x9a, 0x00])); // F bit set: cannot depacketize
+        stream.extend(rtp(3, 93_000, true, &[0x41, 0x9a, 0x00, 0x01])); // a P frame (skipped: no key yet)
+        stream.extend(rtp(4, 96_000, true, &idr));
+        let cam = camera();
+        cam.scripts.lock().expect("camera").send(CameraScript { sdp: sdp.to_vec(), stream }).expect("send");
+        let url = format!("rtsp://127.0.0.1:{}/cam", cam.port);
+        let opener = RetinaOpener { step: std::time::Duration::from_secs(5) };
+        let keys = smol::block_on(async_compat::Compat::new(async {
+            let mut source = opener.open(&url).await.expect("the session opens");
+            let mut keys = Vec::new();
+            while let Some(Ok(frame)) = source.next().await {
+                assert!(frame.key, "a frame without a keyframe before it was passed on");
+                keys.push(frame.pts);
+            }
+            keys
+        }));
+        assert_eq!(keys.len(), 2, "both keyframes, the one finished by the bad packet too: {keys:?}");
+    }
+
     /// Opens the fuzz camera serving `sdp`: DESCRIBE must fail, naming `line`.
     fn describe_fails(sdp: &[u8], line: &str) {
-        // The camera serves scripts in the order given: one test at a time.
-        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let cam = camera();
         cam.scripts.lock().expect("camera").send(CameraScript { sdp: sdp.to_vec(), stream: Vec::new() }).expect("send");
