@@ -209,7 +209,7 @@ impl<O: Opener + 'static> Ingest<O> {
                 turn.end();
                 std::future::pending::<Ended>().await
             };
-            let outcome = smol::future::or(session.run(&self.opener), turn_ends).await;
+            let outcome = smol::future::or(contained(session.run(&self.opener)), turn_ends).await;
             turn.end();
             // Only a session that lasted resets the backoff: a camera that drops every
             // session after one GOP must not be redialled (and a file started) every second.
@@ -225,6 +225,23 @@ impl<O: Opener + 'static> Ingest<O> {
             self.clock.sleep(delay).await;
         }
     }
+}
+
+/// A session that panicked (a bug in it or in retina, met on a camera's input)
+/// ends as a failure of that session: the stream reconnects and every other
+/// stream on the executor keeps recording. (The MIPS build aborts on a panic;
+/// there the watchdog restarts the recorder.)
+async fn contained(session: impl Future<Output = Ended>) -> Ended {
+    use smol::future::FutureExt;
+    std::panic::AssertUnwindSafe(session).catch_unwind().await.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log::error!("a camera session panicked (a bug; the stream reconnects): {what}");
+        Ended::Failed(format!("internal error in the camera session: {what}"))
+    })
 }
 
 impl<O: Opener> Ingest<O> {

@@ -33,6 +33,8 @@ enum Mode {
     NoKeyframes,
     /// Plays a few frames, then goes silent with the connection open.
     Stalls,
+    /// Plays a few frames, then the source panics (a bug met on camera input).
+    Panics,
 }
 
 struct Camera {
@@ -155,6 +157,9 @@ impl Source for Scripted {
         }
         if mode == Mode::Stalls && self.n >= 5 {
             return std::future::pending().await;
+        }
+        if mode == Mode::Panics && self.n >= 15 {
+            panic!("push with data already pending");
         }
         let n = self.n;
         self.n += 1;
@@ -288,6 +293,20 @@ fn a_hung_camera_does_not_hold_up_the_others() {
     let retry = (OPEN_DEADLINE + BACKOFF_MIN).as_millis();
     assert_eq!(h.cams.opens_of("rtsp://hung/"), vec![0, retry], "retried after the 1 s backoff");
     assert!(frames(&b) >= 100 && frames(&c) >= 100, "the others kept recording: {} {}", frames(&b), frames(&c));
+}
+
+#[test]
+fn a_session_that_panics_costs_that_session_only() {
+    let mut h = Harness::new();
+    let bad = h.stream("bad", "rtsp://bad/", Mode::Panics);
+    let good = h.stream("good", "rtsp://good/", Mode::Up);
+    h.run_until(Duration::from_secs(10), || bad.status().connects >= 2).expect("the panicked stream dials again");
+    let err = bad.status().last_error.unwrap_or_default();
+    assert!(err.contains("internal error in the camera session: push with data already pending"), "{err}");
+    assert!(frames(&bad) >= 15, "it recorded before the panic: {}", frames(&bad));
+    let before = frames(&good);
+    h.run_for(Duration::from_secs(5));
+    assert!(frames(&good) >= before + 45, "the other stream kept recording: {before} -> {}", frames(&good));
 }
 
 #[test]
