@@ -490,11 +490,14 @@ class Run:
         self.mark_run_start()
 
     # --- the migration cut ---
-    def migration_cut(self, i):
+    def migration_cut(self, i, after_commit=False):
         """Stops the box, takes the database back to schema 5 on the host, boots
-        the (new) binary on it and kills QEMU while it starts and migrates."""
+        the (new) binary on it and kills QEMU while it starts and migrates; or,
+        `after_commit`, just after the migration committed (the API answers only
+        once the database is open and migrated), so the next boot starts on a
+        database migrated an instant before the power went."""
         b = self.box
-        c = {"n": i, "kind": "kill", "aim": "migration"}
+        c = {"n": i, "kind": "kill", "aim": "migration", "after_commit": after_commit}
         ends, t_poll, recs = self.writing_ends()
         t_kill1 = now()
         b.kill9()
@@ -509,7 +512,12 @@ class Run:
                 raise Fail("the box did not start after the downgrade")
             time.sleep(0.05)
         t_started = now()
-        time.sleep(self.rng.uniform(0.0, 3.0))
+        if after_commit:
+            t_health = b.wait_health(300)
+            time.sleep(self.rng.uniform(0.0, 1.0))
+            c["cut_after_health_s"] = round(now() - t_health, 2)
+        else:
+            time.sleep(self.rng.uniform(0.0, 3.0))
         t_cut = now()
         c["cut_after_start_s"] = round(t_cut - t_started, 2)
         b.kill9()
@@ -549,7 +557,9 @@ class Run:
                 log(f"   --until {self.args.until} (UTC) reached after {i - 1} cuts: checking and stopping")
                 break
             if i in mig and self.args.migration:
-                c = self.migration_cut(i)
+                # Every other migration cut lands after the commit instead of during it.
+                seen = sum(1 for c in self.cuts if c["aim"] == "migration")
+                c = self.migration_cut(i, after_commit=self.args.migration_after_commit or seen % 2 == 1)
             else:
                 kind = "reset" if i % 2 else "kill"
                 aim = "retention" if i % 3 == 0 else "recording"
@@ -607,8 +617,10 @@ class Run:
         ]
         mig = [c for c in cuts if c["aim"] == "migration"]
         for c in mig:
+            when = (f"{c.get('cut_after_health_s')} s after the API answered (migration committed), "
+                    if c.get("after_commit") else "")
             lines.append(f"| migration cut (cut {c['n']}) | database taken back to schema 5 on the host, QEMU killed "
-                         f"{c.get('cut_after_start_s')} s after `system started`: schema on the disk at the cut "
+                         f"{when}{c.get('cut_after_start_s')} s after `system started`: schema on the disk at the cut "
                          f"{c.get('schema_at_cut')}; box back recording, migrated "
                          f"(schema at the end: {(self.host_check or {}).get('schema', '-')}) |")
         if self.host_check:
@@ -736,6 +748,8 @@ def main():
     p.add_argument("--check-every", type=int, default=1, help="oxinvr check on the box after every K-th cut")
     p.add_argument("--no-migration", dest="migration", action="store_false")
     p.add_argument("--migration-at", type=int, default=0, help="the cut that lands in a migration (default N/2)")
+    p.add_argument("--migration-after-commit", action="store_true",
+                   help="migration cuts land just after the migration committed (default: every other one)")
     p.add_argument("--report", help="markdown figures, rewritten after each cut")
     p.add_argument("--until", metavar="HH:MM", help="make no new cut after this UTC time (then the final checks)")
     args = p.parse_args()

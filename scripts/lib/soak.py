@@ -40,13 +40,13 @@ def camera(port):
     return cam
 
 
-def start_recorder(work, urls):
+def start_recorder(work, urls, binary):
     config = ('[storage]\ndata_dir = "{work}/data"\nsync_seconds = 1\n'
               '[web]\nlisten = "127.0.0.1:{port}"\nmax_live_clients = 16\n')
     for name, url in urls:
         # A small quota: retention deletes all the time, as on a full card.
         config += f'[[streams]]\nname = "{name}"\nurl = "{url}"\nbitrate_kbps = 200\nmax_storage_mb = 40\n'
-    return run_recorder(BIN, work, config)
+    return run_recorder(binary, work, config)
 
 
 def api(port, token, path):
@@ -69,6 +69,24 @@ def rss_parts(pid):
                 if line.startswith(field):
                     out[key] = int(line.split()[1]) * 1024
     return out
+
+
+def stack_bytes(pid):
+    """Resident bytes of thread stacks: anonymous mappings right after a 4 KiB
+    PROT_NONE guard page. Counts the stacks glibc caches for reuse after a
+    thread ends (up to 40 MiB by default), which no heap figure shows."""
+    total, guard_end, cur = 0, None, None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                perms, path = head[1], head[5] if len(head) > 5 else ""
+                cur = "stack" if (perms == "rw-p" and not path and guard_end == lo) else None
+                guard_end = hi if (perms == "---p" and hi - lo == 4096) else None
+            elif cur == "stack" and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
 
 
 def flapper(port, stop, log):
@@ -137,6 +155,8 @@ def main():
     ap.add_argument("--warmup-minutes", type=float, default=5)
     ap.add_argument("--flapping", type=int, default=2, help="how many of the cameras flap")
     ap.add_argument("--no-fuzz", action="store_true", help="no API fuzzer (to isolate a drift)")
+    ap.add_argument("--binary", default=BIN,
+                    help="the recorder to soak (default target/release/oxinvr; target/musl/oxinvr is the box's allocator)")
     ap.add_argument("--report", help="where the report goes (default bench/results/soak-<date>.md)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="oxinvr-soak-")
@@ -151,7 +171,7 @@ def main():
                for i, p in enumerate(flap_ports)]
     for t in threads:
         t.start()
-    proc, port, token = start_recorder(work, steady + flapping)
+    proc, port, token = start_recorder(work, steady + flapping, a.binary)
     names = [n for n, _ in steady + flapping]
     print(f"soak: {a.cameras} cameras, {a.minutes} min, work dir {work}", flush=True)
     # Only once every steady stream records is anything measured.
@@ -177,12 +197,14 @@ def main():
         if proc.poll() is not None:
             sys.exit(f"soak: the recorder exited ({proc.returncode}); see {work}/oxinvr.log")
         s = sample(proc.pid)
-        s.update(t=time.time() - began, fds=fds(proc.pid), **rss_parts(proc.pid))
+        s.update(t=time.time() - began, fds=fds(proc.pid), stacks=stack_bytes(proc.pid), **rss_parts(proc.pid))
         mem = api(port, token, "/api/system")["memory"]
         s.update(heap=sum(mem["heap_by_subsystem"].values()), sqlite=mem["sqlite_bytes"])
+        m = mem["process"].get("malloc") or {}
+        s.update(malloc_in_use=m.get("in_use", 0), malloc_free=m.get("free", 0))
         samples.append(s)
         print(f"  {s['t']:7.0f} s  rss {s['rss'] / 1048576:6.1f} MiB (anon {s['anon'] / 1048576:5.1f}, file "
-              f"{s['file'] / 1048576:5.1f}, shmem {s['shmem'] / 1048576:5.1f}, heap {s['heap'] / 1048576:5.1f}, sqlite {s['sqlite'] / 1048576:4.1f})  "
+              f"{s['file'] / 1048576:5.1f}, stacks {s['stacks'] / 1048576:5.1f}, shmem {s['shmem'] / 1048576:5.1f}, heap {s['heap'] / 1048576:5.1f}, sqlite {s['sqlite'] / 1048576:4.1f}, malloc in use {s['malloc_in_use'] / 1048576:4.1f} free {s['malloc_free'] / 1048576:4.1f})  "
               f"pss {s['pss'] / 1048576:6.1f} MiB  fds {s['fds']:4}  threads {s['threads']:3}  "
               f"live {live['sessions']}  fuzz runs {fuzz['runs']} (failed {fuzz['failed']})", flush=True)
         time.sleep(SAMPLE_S)
@@ -200,9 +222,11 @@ def report(a, work, samples, elapsed, streams, start_frames, steady, flaps, live
     measured = [s for s in samples if s["t"] >= a.warmup_minutes * 60] or samples
     rows = []
     for key, unit, scale in [("rss", "MiB", 1 / 1048576), ("anon", "MiB", 1 / 1048576),
-                             ("file", "MiB", 1 / 1048576), ("shmem", "MiB", 1 / 1048576),
+                             ("file", "MiB", 1 / 1048576), ("stacks", "MiB", 1 / 1048576),
+                             ("shmem", "MiB", 1 / 1048576),
                              ("heap", "MiB", 1 / 1048576),
-                             ("sqlite", "MiB", 1 / 1048576), ("pss", "MiB", 1 / 1048576), ("fds", "", 1),
+                             ("sqlite", "MiB", 1 / 1048576), ("malloc_in_use", "MiB", 1 / 1048576),
+                             ("malloc_free", "MiB", 1 / 1048576), ("pss", "MiB", 1 / 1048576), ("fds", "", 1),
                              ("threads", "", 1)]:
         first, last, pct = drift([s[key] for s in measured])
         rows.append(f"| {key} | {first * scale:.1f} {unit} | {last * scale:.1f} {unit} | {pct:+.1f} % |")
@@ -220,7 +244,8 @@ def report(a, work, samples, elapsed, streams, start_frames, steady, flaps, live
     date = datetime.date.today().isoformat()
     out = a.report or os.path.join(ROOT, "bench", "results", f"soak-{date}.md")
     with open(out, "w") as f:
-        f.write(f"# Soak, {date}\n\n`scripts/soak --minutes {a.minutes:g} --cameras {a.cameras}` on {platform.node()} "
+        binary = "" if a.binary == BIN else f" --binary {os.path.relpath(a.binary, ROOT)}"
+        f.write(f"# Soak, {date}\n\n`scripts/soak --minutes {a.minutes:g} --cameras {a.cameras}{binary}` on {platform.node()} "
                 f"({os.cpu_count()} cores): {a.cameras} cameras ({a.cameras - a.flapping} steady from two test cameras, "
                 f"{a.flapping} flapping {FLAP_S} s gone / {FLAP_S} s back), 320x240 {FPS} fps ~200 kbit/s each, 40 MB quota "
                 f"per stream (retention deletes throughout), {a.live_viewers} live viewers coming and going, "

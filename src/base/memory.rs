@@ -128,6 +128,36 @@ pub struct ProcessMemory {
     pub threads: u64,
     pub mem_total: u64,
     pub mem_available: u64,
+    /// glibc's malloc as a whole (every arena; None elsewhere): what it got from
+    /// the kernel (`arena` + `mapped`), what is handed out, and what it holds free.
+    /// A heap that grows while `in_use` does not is fragmentation, not a leak.
+    pub malloc: Option<MallocStats>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MallocStats {
+    pub arena: u64,
+    pub mapped: u64,
+    pub in_use: u64,
+    pub free: u64,
+    pub releasable: u64,
+}
+
+fn malloc_stats() -> Option<MallocStats> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters (taking each arena's lock).
+        let m = unsafe { nix::libc::mallinfo2() };
+        Some(MallocStats {
+            arena: m.arena as u64,
+            mapped: m.hblkhd as u64,
+            in_use: (m.uordblks + m.hblkhd) as u64,
+            free: m.fordblks as u64,
+            releasable: m.keepcost as u64,
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 pub fn process_memory() -> ProcessMemory {
@@ -145,6 +175,7 @@ pub fn process_memory() -> ProcessMemory {
             .unwrap_or(0),
         mem_total: kb_field(&meminfo, "MemTotal:").unwrap_or(0),
         mem_available: kb_field(&meminfo, "MemAvailable:").unwrap_or(0),
+        malloc: malloc_stats(),
     }
 }
 
