@@ -32,6 +32,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     #[serde(default)]
     pub go2rtc: Go2rtcConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -173,6 +175,16 @@ impl Default for Go2rtcConfig {
     fn default() -> Self {
         Go2rtcConfig { binary: String::new(), api_port: 1984, rtsp_port: 8554, webrtc_port: 8555, max_rss_mb: 40 }
     }
+}
+
+/// `[metrics]`: Prometheus metrics (`web::metrics`). `GET /api/metrics` needs a
+/// viewer's credential; `listen` adds an address that serves them without one.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// An address (`127.0.0.1:9100`) answering `GET /metrics` with no
+    /// credential, for a scraper; empty: none.
+    pub listen: String,
 }
 
 /// Smallest and largest `go2rtc.max_rss_mb`: go2rtc (Go) starts at about
@@ -487,6 +499,7 @@ impl Config {
             go2rtc_addr(&self.web.go2rtc_api).map_err(|e| ("web.go2rtc_api".to_string(), e))?;
         }
         self.validate_go2rtc()?;
+        self.validate_metrics()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -519,6 +532,22 @@ impl Config {
             if !seen.insert(st.name.as_str()) {
                 return Err((key("name"), format!("{:?} is used by two streams", st.name)));
             }
+        }
+        Ok(())
+    }
+
+    /// `metrics.listen`: empty, or an address whose port is not the web server's.
+    fn validate_metrics(&self) -> Result<(), (String, String)> {
+        let listen = &self.metrics.listen;
+        if listen.is_empty() {
+            return Ok(());
+        }
+        let addr = listen.parse::<SocketAddr>().map_err(|_| {
+            ("metrics.listen".to_string(), format!("{listen:?} is not an address like 127.0.0.1:9100 (or empty)"))
+        })?;
+        let web = [&self.web.listen, &self.web.tls_listen].into_iter().filter_map(|l| l.parse::<SocketAddr>().ok());
+        if addr.port() != 0 && web.map(|a| a.port()).any(|p| p == addr.port()) {
+            return Err(("metrics.listen".into(), format!("port {} is the web server's", addr.port())));
         }
         Ok(())
     }
@@ -781,6 +810,18 @@ mod tests {
         let c = Config::parse("[system]\nboard = \"a1\"\nslot_a = \"/dev/mmcblk0p2\"\n", "x").expect("ok");
         assert_eq!(c.system.board, "a1");
         assert_eq!(c.system.slot_b, PathBuf::from("/dev/vda3"));
+    }
+
+    #[test]
+    fn the_metrics_listener_is_off_by_default_and_checked() {
+        assert_eq!(Config::parse("", "x").expect("defaults").metrics.listen, "");
+        let c = Config::parse("[metrics]\nlisten = \"127.0.0.1:9100\"\n", "x").expect("ok");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9100");
+        let e = Config::parse("[metrics]\nlisten = \"9100\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("metrics.listen"), "{e}");
+        let e = Config::parse("[web]\nlisten = \"0.0.0.0:9100\"\n[metrics]\nlisten = \"127.0.0.1:9100\"\n", "x")
+            .unwrap_err();
+        assert!(e.to_string().contains("web server"), "{e}");
     }
 
     #[test]

@@ -81,10 +81,7 @@ fn schemathesis() -> PathBuf {
     if let Some(p) = std::env::var_os("OXINVR_SCHEMATHESIS") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    cache.join("oxinvr/schemathesis/bin/st")
+    common::tool_cache().join("schemathesis/bin/st")
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -89,28 +89,46 @@ ensure_test_deps() {
     ensure_cargo
 }
 
-# Schemathesis (PyPI), the OpenAPI-driven property-based fuzzer of tests/api_fuzz.rs and
-# scripts/fuzz-api, in a virtualenv of its own (any python3 >= 3.9 will do: it needs no
-# python3-gi). Pinned, so a run is reproducible; OXINVR_SCHEMATHESIS names its CLI.
-OXINVR_SCHEMATHESIS_VERSION=4.32.5
-ensure_schemathesis() {
-    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/oxinvr/schemathesis"
-    export OXINVR_SCHEMATHESIS="$venv/bin/st"
-    if [[ -x $OXINVR_SCHEMATHESIS ]] &&
-        [[ $(cat "$venv/.oxinvr-version" 2>/dev/null) == "$OXINVR_SCHEMATHESIS_VERSION" ]]; then
+# A PyPI package at a pinned version in a virtualenv of its own under ~/.cache/oxinvr/NAME
+# (any python3 >= 3.9 will do: none of them needs python3-gi); made again only when the
+# pinned version changes. Prints the virtualenv's path.
+ensure_pypi_venv() {
+    local name=$1 package=$2 version=$3
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/oxinvr/$name"
+    echo "$venv"
+    if [[ -x $venv/bin/python ]] && [[ $(cat "$venv/.oxinvr-version" 2>/dev/null) == "$version" ]]; then
         return 0
     fi
     local py
     py=$(command -v python3 || true)
-    [[ -n $py ]] || { ensure_apt python3 python3-venv; py=/usr/bin/python3; }
+    [[ -n $py ]] || { ensure_apt python3 python3-venv >&2; py=/usr/bin/python3; }
     if ! "$py" -m venv --help >/dev/null 2>&1; then
-        ensure_apt python3-venv
+        ensure_apt python3-venv >&2
         py=/usr/bin/python3
     fi
-    echo "deps: installing schemathesis $OXINVR_SCHEMATHESIS_VERSION into $venv" >&2
+    echo "deps: installing $package $version into $venv" >&2
     rm -rf "$venv"
-    "$py" -m venv "$venv" &&
-        "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$OXINVR_SCHEMATHESIS_VERSION" &&
-        echo "$OXINVR_SCHEMATHESIS_VERSION" >"$venv/.oxinvr-version" ||
-        { echo "deps: schemathesis could not be installed" >&2; return 1; }
+    "$py" -m venv "$venv" >&2 &&
+        "$venv/bin/pip" install -q --disable-pip-version-check "$package==$version" >&2 &&
+        echo "$version" >"$venv/.oxinvr-version" ||
+        { echo "deps: $package could not be installed" >&2; return 1; }
+}
+
+# Schemathesis (PyPI), the OpenAPI-driven property-based fuzzer of tests/api_fuzz.rs and
+# scripts/fuzz-api. Pinned, so a run is reproducible; OXINVR_SCHEMATHESIS names its CLI.
+OXINVR_SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    local venv
+    venv=$(ensure_pypi_venv schemathesis schemathesis "$OXINVR_SCHEMATHESIS_VERSION") || return 1
+    export OXINVR_SCHEMATHESIS="$venv/bin/st"
+}
+
+# prometheus_client (PyPI), Prometheus's own Python client, whose text-format parser
+# tests/metrics.rs reads `GET /api/metrics` with. Pinned; OXINVR_PROMETHEUS_PYTHON names
+# its python.
+OXINVR_PROMETHEUS_CLIENT_VERSION=0.26.0
+ensure_prometheus_client() {
+    local venv
+    venv=$(ensure_pypi_venv prometheus-client prometheus-client "$OXINVR_PROMETHEUS_CLIENT_VERSION") || return 1
+    export OXINVR_PROMETHEUS_PYTHON="$venv/bin/python"
 }

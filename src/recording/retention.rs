@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -234,9 +235,19 @@ pub struct Outcome {
 pub fn execute(db: &Db, data_dir: &Path, deletions: &[Deletion]) -> Result<Outcome, DbError> {
     let ids: Vec<i64> = deletions.iter().map(|d| d.id).collect();
     let moved = db.delete_unprotected_segments_to_garbage(&ids)?;
+    DELETED.fetch_add(moved.len(), Ordering::Relaxed);
     let mut outcome = collect_garbage(db, data_dir)?;
     outcome.rows_deleted = moved.len();
     Ok(outcome)
+}
+
+/// Segments `execute` deleted since the process started (usize: MIPS32 has
+/// no 64-bit atomics; 4 billion deletions are far beyond a box's life).
+static DELETED: AtomicUsize = AtomicUsize::new(0);
+
+/// Segments retention deleted since start (`oxinvr_retention_deleted_segments_total`).
+pub fn deleted_total() -> u64 {
+    DELETED.load(Ordering::Relaxed) as u64
 }
 
 use crate::base::fs::sync_dir;

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::clock::Clock;
 use crate::base::fs::{sync_dir, sync_range, SyncFn};
+use crate::base::metrics::Histogram;
 use crate::index::db::{Db, DbError, NewSegment, SegmentProgress};
 use crate::recording::fragmenter::{Cut, Fragment, Fragmenter};
 use crate::recording::media::{FragmentEntry, RunStart, Track};
@@ -50,6 +51,10 @@ pub struct WriterConfig {
     /// How data is made durable (`base::fs::fdatasync`; tests inject failures).
     pub sync: SyncFn,
 }
+
+/// How long each segment fdatasync took (with its retries), every stream's:
+/// `oxinvr_storage_fsync_duration_seconds` of `GET /api/metrics`.
+pub static FSYNC_SECONDS: Histogram = Histogram::new();
 
 /// Syncs tried when a segment closes before it is closed short (see `sync`).
 const CLOSE_SYNC_ATTEMPTS: u32 = 3;
@@ -366,7 +371,10 @@ impl SegmentWriter {
     fn sync(&mut self, db: &Db, closed: bool) {
         let Some(o) = &mut self.open else { return };
         let attempts = if closed { CLOSE_SYNC_ATTEMPTS } else { 1 };
-        if let Err(e) = sync_range(&o.file, o.synced_bytes, o.bytes, attempts, o.sync_failed, self.cfg.sync) {
+        let began = Instant::now();
+        let synced = sync_range(&o.file, o.synced_bytes, o.bytes, attempts, o.sync_failed, self.cfg.sync);
+        FSYNC_SECONDS.observe(began.elapsed());
+        if let Err(e) = synced {
             o.sync_failed = true;
             self.stats.write_errors += 1;
             if closed {

@@ -31,6 +31,32 @@ pub enum StreamState {
     WaitingForMemory,
 }
 
+impl StreamState {
+    /// Every state, for a metric that shows each one (`oxinvr_stream_state`).
+    pub const ALL: [StreamState; 7] = [
+        StreamState::Queued,
+        StreamState::Connecting,
+        StreamState::Streaming,
+        StreamState::Backoff,
+        StreamState::Disabled,
+        StreamState::Stopped,
+        StreamState::WaitingForMemory,
+    ];
+
+    /// The name the API shows (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamState::Queued => "queued",
+            StreamState::Connecting => "connecting",
+            StreamState::Streaming => "streaming",
+            StreamState::Backoff => "backoff",
+            StreamState::Disabled => "disabled",
+            StreamState::Stopped => "stopped",
+            StreamState::WaitingForMemory => "waiting_for_memory",
+        }
+    }
+}
+
 /// Live status of a stream, as shown by the API.
 #[derive(Clone, Debug, Serialize)]
 pub struct StreamStatus {
@@ -234,6 +260,13 @@ impl StreamRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_names_are_the_apis() {
+        for st in StreamState::ALL {
+            assert_eq!(serde_json::to_value(st).ok(), Some(serde_json::json!(st.name())));
+        }
+    }
 
     #[test]
     fn rates_are_computed_per_window() {

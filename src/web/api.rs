@@ -472,6 +472,11 @@ fn bitrate_history_json(rt: &StreamRuntime) -> Value {
     samples.into_iter().map(|(ms, kbps)| json!([ms, round1(kbps)])).collect()
 }
 
+/// Recording is paused while the storage thread cannot write some stream: the first one's reason.
+pub(super) fn recording_problem(nvr: &crate::web::state::Nvr) -> Option<String> {
+    nvr.recorder.streams().iter().find_map(|rt| rt.with_status(|s| s.storage_error.clone()))
+}
+
 pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let nvr = ctx.nvr;
@@ -493,8 +498,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         }
         Err(e) => disk["error"] = e.to_string().into(),
     }
-    // Recording is paused while the storage thread cannot write some stream (the first one's reason).
-    let problem = nvr.recorder.streams().iter().find_map(|rt| rt.status().storage_error);
+    let problem = recording_problem(nvr);
     disk["recording"] = if problem.is_some() { "paused" } else { "ok" }.into();
     disk["problem"] = problem.into();
     let streams: Vec<Value> = nvr

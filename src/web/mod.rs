@@ -36,6 +36,7 @@ mod assets;
 pub mod fuzz;
 pub mod live;
 mod media;
+pub mod metrics;
 pub mod no_disk;
 mod openapi;
 mod ota;
@@ -165,6 +166,14 @@ pub fn spawn(nvr: Arc<Nvr>) -> io::Result<Http> {
             }
         }
     }
+    match metrics::spawn_listener(&nvr, &http.stopping) {
+        Ok(Some(listener)) => http.threads.push(listener),
+        Ok(None) => {}
+        Err(e) => {
+            http.stop_now();
+            return Err(e);
+        }
+    }
     // The same number of workers for each server: HTTP keeps serving health
     // and the console when it redirects the rest.
     let servers: Vec<_> = std::iter::once(http.server.clone()).chain(http.https.clone()).collect();
@@ -258,8 +267,10 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     let max = u64::from(nvr.config.web.max_body_bytes);
     // A bundle upload is streamed, never buffered: the only route exempt from the limit.
     let upload = rq.method() == &tiny_http::Method::Post && router::split_target(rq.url()).0 == ota::PATH;
+    let route = route_pattern(&rq);
     if let Some(n) = rq.body_length().map(|n| n as u64).filter(|n| *n > max && !upload) {
         let reply = Reply::from(too_large(&n.to_string(), max));
+        metrics::count_request(route, rq.method(), reply.status);
         if let Err(e) = respond(rq, reply) {
             log::debug!("413 not delivered: {e}");
         }
@@ -275,8 +286,13 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     });
     let reply = match outcome {
         Outcome::Reply(r) => r,
-        Outcome::Live(stream, via) => return live::serve(nvr, &stream, via, rq),
+        Outcome::Live(stream, via) => {
+            let method = rq.method().clone();
+            let status = live::serve(nvr, &stream, via, rq);
+            return metrics::count_request(route, &method, status);
+        }
     };
+    metrics::count_request(route, rq.method(), reply.status);
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
     if send::is_long(&rq, &reply) || send::is_behind(&rq) {
         return send::send(nvr, rq, reply, line, began);
@@ -285,6 +301,12 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
         log::debug!("{line}: answer not delivered: {e}");
     }
     log::debug!("{line} -> {status} in {:?}", began.elapsed());
+}
+
+/// The route pattern of a request, the label it is counted under (`unmatched`: no route).
+fn route_pattern(rq: &tiny_http::Request) -> &'static str {
+    let (path, _) = router::split_target(rq.url());
+    router::route(rq.method().as_str(), path).map_or("unmatched", |m| m.resource.pattern())
 }
 
 /// What `handle` decided: an answer, or to hand the connection to live view.
@@ -378,6 +400,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Export, _) => media::export_mp4(ctx, q, c.range),
         (Resource::Playback(stream), _) => media::playback(ctx, stream, q),
         (Resource::System, _) => api::system(ctx, q),
+        (Resource::Metrics, _) => metrics::metrics(ctx, q),
         (Resource::Memory, Method::Put) => api::set_memory_budget(ctx, q, c.body),
         (Resource::Memory, _) => api::memory_budget(ctx, q),
         (Resource::Logs, _) => api::logs(ctx, q),

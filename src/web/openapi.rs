@@ -4,7 +4,7 @@
 //! Invariant: the document and the router agree. The tests route every
 //! documented path and method, compare each operation's `x-oxinvr-role` and
 //! `security` with `router::access`, and check that every `Resource` variant
-//! (an exhaustive match in `sample`, so a new variant does not compile until it
+//! (an exhaustive match in `Resource::pattern`, so a new variant does not compile until it
 //! is documented) is documented with every method it answers. A further test
 //! calls the real handlers and checks their JSON against the documented
 //! schemas (a renamed, missing or undocumented field fails). docs/API.md says
@@ -65,46 +65,6 @@ mod tests {
         out
     }
 
-    /// The documented path template of each resource. Exhaustive on purpose
-    /// (no `_` arm): a new route does not compile until it is documented here
-    /// and in openapi.json.
-    fn sample(r: &Resource) -> &'static str {
-        match r {
-            Resource::Health => "/api/health",
-            Resource::OpenApi => "/api/openapi.json",
-            Resource::AuthStatus => "/api/auth/status",
-            Resource::AuthSetup => "/api/auth/setup",
-            Resource::AuthLogin => "/api/auth/login",
-            Resource::AuthLogout => "/api/auth/logout",
-            Resource::Sessions => "/api/auth/sessions",
-            Resource::Session(_) => "/api/auth/sessions/{id}",
-            Resource::Users => "/api/users",
-            Resource::User(_) => "/api/users/{name}",
-            Resource::UserTotp(_) => "/api/users/{name}/totp",
-            Resource::UserTotpConfirm(_) => "/api/users/{name}/totp/confirm",
-            Resource::Keys => "/api/keys",
-            Resource::Key(_) => "/api/keys/{id}",
-            Resource::Streams => "/api/streams",
-            Resource::Stream(_) => "/api/streams/{name}",
-            Resource::Live(_) => "/api/streams/{name}/live",
-            Resource::WebRtc(_) => "/api/streams/{name}/webrtc",
-            Resource::Probe => "/api/probe",
-            Resource::Recordings => "/api/recordings",
-            Resource::RecordingFile(_) => "/api/recordings/{id}/file",
-            Resource::Export => "/api/export.mp4",
-            Resource::Playback(_) => "/api/playback/{stream}.m3u8",
-            Resource::System => "/api/system",
-            Resource::Memory => "/api/system/memory",
-            Resource::Logs => "/api/system/logs",
-            Resource::TestStall => "/api/system/test-stall",
-            Resource::Settings => "/api/settings",
-            Resource::Ota => "/api/system/ota",
-            Resource::Tls => "/api/system/tls",
-            Resource::Static(file) if file.is_empty() => "/",
-            Resource::Static(_) => "/{file}",
-        }
-    }
-
     /// One resource of each variant, with the values `fill` puts in its template
     /// (`samples_cover_every_variant` checks that none is missing).
     fn samples() -> Vec<Resource> {
@@ -135,6 +95,7 @@ mod tests {
             Resource::Export,
             Resource::Playback(value_of("stream").to_string()),
             Resource::System,
+            Resource::Metrics,
             Resource::Memory,
             Resource::Logs,
             Resource::TestStall,
@@ -262,7 +223,7 @@ mod tests {
     fn every_route_is_documented() {
         let doc = doc();
         for r in samples() {
-            let template = sample(&r);
+            let template = Resource::pattern(&r);
             let item = paths(&doc).get(template).unwrap_or_else(|| panic!("{r:?}: {template} is not in openapi.json"));
             assert_eq!(documented_methods(item), router_allowed(&r), "{template}: documented methods of {r:?}");
             let path = fill(template);
@@ -585,7 +546,7 @@ mod tests {
             let Body::Bytes(bytes) = reply.body else { panic!("{method} {target}: bytes expected") };
             let text = String::from_utf8_lossy(&bytes).into_owned();
             assert_eq!(reply.status, want, "{method} {target}: {text}");
-            let op = &self.doc["paths"][sample(&resource)][key_of(m)];
+            let op = &self.doc["paths"][Resource::pattern(&resource)][key_of(m)];
             let documented = &op["responses"][reply.status.to_string()];
             assert!(documented.is_object(), "{method} {target}: status {} is not documented", reply.status);
             let documented = resolve(&self.doc, documented);
@@ -662,6 +623,8 @@ mod tests {
             "{v}"
         );
         assert!(v["streams"][0]["ring"].is_object(), "{v}");
+        api.call("GET", "/api/metrics", "", 200);
+        api.call("GET", "/api/metrics?x=1", "", 400);
         api.call("GET", "/api/system/ota", "", 200);
         // HTTPS is off here (tests/tls.rs has it on).
         assert_eq!(api.call("GET", "/api/system/tls", "", 200), serde_json::json!({"enabled": false}));

@@ -61,6 +61,8 @@ pub enum Resource {
     Export,
     Playback(String),
     System,
+    /// Prometheus metrics (`web::metrics`).
+    Metrics,
     /// The HTTPS certificate (`web.tls`).
     Tls,
     /// The memory budget (`governor::budget`).
@@ -76,6 +78,47 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// The documented path template (openapi.json's key): the `route` label of
+    /// `oxinvr_http_requests_total`, so raw names and ids never become labels.
+    /// Exhaustive on purpose: a new route does not compile until it has one.
+    pub fn pattern(&self) -> &'static str {
+        match self {
+            Resource::Health => "/api/health",
+            Resource::OpenApi => "/api/openapi.json",
+            Resource::AuthStatus => "/api/auth/status",
+            Resource::AuthSetup => "/api/auth/setup",
+            Resource::AuthLogin => "/api/auth/login",
+            Resource::AuthLogout => "/api/auth/logout",
+            Resource::Sessions => "/api/auth/sessions",
+            Resource::Session(_) => "/api/auth/sessions/{id}",
+            Resource::Users => "/api/users",
+            Resource::User(_) => "/api/users/{name}",
+            Resource::UserTotp(_) => "/api/users/{name}/totp",
+            Resource::UserTotpConfirm(_) => "/api/users/{name}/totp/confirm",
+            Resource::Keys => "/api/keys",
+            Resource::Key(_) => "/api/keys/{id}",
+            Resource::Streams => "/api/streams",
+            Resource::Stream(_) => "/api/streams/{name}",
+            Resource::Live(_) => "/api/streams/{name}/live",
+            Resource::WebRtc(_) => "/api/streams/{name}/webrtc",
+            Resource::Probe => "/api/probe",
+            Resource::Recordings => "/api/recordings",
+            Resource::RecordingFile(_) => "/api/recordings/{id}/file",
+            Resource::Export => "/api/export.mp4",
+            Resource::Playback(_) => "/api/playback/{stream}.m3u8",
+            Resource::System => "/api/system",
+            Resource::Metrics => "/api/metrics",
+            Resource::Memory => "/api/system/memory",
+            Resource::Logs => "/api/system/logs",
+            Resource::TestStall => "/api/system/test-stall",
+            Resource::Settings => "/api/settings",
+            Resource::Ota => "/api/system/ota",
+            Resource::Tls => "/api/system/tls",
+            Resource::Static(file) if file.is_empty() => "/",
+            Resource::Static(_) => "/{file}",
+        }
+    }
+
     /// Methods the resource answers (HEAD implied by GET), for `Allow`.
     pub fn allowed(&self) -> &'static [Method] {
         use Method::*;
@@ -199,6 +242,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["export.mp4"] => Resource::Export,
         ["playback", file] => Resource::Playback(decode(file.strip_suffix(".m3u8")?)),
         ["system"] => Resource::System,
+        ["metrics"] => Resource::Metrics,
         ["system", "ota"] => Resource::Ota,
         ["system", "tls"] => Resource::Tls,
         ["system", "memory"] => Resource::Memory,
@@ -277,6 +321,7 @@ mod tests {
         assert_eq!(a("GET", "/api/health"), Access::Public);
         assert_eq!(a("POST", "/api/auth/login"), Access::Public);
         assert_eq!(a("GET", "/api/streams"), Access::Viewer);
+        assert_eq!(a("GET", "/api/metrics"), Access::Viewer);
         assert_eq!(a("GET", "/api/streams/front/live"), Access::Viewer);
         assert_eq!(a("PUT", "/api/streams/front"), Access::Operator);
         assert_eq!(a("DELETE", "/api/streams/front"), Access::Admin);

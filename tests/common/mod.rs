@@ -15,6 +15,15 @@ use nix::unistd::Pid;
 
 pub use nvr::free_port;
 
+/// `~/.cache/oxinvr` (or under `XDG_CACHE_HOME`): where scripts/lib/deps.sh puts the
+/// PyPI tools' virtualenvs (`ensure_pypi_venv`).
+pub fn tool_cache() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("oxinvr")
+}
+
 /// A running `scripts/test-camera` on 127.0.0.1.
 pub struct Camera {
     child: Option<Child>,

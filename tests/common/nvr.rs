@@ -214,7 +214,7 @@ impl Oxinvr {
         (rss, fds)
     }
 
-    fn pid(&self) -> Pid {
+    pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0))
     }
 

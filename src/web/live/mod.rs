@@ -52,14 +52,20 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// Answers an authorised live request (the route and credentials are checked;
 /// `via` is checked again every 2 s, `pump::AUTH_CHECK`, while the client watches).
-pub fn serve(nvr: &Nvr, stream: &str, via: Via, rq: tiny_http::Request) {
+pub fn serve(nvr: &Nvr, stream: &str, via: Via, rq: tiny_http::Request) -> u16 {
     match admit(nvr, stream, via, &rq) {
-        Ok(admitted) => start(admitted, stream, rq),
+        Ok(admitted) => {
+            start(admitted, stream, rq);
+            101
+        }
         Err(e) => {
             let line = format!("{} {}", rq.method(), rq.url());
-            if let Err(err) = super::respond(rq, Reply::from(e)) {
+            let reply = Reply::from(e);
+            let status = reply.status;
+            if let Err(err) = super::respond(rq, reply) {
                 log::debug!("{line}: answer not delivered: {err}");
             }
+            status
         }
     }
 }
