@@ -21,8 +21,10 @@ pub mod web;
 /// Not an API: the entry points live in their layers' `fuzz` modules.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// Name (fuzz/corpus/NAME, fuzz/fuzz_targets/NAME.rs) and entry point.
-    pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    /// A target's name (fuzz/corpus/NAME, fuzz/fuzz_targets/NAME.rs) and entry point.
+    pub type Target = (&'static str, fn(&[u8]));
+
+    pub const TARGETS: &[Target] = &[
         ("mp4", crate::recording::fuzz::mp4),
         ("recover", crate::recording::fuzz::recover),
         ("ota", crate::appliance::fuzz::ota),

@@ -121,6 +121,8 @@ fn fill(path: &Path, leave: u64) {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("filler");
     let chunk = vec![0x5au8; 256 * 1024];
     loop {
+        // The casts are needed where these are 32-bit (the MIPS tests).
+        #[allow(clippy::unnecessary_cast)]
         let free = nix::sys::statvfs::statvfs(path).map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
         if free.is_ok_and(|f| f <= leave + chunk.len() as u64) && leave > 0 {
             break;

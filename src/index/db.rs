@@ -1319,6 +1319,8 @@ impl Db {
             )
             .ctx(op)?;
         let rows = st.query_map(params![from_ms, to_ms], |r| Ok(ClockStep { at_ms: r.get(0)?, step_ms: r.get(1)? }));
+        // Bound to a name so the statement outlives the rows borrowing it.
+        #[allow(clippy::let_and_return)]
         let steps = rows.ctx(op)?.collect::<Result<Vec<_>, _>>().ctx(op);
         steps
     }
@@ -1329,6 +1331,8 @@ impl Db {
         let mut st =
             self.conn.prepare_cached("SELECT at_ms, step_ms FROM clock_steps WHERE step_ms > 0 ORDER BY id").ctx(op)?;
         let rows = st.query_map([], |r| Ok(ClockStep { at_ms: r.get(0)?, step_ms: r.get(1)? }));
+        // Bound to a name so the statement outlives the rows borrowing it.
+        #[allow(clippy::let_and_return)]
         let steps = rows.ctx(op)?.collect::<Result<Vec<_>, _>>().ctx(op);
         steps
     }

@@ -505,7 +505,7 @@ impl<'a> Session<'a> {
             let run_now = if run.time_unknown { self.clock.provisional_ms() } else { now };
             pts = self.slew.video(f.pts, run, run_now);
             let drift = run_now - run.wall_ms(pts);
-            if drift > MAX_DRIFT_MS || drift < -MAX_AHEAD_MS {
+            if !(-MAX_AHEAD_MS..=MAX_DRIFT_MS).contains(&drift) {
                 log::warn!("stream {}: video time is {drift} ms off wall time; starting a new run", self.rt.name());
                 *need_run = true;
             }

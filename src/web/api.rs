@@ -629,6 +629,33 @@ fn stream_setting(effect: Option<&StreamSpec>, file: Option<&StreamSpec>) -> Val
     })
 }
 
+/// For the JSON fuzz target (`web::fuzz`): `body` as a new stream and as a
+/// change of an existing one, through the same checks as the handlers.
+/// A body that passes must give a spec whose name and URL validate.
+pub(super) fn check_stream_bodies(body: &[u8]) {
+    let Ok(fields) = json_object(body) else { return };
+    let base = Map::from_iter([("name".to_string(), json!("x")), ("url".to_string(), json!("rtsp://x/"))]);
+    let existing = StreamConfig {
+        name: "cam".into(),
+        url: "rtsp://u:pw@cam/x".into(),
+        enabled: true,
+        record: Default::default(),
+        retention_days: Some(7),
+        max_storage_mb: Some(100),
+        priority: 1,
+        bitrate_kbps: Some(2000),
+    };
+    for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
+        if let Ok(cfg) = merge_fields(&base, &patch) {
+            if validate(&cfg).is_ok() {
+                let spec = cfg.to_spec("api");
+                assert!(crate::config::validate_stream_url(&spec.url).is_ok(), "a validated stream has a bad URL");
+                let _ = mask_url(&spec.url);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,32 +749,5 @@ mod tests {
         let e = validate(&cfg(br#"{"name":"a","url":"rtsp://h/x","retention_days":0}"#)).unwrap_err();
         assert!(e.message.starts_with("field retention_days"), "{e:?}");
         assert!(validate(&cfg(br#"{"name":"a-1_b","url":"rtsp://u:p@h:554/x"}"#)).is_ok());
-    }
-}
-
-/// For the JSON fuzz target (`web::fuzz`): `body` as a new stream and as a
-/// change of an existing one, through the same checks as the handlers.
-/// A body that passes must give a spec whose name and URL validate.
-pub(super) fn check_stream_bodies(body: &[u8]) {
-    let Ok(fields) = json_object(body) else { return };
-    let base = Map::from_iter([("name".to_string(), json!("x")), ("url".to_string(), json!("rtsp://x/"))]);
-    let existing = StreamConfig {
-        name: "cam".into(),
-        url: "rtsp://u:pw@cam/x".into(),
-        enabled: true,
-        record: Default::default(),
-        retention_days: Some(7),
-        max_storage_mb: Some(100),
-        priority: 1,
-        bitrate_kbps: Some(2000),
-    };
-    for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
-        if let Ok(cfg) = merge_fields(&base, &patch) {
-            if validate(&cfg).is_ok() {
-                let spec = cfg.to_spec("api");
-                assert!(crate::config::validate_stream_url(&spec.url).is_ok(), "a validated stream has a bad URL");
-                let _ = mask_url(&spec.url);
-            }
-        }
     }
 }

@@ -203,7 +203,7 @@ impl Http {
 /// `<data_dir>/tls` (made now if there is none).
 fn start_https(nvr: &Arc<Nvr>) -> io::Result<tiny_http::Server> {
     let web = &nvr.config.web;
-    let failed = |m: String| io::Error::new(io::ErrorKind::Other, m);
+    let failed = io::Error::other;
     let store = crate::auth::tls::Store::open_or_create(&nvr.config.storage.data_dir)
         .map_err(|e| failed(format!("HTTPS certificate: {e}")))?;
     let store = Arc::new(store);

@@ -165,8 +165,7 @@ fn copy_camera(mut from: TcpStream, mut to: TcpStream, s: Arc<Shared>) {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
-        loop {
-            let Some(len) = message_len(&buf) else { break };
+        while let Some(len) = message_len(&buf) {
             let mut msg: Vec<u8> = buf.drain(..len).collect();
             let fault = *s.fault.lock().expect("fault");
             if msg[0] == b'$' {
