@@ -32,6 +32,7 @@
 
 mod api;
 mod assets;
+mod events;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod live;
@@ -276,6 +277,7 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     let reply = match outcome {
         Outcome::Reply(r) => r,
         Outcome::Live(stream, via) => return live::serve(nvr, &stream, via, rq),
+        Outcome::Events(via) => return live::sse::serve(nvr, via, rq),
     };
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
     if send::is_long(&rq, &reply) || send::is_behind(&rq) {
@@ -293,6 +295,8 @@ enum Outcome {
     /// An authorised `GET /api/streams/{name}/live` (stream, credential);
     /// `live::serve` answers it and re-checks the credential while it plays.
     Live(String, crate::auth::Via),
+    /// An authorised `GET /api/events/stream`; `live::sse` serves it.
+    Events(crate::auth::Via),
 }
 
 fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcome {
@@ -328,6 +332,12 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcom
         (Resource::Live(name), _) => {
             let via = principal.map(|p| p.via).unwrap_or(crate::auth::Via::Console);
             return Outcome::Live(name.clone(), via);
+        }
+        (Resource::EventStream, _) => {
+            if let Err(e) = query.only(&[]) {
+                return Outcome::Reply(ApiError::bad_request(e).into());
+            }
+            return Outcome::Events(principal.map(|p| p.via).unwrap_or(crate::auth::Via::Console));
         }
         (Resource::Ota, Method::Post) => {
             return Outcome::Reply(ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from))
@@ -383,10 +393,19 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Logs, _) => api::logs(ctx, q),
         (Resource::TestStall, _) => api::test_stall(q),
         (Resource::Settings, _) => api::settings(ctx, q),
+        (Resource::Events, Method::Post) => events::create(ctx, q, c.body),
+        (Resource::Events, _) => events::list(ctx, q),
+        (Resource::Event(id), Method::Delete) => events::delete(ctx, id, q),
+        (Resource::Event(id), _) => events::get(ctx, id, q),
+        (Resource::EventEnd(id), _) => events::end(ctx, id, q, c.body),
+        (Resource::EventClip(id), _) => events::clip(ctx, id, q, c.range),
+        (Resource::EventImage(id, which), _) => events::image(ctx, id, which, q),
         (Resource::Ota, _) => ota::status(q),
         (Resource::Tls, Method::Put) => tls::put(ctx, q, c.body),
         (Resource::Tls, _) => tls::get(ctx, q),
-        (Resource::Live(_) | Resource::Static(_), _) => Err(ApiError::internal("route handled before dispatch")),
+        (Resource::Live(_) | Resource::EventStream | Resource::Static(_), _) => {
+            Err(ApiError::internal("route handled before dispatch"))
+        }
     }
 }
 
