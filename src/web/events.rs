@@ -131,8 +131,9 @@ pub fn get(ctx: &Ctx, id: &str, q: &Query) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &event_json(&find(ctx, id)?)))
 }
 
+/// A field of the body; `null` is a value (refused as the wrong type), not an absence.
 fn field<'a>(m: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    m.get(name).filter(|v| !v.is_null())
+    m.get(name)
 }
 
 fn string_field(m: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
@@ -310,6 +311,8 @@ mod tests {
             (r#"{"stream":"a","label":""}"#, "field label"),
             (r#"{"stream":"a","box":[1]}"#, "field box"),
             (r#"{"stream":"a","colour":1}"#, "\"colour\""),
+            (r#"{"stream":"a","box":null}"#, "field box"),
+            (r#"{"stream":"a","label":null}"#, "field label"),
         ] {
             let err = new_event(&body(text), 5_000).expect_err(text);
             assert!(err.status == 400 && err.message.contains(field), "{text}: {}", err.message);
