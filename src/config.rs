@@ -34,6 +34,8 @@ pub struct Config {
     pub go2rtc: Go2rtcConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -148,6 +150,20 @@ pub struct WatchdogConfig {
 impl Default for WatchdogConfig {
     fn default() -> Self {
         WatchdogConfig { device: String::new(), timeout_s: 60, stuck_s: 30 }
+    }
+}
+
+/// `[events]`: how long events (and their snapshots) are kept (`events::expire`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events that ended more than this many days ago are deleted with their files.
+    pub retention_days: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retention_days: 30 }
     }
 }
 
@@ -461,6 +477,7 @@ impl Config {
         range("storage.sync_seconds", s.sync_seconds, 1, 600)?;
         range("storage.min_free_percent", u32::from(s.min_free_percent), 0, 90)?;
         range("storage.ring_seconds", s.ring_seconds, 2, 120)?;
+        range("events.retention_days", self.events.retention_days, 1, 3650)?;
         if s.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir".into(), "must not be empty".into()));
         }

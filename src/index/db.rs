@@ -193,6 +193,26 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX clock_steps_at ON clock_steps (at_ms);
     "#,
+    // 8: events (see db::events). `stream` is the name, not a key: an event outlives its
+    // stream and its recordings.
+    r#"
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        stream TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('motion', 'object', 'manual', 'external')),
+        label TEXT NOT NULL,
+        score REAL NOT NULL CHECK (score >= 0 AND score <= 1),
+        zones TEXT NOT NULL DEFAULT '[]',
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER,
+        box TEXT,
+        snapshot TEXT,
+        thumbnail TEXT,
+        CHECK (end_ms IS NULL OR end_ms >= start_ms)
+    ) STRICT;
+    CREATE INDEX events_stream_start ON events (stream, start_ms);
+    CREATE INDEX events_start ON events (start_ms);
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -224,7 +244,9 @@ fn new_clock_mark() -> i64 {
     ((mixed & (i64::MAX as u64)) as i64).max(1)
 }
 
+mod events;
 mod users;
+pub use events::{EventFilter, EventKind, EventRow, NewEvent};
 pub use users::{KeyRow, Role, SessionRow, UserRow};
 
 /// What retention planning knows of one segment.
@@ -1537,6 +1559,18 @@ mod tests {
             // The migrated schema accepts new writes.
             let id = closed_seg(&db, 2, 70_000, 80_000, 9);
             assert!(db.set_protected(id, true).expect("protect"));
+            let ev = NewEvent {
+                stream: "front".into(),
+                kind: EventKind::Manual,
+                label: "migrated".into(),
+                score: 1.0,
+                zones: Vec::new(),
+                start_ms: 70_000,
+                end_ms: None,
+                best_box: None,
+            };
+            let ev = db.insert_event(&ev).expect("events table after migration");
+            assert_eq!(db.event(ev).expect("q").map(|e| e.label), Some("migrated".into()));
         }
     }
 

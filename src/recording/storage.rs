@@ -71,6 +71,8 @@ pub struct StorageSettings {
     pub segment_seconds: u32,
     pub sync_seconds: u32,
     pub min_free_percent: u8,
+    /// `[events] retention_days`: older events go in the retention pass.
+    pub events_retention_days: u32,
 }
 
 struct Recorder {
@@ -207,6 +209,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
             || ((rotated || failing) && last_retention.elapsed() >= Duration::from_secs(1));
         if released || (due && backlog.is_empty()) {
             backlog.replan(plan_retention(&db, &settings, &*clock, &recorders));
+            expire_events(&db, &settings, &*clock);
             last_retention = Instant::now();
         }
         ballast.make_if_room(&settings.data_dir, failing);
@@ -480,6 +483,17 @@ fn purge(db: &Db, data_dir: &Path, stream_id: i64, recorders: &HashMap<String, R
     let moved = db.delete_segments_to_garbage(&ids).map_err(|e| e.to_string())?;
     collect_garbage(db, data_dir);
     Ok(moved.len())
+}
+
+/// Deletes events older than `[events] retention_days` with their files
+/// (events are kept apart from recordings: deleting these never deletes events).
+fn expire_events(db: &Db, settings: &StorageSettings, clock: &dyn Clock) {
+    let days = settings.events_retention_days;
+    match crate::events::expire(db, &settings.data_dir, clock.now_ms(), days) {
+        Ok(0) => {}
+        Ok(n) => log::info!("retention: deleted {n} event(s) older than {days} days"),
+        Err(e) => log::warn!("retention: events: {e}"),
+    }
 }
 
 /// Finishes pending deletions (invariant 3), logging what could not be done.

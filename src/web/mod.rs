@@ -32,6 +32,7 @@
 
 mod api;
 mod assets;
+mod events;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod live;
@@ -291,6 +292,11 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
             let status = live::serve(nvr, &stream, via, rq);
             return metrics::count_request(route, &method, status);
         }
+        Outcome::Events(via) => {
+            let method = rq.method().clone();
+            let status = live::sse::serve(nvr, via, rq);
+            return metrics::count_request(route, &method, status);
+        }
     };
     metrics::count_request(route, rq.method(), reply.status);
     let (status, line) = (reply.status, format!("{} {}", rq.method(), rq.url()));
@@ -315,6 +321,8 @@ enum Outcome {
     /// An authorised `GET /api/streams/{name}/live` (stream, credential);
     /// `live::serve` answers it and re-checks the credential while it plays.
     Live(String, crate::auth::Via),
+    /// An authorised `GET /api/events/stream`; `live::sse` serves it.
+    Events(crate::auth::Via),
 }
 
 fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcome {
@@ -350,6 +358,12 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcom
         (Resource::Live(name), _) => {
             let via = principal.map(|p| p.via).unwrap_or(crate::auth::Via::Console);
             return Outcome::Live(name.clone(), via);
+        }
+        (Resource::EventStream, _) => {
+            if let Err(e) = query.only(&[]) {
+                return Outcome::Reply(ApiError::bad_request(e).into());
+            }
+            return Outcome::Events(principal.map(|p| p.via).unwrap_or(crate::auth::Via::Console));
         }
         (Resource::Ota, Method::Post) => {
             return Outcome::Reply(ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from))
@@ -406,10 +420,19 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Logs, _) => api::logs(ctx, q),
         (Resource::TestStall, _) => api::test_stall(q),
         (Resource::Settings, _) => api::settings(ctx, q),
+        (Resource::Events, Method::Post) => events::create(ctx, q, c.body),
+        (Resource::Events, _) => events::list(ctx, q),
+        (Resource::Event(id), Method::Delete) => events::delete(ctx, id, q),
+        (Resource::Event(id), _) => events::get(ctx, id, q),
+        (Resource::EventEnd(id), _) => events::end(ctx, id, q, c.body),
+        (Resource::EventClip(id), _) => events::clip(ctx, id, q, c.range),
+        (Resource::EventImage(id, which), _) => events::image(ctx, id, which, q),
         (Resource::Ota, _) => ota::status(q),
         (Resource::Tls, Method::Put) => tls::put(ctx, q, c.body),
         (Resource::Tls, _) => tls::get(ctx, q),
-        (Resource::Live(_) | Resource::Static(_), _) => Err(ApiError::internal("route handled before dispatch")),
+        (Resource::Live(_) | Resource::EventStream | Resource::Static(_), _) => {
+            Err(ApiError::internal("route handled before dispatch"))
+        }
     }
 }
 

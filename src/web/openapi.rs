@@ -100,6 +100,13 @@ mod tests {
             Resource::Logs,
             Resource::TestStall,
             Resource::Settings,
+            Resource::Events,
+            Resource::EventStream,
+            Resource::Event(id()),
+            Resource::EventEnd(id()),
+            Resource::EventClip(id()),
+            Resource::EventImage(id(), "snapshot"),
+            Resource::EventImage(id(), "thumbnail"),
             Resource::Ota,
             Resource::Tls,
             Resource::Static(String::new()),
@@ -657,6 +664,24 @@ mod tests {
         api.call("GET", "/api/keys", "", 200);
         api.call("DELETE", &format!("/api/keys/{}", key["id"]), "", 204);
         api.call("DELETE", "/api/keys/x", "", 400);
+        // Events (no recording here: the clip is a 404).
+        let e = api.call("POST", "/api/events", r#"{"stream":"cam","label":"bell","zones":["porch"]}"#, 201);
+        let id = e["id"].as_i64().expect("id");
+        api.call("POST", "/api/events", r#"{"stream":"nope"}"#, 404);
+        api.call("POST", "/api/events", r#"{"stream":"cam","score":3}"#, 400);
+        api.call("POST", "/api/events", r#"{"stream":"cam","kind":"external","duration_s":10}"#, 201);
+        let v = api.call("GET", "/api/events?stream=cam&limit=1", "", 200);
+        assert!(v["next_cursor"].is_string(), "{v}");
+        api.call("GET", "/api/events?kind=sneeze", "", 400);
+        api.call("GET", &format!("/api/events/{id}"), "", 200);
+        api.call("GET", "/api/events/x", "", 400);
+        api.call("GET", &format!("/api/events/{id}/snapshot"), "", 404);
+        api.call("GET", &format!("/api/events/{id}/thumbnail"), "", 404);
+        api.call("GET", &format!("/api/events/{id}/clip?pre=1"), "", 404);
+        api.call("POST", &format!("/api/events/{id}/end"), "", 200);
+        api.call("POST", &format!("/api/events/{id}/end"), r#"{"end_ms":5}"#, 409);
+        api.call("DELETE", &format!("/api/events/{id}"), "", 200);
+        api.call("DELETE", &format!("/api/events/{id}"), "", 404);
         api.call("POST", "/api/auth/logout", "", 204);
     }
 

@@ -69,6 +69,15 @@ pub enum Resource {
     Memory,
     Logs,
     Settings,
+    /// `GET` list, `POST` a manual or external event.
+    Events,
+    /// The live push of events (server-sent events).
+    EventStream,
+    Event(String),
+    EventEnd(String),
+    EventClip(String),
+    /// An event's `snapshot` or `thumbnail` (the second field says which).
+    EventImage(String, &'static str),
     Ota,
     /// Test-only: stall a part (`base::heartbeat::stall`); refused unless
     /// `OXINVR_TEST_KNOBS=1`.
@@ -112,6 +121,13 @@ impl Resource {
             Resource::Logs => "/api/system/logs",
             Resource::TestStall => "/api/system/test-stall",
             Resource::Settings => "/api/settings",
+            Resource::Events => "/api/events",
+            Resource::EventStream => "/api/events/stream",
+            Resource::Event(_) => "/api/events/{id}",
+            Resource::EventEnd(_) => "/api/events/{id}/end",
+            Resource::EventClip(_) => "/api/events/{id}/clip",
+            Resource::EventImage(_, "thumbnail") => "/api/events/{id}/thumbnail",
+            Resource::EventImage(..) => "/api/events/{id}/snapshot",
             Resource::Ota => "/api/system/ota",
             Resource::Tls => "/api/system/tls",
             Resource::Static(file) if file.is_empty() => "/",
@@ -127,7 +143,9 @@ impl Resource {
             Resource::WebRtc(_) => &[Post],
             Resource::UserTotpConfirm(_) | Resource::TestStall => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
-            Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota => &[Get, Post],
+            Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota | Resource::Events => &[Get, Post],
+            Resource::EventEnd(_) => &[Post],
+            Resource::Event(_) => &[Get, Delete],
             Resource::User(_) | Resource::Stream(_) => &[Get, Put, Delete],
             Resource::Tls => &[Get, Put],
             Resource::Memory => &[Get, Put],
@@ -156,7 +174,8 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Health | R::OpenApi | R::AuthStatus | R::AuthSetup | R::AuthLogin | R::Static(_), _) => Access::Public,
         (R::Users, _) | (R::User(_), Method::Delete) | (R::Tls, Method::Put) => Access::Admin,
         (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota | R::TestStall, _) => Access::Admin,
-        (R::Memory, Method::Put) => Access::Admin,
+        (R::Memory, Method::Put) | (R::Event(_), Method::Delete) => Access::Admin,
+        (R::Events, Method::Post) | (R::EventEnd(_), _) => Access::Operator,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
             Access::Operator
         }
@@ -249,6 +268,13 @@ fn resource(path: &str) -> Option<Resource> {
         ["system", "logs"] => Resource::Logs,
         ["system", "test-stall"] => Resource::TestStall,
         ["settings"] => Resource::Settings,
+        ["events"] => Resource::Events,
+        ["events", "stream"] => Resource::EventStream,
+        ["events", id] => Resource::Event(decode(id)),
+        ["events", id, "end"] => Resource::EventEnd(decode(id)),
+        ["events", id, "clip" | "clip.mp4"] => Resource::EventClip(decode(id)),
+        ["events", id, "snapshot"] => Resource::EventImage(decode(id), "snapshot"),
+        ["events", id, "thumbnail"] => Resource::EventImage(decode(id), "thumbnail"),
         _ => return None,
     };
     Some(r)
@@ -328,6 +354,12 @@ mod tests {
         assert_eq!(a("GET", "/api/settings"), Access::Admin);
         assert_eq!(a("POST", "/api/users"), Access::Admin);
         assert_eq!(a("PUT", "/api/users/bob"), Access::Viewer);
+        assert_eq!(a("GET", "/api/events"), Access::Viewer);
+        assert_eq!(a("GET", "/api/events/stream"), Access::Viewer);
+        assert_eq!(a("POST", "/api/events"), Access::Operator);
+        assert_eq!(a("POST", "/api/events/3/end"), Access::Operator);
+        assert_eq!(a("DELETE", "/api/events/3"), Access::Admin);
+        assert_eq!(a("GET", "/api/events/3/clip"), Access::Viewer);
         assert!(Access::Admin > Access::Operator && Access::Operator > Access::Viewer);
     }
 

@@ -34,6 +34,8 @@ pub struct Nvr {
     pub live_db: crate::web::live::LiveDb,
     /// The hardware watchdog's state (`off` unless `[watchdog] device` is set).
     pub watchdog: StatusHandle,
+    /// Events: every change goes through it and is broadcast (`events`).
+    pub events: Arc<crate::events::Store>,
 }
 
 impl Nvr {
@@ -45,7 +47,9 @@ impl Nvr {
         let recorder = Recorder::new(config.storage.ring_seconds, &config.storage.ring_dir, budget);
         recorder.set_lock_rings(config.memory.lock_rings);
         let pressure = crate::web::pressure::Pressure::new(&config);
+        let events = Arc::new(crate::events::Store::new(&config.db_path(), &config.storage.data_dir));
         Nvr {
+            events,
             pressure,
             config,
             auth: Auth::default(),

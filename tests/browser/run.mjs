@@ -318,6 +318,21 @@ async function testExport() {
   console.log(`    ${download.suggestedFilename()}: ${v.codec_name} ${v.width}x${v.height}, ${d} s for a ${span} s span`);
 }
 
+// Events: one made through the API appears in the open list without a reload
+// (the server's push), and a click on it plays its clip.
+async function testEvents() {
+  const page = S.admin;
+  const recs = await closedRecordings(page);
+  const start = recs[recs.length - 1].e - 6000;
+  await open(page, `#/events?stream=${STREAM}`);
+  const made = await pageApi(page, 'POST', '/api/events', { stream: STREAM, label: 'browser', start_ms: start, duration_s: 2 });
+  const row = `#events-table tr[data-id="${made.id}"]`;
+  await page.waitForSelector(row, { timeout: 10000 });
+  await page.click(row);
+  await advances(page, '#events-player', 1);
+  await shot(page, 'events');
+}
+
 async function testPages() {
   const page = S.admin;
   await open(page, `#/recordings?stream=${STREAM}`);
@@ -573,7 +588,7 @@ async function testPhone() {
 
 // Every main page, as the admin sees it: no control out of reach sideways, no
 // button label wrapped; a screenshot of each.
-const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/streams',
+const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/events', '#/streams',
   `#/streams?edit=${STREAM}`, '#/settings', '#/users', '#/account', '#/system'];
 
 async function checkLayout(page, size) {
@@ -633,6 +648,7 @@ const TESTS = [
   ['live grid: one camera fills it; a chosen layout survives a reload', testLiveGrid],
   ['4 a recording plays from the timeline, across a file boundary', testTimeline],
   ['5 export downloads an MP4 that ffprobe accepts with the span\'s duration', testExport],
+  ['events: a new event is pushed into the list, a click plays its clip', testEvents],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
   ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
   ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],

@@ -600,6 +600,7 @@ mod with_storage {
             segment_seconds: 10,
             sync_seconds: 1,
             min_free_percent: 0,
+            events_retention_days: 30,
         };
         let (tx, thread) = storage::spawn(settings, h.clock.clone()).expect("storage");
         tx.send(storage::Command::Add(rt.clone())).expect("add");

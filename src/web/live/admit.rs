@@ -49,7 +49,7 @@ pub fn live_clients() -> usize {
 pub(super) struct Slot(#[allow(dead_code)] Permit); // held for its Drop
 
 impl Slot {
-    fn take(max: u32) -> Result<Slot, ApiError> {
+    pub(super) fn take(max: u32) -> Result<Slot, ApiError> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         Permit::try_take(&CLIENTS, max)
             .map(Slot)
@@ -134,7 +134,7 @@ fn same_origin(origin: &str, host: Option<&str>) -> bool {
 /// not expose its socket, and live view needs one for timeouts and the send
 /// queue size. (`Request::tcp_fd` is our patch to the vendored tiny_http.)
 /// Over TLS it is used for those only; the bytes go through rustls.
-fn dup_socket(rq: &tiny_http::Request) -> io::Result<TcpStream> {
+pub(super) fn dup_socket(rq: &tiny_http::Request) -> io::Result<TcpStream> {
     let fd = rq.tcp_fd().ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "not a plain TCP connection"))?;
     // SAFETY: the fd is the socket of the connection `rq` came from, which
     // tiny_http keeps open at least as long as `rq` lives (it is borrowed here).

@@ -30,6 +30,7 @@
 mod admit;
 mod feed;
 mod pump;
+pub mod sse;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};

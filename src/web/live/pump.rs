@@ -232,7 +232,7 @@ impl Recheck {
 
     /// False once the session ended (expired, revoked, logged out, user
     /// deleted) or the API key was deleted; also when it cannot be checked.
-    fn still_valid(&mut self) -> bool {
+    pub(super) fn still_valid(&mut self) -> bool {
         if matches!(self.via, Via::Console) {
             return true; // the console token lives as long as the process
         }

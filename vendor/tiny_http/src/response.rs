@@ -361,8 +361,11 @@ where
             );
         }
 
-        // handling upgrade
-        if let Some(upgrade) = upgrade {
+        // handling upgrade (OxiNVR patch: an empty protocol hands over the
+        // connection after a plain head, for server-sent events)
+        if upgrade == Some("") {
+            transfer_encoding = None;
+        } else if let Some(upgrade) = upgrade {
             self.headers.insert(
                 0,
                 Header::from_bytes(&b"Upgrade"[..], upgrade.as_bytes()).unwrap(),
