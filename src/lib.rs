@@ -3,7 +3,7 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, recording,
-//! playback, appliance, web, cli.
+//! playback, appliance, notify, web, cli.
 
 pub mod appliance;
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod governor;
 pub mod index;
+pub mod notify;
 pub mod playback;
 pub mod recording;
 pub mod web;

@@ -49,6 +49,8 @@ fn wait_for_stop(set: &nix::sys::signal::SigSet) -> String {
 
 /// How long shutdown waits for HTTP workers still answering clients.
 const HTTP_STOP: Duration = Duration::from_millis(250);
+/// How long it waits for the MQTT client to say `offline` to a connected broker.
+const MQTT_STOP: Duration = Duration::from_millis(500);
 /// How long it waits for the storage thread to write and sync the open segments.
 const STORAGE_STOP: Duration = Duration::from_secs(10);
 
@@ -176,6 +178,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     drop(edit);
     drop(db);
     start_go2rtc(&nvr, &cfg, &clock)?;
+    web::mqtt::start(&nvr).map_err(Error::internal)?;
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
         w.arm();
@@ -196,6 +199,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         w.stopping();
     }
     http.stop(HTTP_STOP);
+    if let Some(m) = nvr.mqtt.get() {
+        m.stop(MQTT_STOP);
+    }
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();
     }

@@ -34,6 +34,8 @@ pub struct Nvr {
     pub live_db: crate::web::live::LiveDb,
     /// The hardware watchdog's state (`off` unless `[watchdog] device` is set).
     pub watchdog: StatusHandle,
+    /// The MQTT client, set at start-up when `[mqtt] url` is set (`web::mqtt`).
+    pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
 }
 
 impl Nvr {
@@ -58,6 +60,7 @@ impl Nvr {
             tls: std::sync::OnceLock::new(),
             go2rtc: std::sync::OnceLock::new(),
             live_db: Default::default(),
+            mqtt: std::sync::OnceLock::new(),
         }
     }
 }
