@@ -295,6 +295,10 @@ fn home_assistant_sees_the_box_commands_work_and_a_broker_restart_changes_nothin
         sub.all()[before..].iter().any(|m| m.topic == "homeassistant/binary_sensor/testbox/cam_motion/config")
     });
 
+    let heap = nvr.json("/api/system")["memory"]["heap_by_subsystem"]["mqtt"].as_u64();
+    eprintln!("heap held by the mqtt thread: {heap:?} bytes");
+    assert!(heap.is_some(), "the client's memory is accounted as its own subsystem");
+
     // Killed without a goodbye: the broker says offline for it (the last will).
     nvr.kill9();
     sub.wait(Duration::from_secs(10), "oxinvr/testbox/availability", |p| p == "offline");

@@ -2,11 +2,12 @@
 //!
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
-//! streams started in priority order -> HTTP. With `storage.require_mount`
+//! streams started in priority order -> MQTT (`[mqtt] url`) -> HTTP. With `storage.require_mount`
 //! and no disk mounted on the data directory, only `web::no_disk` (nothing
 //! records, nothing is written).
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
 //! accepting (workers still busy with a client are not waited for past 0.25 s),
+//! MQTT says `offline` (0.5 s at most),
 //! ingest drops every session, the storage thread drains the rings, writes the
 //! pending fragments, syncs and closes the segments (10 s at most), the
 //! watchdog is disarmed (magic close) if all of that finished, then exit.

@@ -180,6 +180,7 @@ impl Mqtt {
         *lock(&mqtt.done) = Some(done_rx);
         let me = mqtt.clone();
         std::thread::Builder::new().name("mqtt".into()).stack_size(512 << 10).spawn(move || {
+            crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Mqtt);
             run(&me, host, opts);
             let _ = done_tx.send(());
         })?;
