@@ -28,6 +28,11 @@ struct Broker {
 
 impl Broker {
     fn start(dir: &Path, port: u16) -> Broker {
+        Self::start_with(dir, port, "")
+    }
+
+    /// With `extra` lines in its listener (TLS).
+    fn start_with(dir: &Path, port: u16, extra: &str) -> Broker {
         let passwd = dir.join("passwd");
         if !passwd.exists() {
             let st = Command::new("mosquitto_passwd")
@@ -41,7 +46,7 @@ impl Broker {
         let conf = dir.join("mosquitto.conf");
         // `user root`: as root mosquitto would switch to its own user, who cannot read our temp dir.
         let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nuser root\n",
+            "listener {port} 127.0.0.1\n{extra}allow_anonymous false\npassword_file {}\npersistence false\nuser root\n",
             passwd.display()
         );
         std::fs::write(&conf, text).expect("write mosquitto.conf");
@@ -83,9 +88,19 @@ impl Broker {
 
     /// A `mosquitto_sub` on every topic from now on (retained ones included).
     fn subscribe(&self) -> Sub {
+        self.subscribe_with(&[])
+    }
+
+    /// [`Broker::subscribe`] over TLS, trusting `ca`.
+    fn subscribe_tls(&self, ca: &Path) -> Sub {
+        self.subscribe_with(&["--cafile", ca.to_str().expect("utf-8 path")])
+    }
+
+    fn subscribe_with(&self, extra: &[&str]) -> Sub {
         let port = self.port.to_string();
         let mut child = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port, "-u", USER, "-P", PASSWORD, "-t", "#", "-F", "%r %t %p"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -337,4 +352,58 @@ fn a_clean_stop_says_offline_before_it_exits() {
     assert!(status.success(), "{status}");
     sub.wait(Duration::from_secs(1), "oxinvr/testbox/availability", |p| p == "offline");
     eprintln!("stopped in {took:?}, offline said");
+}
+
+/// `openssl` with `args` in `dir` (it comes with Debian's ca-certificates).
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`NAME-ca.pem`) and, when `server`, a certificate it signs for 127.0.0.1.
+fn make_ca(dir: &Path, name: &str, server: bool) {
+    let (key, ca) = (format!("{name}-ca.key"), format!("{name}-ca.pem"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let subj = format!("/CN={name} test CA");
+    openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", &key, "-out", &ca, "-days", "2", "-subj", &subj]].concat());
+    if server {
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write san.ext");
+        openssl(
+            dir,
+            &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat(),
+        );
+        openssl(
+            dir,
+            &["x509", "-req", "-in", "server.csr", "-CA", &ca, "-CAkey", &key, "-CAcreateserial", "-out", "server.pem"]
+                .into_iter()
+                .chain(["-days", "2", "-extfile", "san.ext"])
+                .collect::<Vec<_>>(),
+        );
+    }
+}
+
+#[test]
+fn mqtts_trusts_the_configured_ca_and_names_a_tls_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_ca(d, "broker", true);
+    make_ca(d, "stranger", false);
+    let tls = format!("cafile {0}/broker-ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n", d.display());
+    let broker = Broker::start_with(d, free_port(), &tls);
+    let start = |sub: &str, ca: &str| {
+        let box_dir = d.join(sub);
+        std::fs::create_dir_all(&box_dir).expect("box dir");
+        let text = config(broker.port, PASSWORD, "")
+            .replace("mqtt://", "mqtts://")
+            .replace("[mqtt]\n", &format!("[mqtt]\nca_file = \"{}/{ca}\"\n", d.display()));
+        Oxinvr::start(&box_dir, &text)
+    };
+    let good = start("good", "broker-ca.pem");
+    good.wait_for("/api/system", Duration::from_secs(15), "connected over TLS", |v| v["mqtt"]["state"] == "connected");
+    let sub = broker.subscribe_tls(&d.join("broker-ca.pem"));
+    sub.wait(Duration::from_secs(10), "homeassistant/sensor/testbox/disk_free/config", |p| p.contains("unique_id"));
+    let bad = start("bad", "stranger-ca.pem");
+    let v = bad.wait_for("/api/system", Duration::from_secs(15), "a TLS error", |v| !v["mqtt"]["last_error"].is_null());
+    let e = v["mqtt"]["last_error"].as_str().unwrap_or_default();
+    assert!(e.contains("TLS") && e.to_lowercase().contains("certificate"), "{e}");
 }

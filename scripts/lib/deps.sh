@@ -83,6 +83,7 @@ OXINVR_TEST_APT=(
     gstreamer1.0-libav ffmpeg opencv-doc sqlite3 procps faketime
     e2fsprogs mount     # tests/disk_faults.rs: mkfs.ext4, losetup, mount (loop devices, as root)
     mosquitto mosquitto-clients  # tests/mqtt.rs: the broker (started by the test, not the service), mosquitto_sub/passwd
+    openssl             # tests/mqtt.rs: the CA and certificate of the mqtts:// broker
 )
 
 ensure_test_deps() {
