@@ -36,6 +36,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -165,6 +167,26 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig { retention_days: 30 }
     }
+}
+
+/// `[mqtt]`: the MQTT client with Home Assistant discovery (`notify::mqtt`).
+/// An empty `url` connects to nothing.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` (port 1883 if left out) or `mqtts://host:port` (8883; rustls).
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    /// PEM file of the CA that signed an `mqtts://` broker's certificate; empty: the system's roots.
+    pub ca_file: String,
+    /// The box's name in topics, ids and Home Assistant; empty: the host name.
+    pub name: String,
+    /// Empty: `oxinvr-<name>`.
+    pub client_id: String,
+    /// Empty: `oxinvr/<name>`.
+    pub topic_prefix: String,
+    pub discovery_prefix: String,
 }
 
 /// `[go2rtc]`: go2rtc run and watched by OxiNVR (`governor::go2rtc`).
@@ -517,6 +539,7 @@ impl Config {
         }
         self.validate_go2rtc()?;
         self.validate_metrics()?;
+        self.validate_mqtt()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -615,6 +638,38 @@ impl Config {
         Ok(())
     }
 
+    /// `[mqtt]`: a broker URL we can dial, topic parts without wildcards.
+    fn validate_mqtt(&self) -> Result<(), (String, String)> {
+        let m = &self.mqtt;
+        if m.url.is_empty() {
+            return Ok(());
+        }
+        mqtt_broker(&m.url).map_err(|e| ("mqtt.url".to_string(), e))?;
+        if !m.ca_file.is_empty() && !m.url.starts_with("mqtts://") {
+            return Err(("mqtt.ca_file".into(), "is only used with an mqtts:// url".into()));
+        }
+        if m.user.is_empty() && !m.password.is_empty() {
+            return Err(("mqtt.user".into(), "is empty but mqtt.password is set".into()));
+        }
+        let name_ok = m.name.len() <= 64 && m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !name_ok {
+            return Err(("mqtt.name".into(), format!("{:?} must be up to 64 letters, digits, '-' or '_'", m.name)));
+        }
+        if m.client_id.len() > 64 {
+            return Err(("mqtt.client_id".into(), "must be at most 64 characters".into()));
+        }
+        for (key, topic) in [("mqtt.topic_prefix", &m.topic_prefix), ("mqtt.discovery_prefix", &m.discovery_prefix)] {
+            let bad = topic.starts_with('/') || topic.ends_with('/') || topic.contains(['+', '#', '\0']);
+            if bad || topic.len() > 128 {
+                return Err((
+                    key.into(),
+                    format!("{topic:?} must be a topic without wildcards (+ #) or a leading or trailing /"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Where the SQLite index lives.
     pub fn db_path(&self) -> PathBuf {
         self.storage.data_dir.join("oxinvr.db")
@@ -629,6 +684,26 @@ fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), (String, String)> {
 }
 
 pub use crate::index::db::validate_stream_name;
+
+/// `mqtt.url` split: (TLS, host, port). `mqtt://host[:1883]` or `mqtts://host[:8883]`,
+/// nothing after the port (no path, no credentials: they go in `mqtt.user`/`mqtt.password`).
+pub fn mqtt_broker(u: &str) -> Result<(bool, String, u16), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    let tls = match parsed.scheme() {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" => true,
+        other => return Err(format!("scheme {other:?} is not supported (use mqtt:// or mqtts://)")),
+    };
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("put the credentials in mqtt.user and mqtt.password, not in the URL".into());
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+        return Err(format!("{u:?} has a path or query; give only mqtt://host:port"));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((tls, host, parsed.port().unwrap_or(if tls { 8883 } else { 1883 })))
+}
 
 pub fn validate_stream_url(u: &str) -> Result<(), String> {
     // The value is not quoted: it may hold a password.
@@ -896,6 +971,27 @@ mod tests {
         }
         let e = Config::parse("[go2rtc]\nbinary = \"/g\"\napi_prot = 1\n", "x.toml").expect_err("typo");
         assert!(e.to_string().contains("api_prot"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_section_names_the_field_at_fault() {
+        let off = Config::parse("", "x").expect("ok");
+        assert!(off.mqtt.url.is_empty(), "off by default");
+        let on = Config::parse("[mqtt]\nurl = \"mqtt://10.0.0.2\"\nuser = \"u\"\n", "x").expect("ok");
+        assert_eq!(mqtt_broker(&on.mqtt.url), Ok((false, "10.0.0.2".to_string(), 1883)));
+        assert_eq!(mqtt_broker("mqtts://b.lan:1"), Ok((true, "b.lan".to_string(), 1)));
+        for (text, key, why) in [
+            ("[mqtt]\nurl = \"http://b\"\n", "mqtt.url", "mqtt://"),
+            ("[mqtt]\nurl = \"mqtt://u:p@b\"\n", "mqtt.url", "mqtt.user"),
+            ("[mqtt]\nurl = \"mqtt://b\"\npassword = \"p\"\n", "mqtt.user", "password"),
+            ("[mqtt]\nurl = \"mqtt://b\"\ntopic_prefix = \"a/#\"\n", "mqtt.topic_prefix", "wildcards"),
+            ("[mqtt]\nurl = \"mqtt://b\"\nname = \"a b\"\n", "mqtt.name", "letters"),
+            ("[mqtt]\nurl = \"mqtt://b\"\nca_file = \"/c.pem\"\n", "mqtt.ca_file", "mqtts"),
+        ] {
+            let e = Config::parse(text, "x").expect_err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, events, recording,
-//! playback, appliance, web, cli.
+//! playback, appliance, notify, web, cli.
 
 pub mod appliance;
 pub mod auth;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod governor;
 pub mod index;
+pub mod notify;
 pub mod playback;
 pub mod recording;
 pub mod web;

@@ -6,8 +6,20 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Lowest first.
-const LAYERS: &[&str] =
-    &["base", "index", "config", "governor", "auth", "events", "recording", "playback", "appliance", "web", "cli"];
+const LAYERS: &[&str] = &[
+    "base",
+    "index",
+    "config",
+    "governor",
+    "auth",
+    "events",
+    "recording",
+    "playback",
+    "appliance",
+    "notify",
+    "web",
+    "cli",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

@@ -82,6 +82,8 @@ OXINVR_TEST_APT=(
     gstreamer1.0-x      # clockoverlay (pango plugin) lives here on Debian 12
     gstreamer1.0-libav ffmpeg opencv-doc sqlite3 procps faketime
     e2fsprogs mount     # tests/disk_faults.rs: mkfs.ext4, losetup, mount (loop devices, as root)
+    mosquitto mosquitto-clients  # tests/mqtt.rs: the broker (started by the test, not the service), mosquitto_sub/passwd
+    openssl             # tests/mqtt.rs: the CA and certificate of the mqtts:// broker
 )
 
 ensure_test_deps() {

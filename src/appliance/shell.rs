@@ -42,6 +42,7 @@ pub enum Command {
     NetworkShow,
     NetworkSet { iface: String, config: NetConfig },
     Logs(usize),
+    MqttStatus,
     OtaInstall { source: String, reboot: bool },
     OtaStatus,
     OtaMarkGood,
@@ -51,8 +52,20 @@ pub enum Command {
 }
 
 /// First words, for Tab completion and `help`.
-pub const COMMANDS: &[&str] =
-    &["help", "status", "streams", "recordings", "users", "network", "logs", "ota", "reboot", "factory-reset", "exit"];
+pub const COMMANDS: &[&str] = &[
+    "help",
+    "status",
+    "streams",
+    "recordings",
+    "users",
+    "network",
+    "logs",
+    "mqtt",
+    "ota",
+    "reboot",
+    "factory-reset",
+    "exit",
+];
 
 const HELP: &str = "\
 commands:
@@ -68,6 +81,7 @@ commands:
   network dhcp IFACE                  get the address of IFACE by DHCP
   network static IFACE ADDR/PREFIX GW e.g. network static eth0 192.168.1.50/24 192.168.1.1
   logs [N]                            the last N (default 20) lines of the recorder's log
+  mqtt [status]                       the MQTT client: broker, state, last error, dropped
   ota status                          running slot, boot selector, installed versions
   ota install FILE|http://URL [--reboot]
                                       install a signed update into the other slot
@@ -83,6 +97,7 @@ fn usage(cmd: &str) -> &'static str {
         "recordings" => "recordings [STREAM] [N]",
         "network" => "network [show] | network dhcp IFACE | network static IFACE ADDR/PREFIX GW",
         "logs" => "logs [N]",
+        "mqtt" => "mqtt [status]",
         "ota" => "ota status | ota install FILE|http://URL [--reboot] | ota mark-good",
         "users" => "users: lists the accounts; make or change them with `oxinvr user add|passwd|del` or the web page",
         "factory-reset" => "factory-reset: asks you to type YES, erases the data partition (recordings, settings), restarts",
@@ -204,6 +219,8 @@ pub fn parse(line: &str) -> Result<Option<Command>> {
         ("logs" | "log", []) => Command::Logs(20),
         ("logs" | "log", [n]) => Command::Logs(count(n, "N", 500)?),
         ("logs" | "log", _) => return bad("logs"),
+        ("mqtt", [] | ["status"]) => Command::MqttStatus,
+        ("mqtt", _) => return bad("mqtt"),
         ("ota", ["status"]) => Command::OtaStatus,
         ("ota", ["mark-good"]) => Command::OtaMarkGood,
         ("ota", ["install", src]) => Command::OtaInstall { source: src.to_string(), reboot: false },
@@ -223,6 +240,28 @@ pub fn parse(line: &str) -> Result<Option<Command>> {
 }
 
 // ---- formatting ----
+
+/// `mqtt status`: the client's line from `/api/system`'s `mqtt`.
+fn mqtt_status(m: &Value) -> String {
+    if m.is_null() {
+        return "mqtt: off (set [mqtt] url in the config file)".into();
+    }
+    let mut out = format!(
+        "mqtt: {} to {} as {} under {}\nconnects {}, published {}, queued {}, dropped {}",
+        s(&m["state"]),
+        s(&m["broker"]),
+        s(&m["client_id"]),
+        s(&m["topic_prefix"]),
+        m["connects"],
+        m["published"],
+        m["queued"],
+        m["dropped"]
+    );
+    if let Some(e) = m["last_error"].as_str() {
+        out.push_str(&format!("\nlast error: {e}"));
+    }
+    out
+}
 
 /// 1536 -> "1.5 KiB".
 pub fn size(bytes: u64) -> String {
@@ -372,6 +411,7 @@ impl Shell {
             Command::NetworkSet { iface, config } => {
                 say(&appliance::apply_network(&self.cfg.system.network_interfaces, &iface, &config)?)
             }
+            Command::MqttStatus => say(&mqtt_status(&self.call("GET", "/api/system", None)?.json()["mqtt"])),
             Command::Logs(n) => {
                 let path = self.cfg.storage.data_dir.join("oxinvr.log");
                 let lines = crate::base::logging::tail_file(&path, n).map_err(|e| {
@@ -906,6 +946,21 @@ mod tests {
         assert_eq!(path_seg("a b/c"), "a%20b%2Fc");
         let t = table(&[vec!["A".into(), "BB".into(), "C".into()], vec!["AAA".into(), "B".into(), "".into()]]);
         assert_eq!(t, "  A    BB  C\n  AAA  B\n");
+    }
+
+    #[test]
+    fn mqtt_status_says_off_or_the_state_and_the_last_error() {
+        assert_eq!(parse("mqtt").unwrap(), Some(Command::MqttStatus));
+        assert_eq!(parse("mqtt status").unwrap(), Some(Command::MqttStatus));
+        assert!(parse("mqtt go").is_err());
+        assert!(mqtt_status(&Value::Null).contains("off"));
+        let m = json!({"state": "disconnected", "broker": "mqtt://b:1883", "client_id": "oxinvr-x", "topic_prefix": "oxinvr/x",
+                       "connects": 1, "published": 9, "queued": 0, "dropped": 2, "last_error": "the broker refused the login"});
+        let t = mqtt_status(&m);
+        assert!(
+            t.contains("disconnected to mqtt://b:1883") && t.contains("dropped 2") && t.contains("refused the login"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -21,11 +21,13 @@ pub enum Subsystem {
     Ingest = 1,
     Storage = 2,
     Http = 3,
+    /// The MQTT client's thread (`notify::mqtt`).
+    Mqtt = 4,
 }
 
-const NAMES: [&str; 4] = ["other", "ingest", "storage", "http"];
+const NAMES: [&str; 5] = ["other", "ingest", "storage", "http", "mqtt"];
 
-static BYTES: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+static BYTES: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };

@@ -2,11 +2,12 @@
 //!
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
-//! streams started in priority order -> HTTP. With `storage.require_mount`
+//! streams started in priority order -> MQTT (`[mqtt] url`) -> HTTP. With `storage.require_mount`
 //! and no disk mounted on the data directory, only `web::no_disk` (nothing
 //! records, nothing is written).
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
 //! accepting (workers still busy with a client are not waited for past 0.25 s),
+//! MQTT says `offline` (0.5 s at most),
 //! ingest drops every session, the storage thread drains the rings, writes the
 //! pending fragments, syncs and closes the segments (10 s at most), the
 //! watchdog is disarmed (magic close) if all of that finished, then exit.
@@ -49,6 +50,8 @@ fn wait_for_stop(set: &nix::sys::signal::SigSet) -> String {
 
 /// How long shutdown waits for HTTP workers still answering clients.
 const HTTP_STOP: Duration = Duration::from_millis(250);
+/// How long it waits for the MQTT client to say `offline` to a connected broker.
+const MQTT_STOP: Duration = Duration::from_millis(500);
 /// How long it waits for the storage thread to write and sync the open segments.
 const STORAGE_STOP: Duration = Duration::from_secs(10);
 
@@ -177,6 +180,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     drop(edit);
     drop(db);
     start_go2rtc(&nvr, &cfg, &clock)?;
+    web::mqtt::start(&nvr).map_err(Error::internal)?;
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
         w.arm();
@@ -197,6 +201,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         w.stopping();
     }
     http.stop(HTTP_STOP);
+    if let Some(m) = nvr.mqtt.get() {
+        m.stop(MQTT_STOP);
+    }
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();
     }

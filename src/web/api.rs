@@ -530,6 +530,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "live_clients": super::live::live_clients(),
             "senders_busy": super::send::sending(),
             "go2rtc": nvr.go2rtc.get().map(|g| g.status()),
+            "mqtt": nvr.mqtt.get().map(|m| m.status()),
         }),
     ))
 }
@@ -583,6 +584,9 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     let mut cfg = ctx.nvr.config.clone();
     for s in &mut cfg.streams {
         s.url = mask_url(&s.url);
+    }
+    if !cfg.mqtt.password.is_empty() {
+        cfg.mqtt.password = "***".into();
     }
     let config =
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;

@@ -38,6 +38,7 @@ pub mod fuzz;
 pub mod live;
 mod media;
 pub mod metrics;
+pub mod mqtt;
 pub mod no_disk;
 mod openapi;
 mod ota;

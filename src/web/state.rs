@@ -36,6 +36,8 @@ pub struct Nvr {
     pub watchdog: StatusHandle,
     /// Events: every change goes through it and is broadcast (`events`).
     pub events: Arc<crate::events::Store>,
+    /// The MQTT client, set at start-up when `[mqtt] url` is set (`web::mqtt`).
+    pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
 }
 
 impl Nvr {
@@ -62,6 +64,7 @@ impl Nvr {
             tls: std::sync::OnceLock::new(),
             go2rtc: std::sync::OnceLock::new(),
             live_db: Default::default(),
+            mqtt: std::sync::OnceLock::new(),
         }
     }
 }
