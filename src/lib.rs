@@ -2,7 +2,7 @@
 //! See docs/ARCHITECTURE.md for the data flow, threads and invariants.
 //!
 //! Layers, lowest first; a layer names only the ones before it
-//! (checked by tests/layers.rs): base, index, config, governor, auth, recording,
+//! (checked by tests/layers.rs): base, index, config, governor, auth, recording, detect,
 //! playback, appliance, web, cli.
 
 pub mod appliance;
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod base;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod governor;
 pub mod index;
 pub mod playback;

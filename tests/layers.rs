@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first.
 const LAYERS: &[&str] =
-    &["base", "index", "config", "governor", "auth", "recording", "playback", "appliance", "web", "cli"];
+    &["base", "index", "config", "governor", "auth", "recording", "detect", "playback", "appliance", "web", "cli"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {

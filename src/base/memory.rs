@@ -21,11 +21,28 @@ pub enum Subsystem {
     Ingest = 1,
     Storage = 2,
     Http = 3,
+    /// Decoding and motion detection (`detect-NAME` threads).
+    Detect = 4,
 }
 
-const NAMES: [&str; 4] = ["other", "ingest", "storage", "http"];
+const NAMES: [&str; 5] = ["other", "ingest", "storage", "http", "detect"];
 
-static BYTES: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+static BYTES: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+
+/// Bytes C code holds outside this allocator, as its Rust owners estimate
+/// them (OpenH264's pictures: see `detect::decode`).
+static DETECT_NATIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Moves the native estimate of the detection decoders from `old` to `new` bytes.
+pub fn detect_native_update(old: usize, new: usize) {
+    DETECT_NATIVE.fetch_add(new, Ordering::Relaxed);
+    DETECT_NATIVE.fetch_sub(old, Ordering::Relaxed);
+}
+
+/// The decoders' native bytes (an estimate; outside [`heap_by_subsystem`]).
+pub fn detect_native_bytes() -> u64 {
+    DETECT_NATIVE.load(Ordering::Relaxed) as u64
+}
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
