@@ -38,6 +38,8 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub detect: DetectConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -376,6 +378,92 @@ pub struct StreamConfig {
     #[serde(default)]
     pub priority: i32,
     pub bitrate_kbps: Option<u32>,
+    /// Detectors to run on this stream: `[]` (off) or `["motion"]`.
+    #[serde(default)]
+    pub detect: Vec<String>,
+    /// Polygons (normalised `[x, y]` points, 0..=1, y down) where motion is ignored.
+    #[serde(default)]
+    pub motion_mask: Vec<Vec<[f64; 2]>>,
+}
+
+/// Detector names `detect` accepts.
+pub const DETECTORS: &[&str] = &["motion"];
+
+/// `[detect]`: decoding rate and size, and the motion detector's tunables
+/// (`detect::motion`). Per stream: `detect` and `motion_mask` in `[[streams]]`.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Frames decoded per second at most, besides every keyframe.
+    pub fps: u32,
+    /// Width of the luma picture detection works on (height from the aspect ratio).
+    pub width: u32,
+    /// A pixel changed when it differs from the background by more than this (1..=254).
+    pub pixel_threshold: u32,
+    /// Cell edge in pixels of the small picture.
+    pub cell: u32,
+    /// A cell changed when this percentage of its pixels changed.
+    pub cell_percent: u32,
+    /// A frame moves when this many cells changed.
+    pub min_cells: u32,
+    /// Background learning rate: 1/2^shift per decoded frame.
+    pub background_shift: u32,
+    /// Moving frames in a row before motion starts.
+    pub start_frames: u32,
+    /// Quiet seconds after the last movement before motion ends.
+    pub end_seconds: u32,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            fps: 5,
+            width: 160,
+            pixel_threshold: 25,
+            cell: 8,
+            cell_percent: 25,
+            min_cells: 2,
+            background_shift: 3,
+            start_frames: 2,
+            end_seconds: 5,
+        }
+    }
+}
+
+impl DetectConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        range("detect.fps", self.fps, 1, 30)?;
+        range("detect.width", self.width, 32, 640)?;
+        range("detect.pixel_threshold", self.pixel_threshold, 1, 254)?;
+        range("detect.cell", self.cell, 2, 64)?;
+        range("detect.cell_percent", self.cell_percent, 1, 100)?;
+        range("detect.min_cells", self.min_cells, 1, 10_000)?;
+        range("detect.background_shift", self.background_shift, 0, 8)?;
+        range("detect.start_frames", self.start_frames, 1, 100)?;
+        range("detect.end_seconds", self.end_seconds, 1, 3600)?;
+        Ok(())
+    }
+}
+
+/// Checks a stream's `detect` list and `motion_mask` polygons.
+fn validate_detect(detect: &[String], mask: &[Vec<[f64; 2]>]) -> Result<(), (&'static str, String)> {
+    for d in detect {
+        if !DETECTORS.contains(&d.as_str()) {
+            return Err(("detect", format!("{d:?} is not a detector (known: {DETECTORS:?})")));
+        }
+    }
+    if mask.len() > 32 {
+        return Err(("motion_mask", format!("{} polygons; at most 32", mask.len())));
+    }
+    for (i, poly) in mask.iter().enumerate() {
+        if !(3..=64).contains(&poly.len()) {
+            return Err(("motion_mask", format!("polygon {i} has {} points; it needs 3 to 64", poly.len())));
+        }
+        if let Some(p) = poly.iter().find(|p| !p.iter().all(|v| (0.0..=1.0).contains(v))) {
+            return Err(("motion_mask", format!("polygon {i}: point {p:?} is outside 0..=1 (normalised x, y)")));
+        }
+    }
+    Ok(())
 }
 
 fn yes() -> bool {
@@ -400,7 +488,7 @@ impl StreamConfig {
         if self.max_storage_mb.is_some_and(|mb| !(1..=MAX_STORAGE_MB).contains(&mb)) {
             return Err(("max_storage_mb", format!("must be 1..={MAX_STORAGE_MB} (leave it out for no quota)")));
         }
-        Ok(())
+        validate_detect(&self.detect, &self.motion_mask)
     }
 
     pub fn to_spec(&self, source: &str) -> StreamSpec {
@@ -540,6 +628,7 @@ impl Config {
         self.validate_go2rtc()?;
         self.validate_metrics()?;
         self.validate_mqtt()?;
+        self.detect.validate()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -1001,5 +1090,26 @@ mod tests {
         assert!(s.enabled);
         assert_eq!(s.record, RecordMode::Continuous);
         assert_eq!(s.priority, 0);
+        assert!(s.detect.is_empty() && s.motion_mask.is_empty());
+        assert_eq!(c.detect.fps, 5);
+    }
+
+    #[test]
+    fn detection_settings_are_checked() {
+        let stream = "[[streams]]\nname = \"a\"\nurl = \"rtsp://h/s\"\n";
+        let ok = format!("{stream}detect = [\"motion\"]\nmotion_mask = [[[0, 0], [0.5, 0], [0.5, 0.1]]]\n");
+        let c = Config::parse(&ok, "x").expect("ok");
+        assert_eq!(c.streams[0].motion_mask[0][1], [0.5, 0.0]);
+        for (toml, says) in [
+            (format!("{stream}detect = [\"faces\"]\n"), "streams[0].detect"),
+            (format!("{stream}motion_mask = [[[0, 0], [1, 1]]]\n"), "needs 3 to 64"),
+            (format!("{stream}motion_mask = [[[0, 0], [1.5, 0], [1, 1]]]\n"), "outside 0..=1"),
+            ("[detect]\nfps = 0\n".to_string(), "detect.fps"),
+            ("[detect]\nwidth = 4000\n".to_string(), "detect.width"),
+            ("[detect]\nsharpness = 1\n".to_string(), "sharpness"),
+        ] {
+            let e = Config::parse(&toml, "x").expect_err(&toml).to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        }
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, events, recording,
-//! playback, appliance, notify, web, cli.
+//! detect, playback, appliance, notify, web, cli.
 
 pub mod appliance;
 pub mod auth;
 pub mod base;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod events;
 pub mod governor;
 pub mod index;

@@ -14,6 +14,7 @@ const LAYERS: &[&str] = &[
     "auth",
     "events",
     "recording",
+    "detect",
     "playback",
     "appliance",
     "notify",

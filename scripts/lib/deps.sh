@@ -53,9 +53,10 @@ _cargo_ok() {
 # ensure_cargo: a Rust toolchain of at least OXINVR_RUST_MIN on PATH. rustup's
 # (~/.cargo/bin) is used when present; otherwise Debian's rustc-web/cargo-web
 # (1.96, the same packages the MIPS build uses) are installed and used, and the
-# script says so. A C compiler is needed too (SQLite, ring).
+# script says so. A C compiler is needed too (SQLite, ring), and a C++ one for
+# OpenH264 (the openh264 crate builds it from source for src/detect).
 ensure_cargo() {
-    ensure_apt gcc libc6-dev ca-certificates
+    ensure_apt gcc g++ libc6-dev ca-certificates
     [[ -d $HOME/.cargo/bin ]] && PATH="$HOME/.cargo/bin:$PATH"
     _cargo_ok && return 0
     if command -v cargo >/dev/null; then

@@ -60,7 +60,11 @@ mips_setup() {
         "$zenv" "$venv/bin/cargo-zigbuild" "$zig_target" "$mcpu" > "$tools/bin/cc-$MIPS_FLOAT"
     printf '#!/bin/sh\n%s\nexec "%s" zig ar -- "$@"\n' \
         "$zenv" "$venv/bin/cargo-zigbuild" > "$tools/bin/ar"
-    chmod +x "$tools/bin/cc-$MIPS_FLOAT" "$tools/bin/ar"
+    # C++ (OpenH264, src/detect): zig's bundled libc++, linked statically
+    # (CXXSTDLIB=c++ makes the cc crate ask for -lc++, which zig cc provides).
+    printf '#!/bin/sh\n%s\nexec "%s" zig c++ -- -target %s -mcpu=%s -fno-sanitize=all "$@"\n' \
+        "$zenv" "$venv/bin/cargo-zigbuild" "$zig_target" "$mcpu" > "$tools/bin/c++-$MIPS_FLOAT"
+    chmod +x "$tools/bin/cc-$MIPS_FLOAT" "$tools/bin/c++-$MIPS_FLOAT" "$tools/bin/ar"
 
     # Debian's cargo/rustc (1.96, matching rust-web-src) for this build only; the
     # host build keeps rustup's toolchain. Its own target dir: different rustc.
@@ -73,6 +77,8 @@ mips_setup() {
     export CARGO_TARGET_MIPSEL_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=$features -C link-self-contained=no"
     export CC_mipsel_unknown_linux_musl=$tools/bin/cc-$MIPS_FLOAT
     export AR_mipsel_unknown_linux_musl=$tools/bin/ar
+    export CXX_mipsel_unknown_linux_musl=$tools/bin/c++-$MIPS_FLOAT
+    export CXXSTDLIB_mipsel_unknown_linux_musl=c++
     # shellcheck disable=SC2034 # for the scripts that source this file
     MIPS_OUT=$CARGO_TARGET_DIR/$MIPS_TARGET/$MIPS_PROFILE/oxinvr
 }

@@ -23,11 +23,28 @@ pub enum Subsystem {
     Http = 3,
     /// The MQTT client's thread (`notify::mqtt`).
     Mqtt = 4,
+    /// Decoding and motion detection (`detect-NAME` threads).
+    Detect = 5,
 }
 
-const NAMES: [&str; 5] = ["other", "ingest", "storage", "http", "mqtt"];
+const NAMES: [&str; 6] = ["other", "ingest", "storage", "http", "mqtt", "detect"];
 
-static BYTES: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static BYTES: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+
+/// Bytes C code holds outside this allocator, as its Rust owners estimate
+/// them (OpenH264's pictures: see `detect::decode`).
+static DETECT_NATIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Moves the native estimate of the detection decoders from `old` to `new` bytes.
+pub fn detect_native_update(old: usize, new: usize) {
+    DETECT_NATIVE.fetch_add(new, Ordering::Relaxed);
+    DETECT_NATIVE.fetch_sub(old, Ordering::Relaxed);
+}
+
+/// The decoders' native bytes (an estimate; outside [`heap_by_subsystem`]).
+pub fn detect_native_bytes() -> u64 {
+    DETECT_NATIVE.load(Ordering::Relaxed) as u64
+}
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };

@@ -2,7 +2,8 @@
 //!
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
-//! streams started in priority order -> MQTT (`[mqtt] url`) -> HTTP. With `storage.require_mount`
+//! streams started in priority order -> detection threads (streams with
+//! `detect = ["motion"]`) -> MQTT (`[mqtt] url`) -> HTTP. With `storage.require_mount`
 //! and no disk mounted on the data directory, only `web::no_disk` (nothing
 //! records, nothing is written).
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
@@ -181,6 +182,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     drop(db);
     start_go2rtc(&nvr, &cfg, &clock)?;
     web::mqtt::start(&nvr).map_err(Error::internal)?;
+    let detectors = start_detection(&nvr, &cfg, &clock);
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
         w.arm();
@@ -207,6 +209,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();
     }
+    drop(detectors);
     // Sessions end first, so the rings hold everything that will ever arrive.
     let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
     let _ = executor_thread.join();
@@ -225,6 +228,44 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     }
     log::info!("stopped in {:?}", began.elapsed());
     Ok(())
+}
+
+/// Motion changes are only logged (by the detection threads) until the
+/// events store takes them.
+struct LogSink;
+
+impl crate::detect::MotionSink for LogSink {
+    fn motion(&self, _stream: &str, _change: crate::detect::MotionChange) {}
+}
+
+/// Starts a `detect-NAME` thread on the ring of each configured stream with
+/// `detect = ["motion"]`. Test knob (with `OXINVR_TEST_KNOBS=1`):
+/// `OXINVR_DETECT_SLOW_MS` adds that much time to every decoded frame.
+fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<crate::detect::DetectHandle> {
+    let slow = std::env::var("OXINVR_DETECT_SLOW_MS")
+        .ok()
+        .filter(|_| std::env::var("OXINVR_TEST_KNOBS").as_deref() == Ok("1"))
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis);
+    if !slow.is_zero() {
+        log::warn!("detect: test knob: every decoded frame takes {} ms more", slow.as_millis());
+    }
+    let mut out = Vec::new();
+    for st in &cfg.streams {
+        let Some(rt) = nvr.recorder.stream(&st.name) else { continue };
+        let sink = Box::new(LogSink);
+        let Some(mut setup) =
+            crate::detect::DetectSetup::for_stream(st, &cfg.detect, rt.ring.clone(), clock.clone(), sink)
+        else {
+            continue;
+        };
+        setup.slow = slow;
+        match crate::detect::spawn(setup) {
+            Ok(h) => out.push(h),
+            Err(e) => log::error!("stream {}: detection not started: {e}", st.name),
+        }
+    }
+    out
 }
 
 /// Starts go2rtc's supervisor when `[go2rtc] binary` is set; it serves every

@@ -1,9 +1,10 @@
-//! The `oxinvr` command line: `run`, `check`, `shell`, `ota`, `--version`, `config`.
+//! The `oxinvr` command line: `run`, `check`, `shell`, `ota`, `user`, `detect-bench`, `--version`, `config`.
 
 pub mod app;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use crate::base::error::{Error, Kind, Result};
 
@@ -38,6 +39,11 @@ commands:
                                    make an API key for NAME and print it (shown once;
                                    use it as 'Authorization: Bearer KEY')
   user bench [--config FILE]       time one login's password hashing
+  detect-bench FILE.h264 [--config FILE] [--clip-fps N] [--gate] [--verbose]
+                                   decode every frame of an H.264 Annex B file (or
+                                   only what the detect.fps gate lets through) for
+                                   motion detection; print the time per frame and
+                                   the motion found (JSON)
   --version                        print the version
 
 Without --config the embedded defaults are used (data in ./oxinvr-data,
@@ -128,8 +134,76 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
         }
         "ota" => ota(rest),
         "user" | "users" => user(rest),
+        "detect-bench" => detect_bench(rest),
         other => Err(usage_error(format!("unknown command {other:?}"))),
     }
+}
+
+/// CPU time of this thread (a loaded machine inflates wall times, not this).
+fn thread_cpu_us() -> u128 {
+    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `ts`.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u128) * 1_000_000 + (ts.tv_nsec as u128) / 1000
+}
+
+/// Replays an H.264 file through the decoder and the motion detector, every
+/// frame (no rate gate), timing each stage: the per-frame figures of
+/// docs/MIPS.md and bench/results.
+fn detect_bench(args: &[String]) -> Result<ExitCode> {
+    use crate::detect::{annexb, decode::LumaDecoder, worker::motion_params, Mask, MotionDetector};
+    let opts = Opts::parse_full(args, &["--gate", "--verbose"], &["--clip-fps"], 1)?;
+    let clip_fps: i64 = match opts.value("--clip-fps") {
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|f| (1..=120).contains(f))
+            .ok_or_else(|| Error::invalid("--clip-fps must be 1..=120"))?,
+        None => 25,
+    };
+
+    let [file] = &opts.positional[..] else { return Err(usage_error("detect-bench needs one FILE.h264".into())) };
+    let cfg = crate::config::Config::load(opts.config.as_deref())?;
+    let mut gate = opts.flags.iter().any(|f| f == "--gate").then(|| crate::detect::worker::Gate::new(cfg.detect.fps));
+    let bytes = std::fs::read(file).map_err(|e| Error::io(format!("cannot read {file}: {e}")))?;
+    let stream = annexb::parse(&bytes).ok_or_else(|| Error::invalid(format!("{file}: no H.264 SPS/PPS found")))?;
+    let mut decoder = LumaDecoder::new(u16::try_from(cfg.detect.width).unwrap_or(160));
+    decoder.start_run(&stream.codec, &stream.sample_entry).map_err(|e| Error::invalid(format!("{file}: {e}")))?;
+    let mut detector = MotionDetector::new(motion_params(&cfg.detect), Mask::default());
+    let (mut decode_us, mut motion_us, mut decoded, mut changes) = (0u128, 0u128, 0u64, Vec::new());
+    let cpu_start = thread_cpu_us();
+    let verbose = opts.flags.iter().any(|f| f == "--verbose");
+    for (i, unit) in stream.units.iter().enumerate() {
+        let at_ms = i as i64 * 1000 / clip_fps;
+        if let Some(g) = gate.as_mut() {
+            if !g.admit(unit.key, !decoder.needs_keyframe(), at_ms) {
+                decoder.skipped();
+                continue;
+            }
+        }
+        let t = Instant::now();
+        let luma = decoder.decode(&unit.data, unit.key);
+        decode_us += t.elapsed().as_micros();
+        let Ok(Some(luma)) = luma else { continue };
+        decoded += 1;
+        let t = Instant::now();
+        let (verdict, change) = detector.feed(&luma, at_ms);
+        motion_us += t.elapsed().as_micros();
+        if verbose {
+            eprintln!("{at_ms} ms key={} cells={} moving={}", unit.key, verdict.changed_cells, verdict.moving);
+        }
+        changes.extend(change.map(|c| format!("{c:?}")));
+    }
+    let cpu_us = thread_cpu_us().saturating_sub(cpu_start);
+    let per = |us: u128| us as f64 / 1000.0 / decoded.max(1) as f64;
+    let report = serde_json::json!({
+        "file": file, "frames": stream.units.len(), "decoded": decoded,
+        "decode_ms_per_frame": per(decode_us), "motion_ms_per_frame": per(motion_us),
+        "cpu_ms_per_frame": per(cpu_us),
+        "native_bytes_estimate": decoder.native_bytes_estimate(), "motion": changes,
+    });
+    println!("{report:#}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ota(args: &[String]) -> Result<ExitCode> {

@@ -518,6 +518,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
                 "heap_by_subsystem": heap,
                 "rings_bytes": nvr.recorder.ring_bytes_total(),
                 "sqlite_bytes": crate::index::db::Db::memory_used(),
+                "detect_native_bytes": memory::detect_native_bytes(),
                 "budget": nvr.recorder.budget_report(),
                 "rings_locked_bytes": nvr.recorder.ring_bytes_locked(),
                 "pressure": nvr.pressure.report(nvr.clock.now_ms()),
@@ -648,6 +649,8 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         max_storage_mb: Some(100),
         priority: 1,
         bitrate_kbps: Some(2000),
+        detect: Vec::new(),
+        motion_mask: Vec::new(),
     };
     for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
         if let Ok(cfg) = merge_fields(&base, &patch) {

@@ -1,0 +1,21 @@
+//! Detection: what happens in front of a camera, seen from its stream's ring.
+//! Decoding is for detection only (recording stays copy-only).
+//!
+//! Data flow (one `detect-NAME` thread per stream with `detect = ["motion"]`):
+//! ring cursor -> `worker::Gate` (keyframes + up to `detect.fps`) ->
+//! `decode` (OpenH264, luma only, box-averaged to `detect.width`) ->
+//! `motion` (integer background model, cells, mask, hysteresis) ->
+//! [`worker::MotionSink`] (motion start / end).
+//!
+//! Invariants: ingest never waits for detection (the ring's writer never
+//! waits for a reader; a slow detector loses frames, not recording); the
+//! motion core is pure and deterministic (times come in with the frames).
+//! Layer: above `recording` (it reads rings), below `web`.
+
+pub mod annexb;
+pub mod decode;
+pub mod motion;
+pub mod worker;
+
+pub use motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
+pub use worker::{spawn, DetectCounters, DetectHandle, DetectSetup, DetectStats, MotionSink};

@@ -1,0 +1,345 @@
+//! The thread of one stream's detection (`detect-NAME`): reads the stream's
+//! ring with its own cursor, decodes at a bounded rate, runs the motion
+//! detector and hands motion start/end to a [`MotionSink`].
+//!
+//! Invariants:
+//! - Ingest never waits for detection: the ring's writer never waits for a
+//!   reader; a detector that falls behind loses frames (a ring `Gap`, or a
+//!   jump to the newest keyframe once it is `MAX_LAG_MS` behind), never the
+//!   recording. The ring is the bounded queue: nothing else is buffered.
+//! - Decoding is bounded by [`Gate`]: every keyframe, plus non-key frames
+//!   while the per-second budget (`detect.fps`) lasts; the first frame
+//!   skipped breaks the chain until the next keyframe.
+//! - Times are the frames' wall times (the run's anchor); when frames stop,
+//!   the injected clock ends motion after `end_seconds`.
+//! - Memory: this thread's heap counts as `detect` in /api/system; OpenH264's
+//!   own pictures are estimated in `detect_native_bytes`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::decode::LumaDecoder;
+use super::motion::{Mask, MotionChange, MotionDetector, MotionParams};
+use crate::base::clock::Clock;
+use crate::base::memory;
+use crate::config::{DetectConfig, StreamConfig};
+use crate::recording::media::{RunStart, Track};
+use crate::recording::ring::{ReadResult, Ring};
+
+/// How long the thread sleeps when the ring has nothing new.
+const POLL: Duration = Duration::from_millis(20);
+/// A frame this far behind the clock makes the reader jump to the newest keyframe.
+const MAX_LAG_MS: i64 = 2000;
+
+/// Where motion changes go (the events store, a channel, a test).
+pub trait MotionSink: Send {
+    fn motion(&self, stream: &str, change: MotionChange);
+}
+
+impl MotionSink for std::sync::mpsc::Sender<(String, MotionChange)> {
+    fn motion(&self, stream: &str, change: MotionChange) {
+        // A receiver that went away just stops listening.
+        let _ = self.send((stream.to_string(), change));
+    }
+}
+
+/// The motion tunables of the `[detect]` table (ranges checked by `config`).
+pub fn motion_params(c: &DetectConfig) -> MotionParams {
+    let small = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    MotionParams {
+        pixel_threshold: u8::try_from(c.pixel_threshold).unwrap_or(u8::MAX),
+        cell: small(c.cell),
+        cell_percent: u8::try_from(c.cell_percent).unwrap_or(100),
+        min_cells: small(c.min_cells),
+        background_shift: u8::try_from(c.background_shift).unwrap_or(8),
+        start_frames: small(c.start_frames),
+        end_ms: i64::from(c.end_seconds) * 1000,
+    }
+}
+
+/// Which frames get decoded: every keyframe, then non-key frames while the
+/// budget of `fps` per second lasts and the chain since the keyframe is whole.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    fps: i64,
+    /// Budget in thousandths of a frame (refills at `fps` frames per second).
+    milli_tokens: i64,
+    last_ms: Option<i64>,
+}
+
+impl Gate {
+    pub fn new(fps: u32) -> Self {
+        let fps = i64::from(fps.max(1));
+        Gate { fps, milli_tokens: fps * 1000, last_ms: None }
+    }
+
+    /// Whether to decode a frame at `at_ms`; `chain_ok` is false while the
+    /// decoder waits for a keyframe.
+    pub fn admit(&mut self, key: bool, chain_ok: bool, at_ms: i64) -> bool {
+        let elapsed = self.last_ms.map_or(0, |l| (at_ms - l).clamp(0, 1000));
+        self.last_ms = Some(at_ms);
+        self.milli_tokens = (self.milli_tokens + elapsed * self.fps).min(self.fps * 1000);
+        if key {
+            self.milli_tokens = (self.milli_tokens - 1000).max(0);
+            return true;
+        }
+        if chain_ok && self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            return true;
+        }
+        false
+    }
+}
+
+/// Counters of one detection thread (for the API and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetectCounters {
+    pub frames_seen: u64,
+    pub frames_decoded: u64,
+    pub decode_errors: u64,
+    /// Frames lost to gaps and lag jumps.
+    pub frames_lost: u64,
+    /// Microseconds spent decoding and detecting in all.
+    pub busy_us: u64,
+    pub in_motion: bool,
+}
+
+/// The counters behind a lock (MIPS32 has no 64-bit atomics; one
+/// uncontended lock per frame costs nothing next to a decode).
+#[derive(Debug, Default)]
+pub struct DetectStats(Mutex<DetectCounters>);
+
+impl DetectStats {
+    pub fn snapshot(&self) -> DetectCounters {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut DetectCounters)) {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+}
+
+/// A running detection thread; stops (and joins) on drop.
+pub struct DetectHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub stats: Arc<DetectStats>,
+}
+
+impl DetectHandle {
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DetectHandle {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// What one detection thread needs.
+pub struct DetectSetup {
+    pub stream: String,
+    pub ring: Arc<Ring>,
+    pub config: DetectConfig,
+    pub mask: Mask,
+    pub clock: Arc<dyn Clock>,
+    pub sink: Box<dyn MotionSink>,
+    /// Test knob: extra time spent on every decoded frame (a slow detector).
+    pub slow: Duration,
+}
+
+impl DetectSetup {
+    /// The setup for a configured stream, or None if it runs no motion detection.
+    pub fn for_stream(
+        st: &StreamConfig,
+        config: &DetectConfig,
+        ring: Arc<Ring>,
+        clock: Arc<dyn Clock>,
+        sink: Box<dyn MotionSink>,
+    ) -> Option<DetectSetup> {
+        st.detect.iter().any(|d| d == "motion").then(|| DetectSetup {
+            stream: st.name.clone(),
+            ring,
+            config: config.clone(),
+            mask: Mask { polygons: st.motion_mask.clone() },
+            clock,
+            sink,
+            slow: Duration::ZERO,
+        })
+    }
+}
+
+/// Starts the `detect-NAME` thread.
+pub fn spawn(setup: DetectSetup) -> std::io::Result<DetectHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(DetectStats::default());
+    let name = format!("detect-{}", setup.stream);
+    let (s, st) = (stop.clone(), stats.clone());
+    let thread = std::thread::Builder::new().name(name).stack_size(256 << 10).spawn(move || {
+        memory::set_subsystem(memory::Subsystem::Detect);
+        Worker::new(setup, st).run(&s);
+    })?;
+    Ok(DetectHandle { stop, thread: Some(thread), stats })
+}
+
+struct Worker {
+    setup: DetectSetup,
+    stats: Arc<DetectStats>,
+    decoder: LumaDecoder,
+    detector: MotionDetector,
+    gate: Gate,
+    run: Option<RunStart>,
+    native: usize,
+}
+
+impl Worker {
+    fn new(setup: DetectSetup, stats: Arc<DetectStats>) -> Self {
+        let width = u16::try_from(setup.config.width).unwrap_or(160);
+        let detector = MotionDetector::new(motion_params(&setup.config), setup.mask.clone());
+        let gate = Gate::new(setup.config.fps);
+        Worker { setup, stats, decoder: LumaDecoder::new(width), detector, gate, run: None, native: 0 }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        let ring = self.setup.ring.clone();
+        let mut cursor = ring.cursor_at_latest_keyframe();
+        let mut buf = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match ring.read(&mut cursor, &mut buf) {
+                ReadResult::Frame { track: Track::Video, key, pts, seq } => {
+                    let Some(at_ms) = self.run.as_ref().map(|r| r.wall_ms(pts)) else { continue };
+                    if self.setup.clock.now_ms() - at_ms > MAX_LAG_MS {
+                        // Behind: jump to the newest keyframe if it is ahead of this frame.
+                        let newest = ring.cursor_at_latest_keyframe();
+                        if newest.next_seq() > seq + 1 {
+                            self.stats.update(|c| c.frames_lost += newest.next_seq() - seq);
+                            cursor = newest;
+                            self.decoder.skipped();
+                            continue;
+                        }
+                    }
+                    self.frame(&buf, key, at_ms);
+                }
+                ReadResult::Frame { .. } => {}
+                ReadResult::Run { run, .. } => self.new_run(run),
+                ReadResult::Gap { lost_from, lost_to } => {
+                    self.stats.update(|c| c.frames_lost += lost_to.saturating_sub(lost_from));
+                    self.decoder.skipped();
+                }
+                ReadResult::Empty => {
+                    let now = self.setup.clock.now_ms();
+                    if let Some(c) = self.detector.tick(now) {
+                        self.emit(c);
+                    }
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+        if let Some(c) = self.detector.reset() {
+            self.emit(c);
+        }
+        memory::detect_native_update(self.native, 0);
+    }
+
+    fn new_run(&mut self, run: RunStart) {
+        if let Some(c) = self.detector.reset() {
+            self.emit(c);
+        }
+        if let Err(e) = self.decoder.start_run(&run.video.codec, &run.video.sample_entry) {
+            log::warn!("detect {}: {e}", self.setup.stream);
+        }
+        self.run = Some(run);
+    }
+
+    fn frame(&mut self, data: &[u8], key: bool, at_ms: i64) {
+        self.stats.update(|c| c.frames_seen += 1);
+        if !self.gate.admit(key, !self.decoder.needs_keyframe(), at_ms) {
+            self.decoder.skipped();
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.decoder.decode(data, key) {
+            Ok(Some(luma)) => {
+                self.stats.update(|c| c.frames_decoded += 1);
+                if let (_, Some(change)) = self.detector.feed(&luma, at_ms) {
+                    self.emit(change);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let mut first = false;
+                self.stats.update(|c| {
+                    first = c.decode_errors == 0;
+                    c.decode_errors += 1;
+                });
+                if first {
+                    log::warn!("detect {}: {e}", self.setup.stream);
+                }
+            }
+        }
+        if !self.setup.slow.is_zero() {
+            std::thread::sleep(self.setup.slow);
+        }
+        let busy = started.elapsed().as_micros() as u64;
+        self.stats.update(|c| c.busy_us += busy);
+        let native = self.decoder.native_bytes_estimate();
+        memory::detect_native_update(self.native, native);
+        self.native = native;
+    }
+
+    fn emit(&self, change: MotionChange) {
+        let in_motion = self.detector.in_motion();
+        self.stats.update(|c| c.in_motion = in_motion);
+        match change {
+            MotionChange::Start { at_ms, cells } => {
+                log::info!("detect {}: motion started at {at_ms} ({cells} cells)", self.setup.stream)
+            }
+            MotionChange::End { at_ms, peak_cells } => {
+                log::info!("detect {}: motion ended at {at_ms} (peak {peak_cells} cells)", self.setup.stream)
+            }
+        }
+        self.setup.sink.motion(&self.setup.stream, change);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_takes_every_keyframe_and_at_most_fps_more() {
+        let mut g = Gate::new(5);
+        // 25 fps, a keyframe every 50 frames, for 10 s.
+        let mut chain = true;
+        let mut decoded = 0;
+        for i in 0..250i64 {
+            let key = i % 50 == 0;
+            let ok = g.admit(key, chain || key, i * 40);
+            chain = ok;
+            decoded += i64::from(ok);
+            if key {
+                assert!(ok, "keyframe {i} refused");
+            }
+        }
+        // 5 keyframes + the start burst (5) + about 5 a second while the chain lasts.
+        assert!((10..=60).contains(&decoded), "{decoded}");
+    }
+
+    #[test]
+    fn gate_passes_a_stream_at_the_detection_rate() {
+        let mut g = Gate::new(5);
+        let admitted = (0..50i64).filter(|&i| g.admit(i % 10 == 0, true, i * 200)).count();
+        assert_eq!(admitted, 50);
+    }
+}
