@@ -211,6 +211,7 @@ def run_one(n, seconds, cams, workdir):
                 streams = get_json(port, "/api/streams", token)
                 up = sum(1 for s in streams["streams"] if s["status"]["state"] == "streaming" and s["status"]["frames"] > 0)
                 if up == n:
+                    retries = sum(s["status"]["connects"] for s in streams["streams"]) - n
                     break
             except OSError:
                 pass
@@ -228,6 +229,7 @@ def run_one(n, seconds, cams, workdir):
             "streams": n,
             "sources": len(cams),
             "bringup_s": round(bringup_s, 2),
+            "bringup_retries": retries,
             "cpu_s_per_stream_s": round(m["cpu_s"] / (n * m["seconds"]), 5),
             **{k: v for k, v in m.items() if k != "cpu_s"},
             "median_stream_fps": round(statistics.median(s["status"]["fps"] for s in streams), 1),
@@ -241,14 +243,14 @@ def run_one(n, seconds, cams, workdir):
 
 
 def run_moonfire(binary, n, seconds, cams, workdir):
-    """Moonfire NVR recording n streams from the same `cams`."""
+    """Moonfire NVR recording n streams from `cams` (as many as OxiNVR had)."""
     root = os.path.join(workdir, f"moonfire-n{n}")
     cfg = bench_moonfire.setup(binary, root, stream_urls(cams, n))
-    proc, bringup_s = bench_moonfire.start(binary, cfg, n, os.path.join(root, "moonfire.log"), 30 + 3 * n)
+    proc, bringup_s, retries = bench_moonfire.start(binary, cfg, n, os.path.join(root, "moonfire.log"), 30 + 3 * n)
     try:
         m = measure(proc.pid, cams, seconds)
         return {"recorder": "moonfire", "streams": n, "sources": len(cams), "bringup_s": round(bringup_s, 2),
-                "cpu_s_per_stream_s": round(m["cpu_s"] / (n * m["seconds"]), 5),
+                "bringup_retries": retries, "cpu_s_per_stream_s": round(m["cpu_s"] / (n * m["seconds"]), 5),
                 **{k: v for k, v in m.items() if k != "cpu_s"}}
     finally:
         stop_process(proc)
@@ -262,23 +264,25 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--sources", choices=["shared", "per-stream"], default="shared",
                     help="one test camera for all streams, or one camera (own source pipeline) per stream")
-    ap.add_argument("--moonfire", metavar="BINARY", help="also measure this Moonfire NVR binary on the same cameras")
+    ap.add_argument("--moonfire", metavar="BINARY", help="also measure this Moonfire NVR binary on as many fresh cameras")
     a = ap.parse_args()
     workdir = os.path.join(ROOT, "bench", "tmp")
     os.makedirs(workdir, exist_ok=True)
     results = []
+    recorders = [lambda n, cams: run_one(n, a.seconds, cams, workdir)]
+    if a.moonfire:
+        recorders.append(lambda n, cams: run_moonfire(a.moonfire, n, a.seconds, cams, workdir))
     for n in [int(x) for x in a.streams.split()]:
-        cams = start_cameras(a.clip, n if a.sources == "per-stream" else 1)
-        try:
-            r = run_one(n, a.seconds, cams, workdir)
+        for run in recorders:
+            # Fresh cameras for each recorder: a test camera the previous recorder has just
+            # left can take over 30 s to give a new client its first frame.
+            cams = start_cameras(a.clip, n if a.sources == "per-stream" else 1)
+            try:
+                r = run(n, cams)
+            finally:
+                stop_cameras(cams)
             print(json.dumps(r), flush=True)
             results.append(r)
-            if a.moonfire:
-                r = run_moonfire(a.moonfire, n, a.seconds, cams, workdir)
-                print(json.dumps(r), flush=True)
-                results.append(r)
-        finally:
-            stop_cameras(cams)
     version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -303,7 +307,7 @@ def write_comparison(meta, results, a):
     stamp = meta["date"][:10]
     with open(os.path.join(out_dir, f"moonfire-{stamp}.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
-    cols = ["streams", "recorder", "sources", "bringup_s", "median_pss_mb", "median_pss_without_rings_mb",
+    cols = ["streams", "recorder", "sources", "bringup_s", "bringup_retries", "median_pss_mb", "median_pss_without_rings_mb",
             "rings_mb", "peak_pss_mb", "cpu_s_per_stream_s", "cpu_percent_of_one_core", "threads",
             "write_mb_per_s", "camera_cpu_percent"]
     with open(os.path.join(out_dir, f"moonfire-{stamp}.md"), "w") as f:
@@ -311,11 +315,13 @@ def write_comparison(meta, results, a):
         f.write(f"{meta['version']} and Moonfire NVR at {a.moonfire} on {meta['machine']}.\n")
         f.write(f"Source: {meta['clip']} ({meta['clip_probe']}), replayed without re-encoding by "
                 f"{'one test camera per stream' if a.sources == 'per-stream' else 'one shared test camera'}; "
-                "both recorders read the same cameras, one after the other.\n")
+                "each recorder reads freshly started cameras of the same kind and number, one recorder after the other.\n")
         f.write(f"Command: `{meta['command']}`\n\n")
         f.write(f"Each row: {a.seconds} s window, sampled every second, 3 s after every stream was up "
                 "(OxiNVR: its API shows every stream with frames; Moonfire: its log shows every stream's first "
-                "key frame). bringup_s: from starting the process to every stream up. PSS from smaps_rollup "
+                "key frame). bringup_s: from starting the process to every stream up; bringup_retries: camera connections "
+                "tried again before that (OxiNVR: its streams' `connects` less one each; Moonfire: its "
+                "`sleeping for 1 s after error` log lines). PSS from smaps_rollup "
                 "(median of the samples); rings from OxiNVR's /api/system; CPU from /proc/PID/stat over the "
                 "window.\n\n")
         f.write("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
@@ -329,8 +335,8 @@ def write_comparison(meta, results, a):
                     f"{o['median_pss_without_rings_mb'] / m['median_pss_mb']:.2f}, CPU per stream "
                     f"{o['cpu_s_per_stream_s'] / m['cpu_s_per_stream_s']:.2f}, bring-up "
                     f"{o['bringup_s']:.1f} s vs {m['bringup_s']:.1f} s\n")
-        f.write("\nCPU % of one core by thread name (digits shown as N: Moonfire has one streamer thread "
-                "per stream, `s-sN-main`):\n\n")
+        f.write("\nCPU % of one core by thread name (digits shown as N; Moonfire runs its streams as tasks "
+                "on its tokio workers, `tokio-runtime-w`):\n\n")
         for r in results:
             f.write(f"- {r['recorder']}, {r['streams']} streams: {by_thread_kind(r['cpu_percent_by_thread'])}\n")
     print(f"bench: results in {out_dir}/moonfire-{stamp}.md")

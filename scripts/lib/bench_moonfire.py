@@ -1,4 +1,4 @@
-"""Runs Moonfire NVR (a binary the user built, v0.7.30) on the same cameras as
+"""Runs Moonfire NVR (a binary the user built, v0.7.30) on cameras like those of
 scripts/bench, for the side-by-side comparison (`scripts/bench --moonfire BINARY`).
 
 Moonfire is set up without its interactive `config` TUI: `moonfire-nvr init`
@@ -22,6 +22,7 @@ import time
 import uuid
 
 FIRST_FRAME = "have first key frame"
+RETRY = "sleeping for 1 s after error"
 
 
 def setup(binary, root, urls):
@@ -65,8 +66,9 @@ def _free_port():
 
 
 def start(binary, cfg, n, log_path, deadline_s):
-    """Starts `binary run`; returns (process, bring-up seconds) once every one of
-    the n streams has logged its first key frame."""
+    """Starts `binary run`; returns (process, bring-up seconds, retries) once every
+    one of the n streams has logged its first key frame; retries counts the camera
+    connections Moonfire gave up on and tried again meanwhile."""
     env = dict(os.environ, MOONFIRE_LOG="info,moonfire_nvr::streamer=debug", MOONFIRE_FORMAT="systemd",
                TZ="UTC")
     log = open(log_path, "w")
@@ -74,9 +76,10 @@ def start(binary, cfg, n, log_path, deadline_s):
     proc = subprocess.Popen([binary, "run", "--config", cfg], stdout=log, stderr=subprocess.STDOUT, env=env)
     while True:
         with open(log_path, errors="replace") as f:
-            up = f.read().count(FIRST_FRAME)
+            text = f.read()
+        up = text.count(FIRST_FRAME)
         if up >= n:
-            return proc, time.time() - spawned
+            return proc, time.time() - spawned, text.count(RETRY)
         if time.time() - spawned > deadline_s or proc.poll() is not None:
             proc.kill()
             sys.exit(f"bench: Moonfire had {up} of {n} streams up; see {log_path}")
