@@ -119,15 +119,24 @@ def console_token(data_dir, deadline):
 def start_cameras(clip, count):
     """Starts `count` test cameras replaying `clip` (all spawned first, then each
     waited for); returns [(process, port)]."""
-    cams = []
-    for _ in range(count):
+    def spawn():
         port = free_port()
-        cams.append((subprocess.Popen([os.path.join(ROOT, "scripts", "test-camera"), "--port", str(port),
-                                       "--replay", clip], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True), port))
-    for cam, _ in cams:
-        line = cam.stdout.readline()
-        if "READY" not in line:
+        return (subprocess.Popen([os.path.join(ROOT, "scripts", "test-camera"), "--port", str(port),
+                                  "--replay", clip], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True), port)
+
+    cams = [spawn() for _ in range(count)]
+    for i in range(count):
+        # Once more on a new port: a port free_port() found free can be taken before
+        # the camera binds it (64 cameras start at once, others' tests run too).
+        for attempt in range(2):
+            line = cams[i][0].stdout.readline()
+            if "READY" in line:
+                break
+            cams[i][0].wait()
+            if attempt == 0:
+                cams[i] = spawn()
+        else:
             stop_cameras(cams)
             sys.exit(f"bench: a test camera did not start: {line!r}")
     return cams
