@@ -39,16 +39,9 @@ pub struct MotionParams {
 }
 
 impl Default for MotionParams {
+    /// The `[detect]` table's defaults: one source for both.
     fn default() -> Self {
-        MotionParams {
-            pixel_threshold: 25,
-            cell: 8,
-            cell_percent: 25,
-            min_cells: 2,
-            background_shift: 3,
-            start_frames: 2,
-            end_ms: 5000,
-        }
+        crate::detect::worker::motion_params(&crate::config::DetectConfig::default())
     }
 }
 
