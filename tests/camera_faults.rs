@@ -125,20 +125,7 @@ fn min_max(it: impl Iterator<Item = u64>) -> (u64, u64) {
 
 /// Every media file the recorder wrote.
 fn files(data_dir: &Path) -> Vec<PathBuf> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "mp4") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&data_dir.join("recordings"), &mut out);
-    out.sort();
-    out
+    common::mp4_files(&data_dir.join("recordings"))
 }
 
 /// Stops the recorder (SIGTERM, clean exit), then ffprobe reads every file and each has frames.

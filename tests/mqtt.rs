@@ -188,20 +188,7 @@ fn frames(nvr: &Oxinvr) -> u64 {
 
 /// The recording files of stream `cam`.
 fn files(nvr: &Oxinvr) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "mp4") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&nvr.data_dir.join("recordings/cam"), &mut out);
-    out.sort();
-    out
+    common::mp4_files(&nvr.data_dir.join("recordings/cam"))
 }
 
 /// What the broker keeps (retained): a new subscriber's first second. (A live
