@@ -754,18 +754,37 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    /// Resident bytes of the ring's map in this process (its `Rss` line in
-    /// /proc/self/smaps: what the process's RSS counts), and its length;
-    /// `None` where smaps does not show this process's own addresses (the
-    /// MIPS tests under qemu-user read the emulator's).
+    /// Resident bytes of the ring's map in this process, and its length:
+    /// pages present in /proc/self/pagemap (what RSS counts), over exactly the
+    /// ring's range, since the kernel may merge an anonymous ring with a
+    /// neighbouring map so its smaps entry covers more than the ring. `None`
+    /// where smaps does not show this process's own addresses (the MIPS tests
+    /// under qemu-user read the emulator's).
     fn resident(ring: &Ring) -> Option<(u64, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
+        const PAGE: u64 = 4096;
         let st = ring.lock();
-        let start = format!("\n{:x}-", st.map.as_ptr() as usize);
-        let smaps = fs::read_to_string("/proc/self/smaps").ok()?;
-        let (_, entry) = smaps.split_once(&start)?;
-        let rss = entry.lines().find_map(|l| l.strip_prefix("Rss:")).expect("Rss line");
-        let kb: u64 = rss.trim().trim_end_matches("kB").trim().parse().expect("Rss kB");
-        Some((kb * 1024, st.map.len() as u64))
+        let (addr, len) = (st.map.as_ptr() as u64, st.map.len() as u64);
+        let maps = fs::read_to_string("/proc/self/maps").ok()?;
+        let shown = maps.lines().any(|l| {
+            let range = l.split(' ').next().unwrap_or("");
+            let (a, b) = range.split_once('-').unwrap_or(("", ""));
+            let a = u64::from_str_radix(a, 16).unwrap_or(u64::MAX);
+            let b = u64::from_str_radix(b, 16).unwrap_or(0);
+            a <= addr && addr + len <= b
+        });
+        if !shown {
+            return None;
+        }
+        let mut pagemap = fs::File::open("/proc/self/pagemap").expect("pagemap");
+        pagemap.seek(SeekFrom::Start(addr / PAGE * 8)).expect("seek pagemap");
+        let mut entries = vec![0u8; (len / PAGE * 8) as usize];
+        pagemap.read_exact(&mut entries).expect("read pagemap");
+        let present = entries
+            .chunks_exact(8)
+            .filter(|e| u64::from_le_bytes(<[u8; 8]>::try_from(*e).expect("8 bytes")) >> 63 == 1)
+            .count() as u64;
+        Some((present * PAGE, len))
     }
 
     #[test]
