@@ -230,14 +230,6 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Motion changes are only logged (by the detection threads) until the
-/// events store takes them.
-struct LogSink;
-
-impl crate::detect::MotionSink for LogSink {
-    fn motion(&self, _stream: &str, _change: crate::detect::MotionChange) {}
-}
-
 /// Starts a `detect-NAME` thread on the ring of each configured stream with
 /// `detect = ["motion"]`. Test knob (with `OXINVR_TEST_KNOBS=1`):
 /// `OXINVR_DETECT_SLOW_MS` adds that much time to every decoded frame.
@@ -253,7 +245,7 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
     let mut out = Vec::new();
     for st in &cfg.streams {
         let Some(rt) = nvr.recorder.stream(&st.name) else { continue };
-        let sink = Box::new(LogSink);
+        let sink = Box::new(crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)));
         let Some(mut setup) =
             crate::detect::DetectSetup::for_stream(st, &cfg.detect, rt.ring.clone(), clock.clone(), sink)
         else {
@@ -266,6 +258,15 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
         }
     }
     out
+}
+
+/// MQTT's per-stream detection switch (on while there is no MQTT). Weak:
+/// the detection threads must not keep a stopping recorder alive.
+fn detection_switch(nvr: &Arc<Nvr>) -> crate::detect::sink::Enabled {
+    let weak = Arc::downgrade(nvr);
+    Arc::new(move |stream: &str| {
+        weak.upgrade().and_then(|n| n.mqtt.get().map(|m| m.detection_enabled(stream))).unwrap_or(true)
+    })
 }
 
 /// Starts go2rtc's supervisor when `[go2rtc] binary` is set; it serves every

@@ -21,7 +21,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::decode::LumaDecoder;
-use super::motion::{Mask, MotionChange, MotionDetector, MotionParams};
+use super::motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
+use super::picture::Rgb;
 use crate::base::clock::Clock;
 use crate::base::memory;
 use crate::config::{DetectConfig, StreamConfig};
@@ -33,17 +34,34 @@ const POLL: Duration = Duration::from_millis(20);
 /// A frame this far behind the clock makes the reader jump to the newest keyframe.
 const MAX_LAG_MS: i64 = 2000;
 
+/// One motion change as the sink gets it.
+pub struct Motion<'a> {
+    pub change: MotionChange,
+    /// Share of the picture's cells that changed in the frame (0..=1).
+    pub score: f64,
+    /// The frame that started motion, in colour (only if the sink wants pictures).
+    pub picture: Option<&'a Rgb>,
+}
+
 /// Where motion changes go (the events store, a channel, a test).
 pub trait MotionSink: Send {
-    fn motion(&self, stream: &str, change: MotionChange);
+    fn motion(&self, stream: &str, m: &Motion<'_>);
+
+    /// Whether a start should come with a picture (costs a colour conversion).
+    fn wants_picture(&self) -> bool {
+        false
+    }
 }
 
 impl MotionSink for std::sync::mpsc::Sender<(String, MotionChange)> {
-    fn motion(&self, stream: &str, change: MotionChange) {
+    fn motion(&self, stream: &str, m: &Motion<'_>) {
         // A receiver that went away just stops listening.
-        let _ = self.send((stream.to_string(), change));
+        let _ = self.send((stream.to_string(), m.change));
     }
 }
+
+/// Widest snapshot kept with an event (a sub stream's full size).
+pub const SNAPSHOT_WIDTH: u32 = 640;
 
 /// The motion tunables of the `[detect]` table (ranges checked by `config`).
 pub fn motion_params(c: &DetectConfig) -> MotionParams {
@@ -240,21 +258,21 @@ impl Worker {
                 ReadResult::Empty => {
                     let now = self.setup.clock.now_ms();
                     if let Some(c) = self.detector.tick(now) {
-                        self.emit(c);
+                        self.emit(c, 0.0, None);
                     }
                     std::thread::sleep(POLL);
                 }
             }
         }
         if let Some(c) = self.detector.reset() {
-            self.emit(c);
+            self.emit(c, 0.0, None);
         }
         memory::detect_native_update(self.native, 0);
     }
 
     fn new_run(&mut self, run: RunStart) {
         if let Some(c) = self.detector.reset() {
-            self.emit(c);
+            self.emit(c, 0.0, None);
         }
         if let Err(e) = self.decoder.start_run(&run.video.codec, &run.video.sample_entry) {
             log::warn!("detect {}: {e}", self.setup.stream);
@@ -270,10 +288,18 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         match self.decoder.decode(data, key) {
-            Ok(Some(luma)) => {
+            Ok(Some(picture)) => {
                 self.stats.update(|c| c.frames_decoded += 1);
-                if let (_, Some(change)) = self.detector.feed(&luma, at_ms) {
-                    self.emit(change);
+                let luma = picture.luma();
+                if let (verdict, Some(change)) = self.detector.feed(&luma, at_ms) {
+                    let colour = match change {
+                        MotionChange::Start { .. } if self.setup.sink.wants_picture() => {
+                            picture.rgb(SNAPSHOT_WIDTH).inspect_err(|e| log::warn!("detect: snapshot: {e}")).ok()
+                        }
+                        _ => None,
+                    };
+                    let score = f64::from(verdict.changed_cells) / grid_cells(&luma, self.setup.config.cell) as f64;
+                    self.emit(change, score.min(1.0), colour.as_ref());
                 }
             }
             Ok(None) => {}
@@ -298,7 +324,7 @@ impl Worker {
         self.native = native;
     }
 
-    fn emit(&self, change: MotionChange) {
+    fn emit(&self, change: MotionChange, score: f64, picture: Option<&Rgb>) {
         let in_motion = self.detector.in_motion();
         self.stats.update(|c| c.in_motion = in_motion);
         match change {
@@ -309,8 +335,14 @@ impl Worker {
                 log::info!("detect {}: motion ended at {at_ms} (peak {peak_cells} cells)", self.setup.stream)
             }
         }
-        self.setup.sink.motion(&self.setup.stream, change);
+        self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture });
     }
+}
+
+/// Cells of the motion grid over a picture (at least one).
+fn grid_cells(luma: &Luma, cell: u32) -> u32 {
+    let cell = cell.max(1);
+    (u32::from(luma.width).div_ceil(cell) * u32::from(luma.height).div_ceil(cell)).max(1)
 }
 
 #[cfg(test)]
