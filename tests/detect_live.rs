@@ -74,6 +74,41 @@ fn a_moving_ball_opens_a_motion_event_with_pictures_and_detection_shows_in_memor
     assert!(st.success());
 }
 
+/// The stream's `detection` object once `f` holds for it.
+fn detection_when(nvr: &Oxinvr, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    nvr.wait_for("/api/streams/cam", Duration::from_secs(30), what, |v| f(&v["detection"]))["detection"].clone()
+}
+
+#[test]
+fn detection_follows_a_restarted_stream_and_names_a_stream_it_cannot_decode() {
+    let cam = Camera::start(&["--pattern", "ball", "--fps", "5", "--gop", "10"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let nvr = Oxinvr::start(tmp.path(), &config(&cam.url("h264")));
+    let d = detection_when(&nvr, "frames decoded", |d| d["frames_decoded"].as_u64() > Some(0));
+    assert_eq!((d["detectors"][0].as_str(), d["problem"].as_str()), (Some("motion"), None), "{d}");
+
+    // A new URL restarts the stream on a new ring: an H.265 one detection cannot decode.
+    let put = |url: String| {
+        let body = serde_json::json!({ "url": url }).to_string();
+        let r = nvr.request("PUT", "/api/streams/cam", &[("Content-Type", "application/json")], body.as_bytes());
+        assert_eq!(r.as_ref().map(|r| r.status).ok(), Some(200), "{:?}", r.map(|r| r.text()));
+    };
+    put(cam.url("h265"));
+    let d = detection_when(&nvr, "detection to name the H.265 stream", |d| d["problem"].as_str().is_some());
+    assert!(d["problem"].as_str().is_some_and(|p| p.contains("H.264")), "{d}");
+    assert!(d["ring_changes"].as_u64() >= Some(1), "{d}");
+
+    // Back to H.264: detection decodes again on the newest ring, with no restart of its own.
+    put(cam.url("h264"));
+    let before = d["frames_decoded"].as_u64().unwrap_or(0);
+    let d = detection_when(&nvr, "decoding again", |d| {
+        d["problem"].is_null() && d["frames_decoded"].as_u64() > Some(before + 5)
+    });
+    assert!(d["ring_changes"].as_u64() >= Some(2), "{d}");
+    let (st, _) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success());
+}
+
 #[test]
 fn a_slow_detector_never_costs_recording_a_frame() {
     let cam = Camera::start(&["--pattern", "ball", "--fps", "15"]);

@@ -243,21 +243,32 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
         log::warn!("detect: test knob: every decoded frame takes {} ms more", slow.as_millis());
     }
     let mut out = Vec::new();
+    let mut stats = std::collections::HashMap::new();
     for st in &cfg.streams {
-        let Some(rt) = nvr.recorder.stream(&st.name) else { continue };
         let sink = Box::new(crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)));
         let Some(mut setup) =
-            crate::detect::DetectSetup::for_stream(st, &cfg.detect, rt.ring.clone(), clock.clone(), sink)
+            crate::detect::DetectSetup::for_stream(st, &cfg.detect, stream_rings(nvr, &st.name), clock.clone(), sink)
         else {
             continue;
         };
         setup.slow = slow;
         match crate::detect::spawn(setup) {
-            Ok(h) => out.push(h),
+            Ok(h) => {
+                stats.insert(st.name.clone(), h.stats.clone());
+                out.push(h);
+            }
             Err(e) => log::error!("stream {}: detection not started: {e}", st.name),
         }
     }
+    let _ = nvr.detection.set(stats);
     out
+}
+
+/// The ring `stream` has now (it changes when the stream restarts). Weak,
+/// like the switch below.
+fn stream_rings(nvr: &Arc<Nvr>, stream: &str) -> crate::detect::worker::RingSource {
+    let (weak, name) = (Arc::downgrade(nvr), stream.to_string());
+    Arc::new(move || weak.upgrade().and_then(|n| n.recorder.stream(&name)).map(|rt| rt.ring.clone()))
 }
 
 /// MQTT's per-stream detection switch (on while there is no MQTT). Weak:
