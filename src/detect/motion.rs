@@ -107,6 +107,8 @@ fn inside(poly: &[[f64; 2]], x: f64, y: f64) -> bool {
 pub struct FrameVerdict {
     pub changed_cells: u16,
     pub moving: bool,
+    /// Bounds of the changed cells in pixels of the small picture: x0, y0, x1, y1 (exclusive).
+    pub area: Option<[u16; 4]>,
 }
 
 /// The detector of one stream.
@@ -160,10 +162,10 @@ impl MotionDetector {
             self.seed(frame);
             return (FrameVerdict::default(), None);
         }
-        let changed_cells = self.changed_cells(frame);
+        let (changed_cells, area) = self.changed_cells(frame);
         self.learn(frame);
         let moving = changed_cells >= self.params.min_cells;
-        (FrameVerdict { changed_cells, moving }, self.hysteresis(moving, changed_cells, at_ms))
+        (FrameVerdict { changed_cells, moving, area }, self.hysteresis(moving, changed_cells, at_ms))
     }
 
     /// Ends motion that has been quiet for `end_ms` by `now_ms` (called when
@@ -192,12 +194,13 @@ impl MotionDetector {
         self.streak = 0;
     }
 
-    /// Cells where enough unmasked pixels left the background.
-    fn changed_cells(&self, frame: &Luma) -> u16 {
+    /// Cells where enough unmasked pixels left the background, and their bounds.
+    fn changed_cells(&self, frame: &Luma) -> (u16, Option<[u16; 4]>) {
         let (w, h) = (usize::from(self.width), usize::from(self.height));
         let cell = usize::from(self.params.cell.max(1));
         let threshold = i32::from(self.params.pixel_threshold);
         let mut changed = 0u16;
+        let mut bounds: Option<[usize; 4]> = None;
         for cy in (0..h).step_by(cell) {
             for cx in (0..w).step_by(cell) {
                 let (mut open, mut moved) = (0u32, 0u32);
@@ -217,10 +220,15 @@ impl MotionDetector {
                 let area = ((cy + cell).min(h) - cy) * ((cx + cell).min(w) - cx);
                 if open * 2 >= area as u32 && moved * 100 >= open * u32::from(self.params.cell_percent) && moved > 0 {
                     changed = changed.saturating_add(1);
+                    let (x1, y1) = ((cx + cell).min(w), (cy + cell).min(h));
+                    bounds = Some(
+                        bounds.map_or([cx, cy, x1, y1], |[a, b, c, d]| [a.min(cx), b.min(cy), c.max(x1), d.max(y1)]),
+                    );
                 }
             }
         }
-        changed
+        // Sides fit u16: the picture's are u16.
+        (changed, bounds.map(|a| a.map(|v| v as u16)))
     }
 
     fn learn(&mut self, frame: &Luma) {
@@ -299,6 +307,18 @@ mod tests {
         assert!((2000..=2400).contains(&start), "started at {start}");
         assert!(last >= 7400, "last movement at {last}");
         assert!(peak_cells >= 4, "{peak_cells}");
+    }
+
+    #[test]
+    fn the_changed_area_bounds_what_moved() {
+        let mut det = MotionDetector::new(MotionParams::default(), Mask::default());
+        det.feed(&frame(0, 0, 0), 0);
+        let (v, _) = det.feed(&frame(80, 40, 24), 200);
+        let [x0, y0, x1, y1] = v.area.expect("an area");
+        // Whole 8-pixel cells around the 24-pixel square at (80, 40).
+        assert!(x0 <= 80 && y0 <= 40 && x1 >= 104 && y1 >= 64, "{:?}", v.area);
+        assert!(x0 >= 72 && y0 >= 32 && x1 <= 112 && y1 <= 72, "{:?}", v.area);
+        assert!(det.feed(&frame(80, 40, 24), 400).0.area.is_some(), "still moving against the background");
     }
 
     #[test]

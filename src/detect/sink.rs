@@ -13,7 +13,6 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use super::motion::MotionChange;
-use super::picture::Rgb;
 use super::worker::{Motion, MotionSink};
 use crate::events::{Store, StoreError};
 use crate::index::db::{EventKind, NewEvent};
@@ -36,7 +35,7 @@ impl EventSink {
         EventSink { store, enabled, open: Cell::new(None) }
     }
 
-    fn start(&self, stream: &str, at_ms: i64, score: f64, picture: Option<&Rgb>) {
+    fn start(&self, stream: &str, m: &Motion<'_>, at_ms: i64) {
         if let Some(id) = self.open.take() {
             self.finish(id, at_ms);
         }
@@ -47,13 +46,13 @@ impl EventSink {
             stream: stream.into(),
             kind: EventKind::Motion,
             label: "motion".into(),
-            score,
+            score: m.score,
             zones: Vec::new(),
             start_ms: at_ms,
             end_ms: None,
-            best_box: None,
+            best_box: m.area.map(|[x, y, w, h]| serde_json::json!({ "x": x, "y": y, "w": w, "h": h })),
         };
-        let jpegs = picture.and_then(|p| match (p.to_jpeg(80), p.scaled(THUMBNAIL_WIDTH).to_jpeg(70)) {
+        let jpegs = m.picture.and_then(|p| match (p.to_jpeg(80), p.scaled(THUMBNAIL_WIDTH).to_jpeg(70)) {
             (Ok(s), Ok(t)) => Some((s, t)),
             (Err(e), _) | (_, Err(e)) => {
                 log::warn!("stream {stream}: event pictures: {e}");
@@ -79,7 +78,7 @@ impl EventSink {
 impl MotionSink for EventSink {
     fn motion(&self, stream: &str, m: &Motion<'_>) {
         match m.change {
-            MotionChange::Start { at_ms, .. } => self.start(stream, at_ms, m.score, m.picture),
+            MotionChange::Start { at_ms, .. } => self.start(stream, m, at_ms),
             MotionChange::End { at_ms, .. } => {
                 if let Some(id) = self.open.take() {
                     self.finish(id, at_ms);
@@ -96,6 +95,7 @@ impl MotionSink for EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::picture::Rgb;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -106,9 +106,18 @@ mod tests {
         let flag = on.clone();
         let sink = EventSink::new(store.clone(), Arc::new(move |_: &str| flag.load(Ordering::Relaxed)));
         let picture = Rgb { width: 64, height: 36, data: vec![90; 64 * 36 * 3] };
-        let start =
-            |at_ms| Motion { change: MotionChange::Start { at_ms, cells: 9 }, score: 0.25, picture: Some(&picture) };
-        let end = |at_ms| Motion { change: MotionChange::End { at_ms, peak_cells: 9 }, score: 0.0, picture: None };
+        let start = |at_ms| Motion {
+            change: MotionChange::Start { at_ms, cells: 9 },
+            score: 0.25,
+            picture: Some(&picture),
+            area: Some([0.5, 0.25, 0.25, 0.5]),
+        };
+        let end = |at_ms| Motion {
+            change: MotionChange::End { at_ms, peak_cells: 9 },
+            score: 0.0,
+            picture: None,
+            area: None,
+        };
 
         sink.motion("gate", &start(1_000));
         sink.motion("gate", &end(4_000));
@@ -119,6 +128,7 @@ mod tests {
             (EventKind::Motion, "motion", 1_000, Some(4_000))
         );
         assert!((first.score - 0.25).abs() < 1e-9);
+        assert_eq!(first.best_box, Some(serde_json::json!({ "x": 0.5, "y": 0.25, "w": 0.25, "h": 0.5 })));
         let snap = std::fs::read(dir.path().join(first.snapshot.expect("snapshot"))).expect("snapshot file");
         let thumb = Rgb::from_jpeg(
             &std::fs::read(dir.path().join(first.thumbnail.expect("thumbnail"))).expect("thumb file"),

@@ -47,6 +47,8 @@ pub struct Motion<'a> {
     pub score: f64,
     /// The frame that started motion, in colour (only if the sink wants pictures).
     pub picture: Option<&'a Rgb>,
+    /// Where it moved in that frame, normalised: x, y, width, height.
+    pub area: Option<[f64; 4]>,
 }
 
 /// Where motion changes go (the events store, a channel, a test).
@@ -296,7 +298,7 @@ impl Worker {
             }
         }
         if let Some(c) = self.detector.reset() {
-            self.emit(c, 0.0, None);
+            self.emit(c, 0.0, None, None);
         }
         memory::detect_native_update(self.native, 0);
     }
@@ -304,7 +306,7 @@ impl Worker {
     /// Nothing to read: motion ends by the clock once frames stop.
     fn idle(&mut self) {
         if let Some(c) = self.detector.tick(self.setup.clock.now_ms()) {
-            self.emit(c, 0.0, None);
+            self.emit(c, 0.0, None, None);
         }
         std::thread::sleep(POLL);
     }
@@ -317,7 +319,7 @@ impl Worker {
             if has_one { "following the stream's new ring" } else { "the stream has no ring now" }
         );
         if let Some(c) = self.detector.reset() {
-            self.emit(c, 0.0, None);
+            self.emit(c, 0.0, None, None);
         }
         self.run = None;
         self.decoder.skipped();
@@ -326,7 +328,7 @@ impl Worker {
 
     fn new_run(&mut self, run: RunStart) {
         if let Some(c) = self.detector.reset() {
-            self.emit(c, 0.0, None);
+            self.emit(c, 0.0, None, None);
         }
         let started = self.decoder.start_run(&run.video.codec, &run.video.sample_entry);
         if let Err(e) = &started {
@@ -355,7 +357,8 @@ impl Worker {
                         _ => None,
                     };
                     let score = f64::from(verdict.changed_cells) / grid_cells(&luma, self.setup.config.cell) as f64;
-                    self.emit(change, score.min(1.0), colour.as_ref());
+                    let area = verdict.area.map(|a| normalised(a, &luma));
+                    self.emit(change, score.min(1.0), colour.as_ref(), area);
                 }
             }
             Ok(None) => {}
@@ -380,7 +383,7 @@ impl Worker {
         self.native = native;
     }
 
-    fn emit(&self, change: MotionChange, score: f64, picture: Option<&Rgb>) {
+    fn emit(&self, change: MotionChange, score: f64, picture: Option<&Rgb>, area: Option<[f64; 4]>) {
         let in_motion = self.detector.in_motion();
         self.stats.update(|c| c.in_motion = in_motion);
         match change {
@@ -391,7 +394,7 @@ impl Worker {
                 log::info!("detect {}: motion ended at {at_ms} (peak {peak_cells} cells)", self.setup.stream)
             }
         }
-        self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture });
+        self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture, area });
     }
 }
 
@@ -401,6 +404,12 @@ fn same_ring(a: &Option<Arc<Ring>>, b: &Option<Arc<Ring>>) -> bool {
         (None, None) => true,
         _ => false,
     }
+}
+
+/// Pixel bounds on `luma` as a normalised x, y, width, height.
+fn normalised([x0, y0, x1, y1]: [u16; 4], luma: &Luma) -> [f64; 4] {
+    let (w, h) = (f64::from(luma.width.max(1)), f64::from(luma.height.max(1)));
+    [f64::from(x0) / w, f64::from(y0) / h, f64::from(x1 - x0) / w, f64::from(y1 - y0) / h]
 }
 
 /// Cells of the motion grid over a picture (at least one).
