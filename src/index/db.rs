@@ -2021,6 +2021,46 @@ mod tests {
     }
 
     #[test]
+    fn retention_items_overlapping_an_event_are_marked_once_past_retention_days() {
+        let db = Db::open_in_memory().expect("db");
+        let mut sp = spec("cam"); // retention_days 7
+        sp.pre_seconds = 5;
+        sp.post_seconds = 10;
+        let s = db.upsert_stream(&sp, 0).expect("stream");
+        let day = 86_400_000;
+        let at = 100 * day;
+        let before = closed_seg(&db, s.id, at - 60_000, at - 6_000, 1); // ends 6 s before: outside the pre
+        let pre = closed_seg(&db, s.id, at - 4_000, at - 1_000, 1); // within pre_seconds of it
+        let during = closed_seg(&db, s.id, at, at + 60_000, 1);
+        let post = closed_seg(&db, s.id, at + 69_000, at + 90_000, 1); // within post_seconds of its end
+        let after = closed_seg(&db, s.id, at + 71_000, at + 90_000, 1);
+        let e = NewEvent {
+            stream: "cam".into(),
+            kind: EventKind::Manual,
+            label: String::new(),
+            score: 1.0,
+            zones: Vec::new(),
+            start_ms: at,
+            end_ms: Some(at + 60_000),
+            best_box: None,
+        };
+        db.insert_event(&e).expect("event");
+        let marked = |now: i64| {
+            let mut out = Vec::new();
+            db.each_retention_item(now, &mut |it| {
+                if it.event {
+                    out.push(it.id);
+                }
+                true
+            })
+            .expect("walk");
+            out
+        };
+        assert_eq!(marked(at + 8 * day), vec![pre, during, post], "{before} {after} are not the event's");
+        assert_eq!(marked(at + 6 * day), Vec::<i64>::new(), "not worked out before retention_days");
+    }
+
+    #[test]
     fn usage_and_retention_items() {
         let db = Db::open_in_memory().expect("db");
         let s = db.upsert_stream(&spec("cam"), 0).expect("stream");

@@ -350,6 +350,27 @@ mod tests {
     }
 
     #[test]
+    fn recordings_of_events_are_kept_event_retention_days() {
+        let pol = HashMap::from([
+            (1, StreamPolicy { retention_days: Some(2), event_retention_days: Some(30), max_bytes: None }),
+            // No age limit: events or not, kept until space runs out.
+            (2, StreamPolicy { retention_days: None, event_retention_days: None, max_bytes: None }),
+        ]);
+        let items = [
+            item(1, 1, 0, 10),
+            Item { event: true, ..item(2, 1, 0, 10) },
+            Item { event: true, ..item(3, 1, 20 * DAY, 10) },
+            Item { event: true, ..item(4, 2, 0, 10) },
+            item(5, 2, 0, 10),
+        ];
+        assert_eq!(ids(&plan(10 * DAY, &items, &pol, ROOMY, 0)), vec![1], "the event's is kept past 2 days");
+        assert_eq!(ids(&plan(31 * DAY, &items, &pol, ROOMY, 0)), vec![1, 2], "and goes after 30");
+        // Free space takes them like any other, oldest first (2 % of 1000 bytes: two items).
+        let full = Disk { total_bytes: 1000, free_bytes: 0 };
+        assert_eq!(ids(&plan(10 * DAY, &items, &pol, full, 2)), vec![1, 2]);
+    }
+
+    #[test]
     fn a_forward_clock_step_is_not_age() {
         // Stream 1 keeps 2 days. At 10 days the clock jumped a year ahead (a
         // wrong date set by hand): what was recorded before is not a year old.
