@@ -142,6 +142,10 @@ pub fn seek(ring: &Ring, target_ms: i64, floor_seq: u64, buf: &mut Vec<u8>) -> S
             ReadResult::Run { seq, run: r } => {
                 let wall = r.anchor_wall_ms;
                 run = Some(r);
+                // The run replayed first may have left the ring: only its keyframes can start.
+                if ring.cursor_at_keyframe(seq).is_none() {
+                    continue;
+                }
                 (seq, wall)
             }
             ReadResult::Frame { seq, track: Track::Video, key: true, pts } => match &run {
@@ -166,7 +170,8 @@ pub fn seek(ring: &Ring, target_ms: i64, floor_seq: u64, buf: &mut Vec<u8>) -> S
             return Seek { cursor, from_ms: Some(wall), short };
         }
     }
-    Seek { cursor: ring.cursor_at_end(), from_ms: None, short: true }
+    // Lapped between the walk and here (or nothing indexed): what is oldest now.
+    Seek { cursor: ring.cursor_at_oldest_keyframe(), from_ms: None, short: true }
 }
 
 #[cfg(test)]
@@ -275,5 +280,25 @@ mod tests {
         assert_eq!((s.from_ms, s.short), (Some(115_000), false), "the floor is no short ring");
         // A target in the future: the newest keyframe.
         assert_eq!(seek(&ring, 500_000, 0, &mut buf).from_ms, Some(119_000));
+    }
+
+    #[test]
+    fn seek_finds_keyframes_after_the_run_start_left_the_ring() {
+        // 64 KiB holds about 60 of the 200 frames of 1000 bytes: the run start is gone.
+        let ring = Ring::new("t", 64 << 10, None).expect("ring");
+        ring.push_run(&run(100_000)).expect("run");
+        for i in 0..200i64 {
+            let data = [0u8; 1000];
+            let f = Frame { track: Track::Video, key: i % 10 == 0, pts: i * 9_000, data: &data };
+            ring.push_frame(&f).expect("push");
+        }
+        let mut buf = Vec::new();
+        let s = seek(&ring, 117_500, 0, &mut buf);
+        assert_eq!((s.from_ms, s.short), (Some(117_000), false));
+        let mut c = s.cursor;
+        assert!(matches!(ring.read(&mut c, &mut buf), ReadResult::Run { .. }), "the run in effect comes first");
+        assert!(matches!(ring.read(&mut c, &mut buf), ReadResult::Frame { key: true, pts: 1_530_000, .. }));
+        let s = seek(&ring, 0, 0, &mut buf);
+        assert!(s.short && s.from_ms.is_some_and(|t| t > 100_000 && t <= 115_000), "{s:?}");
     }
 }
