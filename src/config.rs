@@ -378,6 +378,15 @@ pub struct StreamConfig {
     #[serde(default)]
     pub priority: i32,
     pub bitrate_kbps: Option<u32>,
+    /// `record = "events"`: seconds kept before an event (the ring is sized for them).
+    #[serde(default = "pre_seconds")]
+    pub pre_seconds: u32,
+    /// `record = "events"`: seconds recorded after the last event ended.
+    #[serde(default = "post_seconds")]
+    pub post_seconds: u32,
+    /// Days recordings overlapping an event are kept (at least `retention_days`).
+    #[serde(default = "event_retention_days")]
+    pub event_retention_days: u32,
     /// Detectors to run on this stream: `[]` (off) or `["motion"]`.
     #[serde(default)]
     pub detect: Vec<String>,
@@ -469,6 +478,20 @@ fn validate_detect(detect: &[String], mask: &[Vec<[f64; 2]>]) -> Result<(), (&'s
 fn yes() -> bool {
     true
 }
+fn pre_seconds() -> u32 {
+    crate::index::db::DEFAULT_PRE_SECONDS
+}
+fn post_seconds() -> u32 {
+    crate::index::db::DEFAULT_POST_SECONDS
+}
+fn event_retention_days() -> u32 {
+    crate::index::db::DEFAULT_EVENT_RETENTION_DAYS
+}
+
+/// Most seconds of pre-buffer a stream may ask for (its ring holds them in RAM).
+pub const MAX_PRE_SECONDS: u32 = 30;
+/// Most seconds recorded after the last event.
+pub const MAX_POST_SECONDS: u32 = 600;
 
 impl StreamConfig {
     /// Checks one stream's values (shared by the config file and the API).
@@ -488,6 +511,17 @@ impl StreamConfig {
         if self.max_storage_mb.is_some_and(|mb| !(1..=MAX_STORAGE_MB).contains(&mb)) {
             return Err(("max_storage_mb", format!("must be 1..={MAX_STORAGE_MB} (leave it out for no quota)")));
         }
+        if self.pre_seconds > MAX_PRE_SECONDS {
+            let why = "the ring holds them in RAM";
+            return Err(("pre_seconds", format!("{} is out of range 0..={MAX_PRE_SECONDS} ({why})", self.pre_seconds)));
+        }
+        if self.post_seconds > MAX_POST_SECONDS {
+            return Err(("post_seconds", format!("{} is out of range 0..={MAX_POST_SECONDS}", self.post_seconds)));
+        }
+        if !(1..=MAX_RETENTION_DAYS).contains(&self.event_retention_days) {
+            let d = self.event_retention_days;
+            return Err(("event_retention_days", format!("{d} is out of range 1..={MAX_RETENTION_DAYS}")));
+        }
         validate_detect(&self.detect, &self.motion_mask)
     }
 
@@ -501,6 +535,9 @@ impl StreamConfig {
             max_storage_mb: self.max_storage_mb,
             priority: self.priority,
             bitrate_kbps: self.bitrate_kbps,
+            pre_seconds: self.pre_seconds,
+            post_seconds: self.post_seconds,
+            event_retention_days: self.event_retention_days,
             source: source.into(),
         }
     }

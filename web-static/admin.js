@@ -80,7 +80,10 @@ const STREAM_NUMBERS = [
   ['retention_days', 'Keep recordings (days)', 'Empty: until space runs out.'],
   ['max_storage_mb', 'Storage limit (MB)', 'Empty: no per-stream limit.'],
   ['bitrate_kbps', 'Expected bitrate (kbit/s)', 'Sizes the live ring buffer.'],
-  ['priority', 'Priority', 'Higher starts first.'],
+  ['priority', 'Priority', 'Higher starts first.', 0],
+  ['pre_seconds', 'Before an event (s)', 'Events mode: kept in the ring, recorded when an event starts.', 5],
+  ['post_seconds', 'After an event (s)', 'Events mode: recorded after the last event ended.', 10],
+  ['event_retention_days', 'Keep event recordings (days)', 'At least as long as the others.', 30],
 ];
 
 async function streamForm(name) {
@@ -89,7 +92,7 @@ async function streamForm(name) {
     name: h('input', { name: 'name', value: s.name || '', required: true, disabled: !!name }),
     url: h('input', { name: 'url', value: s.url || '', required: true, placeholder: 'rtsp://user:password@camera/stream', autocapitalize: 'none' }),
     enabled: h('input', { type: 'checkbox', name: 'enabled', checked: s.enabled }),
-    record: h('select', { name: 'record' }, ['continuous', 'off'].map((m) => h('option', { value: m, selected: s.record === m, text: m }))),
+    record: h('select', { name: 'record' }, ['continuous', 'events', 'off'].map((m) => h('option', { value: m, selected: s.record === m, text: m }))),
   };
   for (const [k] of STREAM_NUMBERS) f[k] = h('input', { type: 'number', min: 0, name: k, value: s[k] ?? '' });
   const box = msgBox();
@@ -109,9 +112,9 @@ async function streamForm(name) {
 
 function streamBody(f) {
   const body = { url: f.url.value.trim(), enabled: f.enabled.checked, record: f.record.value };
-  for (const [k] of STREAM_NUMBERS) {
+  for (const [k, , , empty] of STREAM_NUMBERS) {
     const v = f[k].value.trim();
-    body[k] = v === '' ? (k === 'priority' ? 0 : null) : Number(v);
+    body[k] = v === '' ? (empty ?? null) : Number(v);
   }
   return body;
 }
@@ -266,7 +269,7 @@ async function renderSettings(view) {
   }
 }
 
-const STREAM_KEYS = ['url', 'enabled', 'record', 'retention_days', 'max_storage_mb', 'priority', 'bitrate_kbps'];
+const STREAM_KEYS = ['url', 'enabled', 'record', 'pre_seconds', 'post_seconds', 'retention_days', 'event_retention_days', 'max_storage_mb', 'priority', 'bitrate_kbps'];
 
 // Streams as they run, where each came from, and what a restart puts back.
 function streamSettings(streams) {

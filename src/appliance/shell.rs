@@ -145,7 +145,17 @@ pub fn tokenize(line: &str) -> Result<Vec<String>> {
 /// `KEY=VALUE` of `streams add`: numbers, true/false and null as JSON, the rest as text.
 fn field(kv: &str) -> Result<(String, Value)> {
     let (k, v) = kv.split_once('=').ok_or_else(|| Error::invalid(format!("{kv:?} is not KEY=VALUE")))?;
-    const KEYS: &[&str] = &["enabled", "record", "retention_days", "max_storage_mb", "priority", "bitrate_kbps"];
+    const KEYS: &[&str] = &[
+        "enabled",
+        "record",
+        "pre_seconds",
+        "post_seconds",
+        "retention_days",
+        "event_retention_days",
+        "max_storage_mb",
+        "priority",
+        "bitrate_kbps",
+    ];
     if !KEYS.contains(&k) {
         return Err(Error::invalid(format!("unknown key {k:?}; known: {}", KEYS.join(" "))));
     }

@@ -166,6 +166,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         sync_seconds: cfg.storage.sync_seconds,
         min_free_percent: cfg.storage.min_free_percent,
         events_retention_days: cfg.events.retention_days,
+        events: Some(nvr.events.hub().subscribe()),
     };
     let (storage_tx, storage_thread) = storage::spawn(settings, clock.clone()).context("storage")?;
     let (ingest_tx, executor_thread) = ingest::spawn_executor(clock.clone()).context("executor")?;

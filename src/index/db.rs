@@ -213,6 +213,19 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_stream_start ON events (stream, start_ms);
     CREATE INDEX events_start ON events (start_ms);
     "#,
+    // 9: recording modes (continuous, events, off) and the events mode's settings.
+    // `record`'s CHECK cannot change in place, so `record_mode` is the truth from now on;
+    // `record` keeps 'continuous' for an events stream (an older firmware then records
+    // it all rather than nothing).
+    r#"
+    ALTER TABLE streams ADD COLUMN record_mode TEXT NOT NULL DEFAULT 'continuous'
+        CHECK (record_mode IN ('continuous', 'events', 'off'));
+    UPDATE streams SET record_mode = record;
+    ALTER TABLE streams ADD COLUMN pre_seconds INTEGER NOT NULL DEFAULT 5 CHECK (pre_seconds >= 0);
+    ALTER TABLE streams ADD COLUMN post_seconds INTEGER NOT NULL DEFAULT 10 CHECK (post_seconds >= 0);
+    ALTER TABLE streams ADD COLUMN event_retention_days INTEGER NOT NULL DEFAULT 30
+        CHECK (event_retention_days >= 0);
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -261,7 +274,16 @@ pub struct RetentionItem {
     pub open: bool,
     /// Recorded while the wall clock was untrusted: its age is unknown.
     pub time_unknown: bool,
+    /// Overlaps an event of its stream (its span widened by the stream's
+    /// pre/post seconds) or was recorded for one (`trigger = 'event'`): kept
+    /// `event_retention_days`. Only worked out for items past their stream's
+    /// `retention_days` (the only ones age could take).
+    pub event: bool,
 }
+
+/// An event counts for the recordings of at most its first day (bounds the
+/// retention walk's look-up of events; a longer one is a detector stuck on).
+pub const MAX_EVENT_SPAN_MS: i64 = 86_400_000;
 
 /// How long a connection waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -369,12 +391,14 @@ impl<T> Ctx<T> for rusqlite::Result<T> {
     }
 }
 
-/// Whether a stream records.
+/// Whether a stream records: every frame, around its events only, or not at all.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordMode {
     #[default]
     Continuous,
+    /// From `pre_seconds` before an event of the stream to `post_seconds` after the last one ended.
+    Events,
     Off,
 }
 
@@ -382,16 +406,37 @@ impl RecordMode {
     pub fn as_str(self) -> &'static str {
         match self {
             RecordMode::Continuous => "continuous",
+            RecordMode::Events => "events",
             RecordMode::Off => "off",
         }
     }
     pub fn parse(s: &str) -> Option<RecordMode> {
         match s {
             "continuous" => Some(RecordMode::Continuous),
+            "events" => Some(RecordMode::Events),
             "off" => Some(RecordMode::Off),
             _ => None,
         }
     }
+    /// Whether the storage thread reads the stream's ring (all the time, or around events).
+    pub fn records(self) -> bool {
+        self != RecordMode::Off
+    }
+}
+
+/// Defaults of the events mode's settings.
+pub const DEFAULT_PRE_SECONDS: u32 = 5;
+pub const DEFAULT_POST_SECONDS: u32 = 10;
+pub const DEFAULT_EVENT_RETENTION_DAYS: u32 = 30;
+
+fn default_pre_seconds() -> u32 {
+    DEFAULT_PRE_SECONDS
+}
+fn default_post_seconds() -> u32 {
+    DEFAULT_POST_SECONDS
+}
+fn default_event_retention_days() -> u32 {
+    DEFAULT_EVENT_RETENTION_DAYS
 }
 
 fn default_true() -> bool {
@@ -423,6 +468,16 @@ pub struct StreamSpec {
     /// Expected bitrate, for ring sizing.
     #[serde(default)]
     pub bitrate_kbps: Option<u32>,
+    /// Events mode: seconds recorded before an event (from the ring, which is sized for them).
+    #[serde(default = "default_pre_seconds")]
+    pub pre_seconds: u32,
+    /// Events mode: seconds recorded after the last event ended.
+    #[serde(default = "default_post_seconds")]
+    pub post_seconds: u32,
+    /// Days a recording overlapping an event of the stream is kept (never less than
+    /// `retention_days`; with no `retention_days`, until space runs out).
+    #[serde(default = "default_event_retention_days")]
+    pub event_retention_days: u32,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -573,8 +628,9 @@ fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Er
     rusqlite::Error::FromSqlConversionFailure(idx, ty, msg.into())
 }
 
-const STREAM_COLS: &str = "id, name, url, enabled, record, retention_days, max_storage_mb, priority, \
-                           bitrate_kbps, source, created_ms, updated_ms";
+const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
+                           bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
+                           event_retention_days";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -601,6 +657,9 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
                 Some(_) => Some(get_num(row, 8, "bitrate_kbps")?),
             },
             source: row.get(9)?,
+            pre_seconds: get_num(row, 12, "pre_seconds")?,
+            post_seconds: get_num(row, 13, "post_seconds")?,
+            event_retention_days: get_num(row, 14, "event_retention_days")?,
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -825,22 +884,30 @@ impl Db {
             s.max_storage_mb.map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name))).transpose()?;
         self.write_durably("upsert_stream", |tx| {
             tx.prepare_cached(
-                "INSERT INTO streams (name, url, enabled, record, retention_days, max_storage_mb,
-                                      priority, bitrate_kbps, source, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)
+                "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
+                                      max_storage_mb, priority, bitrate_kbps, source, created_ms,
+                                      updated_ms, pre_seconds, post_seconds, event_retention_days)
+                 VALUES (?1, ?2, ?3, CASE ?4 WHEN 'off' THEN 'off' ELSE 'continuous' END, ?4, ?5,
+                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)
                  ON CONFLICT (name) DO UPDATE SET
                      url = excluded.url, enabled = excluded.enabled, record = excluded.record,
+                     record_mode = excluded.record_mode,
                      retention_days = excluded.retention_days,
                      max_storage_mb = excluded.max_storage_mb,
                      priority = excluded.priority, bitrate_kbps = excluded.bitrate_kbps,
-                     source = excluded.source, updated_ms = excluded.updated_ms
+                     source = excluded.source, updated_ms = excluded.updated_ms,
+                     pre_seconds = excluded.pre_seconds, post_seconds = excluded.post_seconds,
+                     event_retention_days = excluded.event_retention_days
                  WHERE streams.url IS NOT excluded.url OR streams.enabled IS NOT excluded.enabled
-                    OR streams.record IS NOT excluded.record
+                    OR streams.record_mode IS NOT excluded.record_mode
                     OR streams.retention_days IS NOT excluded.retention_days
                     OR streams.max_storage_mb IS NOT excluded.max_storage_mb
                     OR streams.priority IS NOT excluded.priority
                     OR streams.bitrate_kbps IS NOT excluded.bitrate_kbps
-                    OR streams.source IS NOT excluded.source",
+                    OR streams.source IS NOT excluded.source
+                    OR streams.pre_seconds IS NOT excluded.pre_seconds
+                    OR streams.post_seconds IS NOT excluded.post_seconds
+                    OR streams.event_retention_days IS NOT excluded.event_retention_days",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -853,7 +920,10 @@ impl Db {
                     s.priority,
                     s.bitrate_kbps,
                     s.source,
-                    now_ms
+                    now_ms,
+                    s.pre_seconds,
+                    s.post_seconds,
+                    s.event_retention_days
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
@@ -1111,16 +1181,25 @@ impl Db {
     /// Walks what the retention planner needs of every segment, oldest first
     /// (by `(start_ms, id)`, along the `segments_start` index: no sort, no
     /// list in memory), until `f` returns false.
-    pub fn each_retention_item(&self, f: &mut dyn FnMut(&RetentionItem) -> bool) -> Result<(), DbError> {
+    pub fn each_retention_item(&self, now_ms: i64, f: &mut dyn FnMut(&RetentionItem) -> bool) -> Result<(), DbError> {
         let op = "each_retention_item";
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT id, stream_id, start_ms, end_ms, bytes, protected, state, time_unknown
-                 FROM segments ORDER BY start_ms, id",
+                "SELECT s.id, s.stream_id, s.start_ms, s.end_ms, s.bytes, s.protected, s.state, s.time_unknown,
+                     CASE WHEN st.retention_days IS NULL OR s.end_ms >= ?1 - st.retention_days * 86400000 THEN 0
+                          WHEN s.\"trigger\" = 'event' THEN 1
+                          ELSE EXISTS (SELECT 1 FROM events e
+                                       WHERE e.stream = st.name
+                                         AND e.start_ms < s.end_ms + st.pre_seconds * 1000
+                                         AND e.start_ms >= s.start_ms - st.post_seconds * 1000 - ?2
+                                         AND coalesce(e.end_ms, e.start_ms) + st.post_seconds * 1000 >= s.start_ms)
+                     END
+                 FROM segments s JOIN streams st ON st.id = s.stream_id
+                 ORDER BY s.start_ms, s.id",
             )
             .ctx(op)?;
-        let mut rows = st.query([]).ctx(op)?;
+        let mut rows = st.query(params![now_ms, MAX_EVENT_SPAN_MS]).ctx(op)?;
         while let Some(r) = rows.next().ctx(op)? {
             let item = RetentionItem {
                 id: r.get(0).ctx(op)?,
@@ -1131,6 +1210,7 @@ impl Db {
                 protected: r.get(5).ctx(op)?,
                 open: r.get::<_, String>(6).ctx(op)? != "closed",
                 time_unknown: r.get(7).ctx(op)?,
+                event: r.get(8).ctx(op)?,
             };
             if !f(&item) {
                 break;
@@ -1143,7 +1223,7 @@ impl Db {
     #[cfg(test)]
     pub fn retention_items(&self) -> Result<Vec<RetentionItem>, DbError> {
         let mut out = Vec::new();
-        self.each_retention_item(&mut |it| {
+        self.each_retention_item(0, &mut |it| {
             out.push(*it);
             true
         })?;
@@ -1400,6 +1480,9 @@ mod tests {
             max_storage_mb: Some(1000),
             priority: 1,
             bitrate_kbps: Some(4000),
+            pre_seconds: 5,
+            post_seconds: 10,
+            event_retention_days: 30,
             source: "config".to_owned(),
         }
     }
@@ -1938,6 +2021,46 @@ mod tests {
     }
 
     #[test]
+    fn retention_items_overlapping_an_event_are_marked_once_past_retention_days() {
+        let db = Db::open_in_memory().expect("db");
+        let mut sp = spec("cam"); // retention_days 7
+        sp.pre_seconds = 5;
+        sp.post_seconds = 10;
+        let s = db.upsert_stream(&sp, 0).expect("stream");
+        let day = 86_400_000;
+        let at = 100 * day;
+        let before = closed_seg(&db, s.id, at - 60_000, at - 6_000, 1); // ends 6 s before: outside the pre
+        let pre = closed_seg(&db, s.id, at - 4_000, at - 1_000, 1); // within pre_seconds of it
+        let during = closed_seg(&db, s.id, at, at + 60_000, 1);
+        let post = closed_seg(&db, s.id, at + 69_000, at + 90_000, 1); // within post_seconds of its end
+        let after = closed_seg(&db, s.id, at + 71_000, at + 90_000, 1);
+        let e = NewEvent {
+            stream: "cam".into(),
+            kind: EventKind::Manual,
+            label: String::new(),
+            score: 1.0,
+            zones: Vec::new(),
+            start_ms: at,
+            end_ms: Some(at + 60_000),
+            best_box: None,
+        };
+        db.insert_event(&e).expect("event");
+        let marked = |now: i64| {
+            let mut out = Vec::new();
+            db.each_retention_item(now, &mut |it| {
+                if it.event {
+                    out.push(it.id);
+                }
+                true
+            })
+            .expect("walk");
+            out
+        };
+        assert_eq!(marked(at + 8 * day), vec![pre, during, post], "{before} {after} are not the event's");
+        assert_eq!(marked(at + 6 * day), Vec::<i64>::new(), "not worked out before retention_days");
+    }
+
+    #[test]
     fn usage_and_retention_items() {
         let db = Db::open_in_memory().expect("db");
         let s = db.upsert_stream(&spec("cam"), 0).expect("stream");
@@ -1959,7 +2082,8 @@ mod tests {
                     bytes: 100,
                     protected: true,
                     open: false,
-                    time_unknown: false
+                    time_unknown: false,
+                    event: false
                 },
                 RetentionItem {
                     id: b,
@@ -1969,7 +2093,8 @@ mod tests {
                     bytes: 50,
                     protected: false,
                     open: true,
-                    time_unknown: false
+                    time_unknown: false,
+                    event: false
                 },
             ]
         );

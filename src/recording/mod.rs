@@ -16,3 +16,4 @@ pub mod rtsp;
 pub mod segment;
 pub mod storage;
 pub mod stream;
+pub mod trigger;

@@ -62,15 +62,22 @@ pub enum Applied {
     Updated,
 }
 
+/// The events mode's ring holds `pre_seconds` plus a GOP of this many seconds
+/// (the keyframe at or before the pre-buffer's start) plus one of slack for
+/// the storage thread to catch up from there.
+const PRE_GOP_SECONDS: u32 = 2;
+const PRE_SLACK_SECONDS: u32 = 1;
+
 /// The setting whose change needs a new session (and ring), if any: the
-/// camera's URL (credentials included), enabled, record mode, and the bitrate
-/// the ring is sized for.
+/// camera's URL (credentials included), enabled, recording or not (`off`:
+/// the reservation differs), and the bitrate the ring is sized for. Between
+/// `continuous` and `events` the session runs on (see `Edit::apply`).
 pub fn restart_reason(old: &StreamSpec, new: &StreamSpec) -> Option<&'static str> {
     if old.url != new.url {
         Some("url")
     } else if old.enabled != new.enabled {
         Some("enabled")
-    } else if old.record != new.record {
+    } else if old.record.records() != new.record.records() {
         Some("record")
     } else if old.bitrate_kbps != new.bitrate_kbps {
         Some("bitrate_kbps")
@@ -110,7 +117,7 @@ impl Recorder {
     /// it records) and its ingest heap.
     pub fn reservation(&self, spec: &StreamSpec) -> u64 {
         let kbps = u64::from(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS));
-        let writer = if spec.record == RecordMode::Continuous { (kbps * 1000 * 2 / 8).max(WRITER_MIN) } else { 0 };
+        let writer = if spec.record.records() { (kbps * 1000 * 2 / 8).max(WRITER_MIN) } else { 0 };
         self.ring_bytes(spec) as u64 + writer + INGEST_HEAP
     }
 
@@ -128,9 +135,19 @@ impl Recorder {
         Edit { rec: self, _one_at_a_time: self.edits.lock().unwrap_or_else(|p| p.into_inner()) }
     }
 
-    /// Ring size for a stream: its expected bitrate times `ring_seconds`.
+    /// Ring size for a stream: its expected bitrate times its ring seconds.
     pub fn ring_bytes(&self, spec: &StreamSpec) -> usize {
-        ring::ring_bytes(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS), self.ring_seconds)
+        ring::ring_bytes(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS), self.ring_seconds_of(spec))
+    }
+
+    /// `ring_seconds`, or in events mode at least the pre-buffer, a GOP and
+    /// some slack (with the defaults, 5 + 2 + 1 = 8 = `ring_seconds`: the
+    /// same ring as continuous, so switching modes keeps the session).
+    pub fn ring_seconds_of(&self, spec: &StreamSpec) -> u32 {
+        match spec.record {
+            RecordMode::Events => self.ring_seconds.max(spec.pre_seconds + PRE_GOP_SECONDS + PRE_SLACK_SECONDS),
+            _ => self.ring_seconds,
+        }
     }
 
     fn new_ring(&self, spec: &StreamSpec) -> std::io::Result<Ring> {
@@ -255,7 +272,9 @@ impl Edit<'_> {
             return Ok(Applied::Started);
         };
         let old = rt.spec();
-        match restart_reason(&old, &row.spec) {
+        // A ring too small for a longer pre-buffer is made anew (a bigger one is kept).
+        let grow = (rt.ring.capacity() < self.rec.ring_bytes(&row.spec)).then_some("pre_seconds");
+        match restart_reason(&old, &row.spec).or(grow) {
             Some(why) => {
                 // The new ring first: if it cannot be made, the old session runs on.
                 let ring = self.rec.new_ring(&row.spec)?;
@@ -268,9 +287,19 @@ impl Edit<'_> {
                 rt.set_spec(row.spec.clone());
                 let policy =
                     (old.retention_days, old.max_storage_mb) != (row.spec.retention_days, row.spec.max_storage_mb);
-                if let (true, Some(ch)) = (policy, self.rec.channels()) {
-                    // A new plan replaces any half-done one made under the old policy.
-                    let _ = ch.storage.send(storage::Command::Retention);
+                let policy = policy || old.event_retention_days != row.spec.event_retention_days;
+                let mode = (old.record, old.pre_seconds, old.post_seconds)
+                    != (row.spec.record, row.spec.pre_seconds, row.spec.post_seconds);
+                if let Some(ch) = self.rec.channels() {
+                    if policy {
+                        // A new plan replaces any half-done one made under the old policy.
+                        let _ = ch.storage.send(storage::Command::Retention);
+                    }
+                    if mode && row.spec.record.records() {
+                        // Continuous <-> events: the storage thread switches on the same ring
+                        // (a stream it does not record, waiting or stopped, is ignored).
+                        let _ = ch.storage.send(storage::Command::Mode(row.spec.name.clone()));
+                    }
                 }
                 Ok(Applied::Updated)
             }
@@ -331,7 +360,7 @@ impl Edit<'_> {
             }
         }
         let Some(ch) = self.rec.channels() else { return };
-        if rt.spec().record == RecordMode::Continuous {
+        if rt.spec().record.records() {
             let _ = ch.storage.send(storage::Command::Add(rt.clone()));
         }
         let _ = ch.ingest.send_blocking(ingest::Command::Start(rt.clone()));
@@ -457,6 +486,9 @@ mod tests {
             max_storage_mb: None,
             priority,
             bitrate_kbps: Some(1000),
+            pre_seconds: 5,
+            post_seconds: 10,
+            event_retention_days: 30,
             source: "api".into(),
         };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }

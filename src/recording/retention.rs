@@ -8,7 +8,9 @@
 //! - Rules apply in order, each counting what the earlier ones already picked:
 //!   1. Age: an item of a stream with `retention_days = Some(d)` goes when its
 //!      `end_ms < now_ms - d days` (`d = 0`: every closed item that ended
-//!      before `now_ms`). An item of unknown time (`time_unknown`: recorded
+//!      before `now_ms`); an item overlapping an event (`Item::event`) counts
+//!      `event_retention_days` instead (the storage thread makes it at least
+//!      `retention_days`; `None` with no `retention_days`). An item of unknown time (`time_unknown`: recorded
 //!      while the wall clock was not set) has no age and never goes by age;
 //!      quota and free space take it like any other, by its stored time. A
 //!      forward step of the wall clock after an item is not age: its end
@@ -69,6 +71,8 @@ pub use crate::index::db::RetentionItem as Item;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamPolicy {
     pub retention_days: Option<u32>,
+    /// Age limit of items overlapping an event (`Item::event`).
+    pub event_retention_days: Option<u32>,
     pub max_bytes: Option<u64>,
 }
 
@@ -155,7 +159,8 @@ pub fn plan_streaming<E>(
     let now: AgeClock = now.into();
     let mut left: HashMap<i64, u64> = HashMap::new();
     walk(&mut |it| {
-        let days = policies.get(&it.stream_id).and_then(|p| p.retention_days);
+        let days =
+            policies.get(&it.stream_id).and_then(|p| if it.event { p.event_retention_days } else { p.retention_days });
         let cutoff = days.map(|d| now.now_ms.saturating_sub(i64::from(d).saturating_mul(MS_PER_DAY)));
         if cutoff.is_some_and(|c| now.aged_end(it.end_ms) < c) && deletable(it) && !it.time_unknown {
             pick(it, Reason::Age, &mut picked, &mut out);
@@ -326,11 +331,16 @@ mod tests {
             protected: false,
             open: false,
             time_unknown: false,
+            event: false,
         }
     }
 
     fn policies(list: &[(i64, Option<u32>, Option<u64>)]) -> HashMap<i64, StreamPolicy> {
-        list.iter().map(|&(s, days, max)| (s, StreamPolicy { retention_days: days, max_bytes: max })).collect()
+        list.iter()
+            .map(|&(s, days, max)| {
+                (s, StreamPolicy { event_retention_days: None, retention_days: days, max_bytes: max })
+            })
+            .collect()
     }
 
     const ROOMY: Disk = Disk { total_bytes: 1000, free_bytes: 900 };
@@ -340,12 +350,34 @@ mod tests {
     }
 
     #[test]
+    fn recordings_of_events_are_kept_event_retention_days() {
+        let pol = HashMap::from([
+            (1, StreamPolicy { retention_days: Some(2), event_retention_days: Some(30), max_bytes: None }),
+            // No age limit: events or not, kept until space runs out.
+            (2, StreamPolicy { retention_days: None, event_retention_days: None, max_bytes: None }),
+        ]);
+        let items = [
+            item(1, 1, 0, 10),
+            Item { event: true, ..item(2, 1, 0, 10) },
+            Item { event: true, ..item(3, 1, 20 * DAY, 10) },
+            Item { event: true, ..item(4, 2, 0, 10) },
+            item(5, 2, 0, 10),
+        ];
+        assert_eq!(ids(&plan(10 * DAY, &items, &pol, ROOMY, 0)), vec![1], "the event's is kept past 2 days");
+        assert_eq!(ids(&plan(31 * DAY, &items, &pol, ROOMY, 0)), vec![1, 2], "and goes after 30");
+        // Free space takes them like any other, oldest first (2 % of 1000 bytes: two items).
+        let full = Disk { total_bytes: 1000, free_bytes: 0 };
+        assert_eq!(ids(&plan(10 * DAY, &items, &pol, full, 2)), vec![1, 2]);
+    }
+
+    #[test]
     fn a_forward_clock_step_is_not_age() {
         // Stream 1 keeps 2 days. At 10 days the clock jumped a year ahead (a
         // wrong date set by hand): what was recorded before is not a year old.
         let year = 365 * DAY;
         let jump = ClockStep { at_ms: 10 * DAY + year, step_ms: year };
-        let pol = HashMap::from([(1, StreamPolicy { retention_days: Some(2), max_bytes: None })]);
+        let pol =
+            HashMap::from([(1, StreamPolicy { event_retention_days: None, retention_days: Some(2), max_bytes: None })]);
         let items = [
             Item { end_ms: 9 * DAY, ..item(1, 1, 9 * DAY - MIN, 10) }, // a day before the jump
             Item { end_ms: 7 * DAY, ..item(2, 1, 7 * DAY - MIN, 10) }, // 3 days before the jump
@@ -558,6 +590,7 @@ mod tests {
                     protected: id % 97 == 0,
                     open: i == PER - 1,
                     time_unknown: false,
+                    event: false,
                 });
             }
         }
@@ -570,9 +603,9 @@ mod tests {
         let mut pol = HashMap::new();
         for s in 0..STREAMS {
             let p = match s % 4 {
-                0 => StreamPolicy { retention_days: Some(1), max_bytes: None },
-                1 => StreamPolicy { retention_days: None, max_bytes: Some(1_000_000_000) },
-                2 => StreamPolicy { retention_days: Some(1), max_bytes: Some(500_000_000) },
+                0 => StreamPolicy { event_retention_days: None, retention_days: Some(1), max_bytes: None },
+                1 => StreamPolicy { event_retention_days: None, retention_days: None, max_bytes: Some(1_000_000_000) },
+                2 => StreamPolicy { event_retention_days: None, retention_days: Some(1), max_bytes: Some(500_000_000) },
                 _ => StreamPolicy::default(),
             };
             pol.insert(s, p);
@@ -628,6 +661,9 @@ mod tests {
             max_storage_mb: None,
             priority: 0,
             bitrate_kbps: None,
+            pre_seconds: 5,
+            post_seconds: 10,
+            event_retention_days: 30,
             source: "config".to_owned(),
         };
         db.upsert_stream(&spec, 0).expect("stream").id
@@ -675,7 +711,7 @@ mod tests {
         let mut all = Vec::new();
         for (k, name) in ["a", "b", "c"].iter().enumerate() {
             let s = stream(&db, name);
-            pol.insert(s, StreamPolicy { retention_days: None, max_bytes: Some(2500) });
+            pol.insert(s, StreamPolicy { event_retention_days: None, retention_days: None, max_bytes: Some(2500) });
             for i in 0..5 {
                 all.push(recorded(&db, data, s, name, i * MIN + k as i64, 1000));
             }
@@ -685,7 +721,7 @@ mod tests {
         // A pending entry from before a crash, whose file is already gone.
         db.conn_for_tests().execute("INSERT INTO garbage (path) VALUES ('recordings/a/gone.mp4')", []).expect("g");
 
-        let walk = |f: &mut dyn FnMut(&Item) -> bool| db.each_retention_item(f);
+        let walk = |f: &mut dyn FnMut(&Item) -> bool| db.each_retention_item(0, f);
         let d = plan_streaming(10 * MIN, walk, &pol, disk_usage(data).expect("disk"), 0).expect("plan");
         assert_eq!(d, plan(10 * MIN, &db.retention_items().expect("items"), &pol, disk_usage(data).expect("disk"), 0));
         // Each stream has 5000 bytes against a 2500 quota: 3 go (the protected

@@ -330,6 +330,25 @@ impl Ring {
         }
     }
 
+    /// A cursor at the oldest run start or video keyframe still in the ring
+    /// (the events mode's pre-buffer at its longest), or at the end if there
+    /// is none; its first read gives the run start in effect there.
+    pub fn cursor_at_oldest_keyframe(&self) -> Cursor {
+        let st = self.lock();
+        match st.index.front().copied() {
+            Some((seq, off)) => st.cursor_resuming_at(seq, to_usize(off)),
+            None => st.cursor_resuming_at(st.next_seq, st.head),
+        }
+    }
+
+    /// A cursor at the indexed keyframe or run start `seq` (as the other
+    /// keyframe cursors), or `None` if it has left the ring or its index.
+    pub fn cursor_at_keyframe(&self, seq: u64) -> Option<Cursor> {
+        let st = self.lock();
+        let &(seq, off) = st.index.iter().find(|&&(s, _)| s == seq)?;
+        Some(st.cursor_resuming_at(seq, to_usize(off)))
+    }
+
     /// A cursor at the oldest record (which may not be decodable).
     #[cfg(test)]
     fn cursor_at_oldest(&self) -> Cursor {

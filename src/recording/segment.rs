@@ -67,6 +67,8 @@ pub enum CloseReason {
     Gap,
     WriteError,
     Shutdown,
+    /// Events mode: `post_seconds` after the last event.
+    EventsOver,
 }
 
 impl CloseReason {
@@ -77,6 +79,7 @@ impl CloseReason {
             CloseReason::Gap => "recording fell behind the ring",
             CloseReason::WriteError => "write error",
             CloseReason::Shutdown => "recorder stopped",
+            CloseReason::EventsOver => "no event (events mode)",
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct SegmentWriter {
     pub failing: Option<String>,
     /// Row updates the database refused, oldest first, retried at each tick.
     unsaved: Vec<(i64, SegmentProgress)>,
+    /// What made the segments it opens (`"continuous"`, `"event"`): the row's `trigger`.
+    pub trigger: &'static str,
 }
 
 impl SegmentWriter {
@@ -164,7 +169,13 @@ impl SegmentWriter {
             last_error: None,
             failing: None,
             unsaved: Vec::new(),
+            trigger: "continuous",
         }
+    }
+
+    /// Wall time of a video pts of the current run (`None` before any run).
+    pub fn wall_ms(&self, pts: i64) -> Option<i64> {
+        self.run.as_ref().map(|r| r.wall_ms(pts))
     }
 
     /// A new run: the current segment ends; the next starts at its first keyframe.
@@ -287,7 +298,7 @@ impl SegmentWriter {
             video_timescale: run.video.timescale,
             init_len,
             has_audio: run.audio.is_some(),
-            trigger: "continuous".into(),
+            trigger: self.trigger.into(),
             time_unknown,
         };
         let id = match db.insert_segment(&new) {
@@ -618,6 +629,9 @@ mod tests {
             max_storage_mb: None,
             priority: 0,
             bitrate_kbps: None,
+            pre_seconds: 5,
+            post_seconds: 10,
+            event_retention_days: 30,
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

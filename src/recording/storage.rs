@@ -12,6 +12,9 @@
 //!   re-stamped by the measured step in the first pass that finds the clock
 //!   trusted: the rows (`Db::restamp`, this process's only) and the writers'
 //!   open segments together, between two drains.
+//! - A stream in events mode is read from its ring only while its
+//!   [`Trigger`] says a recording runs (the events hub's notices, polled each
+//!   pass); it starts at [`trigger::seek`]'s keyframe and ends on a keyframe.
 //! - The ballast (`reserve`) is released only when the disk is full (a writer
 //!   or retention failed with ENOSPC/SQLITE_FULL) and made again only when no
 //!   writer fails and twice its size is free; while it is missing, retention
@@ -29,13 +32,16 @@ use serde::Serialize;
 
 use crate::base::clock::Clock;
 use crate::base::heartbeat::{self, Part};
+use crate::index::db::RecordMode;
 use crate::index::db::{ClockStep, Db, NewSegment, SegmentProgress};
+use crate::recording::media::Track;
 use crate::recording::mp4;
 use crate::recording::reserve::{self, Reserve};
 use crate::recording::retention;
 use crate::recording::ring::{Cursor, ReadResult};
 use crate::recording::segment::{self, CloseReason, SegmentWriter, WriterConfig};
 use crate::recording::stream::{StreamRuntime, Writing};
+use crate::recording::trigger::{self, Trigger};
 
 /// How often the thread wakes to drain rings when nothing else happens.
 const POLL: Duration = Duration::from_millis(50);
@@ -57,6 +63,9 @@ pub enum Command {
     Add(Arc<StreamRuntime>),
     /// Stop recording a stream (its open segment is closed).
     Remove(String),
+    /// The stream's record mode or pre/post seconds changed (continuous <->
+    /// events): switch on the same ring, re-reading its spec.
+    Mode(String),
     /// Run retention now.
     Retention,
     /// Delete every recording of a stream (row first, then files); answers the count.
@@ -73,6 +82,8 @@ pub struct StorageSettings {
     pub min_free_percent: u8,
     /// `[events] retention_days`: older events go in the retention pass.
     pub events_retention_days: u32,
+    /// The events hub, which starts and extends the events mode's recordings.
+    pub events: Option<crate::events::Subscription>,
 }
 
 struct Recorder {
@@ -86,9 +97,81 @@ struct Recorder {
     /// When this stream's ring was last drained, and the longest wait so far.
     drained: Instant,
     lag_max: Duration,
+    /// Events mode: when to write (`None`: continuous, always).
+    trigger: Option<Trigger>,
+    /// Seq where the last events recording stopped: the next never starts before it.
+    stop_floor: u64,
 }
 
 impl Recorder {
+    fn new(rt: Arc<StreamRuntime>, writer: SegmentWriter) -> Recorder {
+        let cursor = rt.ring.cursor_at_latest_keyframe();
+        let mut r = Recorder {
+            rt,
+            cursor,
+            writer,
+            published: None,
+            published_error: None,
+            drained: Instant::now(),
+            lag_max: Duration::ZERO,
+            trigger: None,
+            stop_floor: 0,
+        };
+        r.set_mode();
+        r.stop_floor = 0; // a new recorder has written nothing: the whole ring may be its pre-buffer
+        r
+    }
+
+    /// Takes the stream's record mode and pre/post seconds from its spec.
+    /// Continuous to events closes the segment (nothing is written until an
+    /// event); events to continuous goes on from where it is, or from the
+    /// newest keyframe if no recording ran.
+    fn set_mode(&mut self) {
+        let spec = self.rt.spec();
+        match (spec.record, &mut self.trigger) {
+            (RecordMode::Events, Some(t)) => t.set_seconds(spec.pre_seconds, spec.post_seconds),
+            (RecordMode::Events, None) => {
+                self.trigger = Some(Trigger::new(self.rt.name(), spec.pre_seconds, spec.post_seconds));
+                self.writer.trigger = "event";
+                self.stop_floor = self.cursor.next_seq();
+            }
+            (_, t) => {
+                if t.as_ref().is_some_and(|t| !t.recording()) {
+                    self.cursor = self.rt.ring.cursor_at_latest_keyframe();
+                }
+                *t = None;
+                self.writer.trigger = "continuous";
+            }
+        }
+        let recording = self.trigger.as_ref().map(Trigger::recording);
+        self.rt.with_status(|s| s.event_recording = recording);
+    }
+
+    /// Events mode: a recording starts, from the ring at `from_ms` (see `trigger`).
+    fn start_events_recording(&mut self, from_ms: i64, buf: &mut Vec<u8>) {
+        let seek = trigger::seek(&self.rt.ring, from_ms, self.stop_floor, buf);
+        self.cursor = seek.cursor;
+        if seek.short {
+            log::warn!(
+                "stream {}: the ring no longer holds the pre-buffer from {}; recording from its oldest keyframe{}",
+                self.rt.name(),
+                crate::base::clock::rfc3339(from_ms),
+                seek.from_ms.map(|t| format!(" ({})", crate::base::clock::rfc3339(t))).unwrap_or_default()
+            );
+        }
+        self.rt.with_status(|s| s.event_recording = Some(true));
+    }
+
+    /// Events mode: the recording ends (its segment closed); the ring is not read until the next.
+    fn stop_events_recording(&mut self, db: &Db, floor: u64) {
+        self.writer.close(db, CloseReason::EventsOver);
+        self.stop_floor = floor;
+        if let Some(t) = &mut self.trigger {
+            t.stopped();
+        }
+        self.rt.with_status(|s| s.event_recording = Some(false));
+    }
+
     /// Tells the stream's status how far the open segment is written, when that changed.
     fn publish(&mut self) {
         let now = self.writer.writing();
@@ -146,18 +229,18 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                 if let Some(mut old) = recorders.remove(&name) {
                     old.writer.close(&db, CloseReason::Shutdown);
                 }
-                let cursor = rt.ring.cursor_at_latest_keyframe();
                 let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone(), clock.clone());
-                let recorder = Recorder {
-                    rt,
-                    cursor,
-                    writer,
-                    published: None,
-                    published_error: None,
-                    drained: Instant::now(),
-                    lag_max: Duration::ZERO,
-                };
-                recorders.insert(name, recorder);
+                recorders.insert(name, Recorder::new(rt, writer));
+            }
+            Ok(Command::Mode(name)) => {
+                if let Some(r) = recorders.get_mut(&name) {
+                    let was_events = r.trigger.is_some();
+                    if !was_events && r.rt.spec().record == RecordMode::Events {
+                        drain(&db, r, &mut buf, usize::MAX);
+                        r.writer.close(&db, CloseReason::EventsOver);
+                    }
+                    r.set_mode();
+                }
             }
             Ok(Command::Remove(name)) => {
                 if let Some(mut r) = recorders.remove(&name) {
@@ -191,9 +274,16 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
         let mut rotated = false;
         let mut failing = false;
         let mut full = std::mem::take(&mut backlog.hit_full);
+        if let Some(sub) = &settings.events {
+            take_notices(sub, &mut recorders, &mut buf);
+        }
         for r in recorders.values_mut() {
             let segments_before = r.writer.stats.segments;
-            drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
+            let caught_up = drain(&db, r, &mut buf, MAX_RECORDS_PER_PASS);
+            if caught_up && r.trigger.as_ref().is_some_and(|t| t.over_at(clock.now_ms())) {
+                let floor = r.cursor.next_seq();
+                r.stop_events_recording(&db, floor);
+            }
             r.writer.tick(&db);
             restamp.pending |= r.writer.take_wrote_unknown();
             r.publish();
@@ -392,8 +482,23 @@ impl Backlog {
     }
 }
 
-/// Moves up to `max` records from the ring into the writer.
-fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) {
+/// Hands the events hub's notices to the events-mode recorders of their streams.
+fn take_notices(sub: &crate::events::Subscription, recorders: &mut HashMap<String, Recorder>, buf: &mut Vec<u8>) {
+    while let Some(n) = sub.next(Duration::ZERO) {
+        let Some(r) = recorders.get_mut(&n.event.stream) else { continue };
+        if let Some(from_ms) = r.trigger.as_mut().and_then(|t| t.on_notice(&n)) {
+            r.start_events_recording(from_ms, buf);
+        }
+    }
+}
+
+/// Moves up to `max` records from the ring into the writer; true if it
+/// caught up (or, in events mode between recordings, has nothing to read).
+fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) -> bool {
+    if r.trigger.as_ref().is_some_and(|t| !t.recording()) {
+        r.drained = Instant::now();
+        return true;
+    }
     let lag = r.drained.elapsed();
     r.drained = Instant::now();
     if lag > r.lag_max {
@@ -402,7 +507,12 @@ fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) {
     }
     for _ in 0..max {
         match r.rt.ring.read(&mut r.cursor, buf) {
-            ReadResult::Empty => return,
+            ReadResult::Empty => return true,
+            ReadResult::Frame { seq, track: Track::Video, key: true, pts } if ends_before(r, pts) => {
+                // This keyframe is the next recording's earliest start.
+                r.stop_events_recording(db, seq);
+                return true;
+            }
             ReadResult::Frame { track, key, pts, .. } => r.writer.on_frame(db, track, key, pts, buf),
             ReadResult::Run { run, .. } => r.writer.on_run(db, run),
             ReadResult::Gap { lost_from, lost_to } => {
@@ -411,6 +521,15 @@ fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) {
                 r.writer.on_gap(db);
             }
         }
+    }
+    false
+}
+
+/// Whether an events recording ends before this video keyframe.
+fn ends_before(r: &Recorder, pts: i64) -> bool {
+    match (&r.trigger, r.writer.wall_ms(pts)) {
+        (Some(t), Some(wall)) => t.ends_before(wall),
+        _ => false,
     }
 }
 
@@ -429,6 +548,8 @@ fn plan_retention(
             .map(|s| {
                 let p = retention::StreamPolicy {
                     retention_days: s.spec.retention_days,
+                    // Never shorter than the stream's own retention.
+                    event_retention_days: s.spec.retention_days.map(|d| d.max(s.spec.event_retention_days)),
                     max_bytes: s.spec.max_storage_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
                 };
                 (s.id, p)
@@ -452,7 +573,7 @@ fn plan_retention(
     };
     let mut walked = 0usize;
     let walk = |f: &mut dyn FnMut(&retention::Item) -> bool| {
-        db.each_retention_item(&mut |it| {
+        db.each_retention_item(clock.now_ms(), &mut |it| {
             walked += 1;
             f(&retention::Item { open: it.open || open.contains(&it.id), ..*it })
         })

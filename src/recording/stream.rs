@@ -74,6 +74,9 @@ pub struct StreamStatus {
     pub bytes: u64,
     pub connects: u64,
     pub gaps: u64,
+    /// Events mode (`record = "events"`): whether an event recording runs now;
+    /// `None` in the other modes.
+    pub event_recording: Option<bool>,
     /// Longest the storage thread left this stream's ring unread (ms): how close
     /// recording came to losing records (the ring holds about `ring_seconds`).
     pub storage_lag_max_ms: u64,
@@ -139,6 +142,7 @@ impl StreamStatus {
             bytes: 0,
             connects: 0,
             gaps: 0,
+            event_recording: None,
             storage_lag_max_ms: 0,
             storage_error: None,
             memory_wait: None,

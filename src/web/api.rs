@@ -233,6 +233,9 @@ fn spec_fields(s: &StreamSpec) -> Map<String, Value> {
         "max_storage_mb": s.max_storage_mb,
         "priority": s.priority,
         "bitrate_kbps": s.bitrate_kbps,
+        "pre_seconds": s.pre_seconds,
+        "post_seconds": s.post_seconds,
+        "event_retention_days": s.event_retention_days,
     });
     match v {
         Value::Object(m) => m,
@@ -669,6 +672,9 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         max_storage_mb: Some(100),
         priority: 1,
         bitrate_kbps: Some(2000),
+        pre_seconds: 5,
+        post_seconds: 10,
+        event_retention_days: 30,
         detect: Vec::new(),
         motion_mask: Vec::new(),
     };
@@ -754,7 +760,7 @@ mod tests {
         let v = stream_setting(Some(&api), None);
         assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
         let v = stream_setting(None, Some(&file));
-        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 7), "{v}");
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 10), "{v}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Host for NvrHost {
         let views = streams.iter().map(|rt| {
             let (spec, st) = (rt.spec(), rt.status());
             let connected = st.state == StreamState::Streaming;
-            let record = spec.record == RecordMode::Continuous;
+            let record = spec.record.records();
             StreamView {
                 name: spec.name,
                 state: serde_json::to_value(st.state)

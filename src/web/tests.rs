@@ -51,6 +51,9 @@ fn fixture() -> Fixture {
         max_storage_mb: None,
         priority: 0,
         bitrate_kbps: None,
+        pre_seconds: 5,
+        post_seconds: 10,
+        event_retention_days: 30,
         source: "api".into(),
     };
     let stream = db.upsert_stream(&spec, T0).expect("stream");

@@ -208,6 +208,9 @@ impl Harness {
             max_storage_mb: None,
             priority,
             bitrate_kbps: None,
+            pre_seconds: 5,
+            post_seconds: 10,
+            event_retention_days: 30,
             source: "api".into(),
         };
         let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
@@ -601,6 +604,7 @@ mod with_storage {
             sync_seconds: 1,
             min_free_percent: 0,
             events_retention_days: 30,
+            events: None,
         };
         let (tx, thread) = storage::spawn(settings, h.clock.clone()).expect("storage");
         tx.send(storage::Command::Add(rt.clone())).expect("add");
@@ -626,6 +630,9 @@ mod with_storage {
             max_storage_mb: None,
             priority: 0,
             bitrate_kbps: None,
+            pre_seconds: 5,
+            post_seconds: 10,
+            event_retention_days: 30,
             source: "api".into(),
         };
         assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");
