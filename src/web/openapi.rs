@@ -109,6 +109,8 @@ mod tests {
             Resource::EventImage(id(), "thumbnail"),
             Resource::Ota,
             Resource::Tls,
+            Resource::Webhooks,
+            Resource::WebhookTest(name()),
             Resource::Static(String::new()),
             Resource::Static(value_of("file").to_string()),
         ]
@@ -682,6 +684,10 @@ mod tests {
         api.call("POST", &format!("/api/events/{id}/end"), r#"{"end_ms":5}"#, 409);
         api.call("DELETE", &format!("/api/events/{id}"), "", 200);
         api.call("DELETE", &format!("/api/events/{id}"), "", 404);
+        // Webhooks (none configured here; tests/webhooks.rs has some).
+        assert_eq!(api.call("GET", "/api/webhooks", "", 200), serde_json::json!({"webhooks": []}));
+        api.call("POST", "/api/webhooks/n1/test", "", 404);
+        api.call("POST", "/api/webhooks/n1/test", r#"{"x":1}"#, 400);
         api.call("POST", "/api/auth/logout", "", 204);
     }
 
