@@ -463,29 +463,48 @@ pub fn tls_client(ca_file: &str, key: &str) -> Result<rustls::ClientConfig, Stri
 struct Deadline {
     tcp: TcpStream,
     until: std::time::Instant,
+    /// The whole time allowed (for the message).
+    timeout: Duration,
 }
 
 impl Deadline {
     fn left(&self) -> io::Result<Duration> {
         let left = self.until.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer within the deadline"));
+            return Err(self.timed_out());
         }
         Ok(left)
+    }
+
+    fn timed_out(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, format!("timed out: no answer within {:?}", self.timeout))
+    }
+
+    /// Linux says EAGAIN when a socket timeout expires: say what it means.
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| {
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                self.timed_out()
+            } else {
+                e
+            }
+        })
     }
 }
 
 impl Read for Deadline {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.tcp.set_read_timeout(Some(self.left()?))?;
-        self.tcp.read(buf)
+        let r = self.tcp.read(buf);
+        self.check(r)
     }
 }
 
 impl Write for Deadline {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.tcp.set_write_timeout(Some(self.left()?))?;
-        self.tcp.write(buf)
+        let r = self.tcp.write(buf);
+        self.check(r)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -526,7 +545,7 @@ pub fn post(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let stream = Deadline { tcp, until };
+    let stream = Deadline { tcp, until, timeout };
     let exchange = |mut s: Box<dyn ReadWrite>| -> Result<u16, String> {
         s.write_all(head.as_bytes())
             .and_then(|()| s.write_all(body))
