@@ -155,7 +155,8 @@ struct Hook {
     name: String,
     shown_url: String,
     streams: Vec<String>,
-    sub: Subscription,
+    /// None for a hook that cannot run: nothing would take its notices.
+    sub: Option<Subscription>,
     st: Mutex<HookState>,
 }
 
@@ -176,8 +177,10 @@ impl Hook {
             streams: self.streams.clone(),
             state: st.state,
             error: st.error.clone(),
-            queued: self.sub.waiting() + usize::from(st.in_hand) + usize::from(st.test.is_some()),
-            dropped: self.sub.dropped(),
+            queued: self.sub.as_ref().map_or(0, Subscription::waiting)
+                + usize::from(st.in_hand)
+                + usize::from(st.test.is_some()),
+            dropped: self.sub.as_ref().map_or(0, Subscription::dropped),
             delivered: st.delivered,
             failed: st.failed,
             last: st.last.clone(),
@@ -253,14 +256,15 @@ impl Webhooks {
                 shown.truncate(q);
             }
             let target = Target::new(c, &format!("webhooks[{i}]"));
+            let failed = target.as_ref().err().cloned();
             let hook = Arc::new(Hook {
                 name: c.name_or(i + 1),
                 shown_url: shown,
                 streams: c.streams.clone(),
-                sub: hub.subscribe(),
+                sub: failed.is_none().then(|| hub.subscribe()),
                 st: Mutex::new(HookState {
-                    state: "idle",
-                    error: None,
+                    state: if failed.is_some() { "failed" } else { "idle" },
+                    error: failed,
                     in_hand: false,
                     test: None,
                     delivered: 0,
@@ -274,8 +278,6 @@ impl Webhooks {
                 Ok(t) => t,
                 Err(e) => {
                     log::error!("webhook {}: {e}; it sends nothing", hook.name);
-                    let mut st = hook.st();
-                    (st.state, st.error) = ("failed", Some(e));
                     continue;
                 }
             };
@@ -330,7 +332,10 @@ impl Webhooks {
         *lock(&self.stop.stopped) = true;
         self.stop.cv.notify_all();
         for h in &self.hooks {
-            h.st().state = "stopped";
+            let mut st = h.st();
+            if st.state != "failed" {
+                st.state = "stopped";
+            }
         }
     }
 }
@@ -340,7 +345,7 @@ fn next(hook: &Hook, render: &Render) -> Option<Delivery> {
     if let Some(t) = hook.st().test.take() {
         return Some(t);
     }
-    let n = hook.sub.next(POLL)?;
+    let n = hook.sub.as_ref()?.next(POLL)?;
     hook.wants(&n.event).then(|| delivery(hook, render, &n))
 }
 
@@ -393,14 +398,19 @@ fn deliver(hook: &Hook, target: &Target, clock: &dyn Clock, stop: &Stop, d: Deli
         if stop.is_set() && !ok {
             return;
         }
+        let why = outcome.error.as_deref().unwrap_or_default();
         if ok || refused || too_old {
-            if !ok {
-                let why = outcome.error.as_deref().unwrap_or_default();
+            if ok && attempts > 1 {
+                log::info!("webhook {}: delivery {} accepted at attempt {attempts}", hook.name, d.id);
+            } else if !ok {
                 let after = if refused { "refused" } else { "given up" };
                 log::warn!("webhook {}: delivery {} {after} after {attempts} attempt(s): {why}", hook.name, d.id);
             }
             hook.finish(outcome);
             return;
+        }
+        if attempts == 1 {
+            log::warn!("webhook {}: delivery {} failed: {why}; retrying for up to {RETRY_FOR:?}", hook.name, d.id);
         }
         hook.st().state = "retrying";
         if stop.wait(backoff) {
@@ -424,8 +434,11 @@ mod tests {
         assert_eq!(sig, "t=1800000000,v1=48cd3da104b8ecce10f3c3422fb4114076727cf5dfc3bb2280a70ff5d25c5201");
     }
 
-    /// Answers each request with the next status of `answers`; returns each request's head and body.
-    fn receiver(answers: Vec<u16>) -> (String, std::thread::JoinHandle<Vec<(String, Vec<u8>)>>) {
+    /// Each request's head and body.
+    type Requests = Vec<(String, Vec<u8>)>;
+
+    /// Answers each request with the next status of `answers`.
+    fn receiver(answers: Vec<u16>) -> (String, std::thread::JoinHandle<Requests>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}/hook?token=t", l.local_addr().expect("addr"));
         let t = std::thread::spawn(move || {
