@@ -438,14 +438,15 @@ function drawHooks(box, msg, hooks) {
       }) });
     const recent = h('td.recent', {}, w.recent.length ? h('ul', {}, w.recent.map((o) =>
       h('li', { text: `${fmtClock(o.time_ms)} ${o.change}: ${outcomeText(o)}, ${o.attempts} attempt(s)` }))) : '—');
-    return h('tr', { 'data-hook': w.name }, td(w.name),
-      h('td', {}, h('code', { text: w.url }), w.streams.length ? h('small.note', { text: ` only ${w.streams.join(', ')}` }) : null),
+    return h('tr', { 'data-hook': w.name },
+      h('td', {}, h('strong', { text: w.name }), h('code.url', { text: w.url }),
+        w.streams.length ? h('small', { text: `only ${w.streams.join(', ')}` }) : null),
       h('td', {}, h('span.pill.' + pill, { text: w.state }), w.error ? h('small.error-text', { text: ' ' + w.error }) : null),
-      td(`${w.queued} queued, ${w.dropped} dropped`), td(`${w.delivered} delivered, ${w.failed} failed`),
+      td(`${w.delivered} delivered, ${w.failed} failed; ${w.queued} queued, ${w.dropped} dropped`),
       h('td.last', {}, last ? `${fmtDateTime(last.time_ms)}: ${outcomeText(last)}, attempt ${last.attempts}` : '—'),
       recent, h('td.actions', {}, test));
   });
-  clear(box, table('webhook-list', ['Name', 'URL', 'State', 'Queue', 'Deliveries', 'Last attempt', 'Recent', ''], rows));
+  clear(box, table('webhook-list', ['Webhook', 'State', 'Deliveries', 'Last attempt', 'Recent', ''], rows));
 }
 
 // ---- users ----

@@ -377,11 +377,11 @@ async function testIntegrations() {
     const test = await until('the test event at the receiver', async () => receiver.got.find((g) => g.body && g.body.type === 'event.test'));
     assert(test.signed && test.fresh, `the receiver could not verify the test event: ${JSON.stringify(test)}`);
     assert(test.body.event.stream === STREAM && test.body.hook === 'receiver', `the test event: ${JSON.stringify(test.body)}`);
-    const last = await until('the page to show the accepted test', async () => {
-      const t = await page.textContent(`${row('receiver')} td.last`);
-      return /accepted \(HTTP 200\)/.test(t) && t;
+    const recent = await until('the page to show the accepted test', async () => {
+      const t = await page.textContent(`${row('receiver')} td.recent`);
+      return /test: accepted \(HTTP 200\), 1 attempt/.test(t) && t;
     });
-    console.log(`    receiver's last attempt: "${last.trim()}"`);
+    console.log(`    receiver's recent deliveries: "${recent.trim()}"`);
     await page.click(`${row('nobody')} button:has-text("Send test event")`);
     const refused = await until('the refused hook\'s error', async () => {
       const t = await page.textContent(row('nobody'));
