@@ -308,4 +308,6 @@ fn a_receiver_that_never_answers_holds_nothing_up() {
     poll(Duration::from_secs(10), "frames keep coming", || frames() > f1 + 10);
     assert!(f1 > f0);
     assert_eq!(nvr.get("/api/events?limit=1").expect("events").status, 200);
+    let heap = &nvr.json("/api/system")["memory"]["heap_by_subsystem"];
+    eprintln!("figure: heap with a full webhook queue: webhooks {} B, http {} B", heap["webhooks"], heap["http"]);
 }
