@@ -500,4 +500,94 @@ mod tests {
         assert_eq!(sig, signature(b"0123456789abcdef", 1_800_000_000, body));
         assert_eq!(got[0].1, got[1].1, "a retry sends the same body");
     }
+
+    /// A CA (its PEM) and a `localhost` server config with a certificate it signed.
+    fn ca_and_server(name: &str) -> (String, Arc<rustls::ServerConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("ca key");
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let leaf =
+            CertificateParams::new(vec!["localhost".to_string()]).expect("params").signed_by(&key, &ca).expect("leaf");
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], der.into())
+            .expect("server config");
+        (ca.pem(), Arc::new(server))
+    }
+
+    /// The head and as many body bytes as its Content-Length says have arrived.
+    fn whole_request(got: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(got);
+        let Some(end) = text.find("\r\n\r\n") else { return false };
+        let len = text[..end].lines().find_map(|l| l.strip_prefix("Content-Length: ")).and_then(|v| v.parse().ok());
+        len.is_some_and(|n: usize| got.len() >= end + 4 + n)
+    }
+
+    #[test]
+    fn https_trusts_the_configured_ca_and_names_a_foreign_one() {
+        let (ca_pem, server) = ca_and_server("receiver's CA");
+        let (foreign_pem, _) = ca_and_server("another CA");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca_file, foreign_file) = (dir.path().join("ca.pem"), dir.path().join("foreign.pem"));
+        std::fs::write(&ca_file, ca_pem).expect("ca file");
+        std::fs::write(&foreign_file, foreign_pem).expect("foreign file");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("https://localhost:{}/in", l.local_addr().expect("addr").port());
+        let tls_server = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for conn in l.incoming().take(2) {
+                let tcp = conn.expect("accept");
+                let tls = rustls::ServerConnection::new(server.clone()).expect("server");
+                let mut s = rustls::StreamOwned::new(tls, tcp);
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The foreign CA's client gives up in the handshake: this read fails.
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                    if whole_request(&got) {
+                        let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+                        let _ = s.flush();
+                        break;
+                    }
+                }
+                bodies.push(String::from_utf8_lossy(&got).into_owned());
+            }
+            bodies
+        });
+        let hook = |name: &str, ca: &std::path::Path| WebhookConfig {
+            name: name.into(),
+            url: url.clone(),
+            secret: "0123456789abcdef".into(),
+            ca_file: ca.display().to_string(),
+            ..Default::default()
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SimulatedClock::new(1_800_000_000_000));
+        let render: Render = Arc::new(|e: &EventRow| json!({ "id": e.id }));
+        let configs = [hook("ours", &ca_file), hook("theirs", &foreign_file)];
+        let hooks = Webhooks::spawn(&configs, &Hub::default(), render, clock).expect("spawn");
+        hooks.test("ours").expect("queued");
+        let until = Instant::now() + Duration::from_secs(20);
+        while hooks.status()[0].delivered == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        hooks.test("theirs").expect("queued");
+        while hooks.status()[1].last.is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (ours, theirs) = (hooks.status().remove(0), hooks.status().remove(1));
+        hooks.stop();
+        assert_eq!((ours.delivered, ours.last.as_ref().and_then(|l| l.status)), (1, Some(204)), "{ours:?}");
+        let why = theirs.last.as_ref().and_then(|l| l.error.clone()).unwrap_or_default();
+        assert!(why.contains("invalid peer certificate: UnknownIssuer"), "{why}");
+        let bodies = tls_server.join().expect("server");
+        assert!(bodies[0].starts_with("POST /in HTTP/1.1\r\nHost: localhost:"), "{}", bodies[0]);
+    }
 }
