@@ -40,6 +40,8 @@ pub struct Nvr {
     pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
     /// The webhooks, set at start-up when `[[webhooks]]` has entries (`web::webhooks`).
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
+    /// Each detecting stream's counters, set at start-up (`cli::app`).
+    pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
 }
 
 impl Nvr {
@@ -68,6 +70,7 @@ impl Nvr {
             live_db: Default::default(),
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
+            detection: std::sync::OnceLock::new(),
         }
     }
 }
