@@ -38,6 +38,9 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// `[[webhooks]]`: URLs each event is POSTed to, signed (`notify::webhook`).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub detect: DetectConfig,
     /// The file it was read from (or `<embedded defaults>`).
@@ -189,6 +192,85 @@ pub struct MqttConfig {
     /// Empty: `oxinvr/<name>`.
     pub topic_prefix: String,
     pub discovery_prefix: String,
+}
+
+/// Most `[[webhooks]]` entries (each has a thread and a queue).
+pub const MAX_WEBHOOKS: usize = 16;
+
+/// One `[[webhooks]]` entry: where events are POSTed and the key they are signed with.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Its name in the API and the log; empty: `webhook-<n>` (1-based).
+    pub name: String,
+    /// `http://` or `https://` (rustls; `ca_file` or the system's roots).
+    pub url: String,
+    /// Only events of these streams; empty: every stream.
+    pub streams: Vec<String>,
+    /// The HMAC-SHA256 key (at least 16 bytes); or `secret_file`, a file holding it.
+    pub secret: String,
+    pub secret_file: String,
+    /// PEM file of the CA that signed an `https://` receiver's certificate.
+    pub ca_file: String,
+    /// Seconds one attempt (connect, send, the answer's head) may take, 1..=60 (default 5).
+    pub timeout_seconds: u32,
+}
+
+impl WebhookConfig {
+    /// The name it goes by: `name`, or `webhook-<n>` for the n-th entry (1-based).
+    pub fn name_or(&self, n: usize) -> String {
+        if self.name.is_empty() {
+            format!("webhook-{n}")
+        } else {
+            self.name.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        webhook_url(&self.url).map_err(|e| ("url", e))?;
+        let name_ok = self.name.len() <= 64 && self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !name_ok {
+            return Err(("name", format!("{:?} must be up to 64 letters, digits, '-' or '_'", self.name)));
+        }
+        match (self.secret.is_empty(), self.secret_file.is_empty()) {
+            (true, true) => return Err(("secret", "is required (or secret_file): events are signed with it".into())),
+            (false, false) => return Err(("secret_file", "give secret or secret_file, not both".into())),
+            (false, true) if self.secret.len() < 16 => {
+                return Err(("secret", "must be at least 16 bytes (a random string)".into()))
+            }
+            (true, false) if !Path::new(&self.secret_file).is_absolute() => {
+                return Err(("secret_file", format!("{:?} must be an absolute path", self.secret_file)))
+            }
+            _ => {}
+        }
+        if !self.ca_file.is_empty() && !self.url.starts_with("https://") {
+            return Err(("ca_file", "is only used with an https:// url".into()));
+        }
+        for s in &self.streams {
+            crate::index::db::validate_stream_name(s).map_err(|e| ("streams", e))?;
+        }
+        let t = if self.timeout_seconds == 0 { 5 } else { self.timeout_seconds };
+        if !(1..=60).contains(&t) {
+            return Err(("timeout_seconds", format!("{t} is out of range 1..=60")));
+        }
+        Ok(())
+    }
+}
+
+/// A webhook's URL: http or https, a host, no credentials (the URL is shown in
+/// the API and the log; receivers authenticate the box by the signature).
+pub fn webhook_url(u: &str) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("scheme {:?} is not supported (use http:// or https://)", parsed.scheme()));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not hold credentials (receivers check the signature made with secret)".into());
+    }
+    Ok(parsed)
 }
 
 /// `[go2rtc]`: go2rtc run and watched by OxiNVR (`governor::go2rtc`).
@@ -665,6 +747,7 @@ impl Config {
         self.validate_go2rtc()?;
         self.validate_metrics()?;
         self.validate_mqtt()?;
+        self.validate_webhooks()?;
         self.detect.validate()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
@@ -791,6 +874,22 @@ impl Config {
                     key.into(),
                     format!("{topic:?} must be a topic without wildcards (+ #) or a leading or trailing /"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[[webhooks]]`: each entry's fields, at most `MAX_WEBHOOKS`, names unique.
+    fn validate_webhooks(&self) -> Result<(), (String, String)> {
+        if self.webhooks.len() > MAX_WEBHOOKS {
+            return Err(("webhooks".into(), format!("{} entries; at most {MAX_WEBHOOKS}", self.webhooks.len())));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let key = |k: &str| format!("webhooks[{i}].{k}");
+            w.validate().map_err(|(field, m)| (key(field), m))?;
+            if !seen.insert(w.name_or(i + 1)) {
+                return Err((key("name"), format!("{:?} is used by two webhooks", w.name_or(i + 1))));
             }
         }
         Ok(())
@@ -927,9 +1026,11 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
     let leaf = key.rsplit('.').next()?;
     let mut index = key.split('[').nth(1).and_then(|r| r.split(']').next()).and_then(|n| n.parse::<usize>().ok());
     let mut in_streams = index.is_none();
+    // `streams[2].url` is in the third `[[streams]]` table (`webhooks[0].secret` likewise).
+    let table = format!("[[{}]]", key.split('[').next()?);
     for (n, line) in text.lines().enumerate() {
         let t = line.trim_start();
-        if t.starts_with("[[streams]]") {
+        if t.starts_with(&table) {
             match index.as_mut() {
                 Some(0) => in_streams = true,
                 Some(i) => *i -= 1,
@@ -1115,6 +1216,41 @@ mod tests {
             ("[mqtt]\nurl = \"mqtt://b\"\nca_file = \"/c.pem\"\n", "mqtt.ca_file", "mqtts"),
         ] {
             let e = Config::parse(text, "x").expect_err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn webhooks_name_the_field_at_fault() {
+        let ok = "[[webhooks]]\nurl = \"https://h.lan/in\"\nsecret = \"0123456789abcdef\"\nstreams = [\"door\"]\n";
+        let c = Config::parse(ok, "x").expect("ok");
+        assert_eq!((c.webhooks[0].name_or(1), c.webhooks[0].streams.len()), ("webhook-1".to_string(), 1));
+        let hook = |extra: &str| format!("[[webhooks]]\nurl = \"http://h/\"\n{extra}\n");
+        for (text, key, why) in [
+            (hook("secret = \"short\""), "webhooks[0].secret", "16 bytes"),
+            (hook(""), "webhooks[0].secret", "required"),
+            ("[[webhooks]]\nurl = \"ftp://h/\"\nsecret = \"0123456789abcdef\"\n".into(), "webhooks[0].url", "http://"),
+            (
+                "[[webhooks]]\nurl = \"http://u:p@h/\"\nsecret = \"0123456789abcdef\"\n".into(),
+                "webhooks[0].url",
+                "credentials",
+            ),
+            (hook("secret_file = \"s.txt\""), "webhooks[0].secret_file", "absolute"),
+            (hook("secret = \"0123456789abcdef\"\nca_file = \"/ca.pem\""), "webhooks[0].ca_file", "https"),
+            (hook("secret = \"0123456789abcdef\"\nstreams = [\"a b\"]"), "webhooks[0].streams", "allowed"),
+            (hook("secret = \"0123456789abcdef\"\ntimeout_seconds = 61"), "webhooks[0].timeout_seconds", "1..=60"),
+            (
+                format!(
+                    "{}{}",
+                    hook("secret = \"0123456789abcdef\"\nname = \"a\""),
+                    hook("secret = \"0123456789abcdef\"\nname = \"a\"")
+                ),
+                "webhooks[1].name",
+                "two",
+            ),
+        ] {
+            let e = Config::parse(&text, "x").expect_err(&text);
             assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
             assert!(e.message.contains(why), "{text}: {e}");
         }

@@ -91,7 +91,7 @@ fn heap_by_subsystem_stays_true_under_traffic() {
     }
     let s = nvr.req("GET", "/api/system", b"").json();
     let heap = s["memory"]["heap_by_subsystem"].as_object().cloned().unwrap_or_default();
-    assert_eq!(heap.len(), 6, "other, ingest, storage, http, mqtt, detect: {s}");
+    assert_eq!(heap.len(), 7, "other, ingest, storage, http, mqtt, detect, webhooks: {s}");
     for (name, bytes) in &heap {
         assert!(bytes.as_i64().is_some_and(|b| b >= 0), "{name}: {bytes} bytes in {s}");
     }
@@ -114,6 +114,15 @@ fn unknown_routes_methods_and_streams() {
     assert_error(&nvr.req("GET", "/api/playback/nope.m3u8", b""), 404, "nope");
     assert_error(&nvr.req("GET", "/api/export.mp4?stream=nope", b""), 404, "nope");
     assert_error(&nvr.req("GET", "/api/recordings/123/file", b""), 404, "123");
+    // No [[webhooks]] here: an empty list, and a test names the hook it did not find.
+    assert_eq!(nvr.req("GET", "/api/webhooks", b"").json(), json!({"webhooks": []}));
+    assert_error(&nvr.req("POST", "/api/webhooks/nope/test", b""), 404, "nope");
+    assert_error(&nvr.req("POST", "/api/webhooks/nope/test", br#"{"colour":1}"#), 400, "colour");
+    assert_error(&nvr.req("POST", "/api/webhooks/nope/test", b"[]"), 400, "object");
+    assert_error(&nvr.req("GET", "/api/webhooks?x=1", b""), 400, "x");
+    let r = nvr.req("GET", "/api/webhooks/nope/test", b"");
+    assert_error(&r, 405, "GET");
+    assert_eq!(r.header("Allow"), Some("POST"));
 }
 
 #[test]

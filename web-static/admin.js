@@ -1,7 +1,8 @@
 // admin.js: the pages that manage the recorder. Streams (list, add/edit form
 // with a connection test, enable/disable, delete), System (memory, disk,
 // rings, a bitrate chart per stream, logs), Settings (the configuration in
-// effect, read-only, and OTA upload), Users, and the user's own Account
+// effect, read-only, and OTA upload), Integrations (MQTT, webhooks with a
+// test button, the metrics URL), Users, and the user's own Account
 // (password, TOTP enrolment with its QR code, API keys, sessions).
 'use strict';
 
@@ -388,6 +389,67 @@ function uploadBundle(blob, reboot, bar, box, showState) {
     };
     x.send(blob);
   });
+}
+
+// ---- integrations ----
+
+Ox.page('integrations', { title: 'Integrations', role: 'operator', nav: true, render: renderIntegrations });
+
+// MQTT's state, the webhooks with their last deliveries and a test button, the metrics URL.
+async function renderIntegrations(view) {
+  const mqtt = h('div#mqtt-status');
+  const hooks = h('div#webhooks');
+  const hookMsg = msgBox();
+  const metrics = `${location.origin}/api/metrics`;
+  append(view, pageHead('Integrations'), h('p.note', { text:
+    'MQTT ([mqtt]) and webhooks ([[webhooks]]) are set in the configuration file; this page shows how they are doing.' }),
+    h('h2', { text: 'MQTT' }), mqtt, h('h2', { text: 'Webhooks' }), hooks, hookMsg,
+    h('h2', { text: 'Prometheus metrics' }), h('section.card#metrics-url', {}, h('dl', {},
+      kv('URL', h('code', { text: metrics })),
+      kv('Credential', 'a session, or an API key of a viewer (Authorization: Bearer oxk_...)'),
+      kv('Without one', '[metrics] listen serves the same at /metrics on its own address'))));
+  const tick = () => Promise.all([
+    api('GET', '/api/system').then((s) => clear(mqtt, mqttCard(s.mqtt))),
+    api('GET', '/api/webhooks').then((w) => drawHooks(hooks, hookMsg, w.webhooks)),
+  ]).catch((e) => clear(hooks, h('p.msg.error', { text: e.message })));
+  await tick();
+  const timer = setInterval(tick, 2000);
+  return () => clearInterval(timer);
+}
+
+function mqttCard(m) {
+  if (!m) return h('p.empty', { text: 'Off: set [mqtt] url in the configuration file to publish to a broker (Home Assistant discovery included).' });
+  const pill = m.state === 'connected' ? 'streaming' : m.state === 'connecting' ? 'connecting' : 'backoff';
+  return h('section.card', {}, h('dl', {},
+    kv('State', h('span.pill.' + pill, { text: m.state })), kv('Broker', m.broker), kv('Topics', `${m.topic_prefix}/…`),
+    kv('Sessions', String(m.connects)), kv('Published', String(m.published)),
+    kv('Waiting', `${m.queued} message(s), ${m.dropped} dropped`),
+    kv('Last error', m.last_error ? h('span.error-text', { text: `${m.last_error} (${fmtDateTime(m.last_error_ms)})` }) : '—')));
+}
+
+const outcomeText = (o) => (o ? `${o.ok ? 'accepted' : o.error || 'failed'}${o.status ? ` (HTTP ${o.status})` : ''}` : '—');
+
+function drawHooks(box, msg, hooks) {
+  if (!hooks.length) return clear(box, h('p.empty', { text: 'None: add [[webhooks]] entries (url, secret) to the configuration file.' }));
+  const rows = hooks.map((w) => {
+    const pill = { idle: 'streaming', delivering: 'connecting', retrying: 'backoff' }[w.state] || 'stopped';
+    const last = w.last;
+    const test = h('button', { type: 'button', text: 'Send test event', disabled: w.state === 'failed',
+      onclick: (e) => busy(e.target, msg, async () => {
+        const r = await api('POST', `/api/webhooks/${encodeURIComponent(w.name)}/test`);
+        msg.show(`Test event ${r.delivery} queued for ${w.name}.`, 'ok');
+      }) });
+    const recent = h('td.recent', {}, w.recent.length ? h('ul', {}, w.recent.map((o) =>
+      h('li', { text: `${fmtClock(o.time_ms)} ${o.change}: ${outcomeText(o)}, ${o.attempts} attempt(s)` }))) : '—');
+    return h('tr', { 'data-hook': w.name },
+      h('td', {}, h('strong', { text: w.name }), h('code.url', { text: w.url }),
+        w.streams.length ? h('small', { text: `only ${w.streams.join(', ')}` }) : null),
+      h('td', {}, h('span.pill.' + pill, { text: w.state }), w.error ? h('small.error-text', { text: ' ' + w.error }) : null),
+      td(`${w.delivered} delivered, ${w.failed} failed; ${w.queued} queued, ${w.dropped} dropped`),
+      h('td.last', {}, last ? `${fmtDateTime(last.time_ms)}: ${outcomeText(last)}, attempt ${last.attempts}` : '—'),
+      recent, h('td.actions', {}, test));
+  });
+  clear(box, table('webhook-list', ['Webhook', 'State', 'Deliveries', 'Last attempt', 'Recent', ''], rows));
 }
 
 // ---- users ----

@@ -1,16 +1,19 @@
 //! A tiny HTTP/1.1 client on `std::net::TcpStream`: the UART shell talks to
 //! the running recorder's API on loopback with it (so the shell runs the very
-//! code the API runs), and `ota install http://...` downloads bundles with it.
+//! code the API runs), `ota install http://...` downloads bundles with it, and
+//! webhooks are POSTed with it ([`post`], http or https through rustls with
+//! the ring provider, the TLS stack the box already has).
 //!
-//! Plain `http://` only: no TLS crate is linked. Bundles carry their own
-//! ed25519 signature, so the transport needs no integrity of its own; a bundle
-//! on an HTTPS server is fetched on another machine and installed from a file
-//! (or the file is uploaded to the API).
+//! Downloads are plain `http://` only: bundles carry their own ed25519
+//! signature, so the transport needs no integrity of its own; a bundle on an
+//! HTTPS server is fetched on another machine and installed from a file (or
+//! the file is uploaded to the API).
 //!
 //! Invariants: one request per connection (`Connection: close`); every read
-//! and write has a timeout; a response header larger than `MAX_HEAD` and a
-//! buffered body larger than `MAX_BODY` are refused, never allocated; the
-//! streaming body reader never reads past the declared length.
+//! and write has a timeout (a [`post`] has one deadline for all of it); a
+//! response header larger than `MAX_HEAD` and a buffered body larger than
+//! `MAX_BODY` are refused, never allocated; the streaming body reader never
+//! reads past the declared length.
 
 use crate::base::error::{Error, Kind};
 use std::fmt;
@@ -433,6 +436,137 @@ pub fn download(url: &str) -> Result<Download, Error> {
     }
     Err(Error::upstream(format!("{url}: more than {MAX_REDIRECTS} redirects")))
 }
+
+/// Where Debian and Buildroot keep the system's CA bundle.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A TLS client (rustls, ring provider) that trusts `ca_file`, or the
+/// system's bundle when it is empty; `key` names the setting in errors.
+pub fn tls_client(ca_file: &str, key: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let (key, path) = if ca_file.is_empty() { ("the system CA bundle", SYSTEM_ROOTS) } else { (key, ca_file) };
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{key} {path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs.filter_map(Result::ok));
+    if added == 0 {
+        return Err(format!("{key} {path}: no certificate in it"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A socket whose every read and write must end by one deadline.
+struct Deadline {
+    tcp: TcpStream,
+    until: std::time::Instant,
+    /// The whole time allowed (for the message).
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(self.timed_out());
+        }
+        Ok(left)
+    }
+
+    fn timed_out(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, format!("timed out: no answer within {:?}", self.timeout))
+    }
+
+    /// Linux says EAGAIN when a socket timeout expires: say what it means.
+    fn check<T>(&self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| {
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                self.timed_out()
+            } else {
+                e
+            }
+        })
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        let r = self.tcp.read(buf);
+        self.check(r)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        let r = self.tcp.write(buf);
+        self.check(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// POSTs `body` to `url` (http or https; https needs `tls`) with `headers`,
+/// all of it (look-up aside, connect, TLS, request, the answer's head) within
+/// `timeout`, and returns the answer's status. The answer's body is not read.
+pub fn post(
+    url: &url::Url,
+    headers: &[(&str, String)],
+    body: &[u8],
+    timeout: Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<u16, String> {
+    let until = std::time::Instant::now() + timeout;
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<SocketAddr> =
+        (bare, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let left = until.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
+    let tcp = connect(&addrs, "connect", (left, left)).map_err(|e| match e {
+        HttpError::NotRunning(m) => format!("connection refused: {m}"),
+        HttpError::Failed(m) => m,
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: oxinvr/{}\r\nContent-Length: {}\r\n",
+        &url[url::Position::BeforePath..url::Position::AfterQuery],
+        &url[url::Position::BeforeHost..url::Position::AfterPort],
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let stream = Deadline { tcp, until, timeout };
+    let exchange = |mut s: Box<dyn ReadWrite>| -> Result<u16, String> {
+        s.write_all(head.as_bytes())
+            .and_then(|()| s.write_all(body))
+            .and_then(|()| s.flush())
+            .map_err(|e| format!("sending the request: {e}"))?;
+        read_head(&mut BufReader::new(s)).map(|(status, _)| status)
+    };
+    match (url.scheme(), tls) {
+        ("http", _) => exchange(Box::new(stream)),
+        ("https", Some(cfg)) => {
+            let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+                .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
+            let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| format!("TLS: {e}"))?;
+            exchange(Box::new(rustls::StreamOwned::new(conn, stream)))
+        }
+        (other, _) => Err(format!("scheme {other:?} is not supported here")),
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// A token file's content, trimmed; `None` if missing or empty.
 fn read_token(path: &std::path::Path) -> Option<String> {

@@ -25,11 +25,13 @@ pub enum Subsystem {
     Mqtt = 4,
     /// Decoding and motion detection (`detect-NAME` threads).
     Detect = 5,
+    /// Webhook deliveries (`webhook-N` threads, `notify::webhook`).
+    Webhooks = 6,
 }
 
-const NAMES: [&str; 6] = ["other", "ingest", "storage", "http", "mqtt", "detect"];
+const NAMES: [&str; 7] = ["other", "ingest", "storage", "http", "mqtt", "detect", "webhooks"];
 
-static BYTES: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+static BYTES: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
 
 /// Bytes C code holds outside this allocator, as its Rust owners estimate
 /// them (OpenH264's pictures: see `detect::decode`).

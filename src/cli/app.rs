@@ -3,12 +3,12 @@
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
 //! streams started in priority order -> detection threads (streams with
-//! `detect = ["motion"]`) -> MQTT (`[mqtt] url`) -> HTTP. With `storage.require_mount`
+//! `detect = ["motion"]`) -> MQTT (`[mqtt] url`) -> webhooks (`[[webhooks]]`) -> HTTP. With `storage.require_mount`
 //! and no disk mounted on the data directory, only `web::no_disk` (nothing
 //! records, nothing is written).
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
 //! accepting (workers still busy with a client are not waited for past 0.25 s),
-//! MQTT says `offline` (0.5 s at most),
+//! MQTT says `offline` (0.5 s at most), webhook threads are told to stop (not waited for),
 //! ingest drops every session, the storage thread drains the rings, writes the
 //! pending fragments, syncs and closes the segments (10 s at most), the
 //! watchdog is disarmed (magic close) if all of that finished, then exit.
@@ -183,6 +183,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     drop(db);
     start_go2rtc(&nvr, &cfg, &clock)?;
     web::mqtt::start(&nvr).map_err(Error::internal)?;
+    web::webhooks::start(&nvr).map_err(Error::internal)?;
     let detectors = start_detection(&nvr, &cfg, &clock);
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
@@ -206,6 +207,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     http.stop(HTTP_STOP);
     if let Some(m) = nvr.mqtt.get() {
         m.stop(MQTT_STOP);
+    }
+    if let Some(w) = nvr.webhooks.get() {
+        w.stop();
     }
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();

@@ -1,7 +1,7 @@
 //! Events: the store other parts open and close events through (detection,
 //! the API, later MQTT and ONVIF), over the index's `events` table, and the
-//! broadcast that tells subscribers (the page's live push, later MQTT and
-//! webhooks) as it happens.
+//! broadcast that tells subscribers (the page's live push, MQTT, webhooks)
+//! as it happens.
 //!
 //! Invariants:
 //! - Every change made through [`Store`] is committed before it is
@@ -118,6 +118,11 @@ impl Subscription {
         let (mut st, _) =
             self.queue.ready.wait_timeout_while(st, wait, |s| s.notices.is_empty()).unwrap_or_else(|p| p.into_inner());
         st.notices.pop_front()
+    }
+
+    /// Notices waiting to be taken.
+    pub fn waiting(&self) -> usize {
+        lock(&self.queue.state).notices.len()
     }
 
     /// Notices dropped so far because this subscriber fell behind.

@@ -39,8 +39,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 const TICK: Duration = Duration::from_secs(1);
 /// The box's disk and memory figures are sent this often.
 const BOX_EVERY_MS: i64 = 60_000;
-/// Where Debian and Buildroot keep the system's CA bundle.
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// `[mqtt]` resolved: the broker, the credentials and the names.
 #[derive(Clone, Debug)]
@@ -419,29 +417,10 @@ fn options(s: &Settings) -> Result<MqttOptions, String> {
         o.set_credentials(s.user.clone(), s.password.clone());
     }
     if s.tls {
-        let tls = tls_config(&s.ca_file)?;
+        let tls = crate::base::httpclient::tls_client(&s.ca_file, "mqtt.ca_file")?;
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
     }
     Ok(o)
-}
-
-/// A TLS client that trusts `ca_file` (or the system's bundle).
-fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let (key, path) =
-        if ca_file.is_empty() { ("the system CA bundle", SYSTEM_ROOTS) } else { ("mqtt.ca_file", ca_file) };
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{key} {path}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs.filter_map(Result::ok));
-    if added == 0 {
-        return Err(format!("{key} {path}: no certificate in it"));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// Why the connection failed, in words that say what to fix.

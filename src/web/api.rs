@@ -612,6 +612,9 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     if !cfg.mqtt.password.is_empty() {
         cfg.mqtt.password = "***".into();
     }
+    for w in cfg.webhooks.iter_mut().filter(|w| !w.secret.is_empty()) {
+        w.secret = "***".into();
+    }
     let config =
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
     let file = &ctx.nvr.config.streams;

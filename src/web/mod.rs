@@ -53,6 +53,7 @@ mod send;
 mod session;
 pub mod state;
 mod tls;
+pub mod webhooks;
 mod webrtc;
 pub mod websocket;
 
@@ -429,6 +430,8 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::EventClip(id), _) => events::clip(ctx, id, q, c.range),
         (Resource::EventImage(id, which), _) => events::image(ctx, id, which, q),
         (Resource::Ota, _) => ota::status(q),
+        (Resource::Webhooks, _) => webhooks::list(ctx, q),
+        (Resource::WebhookTest(name), _) => webhooks::test(ctx, name, q, c.body),
         (Resource::Tls, Method::Put) => tls::put(ctx, q, c.body),
         (Resource::Tls, _) => tls::get(ctx, q),
         (Resource::Live(_) | Resource::EventStream | Resource::Static(_), _) => {

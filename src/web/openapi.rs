@@ -109,6 +109,8 @@ mod tests {
             Resource::EventImage(id(), "thumbnail"),
             Resource::Ota,
             Resource::Tls,
+            Resource::Webhooks,
+            Resource::WebhookTest(name()),
             Resource::Static(String::new()),
             Resource::Static(value_of("file").to_string()),
         ]
@@ -682,7 +684,52 @@ mod tests {
         api.call("POST", &format!("/api/events/{id}/end"), r#"{"end_ms":5}"#, 409);
         api.call("DELETE", &format!("/api/events/{id}"), "", 200);
         api.call("DELETE", &format!("/api/events/{id}"), "", 404);
+        // Webhooks (none configured here; tests/webhooks.rs has some).
+        assert_eq!(api.call("GET", "/api/webhooks", "", 200), serde_json::json!({"webhooks": []}));
+        api.call("POST", "/api/webhooks/n1/test", "", 404);
+        api.call("POST", "/api/webhooks/n1/test", r#"{"x":1}"#, 400);
         api.call("POST", "/api/auth/logout", "", 204);
+    }
+
+    /// `GET /api/webhooks` with hooks in it (the handler test above has none):
+    /// one retrying after a refused connection, one that cannot start.
+    #[test]
+    fn webhook_status_is_what_the_document_says() {
+        use crate::config::WebhookConfig;
+        use crate::notify::webhook::{Render, Webhooks};
+        use std::sync::Arc;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let configs = [
+            WebhookConfig {
+                name: "down".into(),
+                url: format!("http://127.0.0.1:{port}/in?token=1"),
+                secret: "0123456789abcdef".into(),
+                streams: vec!["door".into()],
+                ..Default::default()
+            },
+            WebhookConfig {
+                url: "https://h.lan/".into(),
+                secret_file: "/nonexistent/webhook.secret".into(),
+                ..Default::default()
+            },
+        ];
+        let render: Render = Arc::new(|e| serde_json::json!({ "id": e.id }));
+        let clock = Arc::new(crate::base::clock::SimulatedClock::new(1_800_000_000_000));
+        let hooks = Webhooks::spawn(&configs, &crate::events::Hub::default(), render, clock).expect("spawn");
+        hooks.test("down").expect("queued");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hooks.status()[0].last.is_none() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let v = serde_json::json!({ "webhooks": hooks.status() });
+        hooks.stop();
+        let doc = doc();
+        if let Err(e) = check(&doc, &doc["components"]["schemas"]["WebhookList"], &v, "body", true) {
+            panic!("GET /api/webhooks differs from openapi.json: {e}");
+        }
+        let (down, failed) = (&v["webhooks"][0], &v["webhooks"][1]);
+        assert!(down["last"]["error"].as_str().is_some_and(|e| e.contains("refused")), "{down}");
+        assert_eq!((failed["name"].as_str(), failed["state"].as_str()), (Some("webhook-2"), Some("failed")), "{v}");
     }
 
     #[test]

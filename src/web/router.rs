@@ -79,6 +79,10 @@ pub enum Resource {
     /// An event's `snapshot` or `thumbnail` (the second field says which).
     EventImage(String, &'static str),
     Ota,
+    /// The webhooks and their last deliveries (`notify::webhook`).
+    Webhooks,
+    /// `POST`: send a test event to one webhook.
+    WebhookTest(String),
     /// Test-only: stall a part (`base::heartbeat::stall`); refused unless
     /// `OXINVR_TEST_KNOBS=1`.
     TestStall,
@@ -130,6 +134,8 @@ impl Resource {
             Resource::EventImage(..) => "/api/events/{id}/snapshot",
             Resource::Ota => "/api/system/ota",
             Resource::Tls => "/api/system/tls",
+            Resource::Webhooks => "/api/webhooks",
+            Resource::WebhookTest(_) => "/api/webhooks/{name}/test",
             Resource::Static(file) if file.is_empty() => "/",
             Resource::Static(_) => "/{file}",
         }
@@ -141,7 +147,7 @@ impl Resource {
         match self {
             Resource::AuthSetup | Resource::AuthLogin | Resource::AuthLogout | Resource::Probe => &[Post],
             Resource::WebRtc(_) => &[Post],
-            Resource::UserTotpConfirm(_) | Resource::TestStall => &[Post],
+            Resource::UserTotpConfirm(_) | Resource::TestStall | Resource::WebhookTest(_) => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota | Resource::Events => &[Get, Post],
             Resource::EventEnd(_) => &[Post],
@@ -176,6 +182,7 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota | R::TestStall, _) => Access::Admin,
         (R::Memory, Method::Put) | (R::Event(_), Method::Delete) => Access::Admin,
         (R::Events, Method::Post) | (R::EventEnd(_), _) => Access::Operator,
+        (R::Webhooks | R::WebhookTest(_), _) => Access::Operator,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
             Access::Operator
         }
@@ -275,6 +282,8 @@ fn resource(path: &str) -> Option<Resource> {
         ["events", id, "clip" | "clip.mp4"] => Resource::EventClip(decode(id)),
         ["events", id, "snapshot"] => Resource::EventImage(decode(id), "snapshot"),
         ["events", id, "thumbnail"] => Resource::EventImage(decode(id), "thumbnail"),
+        ["webhooks"] => Resource::Webhooks,
+        ["webhooks", name, "test"] => Resource::WebhookTest(decode(name)),
         _ => return None,
     };
     Some(r)
@@ -360,6 +369,8 @@ mod tests {
         assert_eq!(a("POST", "/api/events/3/end"), Access::Operator);
         assert_eq!(a("DELETE", "/api/events/3"), Access::Admin);
         assert_eq!(a("GET", "/api/events/3/clip"), Access::Viewer);
+        assert_eq!(a("GET", "/api/webhooks"), Access::Operator);
+        assert_eq!(a("POST", "/api/webhooks/ha/test"), Access::Operator);
         assert!(Access::Admin > Access::Operator && Access::Operator > Access::Viewer);
     }
 

@@ -38,6 +38,8 @@ pub struct Nvr {
     pub events: Arc<crate::events::Store>,
     /// The MQTT client, set at start-up when `[mqtt] url` is set (`web::mqtt`).
     pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
+    /// The webhooks, set at start-up when `[[webhooks]]` has entries (`web::webhooks`).
+    pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
     /// Each detecting stream's counters, set at start-up (`cli::app`).
     pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
 }
@@ -67,6 +69,7 @@ impl Nvr {
             go2rtc: std::sync::OnceLock::new(),
             live_db: Default::default(),
             mqtt: std::sync::OnceLock::new(),
+            webhooks: std::sync::OnceLock::new(),
             detection: std::sync::OnceLock::new(),
         }
     }

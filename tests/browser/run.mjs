@@ -6,6 +6,7 @@
 // Screenshots of every page go to OXINVR_SCREENSHOTS (target/screenshots).
 // scripts/test-browser starts the camera and the recorder and runs this.
 import http from 'node:http';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import {
@@ -21,6 +22,10 @@ const H265 = process.env.OXINVR_H265_STREAM || '';
 const S = {}; // shared between tests: browser, admin page, viewer page
 // A second recorder whose clock reads 1970 (libfaketime), fresh data dir, recording STREAM.
 const UNSET = process.env.OXINVR_UNSET_URL || '';
+
+// The webhook receiver the recorder's `receiver` hook posts to (scripts/test-browser's config).
+const HOOK_PORT = Number(process.env.OXINVR_HOOK_PORT || 0);
+const HOOK_SECRET = 'browser-test-webhook-secret';
 
 // ---- helpers ----
 
@@ -333,6 +338,71 @@ async function testEvents() {
   await shot(page, 'events');
 }
 
+
+// A webhook receiver as a user would write one: checks the signature and the time, answers 200.
+function startReceiver() {
+  const got = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const sig = Object.fromEntries(String(req.headers['x-oxinvr-signature'] || '').split(',').map((p) => p.split('=')));
+      const mac = createHmac('sha256', HOOK_SECRET).update(`${sig.t}.`).update(body).digest();
+      const theirs = Buffer.from(sig.v1 || '', 'hex');
+      const signed = theirs.length === mac.length && timingSafeEqual(mac, theirs);
+      const fresh = Math.abs(Date.now() / 1000 - Number(sig.t)) <= 300;
+      got.push({ signed, fresh, body: JSON.parse(body.toString() || 'null') });
+      res.writeHead(signed && fresh ? 200 : 401).end();
+    });
+  });
+  server.listen(HOOK_PORT, '127.0.0.1');
+  return { got, close: () => server.close() };
+}
+
+async function testIntegrations() {
+  assert(S.receiver, 'OXINVR_HOOK_PORT is not set (scripts/test-browser starts the recorder with a webhook to it)');
+  const receiver = S.receiver;
+  {
+    const page = S.admin;
+    const browserEvent = receiver.got.find((g) => g.body && g.body.type === 'event.began' && g.body.event.label === 'browser');
+    assert(browserEvent && browserEvent.signed, `the events test's event did not reach the receiver signed: ${JSON.stringify(receiver.got.slice(0, 3))}`);
+    await open(page, '#/integrations');
+    const row = (name) => `#webhook-list tr[data-hook="${name}"]`;
+    await page.waitForSelector(row('receiver'));
+    await page.click(`${row('receiver')} button:has-text("Send test event")`);
+    await page.waitForSelector('#view .msg.ok:not([hidden])');
+    const queued = await page.textContent('#view .msg.ok');
+    assert(/Test event test-\d+ queued for receiver/.test(queued), `the test button says "${queued}"`);
+    const test = await until('the test event at the receiver', async () => receiver.got.find((g) => g.body && g.body.type === 'event.test'));
+    assert(test.signed && test.fresh, `the receiver could not verify the test event: ${JSON.stringify(test)}`);
+    assert(test.body.event.stream === STREAM && test.body.hook === 'receiver', `the test event: ${JSON.stringify(test.body)}`);
+    const recent = await until('the page to show the accepted test', async () => {
+      const t = await page.textContent(`${row('receiver')} td.recent`);
+      return /test: accepted \(HTTP 200\), 1 attempt/.test(t) && t;
+    });
+    console.log(`    receiver's recent deliveries: "${recent.trim()}"`);
+    await page.click(`${row('nobody')} button:has-text("Send test event")`);
+    const refused = await until('the refused hook\'s error', async () => {
+      const t = await page.textContent(row('nobody'));
+      return /refused/.test(t) && t;
+    }, 20000);
+    assert(/retrying|delivering|idle/.test(refused), `the hook nobody listens to shows: ${refused}`);
+    const mqtt = await until('the MQTT error', async () => {
+      const t = await page.textContent('#mqtt-status');
+      return /disconnected/.test(t) && /127\.0\.0\.1/.test(t) && t;
+    }, 20000);
+    console.log(`    MQTT: "${mqtt.replace(/\s+/g, ' ').slice(0, 160)}"`);
+    const url = await page.textContent('#metrics-url code');
+    assert(url === `${BASE}/api/metrics`, `the metrics URL shown is "${url}"`);
+    const m = await pageFetch(page, '/api/metrics');
+    assert(m.status === 200, `GET /api/metrics with the page's session answered ${m.status}`);
+    await shot(page, 'integrations');
+    const text = await page.textContent('#view');
+    assert(!text.includes(HOOK_SECRET), 'the page shows a webhook secret');
+  }
+}
+
 async function testPages() {
   const page = S.admin;
   await open(page, `#/recordings?stream=${STREAM}`);
@@ -522,7 +592,7 @@ async function testViewer() {
   await loginAs(vp, VIEWER);
   const nav = await vp.$$eval('#nav a', (a) => a.map((x) => x.dataset.page));
   for (const p of ['live', 'recordings', 'timeline', 'export', 'account']) assert(nav.includes(p), `the viewer's menu lacks ${p}: ${nav}`);
-  for (const p of ['settings', 'users', 'streams', 'system']) assert(!nav.includes(p), `the viewer's menu has ${p}: ${nav}`);
+  for (const p of ['settings', 'integrations', 'users', 'streams', 'system']) assert(!nav.includes(p), `the viewer's menu has ${p}: ${nav}`);
   await open(vp, '#/settings');
   const text = await vp.textContent('.denied');
   assert(/Access denied/.test(text), `#/settings as a viewer shows: ${text}`);
@@ -589,7 +659,7 @@ async function testPhone() {
 // Every main page, as the admin sees it: no control out of reach sideways, no
 // button label wrapped; a screenshot of each.
 const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/events', '#/streams',
-  `#/streams?edit=${STREAM}`, '#/settings', '#/users', '#/account', '#/system'];
+  `#/streams?edit=${STREAM}`, '#/settings', '#/integrations', '#/users', '#/account', '#/system'];
 
 async function checkLayout(page, size) {
   const found = [];
@@ -649,6 +719,7 @@ const TESTS = [
   ['4 a recording plays from the timeline, across a file boundary', testTimeline],
   ['5 export downloads an MP4 that ffprobe accepts with the span\'s duration', testExport],
   ['events: a new event is pushed into the list, a click plays its clip', testEvents],
+  ['integrations: MQTT state and error, webhooks with their last delivery, the test button reaches a receiver that checks the signature, metrics URL', testIntegrations],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
   ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
   ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],
@@ -662,6 +733,8 @@ const TESTS = [
 
 async function main() {
   console.log(`browser tests against ${BASE} (stream ${STREAM}), screenshots in ${SHOTS}`);
+  // Listening before any event is made, so the recorder's deliveries to it never wait in a retry.
+  if (HOOK_PORT) S.receiver = startReceiver();
   let failed = 0;
   for (const [name, fn] of TESTS) {
     const t0 = Date.now();
@@ -675,6 +748,7 @@ async function main() {
     }
   }
   if (S.browser) await S.browser.close();
+  if (S.receiver) S.receiver.close();
   console.log(failed ? `browser tests: ${failed} of ${TESTS.length} FAILED` : `browser tests: all ${TESTS.length} passed`);
   process.exit(failed ? 1 : 0);
 }
