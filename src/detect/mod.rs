@@ -15,6 +15,7 @@
 pub mod annexb;
 pub mod decode;
 pub mod motion;
+pub mod objects;
 pub mod picture;
 pub mod worker;
 
