@@ -21,7 +21,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::nvr::{http, oxinvr_bin, Oxinvr, Response};
+use common::nvr::{http, oxinvr_bin, send_raw, Oxinvr, Response};
 use oxinvr::config::DetectConfig;
 use oxinvr::detect::objects::{Detection, Detector};
 use oxinvr::detect::picture::Rgb;
@@ -165,7 +165,17 @@ fn the_detect_endpoint() {
     let r = post_jpeg(server.port, Some(&operator), b"this is not a picture at all");
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.json()["error"].as_str().unwrap_or_default().contains("JPEG"), "{}", r.text());
-    let r = post_jpeg(server.port, Some(&operator), &vec![0xFF; (4 << 20) + 1]);
+    // Declared too large: refused before the body is read (so none is sent).
+    let head = format!(
+        "POST /api/detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {operator}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        (4 << 20) + 1
+    );
+    let r = send_raw(server.port, head.as_bytes()).expect("413");
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Within the limit in bytes but a picture larger than 3840x2160: a JPEG header says so.
+    let big = lavfi_frame(dir.path(), "big", "color=c=gray:s=4000x2200");
+    let r = post_jpeg(server.port, Some(&operator), &std::fs::read(big).expect("jpeg"));
     assert_eq!(r.status, 413, "{}", r.text());
     let r = http(
         server.port,
