@@ -469,7 +469,7 @@ pub struct StreamConfig {
     /// Days recordings overlapping an event are kept (at least `retention_days`).
     #[serde(default = "event_retention_days")]
     pub event_retention_days: u32,
-    /// Detectors to run on this stream: `[]` (off) or `["motion"]`.
+    /// Detectors to run on this stream: `[]` (off), `["motion"]` or `["motion", "objects"]`.
     #[serde(default)]
     pub detect: Vec<String>,
     /// Polygons (normalised `[x, y]` points, 0..=1, y down) where motion is ignored.
@@ -478,10 +478,96 @@ pub struct StreamConfig {
 }
 
 /// Detector names `detect` accepts.
-pub const DETECTORS: &[&str] = &["motion"];
+pub const DETECTORS: &[&str] = &["motion", "objects"];
 
-/// `[detect]`: decoding rate and size, and the motion detector's tunables
-/// (`detect::motion`). Per stream: `detect` and `motion_mask` in `[[streams]]`.
+/// The 80 COCO labels the object detector (NanoDet-g, `detect::objects`)
+/// knows, in the model's class order: `detect.labels` and `detect.scores` name them.
+pub const OBJECT_LABELS: [&str; 80] = [
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
+];
+
+/// `[detect]`: decoding rate and size, the motion detector's tunables
+/// (`detect::motion`) and the object detector (`detect::objects`: model,
+/// backend, scores, labels). Per stream: `detect` and `motion_mask` in `[[streams]]`.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectConfig {
@@ -503,6 +589,23 @@ pub struct DetectConfig {
     pub start_frames: u32,
     /// Quiet seconds after the last movement before motion ends.
     pub end_seconds: u32,
+    /// The object detector's ONNX model (NanoDet-g, models/README.md); empty: none.
+    pub model: String,
+    /// `"local"` (run `model` here) or a remote OxiNVR's `http://HOST:PORT/api/detect`.
+    pub backend: String,
+    /// The remote detector's API key (operator role); or `api_key_file`.
+    #[serde(skip_serializing)]
+    pub api_key: String,
+    /// A file holding the remote detector's API key (first line).
+    pub api_key_file: String,
+    /// The model's square input in pixels (multiple of 32, 160..=640).
+    pub input_size: u32,
+    /// Lowest score of a detection (0..=1), unless `scores` names its label.
+    pub min_score: f32,
+    /// Per-label lowest score, e.g. `person = 0.5`.
+    pub scores: std::collections::BTreeMap<String, f32>,
+    /// Labels that matter (empty: all 80).
+    pub labels: Vec<String>,
 }
 
 impl Default for DetectConfig {
@@ -517,6 +620,14 @@ impl Default for DetectConfig {
             background_shift: 3,
             start_frames: 2,
             end_seconds: 5,
+            model: String::new(),
+            backend: "local".into(),
+            api_key: String::new(),
+            api_key_file: String::new(),
+            input_size: 416,
+            min_score: 0.5,
+            scores: Default::default(),
+            labels: Vec::new(),
         }
     }
 }
@@ -532,8 +643,83 @@ impl DetectConfig {
         range("detect.background_shift", self.background_shift, 0, 8)?;
         range("detect.start_frames", self.start_frames, 1, 100)?;
         range("detect.end_seconds", self.end_seconds, 1, 3600)?;
+        self.validate_objects().map_err(|(k, m)| (format!("detect.{k}"), m))
+    }
+
+    /// The object detector's settings; the model file only if it is used here.
+    fn validate_objects(&self) -> Result<(), (&'static str, String)> {
+        range("input_size", self.input_size, 160, 640).map_err(|(_, m)| ("input_size", m))?;
+        if self.input_size % 32 != 0 {
+            return Err(("input_size", format!("{} is not a multiple of 32", self.input_size)));
+        }
+        let score_ok = |v: f32| (0.0..=1.0).contains(&v);
+        if !score_ok(self.min_score) {
+            return Err(("min_score", format!("{} is out of range 0..=1", self.min_score)));
+        }
+        for (label, v) in &self.scores {
+            if !OBJECT_LABELS.contains(&label.as_str()) {
+                return Err(("scores", format!("{label:?} is not a COCO label (e.g. \"person\", \"car\")")));
+            }
+            if !score_ok(*v) {
+                return Err(("scores", format!("{label} = {v} is out of range 0..=1")));
+            }
+        }
+        if let Some(l) = self.labels.iter().find(|l| !OBJECT_LABELS.contains(&l.as_str())) {
+            return Err(("labels", format!("{l:?} is not a COCO label (e.g. \"person\", \"car\")")));
+        }
+        if self.backend != "local" {
+            remote_detector(&self.backend).map_err(|m| ("backend", m))?;
+            if self.api_key.is_empty() && self.api_key_file.is_empty() {
+                return Err((
+                    "api_key",
+                    format!("the remote detector {} needs an API key (api_key or api_key_file)", self.backend),
+                ));
+            }
+        }
+        if !self.model.is_empty() {
+            check_model_file(std::path::Path::new(&self.model)).map_err(|m| ("model", m))?;
+        }
         Ok(())
     }
+}
+
+/// A remote detector's URL split: (host:port, path). Plain `http://` on the
+/// LAN (the crate's HTTP client has no TLS), a host, and a path.
+pub fn remote_detector(u: &str) -> Result<(String, String), String> {
+    let bad = |why: &str| {
+        format!("{u:?} is neither \"local\" nor a remote detector URL like http://HOST:PORT/api/detect: {why}")
+    };
+    let parsed = url::Url::parse(u).map_err(|e| bad(&e.to_string()))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => return Err(bad("https is not supported (the client speaks plain HTTP; use http:// on the LAN)")),
+        other => return Err(bad(&format!("scheme {other:?}"))),
+    }
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("credentials go in detect.api_key, not the URL"));
+    }
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let path = match parsed.query() {
+        Some(q) => format!("{}?{q}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    Ok((format!("{host}:{port}"), path))
+}
+
+/// Checks that `path` is a readable ONNX file (a protobuf whose first field is
+/// `ir_version`), naming the path when it is not.
+pub fn check_model_file(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    let shown = path.display();
+    let mut head = [0u8; 2];
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot open the model {shown}: {e}"))?;
+    let n = f.read(&mut head).map_err(|e| format!("cannot read the model {shown}: {e}"))?;
+    // ONNX ModelProto: field 1 (ir_version, varint) comes first: tag byte 0x08.
+    if n < 2 || head[0] != 0x08 {
+        return Err(format!("{shown} is not an ONNX model (see models/README.md)"));
+    }
+    Ok(())
 }
 
 /// Checks a stream's `detect` list and `motion_mask` polygons.
@@ -780,6 +966,13 @@ impl Config {
             st.validate().map_err(|(field, m)| (key(field), m))?;
             if !seen.insert(st.name.as_str()) {
                 return Err((key("name"), format!("{:?} is used by two streams", st.name)));
+            }
+            let objects = st.detect.iter().any(|d| d == "objects");
+            if objects && self.detect.backend == "local" && self.detect.model.is_empty() {
+                return Err((
+                    key("detect"),
+                    "\"objects\" needs detect.model (an ONNX file) or a remote detect.backend".into(),
+                ));
             }
         }
         Ok(())

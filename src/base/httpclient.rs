@@ -155,12 +155,34 @@ impl Client {
 
     /// One request; `body` is sent as JSON. The whole answer is buffered.
     pub fn request(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Result<Response, HttpError> {
+        let payload = body.map(|b| b.to_string().into_bytes());
+        let token = self.console_token.as_deref().and_then(|p| self.token(p));
+        let body = payload.as_deref().map(|b| ("application/json", b));
+        self.exchange((method, path), token.as_deref(), body)
+    }
+
+    /// One request with a body of any type and a bearer token (an API key):
+    /// the remote object detector's `POST /api/detect` of a JPEG.
+    pub fn request_bytes(
+        &self,
+        (method, path): (&str, &str),
+        bearer: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response, HttpError> {
+        self.exchange((method, path), bearer, Some((content_type, body)))
+    }
+
+    fn exchange(
+        &self,
+        (method, path): (&str, &str),
+        bearer: Option<&str>,
+        body: Option<Body>,
+    ) -> Result<Response, HttpError> {
         let what = format!("{method} http://{}{path}", self.addr);
         let stream = connect(&[self.addr], &what, self.timeout)?;
-        let payload = body.map(|b| b.to_string().into_bytes());
         let host = self.addr.to_string();
-        let token = self.console_token.as_deref().and_then(|p| self.token(p));
-        let head = send(&stream, (method, &host, path), token.as_deref(), payload.as_deref(), &what)?;
+        let head = send(&stream, (method, &host, path), bearer, body, &what)?;
         let (status, headers, mut reader) = head;
         let len = body_len(&headers, &what)?;
         if len.is_some_and(|n| n > MAX_BODY) {
@@ -177,6 +199,9 @@ impl Client {
         Ok(Response { status, headers, body })
     }
 }
+
+/// A request body: (content type, bytes).
+type Body<'a> = (&'a str, &'a [u8]);
 
 impl Client {
     /// The console token from its file, else the last one read.
@@ -217,7 +242,7 @@ fn send(
     stream: &TcpStream,
     (method, host, path): (&str, &str, &str),
     bearer: Option<&str>,
-    body: Option<&[u8]>,
+    body: Option<Body>,
     what: &str,
 ) -> Result<Head, HttpError> {
     let fail = |m: String| HttpError::Failed(format!("{what}: {m}"));
@@ -228,13 +253,13 @@ fn send(
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    if let Some((kind, b)) = body {
+        req.push_str(&format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
     let mut w = stream;
     w.write_all(req.as_bytes())
-        .and_then(|()| w.write_all(body.unwrap_or_default()))
+        .and_then(|()| w.write_all(body.map_or(&[][..], |(_, b)| b)))
         .and_then(|()| w.flush())
         .map_err(|e| fail(format!("sending the request: {e}")))?;
     let clone = stream.try_clone().map_err(|e| fail(format!("socket: {e}")))?;

@@ -57,6 +57,18 @@ pub fn set_subsystem(s: Subsystem) {
     CURRENT.with(|c| c.set(s as usize));
 }
 
+/// The subsystem this thread's allocations are counted under now.
+pub fn current_subsystem() -> Subsystem {
+    match slot() {
+        1 => Subsystem::Ingest,
+        2 => Subsystem::Storage,
+        3 => Subsystem::Http,
+        4 => Subsystem::Mqtt,
+        5 => Subsystem::Detect,
+        _ => Subsystem::Other,
+    }
+}
+
 fn slot() -> usize {
     CURRENT.try_with(|c| c.get()).unwrap_or(0)
 }

@@ -44,6 +44,12 @@ commands:
                                    only what the detect.fps gate lets through) for
                                    motion detection; print the time per frame and
                                    the motion found (JSON)
+  detect-bench --objects PICTURE.jpg [--config FILE] [--model FILE.onnx] [--size N] [--runs N]
+                                   load the object detector ([detect], or the
+                                   model FILE) at input size N (default
+                                   detect.input_size), run it N times (default 10)
+                                   on the picture; print load and inference times,
+                                   the model's heap, peak RSS and the objects (JSON)
   --version                        print the version
 
 Without --config the embedded defaults are used (data in ./oxinvr-data,
@@ -152,7 +158,11 @@ fn thread_cpu_us() -> u128 {
 /// docs/MIPS.md and bench/results.
 fn detect_bench(args: &[String]) -> Result<ExitCode> {
     use crate::detect::{annexb, decode::LumaDecoder, worker::motion_params, Mask, MotionDetector};
-    let opts = Opts::parse_full(args, &["--gate", "--verbose"], &["--clip-fps"], 1)?;
+    let valued = ["--clip-fps", "--objects", "--model", "--size", "--runs"];
+    let opts = Opts::parse_full(args, &["--gate", "--verbose"], &valued, 1)?;
+    if let Some(picture) = opts.value("--objects") {
+        return object_bench(&picture, &opts);
+    }
     let clip_fps: i64 = match opts.value("--clip-fps") {
         Some(v) => v
             .parse()
@@ -201,6 +211,66 @@ fn detect_bench(args: &[String]) -> Result<ExitCode> {
         "decode_ms_per_frame": per(decode_us), "motion_ms_per_frame": per(motion_us),
         "cpu_ms_per_frame": per(cpu_us),
         "native_bytes_estimate": decoder.native_bytes_estimate(), "motion": changes,
+    });
+    println!("{report:#}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Times the object model on one picture at one input size (one size per
+/// run, so peak RSS belongs to that size): docs/MIPS.md and bench/results.
+fn object_bench(picture: &str, opts: &Opts) -> Result<ExitCode> {
+    use crate::base::memory::{heap_by_subsystem, process_memory};
+    use crate::detect::objects::{self, Filter};
+    let number = |k: &str, default: u32, lo: u32, hi: u32| -> Result<u32> {
+        match opts.value(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| Error::invalid(format!("{k} must be {lo}..={hi}, not {v:?}"))),
+        }
+    };
+    let cfg = crate::config::Config::load(opts.config.as_deref())?;
+    let (size, runs) = (number("--size", cfg.detect.input_size, 160, 640)?, number("--runs", 10, 1, 1000)?);
+    let bytes = std::fs::read(picture).map_err(|e| Error::io(format!("cannot read {picture}: {e}")))?;
+    let rgb = crate::detect::picture::Rgb::from_jpeg(&bytes, 3840 * 2160)
+        .map_err(|e| Error::invalid(format!("{picture}: {e}")))?;
+    let detect_heap = || heap_by_subsystem().into_iter().find(|(n, _)| *n == "detect").map_or(0, |(_, b)| b);
+    let (heap_before, t) = (detect_heap(), Instant::now());
+    // --model: that file here; else what [detect] says (local model or a remote OxiNVR).
+    let mut detector = match opts.value("--model") {
+        Some(path) => {
+            let model = objects::shared_model(&path, size).map_err(|e| Error::invalid(e.to_string()))?;
+            objects::Detector::with_model(model, Filter::from_config(&cfg.detect))
+        }
+        None => {
+            let d = crate::config::DetectConfig { input_size: size, ..cfg.detect.clone() };
+            objects::Detector::from_config(&d).map_err(|e| Error::invalid(e.to_string()))?
+        }
+    };
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let model_heap = detect_heap().saturating_sub(heap_before);
+    // Wall time and this thread's CPU time (the machine may be busy; tract runs on the caller's thread).
+    let (mut times, mut cpu, mut found) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (t, c) = (Instant::now(), thread_cpu_us());
+        found = detector.detect(&rgb).map_err(|e| Error::invalid(e.to_string()))?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        cpu.push(thread_cpu_us().saturating_sub(c) as f64 / 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
+    let mem = process_memory();
+    let objects: Vec<_> =
+        found.iter().map(|d| serde_json::json!({ "label": d.label, "score": d.score, "box": d.bbox })).collect();
+    let report = serde_json::json!({
+        "picture": picture, "width": rgb.width, "height": rgb.height, "detector": detector.describe(),
+        "input_size": size, "runs": runs, "load_ms": load_ms,
+        "infer_ms_median": times[times.len() / 2], "infer_ms_min": times[0],
+        "infer_cpu_ms_median": cpu[cpu.len() / 2], "infer_cpu_ms_min": cpu[0],
+        "model_heap_bytes": model_heap, "rss_bytes": mem.rss, "peak_rss_bytes": mem.peak_rss,
+        "objects": objects,
     });
     println!("{report:#}");
     Ok(ExitCode::SUCCESS)

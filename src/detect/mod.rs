@@ -16,6 +16,7 @@
 pub mod annexb;
 pub mod decode;
 pub mod motion;
+pub mod objects;
 pub mod picture;
 pub mod sink;
 pub mod worker;

@@ -32,6 +32,7 @@
 
 mod api;
 mod assets;
+mod detect;
 mod events;
 #[doc(hidden)]
 pub mod fuzz;
@@ -268,8 +269,10 @@ fn worker(server: &tiny_http::Server, nvr: &Nvr, stopping: &Shutdown) {
 fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     let began = Instant::now();
     let max = u64::from(nvr.config.web.max_body_bytes);
-    // A bundle upload is streamed, never buffered: the only route exempt from the limit.
-    let upload = rq.method() == &tiny_http::Method::Post && router::split_target(rq.url()).0 == ota::PATH;
+    // A bundle upload is streamed, never buffered, and a JPEG to detect on has
+    // its own limit (`detect::MAX_JPEG_BYTES`): the routes exempt from this one.
+    let post_to = |p: &str| rq.method() == &tiny_http::Method::Post && router::split_target(rq.url()).0 == p;
+    let upload = post_to(ota::PATH) || post_to(detect::PATH);
     let route = route_pattern(&rq);
     if let Some(n) = rq.body_length().map(|n| n as u64).filter(|n| *n > max && !upload) {
         let reply = Reply::from(too_large(&n.to_string(), max));
@@ -370,6 +373,9 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcom
         (Resource::Ota, Method::Post) => {
             return Outcome::Reply(ota::upload(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from))
         }
+        (Resource::Detect, _) => {
+            return Outcome::Reply(detect::detect(&Ctx { nvr, db }, &query, rq).unwrap_or_else(Reply::from))
+        }
         _ => {}
     }
     let body = match matched.method.has_body() {
@@ -434,7 +440,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::WebhookTest(name), _) => webhooks::test(ctx, name, q, c.body),
         (Resource::Tls, Method::Put) => tls::put(ctx, q, c.body),
         (Resource::Tls, _) => tls::get(ctx, q),
-        (Resource::Live(_) | Resource::EventStream | Resource::Static(_), _) => {
+        (Resource::Live(_) | Resource::EventStream | Resource::Detect | Resource::Static(_), _) => {
             Err(ApiError::internal("route handled before dispatch"))
         }
     }

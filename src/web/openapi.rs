@@ -108,6 +108,7 @@ mod tests {
             Resource::EventImage(id(), "snapshot"),
             Resource::EventImage(id(), "thumbnail"),
             Resource::Ota,
+            Resource::Detect,
             Resource::Tls,
             Resource::Webhooks,
             Resource::WebhookTest(name()),

@@ -83,6 +83,8 @@ pub enum Resource {
     Webhooks,
     /// `POST`: send a test event to one webhook.
     WebhookTest(String),
+    /// `POST` a JPEG, get the objects in it (`web::detect`).
+    Detect,
     /// Test-only: stall a part (`base::heartbeat::stall`); refused unless
     /// `OXINVR_TEST_KNOBS=1`.
     TestStall,
@@ -133,6 +135,7 @@ impl Resource {
             Resource::EventImage(_, "thumbnail") => "/api/events/{id}/thumbnail",
             Resource::EventImage(..) => "/api/events/{id}/snapshot",
             Resource::Ota => "/api/system/ota",
+            Resource::Detect => "/api/detect",
             Resource::Tls => "/api/system/tls",
             Resource::Webhooks => "/api/webhooks",
             Resource::WebhookTest(_) => "/api/webhooks/{name}/test",
@@ -146,7 +149,7 @@ impl Resource {
         use Method::*;
         match self {
             Resource::AuthSetup | Resource::AuthLogin | Resource::AuthLogout | Resource::Probe => &[Post],
-            Resource::WebRtc(_) => &[Post],
+            Resource::WebRtc(_) | Resource::Detect => &[Post],
             Resource::UserTotpConfirm(_) | Resource::TestStall | Resource::WebhookTest(_) => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota | Resource::Events => &[Get, Post],
@@ -181,7 +184,7 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Users, _) | (R::User(_), Method::Delete) | (R::Tls, Method::Put) => Access::Admin,
         (R::Stream(_), Method::Delete) | (R::Logs | R::Settings | R::Ota | R::TestStall, _) => Access::Admin,
         (R::Memory, Method::Put) | (R::Event(_), Method::Delete) => Access::Admin,
-        (R::Events, Method::Post) | (R::EventEnd(_), _) => Access::Operator,
+        (R::Events, Method::Post) | (R::EventEnd(_), _) | (R::Detect, _) => Access::Operator,
         (R::Webhooks | R::WebhookTest(_), _) => Access::Operator,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
             Access::Operator
@@ -275,6 +278,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["system", "logs"] => Resource::Logs,
         ["system", "test-stall"] => Resource::TestStall,
         ["settings"] => Resource::Settings,
+        ["detect"] => Resource::Detect,
         ["events"] => Resource::Events,
         ["events", "stream"] => Resource::EventStream,
         ["events", id] => Resource::Event(decode(id)),
@@ -366,6 +370,7 @@ mod tests {
         assert_eq!(a("GET", "/api/events"), Access::Viewer);
         assert_eq!(a("GET", "/api/events/stream"), Access::Viewer);
         assert_eq!(a("POST", "/api/events"), Access::Operator);
+        assert_eq!(a("POST", "/api/detect"), Access::Operator);
         assert_eq!(a("POST", "/api/events/3/end"), Access::Operator);
         assert_eq!(a("DELETE", "/api/events/3"), Access::Admin);
         assert_eq!(a("GET", "/api/events/3/clip"), Access::Viewer);
