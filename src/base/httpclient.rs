@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 client on `std::net::TcpStream`: the UART shell talks to
 //! the running recorder's API on loopback with it (so the shell runs the very
-//! code the API runs), and `ota install http://...` downloads bundles with it.
+//! code the API runs), `ota install http://...` downloads bundles with it, and
+//! the ONVIF client posts its SOAP requests with [`post`].
 //!
 //! Plain `http://` only: no TLS crate is linked. Bundles carry their own
 //! ed25519 signature, so the transport needs no integrity of its own; a bundle
@@ -22,6 +23,8 @@ use std::time::Duration;
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest body `Client::request` buffers.
 const MAX_BODY: u64 = 16 << 20;
+/// Largest answer [`post`] buffers (a camera's SOAP answer is a few KiB).
+const MAX_POST_BODY: u64 = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_REDIRECTS: usize = 5;
@@ -157,7 +160,8 @@ impl Client {
         let payload = body.map(|b| b.to_string().into_bytes());
         let host = self.addr.to_string();
         let token = self.console_token.as_deref().and_then(|p| self.token(p));
-        let head = send(&stream, (method, &host, path), token.as_deref(), payload.as_deref(), &what)?;
+        let payload = payload.as_deref().map(|p| ("application/json", p));
+        let head = send(&stream, (method, &host, path), token.as_deref(), payload, &what)?;
         let (status, headers, mut reader) = head;
         let len = body_len(&headers, &what)?;
         if len.is_some_and(|n| n > MAX_BODY) {
@@ -214,7 +218,7 @@ fn send(
     stream: &TcpStream,
     (method, host, path): (&str, &str, &str),
     bearer: Option<&str>,
-    body: Option<&[u8]>,
+    body: Option<(&str, &[u8])>,
     what: &str,
 ) -> Result<Head, HttpError> {
     let fail = |m: String| HttpError::Failed(format!("{what}: {m}"));
@@ -225,13 +229,13 @@ fn send(
     if let Some(t) = bearer {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    if let Some((content_type, b)) = body {
+        req.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
     let mut w = stream;
     w.write_all(req.as_bytes())
-        .and_then(|()| w.write_all(body.unwrap_or_default()))
+        .and_then(|()| w.write_all(body.map(|(_, b)| b).unwrap_or_default()))
         .and_then(|()| w.flush())
         .map_err(|e| fail(format!("sending the request: {e}")))?;
     let clone = stream.try_clone().map_err(|e| fail(format!("socket: {e}")))?;
@@ -432,6 +436,42 @@ pub fn download(url: &str) -> Result<Download, Error> {
         return Ok(Download { reader, len: if chunked { None } else { len } });
     }
     Err(Error::upstream(format!("{url}: more than {MAX_REDIRECTS} redirects")))
+}
+
+/// POSTs `body` to `url` (plain http, no redirects) and buffers the answer,
+/// whatever its status (at most 1 MiB). `deadline` bounds the connect and each read and write.
+pub fn post(url: &str, content_type: &str, body: &[u8], deadline: Duration) -> Result<Response, Error> {
+    let u = url::Url::parse(url).map_err(|e| Error::invalid(format!("{url:?} is not a URL: {e}")))?;
+    if u.scheme() != "http" {
+        return Err(Error::invalid(format!("{url}: only http:// is supported")));
+    }
+    let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::invalid(format!("{url}: no host")))?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let what = format!("POST {url}");
+    let addrs: Vec<SocketAddr> = (bare, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::upstream(format!("{what}: cannot resolve {host}: {e}")))?
+        .collect();
+    let stream = connect(&addrs, &what, (deadline, deadline)).map_err(|e| Error::upstream(e.to_string()))?;
+    let mut path = u.path().to_string();
+    if let Some(q) = u.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let host_header = u.port().map_or_else(|| host.to_string(), |p| format!("{host}:{p}"));
+    let (status, headers, mut reader) =
+        send(&stream, ("POST", &host_header, &path), None, Some((content_type, body)), &what).map_err(Error::from)?;
+    let len = body_len(&headers, &what)?;
+    let mut out = Vec::new();
+    body_reader(&mut reader, &headers, len)
+        .take(MAX_POST_BODY + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::upstream(format!("{what}: reading the answer: {e}")))?;
+    if out.len() as u64 > MAX_POST_BODY {
+        return Err(Error::upstream(format!("{what}: the answer is larger than {MAX_POST_BODY} bytes")));
+    }
+    Ok(Response { status, headers, body: out })
 }
 
 /// A token file's content, trimmed; `None` if missing or empty.

@@ -213,6 +213,18 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_stream_start ON events (stream, start_ms);
     CREATE INDEX events_start ON events (start_ms);
     "#,
+    // 9: a stream's ONVIF camera (see db::onvif), gone with its stream.
+    r#"
+    CREATE TABLE onvif (
+        stream_id INTEGER PRIMARY KEY REFERENCES streams (id) ON DELETE CASCADE,
+        device_url TEXT NOT NULL,
+        username TEXT NOT NULL,
+        password TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        media_url TEXT NOT NULL,
+        ptz_url TEXT
+    ) STRICT;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -245,8 +257,10 @@ fn new_clock_mark() -> i64 {
 }
 
 mod events;
+mod onvif;
 mod users;
 pub use events::{EventFilter, EventKind, EventRow, NewEvent};
+pub use onvif::OnvifRow;
 pub use users::{KeyRow, Role, SessionRow, UserRow};
 
 /// What retention planning knows of one segment.
