@@ -118,9 +118,13 @@ fn discover_probe_add_record_and_move() {
     assert_eq!(devices[0]["name"], "Front Gate", "{v}");
     let address = devices[0]["address"].as_str().expect("address").to_string();
     assert_eq!(address, format!("http://127.0.0.1:{}/onvif/device_service", sim.http));
+    // The UART shell's `discover` lists it too.
+    let out = common::nvr::shell_output(&nvr.config, "discover\nexit\n");
+    assert!(out.contains("1 ONVIF camera(s):") && out.contains("Front Gate") && out.contains(&address), "{out}");
 
     // Probe with the right password: device information and both profiles with their URIs.
-    let (status, d) = post(&nvr, "/api/onvif/probe", &json!({"address": address, "username": USER, "password": PASSWORD}));
+    let (status, d) =
+        post(&nvr, "/api/onvif/probe", &json!({"address": address, "username": USER, "password": PASSWORD}));
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["device"]["manufacturer"], "SimCam");
     assert_eq!(d["device"]["model"], "SC-PTZ-2");
@@ -140,8 +144,11 @@ fn discover_probe_add_record_and_move() {
     let url = profiles[0]["stream_uri"].as_str().expect("uri");
     let (status, v) = post(&nvr, "/api/streams", &json!({"name": "gate", "url": url}));
     assert_eq!(status, 201, "{v}");
-    let (status, v) =
-        put(&nvr, "/api/streams/gate/onvif", &json!({"address": address, "username": USER, "password": PASSWORD, "profile": "Profile_1"}));
+    let (status, v) = put(
+        &nvr,
+        "/api/streams/gate/onvif",
+        &json!({"address": address, "username": USER, "password": PASSWORD, "profile": "Profile_1"}),
+    );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["ptz"], true, "{v}");
     assert!(!v.to_string().contains(PASSWORD));
@@ -169,12 +176,22 @@ fn discover_probe_add_record_and_move() {
     let (status, v) = ptz(json!({"action": "set_preset", "name": "Gate & drive"}));
     assert_eq!(status, 200, "{v}");
     let token = v["preset"].as_str().expect("preset token").to_string();
-    assert_eq!(text_of(sim.last("SetPreset")["body"].as_str().expect("body"), "PresetName").as_deref(), Some("Gate & drive"));
+    assert_eq!(
+        text_of(sim.last("SetPreset")["body"].as_str().expect("body"), "PresetName").as_deref(),
+        Some("Gate & drive")
+    );
     let (status, v) = ptz(json!({"action": "presets"}));
     assert_eq!(status, 200, "{v}");
-    assert!(v["presets"].as_array().expect("presets").iter().any(|p| p["token"] == token.as_str() && p["name"] == "Gate & drive"));
+    assert!(v["presets"]
+        .as_array()
+        .expect("presets")
+        .iter()
+        .any(|p| p["token"] == token.as_str() && p["name"] == "Gate & drive"));
     assert_eq!(ptz(json!({"action": "goto_preset", "preset": token})).0, 200);
-    assert_eq!(text_of(sim.last("GotoPreset")["body"].as_str().expect("body"), "PresetToken").as_deref(), Some(token.as_str()));
+    assert_eq!(
+        text_of(sim.last("GotoPreset")["body"].as_str().expect("body"), "PresetToken").as_deref(),
+        Some(token.as_str())
+    );
     // A preset the camera does not have: its fault, named.
     let (status, v) = ptz(json!({"action": "goto_preset", "preset": "99"}));
     assert_eq!(status, 502, "{v}");
@@ -192,7 +209,8 @@ fn a_wrong_password_is_a_clear_error() {
     let sim = Sim::start(&cam);
     let nvr = start_nvr(&sim);
     let address = format!("127.0.0.1:{}", sim.http);
-    let (status, v) = post(&nvr, "/api/onvif/probe", &json!({"address": address, "username": USER, "password": "wrong"}));
+    let (status, v) =
+        post(&nvr, "/api/onvif/probe", &json!({"address": address, "username": USER, "password": "wrong"}));
     assert_eq!(status, 422, "{v}");
     let e = v["error"].as_str().expect("error");
     assert!(e.contains("refused the user name or password") && e.contains("NotAuthorized"), "{e}");
@@ -200,18 +218,27 @@ fn a_wrong_password_is_a_clear_error() {
     // Saving a stream's camera with it is refused the same way, and nothing is saved.
     let (status, _) = post(&nvr, "/api/streams", &json!({"name": "gate", "url": cam.url("h264")}));
     assert_eq!(status, 201);
-    let (status, v) =
-        put(&nvr, "/api/streams/gate/onvif", &json!({"address": address, "username": USER, "password": "wrong", "profile": "Profile_1"}));
+    let (status, v) = put(
+        &nvr,
+        "/api/streams/gate/onvif",
+        &json!({"address": address, "username": USER, "password": "wrong", "profile": "Profile_1"}),
+    );
     assert_eq!(status, 422, "{v}");
     assert_eq!(nvr.get("/api/streams/gate/onvif").expect("get").status, 404);
     // A profile the camera does not have is named with those it has.
-    let (status, v) =
-        put(&nvr, "/api/streams/gate/onvif", &json!({"address": address, "username": USER, "password": PASSWORD, "profile": "nope"}));
+    let (status, v) = put(
+        &nvr,
+        "/api/streams/gate/onvif",
+        &json!({"address": address, "username": USER, "password": PASSWORD, "profile": "nope"}),
+    );
     assert_eq!(status, 422, "{v}");
     assert!(v["error"].as_str().is_some_and(|e| e.contains("Profile_1, Profile_2")), "{v}");
     // PTZ on a profile without it is refused before any camera call.
-    let (status, _) =
-        put(&nvr, "/api/streams/gate/onvif", &json!({"address": address, "username": USER, "password": PASSWORD, "profile": "Profile_2"}));
+    let (status, _) = put(
+        &nvr,
+        "/api/streams/gate/onvif",
+        &json!({"address": address, "username": USER, "password": PASSWORD, "profile": "Profile_2"}),
+    );
     assert_eq!(status, 200);
     let (status, v) = post(&nvr, "/api/streams/gate/ptz", &json!({"action": "stop"}));
     assert_eq!(status, 409, "{v}");
