@@ -37,6 +37,7 @@ pub mod fuzzing {
         ("websocket", crate::web::fuzz::websocket),
         ("json", crate::web::fuzz::json),
         ("rtsp", crate::recording::fuzz::rtsp),
+        ("onvif", crate::onvif::fuzz::answers),
     ];
 
     /// The entry point of target `name`.

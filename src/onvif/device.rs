@@ -213,6 +213,19 @@ impl Camera {
     }
 }
 
+/// The answer parsers of this module over one document (the fuzz target).
+#[doc(hidden)]
+pub fn parse_all(xml: &str) {
+    let Ok(doc) = roxmltree::Document::parse(xml) else { return };
+    let root = doc.root();
+    if let Some(r) = find(root, "GetProfilesResponse") {
+        let _: Vec<Profile> = r.children().filter(|c| c.is_element()).map(profile_of).collect();
+    }
+    let _ = find(root, "MediaUri").and_then(|m| child_text(m, "Uri"));
+    let _ = find(root, "Capabilities").and_then(|c| child(c, "PTZ")).and_then(|p| child_text(p, "XAddr"));
+    let _ = path(root, &["Envelope", "Body", "GetDeviceInformationResponse", "Model"]);
+}
+
 fn parse<'a>(xml: &'a str, op: &str) -> Result<roxmltree::Document<'a>, Error> {
     roxmltree::Document::parse(xml).map_err(|e| Error::upstream(format!("ONVIF {op}: the answer is not XML: {e}")))
 }

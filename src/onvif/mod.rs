@@ -15,6 +15,8 @@
 
 pub mod device;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod soap;
 
 use device::{Camera, DeviceInfo, Profile, Services};
