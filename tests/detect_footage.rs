@@ -68,7 +68,10 @@ fn replay(file: &Path, fps: i64, mask: Mask) -> Replay {
     let clock: Arc<dyn Clock> = Arc::new(SimulatedClock::new(T0));
     let setup = DetectSetup {
         stream: "clip".into(),
-        ring: ring.clone(),
+        rings: {
+            let r = ring.clone();
+            Arc::new(move || Some(r.clone()))
+        },
         config: DetectConfig::default(),
         mask,
         clock,

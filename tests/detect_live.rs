@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nvr::Oxinvr;
@@ -22,39 +22,89 @@ fn wait_streaming(nvr: &Oxinvr) {
     });
 }
 
-fn mp4_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "mp4") {
-                out.push(p);
-            }
-        }
-    }
-    out
+/// Fetches `path` (a JPEG) into `dir/name` and checks it with ffprobe: its width.
+fn jpeg_width(nvr: &Oxinvr, path: &str, file: &Path) -> u64 {
+    let r = nvr.get(path).expect("GET picture");
+    assert_eq!((r.status, r.header("Content-Type")), (200, Some("image/jpeg")), "{path}: {}", r.text());
+    std::fs::write(file, &r.body).expect("write picture");
+    let probe = common::ffprobe_json(file);
+    assert_eq!(probe["streams"][0]["codec_name"], "mjpeg", "{probe}");
+    probe["streams"][0]["width"].as_u64().expect("width")
 }
 
 #[test]
-fn a_moving_ball_starts_motion_and_detection_shows_in_memory() {
+fn a_moving_ball_opens_a_motion_event_with_pictures_and_detection_shows_in_memory() {
     // 5 fps (what detect.fps samples evenly), a keyframe every 2 s.
     let cam = Camera::start(&["--pattern", "ball", "--fps", "5", "--gop", "10"]);
     let tmp = tempfile::tempdir().expect("tempdir");
     let nvr = Oxinvr::start(tmp.path(), &config(&cam.url("h264")));
     wait_streaming(&nvr);
     let streaming = Instant::now();
-    let deadline = streaming + Duration::from_secs(20);
-    while !nvr.log().contains("detect cam: motion started") {
-        assert!(Instant::now() < deadline, "no motion from a moving ball in 20 s:\n{}", nvr.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("motion logged {:?} after the stream was streaming", streaming.elapsed());
+    let events = nvr.wait_for("/api/events?stream=cam", Duration::from_secs(20), "a motion event", |v| {
+        v["events"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    eprintln!("motion event in the API {:?} after the stream was streaming", streaming.elapsed());
+    let e = &events["events"][0];
+    assert_eq!(
+        (e["stream"].as_str(), e["kind"].as_str(), e["label"].as_str()),
+        (Some("cam"), Some("motion"), Some("motion")),
+        "{e}"
+    );
+    let score = e["score"].as_f64().expect("score");
+    assert!(score > 0.0 && score <= 1.0, "{e}");
+    assert!(e["start_ms"].as_i64().is_some() && e["end_ms"].is_null(), "the ball keeps moving: {e}");
+    assert!(nvr.log().contains("detect cam: motion started"), "{}", nvr.log());
+    let snap = jpeg_width(&nvr, e["snapshot_url"].as_str().expect("snapshot url"), &tmp.path().join("snap.jpg"));
+    let thumb = jpeg_width(&nvr, e["thumbnail_url"].as_str().expect("thumbnail url"), &tmp.path().join("thumb.jpg"));
+    assert!(snap == 640 && thumb == 192, "snapshot {snap} px wide, thumbnail {thumb} (camera is 640 wide)");
+
     let mem = &nvr.json("/api/system")["memory"];
     assert!(mem["heap_by_subsystem"]["detect"].as_i64().unwrap_or(0) > 0, "{mem}");
     assert!(mem["detect_native_bytes"].as_i64().unwrap_or(0) > 0, "{mem}");
+    let id = e["id"].as_i64().expect("id");
+    let (config, data, port) = (nvr.config.clone(), nvr.data_dir.clone(), nvr.port);
+    let (st, _) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success());
+
+    // A clean stop ends the open event: nothing stays "ongoing" across a restart.
+    let nvr = Oxinvr::restart(&config, &data, port);
+    let e = nvr.json(&format!("/api/events/{id}"));
+    assert!(e["end_ms"].as_i64() >= e["start_ms"].as_i64() && e["ongoing"] == false, "{e}");
+    let (st, _) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success());
+}
+
+/// The stream's `detection` object once `f` holds for it.
+fn detection_when(nvr: &Oxinvr, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    nvr.wait_for("/api/streams/cam", Duration::from_secs(30), what, |v| f(&v["detection"]))["detection"].clone()
+}
+
+#[test]
+fn detection_follows_a_restarted_stream_and_names_a_stream_it_cannot_decode() {
+    let cam = Camera::start(&["--pattern", "ball", "--fps", "5", "--gop", "10"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let nvr = Oxinvr::start(tmp.path(), &config(&cam.url("h264")));
+    let d = detection_when(&nvr, "frames decoded", |d| d["frames_decoded"].as_u64() > Some(0));
+    assert_eq!((d["detectors"][0].as_str(), d["problem"].as_str()), (Some("motion"), None), "{d}");
+
+    // A new URL restarts the stream on a new ring: an H.265 one detection cannot decode.
+    let put = |url: String| {
+        let body = serde_json::json!({ "url": url }).to_string();
+        let r = nvr.request("PUT", "/api/streams/cam", &[("Content-Type", "application/json")], body.as_bytes());
+        assert_eq!(r.as_ref().map(|r| r.status).ok(), Some(200), "{:?}", r.map(|r| r.text()));
+    };
+    put(cam.url("h265"));
+    let d = detection_when(&nvr, "detection to name the H.265 stream", |d| d["problem"].as_str().is_some());
+    assert!(d["problem"].as_str().is_some_and(|p| p.contains("H.264")), "{d}");
+    assert!(d["ring_changes"].as_u64() >= Some(1), "{d}");
+
+    // Back to H.264: detection decodes again on the newest ring, with no restart of its own.
+    put(cam.url("h264"));
+    let before = d["frames_decoded"].as_u64().unwrap_or(0);
+    let d = detection_when(&nvr, "decoding again", |d| {
+        d["problem"].is_null() && d["frames_decoded"].as_u64() > Some(before + 5)
+    });
+    assert!(d["ring_changes"].as_u64() >= Some(2), "{d}");
     let (st, _) = nvr.terminate(Duration::from_secs(15));
     assert!(st.success());
 }
@@ -78,7 +128,8 @@ fn a_slow_detector_never_costs_recording_a_frame() {
     assert!(ingested >= 150, "{status}");
     let (st, _) = nvr.terminate(Duration::from_secs(15));
     assert!(st.success());
-    let recorded: u64 = mp4_files(&tmp.path().join("data/recordings")).iter().map(|f| common::frame_count(f)).sum();
+    let recorded: u64 =
+        common::mp4_files(&tmp.path().join("data/recordings")).iter().map(|f| common::frame_count(f)).sum();
     // Everything ingested up to the status read (and more, up to the stop) is in the files.
     assert!(recorded >= ingested, "recorded {recorded} frames, ingested {ingested} before the stop");
 }

@@ -329,6 +329,68 @@ fn a_wrong_password_is_a_clear_error_in_api_system() {
 }
 
 #[test]
+fn motion_and_manual_events_reach_home_assistant_with_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), free_port());
+    let cam = Camera::start(&["--pattern", "ball", "--fps", "5", "--gop", "10"]);
+    let streams = format!("[[streams]]\nname = \"cam\"\nurl = \"{}\"\ndetect = [\"motion\"]\n", cam.url("h264"));
+    // The snapshot is binary: its own subscriber keeps the raw bytes of the first one.
+    let port = broker.port.to_string();
+    let snap_topic = "oxinvr/testbox/cam/snapshot";
+    let snapshot = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            USER,
+            "-P",
+            PASSWORD,
+            "-t",
+            snap_topic,
+            "-C",
+            "1",
+            "-W",
+            "60",
+            "-N",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    let sub = broker.subscribe_with(&["-T", snap_topic]);
+    let nvr = Oxinvr::start(dir.path(), &config(broker.port, PASSWORD, &streams));
+
+    sub.wait(Duration::from_secs(40), "oxinvr/testbox/cam/motion", |p| p == "ON");
+    let got = Instant::now();
+    let msg = sub.wait(Duration::from_secs(5), "oxinvr/testbox/cam/event", |p| p.contains("\"kind\":\"motion\""));
+    let event: Value = serde_json::from_str(&msg.payload).expect("event JSON");
+    assert_eq!((event["change"].as_str(), event["stream"].as_str()), (Some("began"), Some("cam")), "{event}");
+    assert!(event["snapshot_url"].as_str().is_some(), "{event}");
+    let out = snapshot.wait_with_output().expect("snapshot subscriber");
+    let jpeg = dir.path().join("snapshot.jpg");
+    std::fs::write(&jpeg, &out.stdout).expect("write snapshot");
+    let probe = common::ffprobe_json(&jpeg);
+    assert_eq!(probe["streams"][0]["codec_name"], "mjpeg", "the camera entity gets a JPEG: {probe}");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let lag = now_ms - event["start_ms"].as_i64().unwrap_or(now_ms) - got.elapsed().as_millis() as i64;
+    eprintln!("motion start -> event on the broker: {lag} ms (frame time to receipt)");
+
+    // A manual trigger from Home Assistant becomes an event in the API and on the broker.
+    broker.publish("oxinvr/testbox/cam/trigger", r#"{"label":"doorbell","duration_s":5}"#);
+    let msg = sub.wait(Duration::from_secs(5), "oxinvr/testbox/cam/event", |p| p.contains("doorbell"));
+    let manual: Value = serde_json::from_str(&msg.payload).expect("event JSON");
+    assert_eq!(manual["kind"], "manual", "{manual}");
+    let listed = nvr.json("/api/events?stream=cam&kind=manual");
+    let e = &listed["events"][0];
+    assert_eq!((e["label"].as_str(), e["id"].as_i64()), (Some("doorbell"), manual["id"].as_i64()), "{listed}");
+    assert_eq!(e["end_ms"].as_i64().zip(e["start_ms"].as_i64()).map(|(b, a)| b - a), Some(5_000), "{e}");
+    broker.publish("oxinvr/testbox/cam/trigger", r#"{"label":"doorbell","score":7}"#);
+    poll(Duration::from_secs(5), "a bad trigger refused in the log", || nvr.log().contains("trigger on cam refused"));
+    assert!(nvr.log().contains("field score"), "the refusal names the field");
+}
+
+#[test]
 fn a_clean_stop_says_offline_before_it_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broker = Broker::start(dir.path(), free_port());

@@ -230,14 +230,6 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Motion changes are only logged (by the detection threads) until the
-/// events store takes them.
-struct LogSink;
-
-impl crate::detect::MotionSink for LogSink {
-    fn motion(&self, _stream: &str, _change: crate::detect::MotionChange) {}
-}
-
 /// Starts a `detect-NAME` thread on the ring of each configured stream with
 /// `detect = ["motion"]`. Test knob (with `OXINVR_TEST_KNOBS=1`):
 /// `OXINVR_DETECT_SLOW_MS` adds that much time to every decoded frame.
@@ -251,21 +243,41 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
         log::warn!("detect: test knob: every decoded frame takes {} ms more", slow.as_millis());
     }
     let mut out = Vec::new();
+    let mut stats = std::collections::HashMap::new();
     for st in &cfg.streams {
-        let Some(rt) = nvr.recorder.stream(&st.name) else { continue };
-        let sink = Box::new(LogSink);
+        let sink = Box::new(crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)));
         let Some(mut setup) =
-            crate::detect::DetectSetup::for_stream(st, &cfg.detect, rt.ring.clone(), clock.clone(), sink)
+            crate::detect::DetectSetup::for_stream(st, &cfg.detect, stream_rings(nvr, &st.name), clock.clone(), sink)
         else {
             continue;
         };
         setup.slow = slow;
         match crate::detect::spawn(setup) {
-            Ok(h) => out.push(h),
+            Ok(h) => {
+                stats.insert(st.name.clone(), h.stats.clone());
+                out.push(h);
+            }
             Err(e) => log::error!("stream {}: detection not started: {e}", st.name),
         }
     }
+    let _ = nvr.detection.set(stats);
     out
+}
+
+/// The ring `stream` has now (it changes when the stream restarts). Weak,
+/// like the switch below.
+fn stream_rings(nvr: &Arc<Nvr>, stream: &str) -> crate::detect::worker::RingSource {
+    let (weak, name) = (Arc::downgrade(nvr), stream.to_string());
+    Arc::new(move || weak.upgrade().and_then(|n| n.recorder.stream(&name)).map(|rt| rt.ring.clone()))
+}
+
+/// MQTT's per-stream detection switch (on while there is no MQTT). Weak:
+/// the detection threads must not keep a stopping recorder alive.
+fn detection_switch(nvr: &Arc<Nvr>) -> crate::detect::sink::Enabled {
+    let weak = Arc::downgrade(nvr);
+    Arc::new(move |stream: &str| {
+        weak.upgrade().and_then(|n| n.mqtt.get().map(|m| m.detection_enabled(stream))).unwrap_or(true)
+    })
 }
 
 /// Starts go2rtc's supervisor when `[go2rtc] binary` is set; it serves every

@@ -182,7 +182,7 @@ fn detect_bench(args: &[String]) -> Result<ExitCode> {
             }
         }
         let t = Instant::now();
-        let luma = decoder.decode(&unit.data, unit.key);
+        let luma = decoder.decode(&unit.data, unit.key).map(|p| p.map(|p| p.luma()));
         decode_us += t.elapsed().as_micros();
         let Ok(Some(luma)) = luma else { continue };
         decoded += 1;

@@ -17,6 +17,7 @@ use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 
 use super::motion::Luma;
+use super::picture::{PictureError, Rgb, Yuv420};
 
 /// Why a frame was not decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +163,9 @@ impl LumaDecoder {
     }
 
     /// Decodes one frame; `Ok(None)` when it was skipped (waiting for a
-    /// keyframe) or OpenH264 has no picture yet.
-    pub fn decode(&mut self, frame: &[u8], key: bool) -> Result<Option<Luma>, DecodeError> {
+    /// keyframe) or OpenH264 has no picture yet. The picture lives until the
+    /// next call: take its luma, and colour only when someone needs it.
+    pub fn decode(&mut self, frame: &[u8], key: bool) -> Result<Option<Picture<'_>>, DecodeError> {
         let (Some(decoder), Some(params)) = (self.decoder.as_mut(), self.params.as_ref()) else {
             return Ok(None);
         };
@@ -184,9 +186,8 @@ impl LumaDecoder {
         match decoder.decode(&self.annex_b) {
             Ok(Some(yuv)) => {
                 self.need_key = false;
-                let (w, h) = yuv.dimensions();
-                self.source = (w, h);
-                Ok(Some(downscale(yuv.y(), yuv.strides().0, w, h, self.width)))
+                self.source = yuv.dimensions();
+                Ok(Some(Picture { yuv, width: self.width }))
             }
             Ok(None) => {
                 self.need_key = false;
@@ -197,6 +198,27 @@ impl LumaDecoder {
                 Err(DecodeError::Decoder(e.to_string()))
             }
         }
+    }
+}
+
+/// A decoded picture, borrowed from the decoder until its next frame.
+pub struct Picture<'a> {
+    yuv: openh264::decoder::DecodedYUV<'a>,
+    width: u16,
+}
+
+impl Picture<'_> {
+    /// The luma plane box-averaged to the decoder's width.
+    pub fn luma(&self) -> Luma {
+        let (w, h) = self.yuv.dimensions();
+        downscale(self.yuv.y(), self.yuv.strides().0, w, h, self.width)
+    }
+
+    /// The picture in colour, at most `max_w` wide (an event's snapshot).
+    pub fn rgb(&self, max_w: u32) -> Result<Rgb, PictureError> {
+        let (width, height) = self.yuv.dimensions();
+        let (y, u, v) = (self.yuv.y(), self.yuv.u(), self.yuv.v());
+        Yuv420 { y, u, v, strides: self.yuv.strides(), width, height }.to_rgb(max_w)
     }
 }
 

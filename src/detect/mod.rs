@@ -5,7 +5,8 @@
 //! ring cursor -> `worker::Gate` (keyframes + up to `detect.fps`) ->
 //! `decode` (OpenH264, luma only, box-averaged to `detect.width`) ->
 //! `motion` (integer background model, cells, mask, hysteresis) ->
-//! [`worker::MotionSink`] (motion start / end).
+//! [`worker::MotionSink`] (motion start / end): in the recorder,
+//! [`sink::EventSink`] (a `motion` event with a snapshot, in the events store).
 //!
 //! Invariants: ingest never waits for detection (the ring's writer never
 //! waits for a reader; a slow detector loses frames, not recording); the
@@ -15,7 +16,9 @@
 pub mod annexb;
 pub mod decode;
 pub mod motion;
+pub mod picture;
+pub mod sink;
 pub mod worker;
 
 pub use motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
-pub use worker::{spawn, DetectCounters, DetectHandle, DetectSetup, DetectStats, MotionSink};
+pub use worker::{spawn, DetectCounters, DetectHandle, DetectSetup, DetectStats, Motion, MotionSink};

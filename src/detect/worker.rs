@@ -21,7 +21,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::decode::LumaDecoder;
-use super::motion::{Mask, MotionChange, MotionDetector, MotionParams};
+use super::motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
+use super::picture::Rgb;
 use crate::base::clock::Clock;
 use crate::base::memory;
 use crate::config::{DetectConfig, StreamConfig};
@@ -30,20 +31,43 @@ use crate::recording::ring::{ReadResult, Ring};
 
 /// How long the thread sleeps when the ring has nothing new.
 const POLL: Duration = Duration::from_millis(20);
+/// How often the thread asks which ring its stream has now.
+const RING_CHECK_MS: i64 = 500;
+
+/// The stream's ring as it is now: a restart (new URL, memory pressure, the
+/// budget admitting it) gives the stream a new ring; `None` while it has none.
+pub type RingSource = Arc<dyn Fn() -> Option<Arc<Ring>> + Send + Sync>;
 /// A frame this far behind the clock makes the reader jump to the newest keyframe.
 const MAX_LAG_MS: i64 = 2000;
 
+/// One motion change as the sink gets it.
+pub struct Motion<'a> {
+    pub change: MotionChange,
+    /// Share of the picture's cells that changed in the frame (0..=1).
+    pub score: f64,
+    /// The frame that started motion, in colour (only if the sink wants pictures).
+    pub picture: Option<&'a Rgb>,
+}
+
 /// Where motion changes go (the events store, a channel, a test).
 pub trait MotionSink: Send {
-    fn motion(&self, stream: &str, change: MotionChange);
+    fn motion(&self, stream: &str, m: &Motion<'_>);
+
+    /// Whether a start should come with a picture (costs a colour conversion).
+    fn wants_picture(&self) -> bool {
+        false
+    }
 }
 
 impl MotionSink for std::sync::mpsc::Sender<(String, MotionChange)> {
-    fn motion(&self, stream: &str, change: MotionChange) {
+    fn motion(&self, stream: &str, m: &Motion<'_>) {
         // A receiver that went away just stops listening.
-        let _ = self.send((stream.to_string(), change));
+        let _ = self.send((stream.to_string(), m.change));
     }
 }
+
+/// Widest snapshot kept with an event (a sub stream's full size).
+pub const SNAPSHOT_WIDTH: u32 = 640;
 
 /// The motion tunables of the `[detect]` table (ranges checked by `config`).
 pub fn motion_params(c: &DetectConfig) -> MotionParams {
@@ -104,20 +128,35 @@ pub struct DetectCounters {
     /// Microseconds spent decoding and detecting in all.
     pub busy_us: u64,
     pub in_motion: bool,
+    /// Times the stream moved to a new ring (restarts) and detection followed.
+    pub ring_changes: u64,
 }
 
 /// The counters behind a lock (MIPS32 has no 64-bit atomics; one
-/// uncontended lock per frame costs nothing next to a decode).
+/// uncontended lock per frame costs nothing next to a decode), and why
+/// detection cannot work on the stream now, if it cannot.
 #[derive(Debug, Default)]
-pub struct DetectStats(Mutex<DetectCounters>);
+pub struct DetectStats {
+    counters: Mutex<DetectCounters>,
+    problem: Mutex<Option<String>>,
+}
 
 impl DetectStats {
     pub fn snapshot(&self) -> DetectCounters {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// E.g. "codec \"hvc1...\" is not H.264: detection needs an H.264 (sub) stream".
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_problem(&self, why: Option<String>) {
+        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = why;
     }
 
     fn update(&self, f: impl FnOnce(&mut DetectCounters)) {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        f(&mut self.counters.lock().unwrap_or_else(PoisonError::into_inner));
     }
 }
 
@@ -150,7 +189,7 @@ impl Drop for DetectHandle {
 /// What one detection thread needs.
 pub struct DetectSetup {
     pub stream: String,
-    pub ring: Arc<Ring>,
+    pub rings: RingSource,
     pub config: DetectConfig,
     pub mask: Mask,
     pub clock: Arc<dyn Clock>,
@@ -164,13 +203,13 @@ impl DetectSetup {
     pub fn for_stream(
         st: &StreamConfig,
         config: &DetectConfig,
-        ring: Arc<Ring>,
+        rings: RingSource,
         clock: Arc<dyn Clock>,
         sink: Box<dyn MotionSink>,
     ) -> Option<DetectSetup> {
         st.detect.iter().any(|d| d == "motion").then(|| DetectSetup {
             stream: st.name.clone(),
-            ring,
+            rings,
             config: config.clone(),
             mask: Mask { polygons: st.motion_mask.clone() },
             clock,
@@ -212,19 +251,35 @@ impl Worker {
     }
 
     fn run(&mut self, stop: &AtomicBool) {
-        let ring = self.setup.ring.clone();
-        let mut cursor = ring.cursor_at_latest_keyframe();
+        let mut ring = (self.setup.rings)();
+        let mut cursor = ring.as_ref().map(|r| r.cursor_at_latest_keyframe());
+        let mut checked = self.setup.clock.now_ms();
         let mut buf = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            match ring.read(&mut cursor, &mut buf) {
+            let now = self.setup.clock.now_ms();
+            if now - checked >= RING_CHECK_MS {
+                checked = now;
+                let current = (self.setup.rings)();
+                if !same_ring(&ring, &current) {
+                    // The stream restarted on a new ring (or has none): follow it.
+                    self.new_ring(current.is_some());
+                    cursor = current.as_ref().map(|r| r.cursor_at_latest_keyframe());
+                    ring = current;
+                }
+            }
+            let (Some(r), Some(c)) = (ring.as_ref(), cursor.as_mut()) else {
+                self.idle();
+                continue;
+            };
+            match r.read(c, &mut buf) {
                 ReadResult::Frame { track: Track::Video, key, pts, seq } => {
-                    let Some(at_ms) = self.run.as_ref().map(|r| r.wall_ms(pts)) else { continue };
-                    if self.setup.clock.now_ms() - at_ms > MAX_LAG_MS {
+                    let Some(at_ms) = self.run.as_ref().map(|run| run.wall_ms(pts)) else { continue };
+                    if now - at_ms > MAX_LAG_MS {
                         // Behind: jump to the newest keyframe if it is ahead of this frame.
-                        let newest = ring.cursor_at_latest_keyframe();
+                        let newest = r.cursor_at_latest_keyframe();
                         if newest.next_seq() > seq + 1 {
                             self.stats.update(|c| c.frames_lost += newest.next_seq() - seq);
-                            cursor = newest;
+                            *c = newest;
                             self.decoder.skipped();
                             continue;
                         }
@@ -237,28 +292,47 @@ impl Worker {
                     self.stats.update(|c| c.frames_lost += lost_to.saturating_sub(lost_from));
                     self.decoder.skipped();
                 }
-                ReadResult::Empty => {
-                    let now = self.setup.clock.now_ms();
-                    if let Some(c) = self.detector.tick(now) {
-                        self.emit(c);
-                    }
-                    std::thread::sleep(POLL);
-                }
+                ReadResult::Empty => self.idle(),
             }
         }
         if let Some(c) = self.detector.reset() {
-            self.emit(c);
+            self.emit(c, 0.0, None);
         }
         memory::detect_native_update(self.native, 0);
     }
 
+    /// Nothing to read: motion ends by the clock once frames stop.
+    fn idle(&mut self) {
+        if let Some(c) = self.detector.tick(self.setup.clock.now_ms()) {
+            self.emit(c, 0.0, None);
+        }
+        std::thread::sleep(POLL);
+    }
+
+    /// The stream's ring changed: what was moving ended with the old session.
+    fn new_ring(&mut self, has_one: bool) {
+        log::info!(
+            "detect {}: {}",
+            self.setup.stream,
+            if has_one { "following the stream's new ring" } else { "the stream has no ring now" }
+        );
+        if let Some(c) = self.detector.reset() {
+            self.emit(c, 0.0, None);
+        }
+        self.run = None;
+        self.decoder.skipped();
+        self.stats.update(|c| c.ring_changes += 1);
+    }
+
     fn new_run(&mut self, run: RunStart) {
         if let Some(c) = self.detector.reset() {
-            self.emit(c);
+            self.emit(c, 0.0, None);
         }
-        if let Err(e) = self.decoder.start_run(&run.video.codec, &run.video.sample_entry) {
+        let started = self.decoder.start_run(&run.video.codec, &run.video.sample_entry);
+        if let Err(e) = &started {
             log::warn!("detect {}: {e}", self.setup.stream);
         }
+        self.stats.set_problem(started.err().map(|e| e.to_string()));
         self.run = Some(run);
     }
 
@@ -270,10 +344,18 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         match self.decoder.decode(data, key) {
-            Ok(Some(luma)) => {
+            Ok(Some(picture)) => {
                 self.stats.update(|c| c.frames_decoded += 1);
-                if let (_, Some(change)) = self.detector.feed(&luma, at_ms) {
-                    self.emit(change);
+                let luma = picture.luma();
+                if let (verdict, Some(change)) = self.detector.feed(&luma, at_ms) {
+                    let colour = match change {
+                        MotionChange::Start { .. } if self.setup.sink.wants_picture() => {
+                            picture.rgb(SNAPSHOT_WIDTH).inspect_err(|e| log::warn!("detect: snapshot: {e}")).ok()
+                        }
+                        _ => None,
+                    };
+                    let score = f64::from(verdict.changed_cells) / grid_cells(&luma, self.setup.config.cell) as f64;
+                    self.emit(change, score.min(1.0), colour.as_ref());
                 }
             }
             Ok(None) => {}
@@ -298,7 +380,7 @@ impl Worker {
         self.native = native;
     }
 
-    fn emit(&self, change: MotionChange) {
+    fn emit(&self, change: MotionChange, score: f64, picture: Option<&Rgb>) {
         let in_motion = self.detector.in_motion();
         self.stats.update(|c| c.in_motion = in_motion);
         match change {
@@ -309,8 +391,22 @@ impl Worker {
                 log::info!("detect {}: motion ended at {at_ms} (peak {peak_cells} cells)", self.setup.stream)
             }
         }
-        self.setup.sink.motion(&self.setup.stream, change);
+        self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture });
     }
+}
+
+fn same_ring(a: &Option<Arc<Ring>>, b: &Option<Arc<Ring>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Cells of the motion grid over a picture (at least one).
+fn grid_cells(luma: &Luma, cell: u32) -> u32 {
+    let cell = cell.max(1);
+    (u32::from(luma.width).div_ceil(cell) * u32::from(luma.height).div_ceil(cell)).max(1)
 }
 
 #[cfg(test)]

@@ -207,10 +207,32 @@ impl Store {
 
     /// Stores `e` (ongoing, or over if it has an end) and broadcasts it.
     pub fn create(&self, e: &NewEvent) -> Result<EventRow, StoreError> {
-        let row = self.with_db(|db| {
+        self.create_with_pictures(e, None)
+    }
+
+    /// Stores `e` with its snapshot and thumbnail (JPEG), then broadcasts it,
+    /// so subscribers see the pictures with the event. The paths go in the row
+    /// first and the files after: a cut in between leaves an event whose
+    /// pictures answer 404, never a file no row names. A picture that cannot
+    /// be written (disk full) leaves the event without pictures.
+    pub fn create_with_pictures(&self, e: &NewEvent, pictures: Option<(&[u8], &[u8])>) -> Result<EventRow, StoreError> {
+        let mut row = self.with_db(|db| {
             let id = db.insert_event(e)?;
+            if pictures.is_some() {
+                let (snap, thumb) = picture_paths(id);
+                db.set_event_files(id, Some(&snap), Some(&thumb))?;
+            }
             Store::fetch(db, id)
         })?;
+        if let (Some((snap, thumb)), Some(snap_rel), Some(thumb_rel)) = (pictures, &row.snapshot, &row.thumbnail) {
+            let written = write_picture(&self.data_dir, snap_rel, snap)
+                .and_then(|()| write_picture(&self.data_dir, thumb_rel, thumb));
+            if let Err(err) = written {
+                log::warn!("event {}: pictures not written: {err}; the event is kept without them", row.id);
+                self.set_files(row.id, None, None)?;
+                (row.snapshot, row.thumbnail) = (None, None);
+            }
+        }
         self.hub.publish(&Notice { change: Change::Began, event: row.clone() });
         if row.end_ms.is_some() {
             self.hub.publish(&Notice { change: Change::Ended, event: row.clone() });
@@ -249,6 +271,27 @@ impl Store {
         self.hub.publish(&Notice { change: Change::Deleted, event: row.clone() });
         Ok(row)
     }
+}
+
+/// Where an event's snapshot and thumbnail live, relative to the data dir
+/// (a folder per thousand events keeps folders small).
+fn picture_paths(id: i64) -> (String, String) {
+    let dir = format!("events/{:04}", id / 1000);
+    (format!("{dir}/{id}.jpg"), format!("{dir}/{id}-thumb.jpg"))
+}
+
+/// Writes `bytes` at `rel` under `data_dir` durably (temporary file, sync, rename).
+fn write_picture(data_dir: &Path, rel: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = data_dir.join(rel);
+    let dir = path.parent().ok_or_else(|| std::io::Error::other(format!("{rel} has no folder")))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("jpg.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    crate::base::fs::fdatasync(&f)?;
+    std::fs::rename(&tmp, &path)?;
+    crate::base::fs::sync_dir(dir)
 }
 
 /// Deletes events `ids` with their files (invariant 3); the number deleted.
@@ -351,5 +394,36 @@ mod tests {
         assert!(!dir.path().join("events/front/1.jpg").exists(), "its snapshot went with it");
         assert_eq!(db.garbage().expect("garbage"), Vec::<String>::new());
         assert_eq!(db.event(id).expect("q"), None);
+    }
+
+    #[test]
+    fn pictures_are_on_disk_when_the_event_is_told_and_go_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(&dir.path().join("oxinvr.db"), dir.path());
+        let sub = store.hub().subscribe();
+        let e = NewEvent {
+            stream: "front".into(),
+            kind: EventKind::Motion,
+            label: "motion".into(),
+            score: 0.2,
+            zones: Vec::new(),
+            start_ms: 1_000,
+            end_ms: None,
+            best_box: None,
+        };
+        let row = store.create_with_pictures(&e, Some((b"snap", b"thumb"))).expect("create");
+        let told = sub.next(Duration::ZERO).expect("told").event;
+        let snap = dir.path().join(told.snapshot.as_deref().expect("snapshot path"));
+        let thumb = dir.path().join(told.thumbnail.as_deref().expect("thumbnail path"));
+        assert_eq!(std::fs::read(&snap).expect("snapshot on disk when told"), b"snap");
+        assert_eq!(std::fs::read(&thumb).expect("thumbnail"), b"thumb");
+        store.delete(row.id).expect("delete");
+        assert!(!snap.exists() && !thumb.exists(), "pictures went with the event");
+
+        // A data dir where the pictures cannot be written keeps the event without them.
+        std::fs::remove_dir_all(dir.path().join("events")).expect("rm");
+        std::fs::write(dir.path().join("events"), b"a file where the folder goes").expect("block");
+        let row = store.create_with_pictures(&e, Some((b"snap", b"thumb"))).expect("kept");
+        assert_eq!((row.snapshot, row.thumbnail), (None, None));
     }
 }

@@ -132,8 +132,28 @@ fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
         m.insert("status".into(), rt.as_deref().map_or(Value::Null, status_json));
         m.insert("ring".into(), rt.as_deref().map_or(Value::Null, ring_json));
         m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
+        m.insert("detection".into(), detection_json(ctx, &row.spec.name));
     }
     v
+}
+
+/// A detecting stream's detectors, counters and problem; null for the others.
+fn detection_json(ctx: &Ctx, name: &str) -> Value {
+    let Some(stats) = ctx.nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
+    let detectors = ctx.nvr.config.streams.iter().find(|s| s.name == name).map(|s| s.detect.clone());
+    let c = stats.snapshot();
+    json!({
+        "detectors": detectors.unwrap_or_default(),
+        "enabled": ctx.nvr.mqtt.get().is_none_or(|m| m.detection_enabled(name)),
+        "in_motion": c.in_motion,
+        "frames_seen": c.frames_seen,
+        "frames_decoded": c.frames_decoded,
+        "decode_errors": c.decode_errors,
+        "frames_lost": c.frames_lost,
+        "ring_changes": c.ring_changes,
+        "busy_ms": c.busy_us / 1000,
+        "problem": stats.problem(),
+    })
 }
 
 /// (bytes, segments) recorded by a stream.

@@ -154,7 +154,7 @@ fn int_field(m: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError
 }
 
 /// The event a `POST /api/events` body describes (`now_ms`: its default start).
-fn new_event(m: &Map<String, Value>, now_ms: i64) -> Result<NewEvent, ApiError> {
+pub(super) fn new_event(m: &Map<String, Value>, now_ms: i64) -> Result<NewEvent, ApiError> {
     const KNOWN: [&str; 8] = ["stream", "kind", "label", "score", "zones", "start_ms", "duration_s", "box"];
     if let Some(k) = m.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("unknown field {k:?} (known: {})", KNOWN.join(", "))));

@@ -2,6 +2,9 @@
 //! views, the box's figures, and recording switched on/off the way
 //! `PUT /api/streams/NAME` does it (the row saved, then `Recorder::edit`).
 //!
+//! Events go out through the `mqtt-events` thread (the events hub's
+//! subscriber); `<stream>/trigger` commands come in as manual events.
+//!
 //! Invariant: holds the recorder only weakly (the client lives in the `Nvr`
 //! it reads), so a stopping recorder is never kept alive by MQTT.
 
@@ -10,7 +13,8 @@ use std::sync::{Arc, Weak};
 use serde_json::{json, Value};
 
 use super::state::Nvr;
-use crate::index::db::{Db, RecordMode};
+use crate::events::{Change, Subscription};
+use crate::index::db::{Db, EventKind, RecordMode};
 use crate::notify::mqtt::{self, Host, Mqtt, Settings, StreamView};
 use crate::recording::stream::StreamState;
 
@@ -76,12 +80,78 @@ impl Host for NvrHost {
     }
 }
 
-/// Starts the MQTT client when `[mqtt] url` is set; its handle goes in `nvr.mqtt`.
+/// Starts the MQTT client when `[mqtt] url` is set; its handle goes in
+/// `nvr.mqtt`. Events flow to it from the events hub (`mqtt-events` thread)
+/// and its manual triggers become events.
 pub fn start(nvr: &Arc<Nvr>) -> Result<(), String> {
     let Some(settings) = Settings::from_config(&nvr.config.mqtt, &mqtt::hostname())? else { return Ok(()) };
     let host = Arc::new(NvrHost(Arc::downgrade(nvr)));
     let client =
         Mqtt::spawn(settings, host, nvr.clock.clone()).map_err(|e| format!("cannot start the mqtt thread: {e}"))?;
+    client.set_trigger_hook(trigger_hook(Arc::downgrade(nvr)));
+    let (weak, sub, to) = (Arc::downgrade(nvr), nvr.events.hub().subscribe(), client.clone());
+    std::thread::Builder::new()
+        .name("mqtt-events".into())
+        .stack_size(128 << 10)
+        .spawn(move || forward_events(&weak, &sub, &to))
+        .map_err(|e| format!("cannot start the mqtt-events thread: {e}"))?;
     let _ = nvr.mqtt.set(client);
     Ok(())
 }
+
+/// Largest snapshot sent to the broker (a sub stream's is ~50 KB).
+const MAX_SNAPSHOT: u64 = 1 << 20;
+
+/// Until the recorder is gone: each event notice to MQTT as JSON, motion
+/// events as the stream's `motion` ON/OFF, a new event's snapshot as the
+/// stream's picture.
+fn forward_events(weak: &Weak<Nvr>, sub: &Subscription, mqtt: &Mqtt) {
+    loop {
+        let Some(notice) = sub.next(std::time::Duration::from_secs(1)) else {
+            if weak.strong_count() == 0 {
+                return;
+            }
+            continue;
+        };
+        let Some(nvr) = weak.upgrade() else { return };
+        let (e, began) = (&notice.event, notice.change == Change::Began);
+        let mut v = super::events::event_json(e);
+        v["change"] = notice.change.as_str().into();
+        mqtt.publish_event(&v);
+        if e.kind == EventKind::Motion {
+            mqtt.set_motion(&e.stream, began && e.end_ms.is_none());
+        }
+        if let (true, Some(rel)) = (began, &e.snapshot) {
+            let path = nvr.config.storage.data_dir.join(rel);
+            match std::fs::metadata(&path).map(|m| m.len()) {
+                Ok(len) if len <= MAX_SNAPSHOT => match std::fs::read(&path) {
+                    Ok(jpeg) => mqtt.publish_snapshot(&e.stream, jpeg),
+                    Err(err) => log::warn!("mqtt: snapshot of event {}: {err}", e.id),
+                },
+                Ok(len) => log::warn!("mqtt: snapshot of event {} is {len} bytes; not sent", e.id),
+                Err(err) => log::warn!("mqtt: snapshot of event {}: {err}", e.id),
+            }
+        }
+    }
+}
+
+/// `<prefix>/<stream>/trigger`: a manual event. A JSON object payload is
+/// checked like `POST /api/events`'s body; anything else is a 10 s event.
+fn trigger_hook(weak: Weak<Nvr>) -> mqtt::TriggerHook {
+    Box::new(move |stream, event| {
+        let Some(nvr) = weak.upgrade() else { return };
+        let mut body = match event.get("detail") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => serde_json::Map::from_iter([("duration_s".to_string(), json!(TRIGGER_SECONDS))]),
+        };
+        body.insert("stream".into(), stream.into());
+        let made = super::events::new_event(&body, nvr.clock.now_ms()).map_err(|e| e.message);
+        match made.and_then(|e| nvr.events.create(&e).map_err(|e| e.to_string())) {
+            Ok(row) => log::info!("mqtt: manual event {} on {stream}", row.id),
+            Err(e) => log::warn!("mqtt: trigger on {stream} refused: {e}"),
+        }
+    })
+}
+
+/// Length of an MQTT-triggered event without a `duration_s`.
+const TRIGGER_SECONDS: u32 = 10;

@@ -38,6 +38,8 @@ pub struct Nvr {
     pub events: Arc<crate::events::Store>,
     /// The MQTT client, set at start-up when `[mqtt] url` is set (`web::mqtt`).
     pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
+    /// Each detecting stream's counters, set at start-up (`cli::app`).
+    pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
 }
 
 impl Nvr {
@@ -65,6 +67,7 @@ impl Nvr {
             go2rtc: std::sync::OnceLock::new(),
             live_db: Default::default(),
             mqtt: std::sync::OnceLock::new(),
+            detection: std::sync::OnceLock::new(),
         }
     }
 }
