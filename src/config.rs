@@ -43,6 +43,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub detect: DetectConfig,
+    #[serde(default)]
+    pub onvif: OnvifConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -253,6 +255,45 @@ impl WebhookConfig {
         if !(1..=60).contains(&t) {
             return Err(("timeout_seconds", format!("{t} is out of range 1..=60")));
         }
+        Ok(())
+    }
+}
+
+/// `[onvif]`: finding ONVIF cameras (WS-Discovery) and talking to them (`onvif`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnvifConfig {
+    /// Where the Probe goes: WS-Discovery's multicast group, or one address (unicast).
+    pub discovery_target: String,
+    /// The IPv4 address of the interface to probe from; `0.0.0.0`: the route's.
+    pub interface: String,
+    /// How long a discovery waits for answers.
+    pub discovery_ms: u32,
+    /// Deadline of each SOAP call to a camera (connect, each read and write).
+    pub timeout_ms: u32,
+}
+
+impl Default for OnvifConfig {
+    fn default() -> Self {
+        OnvifConfig {
+            discovery_target: "239.255.255.250:3702".into(),
+            interface: "0.0.0.0".into(),
+            discovery_ms: 3000,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl OnvifConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.discovery_target.parse::<std::net::SocketAddrV4>().map_err(|_| {
+            ("onvif.discovery_target".to_string(), format!("{:?} is not an IPv4 address:port", self.discovery_target))
+        })?;
+        self.interface
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|_| ("onvif.interface".to_string(), format!("{:?} is not an IPv4 address", self.interface)))?;
+        range("onvif.discovery_ms", self.discovery_ms, 100, 30_000)?;
+        range("onvif.timeout_ms", self.timeout_ms, 100, 60_000)?;
         Ok(())
     }
 }
@@ -935,6 +976,7 @@ impl Config {
         self.validate_mqtt()?;
         self.validate_webhooks()?;
         self.detect.validate()?;
+        self.onvif.validate()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64

@@ -3,7 +3,7 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, events, recording,
-//! detect, playback, appliance, notify, web, cli.
+//! detect, playback, appliance, onvif, notify, web, cli.
 
 pub mod appliance;
 pub mod auth;
@@ -15,6 +15,7 @@ pub mod events;
 pub mod governor;
 pub mod index;
 pub mod notify;
+pub mod onvif;
 pub mod playback;
 pub mod recording;
 pub mod web;
@@ -36,6 +37,7 @@ pub mod fuzzing {
         ("websocket", crate::web::fuzz::websocket),
         ("json", crate::web::fuzz::json),
         ("rtsp", crate::recording::fuzz::rtsp),
+        ("onvif", crate::onvif::fuzz::answers),
     ];
 
     /// The entry point of target `name`.

@@ -92,3 +92,8 @@ fn json_corpus() {
 fn rtsp_corpus() {
     replay("rtsp");
 }
+
+#[test]
+fn onvif_corpus() {
+    replay("onvif");
+}

@@ -17,6 +17,7 @@ const LAYERS: &[&str] = &[
     "detect",
     "playback",
     "appliance",
+    "onvif",
     "notify",
     "web",
     "cli",

@@ -30,8 +30,10 @@ async function renderStreams(view, params) {
   const edit = params.get('edit');
   const formBox = h('div');
   const list = h('div');
-  append(view, pageHead('Streams', h('a.button.primary#add-stream', { href: '#/streams?new=1', text: 'Add stream' })), formBox, list);
+  append(view, pageHead('Streams', h('a.button#discover', { href: '#/streams?discover=1', text: 'Discover cameras' }),
+    h('a.button.primary#add-stream', { href: '#/streams?new=1', text: 'Add stream' })), formBox, list);
   if (edit || params.get('new')) append(formBox, await streamForm(edit));
+  if (params.get('discover')) append(formBox, discoverCard());
   await drawStreamList(list);
   const timer = setInterval(() => drawStreamList(list).catch(() => {}), 3000);
   return () => clearInterval(timer);
@@ -136,6 +138,63 @@ async function probe(url, box) {
   const v = r.video || {};
   const a = r.audio ? `, audio ${r.audio.codec || ''}` : ', no audio';
   box.show(`Connected: ${v.codec || 'video'} ${v.width || '?'}x${v.height || '?'}${a}.`, 'ok');
+}
+
+// ---- ONVIF: discover, probe with credentials, add a profile as a stream ----
+
+function discoverCard() {
+  const box = msgBox();
+  const found = h('div');
+  const f = {
+    address: h('input', { name: 'address', placeholder: '192.168.1.20 or http://host/onvif/device_service', autocapitalize: 'none' }),
+    username: h('input', { name: 'username', autocomplete: 'off', autocapitalize: 'none' }),
+    password: h('input', { name: 'password', type: 'password', autocomplete: 'new-password' }),
+  };
+  const profiles = h('div');
+  const search = h('button', { type: 'button', text: 'Search the network', onclick: (e) => busy(e.target, box, async () => {
+    box.show('Searching…', 'info');
+    const r = await api('POST', '/api/onvif/discover', {});
+    box.hide();
+    if (!r.devices.length) return clear(found, h('p.empty', { text: 'No ONVIF camera answered. Type its address below.' }));
+    clear(found, table('onvif-devices', ['Camera', 'Model', 'Address', ''], r.devices.map((d) => h('tr', {}, td(d.name),
+      td(d.hardware), td(d.address), h('td.actions', {}, h('button', { type: 'button', text: 'Use',
+        onclick: () => { f.address.value = d.address; f.username.focus(); } }))))));
+  }) });
+  const show = h('button.primary', { type: 'submit', text: 'Show profiles' });
+  const submit = (e) => {
+    e.preventDefault();
+    busy(show, box, async () => clear(profiles, profileList(await api('POST', '/api/onvif/probe', creds(f)), f)));
+  };
+  return h('form.card#discover-form', { onsubmit: submit }, h('h2', { text: 'Discover cameras' }), h('div.tools', {}, search), found,
+    h('div.row', {}, field('Camera address', f.address), field('User', f.username), field('Password', f.password)),
+    box, h('div.tools', {}, show, h('a.button', { href: '#/streams', text: 'Cancel' })), profiles);
+}
+
+const creds = (f) => ({ address: f.address.value.trim(), username: f.username.value, password: f.password.value });
+
+function profileList(d, f) {
+  const box = msgBox();
+  const name = h('input', { name: 'stream-name', required: true, value: (d.device.model || 'camera').replace(/[^A-Za-z0-9_-]/g, '-').toLowerCase() });
+  const pick = d.profiles.map((p, i) => h('input', { type: 'radio', name: 'profile', value: p.token, checked: i === 0 }));
+  const rows = d.profiles.map((p, i) => h('tr', {}, h('td', {}, h('label.inline', {}, pick[i], ' ' + p.name)),
+    td(`${p.encoding || ''} ${p.width || '?'}x${p.height || '?'}`), td(p.ptz ? 'PTZ' : ''), td(p.stream_uri)));
+  const add = h('button.primary#onvif-add', { type: 'button', text: 'Add stream', onclick: (e) => busy(e.target, box, async () => {
+    const i = pick.findIndex((r) => r.checked);
+    const p = d.profiles[i];
+    const c = creds(f);
+    await api('POST', '/api/streams', { name: name.value.trim(), url: withCreds(p.stream_uri, c.username, c.password) });
+    await api('PUT', `/api/streams/${encodeURIComponent(name.value.trim())}/onvif`, Object.assign({ profile: p.token }, c));
+    toast(`${name.value} added`);
+    go('#/streams');
+  }) });
+  return h('div#onvif-profiles', {}, h('p', { text: `${d.device.manufacturer} ${d.device.model}, firmware ${d.device.firmware}` }),
+    table('onvif-profile-list', ['Profile', 'Video', '', 'Stream'], rows), h('div.row', {}, field('Stream name', name)), box, h('div.tools', {}, add));
+}
+
+// An RTSP URI from the camera has no credentials: it wants the ONVIF ones.
+function withCreds(uri, user, password) {
+  if (!user || /^rtsp:\/\/[^/]*@/.test(uri)) return uri;
+  return uri.replace(/^rtsp:\/\//, `rtsp://${encodeURIComponent(user)}:${encodeURIComponent(password)}@`);
 }
 
 // ---- system ----

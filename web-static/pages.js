@@ -106,6 +106,7 @@ async function renderLive(view, params) {
   if (!streams.length) return append(view, noStreams(single));
   const tiles = streams.map((s) => liveTile(s, !!single));
   append(view, clear(grid, tiles.map((t) => t.el)));
+  if (single && can('operator')) ptzControls(view, single).catch(() => {});
   const fit = () => fitGrid(grid, streams.length);
   if (!single) {
     fit();
@@ -117,6 +118,31 @@ async function renderLive(view, params) {
     window.removeEventListener('resize', fit);
     tiles.forEach((t) => t.player.stop());
   };
+}
+
+// PTZ of a stream's ONVIF camera: hold an arrow to move, release to stop; presets.
+async function ptzControls(view, name) {
+  const path = `/api/streams/${encodeURIComponent(name)}`;
+  const o = await api('GET', path + '/onvif').catch(() => null);
+  if (!o || !o.ptz) return;
+  const send = (body) => api('POST', path + '/ptz', body).catch((e) => toast(e.message, 'error'));
+  const pad = [['◀', 'pan', -0.5], ['▲', 'tilt', 0.5], ['▼', 'tilt', -0.5], ['▶', 'pan', 0.5], ['+', 'zoom', 0.5], ['−', 'zoom', -0.5]]
+    .map(([t, axis, v]) => {
+      const b = h('button.ptz', { type: 'button', text: t, 'aria-label': `${axis} ${v > 0 ? '+' : '-'}` });
+      b.addEventListener('pointerdown', () => send({ action: 'move', [axis]: v, timeout_ms: 10000 }));
+      for (const ev of ['pointerup', 'pointerleave']) b.addEventListener(ev, () => send({ action: 'stop' }));
+      return b;
+    });
+  const presets = h('select', { name: 'preset', 'aria-label': 'Preset' });
+  const load = async () => {
+    const r = await api('POST', path + '/ptz', { action: 'presets' });
+    clear(presets, r.presets.map((p) => h('option', { value: p.token, text: p.name || p.token })));
+  };
+  const label = h('input', { name: 'preset-name', placeholder: 'New preset', size: 10 });
+  append(view, h('div.tools#ptz', {}, pad, presets,
+    h('button', { type: 'button', text: 'Go', onclick: () => send({ action: 'goto_preset', preset: presets.value }) }), label,
+    h('button', { type: 'button', text: 'Save', onclick: async () => { if (label.value) { await send({ action: 'set_preset', name: label.value }); label.value = ''; load(); } } })));
+  await load();
 }
 
 // ---- live grid layout: 1, 2x2, 3x3 or 4x4 cells filling the screen ----

@@ -34,20 +34,38 @@ pub enum Command {
     Help(Option<String>),
     Status,
     StreamsList,
-    StreamsAdd { name: String, url: String, fields: Vec<(String, Value)> },
-    StreamsRemove { name: String, purge: bool },
+    StreamsAdd {
+        name: String,
+        url: String,
+        fields: Vec<(String, Value)>,
+    },
+    StreamsRemove {
+        name: String,
+        purge: bool,
+    },
     StreamsEnable(String, bool),
-    Recordings { stream: Option<String>, count: usize },
+    Recordings {
+        stream: Option<String>,
+        count: usize,
+    },
     Users,
     NetworkShow,
-    NetworkSet { iface: String, config: NetConfig },
+    NetworkSet {
+        iface: String,
+        config: NetConfig,
+    },
     Logs(usize),
     MqttStatus,
-    OtaInstall { source: String, reboot: bool },
+    OtaInstall {
+        source: String,
+        reboot: bool,
+    },
     OtaStatus,
     OtaMarkGood,
     Reboot,
     FactoryReset,
+    /// `discover`: ONVIF cameras on the LAN (WS-Discovery through the API).
+    Discover,
     Exit,
 }
 
@@ -61,6 +79,7 @@ pub const COMMANDS: &[&str] = &[
     "network",
     "logs",
     "mqtt",
+    "discover",
     "ota",
     "reboot",
     "factory-reset",
@@ -82,6 +101,7 @@ commands:
   network static IFACE ADDR/PREFIX GW e.g. network static eth0 192.168.1.50/24 192.168.1.1
   logs [N]                            the last N (default 20) lines of the recorder's log
   mqtt [status]                       the MQTT client: broker, state, last error, dropped
+  discover                            ONVIF cameras on the LAN (WS-Discovery, [onvif] config)
   ota status                          running slot, boot selector, installed versions
   ota install FILE|http://URL [--reboot]
                                       install a signed update into the other slot
@@ -98,6 +118,7 @@ fn usage(cmd: &str) -> &'static str {
         "network" => "network [show] | network dhcp IFACE | network static IFACE ADDR/PREFIX GW",
         "logs" => "logs [N]",
         "mqtt" => "mqtt [status]",
+        "discover" => "discover: lists the ONVIF cameras that answer a WS-Discovery probe",
         "ota" => "ota status | ota install FILE|http://URL [--reboot] | ota mark-good",
         "users" => "users: lists the accounts; make or change them with `oxinvr user add|passwd|del` or the web page",
         "factory-reset" => "factory-reset: asks you to type YES, erases the data partition (recordings, settings), restarts",
@@ -231,6 +252,7 @@ pub fn parse(line: &str) -> Result<Option<Command>> {
         ("logs" | "log", _) => return bad("logs"),
         ("mqtt", [] | ["status"]) => Command::MqttStatus,
         ("mqtt", _) => return bad("mqtt"),
+        ("discover", []) => Command::Discover,
         ("ota", ["status"]) => Command::OtaStatus,
         ("ota", ["mark-good"]) => Command::OtaMarkGood,
         ("ota", ["install", src]) => Command::OtaInstall { source: src.to_string(), reboot: false },
@@ -241,7 +263,7 @@ pub fn parse(line: &str) -> Result<Option<Command>> {
         ("reboot", []) => Command::Reboot,
         ("factory-reset", []) => Command::FactoryReset,
         ("exit" | "quit" | "logout", []) => Command::Exit,
-        ("status" | "reboot" | "factory-reset" | "exit" | "quit" | "logout", _) => {
+        ("status" | "reboot" | "factory-reset" | "discover" | "exit" | "quit" | "logout", _) => {
             return Err(Error::invalid(format!("{first} takes no arguments")))
         }
         (other, _) => return Err(Error::invalid(format!("unknown command {other:?}; type help for the list"))),
@@ -250,6 +272,22 @@ pub fn parse(line: &str) -> Result<Option<Command>> {
 }
 
 // ---- formatting ----
+
+/// `discover`: one line per device (name, hardware, address) from `/api/onvif/discover`.
+fn discovered(v: &Value) -> String {
+    let devices = v["devices"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if devices.is_empty() {
+        return "no ONVIF camera answered (check [onvif] discovery_target and interface)".into();
+    }
+    let mut out = format!("{} ONVIF camera(s):", devices.len());
+    for d in devices {
+        let name = d["name"].as_str().unwrap_or("(no name)");
+        let hw = d["hardware"].as_str().unwrap_or("-");
+        out.push_str(&format!("\n  {name:<24} {hw:<16} {}", s(&d["address"])));
+    }
+    out.push_str("\nadd one from the web page (Discover cameras), or `streams add NAME rtsp://...`");
+    out
+}
 
 /// `mqtt status`: the client's line from `/api/system`'s `mqtt`.
 fn mqtt_status(m: &Value) -> String {
@@ -422,6 +460,7 @@ impl Shell {
                 say(&appliance::apply_network(&self.cfg.system.network_interfaces, &iface, &config)?)
             }
             Command::MqttStatus => say(&mqtt_status(&self.call("GET", "/api/system", None)?.json()["mqtt"])),
+            Command::Discover => say(&discovered(&self.call("POST", "/api/onvif/discover", Some(&json!({})))?.json())),
             Command::Logs(n) => {
                 let path = self.cfg.storage.data_dir.join("oxinvr.log");
                 let lines = crate::base::logging::tail_file(&path, n).map_err(|e| {
@@ -956,6 +995,17 @@ mod tests {
         assert_eq!(path_seg("a b/c"), "a%20b%2Fc");
         let t = table(&[vec!["A".into(), "BB".into(), "C".into()], vec!["AAA".into(), "B".into(), "".into()]]);
         assert_eq!(t, "  A    BB  C\n  AAA  B\n");
+    }
+
+    #[test]
+    fn discover_lists_devices_or_says_none() {
+        assert_eq!(parse("discover").unwrap(), Some(Command::Discover));
+        assert!(parse("discover now").is_err());
+        assert!(discovered(&json!({"devices": []})).contains("no ONVIF camera"));
+        let t = discovered(
+            &json!({"devices": [{"name": "Gate", "hardware": "IPC", "address": "http://10.0.0.5/onvif/device_service"}]}),
+        );
+        assert!(t.starts_with("1 ONVIF camera(s):") && t.contains("Gate") && t.contains("http://10.0.0.5/"), "{t}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! code the API runs), `ota install http://...` downloads bundles with it, and
 //! webhooks are POSTed with it ([`post`], http or https through rustls with
 //! the ring provider, the TLS stack the box already has).
+//! the ONVIF client posts its SOAP requests with [`post_buffered`].
 //!
 //! Downloads are plain `http://` only: bundles carry their own ed25519
 //! signature, so the transport needs no integrity of its own; a bundle on an
@@ -25,6 +26,8 @@ use std::time::Duration;
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest body `Client::request` buffers.
 const MAX_BODY: u64 = 16 << 20;
+/// Largest answer [`post`] buffers (a camera's SOAP answer is a few KiB).
+const MAX_POST_BODY: u64 = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_REDIRECTS: usize = 5;
@@ -592,6 +595,42 @@ pub fn post(
 
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
+
+/// POSTs `body` to `url` (plain http, no redirects) and buffers the answer,
+/// whatever its status (at most 1 MiB). `deadline` bounds the connect and each read and write.
+pub fn post_buffered(url: &str, content_type: &str, body: &[u8], deadline: Duration) -> Result<Response, Error> {
+    let u = url::Url::parse(url).map_err(|e| Error::invalid(format!("{url:?} is not a URL: {e}")))?;
+    if u.scheme() != "http" {
+        return Err(Error::invalid(format!("{url}: only http:// is supported")));
+    }
+    let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::invalid(format!("{url}: no host")))?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let what = format!("POST {url}");
+    let addrs: Vec<SocketAddr> = (bare, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::upstream(format!("{what}: cannot resolve {host}: {e}")))?
+        .collect();
+    let stream = connect(&addrs, &what, (deadline, deadline)).map_err(|e| Error::upstream(e.to_string()))?;
+    let mut path = u.path().to_string();
+    if let Some(q) = u.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let host_header = u.port().map_or_else(|| host.to_string(), |p| format!("{host}:{p}"));
+    let (status, headers, mut reader) =
+        send(&stream, ("POST", &host_header, &path), None, Some((content_type, body)), &what).map_err(Error::from)?;
+    let len = body_len(&headers, &what)?;
+    let mut out = Vec::new();
+    body_reader(&mut reader, &headers, len)
+        .take(MAX_POST_BODY + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::upstream(format!("{what}: reading the answer: {e}")))?;
+    if out.len() as u64 > MAX_POST_BODY {
+        return Err(Error::upstream(format!("{what}: the answer is larger than {MAX_POST_BODY} bytes")));
+    }
+    Ok(Response { status, headers, body: out })
+}
 
 /// A token file's content, trimmed; `None` if missing or empty.
 fn read_token(path: &std::path::Path) -> Option<String> {

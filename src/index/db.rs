@@ -226,6 +226,18 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE streams ADD COLUMN event_retention_days INTEGER NOT NULL DEFAULT 30
         CHECK (event_retention_days >= 0);
     "#,
+    // 10: a stream's ONVIF camera (see db::onvif), gone with its stream.
+    r#"
+    CREATE TABLE onvif (
+        stream_id INTEGER PRIMARY KEY REFERENCES streams (id) ON DELETE CASCADE,
+        device_url TEXT NOT NULL,
+        username TEXT NOT NULL,
+        password TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        media_url TEXT NOT NULL,
+        ptz_url TEXT
+    ) STRICT;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -258,8 +270,10 @@ fn new_clock_mark() -> i64 {
 }
 
 mod events;
+mod onvif;
 mod users;
 pub use events::{EventFilter, EventKind, EventRow, NewEvent};
+pub use onvif::OnvifRow;
 pub use users::{KeyRow, Role, SessionRow, UserRow};
 
 /// What retention planning knows of one segment.
@@ -1569,6 +1583,10 @@ mod tests {
                  UPDATE streams SET bitrate_kbps = 4000 WHERE id = 1;",
             )
             .expect("seed v3");
+        }
+        if k >= 9 {
+            // From 9 `record_mode` is the truth (the seed above wrote `record` only).
+            conn.execute_batch("UPDATE streams SET record_mode = record").expect("seed v9");
         }
     }
 

@@ -41,6 +41,7 @@ mod media;
 pub mod metrics;
 pub mod mqtt;
 pub mod no_disk;
+mod onvif;
 mod openapi;
 mod ota;
 mod permit;
@@ -416,6 +417,12 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::Stream(name), Method::Delete) => api::delete_stream(ctx, name, q),
         (Resource::Stream(name), _) => api::get_stream(ctx, name, q),
         (Resource::Probe, _) => probe::probe(ctx, q, c.body),
+        (Resource::OnvifDiscover, _) => onvif::discover(ctx, q, c.body),
+        (Resource::OnvifProbe, _) => onvif::probe(ctx, q, c.body),
+        (Resource::StreamOnvif(name), Method::Put) => onvif::put_settings(ctx, name, q, c.body),
+        (Resource::StreamOnvif(name), Method::Delete) => onvif::delete_settings(ctx, name, q),
+        (Resource::StreamOnvif(name), _) => onvif::get_settings(ctx, name, q),
+        (Resource::Ptz(name), _) => onvif::ptz(ctx, name, q, c.body),
         (Resource::WebRtc(name), _) => webrtc::offer(ctx, name, q, c.body),
         (Resource::Recordings, _) => api::recordings(ctx, q),
         (Resource::RecordingFile(id), _) => media::recording_file(ctx, id, q, c.range),

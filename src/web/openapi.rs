@@ -90,6 +90,10 @@ mod tests {
             Resource::Live(name()),
             Resource::WebRtc(name()),
             Resource::Probe,
+            Resource::OnvifDiscover,
+            Resource::OnvifProbe,
+            Resource::StreamOnvif(name()),
+            Resource::Ptz(name()),
             Resource::Recordings,
             Resource::RecordingFile(id()),
             Resource::Export,
@@ -597,6 +601,18 @@ mod tests {
         api.call("POST", "/api/probe", r#"{"url":"http://h/x"}"#, 400);
         let v = api.call("POST", "/api/probe", r#"{"url":"rtsp://127.0.0.1:1/x","timeout_ms":500}"#, 200);
         assert_eq!(v["ok"], false, "{v}");
+        // ONVIF: checked bodies, no camera behind the stream, a camera that is not there.
+        api.call("POST", "/api/onvif/discover", r#"{"colour":1}"#, 400);
+        let v = api.call("POST", "/api/onvif/discover", r#"{"target":"127.0.0.1:9","timeout_ms":100}"#, 200);
+        assert_eq!(v["devices"], serde_json::json!([]), "{v}");
+        api.call("POST", "/api/onvif/probe", r#"{"username":"u"}"#, 400);
+        api.call("POST", "/api/onvif/probe", r#"{"address":"127.0.0.1:9","password":"pw"}"#, 502);
+        api.call("GET", "/api/streams/cam/onvif", "", 404);
+        api.call("PUT", "/api/streams/cam/onvif", r#"{"address":"127.0.0.1:9"}"#, 400);
+        api.call("PUT", "/api/streams/nope/onvif", r#"{"address":"127.0.0.1:9","profile":"p"}"#, 404);
+        api.call("DELETE", "/api/streams/cam/onvif", "", 404);
+        api.call("POST", "/api/streams/cam/ptz", r#"{"action":"stop"}"#, 404);
+        api.call("POST", "/api/streams/cam/ptz", r#"{"pan":0.5}"#, 400);
         // Recordings and gaps.
         let stream = api.db.stream_by_name("cam").expect("db").expect("cam");
         let t0 = api.nvr.clock.now_ms() - 3_600_000;

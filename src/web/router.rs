@@ -56,6 +56,14 @@ pub enum Resource {
     /// WebRTC signalling for a stream, relayed to go2rtc.
     WebRtc(String),
     Probe,
+    /// WS-Discovery of ONVIF cameras (`web::onvif`).
+    OnvifDiscover,
+    /// One ONVIF camera's device information and profiles.
+    OnvifProbe,
+    /// The ONVIF camera behind a stream.
+    StreamOnvif(String),
+    /// Pan/tilt/zoom of a stream's ONVIF camera.
+    Ptz(String),
     Recordings,
     RecordingFile(String),
     Export,
@@ -117,6 +125,10 @@ impl Resource {
             Resource::Live(_) => "/api/streams/{name}/live",
             Resource::WebRtc(_) => "/api/streams/{name}/webrtc",
             Resource::Probe => "/api/probe",
+            Resource::OnvifDiscover => "/api/onvif/discover",
+            Resource::OnvifProbe => "/api/onvif/probe",
+            Resource::StreamOnvif(_) => "/api/streams/{name}/onvif",
+            Resource::Ptz(_) => "/api/streams/{name}/ptz",
             Resource::Recordings => "/api/recordings",
             Resource::RecordingFile(_) => "/api/recordings/{id}/file",
             Resource::Export => "/api/export.mp4",
@@ -149,7 +161,12 @@ impl Resource {
         use Method::*;
         match self {
             Resource::AuthSetup | Resource::AuthLogin | Resource::AuthLogout | Resource::Probe => &[Post],
-            Resource::WebRtc(_) | Resource::Detect => &[Post],
+            Resource::WebRtc(_)
+            | Resource::Detect
+            | Resource::OnvifDiscover
+            | Resource::OnvifProbe
+            | Resource::Ptz(_) => &[Post],
+            Resource::StreamOnvif(_) => &[Get, Put, Delete],
             Resource::UserTotpConfirm(_) | Resource::TestStall | Resource::WebhookTest(_) => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota | Resource::Events => &[Get, Post],
@@ -186,6 +203,8 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Memory, Method::Put) | (R::Event(_), Method::Delete) => Access::Admin,
         (R::Events, Method::Post) | (R::EventEnd(_), _) | (R::Detect, _) => Access::Operator,
         (R::Webhooks | R::WebhookTest(_), _) => Access::Operator,
+        (R::OnvifDiscover | R::OnvifProbe | R::Ptz(_), _) => Access::Operator,
+        (R::StreamOnvif(_), Method::Put | Method::Delete) => Access::Operator,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
             Access::Operator
         }
@@ -265,6 +284,10 @@ fn resource(path: &str) -> Option<Resource> {
         ["streams", name] => Resource::Stream(decode(name)),
         ["streams", name, "live"] => Resource::Live(decode(name)),
         ["streams", name, "webrtc"] => Resource::WebRtc(decode(name)),
+        ["streams", name, "onvif"] => Resource::StreamOnvif(decode(name)),
+        ["streams", name, "ptz"] => Resource::Ptz(decode(name)),
+        ["onvif", "discover"] => Resource::OnvifDiscover,
+        ["onvif", "probe"] => Resource::OnvifProbe,
         ["recordings"] => Resource::Recordings,
         // `file.mp4`: the same, for clients that judge by extension (ffmpeg's HLS demuxer).
         ["recordings", id, "file" | "file.mp4"] => Resource::RecordingFile(decode(id)),
@@ -373,6 +396,11 @@ mod tests {
         assert_eq!(a("POST", "/api/detect"), Access::Operator);
         assert_eq!(a("POST", "/api/events/3/end"), Access::Operator);
         assert_eq!(a("DELETE", "/api/events/3"), Access::Admin);
+        assert_eq!(a("POST", "/api/onvif/discover"), Access::Operator);
+        assert_eq!(a("POST", "/api/onvif/probe"), Access::Operator);
+        assert_eq!(a("POST", "/api/streams/front/ptz"), Access::Operator);
+        assert_eq!(a("GET", "/api/streams/front/onvif"), Access::Viewer);
+        assert_eq!(a("PUT", "/api/streams/front/onvif"), Access::Operator);
         assert_eq!(a("GET", "/api/events/3/clip"), Access::Viewer);
         assert_eq!(a("GET", "/api/webhooks"), Access::Operator);
         assert_eq!(a("POST", "/api/webhooks/ha/test"), Access::Operator);

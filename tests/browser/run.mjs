@@ -22,6 +22,8 @@ const H265 = process.env.OXINVR_H265_STREAM || '';
 const S = {}; // shared between tests: browser, admin page, viewer page
 // A second recorder whose clock reads 1970 (libfaketime), fresh data dir, recording STREAM.
 const UNSET = process.env.OXINVR_UNSET_URL || '';
+// The simulated ONVIF camera's HTTP address (tests/onvif-sim/sim.py: it records the SOAP it gets).
+const ONVIF_SIM = process.env.OXINVR_ONVIF_SIM || '';
 
 // The webhook receiver the recorder's `receiver` hook posts to (scripts/test-browser's config).
 const HOOK_PORT = Number(process.env.OXINVR_HOOK_PORT || 0);
@@ -534,6 +536,51 @@ async function addAndDeleteStream(page, url) {
   assert(gone.status === 404, `GET /api/streams/extra after deleting it answered ${gone.status}`);
 }
 
+// ONVIF: "Discover cameras" finds the simulated camera, a wrong password is named, the
+// right one lists its profiles, "Add stream" records it; the live view's PTZ arrow sends
+// ContinuousMove then Stop to the camera (read back from the simulator).
+async function testOnvif() {
+  assert(ONVIF_SIM, 'OXINVR_ONVIF_SIM is not set (scripts/test-browser starts the simulator)');
+  const page = S.admin;
+  await open(page, '#/streams');
+  await page.click('#discover');
+  await ready(page, '#/streams?discover=1');
+  await page.click('#discover-form button:has-text("Search the network")');
+  await page.waitForSelector('#onvif-devices tbody tr', { timeout: 10000 });
+  const row = await page.textContent('#onvif-devices tbody tr');
+  assert(/Front Gate/.test(row) && /SC-PTZ-2/.test(row), `the discovered camera reads "${row}"`);
+  await page.click('#onvif-devices tbody tr button');
+  await page.fill('#discover-form input[name=username]', 'admin');
+  await page.fill('#discover-form input[name=password]', 'wrong');
+  await page.click('#discover-form button[type=submit]');
+  await page.waitForSelector('#discover-form .msg.error:not([hidden])');
+  const wrong = await page.textContent('#discover-form .msg.error');
+  assert(/refused the user name or password/.test(wrong), `a wrong camera password says "${wrong}"`);
+  await page.fill('#discover-form input[name=password]', 'Sim-pass-42');
+  await page.click('#discover-form button[type=submit]');
+  await page.waitForSelector('#onvif-profiles tbody tr');
+  await page.fill('#onvif-profiles input[name=stream-name]', 'onvifcam');
+  await shot(page, 'onvif-discover');
+  await page.click('#onvif-add');
+  await ready(page, '#/streams');
+  await page.waitForSelector('#streams tr[data-stream="onvifcam"] .pill.streaming', { timeout: 20000 });
+  await open(page, '#/live?stream=onvifcam');
+  await page.waitForSelector('#ptz button.ptz');
+  const right = page.locator('#ptz button.ptz', { hasText: '▶' });
+  await right.dispatchEvent('pointerdown');
+  await right.dispatchEvent('pointerup');
+  const sent = async () => (await (await fetch(`${ONVIF_SIM}/sim/requests`)).json()).map((r) => r.op);
+  await until('ContinuousMove then Stop at the camera', async () => {
+    const ops = await sent();
+    return ops.includes('ContinuousMove') && ops.lastIndexOf('Stop') > ops.indexOf('ContinuousMove');
+  });
+  const move = (await (await fetch(`${ONVIF_SIM}/sim/requests`)).json()).find((r) => r.op === 'ContinuousMove');
+  assert(/PanTilt[^>]*x="0.5"/.test(move.body) && move.auth === 'ok', `the camera got ${move.body} (${move.auth})`);
+  await shot(page, 'onvif-ptz');
+  const del = await pageApi(page, 'DELETE', '/api/streams/onvifcam?purge=true');
+  assert(del.deleted === 'onvifcam', `deleting the ONVIF stream answered ${JSON.stringify(del)}`);
+}
+
 async function testAccount() {
   const page = S.admin;
   await open(page, '#/account');
@@ -721,6 +768,7 @@ const TESTS = [
   ['events: a new event is pushed into the list, a click plays its clip', testEvents],
   ['integrations: MQTT state and error, webhooks with their last delivery, the test button reaches a receiver that checks the signature, metrics URL', testIntegrations],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
+  ['ONVIF: discover, wrong password named, add a profile, PTZ reaches the camera', testOnvif],
   ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
   ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],
   ['layout at 1280x800: every control of every page within reach, no wrapped buttons', testLayoutWide],
