@@ -45,13 +45,28 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
 }
 
 /// Sends `bytes` as they are (a request, well-formed or not) and reads the
-/// response until the server closes the connection.
+/// response until the server closes the connection; an event stream
+/// (`text/event-stream`, which never ends) is read up to its head.
 pub fn send_raw(port: u16, bytes: &[u8]) -> std::io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.write_all(bytes)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            if head.contains("content-type: text/event-stream") {
+                raw.truncate(end + 4);
+                break;
+            }
+        }
+    }
     parse_response(&raw)
 }
 
