@@ -76,6 +76,7 @@ fn replay(file: &Path, fps: i64, mask: Mask) -> Replay {
         mask,
         clock,
         sink: Box::new(tx),
+        objects: None,
         slow: Duration::ZERO,
     };
     let handle = oxinvr::detect::spawn(setup).expect("detect thread");

@@ -110,6 +110,50 @@ fn detection_follows_a_restarted_stream_and_names_a_stream_it_cannot_decode() {
 }
 
 #[test]
+fn people_walking_past_the_camera_open_person_events() {
+    // vtest.avi (opencv-doc: people walking, seen from above) replayed by the test camera.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let clip = tmp.path().join("vtest.mp4");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i", "/usr/share/doc/opencv-doc/examples/data/vtest.avi", "-t", "40"])
+        .args(["-vf", "scale=640:-2", "-c:v", "libx264", "-preset", "veryfast", "-g", "20", "-bf", "0"])
+        .args(["-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cam = Camera::start(&["--replay", clip.to_str().expect("utf-8")]);
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/nanodet-g.onnx");
+    let body = format!(
+        "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n[detect]\nmodel = \"{model}\"\n\
+         [[streams]]\nname = \"cam\"\nurl = \"{}\"\nbitrate_kbps = 1000\ndetect = [\"motion\", \"objects\"]\n",
+        cam.url("replay")
+    );
+    let nvr = Oxinvr::start(tmp.path(), &body);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let events = loop {
+        let v = nvr.json("/api/events?stream=cam&kind=object");
+        if v["events"].as_array().is_some_and(|e| e.iter().any(|e| e["label"] == "person")) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no person event in 40 s: {v}\n{}", nvr.log());
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let e = events["events"].as_array().into_iter().flatten().find(|e| e["label"] == "person").expect("person");
+    let score = e["score"].as_f64().unwrap_or(0.0);
+    assert!((0.3..=1.0).contains(&score), "{e}");
+    let b = &e["box"];
+    let (w, h) = (b["w"].as_f64().unwrap_or(0.0), b["h"].as_f64().unwrap_or(0.0));
+    assert!(w > 0.01 && w < 0.5 && h > 0.02 && h < 0.8, "a pedestrian-sized box: {e}");
+    let thumb = jpeg_width(&nvr, e["thumbnail_url"].as_str().expect("thumbnail"), &tmp.path().join("person.jpg"));
+    assert_eq!(thumb, 192);
+    let motion = nvr.json("/api/events?stream=cam&kind=motion");
+    assert!(!motion["events"].as_array().is_none_or(Vec::is_empty), "objects are looked for while it moves: {motion}");
+    let (st, _) = nvr.terminate(Duration::from_secs(15));
+    assert!(st.success());
+}
+
+#[test]
 fn a_slow_detector_never_costs_recording_a_frame() {
     let cam = Camera::start(&["--pattern", "ball", "--fps", "15"]);
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -250,13 +250,25 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
     let mut out = Vec::new();
     let mut stats = std::collections::HashMap::new();
     for st in &cfg.streams {
-        let sink = Box::new(crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)));
+        let end_ms = i64::from(cfg.detect.end_seconds) * 1000;
+        let sink = Box::new(
+            crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)).object_end_ms(end_ms),
+        );
         let Some(mut setup) =
             crate::detect::DetectSetup::for_stream(st, &cfg.detect, stream_rings(nvr, &st.name), clock.clone(), sink)
         else {
             continue;
         };
         setup.slow = slow;
+        if st.detect.iter().any(|d| d == "objects") {
+            match crate::detect::objects::Detector::from_config(&cfg.detect) {
+                Ok(d) => {
+                    log::info!("stream {}: objects by {}", st.name, d.describe());
+                    setup.objects = Some(d);
+                }
+                Err(e) => log::error!("stream {}: no object detection: {e}", st.name),
+            }
+        }
         match crate::detect::spawn(setup) {
             Ok(h) => {
                 stats.insert(st.name.clone(), h.stats.clone());

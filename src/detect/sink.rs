@@ -9,10 +9,13 @@
 //!   already open still ends, so nothing stays open forever.
 //! - A store error costs that event only (logged); detection goes on.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::motion::MotionChange;
+use super::objects::Detection;
+use super::picture::Rgb;
 use super::worker::{Motion, MotionSink};
 use crate::events::{Store, StoreError};
 use crate::index::db::{EventKind, NewEvent};
@@ -28,11 +31,43 @@ pub struct EventSink {
     store: Arc<Store>,
     enabled: Enabled,
     open: Cell<Option<i64>>,
+    /// Open `object` events by label: (id, last time the label was seen).
+    objects: RefCell<HashMap<&'static str, (i64, i64)>>,
+    /// A label unseen this long ends its event.
+    object_end_ms: i64,
 }
 
 impl EventSink {
     pub fn new(store: Arc<Store>, enabled: Enabled) -> Self {
-        EventSink { store, enabled, open: Cell::new(None) }
+        EventSink { store, enabled, open: Cell::new(None), objects: RefCell::default(), object_end_ms: 5_000 }
+    }
+
+    /// Object events end when their label has been unseen for `ms` (`detect.end_seconds`).
+    pub fn object_end_ms(mut self, ms: i64) -> Self {
+        self.object_end_ms = ms;
+        self
+    }
+
+    /// Pictures of `p`: the snapshot and its thumbnail as JPEG.
+    fn jpegs(stream: &str, p: &Rgb) -> Option<(Vec<u8>, Vec<u8>)> {
+        match (p.to_jpeg(80), p.scaled(THUMBNAIL_WIDTH).to_jpeg(70)) {
+            (Ok(s), Ok(t)) => Some((s, t)),
+            (Err(e), _) | (_, Err(e)) => {
+                log::warn!("stream {stream}: event pictures: {e}");
+                None
+            }
+        }
+    }
+
+    /// Ends the object events whose label was last seen before `before_ms`.
+    fn end_objects(&self, before_ms: i64) {
+        let mut open = self.objects.borrow_mut();
+        let gone: Vec<&'static str> = open.iter().filter(|(_, &(_, last))| last < before_ms).map(|(l, _)| *l).collect();
+        for label in gone {
+            if let Some((id, last)) = open.remove(label) {
+                self.finish(id, last);
+            }
+        }
     }
 
     fn start(&self, stream: &str, m: &Motion<'_>, at_ms: i64) {
@@ -52,13 +87,7 @@ impl EventSink {
             end_ms: None,
             best_box: m.area.map(|[x, y, w, h]| serde_json::json!({ "x": x, "y": y, "w": w, "h": h })),
         };
-        let jpegs = m.picture.and_then(|p| match (p.to_jpeg(80), p.scaled(THUMBNAIL_WIDTH).to_jpeg(70)) {
-            (Ok(s), Ok(t)) => Some((s, t)),
-            (Err(e), _) | (_, Err(e)) => {
-                log::warn!("stream {stream}: event pictures: {e}");
-                None
-            }
-        });
+        let jpegs = m.picture.and_then(|p| Self::jpegs(stream, p));
         let pictures = jpegs.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice()));
         match self.store.create_with_pictures(&e, pictures) {
             Ok(row) => self.open.set(Some(row.id)),
@@ -90,12 +119,48 @@ impl MotionSink for EventSink {
     fn wants_picture(&self) -> bool {
         true
     }
+
+    fn objects(&self, stream: &str, at_ms: i64, found: &[Detection], picture: &Rgb) {
+        self.end_objects(at_ms - self.object_end_ms);
+        let mut jpegs = None;
+        for d in found {
+            if let Some(open) = self.objects.borrow_mut().get_mut(d.label) {
+                open.1 = at_ms;
+                continue;
+            }
+            if !(self.enabled)(stream) {
+                continue;
+            }
+            // Strongest first: the first of a label is its best box in this picture.
+            let [x0, y0, x1, y1] = d.bbox.map(f64::from);
+            let e = NewEvent {
+                stream: stream.into(),
+                kind: EventKind::Object,
+                label: d.label.into(),
+                score: f64::from(d.score),
+                zones: Vec::new(),
+                start_ms: at_ms,
+                end_ms: None,
+                best_box: Some(serde_json::json!({ "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0 })),
+            };
+            let pictures = jpegs.get_or_insert_with(|| Self::jpegs(stream, picture));
+            match self.store.create_with_pictures(&e, pictures.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice()))) {
+                Ok(row) => {
+                    self.objects.borrow_mut().insert(d.label, (row.id, at_ms));
+                }
+                Err(e) => log::error!("stream {stream}: {} event not stored: {e}", d.label),
+            }
+        }
+    }
+
+    fn quiet(&self, _stream: &str, _at_ms: i64) {
+        self.end_objects(i64::MAX);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::picture::Rgb;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -147,5 +212,27 @@ mod tests {
         assert_eq!(db.event(3).expect("q").expect("event 3").end_ms, Some(13_000), "an open event still ends");
         sink.motion("gate", &start(20_000));
         assert_eq!(db.event(4).expect("q"), None, "switched off: no event");
+    }
+
+    #[test]
+    fn objects_open_one_event_per_label_until_unseen_or_quiet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::new(&dir.path().join("oxinvr.db"), dir.path()));
+        let sink = EventSink::new(store, Arc::new(|_: &str| true)).object_end_ms(5_000);
+        let picture = Rgb { width: 32, height: 18, data: vec![90; 32 * 18 * 3] };
+        let person = Detection { label: "person", score: 0.8, bbox: [0.1, 0.2, 0.3, 0.6] };
+        let car = Detection { label: "car", score: 0.6, bbox: [0.5, 0.5, 0.9, 0.8] };
+        sink.objects("gate", 1_000, &[person.clone(), car], &picture);
+        sink.objects("gate", 4_000, std::slice::from_ref(&person), &picture);
+        sink.objects("gate", 7_500, std::slice::from_ref(&person), &picture);
+        let db = crate::index::db::Db::open(&dir.path().join("oxinvr.db")).expect("db");
+        let (p, c) = (db.event(1).expect("q").expect("person"), db.event(2).expect("q").expect("car"));
+        assert_eq!((p.kind, p.label.as_str(), p.end_ms), (EventKind::Object, "person", None), "still seen");
+        assert_eq!((c.label.as_str(), c.end_ms), ("car", Some(1_000)), "unseen for 5 s: ended when last seen");
+        assert_eq!(p.best_box.as_ref().and_then(|b| b["h"].as_f64()).map(|h| (h * 10.0).round()), Some(4.0));
+        assert!(p.thumbnail.is_some());
+        assert_eq!(db.event(3).expect("q"), None, "no second person event");
+        sink.quiet("gate", 10_000);
+        assert_eq!(db.event(1).expect("q").expect("person").end_ms, Some(7_500));
     }
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use super::decode::LumaDecoder;
 use super::motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
+use super::objects::Detection;
+use super::objects::Detector;
 use super::picture::Rgb;
 use crate::base::clock::Clock;
 use crate::base::memory;
@@ -59,6 +61,12 @@ pub trait MotionSink: Send {
     fn wants_picture(&self) -> bool {
         false
     }
+
+    /// What object detection found at `at_ms` (maybe nothing) in `picture`.
+    fn objects(&self, _stream: &str, _at_ms: i64, _found: &[Detection], _picture: &Rgb) {}
+
+    /// Motion is over (or the stream went away) at `at_ms`: open object events end.
+    fn quiet(&self, _stream: &str, _at_ms: i64) {}
 }
 
 impl MotionSink for std::sync::mpsc::Sender<(String, MotionChange)> {
@@ -70,6 +78,8 @@ impl MotionSink for std::sync::mpsc::Sender<(String, MotionChange)> {
 
 /// Widest snapshot kept with an event (a sub stream's full size).
 pub const SNAPSHOT_WIDTH: u32 = 640;
+/// Least time between two object inferences on one stream.
+const OBJECT_INTERVAL_MS: i64 = 1000;
 
 /// The motion tunables of the `[detect]` table (ranges checked by `config`).
 pub fn motion_params(c: &DetectConfig) -> MotionParams {
@@ -196,6 +206,8 @@ pub struct DetectSetup {
     pub mask: Mask,
     pub clock: Arc<dyn Clock>,
     pub sink: Box<dyn MotionSink>,
+    /// Object detection on moving frames (`detect = [.., "objects"]`).
+    pub objects: Option<Detector>,
     /// Test knob: extra time spent on every decoded frame (a slow detector).
     pub slow: Duration,
 }
@@ -209,13 +221,15 @@ impl DetectSetup {
         clock: Arc<dyn Clock>,
         sink: Box<dyn MotionSink>,
     ) -> Option<DetectSetup> {
-        st.detect.iter().any(|d| d == "motion").then(|| DetectSetup {
+        // Objects are looked for on moving frames: motion runs whenever either is on.
+        (!st.detect.is_empty()).then(|| DetectSetup {
             stream: st.name.clone(),
             rings,
             config: config.clone(),
             mask: Mask { polygons: st.motion_mask.clone() },
             clock,
             sink,
+            objects: None,
             slow: Duration::ZERO,
         })
     }
@@ -242,6 +256,8 @@ struct Worker {
     gate: Gate,
     run: Option<RunStart>,
     native: usize,
+    /// When objects were last looked for.
+    last_objects_ms: Option<i64>,
 }
 
 impl Worker {
@@ -249,7 +265,16 @@ impl Worker {
         let width = u16::try_from(setup.config.width).unwrap_or(160);
         let detector = MotionDetector::new(motion_params(&setup.config), setup.mask.clone());
         let gate = Gate::new(setup.config.fps);
-        Worker { setup, stats, decoder: LumaDecoder::new(width), detector, gate, run: None, native: 0 }
+        Worker {
+            setup,
+            stats,
+            decoder: LumaDecoder::new(width),
+            detector,
+            gate,
+            run: None,
+            native: 0,
+            last_objects_ms: None,
+        }
     }
 
     fn run(&mut self, stop: &AtomicBool) {
@@ -349,16 +374,33 @@ impl Worker {
             Ok(Some(picture)) => {
                 self.stats.update(|c| c.frames_decoded += 1);
                 let luma = picture.luma();
-                if let (verdict, Some(change)) = self.detector.feed(&luma, at_ms) {
-                    let colour = match change {
-                        MotionChange::Start { .. } if self.setup.sink.wants_picture() => {
-                            picture.rgb(SNAPSHOT_WIDTH).inspect_err(|e| log::warn!("detect: snapshot: {e}")).ok()
-                        }
-                        _ => None,
-                    };
+                let (verdict, change) = self.detector.feed(&luma, at_ms);
+                let colour = match change {
+                    Some(MotionChange::Start { .. }) if self.setup.sink.wants_picture() => {
+                        picture.rgb(SNAPSHOT_WIDTH).inspect_err(|e| log::warn!("detect: snapshot: {e}")).ok()
+                    }
+                    _ => None,
+                };
+                let due =
+                    self.last_objects_ms.is_none_or(|t| at_ms - t >= OBJECT_INTERVAL_MS) && self.detector.in_motion();
+                let objects = match (due, self.setup.objects.as_mut()) {
+                    (true, Some(detector)) => {
+                        self.last_objects_ms = Some(at_ms);
+                        // Never wait for another stream's inference: the next moving second tries again.
+                        let found = picture.rgb(SNAPSHOT_WIDTH).map_err(|e| e.to_string()).and_then(|rgb| {
+                            detector.detect_within(&rgb, Duration::ZERO).map(|f| (f, rgb)).map_err(|e| e.to_string())
+                        });
+                        found.inspect_err(|e| log::debug!("detect {}: objects: {e}", self.setup.stream)).ok()
+                    }
+                    _ => None,
+                };
+                if let Some(change) = change {
                     let score = f64::from(verdict.changed_cells) / grid_cells(&luma, self.setup.config.cell) as f64;
                     let area = verdict.area.map(|a| normalised(a, &luma));
                     self.emit(change, score.min(1.0), colour.as_ref(), area);
+                }
+                if let Some((found, rgb)) = objects {
+                    self.setup.sink.objects(&self.setup.stream, at_ms, &found, &rgb);
                 }
             }
             Ok(None) => {}
@@ -395,6 +437,9 @@ impl Worker {
             }
         }
         self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture, area });
+        if let MotionChange::End { at_ms, .. } = change {
+            self.setup.sink.quiet(&self.setup.stream, at_ms);
+        }
     }
 }
 
