@@ -89,7 +89,9 @@ mips_cargo() {
     shift
     local std=-Zbuild-std=std,panic_abort
     [[ $sub == test ]] && std=-Zbuild-std # the default set: with unwinding and libtest
-    cargo "$sub" --locked "$std" --target "$MIPS_TARGET" "$@"
+    # Without the `objects` feature: the box does not run the model (docs/MIPS.md, "Object
+    # detection on the box"); its remote detector client is not behind the feature.
+    cargo "$sub" --locked "$std" --target "$MIPS_TARGET" --no-default-features "$@"
 }
 
 # mips_set_nan2008 FILE: sets EF_MIPS_NAN2008 (0x400) in e_flags of a 32-bit
