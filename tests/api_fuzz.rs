@@ -131,10 +131,12 @@ impl Fuzz {
         let rings = dir.path().join("rings");
         std::fs::create_dir_all(&rings).expect("ring dir");
         // Failed logins are the fuzzer's daily bread: a lockout would turn every
-        // later login of the test itself into 429.
+        // later login of the test itself into 429. The object model is there so
+        // POST /api/detect answers what it is asked (no model would be a 503).
         let config = format!(
-            "[storage]\ndata_dir = \"{{DATA}}\"\nring_dir = {:?}\nsegment_seconds = 4\n\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\npbkdf2_iterations = 1000\nlogin_attempts = 1000\n\n[[streams]]\nname = \"front\"\nurl = \"{}\"\n",
+            "[storage]\ndata_dir = \"{{DATA}}\"\nring_dir = {:?}\nsegment_seconds = 4\n\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\npbkdf2_iterations = 1000\nlogin_attempts = 1000\n\n[detect]\nmodel = {:?}\n\n[[streams]]\nname = \"front\"\nurl = \"{}\"\n",
             rings.display().to_string(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/models/nanodet-g.onnx"),
             camera.url("h264"),
         );
         let nvr = TempOxinvr::start(dir, &config);
