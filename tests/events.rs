@@ -39,20 +39,7 @@ fn config(stream_url: &str, extra: &str) -> String {
 
 /// An API key of a new user with `role`.
 fn key_of(nvr: &Oxinvr, role: &str) -> String {
-    let (name, password) = (format!("ev-{role}"), format!("ev-{role}-password"));
-    let body = json!({ "username": name, "password": password, "role": role }).to_string();
-    let r = nvr.request("POST", "/api/users", &[("Content-Type", "application/json")], body.as_bytes()).expect("user");
-    assert_eq!(r.status, 201, "create {name}: {}", r.text());
-    let login = json!({ "username": name, "password": password }).to_string();
-    let r = http(nvr.port, "POST", "/api/auth/login", &[("Content-Type", "application/json")], login.as_bytes())
-        .expect("login");
-    assert_eq!(r.status, 200, "login {name}: {}", r.text());
-    let cookie = r.header("Set-Cookie").and_then(|c| c.split(';').next()).expect("cookie").to_string();
-    let csrf = r.json()["csrf"].as_str().expect("csrf").to_string();
-    let headers = [("Content-Type", "application/json"), ("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
-    let r = http(nvr.port, "POST", "/api/keys", &headers, br#"{"name":"events test"}"#).expect("key");
-    assert_eq!(r.status, 201, "key of {name}: {}", r.text());
-    r.json()["key"].as_str().expect("key").to_string()
+    nvr.api_key("ev", role)
 }
 
 fn call(nvr: &Oxinvr, key: &str, method: &str, path: &str, body: &str) -> Response {

@@ -25,7 +25,7 @@ use common::nvr::{http, oxinvr_bin, send_raw, Oxinvr, Response};
 use oxinvr::config::DetectConfig;
 use oxinvr::detect::objects::{Detection, Detector};
 use oxinvr::detect::picture::Rgb;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const VTEST: &str = "/usr/share/doc/opencv-doc/examples/data/vtest.avi";
 
@@ -97,20 +97,7 @@ fn people_in_footage_and_nothing_in_a_pattern() {
 
 /// An API key of a new user with `role`.
 fn key_of(nvr: &Oxinvr, role: &str) -> String {
-    let (name, password) = (format!("od-{role}"), format!("od-{role}-password"));
-    let body = json!({ "username": name, "password": password, "role": role }).to_string();
-    let r = nvr.request("POST", "/api/users", &[("Content-Type", "application/json")], body.as_bytes()).expect("user");
-    assert_eq!(r.status, 201, "create {name}: {}", r.text());
-    let login = json!({ "username": name, "password": password }).to_string();
-    let r = http(nvr.port, "POST", "/api/auth/login", &[("Content-Type", "application/json")], login.as_bytes())
-        .expect("login");
-    assert_eq!(r.status, 200, "login {name}: {}", r.text());
-    let cookie = r.header("Set-Cookie").and_then(|c| c.split(';').next()).expect("cookie").to_string();
-    let csrf = r.json()["csrf"].as_str().expect("csrf").to_string();
-    let headers = [("Content-Type", "application/json"), ("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
-    let r = http(nvr.port, "POST", "/api/keys", &headers, br#"{"name":"objects test"}"#).expect("key");
-    assert_eq!(r.status, 201, "key of {name}: {}", r.text());
-    r.json()["key"].as_str().expect("key").to_string()
+    nvr.api_key("od", role)
 }
 
 fn post_jpeg(port: u16, key: Option<&str>, body: &[u8]) -> Response {

@@ -204,6 +204,26 @@ impl Oxinvr {
         http(self.port, method, path, &all, body)
     }
 
+    /// An API key of a new user `<prefix>-<role>` with `role` (made, logged in, key made).
+    pub fn api_key(&self, prefix: &str, role: &str) -> String {
+        let (name, password) = (format!("{prefix}-{role}"), format!("{prefix}-{role}-password"));
+        let json = [("Content-Type", "application/json")];
+        let body = serde_json::json!({ "username": name, "password": password, "role": role }).to_string();
+        let r = self.request("POST", "/api/users", &json, body.as_bytes()).expect("user");
+        assert_eq!(r.status, 201, "create {name}: {}", r.text());
+        let login = serde_json::json!({ "username": name, "password": password }).to_string();
+        let r = http(self.port, "POST", "/api/auth/login", &json, login.as_bytes()).expect("login");
+        assert_eq!(r.status, 200, "login {name}: {}", r.text());
+        let cookie = r.header("Set-Cookie").and_then(|c| c.split(';').next()).expect("cookie").to_string();
+        let csrf = r.json()["csrf"].as_str().expect("csrf").to_string();
+        let headers =
+            [("Content-Type", "application/json"), ("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+        let r = http(self.port, "POST", "/api/keys", &headers, format!(r#"{{"name":"{prefix} test"}}"#).as_bytes())
+            .expect("key");
+        assert_eq!(r.status, 201, "key of {name}: {}", r.text());
+        r.json()["key"].as_str().expect("key").to_string()
+    }
+
     /// GET with the console credential.
     pub fn get(&self, path: &str) -> std::io::Result<Response> {
         self.request("GET", path, &[], b"")
