@@ -12,7 +12,6 @@ use common::Camera;
 use oxinvr::index::db::Db;
 
 const FPS: f64 = 15.0;
-const GOP_S: f64 = 1.0;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -61,14 +60,17 @@ fn assert_all_decode(data_dir: &Path) -> usize {
     files.len()
 }
 
-/// The longest keyframe interval (s) in the closed recordings under `dir`,
-/// never less than the camera's nominal GOP.
-fn longest_gop(dir: &Path) -> f64 {
-    let mut longest = GOP_S;
-    for f in mp4_files(dir) {
-        let keys = common::keyframe_times(&f);
-        for w in keys.windows(2) {
-            longest = longest.max(w[1] - w[0]);
+/// The longest fragment (s) of `stream` in the index. An export is made of
+/// whole fragments (each one or more whole GOPs, cut at the first keyframe
+/// after `sync_seconds`), so it can run up to one fragment past either end.
+fn longest_fragment(data_dir: &Path, stream: &str) -> f64 {
+    let db = Db::open(&data_dir.join("oxinvr.db")).expect("open db");
+    let st = db.list_streams().expect("streams").into_iter().find(|s| s.spec.name == stream).expect("stream row");
+    let mut longest: f64 = 0.0;
+    for seg in db.segments_overlapping(st.id, i64::MIN, i64::MAX).expect("segments") {
+        let ts = f64::from(seg.video_timescale.max(1));
+        for f in &seg.fragments {
+            longest = longest.max(f64::from(f.duration_ticks) / ts);
         }
     }
     longest
@@ -152,13 +154,14 @@ fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     common::decode_ok(&export_file).expect("export decodes");
     let d = common::media_duration(&export_file);
     let probe = common::ffprobe_json(&export_file);
-    // The export runs from the keyframe at or before the start to the end of
-    // the GOP holding the end: at most two GOPs more than the span. The camera
-    // makes one keyframe per second, but a starved encoder spaces them wider.
-    let gop = longest_gop(&tmp.path().join("data/recordings/cam264"));
+    // The export runs from the start of the fragment holding the start to the
+    // end of the fragment holding the end: at most two fragments more than
+    // the span (sync_seconds = 2 and 1 s GOPs make them ~2 s; a starved
+    // encoder spaces keyframes, and so fragments, wider).
+    let frag = longest_fragment(&tmp.path().join("data"), "cam264");
     assert!(
-        d >= span_s - 0.2 && d <= span_s + 2.0 * gop + 0.2,
-        "export lasts {d} s for a {span_s} s span [{start}, {end}) with GOPs up to {gop} s; streams {}; recordings {segs:?}",
+        d >= span_s - 0.2 && d <= span_s + 2.0 * frag + 0.2,
+        "export lasts {d} s for a {span_s} s span [{start}, {end}) with fragments up to {frag} s; streams {}; recordings {segs:?}",
         probe["streams"]
     );
     let codecs: Vec<&str> =
@@ -177,8 +180,8 @@ fn records_h264_aac_and_h265_then_exports_and_plays_back_across_segments() {
     let frames = decode_url_frames(&playlist, &nvr.auth_header());
     let hls_s = frames as f64 / FPS;
     assert!(
-        hls_s >= span_s - 0.2 && hls_s <= span_s + 2.0 * gop + 0.2,
-        "HLS played {hls_s} s for a {span_s} s span with GOPs up to {gop} s"
+        hls_s >= span_s - 0.2 && hls_s <= span_s + 2.0 * frag + 0.2,
+        "HLS played {hls_s} s for a {span_s} s span with fragments up to {frag} s"
     );
 
     // Clean stop, then every file decodes and durations match the wall clock.
