@@ -516,7 +516,14 @@ pub struct StreamConfig {
     /// Polygons (normalised `[x, y]` points, 0..=1, y down) where motion is ignored.
     #[serde(default)]
     pub motion_mask: Vec<Vec<[f64; 2]>>,
+    /// Weekly schedule, e.g. `["mon-fri 07:00-19:00 continuous", "daily 19:00-07:00 events"]`
+    /// in the box's local time: the first covering entry's mode replaces `record`.
+    #[serde(default)]
+    pub schedule: Vec<String>,
 }
+
+/// Entries a stream's `schedule` may hold (a week of distinct windows is far fewer).
+pub const MAX_SCHEDULE_ENTRIES: usize = 32;
 
 /// Detector names `detect` accepts.
 pub const DETECTORS: &[&str] = &["motion", "objects"];
@@ -831,6 +838,10 @@ impl StreamConfig {
             let d = self.event_retention_days;
             return Err(("event_retention_days", format!("{d} is out of range 1..={MAX_RETENTION_DAYS}")));
         }
+        if self.schedule.len() > MAX_SCHEDULE_ENTRIES {
+            return Err(("schedule", format!("{} entries, at most {MAX_SCHEDULE_ENTRIES}", self.schedule.len())));
+        }
+        crate::index::schedule::parse(&self.schedule).map_err(|e| ("schedule", e))?;
         validate_detect(&self.detect, &self.motion_mask)
     }
 
@@ -847,6 +858,7 @@ impl StreamConfig {
             pre_seconds: self.pre_seconds,
             post_seconds: self.post_seconds,
             event_retention_days: self.event_retention_days,
+            schedule: self.schedule.clone(),
             source: source.into(),
         }
     }

@@ -13,6 +13,10 @@
 //!   changes through the API on the running session (one camera connection
 //!   throughout); in events mode with no event the recordings stop growing,
 //!   back in continuous they grow again; bad values are named.
+//! - `a_schedule_window_records_only_inside_it`: `record = "off"` with a
+//!   schedule entry of one minute in continuous (the recorder runs with
+//!   TZ=UTC): it records in that minute, the recording closes at the
+//!   window's end and nothing more is written; bad entries are named.
 
 mod common;
 
@@ -189,4 +193,53 @@ fn switching_continuous_events_continuous_keeps_the_session() {
     for r in recordings(&nvr).iter().filter(|r| r.3) {
         common::decode_ok(&nvr.data_dir.join(&r.2)).unwrap_or_else(|e| panic!("{}: {e}", r.2));
     }
+}
+
+/// Local (here UTC: the recorder runs with TZ=UTC) "HH:MM" of `min` minutes after midnight.
+fn hhmm(min: i64) -> String {
+    let m = min.rem_euclid(24 * 60);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+#[test]
+fn a_schedule_window_records_only_inside_it() {
+    let cam = Camera::start(&[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A window of the current minute: wait for a fresh one so it lasts long enough to see.
+    if now_ms() % 60_000 > 40_000 {
+        std::thread::sleep(Duration::from_millis((61_000 - now_ms() % 60_000) as u64));
+    }
+    let minute = now_ms().div_euclid(60_000);
+    let window_end_ms = (minute + 1) * 60_000;
+    let entry = format!("daily {}-{} continuous", hhmm(minute % 1440), hhmm(minute % 1440 + 1));
+    let cfg = format!("{}schedule = [\"sat 00:00-00:01 off\", \"{entry}\"]\n", config(&cam.url("h264"), "off"));
+    let nvr = Oxinvr::start_with_env(tmp.path(), &cfg, &[("TZ", "UTC")]);
+    wait_streaming(&nvr);
+    let written = |nvr: &Oxinvr| recordings(nvr).iter().map(|r| r.1).max().unwrap_or(0);
+    poll(Duration::from_secs(20), "recording inside the window", || written(&nvr) > 0);
+    assert_eq!(status(&nvr)["record_now"], "continuous", "{}", nvr.log());
+    assert_eq!(nvr.json("/api/streams/front")["schedule"][1], entry.as_str());
+
+    // The window ends: the recording closes at its end (within a GOP and a pass) and stays closed.
+    let wait = Duration::from_millis((window_end_ms - now_ms()).max(0) as u64 + 20_000);
+    poll(wait, "record_now off after the window", || status(&nvr)["record_now"] == "off");
+    poll(Duration::from_secs(10), "the open segment closed", || recordings(&nvr).iter().all(|r| r.3));
+    let stopped_at = written(&nvr);
+    assert!(
+        stopped_at >= window_end_ms - GOP_MS && stopped_at <= window_end_ms + 2 * GOP_MS,
+        "recording ended at {stopped_at}, the window at {window_end_ms}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(written(&nvr), stopped_at, "nothing is written outside the window");
+    for r in recordings(&nvr) {
+        common::decode_ok(&nvr.data_dir.join(&r.2)).unwrap_or_else(|e| panic!("{}: {e}", r.2));
+    }
+
+    // Bad entries are named; the schedule in force is unchanged.
+    for bad in ["mon-fry 07:00-19:00 continuous", "daily 07:00-25:00 events", "daily 07:00-08:00 always"] {
+        let (code, v) = send(&nvr, "PUT", "/api/streams/front", &json!({ "schedule": [bad] }));
+        assert_eq!(code, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("schedule")), "{bad}: {v}");
+    }
+    assert_eq!(nvr.json("/api/streams/front")["schedule"][1], entry.as_str());
 }

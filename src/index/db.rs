@@ -238,6 +238,10 @@ pub const MIGRATIONS: &[&str] = &[
         ptz_url TEXT
     ) STRICT;
     "#,
+    // 11: a stream's weekly recording schedule (a JSON array of entries, see index::schedule).
+    r#"
+    ALTER TABLE streams ADD COLUMN schedule TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(schedule));
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -438,6 +442,26 @@ impl RecordMode {
     }
 }
 
+impl StreamSpec {
+    /// The record mode at local week minute `week_min` (the schedule's, else `record`).
+    pub fn record_at(&self, week_min: u32) -> RecordMode {
+        super::schedule::mode_at(&self.schedule, self.record, week_min)
+    }
+
+    /// Whether the stream records at some time of the week: its storage
+    /// recorder, ring and budget share exist (the mode of the moment says when it writes).
+    pub fn may_record(&self) -> bool {
+        self.record.records()
+            || super::schedule::parse(&self.schedule).is_ok_and(|es| es.iter().any(|e| e.mode.records()))
+    }
+
+    /// Whether events mode may be in force at some time of the week (the ring holds the pre-buffer).
+    pub fn may_record_events(&self) -> bool {
+        self.record == RecordMode::Events
+            || super::schedule::parse(&self.schedule).is_ok_and(|es| es.iter().any(|e| e.mode == RecordMode::Events))
+    }
+}
+
 /// Defaults of the events mode's settings.
 pub const DEFAULT_PRE_SECONDS: u32 = 5;
 pub const DEFAULT_POST_SECONDS: u32 = 10;
@@ -492,6 +516,10 @@ pub struct StreamSpec {
     /// `retention_days`; with no `retention_days`, until space runs out).
     #[serde(default = "default_event_retention_days")]
     pub event_retention_days: u32,
+    /// Weekly schedule (see [`super::schedule`]): where an entry covers the
+    /// box's local time, its mode replaces `record`.
+    #[serde(default)]
+    pub schedule: Vec<String>,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -644,7 +672,7 @@ fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Er
 
 const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
-                           event_retention_days";
+                           event_retention_days, schedule";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -674,6 +702,11 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
             pre_seconds: get_num(row, 12, "pre_seconds")?,
             post_seconds: get_num(row, 13, "post_seconds")?,
             event_retention_days: get_num(row, 14, "event_retention_days")?,
+            schedule: {
+                let text: String = row.get(15)?;
+                serde_json::from_str(&text)
+                    .map_err(|e| bad_value(15, rusqlite::types::Type::Text, format!("column schedule: {e}")))?
+            },
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -896,6 +929,8 @@ impl Db {
         }
         let max_mb =
             s.max_storage_mb.map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name))).transpose()?;
+        super::schedule::parse(&s.schedule).map_err(|e| DbError::invalid(format!("stream {:?}: {e}", s.name)))?;
+        let schedule = serde_json::to_string(&s.schedule).unwrap_or_else(|_| "[]".into());
         self.write_durably("upsert_stream", |tx| {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
@@ -941,6 +976,11 @@ impl Db {
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
+            tx.prepare_cached(
+                "UPDATE streams SET schedule = ?2, updated_ms = ?3 WHERE name = ?1 AND schedule IS NOT ?2",
+            )
+            .and_then(|mut st| st.execute(params![s.name, schedule, now_ms]))
+            .with_ctx(|| format!("upsert_stream {:?}: schedule", s.name))?;
             let read_back = format!("SELECT {STREAM_COLS} FROM streams WHERE name = ?1");
             tx.query_row(&read_back, [&s.name], stream_from_row)
                 .with_ctx(|| format!("upsert_stream {:?}: read back", s.name))
@@ -1497,6 +1537,7 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            schedule: Vec::new(),
             source: "config".to_owned(),
         }
     }

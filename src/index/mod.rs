@@ -3,3 +3,4 @@
 
 pub mod db;
 pub mod fragments;
+pub mod schedule;

@@ -17,7 +17,7 @@ use super::stream::{StreamRuntime, StreamState, StreamStatus};
 use super::{ingest, storage};
 use crate::base::error::{Error, Kind};
 use crate::governor::budget::{self, Budget};
-use crate::index::db::{RecordMode, StreamRow, StreamSpec};
+use crate::index::db::{StreamRow, StreamSpec};
 
 /// Where stream starts and stops are sent.
 #[derive(Clone)]
@@ -77,7 +77,7 @@ pub fn restart_reason(old: &StreamSpec, new: &StreamSpec) -> Option<&'static str
         Some("url")
     } else if old.enabled != new.enabled {
         Some("enabled")
-    } else if old.record.records() != new.record.records() {
+    } else if old.may_record() != new.may_record() {
         Some("record")
     } else if old.bitrate_kbps != new.bitrate_kbps {
         Some("bitrate_kbps")
@@ -117,7 +117,7 @@ impl Recorder {
     /// it records) and its ingest heap.
     pub fn reservation(&self, spec: &StreamSpec) -> u64 {
         let kbps = u64::from(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS));
-        let writer = if spec.record.records() { (kbps * 1000 * 2 / 8).max(WRITER_MIN) } else { 0 };
+        let writer = if spec.may_record() { (kbps * 1000 * 2 / 8).max(WRITER_MIN) } else { 0 };
         self.ring_bytes(spec) as u64 + writer + INGEST_HEAP
     }
 
@@ -144,9 +144,10 @@ impl Recorder {
     /// some slack (with the defaults, 5 + 2 + 1 = 8 = `ring_seconds`: the
     /// same ring as continuous, so switching modes keeps the session).
     pub fn ring_seconds_of(&self, spec: &StreamSpec) -> u32 {
-        match spec.record {
-            RecordMode::Events => self.ring_seconds.max(spec.pre_seconds + PRE_GOP_SECONDS + PRE_SLACK_SECONDS),
-            _ => self.ring_seconds,
+        if spec.may_record_events() {
+            self.ring_seconds.max(spec.pre_seconds + PRE_GOP_SECONDS + PRE_SLACK_SECONDS)
+        } else {
+            self.ring_seconds
         }
     }
 
@@ -288,14 +289,14 @@ impl Edit<'_> {
                 let policy =
                     (old.retention_days, old.max_storage_mb) != (row.spec.retention_days, row.spec.max_storage_mb);
                 let policy = policy || old.event_retention_days != row.spec.event_retention_days;
-                let mode = (old.record, old.pre_seconds, old.post_seconds)
-                    != (row.spec.record, row.spec.pre_seconds, row.spec.post_seconds);
+                let mode = (old.record, old.pre_seconds, old.post_seconds, &old.schedule)
+                    != (row.spec.record, row.spec.pre_seconds, row.spec.post_seconds, &row.spec.schedule);
                 if let Some(ch) = self.rec.channels() {
                     if policy {
                         // A new plan replaces any half-done one made under the old policy.
                         let _ = ch.storage.send(storage::Command::Retention);
                     }
-                    if mode && row.spec.record.records() {
+                    if mode && row.spec.may_record() {
                         // Continuous <-> events: the storage thread switches on the same ring
                         // (a stream it does not record, waiting or stopped, is ignored).
                         let _ = ch.storage.send(storage::Command::Mode(row.spec.name.clone()));
@@ -360,7 +361,7 @@ impl Edit<'_> {
             }
         }
         let Some(ch) = self.rec.channels() else { return };
-        if rt.spec().record.records() {
+        if rt.spec().may_record() {
             let _ = ch.storage.send(storage::Command::Add(rt.clone()));
         }
         let _ = ch.ingest.send_blocking(ingest::Command::Start(rt.clone()));
@@ -481,7 +482,7 @@ mod tests {
             name: name.into(),
             url: "rtsp://cam/x".into(),
             enabled: true,
-            record: RecordMode::Continuous,
+            record: crate::index::db::RecordMode::Continuous,
             retention_days: None,
             max_storage_mb: None,
             priority,
@@ -489,6 +490,7 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            schedule: Vec::new(),
             source: "api".into(),
         };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }

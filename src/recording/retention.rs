@@ -664,6 +664,7 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            schedule: Vec::new(),
             source: "config".to_owned(),
         };
         db.upsert_stream(&spec, 0).expect("stream").id

@@ -69,6 +69,8 @@ pub enum CloseReason {
     Shutdown,
     /// Events mode: `post_seconds` after the last event.
     EventsOver,
+    /// The schedule turned recording off.
+    ScheduleOff,
 }
 
 impl CloseReason {
@@ -80,6 +82,7 @@ impl CloseReason {
             CloseReason::WriteError => "write error",
             CloseReason::Shutdown => "recorder stopped",
             CloseReason::EventsOver => "no event (events mode)",
+            CloseReason::ScheduleOff => "off by the schedule",
         }
     }
 }
@@ -632,6 +635,7 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            schedule: Vec::new(),
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

@@ -34,6 +34,7 @@ use crate::base::clock::Clock;
 use crate::base::heartbeat::{self, Part};
 use crate::index::db::RecordMode;
 use crate::index::db::{ClockStep, Db, NewSegment, SegmentProgress};
+use crate::index::schedule::local_week_minute;
 use crate::recording::media::Track;
 use crate::recording::mp4;
 use crate::recording::reserve::{self, Reserve};
@@ -101,11 +102,14 @@ struct Recorder {
     trigger: Option<Trigger>,
     /// Seq where the last events recording stopped: the next never starts before it.
     stop_floor: u64,
+    /// The mode in force (the schedule's at this minute, else the spec's `record`).
+    mode: RecordMode,
 }
 
 impl Recorder {
-    fn new(rt: Arc<StreamRuntime>, writer: SegmentWriter) -> Recorder {
+    fn new(rt: Arc<StreamRuntime>, writer: SegmentWriter, week_min: u32) -> Recorder {
         let cursor = rt.ring.cursor_at_latest_keyframe();
+        let mode = rt.spec().record_at(week_min);
         let mut r = Recorder {
             rt,
             cursor,
@@ -116,19 +120,24 @@ impl Recorder {
             lag_max: Duration::ZERO,
             trigger: None,
             stop_floor: 0,
+            mode,
         };
-        r.set_mode();
+        r.set_mode(mode);
         r.stop_floor = 0; // a new recorder has written nothing: the whole ring may be its pre-buffer
         r
     }
 
-    /// Takes the stream's record mode and pre/post seconds from its spec.
-    /// Continuous to events closes the segment (nothing is written until an
-    /// event); events to continuous goes on from where it is, or from the
-    /// newest keyframe if no recording ran.
-    fn set_mode(&mut self) {
+    /// Switches to `mode` (the one in force now) with the spec's pre/post
+    /// seconds, once the caller closed what must end ([`switch_mode`]).
+    /// Events to continuous goes on from where it is, or from the newest
+    /// keyframe if no recording ran; off to anything starts from now.
+    fn set_mode(&mut self, mode: RecordMode) {
         let spec = self.rt.spec();
-        match (spec.record, &mut self.trigger) {
+        if self.mode == RecordMode::Off && mode != RecordMode::Off {
+            self.cursor = self.rt.ring.cursor_at_latest_keyframe();
+        }
+        self.mode = mode;
+        match (mode, &mut self.trigger) {
             (RecordMode::Events, Some(t)) => t.set_seconds(spec.pre_seconds, spec.post_seconds),
             (RecordMode::Events, None) => {
                 self.trigger = Some(Trigger::new(self.rt.name(), spec.pre_seconds, spec.post_seconds));
@@ -144,7 +153,10 @@ impl Recorder {
             }
         }
         let recording = self.trigger.as_ref().map(Trigger::recording);
-        self.rt.with_status(|s| s.event_recording = recording);
+        self.rt.with_status(|s| {
+            s.event_recording = recording;
+            s.record_now = Some(mode.as_str());
+        });
     }
 
     /// Events mode: a recording starts, from the ring at `from_ms` (see `trigger`).
@@ -220,6 +232,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
     let mut steps = StepWatch { skew_ms: None };
     let mut ballast = Ballast::new(&settings.data_dir);
     let mut last_trim = Instant::now();
+    let mut schedule = ScheduleWatch { week_min: None };
     loop {
         // One beat per pass (every POLL at least): the watchdog's sign of progress.
         heartbeat::beat(Part::Storage);
@@ -230,16 +243,12 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
                     old.writer.close(&db, CloseReason::Shutdown);
                 }
                 let writer = SegmentWriter::new(rt.id(), &name, writer_cfg.clone(), clock.clone());
-                recorders.insert(name, Recorder::new(rt, writer));
+                recorders.insert(name, Recorder::new(rt, writer, local_week_minute(clock.now_ms())));
             }
             Ok(Command::Mode(name)) => {
                 if let Some(r) = recorders.get_mut(&name) {
-                    let was_events = r.trigger.is_some();
-                    if !was_events && r.rt.spec().record == RecordMode::Events {
-                        drain(&db, r, &mut buf, usize::MAX);
-                        r.writer.close(&db, CloseReason::EventsOver);
-                    }
-                    r.set_mode();
+                    let mode = r.rt.spec().record_at(local_week_minute(clock.now_ms()));
+                    switch_mode(&db, r, mode, &mut buf);
                 }
             }
             Ok(Command::Remove(name)) => {
@@ -274,6 +283,7 @@ fn run(settings: StorageSettings, db: Db, rx: mpsc::Receiver<Command>, clock: Ar
         let mut rotated = false;
         let mut failing = false;
         let mut full = std::mem::take(&mut backlog.hit_full);
+        schedule.check(&db, &*clock, &mut recorders, &mut buf);
         if let Some(sub) = &settings.events {
             take_notices(sub, &mut recorders, &mut buf);
         }
@@ -482,6 +492,58 @@ impl Backlog {
     }
 }
 
+/// Ends what the new mode does not continue, then switches: a continuous
+/// recording ends (drained to now) when events or off take over, an events
+/// recording when off does; events to continuous runs on.
+fn switch_mode(db: &Db, r: &mut Recorder, mode: RecordMode, buf: &mut Vec<u8>) {
+    let ends = match (r.mode, mode) {
+        (RecordMode::Continuous, RecordMode::Events) => Some(CloseReason::EventsOver),
+        (RecordMode::Continuous | RecordMode::Events, RecordMode::Off) => Some(CloseReason::ScheduleOff),
+        _ => None,
+    };
+    if let Some(reason) = ends {
+        drain(db, r, buf, usize::MAX);
+        r.writer.close(db, reason);
+        if let Some(t) = &mut r.trigger {
+            t.stopped();
+        }
+        r.stop_floor = r.cursor.next_seq();
+    }
+    if r.mode != mode {
+        log::info!("stream {}: recording mode now {} ({})", r.rt.name(), mode.as_str(), schedule_note(r));
+    }
+    r.set_mode(mode);
+}
+
+fn schedule_note(r: &Recorder) -> &'static str {
+    if r.rt.spec().schedule.is_empty() {
+        "record"
+    } else {
+        "schedule"
+    }
+}
+
+/// Re-evaluates the streams' schedules when the local minute changes.
+struct ScheduleWatch {
+    week_min: Option<u32>,
+}
+
+impl ScheduleWatch {
+    fn check(&mut self, db: &Db, clock: &dyn Clock, recorders: &mut HashMap<String, Recorder>, buf: &mut Vec<u8>) {
+        let now = local_week_minute(clock.now_ms());
+        if self.week_min == Some(now) {
+            return;
+        }
+        self.week_min = Some(now);
+        for r in recorders.values_mut() {
+            let mode = r.rt.spec().record_at(now);
+            if mode != r.mode {
+                switch_mode(db, r, mode, buf);
+            }
+        }
+    }
+}
+
 /// Hands the events hub's notices to the events-mode recorders of their streams.
 fn take_notices(sub: &crate::events::Subscription, recorders: &mut HashMap<String, Recorder>, buf: &mut Vec<u8>) {
     while let Some(n) = sub.next(Duration::ZERO) {
@@ -495,7 +557,7 @@ fn take_notices(sub: &crate::events::Subscription, recorders: &mut HashMap<Strin
 /// Moves up to `max` records from the ring into the writer; true if it
 /// caught up (or, in events mode between recordings, has nothing to read).
 fn drain(db: &Db, r: &mut Recorder, buf: &mut Vec<u8>, max: usize) -> bool {
-    if r.trigger.as_ref().is_some_and(|t| !t.recording()) {
+    if r.mode == RecordMode::Off || r.trigger.as_ref().is_some_and(|t| !t.recording()) {
         r.drained = Instant::now();
         return true;
     }

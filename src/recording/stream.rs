@@ -77,6 +77,9 @@ pub struct StreamStatus {
     /// Events mode (`record = "events"`): whether an event recording runs now;
     /// `None` in the other modes.
     pub event_recording: Option<bool>,
+    /// The record mode in force now (the schedule's, else `record`); `None`
+    /// until the storage thread takes the stream (never, when it cannot record).
+    pub record_now: Option<&'static str>,
     /// Longest the storage thread left this stream's ring unread (ms): how close
     /// recording came to losing records (the ring holds about `ring_seconds`).
     pub storage_lag_max_ms: u64,
@@ -143,6 +146,7 @@ impl StreamStatus {
             connects: 0,
             gaps: 0,
             event_recording: None,
+            record_now: None,
             storage_lag_max_ms: 0,
             storage_error: None,
             memory_wait: None,

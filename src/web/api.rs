@@ -680,6 +680,7 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         event_retention_days: 30,
         detect: Vec::new(),
         motion_mask: Vec::new(),
+        schedule: vec!["mon-fri 07:00-19:00 events".into()],
     };
     for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
         if let Ok(cfg) = merge_fields(&base, &patch) {
