@@ -351,3 +351,41 @@ fn what_the_api_fuzzer_found_stays_fixed() {
     assert_error(&req("PUT", "/api/streams/f1", r#"{"retention_days":36501}"#), 400, "retention_days");
     assert_error(&req("PUT", "/api/streams/f1", r#"{"max_storage_mb":1000000001}"#), 400, "max_storage_mb");
 }
+
+/// `PUT /api/streams/{name}/detection`: the page's toggle. Mistakes are named;
+/// a stream without detection is a 409; the state shows in `detection.enabled`.
+#[test]
+fn detection_switch_names_its_mistakes_and_shows_its_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Cameras that never answer: detection threads start anyway (they wait on the ring).
+    let config = "[storage]\ndata_dir = \"{DATA}\"\n[web]\nlisten = \"127.0.0.1:{PORT}\"\nthreads = 2\n\n\
+                  [[streams]]\nname = \"watched\"\nurl = \"rtsp://127.0.0.1:9/x\"\ndetect = [\"motion\"]\n\n\
+                  [[streams]]\nname = \"plain\"\nurl = \"rtsp://127.0.0.1:9/y\"\n";
+    let nvr = Nvr(TempOxinvr::start(dir, config));
+    let path = "/api/streams/watched/detection";
+    let enabled = || nvr.req("GET", "/api/streams/watched", b"").json()["detection"]["enabled"].clone();
+    assert_eq!(enabled(), json!(true), "on until switched off");
+    assert_error(&nvr.req("PUT", "/api/streams/nope/detection", br#"{"enabled":false}"#), 404, "nope");
+    assert_error(&nvr.req("PUT", "/api/streams/plain/detection", br#"{"enabled":false}"#), 409, "runs no detection");
+    assert_error(&nvr.req("PUT", path, b""), 400, "empty");
+    assert_error(&nvr.req("PUT", path, b"[]"), 400, "object");
+    assert_error(&nvr.req("PUT", path, b"{}"), 400, "enabled");
+    assert_error(&nvr.req("PUT", path, br#"{"enabled":"no"}"#), 400, "true or false");
+    assert_error(&nvr.req("PUT", path, br#"{"enabled":false,"motion":1}"#), 400, "motion");
+    assert_error(&nvr.req("PUT", &format!("{path}?x=1"), br#"{"enabled":false}"#), 400, "x");
+    let r = nvr.req("GET", path, b"");
+    assert_error(&r, 405, "GET");
+    assert_eq!(r.header("Allow"), Some("PUT"));
+    assert_eq!(enabled(), json!(true), "no mistake switched it");
+
+    let r = nvr.req("PUT", path, br#"{"enabled":false}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((r.json()["enabled"].clone(), r.json()["detectors"].clone()), (json!(false), json!(["motion"])));
+    assert_eq!(enabled(), json!(false));
+    let list = nvr.req("GET", "/api/streams", b"").json();
+    let plain = list["streams"].as_array().and_then(|l| l.iter().find(|s| s["name"] == "plain")).cloned();
+    assert_eq!(plain.map(|s| s["detection"].clone()), Some(Value::Null), "{list}");
+    assert_eq!(nvr.req("PUT", path, br#"{"enabled":true}"#).json()["enabled"], json!(true));
+    assert_eq!(enabled(), json!(true));
+    assert!(nvr.log().contains("stream watched: detection switched off"), "{}", nvr.log());
+}

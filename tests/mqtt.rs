@@ -388,6 +388,14 @@ fn motion_and_manual_events_reach_home_assistant_with_a_snapshot() {
     broker.publish("oxinvr/testbox/cam/trigger", r#"{"label":"doorbell","score":7}"#);
     poll(Duration::from_secs(5), "a bad trigger refused in the log", || nvr.log().contains("trigger on cam refused"));
     assert!(nvr.log().contains("field score"), "the refusal names the field");
+
+    // The page's switch and MQTT's are one: off through the API shows OFF on the broker, ON
+    // from Home Assistant shows in the API.
+    let r = nvr.request("PUT", "/api/streams/cam/detection", &[], br#"{"enabled":false}"#).expect("PUT detection");
+    assert_eq!((r.status, r.json()["enabled"].as_bool()), (200, Some(false)), "{}", r.text());
+    sub.wait(Duration::from_secs(5), "oxinvr/testbox/cam/detection", |p| p == "OFF");
+    broker.publish("oxinvr/testbox/cam/detection/set", "ON");
+    poll(Duration::from_secs(5), "MQTT's ON in the API", || stream(&nvr, "cam")["detection"]["enabled"] == true);
 }
 
 #[test]

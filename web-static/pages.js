@@ -1,7 +1,7 @@
 // pages.js: the pages every user sees. Log in, first-run setup, the live
 // grid (one LivePlayer per enabled stream, click for a large view), the list
 // of recordings, the per-day timeline with the VOD player, export with a
-// download progress bar, and the events list (pushed changes, clip on click).
+// download progress bar. The Events view and detection's parts are in events.js.
 'use strict';
 
 // ---- shared bits ----
@@ -113,7 +113,9 @@ async function renderLive(view, params) {
     window.addEventListener('resize', fit);
   }
   const timer = setInterval(() => refreshTiles(tiles), 5000);
+  const stopDetections = Ox.watchDetections(grid, streams);
   return () => {
+    stopDetections();
     clearInterval(timer);
     window.removeEventListener('resize', fit);
     tiles.forEach((t) => t.player.stop());
@@ -339,8 +341,8 @@ function gapTable(gaps) {
 
 Ox.page('timeline', { title: 'Timeline', role: 'viewer', nav: true, render: renderTimeline });
 
-// Hook for detection: events as [startMs, endMs] pairs, drawn in their own lane.
-Ox.timelineEvents = () => [];
+// Events of a stream's day for the events lane: set by events.js.
+Ox.timelineEvents = async () => [];
 
 const WINDOW_MS = 30 * 60000;
 
@@ -417,7 +419,7 @@ async function refreshDay(ctx) {
     ctx.tl.bounds = data.recordings.map((r) => Date.parse(r.start));
     ctx.tl.gaps = data.gaps.map((g) => [g.start_ms, g.end_ms]);
     ctx.tl.steps = data.clock_steps || [];
-    ctx.tl.events = Ox.timelineEvents(ctx.stream, ctx.day);
+    ctx.tl.events = await Ox.timelineEvents(ctx.stream, ctx.day);
     const n = ctx.tl.events.length;
     ctx.ui.events.textContent = n ? `events: ${n} on this day` : 'events: none on this day';
     const total = ctx.tl.spans.reduce((n, s) => n + s[1] - s[0], 0);
@@ -598,61 +600,4 @@ function saveBlob(blob, name) {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60000);
-}
-
-// ---- events ----
-
-Ox.page('events', { title: 'Events', role: 'viewer', nav: true, render: renderEvents });
-
-const EVENT_KINDS = ['motion', 'object', 'manual', 'external'];
-
-// The newest 100 events, filtered by stream and kind, reloaded when the
-// recorder pushes a change (GET /api/events/stream); a click plays the clip.
-async function renderEvents(view, params) {
-  const streams = await listStreams();
-  const sel = streamSelect(streams, params.get('stream') || '', true);
-  const kind = h('select#events-kind', { name: 'kind' }, h('option', { value: '', text: 'All kinds' }),
-    EVENT_KINDS.map((k) => h('option', { value: k, text: k, selected: k === params.get('kind') })));
-  const player = h('video#events-player', { controls: true, playsinline: true, hidden: true });
-  const body = h('div#events-list');
-  const load = () => {
-    setParams('events', { stream: sel.value, kind: kind.value });
-    const q = new URLSearchParams({ limit: 100 });
-    if (sel.value) q.set('stream', sel.value);
-    if (kind.value) q.set('kind', kind.value);
-    return api('GET', `/api/events?${q}`).then((v) => drawEvents(body, v.events, player))
-      .catch((e) => clear(body, h('p.msg.error', { text: e.message })));
-  };
-  sel.addEventListener('change', load);
-  kind.addEventListener('change', load);
-  append(view, pageHead('Events', sel, kind), player, body);
-  await load();
-  let timer = null;
-  const soon = () => {
-    clearTimeout(timer);
-    timer = setTimeout(load, 300);
-  };
-  const push = new EventSource('/api/events/stream');
-  for (const t of ['began', 'ended', 'deleted']) push.addEventListener(t, soon);
-  return () => {
-    push.close();
-    clearTimeout(timer);
-    player.removeAttribute('src');
-  };
-}
-
-function drawEvents(body, events, player) {
-  if (!events.length) return clear(body, h('p.muted', { text: 'No events.' }));
-  const play = (e) => {
-    player.hidden = false;
-    player.src = `${e.clip_url}?pre=5&post=5`;
-    player.play().catch(() => {});
-  };
-  const row = (e) => h('tr', { 'data-id': e.id, onclick: () => play(e) },
-    h('td', {}, e.thumbnail_url ? h('img', { src: e.thumbnail_url, alt: '', loading: 'lazy', width: 96 }) : ''),
-    h('td', { text: `${fmtDate(e.start_ms)} ${fmtClock(e.start_ms)}` }),
-    h('td', { text: e.stream }), h('td', { text: e.kind }), h('td', { text: e.label }),
-    h('td', { text: e.end_ms == null ? 'ongoing' : fmtDuration(e.end_ms - e.start_ms) }));
-  const head = ['', 'Start', 'Stream', 'Kind', 'Label', 'Length'].map((t) => h('th', { text: t }));
-  clear(body, labelCells(h('table.list#events-table', {}, h('thead', {}, h('tr', {}, head)), h('tbody', {}, events.map(row)))));
 }

@@ -493,13 +493,17 @@ function stepText(ms) {
 
 // A day's recordings on a canvas: spans, gaps, an events lane, a cursor.
 // opts.onSeek(ms) fires on click and at the end of a drag; opts.onView() after zoom.
+// The events lane: top and height in css px; bar colours by event kind.
+const EV_LANE = [54, 14];
+const EV_COLOURS = { motion: '#d9a400', object: '#e0663a', manual: '#4aa3df', external: '#a77bdb' };
+
 class Timeline {
   constructor(canvas, opts) {
     this.c = canvas;
     this.opts = opts;
     this.spans = [];
     this.gaps = [];
-    this.events = [];
+    this.events = []; // { id, kind, label, start_ms, end_ms (null: ongoing) }, drawn in the events lane
     this.steps = []; // clock steps: { at_ms, before_ms, step_ms }
     this.cursor = null;
     canvas.timeline = this; // for the browser tests
@@ -573,7 +577,8 @@ class Timeline {
   up(e) {
     if (!this.dragging) return;
     this.dragging = false;
-    this.cursor = this.timeAtX(e.offsetX);
+    const ev = this.eventAt(e.offsetX, e.offsetY);
+    this.cursor = ev ? ev.start_ms : this.timeAtX(e.offsetX);
     this.draw();
     this.opts.onSeek(this.cursor);
   }
@@ -597,7 +602,7 @@ class Timeline {
     this.drawLane(g, 22, 26, 'recordings', this.spans, '#2e8b57');
     this.drawLane(g, 22, 26, null, this.gaps, '#8b3a3a');
     this.drawBounds(g, 22, 26);
-    this.drawLane(g, 54, 14, this.events.length ? 'events' : 'events: none on this day', this.events, '#d9a400');
+    this.drawEvents(g, EV_LANE[0], EV_LANE[1]);
     this.drawAxis(g, w, hgt);
     this.drawSteps(g);
     this.drawMark(g, this.cursor, '#fff', hgt);
@@ -628,6 +633,34 @@ class Timeline {
       g.font = '10px sans-serif';
       g.fillText(label, 3, y + hh - 3);
     }
+  }
+
+  // Events as bars coloured by kind, at least 3 px wide so a short one stays clickable.
+  drawEvents(g, y, hh) {
+    this.drawLane(g, y, hh, this.events.length ? 'events' : 'events: none on this day', [], '');
+    const w = this.c.clientWidth;
+    for (const ev of this.events) {
+      const [x0, x1] = this.eventXs(ev);
+      if (x1 < 0 || x0 > w) continue;
+      g.fillStyle = EV_COLOURS[ev.kind] || EV_COLOURS.manual;
+      g.fillRect(x0, y + 1, x1 - x0, hh - 2);
+    }
+  }
+
+  eventXs(ev) {
+    const x0 = Math.floor(this.xOf(ev.start_ms));
+    return [x0, Math.max(x0 + 3, this.xOf(ev.end_ms == null ? Date.now() : ev.end_ms))];
+  }
+
+  // The event drawn under (x, y) in the events lane (2 px of slack) whose start is nearest, if any.
+  eventAt(x, y) {
+    if (y < EV_LANE[0] - 2 || y > EV_LANE[0] + EV_LANE[1] + 2) return null;
+    let best = null;
+    for (const ev of this.events) {
+      const [x0, x1] = this.eventXs(ev);
+      if (x >= x0 - 2 && x <= x1 + 2 && (!best || Math.abs(x - x0) < Math.abs(x - this.xOf(best.start_ms)))) best = ev;
+    }
+    return best;
   }
 
   // Thin marks where one recorded file ends and the next begins (when there is room).

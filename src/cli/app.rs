@@ -288,13 +288,11 @@ fn stream_rings(nvr: &Arc<Nvr>, stream: &str) -> crate::detect::worker::RingSour
     Arc::new(move || weak.upgrade().and_then(|n| n.recorder.stream(&name)).map(|rt| rt.ring.clone()))
 }
 
-/// MQTT's per-stream detection switch (on while there is no MQTT). Weak:
-/// the detection threads must not keep a stopping recorder alive.
+/// The per-stream detection switch the page and MQTT flip. Weak: the
+/// detection threads must not keep a stopping recorder alive.
 fn detection_switch(nvr: &Arc<Nvr>) -> crate::detect::sink::Enabled {
     let weak = Arc::downgrade(nvr);
-    Arc::new(move |stream: &str| {
-        weak.upgrade().and_then(|n| n.mqtt.get().map(|m| m.detection_enabled(stream))).unwrap_or(true)
-    })
+    Arc::new(move |stream: &str| weak.upgrade().is_none_or(|n| n.detect_switch.enabled(stream)))
 }
 
 /// Starts go2rtc's supervisor when `[go2rtc] binary` is set; it serves every

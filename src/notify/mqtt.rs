@@ -106,6 +106,8 @@ pub struct StreamView {
     pub connected: bool,
     pub fps: f32,
     pub bitrate_kbps: f32,
+    /// Its detection switch is on (`detect::Switch`).
+    pub detection: bool,
 }
 
 /// What the client reads from and asks of the recorder (the web layer's `Nvr`).
@@ -115,6 +117,8 @@ pub trait Host: Send + Sync {
     fn box_figures(&self) -> Value;
     /// Turns a stream's recording on or off the way the API does (`Recorder::edit`).
     fn set_recording(&self, stream: &str, on: bool) -> Result<(), String>;
+    /// Flips a stream's detection switch (the one `PUT /api/streams/NAME/detection` flips).
+    fn set_detection(&self, stream: &str, on: bool) -> Result<(), String>;
 }
 
 /// Where a manual event trigger goes: (stream, the event as JSON).
@@ -145,8 +149,6 @@ struct Shared {
     last_error_ms: Option<i64>,
     connects: u64,
     published: u64,
-    /// Detection on/off per stream (on until switched off).
-    detection: BTreeMap<String, bool>,
 }
 
 /// The running client's handle.
@@ -204,7 +206,6 @@ impl Mqtt {
                 last_error_ms: None,
                 connects: 0,
                 published: 0,
-                detection: BTreeMap::new(),
             }),
             wake: tokio::sync::Notify::new(),
             connected: AtomicBool::new(false),
@@ -260,11 +261,6 @@ impl Mqtt {
             self.shared().outbox.set(Class::State, &self.settings.names.stream(stream, "snapshot"), jpeg);
             self.wake.notify_one();
         }
-    }
-
-    /// Whether detection is switched on for `stream` (on unless switched off).
-    pub fn detection_enabled(&self, stream: &str) -> bool {
-        self.shared().detection.get(stream).copied().unwrap_or(true)
     }
 
     /// Where manual event triggers (`<prefix>/<stream>/trigger`) go.
@@ -340,7 +336,8 @@ impl Mqtt {
         let done = match rest.split('/').collect::<Vec<_>>().as_slice() {
             [stream, "record", "set"] => parse_switch(&text)
                 .and_then(|on| host.set_recording(stream, on).map(|()| format!("recording {}", on_off(on)))),
-            [stream, "detection", "set"] => parse_switch(&text).and_then(|on| self.set_detection(host, stream, on)),
+            [stream, "detection", "set"] => parse_switch(&text)
+                .and_then(|on| host.set_detection(stream, on).map(|()| format!("detection {}", on_off(on)))),
             [stream, "trigger"] => self.trigger(host, stream, &text),
             _ => Err("not a command: give <stream>/record/set, <stream>/detection/set or <stream>/trigger".into()),
         };
@@ -349,12 +346,6 @@ impl Mqtt {
             Err(why) => log::warn!("mqtt: command {topic} {text:?} refused: {why}"),
         }
         self.wake.notify_one();
-    }
-
-    fn set_detection(&self, host: &dyn Host, stream: &str, on: bool) -> Result<String, String> {
-        known_stream(host, stream)?;
-        self.shared().detection.insert(stream.to_string(), on);
-        Ok(format!("detection {}", on_off(on)))
     }
 
     fn trigger(&self, host: &dyn Host, stream: &str, text: &str) -> Result<String, String> {
@@ -512,8 +503,7 @@ async fn publish(mqtt: Arc<Mqtt>, host: Arc<dyn Host>, client: AsyncClient) {
         let figures = mirror.box_due(now).then(|| host.box_figures());
         {
             let mut sh = mqtt.shared();
-            let Shared { outbox, detection, .. } = &mut *sh;
-            mirror.tick(now, &views, detection, outbox, figures);
+            mirror.tick(now, &views, &mut sh.outbox, figures);
         }
         while mqtt.is_connected() {
             let Some(m) = mqtt.shared().outbox.pop() else { break };
@@ -541,14 +531,7 @@ impl Mirror {
         now_ms >= self.next_box_ms
     }
 
-    fn tick(
-        &mut self,
-        now_ms: i64,
-        views: &[StreamView],
-        detection: &mut BTreeMap<String, bool>,
-        out: &mut Outbox,
-        figures: Option<Value>,
-    ) {
+    fn tick(&mut self, now_ms: i64, views: &[StreamView], out: &mut Outbox, figures: Option<Value>) {
         let n = self.names.clone();
         if !self.box_sent {
             for (topic, config) in n.box_configs() {
@@ -575,8 +558,7 @@ impl Mirror {
                 out.set(Class::State, &n.stream(&v.name, "record"), on_off(v.record));
                 self.streams.insert(v.name.clone(), v.clone());
             }
-            let detect = *detection.entry(v.name.clone()).or_insert(true);
-            out.set(Class::State, &n.stream(&v.name, "detection"), on_off(detect));
+            out.set(Class::State, &n.stream(&v.name, "detection"), on_off(v.detection));
         }
         let gone: Vec<String> = self.streams.keys().filter(|k| !views.iter().any(|v| &v.name == *k)).cloned().collect();
         for name in gone {
@@ -588,7 +570,6 @@ impl Mirror {
                 out.set(Class::State, &n.stream(&name, leaf), "");
             }
             self.streams.remove(&name);
-            detection.remove(&name);
         }
     }
 }
@@ -629,6 +610,7 @@ mod tests {
             connected: true,
             fps,
             bitrate_kbps: kbps,
+            detection: true,
         }
     }
 
@@ -638,8 +620,8 @@ mod tests {
 
     #[test]
     fn a_stream_is_announced_once_and_its_status_sent_on_real_changes() {
-        let (mut m, mut det, mut out) = (Mirror::new(names()), BTreeMap::new(), Outbox::new(8));
-        m.tick(0, &[view("door", 15.0, 800.0)], &mut det, &mut out, Some(json!({"disk_free_bytes": 1})));
+        let (mut m, mut out) = (Mirror::new(names()), Outbox::new(8));
+        m.tick(0, &[view("door", 15.0, 800.0)], &mut out, Some(json!({"disk_free_bytes": 1})));
         let first = topics(&mut out);
         let configs = first.iter().filter(|(t, _)| t.starts_with("homeassistant/")).count();
         assert_eq!(configs, 6, "box disk sensor and 5 per stream: {first:?}");
@@ -647,23 +629,24 @@ mod tests {
         assert!(first.contains(&("oxinvr/box/door/record".into(), "ON".into())));
         assert!(first.contains(&("oxinvr/box/status".into(), "{\"disk_free_bytes\":1}".into())));
         // Jitter is not news; a stop of recording is.
-        m.tick(1000, &[view("door", 15.4, 850.0)], &mut det, &mut out, None);
+        m.tick(1000, &[view("door", 15.4, 850.0)], &mut out, None);
         assert_eq!(topics(&mut out), vec![]);
         assert!(!m.box_due(59_999) && m.box_due(60_000), "box figures every minute");
         let mut off = view("door", 15.0, 800.0);
         off.record = false;
         off.recording = false;
-        m.tick(2000, &[off], &mut det, &mut out, None);
+        m.tick(2000, &[off], &mut out, None);
         let got = topics(&mut out);
         assert!(got.contains(&("oxinvr/box/door/record".into(), "OFF".into())), "{got:?}");
         assert!(got.iter().any(|(t, p)| t == "oxinvr/box/door/status" && p.contains("\"recording\":false")));
         // A removed stream's entities are removed from Home Assistant.
-        m.tick(3000, &[], &mut det, &mut out, None);
+        m.tick(3000, &[], &mut out, None);
         let got = topics(&mut out);
         assert!(got.iter().filter(|(t, p)| t.ends_with("/config") && p.is_empty()).count() == 5, "{got:?}");
     }
 
-    struct OneStream(Mutex<Vec<(String, bool)>>);
+    /// Stream `door`; records the record and detection switches it is asked to flip.
+    struct OneStream(Mutex<Vec<(String, bool)>>, Mutex<Vec<(String, bool)>>);
     impl Host for OneStream {
         fn streams(&self) -> Vec<StreamView> {
             vec![view("door", 15.0, 800.0)]
@@ -673,6 +656,13 @@ mod tests {
         }
         fn set_recording(&self, stream: &str, on: bool) -> Result<(), String> {
             lock(&self.0).push((stream.to_string(), on));
+            Ok(())
+        }
+        fn set_detection(&self, stream: &str, on: bool) -> Result<(), String> {
+            if stream != "door" {
+                return Err(format!("no stream {stream:?}"));
+            }
+            lock(&self.1).push((stream.to_string(), on));
             Ok(())
         }
     }
@@ -688,7 +678,7 @@ mod tests {
         .expect("on");
         assert_eq!((s.client_id.as_str(), s.names.prefix.as_str()), ("oxinvr-box", "oxinvr/box"));
         let m = Mqtt::new(s, clock);
-        let host = OneStream(Mutex::new(Vec::new()));
+        let host = OneStream(Mutex::new(Vec::new()), Mutex::new(Vec::new()));
         m.on_message(&host, "oxinvr/box/door/record/set", b"OFF", false);
         m.on_message(&host, "oxinvr/box/door/record/set", b"ON", true);
         m.on_message(&host, "oxinvr/other/door/record/set", b"ON", false);
@@ -696,7 +686,7 @@ mod tests {
         assert_eq!(*lock(&host.0), vec![("door".to_string(), false)]);
         m.on_message(&host, "oxinvr/box/door/detection/set", b"off", false);
         m.on_message(&host, "oxinvr/box/yard/detection/set", b"off", false);
-        assert!(!m.detection_enabled("door") && m.detection_enabled("yard"));
+        assert_eq!(*lock(&host.1), vec![("door".to_string(), false)], "detection goes to the host's switch");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s2 = seen.clone();
         m.set_trigger_hook(Box::new(move |stream, ev| lock(&s2).push((stream.to_string(), ev["detail"].clone()))));

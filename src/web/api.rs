@@ -132,19 +132,19 @@ fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
         m.insert("status".into(), rt.as_deref().map_or(Value::Null, status_json));
         m.insert("ring".into(), rt.as_deref().map_or(Value::Null, ring_json));
         m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
-        m.insert("detection".into(), detection_json(ctx, &row.spec.name));
+        m.insert("detection".into(), detection_json(ctx.nvr, &row.spec.name));
     }
     v
 }
 
-/// A detecting stream's detectors, counters and problem; null for the others.
-fn detection_json(ctx: &Ctx, name: &str) -> Value {
-    let Some(stats) = ctx.nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
-    let detectors = ctx.nvr.config.streams.iter().find(|s| s.name == name).map(|s| s.detect.clone());
+/// A detecting stream's detectors, switch, counters and problem; null for the others.
+pub(super) fn detection_json(nvr: &super::state::Nvr, name: &str) -> Value {
+    let Some(stats) = nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
+    let detectors = nvr.config.streams.iter().find(|s| s.name == name).map(|s| s.detect.clone());
     let c = stats.snapshot();
     json!({
         "detectors": detectors.unwrap_or_default(),
-        "enabled": ctx.nvr.mqtt.get().is_none_or(|m| m.detection_enabled(name)),
+        "enabled": nvr.detect_switch.enabled(name),
         "in_motion": c.in_motion,
         "frames_seen": c.frames_seen,
         "frames_decoded": c.frames_decoded,
@@ -354,7 +354,10 @@ pub fn delete_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError
         }
     };
     match ctx.db.delete_stream(name) {
-        Ok(_) => Ok(Reply::json(200, &json!({ "deleted": name, "recordings_deleted": deleted }))),
+        Ok(_) => {
+            ctx.nvr.detect_switch.forget(name);
+            Ok(Reply::json(200, &json!({ "deleted": name, "recordings_deleted": deleted })))
+        }
         Err(crate::index::db::DbError::InUse { segments, .. }) => Err(restart(
             &mut edit,
             row,

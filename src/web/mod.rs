@@ -33,6 +33,7 @@
 mod api;
 mod assets;
 mod detect;
+mod detection;
 mod events;
 #[doc(hidden)]
 pub mod fuzz;
@@ -423,6 +424,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::StreamOnvif(name), Method::Delete) => onvif::delete_settings(ctx, name, q),
         (Resource::StreamOnvif(name), _) => onvif::get_settings(ctx, name, q),
         (Resource::Ptz(name), _) => onvif::ptz(ctx, name, q, c.body),
+        (Resource::StreamDetection(name), _) => detection::put(ctx, name, q, c.body),
         (Resource::WebRtc(name), _) => webrtc::offer(ctx, name, q, c.body),
         (Resource::Recordings, _) => api::recordings(ctx, q),
         (Resource::RecordingFile(id), _) => media::recording_file(ctx, id, q, c.range),

@@ -28,6 +28,7 @@ impl Host for NvrHost {
             let (spec, st) = (rt.spec(), rt.status());
             let connected = st.state == StreamState::Streaming;
             let record = spec.record.records();
+            let detection = nvr.detect_switch.enabled(&spec.name);
             StreamView {
                 name: spec.name,
                 state: serde_json::to_value(st.state)
@@ -39,6 +40,7 @@ impl Host for NvrHost {
                 connected,
                 fps: st.fps,
                 bitrate_kbps: st.bitrate_kbps,
+                detection,
             }
         });
         views.collect()
@@ -62,6 +64,11 @@ impl Host for NvrHost {
             Err(e) => v["disk_error"] = e.to_string().into(),
         }
         v
+    }
+
+    fn set_detection(&self, stream: &str, on: bool) -> Result<(), String> {
+        let nvr = self.0.upgrade().ok_or("the recorder is stopping")?;
+        super::detection::switch(&nvr, stream, on).map(|_| ()).map_err(|e| e.message)
     }
 
     fn set_recording(&self, stream: &str, on: bool) -> Result<(), String> {

@@ -64,6 +64,8 @@ pub enum Resource {
     StreamOnvif(String),
     /// Pan/tilt/zoom of a stream's ONVIF camera.
     Ptz(String),
+    /// `PUT {"enabled": bool}`: a stream's detection switch (`web::detection`).
+    StreamDetection(String),
     Recordings,
     RecordingFile(String),
     Export,
@@ -129,6 +131,7 @@ impl Resource {
             Resource::OnvifProbe => "/api/onvif/probe",
             Resource::StreamOnvif(_) => "/api/streams/{name}/onvif",
             Resource::Ptz(_) => "/api/streams/{name}/ptz",
+            Resource::StreamDetection(_) => "/api/streams/{name}/detection",
             Resource::Recordings => "/api/recordings",
             Resource::RecordingFile(_) => "/api/recordings/{id}/file",
             Resource::Export => "/api/export.mp4",
@@ -167,6 +170,7 @@ impl Resource {
             | Resource::OnvifProbe
             | Resource::Ptz(_) => &[Post],
             Resource::StreamOnvif(_) => &[Get, Put, Delete],
+            Resource::StreamDetection(_) => &[Put],
             Resource::UserTotpConfirm(_) | Resource::TestStall | Resource::WebhookTest(_) => &[Post],
             Resource::Session(_) | Resource::Key(_) => &[Delete],
             Resource::Users | Resource::Keys | Resource::Streams | Resource::Ota | Resource::Events => &[Get, Post],
@@ -204,7 +208,7 @@ pub fn access(resource: &Resource, method: Method) -> Access {
         (R::Events, Method::Post) | (R::EventEnd(_), _) | (R::Detect, _) => Access::Operator,
         (R::Webhooks | R::WebhookTest(_), _) => Access::Operator,
         (R::OnvifDiscover | R::OnvifProbe | R::Ptz(_), _) => Access::Operator,
-        (R::StreamOnvif(_), Method::Put | Method::Delete) => Access::Operator,
+        (R::StreamOnvif(_), Method::Put | Method::Delete) | (R::StreamDetection(_), _) => Access::Operator,
         (R::Streams | R::Stream(_), Method::Post | Method::Put) | (R::Probe | R::System | R::Memory, _) => {
             Access::Operator
         }
@@ -286,6 +290,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["streams", name, "webrtc"] => Resource::WebRtc(decode(name)),
         ["streams", name, "onvif"] => Resource::StreamOnvif(decode(name)),
         ["streams", name, "ptz"] => Resource::Ptz(decode(name)),
+        ["streams", name, "detection"] => Resource::StreamDetection(decode(name)),
         ["onvif", "discover"] => Resource::OnvifDiscover,
         ["onvif", "probe"] => Resource::OnvifProbe,
         ["recordings"] => Resource::Recordings,
@@ -401,6 +406,7 @@ mod tests {
         assert_eq!(a("POST", "/api/streams/front/ptz"), Access::Operator);
         assert_eq!(a("GET", "/api/streams/front/onvif"), Access::Viewer);
         assert_eq!(a("PUT", "/api/streams/front/onvif"), Access::Operator);
+        assert_eq!(a("PUT", "/api/streams/front/detection"), Access::Operator);
         assert_eq!(a("GET", "/api/events/3/clip"), Access::Viewer);
         assert_eq!(a("GET", "/api/webhooks"), Access::Operator);
         assert_eq!(a("POST", "/api/webhooks/ha/test"), Access::Operator);

@@ -42,6 +42,8 @@ pub struct Nvr {
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
     /// Each detecting stream's counters, set at start-up (`cli::app`).
     pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
+    /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
+    pub detect_switch: crate::detect::switch::Switch,
 }
 
 impl Nvr {
@@ -71,6 +73,7 @@ impl Nvr {
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
             detection: std::sync::OnceLock::new(),
+            detect_switch: Default::default(),
         }
     }
 }

@@ -24,6 +24,8 @@ const S = {}; // shared between tests: browser, admin page, viewer page
 const UNSET = process.env.OXINVR_UNSET_URL || '';
 // The simulated ONVIF camera's HTTP address (tests/onvif-sim/sim.py: it records the SOAP it gets).
 const ONVIF_SIM = process.env.OXINVR_ONVIF_SIM || '';
+// The stream with motion detection on (the camera's moving ball).
+const DETECT = process.env.OXINVR_DETECT_STREAM || '';
 
 // The webhook receiver the recorder's `receiver` hook posts to (scripts/test-browser's config).
 const HOOK_PORT = Number(process.env.OXINVR_HOOK_PORT || 0);
@@ -333,11 +335,95 @@ async function testEvents() {
   const start = recs[recs.length - 1].e - 6000;
   await open(page, `#/events?stream=${STREAM}`);
   const made = await pageApi(page, 'POST', '/api/events', { stream: STREAM, label: 'browser', start_ms: start, duration_s: 2 });
-  const row = `#events-table tr[data-id="${made.id}"]`;
-  await page.waitForSelector(row, { timeout: 10000 });
-  await page.click(row);
+  const card = `#events-grid .event-card[data-id="${made.id}"]`;
+  await page.waitForSelector(card, { timeout: 10000 });
+  await page.click(card);
   await advances(page, '#events-player', 1);
   await shot(page, 'events');
+}
+
+// Detection in the page, on DETECT (the test camera's moving ball, detect = ["motion"]):
+// the live tile's motion badge, the Events grid's thumbnails (loaded) and a clip that plays,
+// paging and the label filter, the timeline's events lane (a click seeks to the event), and
+// the operator's switch that turns detection off (the API says so) and on again.
+async function testDetection() {
+  assert(DETECT, 'OXINVR_DETECT_STREAM is not set (scripts/test-browser gives cam2 detect = ["motion"])');
+  const page = S.admin;
+  const q = `/api/events?stream=${DETECT}&kind=motion`;
+  const first = await until(`a motion event of ${DETECT} with a thumbnail`, async () => {
+    const r = await pageFetch(page, q);
+    return (r.body.events || []).find((e) => e.thumbnail_url);
+  }, 60000, 500);
+  console.log(`    motion event ${first.id} began ${new Date(first.start_ms).toISOString()}${first.end_ms ? '' : ', ongoing'}`);
+
+  await open(page, '#/live');
+  const tile = `.tile[data-stream="${DETECT}"]`;
+  await page.waitForSelector(`${tile} .detections .badge.motion`, { timeout: 15000 });
+  assert(!(await page.$(`.tile[data-stream="${STREAM}"] .detections`)), `${STREAM} detects nothing, yet its tile has a detections badge`);
+  await shot(page, 'live-detections');
+
+  await open(page, `#/events?stream=${DETECT}&kind=motion`);
+  const card = `#events-grid .event-card[data-id="${first.id}"]`;
+  await page.waitForSelector(`${card} img`);
+  const pics = await until('the thumbnails to load', () => page.$$eval('#events-grid .event-card img', (l) => {
+    const done = l.filter((i) => i.complete);
+    return done.length === l.length ? l.map((i) => [i.naturalWidth, i.naturalHeight]) : null;
+  }));
+  assert(pics.length > 0 && pics.every(([w, hh]) => w > 0 && hh > 0), `thumbnails (naturalWidth x naturalHeight): ${JSON.stringify(pics)}`);
+  console.log(`    ${pics.length} thumbnail(s) loaded, the first ${pics[0][0]}x${pics[0][1]}`);
+  await shot(page, 'events-grid');
+  await page.click(card);
+  const [a, b] = await advances(page, '#events-player', 1.5, 30000);
+  const err = await page.$eval('#events-player', (v) => (v.error ? `${v.error.code} ${v.error.message}` : ''));
+  assert(!err, `the clip's video reports an error: ${err}`);
+  console.log(`    clip of event ${first.id}: currentTime ${a.toFixed(2)} -> ${b.toFixed(2)} s`);
+  await shot(page, 'events-clip');
+
+  // Paging and the label filter: 3 events labelled "pagetest", 2 a page.
+  const now = Date.now();
+  for (let i = 0; i < 3; i++) {
+    await pageApi(page, 'POST', '/api/events', { stream: DETECT, label: 'pagetest', start_ms: now - 30000 + i * 1000, duration_s: 1 });
+  }
+  await open(page, '#/events?label=pagetest&limit=2');
+  const cards = () => page.$$eval('#events-grid .event-card', (l) => l.length);
+  await until('2 cards on the first page', async () => (await cards()) === 2);
+  await page.click('#events-more');
+  await until('3 cards after "Older events"', async () => (await cards()) === 3);
+  assert(await page.$eval('#events-more', (e) => e.hidden), '"Older events" is still offered after the last page');
+
+  // The timeline's events lane: a click on the event's bar seeks playback to its start.
+  await open(page, `#/timeline?stream=${DETECT}`);
+  const lane = await until('the events lane to hold the motion event', () => page.$eval('#timeline', (c, id) => {
+    const t = c.timeline;
+    const ev = t.events.find((e) => e.id === id);
+    if (!ev) return null;
+    const r = c.getBoundingClientRect();
+    return { x: r.x + t.xOf(ev.start_ms) + 1, y: r.y + 61, start: ev.start_ms, n: t.events.length, spans: t.spans };
+  }, first.id));
+  const legend = await page.textContent('#tl-legend');
+  assert(new RegExp(`events: ${lane.n} on this day`).test(legend), `the legend says "${legend}" with ${lane.n} events drawn`);
+  await page.mouse.click(lane.x, lane.y);
+  await advances(page, '#tl-video', 1, 30000);
+  const wall = await clockMs(page);
+  assert(wall >= lane.start - 5000 && wall <= lane.start + 20000,
+    `after a click on the event at ${new Date(lane.start).toISOString()} the clock shows ${new Date(wall).toISOString()}`);
+  console.log(`    timeline: ${lane.n} event(s) in the lane; a click on event ${first.id} plays from ${new Date(wall).toISOString()}`);
+  await shot(page, 'timeline-events');
+
+  // The switch: off, the API says enabled=false; on again.
+  await open(page, '#/events');
+  const box = `#detect-switches input[data-stream="${DETECT}"]`;
+  assert(await page.$eval(box, (e) => e.checked), 'the detection switch is not on at first');
+  const enabled = async () => (await pageFetch(page, `/api/streams/${DETECT}`)).body.detection.enabled;
+  await page.click(box);
+  await until('the API to say detection is off', async () => (await enabled()) === false);
+  assert(!(await page.$eval(box, (e) => e.checked)), 'the switch shows on after turning detection off');
+  await shot(page, 'events-detection-off');
+  await open(page, '#/live');
+  await page.waitForSelector(`${tile} .detections .badge.det-off`);
+  await open(page, '#/events');
+  await page.click(box);
+  await until('the API to say detection is on again', async () => (await enabled()) === true);
 }
 
 
@@ -766,6 +852,7 @@ const TESTS = [
   ['4 a recording plays from the timeline, across a file boundary', testTimeline],
   ['5 export downloads an MP4 that ffprobe accepts with the span\'s duration', testExport],
   ['events: a new event is pushed into the list, a click plays its clip', testEvents],
+  ['detection: live motion badge, thumbnails loaded, clip plays, paging, timeline lane seeks, switch off/on', testDetection],
   ['integrations: MQTT state and error, webhooks with their last delivery, the test button reaches a receiver that checks the signature, metrics URL', testIntegrations],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
   ['ONVIF: discover, wrong password named, add a profile, PTZ reaches the camera', testOnvif],
