@@ -42,6 +42,11 @@ pub struct Nvr {
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
     /// Each detecting stream's counters, set at start-up (`cli::app`).
     pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
+    /// The ONVIF event watchers of streams whose camera is an event source,
+    /// with the settings each runs with (`web::onvif::sync_watchers`).
+    pub onvif_watchers: std::sync::Mutex<
+        std::collections::BTreeMap<String, (crate::index::db::OnvifRow, crate::onvif::watch::Watcher)>,
+    >,
 }
 
 impl Nvr {
@@ -71,6 +76,7 @@ impl Nvr {
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
             detection: std::sync::OnceLock::new(),
+            onvif_watchers: Default::default(),
         }
     }
 }
