@@ -309,7 +309,9 @@ fn camera_motion_events_by_pullpoint_survive_the_camera_going_away() {
     let pull = sim.last("PullMessages");
     let sub_url = format!("http://127.0.0.1:{}/onvif/subscription/1", sim.http);
     assert_eq!(pull["to"], sub_url.as_str(), "PullMessages goes to the subscription (WS-Addressing To)");
-    assert_eq!(text_of(pull["body"].as_str().expect("body"), "Timeout").as_deref(), Some("PT3S"));
+    // The long poll is pull_seconds, or less when the renewal (at half the 6 s) comes first.
+    let timeout = text_of(pull["body"].as_str().expect("body"), "Timeout").expect("Timeout");
+    assert!(["PT1S", "PT2S", "PT3S"].contains(&timeout.as_str()), "{timeout}");
     assert!(camera_events(&nvr, "gate").is_empty());
 
     // Motion raised in the camera: one event (two topics say it), ongoing, within the pull timeout.
