@@ -271,6 +271,8 @@ pub struct OnvifConfig {
     pub discovery_ms: u32,
     /// Deadline of each SOAP call to a camera (connect, each read and write).
     pub timeout_ms: u32,
+    /// Long-poll timeout of an event subscription's PullMessages (`onvif::watch`).
+    pub pull_seconds: u32,
 }
 
 impl Default for OnvifConfig {
@@ -280,6 +282,7 @@ impl Default for OnvifConfig {
             interface: "0.0.0.0".into(),
             discovery_ms: 3000,
             timeout_ms: 5000,
+            pull_seconds: 10,
         }
     }
 }
@@ -294,6 +297,7 @@ impl OnvifConfig {
             .map_err(|_| ("onvif.interface".to_string(), format!("{:?} is not an IPv4 address", self.interface)))?;
         range("onvif.discovery_ms", self.discovery_ms, 100, 30_000)?;
         range("onvif.timeout_ms", self.timeout_ms, 100, 60_000)?;
+        range("onvif.pull_seconds", self.pull_seconds, 1, 60)?;
         Ok(())
     }
 }

@@ -91,7 +91,7 @@ fn heap_by_subsystem_stays_true_under_traffic() {
     }
     let s = nvr.req("GET", "/api/system", b"").json();
     let heap = s["memory"]["heap_by_subsystem"].as_object().cloned().unwrap_or_default();
-    assert_eq!(heap.len(), 7, "other, ingest, storage, http, mqtt, detect, webhooks: {s}");
+    assert_eq!(heap.len(), 8, "other, ingest, storage, http, mqtt, detect, webhooks, onvif: {s}");
     for (name, bytes) in &heap {
         assert!(bytes.as_i64().is_some_and(|b| b >= 0), "{name}: {bytes} bytes in {s}");
     }
@@ -135,6 +135,9 @@ fn bad_parameters_are_named() {
     assert_error(&nvr.req("GET", "/api/export.mp4", b""), 400, "stream");
     assert_error(&nvr.req("GET", "/api/recordings/abc/file", b""), 400, "abc");
     assert_error(&nvr.req("DELETE", "/api/streams/x?purge=maybe", b""), 400, "purge");
+    let onvif = br#"{"address": "127.0.0.1:9", "profile": "p", "events": "yes"}"#;
+    assert_error(&nvr.req("PUT", "/api/streams/x/onvif", onvif), 400, "events");
+    assert_error(&nvr.req("POST", "/api/events", br#"{"stream": "x", "kind": "objects"}"#), 400, "kind");
     // Span checks of export need an existing stream.
     let body = br#"{"name":"spans","url":"rtsp://127.0.0.1:9/x","enabled":false}"#;
     assert_eq!(nvr.req("POST", "/api/streams", body).status, 201);

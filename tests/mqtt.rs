@@ -464,3 +464,54 @@ fn mqtts_trusts_the_configured_ca_and_names_a_tls_failure() {
     let e = v["mqtt"]["last_error"].as_str().unwrap_or_default();
     assert!(e.contains("TLS") && e.to_lowercase().contains("certificate"), "{e}");
 }
+
+fn post_json(nvr: &Oxinvr, path: &str, body: &Value) -> Value {
+    let r = nvr
+        .request("POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    assert!(r.status == 200 || r.status == 201, "POST {path}: {} {}", r.status, r.text());
+    r.json()
+}
+
+#[test]
+fn object_counts_per_stream_and_label_follow_open_object_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start(dir.path(), free_port());
+    let cam = Camera::start(&[]);
+    let streams = format!("[[streams]]\nname = \"cam\"\nurl = \"{}\"\n", cam.url("h264"));
+    let sub = broker.subscribe();
+    let nvr = Oxinvr::start(dir.path(), &config(broker.port, PASSWORD, &streams));
+    let person = "oxinvr/testbox/cam/objects/person";
+    let count_is = |n: &'static str| move |p: &str| p == n;
+
+    // Two people and a car, as another detector posts them (kind object).
+    let object = |label: &str| serde_json::json!({"stream": "cam", "kind": "object", "label": label});
+    let first = post_json(&nvr, "/api/events", &object("person"));
+    sub.wait(Duration::from_secs(20), person, count_is("1"));
+    let second = post_json(&nvr, "/api/events", &object("person"));
+    sub.wait(Duration::from_secs(5), person, count_is("2"));
+    let car = post_json(&nvr, "/api/events", &object("car"));
+    sub.wait(Duration::from_secs(5), "oxinvr/testbox/cam/objects/car", count_is("1"));
+    // A manual event is no object: no count for it.
+    post_json(&nvr, "/api/events", &serde_json::json!({"stream": "cam", "label": "doorbell", "duration_s": 1}));
+
+    // Home Assistant gets one sensor per label seen, on the count's topic.
+    let config_topic = "homeassistant/sensor/testbox/cam_person_count/config";
+    let c = sub.wait(Duration::from_secs(5), config_topic, |p| !p.is_empty());
+    let c: Value = serde_json::from_str(&c.payload).expect("config JSON");
+    assert_eq!(c["state_topic"], person, "{c}");
+    assert!(c["unique_id"].as_str().is_some_and(|u| !u.is_empty()) && c["device"].is_object(), "{c}");
+    assert!(check_discovery(&sub) >= 8, "the stream's, the box's and two label sensors");
+
+    // Ends lower the counts, to 0.
+    post_json(&nvr, &format!("/api/events/{}/end", first["id"]), &serde_json::json!({}));
+    sub.wait(Duration::from_secs(5), person, count_is("1"));
+    post_json(&nvr, &format!("/api/events/{}/end", second["id"]), &serde_json::json!({}));
+    post_json(&nvr, &format!("/api/events/{}/end", car["id"]), &serde_json::json!({}));
+    sub.wait(Duration::from_secs(5), person, count_is("0"));
+    sub.wait(Duration::from_secs(5), "oxinvr/testbox/cam/objects/car", count_is("0"));
+    assert!(!sub.all().iter().any(|m| m.topic.ends_with("/objects/doorbell")), "manual events are not counted");
+    // The counts are retained: a new subscriber (Home Assistant restarting) sees 0.
+    let kept = retained(&broker);
+    assert_eq!(retained_payload(&kept, person).as_deref(), Some("0"));
+}

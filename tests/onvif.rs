@@ -1,14 +1,18 @@
-//! ONVIF cameras end to end: a real oxinvr finds a camera by WS-Discovery,
-//! asks it for its profiles with a WS-Security password digest, records the
-//! profile's stream, and moves it (PTZ).
+//! ONVIF cameras end to end: a real oxinvr finds a camera by WS-Discovery
+//! (unicast, and multicast to 239.255.255.250:3702 on loopback), asks it for
+//! its profiles with a WS-Security password digest, records the profile's
+//! stream, moves it (PTZ), and takes the camera's own motion detection as
+//! events (PullPoint subscription).
 //!
 //! Simulated: the ONVIF device itself (tests/onvif-sim/sim.py, run with
-//! /usr/bin/python3): its WS-Discovery answers (unicast on 127.0.0.1, since
-//! multicast may not reach loopback in CI) and its SOAP Device, Media and PTZ
-//! services, answered from documents shaped after the ONVIF WSDLs and common
-//! cameras. It checks the UsernameToken digest for real and records every
-//! request, which the tests read back. Real: the RTSP stream its GetStreamUri
-//! names (scripts/test-camera, GStreamer), oxinvr, SQLite, ffprobe.
+//! /usr/bin/python3): its WS-Discovery answers and its SOAP Device, Media, PTZ
+//! and Events services (with the PullPoint subscriptions and their motion
+//! notifications, raised and cleared by a test knob), answered from
+//! documents shaped after the ONVIF WSDLs and common cameras. It checks the
+//! UsernameToken digest for real and records every request, which the tests
+//! read back. Real: the RTSP stream its GetStreamUri names
+//! (scripts/test-camera, GStreamer), oxinvr, SQLite, ffprobe, the kernel's
+//! multicast on the loopback interface.
 
 mod common;
 
@@ -33,11 +37,17 @@ struct Sim {
 
 impl Sim {
     fn start(cam: &Camera) -> Sim {
+        Sim::start_with(cam, &[])
+    }
+
+    /// With more command line arguments (`--http-port`, `--multicast`, ...).
+    fn start_with(cam: &Camera, args: &[&str]) -> Sim {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/onvif-sim/sim.py");
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args(["--user", USER, "--password", PASSWORD, "--name", "Front%20Gate"])
             .args(["--main-uri", &cam.url("h264"), "--sub-uri", &cam.url("h264")])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -57,6 +67,21 @@ impl Sim {
 
     fn last(&self, op: &str) -> Value {
         self.requests().into_iter().rev().find(|r| r["op"] == op).unwrap_or_else(|| panic!("no {op} request"))
+    }
+
+    fn count(&self, op: &str) -> usize {
+        self.requests().iter().filter(|r| r["op"] == op).count()
+    }
+
+    /// The test knob: the camera's motion detector sees motion, or not.
+    fn motion(&self, on: bool) {
+        let r = http(self.http, "POST", &format!("/sim/motion?on={}", u8::from(on)), &[], b"").expect("/sim/motion");
+        assert_eq!(r.status, 200);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -242,4 +267,147 @@ fn a_wrong_password_is_a_clear_error() {
     assert_eq!(status, 200);
     let (status, v) = post(&nvr, "/api/streams/gate/ptz", &json!({"action": "stop"}));
     assert_eq!(status, 409, "{v}");
+}
+
+/// The stream's ONVIF binding (with the event watcher's status).
+fn onvif_of(nvr: &TempOxinvr, stream: &str) -> Value {
+    nvr.json(&format!("/api/streams/{stream}/onvif"))
+}
+
+/// The events of `stream` labelled `onvif` (the camera's own motion), newest first.
+fn camera_events(nvr: &TempOxinvr, stream: &str) -> Vec<Value> {
+    let v = nvr.json(&format!("/api/events?stream={stream}&kind=motion&label=onvif"));
+    v["events"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn camera_motion_events_by_pullpoint_survive_the_camera_going_away() {
+    let cam = Camera::start(&[]);
+    // The camera grants 6 s however long is asked: only renewals keep the subscription.
+    let mut sim = Sim::start_with(&cam, &["--max-lifetime", "6"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pull_seconds = 3;
+    let config = format!(
+        "[storage]\ndata_dir = \"{{DATA}}\"\nsegment_seconds = 2\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n\
+         pbkdf2_iterations = 1000\n[onvif]\ntimeout_ms = 2000\npull_seconds = {pull_seconds}\n"
+    );
+    let nvr = TempOxinvr::start(dir, &config);
+    let address = format!("127.0.0.1:{}", sim.http);
+    assert_eq!(post(&nvr, "/api/streams", &json!({"name": "gate", "url": cam.url("h264")})).0, 201);
+    let binding = json!({"address": address, "username": USER, "password": PASSWORD, "profile": "Profile_1",
+                         "events": true});
+    let (status, v) = put(&nvr, "/api/streams/gate/onvif", &binding);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["events"], true, "{v}");
+    let within = Duration::from_secs(pull_seconds + 5);
+    poll(within, "the camera's events subscribed", || onvif_of(&nvr, "gate")["events_status"]["state"] == "subscribed");
+    let create = sim.last("CreatePullPointSubscription");
+    assert_eq!(create["auth"], "ok", "the subscription carries the digest: {create}");
+    assert_eq!(text_of(create["body"].as_str().expect("body"), "InitialTerminationTime").as_deref(), Some("PT60S"));
+    // The "Initialized" state (no motion) opens nothing.
+    poll(within, "a PullMessages long poll", || sim.count("PullMessages") >= 1);
+    let pull = sim.last("PullMessages");
+    let sub_url = format!("http://127.0.0.1:{}/onvif/subscription/1", sim.http);
+    assert_eq!(pull["to"], sub_url.as_str(), "PullMessages goes to the subscription (WS-Addressing To)");
+    // The long poll is pull_seconds, or less when the renewal (at half the 6 s) comes first.
+    let timeout = text_of(pull["body"].as_str().expect("body"), "Timeout").expect("Timeout");
+    assert!(["PT1S", "PT2S", "PT3S"].contains(&timeout.as_str()), "{timeout}");
+    assert!(camera_events(&nvr, "gate").is_empty());
+
+    // Motion raised in the camera: one event (two topics say it), ongoing, within the pull timeout.
+    sim.motion(true);
+    poll(within, "the camera's motion as an ongoing event", || {
+        camera_events(&nvr, "gate").first().is_some_and(|e| e["ongoing"] == true)
+    });
+    let events = camera_events(&nvr, "gate");
+    assert_eq!(events.len(), 1, "{events:?}");
+    let id = events[0]["id"].as_i64().expect("id");
+    assert_eq!(onvif_of(&nvr, "gate")["events_status"]["motion"], true);
+    // Cleared: the event ends.
+    sim.motion(false);
+    poll(within, "the event ends when the camera's motion does", || {
+        nvr.json(&format!("/api/events/{id}"))["ongoing"] == false
+    });
+    assert_eq!(camera_events(&nvr, "gate").len(), 1);
+    // Renewed before it terminates: still the first subscription well past its 6 s.
+    poll(Duration::from_secs(20), "two renewals", || sim.count("Renew") >= 2);
+    std::thread::sleep(Duration::from_secs(4));
+    let st = onvif_of(&nvr, "gate")["events_status"].clone();
+    assert_eq!((st["state"].as_str(), st["subscriptions"].as_u64()), (Some("subscribed"), Some(1)), "{st}");
+    assert!(st["renewals"].as_u64() >= Some(2), "{st}");
+    assert_eq!(sim.last("Renew")["to"], sub_url.as_str());
+
+    // The camera goes away: recording goes on, the status says why.
+    let segments = |nvr: &TempOxinvr| common::mp4_files(&nvr.data_dir.join("recordings/gate")).len();
+    let port = sim.http.to_string();
+    sim.stop();
+    poll(within, "the watcher's error", || {
+        let st = &onvif_of(&nvr, "gate")["events_status"];
+        st["state"] == "error" && st["last_error"].as_str().is_some_and(|e| !e.is_empty())
+    });
+    let before = segments(&nvr);
+    poll(Duration::from_secs(20), "segments recorded while the camera's events are down", || {
+        segments(&nvr) >= before + 2
+    });
+    // Back (same address, a fresh device without our subscription): subscribed again, motion works.
+    let sim = Sim::start_with(&cam, &["--http-port", &port, "--max-lifetime", "6"]);
+    poll(Duration::from_secs(45), "subscribed again after the camera came back", || {
+        let st = onvif_of(&nvr, "gate")["events_status"].clone();
+        st["state"] == "subscribed" && st["subscriptions"].as_u64() >= Some(2)
+    });
+    sim.motion(true);
+    poll(within, "motion after resubscribing", || camera_events(&nvr, "gate").len() == 2);
+
+    // Events off: the watcher unsubscribes and its open event ends.
+    let off = json!({"address": address, "username": USER, "profile": "Profile_1", "events": false});
+    let (status, v) = put(&nvr, "/api/streams/gate/onvif", &off);
+    assert_eq!(status, 200, "{v}");
+    assert!(v["events_status"].is_null(), "{v}");
+    poll(within, "an Unsubscribe", || sim.count("Unsubscribe") == 1);
+    poll(within, "the open event ends with the watcher", || {
+        camera_events(&nvr, "gate").iter().all(|e| e["ongoing"] == false)
+    });
+    assert!(!nvr.log().contains(PASSWORD), "the password is not logged");
+}
+
+#[test]
+fn events_need_a_camera_with_an_events_service_and_a_boolean() {
+    let cam = Camera::start(&[]);
+    let sim = Sim::start_with(&cam, &["--no-events"]);
+    let nvr = start_nvr(&sim);
+    assert_eq!(post(&nvr, "/api/streams", &json!({"name": "gate", "url": cam.url("h264")})).0, 201);
+    let address = format!("127.0.0.1:{}", sim.http);
+    let mut body = json!({"address": address, "username": USER, "password": PASSWORD, "profile": "Profile_1",
+                          "events": "yes"});
+    let (status, v) = put(&nvr, "/api/streams/gate/onvif", &body);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("events")), "{v}");
+    body["events"] = json!(true);
+    let (status, v) = put(&nvr, "/api/streams/gate/onvif", &body);
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("no Events service")), "{v}");
+    assert_eq!(nvr.get("/api/streams/gate/onvif").expect("get").status, 404, "nothing saved");
+}
+
+#[test]
+fn discovery_over_real_multicast_on_loopback() {
+    // The simulator joins 239.255.255.250 on lo and listens on WS-Discovery's port;
+    // oxinvr sends its Probe to the group from [onvif] interface = 127.0.0.1 (the
+    // kernel sends a multicast datagram from a bound address out of that address's
+    // interface), and the answer comes back unicast.
+    let cam = Camera::start(&[]);
+    let sim = Sim::start_with(&cam, &["--multicast", "--discovery-port", "3702"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "[storage]\ndata_dir = \"{DATA}\"\n[web]\nlisten = \"127.0.0.1:{PORT}\"\npbkdf2_iterations = 1000\n\
+                  [onvif]\ndiscovery_target = \"239.255.255.250:3702\"\ninterface = \"127.0.0.1\"\ndiscovery_ms = 1500\n";
+    let nvr = TempOxinvr::start(dir, config);
+    let (status, v) = post(&nvr, "/api/onvif/discover", &json!({}));
+    assert_eq!(status, 200, "{v}");
+    // Another simulator on this machine may answer too: ours is the one at our port.
+    let ours = format!("http://127.0.0.1:{}/onvif/device_service", sim.http);
+    let devices = v["devices"].as_array().expect("devices");
+    let found = devices.iter().find(|d| d["address"] == ours.as_str()).unwrap_or_else(|| panic!("not found: {v}"));
+    assert_eq!(found["name"], "Front Gate", "{v}");
+    let probe = sim.last("Probe");
+    assert!(probe["body"].as_str().is_some_and(|b| b.contains("NetworkVideoTransmitter")), "{probe}");
 }

@@ -27,11 +27,13 @@ pub enum Subsystem {
     Detect = 5,
     /// Webhook deliveries (`webhook-N` threads, `notify::webhook`).
     Webhooks = 6,
+    /// ONVIF event subscriptions (`onvif-NAME` threads, `onvif::watch`).
+    Onvif = 7,
 }
 
-const NAMES: [&str; 7] = ["other", "ingest", "storage", "http", "mqtt", "detect", "webhooks"];
+const NAMES: [&str; 8] = ["other", "ingest", "storage", "http", "mqtt", "detect", "webhooks", "onvif"];
 
-static BYTES: [AtomicUsize; 7] = [const { AtomicUsize::new(0) }; 7];
+static BYTES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 
 /// Bytes C code holds outside this allocator, as its Rust owners estimate
 /// them (OpenH264's pictures: see `detect::decode`).
@@ -65,6 +67,8 @@ pub fn current_subsystem() -> Subsystem {
         3 => Subsystem::Http,
         4 => Subsystem::Mqtt,
         5 => Subsystem::Detect,
+        6 => Subsystem::Webhooks,
+        7 => Subsystem::Onvif,
         _ => Subsystem::Other,
     }
 }

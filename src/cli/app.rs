@@ -3,12 +3,14 @@
 //! Start: config -> data dir -> database (migrations) -> streams from the
 //! config upserted -> reconcile rows and files -> storage thread -> executor ->
 //! streams started in priority order -> detection threads (streams with
-//! `detect = ["motion"]`) -> MQTT (`[mqtt] url`) -> webhooks (`[[webhooks]]`) -> HTTP. With `storage.require_mount`
+//! `detect = ["motion"]`) -> MQTT (`[mqtt] url`) -> webhooks (`[[webhooks]]`) -> ONVIF event
+//! watchers (streams whose camera has `events` on) -> HTTP. With `storage.require_mount`
 //! and no disk mounted on the data directory, only `web::no_disk` (nothing
 //! records, nothing is written).
 //! Stop (SIGTERM/SIGINT, taken by sigwait in the main thread): HTTP stops
 //! accepting (workers still busy with a client are not waited for past 0.25 s),
-//! MQTT says `offline` (0.5 s at most), webhook threads are told to stop (not waited for),
+//! MQTT says `offline` (0.5 s at most), ONVIF event watchers end their open events and are told
+//! to stop, webhook threads are told to stop (not waited for),
 //! ingest drops every session, the storage thread drains the rings, writes the
 //! pending fragments, syncs and closes the segments (10 s at most), the
 //! watchdog is disarmed (magic close) if all of that finished, then exit.
@@ -184,6 +186,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     start_go2rtc(&nvr, &cfg, &clock)?;
     web::mqtt::start(&nvr).map_err(Error::internal)?;
     web::webhooks::start(&nvr).map_err(Error::internal)?;
+    start_onvif_events(&nvr);
     let detectors = start_detection(&nvr, &cfg, &clock);
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
@@ -208,6 +211,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     if let Some(m) = nvr.mqtt.get() {
         m.stop(MQTT_STOP);
     }
+    web::onvif::stop_watchers(&nvr);
     if let Some(w) = nvr.webhooks.get() {
         w.stop();
     }
@@ -233,6 +237,23 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     }
     log::info!("stopped in {:?}", began.elapsed());
     Ok(())
+}
+
+/// Starts an `onvif-NAME` thread for each stream whose ONVIF camera is its
+/// event source. A failure is logged: recording goes on without those events.
+fn start_onvif_events(nvr: &Nvr) {
+    let started = Db::open(&nvr.config.db_path())
+        .map_err(|e| e.to_string())
+        .and_then(|db| web::onvif::sync_watchers(nvr, &db).map_err(|e| e.message));
+    match started {
+        Ok(()) => {
+            let n = nvr.onvif_watchers.lock().map(|w| w.len()).unwrap_or(0);
+            if n > 0 {
+                log::info!("onvif events: watching {n} camera(s)");
+            }
+        }
+        Err(e) => log::error!("onvif events not started: {e}"),
+    }
 }
 
 /// Starts a `detect-NAME` thread on the ring of each configured stream with

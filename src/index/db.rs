@@ -242,6 +242,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE streams ADD COLUMN schedule TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(schedule));
     "#,
+    // 12: a stream's camera may be its motion event source (ONVIF PullPoint, `onvif::watch`).
+    r#"
+    ALTER TABLE onvif ADD COLUMN events INTEGER NOT NULL DEFAULT 0 CHECK (events IN (0, 1));
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock

@@ -1,6 +1,7 @@
 //! Topic names and Home Assistant MQTT discovery configs: a device per box,
 //! and per stream a motion binary_sensor, a recording-state sensor, switches
-//! for recording and detection, and a camera fed by the snapshot topic.
+//! for recording and detection, a camera fed by the snapshot topic, and a
+//! sensor per object label seen on the stream (the count of open events).
 //!
 //! Invariants: pure (names in, JSON out); every config carries `unique_id`,
 //! `device`, `availability_topic` and `state_topic`, and every topic it names is
@@ -38,6 +39,23 @@ impl Names {
     /// `<prefix>/<stream>/<leaf>`.
     pub fn stream(&self, stream: &str, leaf: &str) -> String {
         format!("{}/{stream}/{leaf}", self.prefix)
+    }
+
+    /// `<prefix>/<stream>/objects/<label>`: the count of open object events
+    /// (a level of its own, so no label can clash with a stream's other topics).
+    pub fn object_count(&self, stream: &str, label: &str) -> String {
+        format!("{}/{stream}/objects/{label}", self.prefix)
+    }
+
+    /// The sensor of a label's object count on a stream (topic, config).
+    pub fn object_config(&self, stream: &str, label: &str) -> (String, Value) {
+        self.config(
+            "sensor",
+            &format!("{stream}_{label}_count"),
+            &format!("{stream} {label} count"),
+            json!({ "state_topic": self.object_count(stream, label), "state_class": "measurement",
+                    "unit_of_measurement": "objects", "icon": "mdi:counter" }),
+        )
     }
 
     /// Home Assistant's birth and last will topic.
@@ -140,8 +158,13 @@ mod tests {
     #[test]
     fn every_config_has_the_fields_home_assistant_needs_under_our_prefix() {
         let n = Names { node: "nvr.lab".into(), prefix: "oxinvr/nvr.lab".into(), discovery: "homeassistant".into() };
-        let all: Vec<_> = n.box_configs().into_iter().chain(n.stream_configs("front.door")).collect();
-        assert_eq!(all.len(), 6);
+        let all: Vec<_> = n
+            .box_configs()
+            .into_iter()
+            .chain(n.stream_configs("front.door"))
+            .chain([n.object_config("front.door", "person")])
+            .collect();
+        assert_eq!(all.len(), 7);
         let mut ids = std::collections::BTreeSet::new();
         for (topic, c) in &all {
             assert!(topic.starts_with("homeassistant/") && topic.ends_with("/config"), "{topic}");

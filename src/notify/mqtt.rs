@@ -1,5 +1,6 @@
 //! The MQTT client: availability with a last will, Home Assistant discovery,
-//! the streams' status, motion and switches, the box's figures, events; and the
+//! the streams' status, motion and switches, per stream and label the count of
+//! open object events, the box's figures, events; and the
 //! commands Home Assistant sends back (recording and detection on/off, a
 //! manual event).
 //!
@@ -14,7 +15,7 @@
 //! the current state whatever was lost. Commands are taken only under the
 //! box's prefix, never from a retained message, and each is logged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -149,7 +150,13 @@ struct Shared {
     last_error_ms: Option<i64>,
     connects: u64,
     published: u64,
+    /// The open object events per stream and label (a label stays, at 0,
+    /// once seen: its Home Assistant sensor exists until the stream goes).
+    objects: Objects,
 }
+
+/// Stream -> label -> ids of its open object events.
+type Objects = BTreeMap<String, BTreeMap<String, BTreeSet<i64>>>;
 
 /// The running client's handle.
 pub struct Mqtt {
@@ -206,6 +213,7 @@ impl Mqtt {
                 last_error_ms: None,
                 connects: 0,
                 published: 0,
+                objects: BTreeMap::new(),
             }),
             wake: tokio::sync::Notify::new(),
             connected: AtomicBool::new(false),
@@ -253,6 +261,34 @@ impl Mqtt {
             self.shared().outbox.set(Class::State, &self.settings.names.stream(stream, "motion"), on_off(on));
             self.wake.notify_one();
         }
+    }
+
+    /// Object event `id` of `stream` with `label` is open (began) or not
+    /// (ended, deleted): `<prefix>/<stream>/objects/<label>` carries how
+    /// many of that label are open (retained), and a label seen for the first
+    /// time gets its Home Assistant sensor.
+    pub fn object_event(&self, stream: &str, label: &str, id: i64, open: bool) {
+        if !topic_part_ok(stream) || !topic_part_ok(label) {
+            return;
+        }
+        let names = &self.settings.names;
+        let mut sh = self.shared();
+        let Shared { objects, outbox, .. } = &mut *sh;
+        let labels = objects.entry(stream.to_string()).or_default();
+        if !labels.contains_key(label) {
+            let (topic, config) = names.object_config(stream, label);
+            outbox.set(Class::Discovery, &topic, config.to_string());
+        }
+        let ids = labels.entry(label.to_string()).or_default();
+        if open {
+            ids.insert(id);
+        } else {
+            ids.remove(&id);
+        }
+        let count = ids.len().to_string();
+        outbox.set(Class::State, &names.object_count(stream, label), count);
+        drop(sh);
+        self.wake.notify_one();
     }
 
     /// A stream's latest snapshot (JPEG) for the Home Assistant camera entity.
@@ -503,7 +539,9 @@ async fn publish(mqtt: Arc<Mqtt>, host: Arc<dyn Host>, client: AsyncClient) {
         let figures = mirror.box_due(now).then(|| host.box_figures());
         {
             let mut sh = mqtt.shared();
-            mirror.tick(now, &views, &mut sh.outbox, figures);
+            let Shared { outbox, objects, .. } = &mut *sh;
+            mirror.tick(now, &views, outbox, figures);
+            forget_objects(&views, &mirror.names, objects, outbox);
         }
         while mqtt.is_connected() {
             let Some(m) = mqtt.shared().outbox.pop() else { break };
@@ -572,6 +610,20 @@ impl Mirror {
             self.streams.remove(&name);
         }
     }
+}
+
+/// Removes the object counts and sensors of streams that are gone.
+fn forget_objects(views: &[StreamView], names: &Names, objects: &mut Objects, out: &mut Outbox) {
+    objects.retain(|stream, labels| {
+        if views.iter().any(|v| &v.name == stream) {
+            return true;
+        }
+        for label in labels.keys() {
+            out.set(Class::Discovery, &names.object_config(stream, label).0, "");
+            out.set(Class::State, &names.object_count(stream, label), "");
+        }
+        false
+    });
 }
 
 /// Worth a message: a state, switch or connection change, 1 fps, or 20 % bitrate.
@@ -692,5 +744,38 @@ mod tests {
         m.set_trigger_hook(Box::new(move |stream, ev| lock(&s2).push((stream.to_string(), ev["detail"].clone()))));
         m.on_message(&host, "oxinvr/box/door/trigger", b"{\"label\":\"test\"}", false);
         assert_eq!(*lock(&seen), vec![("door".to_string(), json!({"label": "test"}))]);
+    }
+
+    #[test]
+    fn object_counts_follow_open_events_per_label_and_go_with_their_stream() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::base::clock::SimulatedClock::new(1_800_000_000_000));
+        let s = Settings::from_config(
+            &MqttConfig { url: "mqtt://127.0.0.1".into(), name: "box".into(), ..Default::default() },
+            "ignored",
+        )
+        .expect("valid")
+        .expect("on");
+        let m = Mqtt::new(s, clock);
+        let count = |label: &str| {
+            m.shared().outbox.get(Class::State, &format!("oxinvr/box/door/objects/{label}")).map(|p| p.to_vec())
+        };
+        m.object_event("door", "person", 1, true);
+        m.object_event("door", "person", 2, true);
+        m.object_event("door", "car", 3, true);
+        assert_eq!(count("person").as_deref(), Some(&b"2"[..]));
+        m.object_event("door", "person", 1, false);
+        m.object_event("door", "person", 1, false);
+        assert_eq!(count("person").as_deref(), Some(&b"1"[..]), "an end told twice counts once");
+        m.object_event("door", "car", 3, false);
+        assert_eq!(count("car").as_deref(), Some(&b"0"[..]));
+        let config = "homeassistant/sensor/box/door_person_count/config";
+        assert!(m.shared().outbox.get(Class::Discovery, config).is_some_and(|c| !c.is_empty()));
+        m.object_event("do/or", "person", 4, true);
+        assert_eq!(m.shared().objects.len(), 1, "a stream name that is not a topic level is ignored");
+        let mut sh = m.shared();
+        let Shared { objects, outbox, .. } = &mut *sh;
+        forget_objects(&[], &names(), objects, outbox);
+        assert!(objects.is_empty());
+        assert!(outbox.get(Class::Discovery, config).is_some_and(<[u8]>::is_empty), "sensor removed");
     }
 }

@@ -35,11 +35,12 @@ pub struct DeviceInfo {
     pub hardware_id: String,
 }
 
-/// Where the Media and PTZ services are (from `GetCapabilities`).
+/// Where the Media, PTZ and Events services are (from `GetCapabilities`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Services {
     pub media: Option<String>,
     pub ptz: Option<String>,
+    pub events: Option<String>,
 }
 
 /// A media profile (`trt:Profiles`).
@@ -74,6 +75,20 @@ impl Camera {
         soap::call(url, op, body, self.creds.as_ref(), self.now_ms, self.deadline)
     }
 
+    /// A call with WS-Addressing headers and its own deadline (a long poll
+    /// waits longer than a plain call).
+    pub fn call_addressed(
+        &self,
+        url: &str,
+        op: &str,
+        body: &str,
+        action: &str,
+        deadline: Duration,
+    ) -> Result<String, Error> {
+        let wsa = soap::Addressing { action, to: url };
+        soap::call_addressed(url, op, body, self.creds.as_ref(), self.now_ms, deadline, Some(wsa))
+    }
+
     pub fn device_information(&self) -> Result<DeviceInfo, Error> {
         let op = "GetDeviceInformation";
         let xml = self.call(&self.device_url, op, "<tds:GetDeviceInformation/>")?;
@@ -99,7 +114,7 @@ impl Camera {
         let xaddr = |service: &str| {
             child(caps, service).and_then(|s| child_text(s, "XAddr")).filter(|a| !a.is_empty()).map(str::to_string)
         };
-        let s = Services { media: xaddr("Media"), ptz: xaddr("PTZ") };
+        let s = Services { media: xaddr("Media"), ptz: xaddr("PTZ"), events: xaddr("Events") };
         if s.media.is_none() {
             return Err(Error::upstream(format!("ONVIF {op} at {}: the camera has no Media service", self.device_url)));
         }

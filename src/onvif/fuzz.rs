@@ -1,6 +1,7 @@
 //! Fuzz entry point (`fuzz/fuzz_targets/onvif.rs`, docs/FUZZING.md): `data` as
 //! what a camera or a device on the LAN sends back — a SOAP answer (fault,
-//! device information, profiles, presets) or a WS-Discovery ProbeMatches.
+//! device information, profiles, presets, PullPoint subscriptions and
+//! notifications) or a WS-Discovery ProbeMatches.
 //! Invariant checked: nothing panics, and a parsed ProbeMatch always has an
 //! endpoint and at least one address.
 
@@ -11,6 +12,8 @@ pub fn answers(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let _ = super::soap::fault(text);
     super::device::parse_all(text);
+    let _ = super::pullpoint::parse_subscription(text);
+    let _ = super::pullpoint::parse_pulled(text);
     // The RelatesTo of the answer itself, so the fuzzer can reach the matches.
     let id = roxmltree::Document::parse(text)
         .ok()

@@ -3,12 +3,14 @@
 //! profiles, stream and snapshot URIs) and move it (PTZ), so a camera is
 //! added from a list instead of a typed RTSP URL.
 //!
-//! Layer: above appliance, below notify and web; names only `base`. The web
+//! Layer: above appliance, below notify and web; names `base`, and `events`
+//! and `index` (the event store `watch` opens camera motion events in). The web
 //! layer stores a stream's ONVIF settings (`index::db`) and calls in here.
 //!
 //! Invariants:
-//! - Every network call has a deadline; nothing here starts a thread or
-//!   keeps a socket after returning.
+//! - Every network call has a deadline; nothing here but `watch` starts a
+//!   thread or keeps a socket after returning (`watch` keeps one PullPoint
+//!   subscription per stream with `events` on, in its own thread).
 //! - Passwords travel only as WS-Security digests and never appear in an
 //!   error, a log line or a `Debug` print (`soap::Credentials`).
 //! - SOAP is parsed with an XML parser (roxmltree), never by string search.
@@ -17,7 +19,9 @@ pub mod device;
 pub mod discovery;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod pullpoint;
 pub mod soap;
+pub mod watch;
 
 use device::{Camera, DeviceInfo, Profile, Services};
 

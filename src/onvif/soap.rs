@@ -85,11 +85,42 @@ const NAMESPACES: &str = concat!(
     r#"xmlns:tds="http://www.onvif.org/ver10/device/wsdl" "#,
     r#"xmlns:trt="http://www.onvif.org/ver10/media/wsdl" "#,
     r#"xmlns:tptz="http://www.onvif.org/ver20/ptz/wsdl" "#,
+    r#"xmlns:tev="http://www.onvif.org/ver10/events/wsdl" "#,
+    r#"xmlns:wsnt="http://docs.oasis-open.org/wsn/b-2" "#,
+    r#"xmlns:wsa="http://www.w3.org/2005/08/addressing" "#,
     r#"xmlns:tt="http://www.onvif.org/ver10/schema""#
 );
 
 /// A whole SOAP envelope around `body` (one request element).
 pub fn envelope(body: &str, creds: Option<&Credentials>, now_ms: i64) -> Result<String, Error> {
+    envelope_with(body, creds, now_ms, None)
+}
+
+/// WS-Addressing headers: the operation's `Action` URI and the endpoint
+/// (`To`). The Events service's subscription managers are told apart by
+/// `To` on cameras that serve them all at one URL.
+#[derive(Debug, Clone, Copy)]
+pub struct Addressing<'a> {
+    pub action: &'a str,
+    pub to: &'a str,
+}
+
+fn addressing_header(a: Addressing<'_>) -> String {
+    format!(
+        r#"<wsa:Action s:mustUnderstand="1">{}</wsa:Action><wsa:To s:mustUnderstand="1">{}</wsa:To>"#,
+        esc(a.action),
+        esc(a.to)
+    )
+}
+
+/// [`envelope`] with WS-Addressing headers when `addressing` is given.
+pub fn envelope_with(
+    body: &str,
+    creds: Option<&Credentials>,
+    now_ms: i64,
+    addressing: Option<Addressing<'_>>,
+) -> Result<String, Error> {
+    let wsa = addressing.map(addressing_header).unwrap_or_default();
     let header = match creds.filter(|c| !c.username.is_empty()) {
         None => String::new(),
         Some(c) => {
@@ -101,7 +132,7 @@ pub fn envelope(body: &str, creds: Option<&Credentials>, now_ms: i64) -> Result<
         }
     };
     Ok(format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><s:Envelope {NAMESPACES}><s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"#
+        r#"<?xml version="1.0" encoding="UTF-8"?><s:Envelope {NAMESPACES}><s:Header>{wsa}{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"#
     ))
 }
 
@@ -116,7 +147,20 @@ pub fn call(
     now_ms: i64,
     deadline: Duration,
 ) -> Result<String, Error> {
-    let doc = envelope(body, creds, now_ms)?;
+    call_addressed(url, op, body, creds, now_ms, deadline, None)
+}
+
+/// [`call`] with WS-Addressing headers (the Events service wants them).
+pub fn call_addressed(
+    url: &str,
+    op: &str,
+    body: &str,
+    creds: Option<&Credentials>,
+    now_ms: i64,
+    deadline: Duration,
+    addressing: Option<Addressing<'_>>,
+) -> Result<String, Error> {
+    let doc = envelope_with(body, creds, now_ms, addressing)?;
     let ct = "application/soap+xml; charset=utf-8";
     let r =
         httpclient::post_buffered(url, ct, doc.as_bytes(), deadline).map_err(|e| e.context(format!("ONVIF {op}")))?;

@@ -356,6 +356,10 @@ pub fn delete_stream(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError
     match ctx.db.delete_stream(name) {
         Ok(_) => {
             ctx.nvr.detect_switch.forget(name);
+            // Its ONVIF binding went with it (cascade): so does its event watcher.
+            if let Err(e) = super::onvif::sync_watchers(ctx.nvr, ctx.db) {
+                log::warn!("stream {name}: ONVIF event watchers not updated: {}", e.message);
+            }
             Ok(Reply::json(200, &json!({ "deleted": name, "recordings_deleted": deleted })))
         }
         Err(crate::index::db::DbError::InUse { segments, .. }) => Err(restart(

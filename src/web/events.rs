@@ -163,7 +163,9 @@ pub(super) fn new_event(m: &Map<String, Value>, now_ms: i64) -> Result<NewEvent,
     let kind = match string_field(m, "kind")?.as_deref() {
         None | Some("manual") => EventKind::Manual,
         Some("external") => EventKind::External,
-        Some(k) => return Err(ApiError::bad_request(format!("field kind: {k:?} is not manual or external"))),
+        // An object another detector saw (it counts in MQTT's object counts like detection's).
+        Some("object") => EventKind::Object,
+        Some(k) => return Err(ApiError::bad_request(format!("field kind: {k:?} is not manual, external or object"))),
     };
     let label = string_field(m, "label")?.unwrap_or_else(|| kind.as_str().to_owned());
     if label.is_empty() || label.len() > MAX_LABEL || label.chars().any(char::is_control) {
@@ -206,7 +208,7 @@ pub(super) fn new_event(m: &Map<String, Value>, now_ms: i64) -> Result<NewEvent,
     Ok(NewEvent { stream, kind, label, score, zones, start_ms, end_ms, best_box })
 }
 
-/// `POST /api/events`: a manual or external event, ongoing unless `duration_s` is given.
+/// `POST /api/events`: a manual, external or object event, ongoing unless `duration_s` is given.
 pub fn create(ctx: &Ctx, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let e = new_event(&json_object(body)?, ctx.nvr.clock.now_ms())?;

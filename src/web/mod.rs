@@ -42,7 +42,7 @@ mod media;
 pub mod metrics;
 pub mod mqtt;
 pub mod no_disk;
-mod onvif;
+pub mod onvif;
 mod openapi;
 mod ota;
 mod permit;

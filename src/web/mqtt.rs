@@ -110,8 +110,8 @@ pub fn start(nvr: &Arc<Nvr>) -> Result<(), String> {
 const MAX_SNAPSHOT: u64 = 1 << 20;
 
 /// Until the recorder is gone: each event notice to MQTT as JSON, motion
-/// events as the stream's `motion` ON/OFF, a new event's snapshot as the
-/// stream's picture.
+/// events as the stream's `motion` ON/OFF, object events as the stream's
+/// per-label counts, a new event's snapshot as the stream's picture.
 fn forward_events(weak: &Weak<Nvr>, sub: &Subscription, mqtt: &Mqtt) {
     loop {
         let Some(notice) = sub.next(std::time::Duration::from_secs(1)) else {
@@ -127,6 +127,9 @@ fn forward_events(weak: &Weak<Nvr>, sub: &Subscription, mqtt: &Mqtt) {
         mqtt.publish_event(&v);
         if e.kind == EventKind::Motion {
             mqtt.set_motion(&e.stream, began && e.end_ms.is_none());
+        }
+        if e.kind == EventKind::Object {
+            mqtt.object_event(&e.stream, &e.label, e.id, began && e.end_ms.is_none());
         }
         if let (true, Some(rel)) = (began, &e.snapshot) {
             let path = nvr.config.storage.data_dir.join(rel);

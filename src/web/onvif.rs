@@ -3,7 +3,8 @@
 //! - `POST /api/onvif/probe` (operator): one camera with its credentials, its
 //!   device information and profiles with stream and snapshot URIs;
 //! - `GET|PUT|DELETE /api/streams/{name}/onvif`: the camera behind a stream
-//!   (PUT checks it answers with those credentials and has the profile);
+//!   (PUT checks it answers with those credentials and has the profile, and
+//!   with `events` an Events service); GET adds the event watcher's status;
 //! - `POST /api/streams/{name}/ptz` (operator): move, stop, presets.
 //!
 //! Invariants:
@@ -11,6 +12,9 @@
 //!   only their digest, so its errors cannot quote them either).
 //! - Each camera call has the `[onvif] timeout_ms` deadline; at most
 //!   `MAX_RUNNING` ONVIF requests hold an http worker at once (503 beyond).
+//! - The running event watchers (`onvif::watch`) match the `onvif` rows with
+//!   `events` on: [`sync_watchers`] runs at start-up and after every change
+//!   of a binding or a stream's removal.
 
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -26,6 +30,7 @@ use crate::index::db::OnvifRow;
 use crate::onvif::device::{Camera, Velocity};
 use crate::onvif::discovery;
 use crate::onvif::soap::Credentials;
+use crate::onvif::watch;
 
 /// ONVIF requests running at once; each holds an http worker for up to a few deadlines.
 const MAX_RUNNING: usize = 2;
@@ -140,9 +145,44 @@ pub fn probe(ctx: &Ctx, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &v))
 }
 
-fn settings_json(name: &str, o: &OnvifRow) -> Value {
+fn settings_json(ctx: &Ctx, name: &str, o: &OnvifRow) -> Value {
+    let watchers = ctx.nvr.onvif_watchers.lock().unwrap_or_else(|p| p.into_inner());
+    let status = watchers.get(name).map(|(_, w)| w.status());
     json!({ "stream": name, "device_url": o.device_url, "username": o.username, "profile": o.profile,
-            "ptz": o.ptz_url.is_some() })
+            "ptz": o.ptz_url.is_some(), "events": o.events, "events_status": status })
+}
+
+/// Stops every event watcher, ending their open events (the recorder exits).
+pub fn stop_watchers(nvr: &super::state::Nvr) {
+    let all = std::mem::take(&mut *nvr.onvif_watchers.lock().unwrap_or_else(|p| p.into_inner()));
+    for (_, (_, w)) in all {
+        w.stop();
+    }
+}
+
+/// Starts, restarts (settings changed) and stops event watchers so that one
+/// runs for each stream whose ONVIF camera has `events` on, and no other.
+pub fn sync_watchers(nvr: &super::state::Nvr, db: &crate::index::db::Db) -> Result<(), ApiError> {
+    let want = db.onvif_event_sources()?;
+    let mut running = nvr.onvif_watchers.lock().unwrap_or_else(|p| p.into_inner());
+    running.retain(|name, (row, _)| want.iter().any(|(n, r)| n == name && r == row));
+    for (name, row) in want {
+        if running.contains_key(&name) {
+            continue;
+        }
+        let settings = watch::Settings {
+            stream: name.clone(),
+            device_url: row.device_url.clone(),
+            creds: Some(Credentials { username: row.username.clone(), password: row.password.clone() })
+                .filter(|c| !c.username.is_empty()),
+            deadline: Duration::from_millis(u64::from(nvr.config.onvif.timeout_ms)),
+            pull: Duration::from_secs(u64::from(nvr.config.onvif.pull_seconds)),
+        };
+        let w = watch::Watcher::spawn(settings, nvr.events.clone(), nvr.clock.clone())
+            .map_err(|e| ApiError::internal(format!("cannot start the ONVIF events thread of {name}: {e}")))?;
+        running.insert(name, (row, w));
+    }
+    Ok(())
 }
 
 fn settings_of(ctx: &Ctx, name: &str) -> Result<OnvifRow, ApiError> {
@@ -157,14 +197,19 @@ fn settings_of(ctx: &Ctx, name: &str) -> Result<OnvifRow, ApiError> {
 /// `GET /api/streams/{name}/onvif`: the settings, without the password.
 pub fn get_settings(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
-    Ok(Reply::json(200, &settings_json(name, &settings_of(ctx, name)?)))
+    Ok(Reply::json(200, &settings_json(ctx, name, &settings_of(ctx, name)?)))
 }
 
-/// `PUT /api/streams/{name}/onvif` `{"address", "username"?, "password"?, "profile"}`:
+/// `PUT /api/streams/{name}/onvif` `{"address", "username"?, "password"?, "profile", "events"?}`:
 /// checked against the camera, then saved. A password left out keeps the stored one.
 pub fn put_settings(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
-    let obj = fields(body, &["address", "username", "password", "profile"])?;
+    let obj = fields(body, &["address", "username", "password", "profile", "events"])?;
+    let events = match obj.get("events") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field_error("events", "must be true or false")),
+    };
     if ctx.db.stream_by_name(name)?.is_none() {
         return Err(ApiError::not_found(format!("no stream named {name:?}")));
     }
@@ -187,6 +232,12 @@ pub fn put_settings(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Rep
             format!("body field \"profile\": the camera has no profile {profile:?} (it has: {})", known.join(", ")),
         ));
     };
+    if events && services.events.is_none() {
+        return Err(ApiError::new(
+            422,
+            "body field \"events\": the camera has no Events service (GetCapabilities names none)".to_string(),
+        ));
+    }
     // PTZ only where the camera has the service and the profile a PTZ configuration.
     let ptz_url = services.ptz.filter(|_| p.ptz);
     let row = OnvifRow {
@@ -196,18 +247,25 @@ pub fn put_settings(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Rep
         profile: profile.to_string(),
         media_url: media,
         ptz_url,
+        events,
     };
     if !ctx.db.set_onvif(name, &row)? {
         return Err(ApiError::not_found(format!("no stream named {name:?}")));
     }
-    log::info!("stream {name}: ONVIF camera {} profile {profile} (ptz: {})", row.device_url, row.ptz_url.is_some());
-    Ok(Reply::json(200, &settings_json(name, &row)))
+    log::info!(
+        "stream {name}: ONVIF camera {} profile {profile} (ptz: {}, events: {events})",
+        row.device_url,
+        row.ptz_url.is_some()
+    );
+    sync_watchers(ctx.nvr, ctx.db)?;
+    Ok(Reply::json(200, &settings_json(ctx, name, &row)))
 }
 
 pub fn delete_settings(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     settings_of(ctx, name)?;
     ctx.db.delete_onvif(name)?;
+    sync_watchers(ctx.nvr, ctx.db)?;
     Ok(Reply::json(200, &json!({ "deleted": name })))
 }
 

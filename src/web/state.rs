@@ -44,6 +44,11 @@ pub struct Nvr {
     pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
     /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
     pub detect_switch: crate::detect::switch::Switch,
+    /// The ONVIF event watchers of streams whose camera is an event source,
+    /// with the settings each runs with (`web::onvif::sync_watchers`).
+    pub onvif_watchers: std::sync::Mutex<
+        std::collections::BTreeMap<String, (crate::index::db::OnvifRow, crate::onvif::watch::Watcher)>,
+    >,
 }
 
 impl Nvr {
@@ -74,6 +79,7 @@ impl Nvr {
             webhooks: std::sync::OnceLock::new(),
             detection: std::sync::OnceLock::new(),
             detect_switch: Default::default(),
+            onvif_watchers: Default::default(),
         }
     }
 }

@@ -7,10 +7,22 @@ Simulated (no real ONVIF camera exists here):
   bound to --discovery-host (127.0.0.1 by default; with --multicast it also
   joins 239.255.255.250 on loopback).
 - SOAP 1.2 over HTTP on one port for the Device (/onvif/device_service), Media
-  (/onvif/media_service) and PTZ (/onvif/ptz_service) services. Answers are
+  (/onvif/media_service), PTZ (/onvif/ptz_service) and Events
+  (/onvif/event_service) services. Answers are
   documents shaped after the ONVIF WSDLs (ver10 device/media, ver20 PTZ) and
   what common cameras send (two profiles, main 1920x1080 and sub 640x360, the
   main one with a PTZ configuration).
+- Events (ONVIF Core 9.1, WS-BaseNotification): CreatePullPointSubscription
+  makes a subscription at /onvif/subscription/N that terminates after its
+  InitialTerminationTime (at most --max-lifetime, as cameras cap it) unless
+  renewed (Renew), and sends the current motion
+  state as "Initialized" notifications first, as cameras do; PullMessages
+  waits up to its Timeout for notifications (a long poll) and answers at most
+  MessageLimit; Unsubscribe ends it. A pull on an unknown or terminated
+  subscription is a fault. Motion is raised and cleared by the test knob
+  POST /sim/motion?on=1|0, which queues two "Changed" notifications per
+  subscription: tns1:RuleEngine/CellMotionDetector/Motion (IsMotion) and
+  tns1:VideoSource/MotionAlarm (State), as cameras that send both do.
 - WS-Security UsernameToken: every call but GetSystemDateAndTime needs a
   PasswordDigest equal to Base64(SHA1(nonce + created + password)); a wrong or
   missing token answers HTTP 400 with a SOAP fault env:Sender/ter:NotAuthorized
@@ -19,12 +31,16 @@ Real: the RTSP URIs it returns are the ones given on the command line (the
 tests' GStreamer camera), so a stream added from a profile really records.
 
 Every SOAP request is recorded; GET /sim/requests answers them as JSON
-[{"service", "op", "body", "auth"}], body being the request's SOAP Body XML.
+[{"service", "op", "body", "auth", "to"}], body being the request's SOAP Body
+XML and to its WS-Addressing To header ("" if none).
 Prints one JSON line {"http": PORT, "discovery": PORT} once listening.
 """
 
 import argparse
 import base64
+import datetime
+import re
+import time
 import hashlib
 import json
 import socket
@@ -41,6 +57,7 @@ NS = {
     "wsu": "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd",
     "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
     "d": "http://schemas.xmlsoap.org/ws/2005/04/discovery",
+    "wsa": "http://www.w3.org/2005/08/addressing",
 }
 DIGEST = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordDigest"
 
@@ -49,7 +66,9 @@ ENV_OPEN = (
     '<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://www.w3.org/2003/05/soap-envelope" '
     'xmlns:tt="http://www.onvif.org/ver10/schema" xmlns:tds="http://www.onvif.org/ver10/device/wsdl" '
     'xmlns:trt="http://www.onvif.org/ver10/media/wsdl" xmlns:tptz="http://www.onvif.org/ver20/ptz/wsdl" '
-    'xmlns:ter="http://www.onvif.org/ver10/error"><SOAP-ENV:Body>'
+    'xmlns:ter="http://www.onvif.org/ver10/error" xmlns:tev="http://www.onvif.org/ver10/events/wsdl" '
+    'xmlns:wsnt="http://docs.oasis-open.org/wsn/b-2" xmlns:wsa5="http://www.w3.org/2005/08/addressing" '
+    'xmlns:tns1="http://www.onvif.org/ver10/topics"><SOAP-ENV:Body>'
 )
 ENV_CLOSE = "</SOAP-ENV:Body></SOAP-ENV:Envelope>"
 
@@ -69,6 +88,11 @@ class Device:
         self.lock = threading.Lock()
         self.presets = [("1", "Home")]
         self.uuid = "urn:uuid:" + str(uuid.uuid4())
+        # Events: subscription id -> {"expires": monotonic s, "queue": [notification XML]}.
+        self.motion = False
+        self.subs = {}
+        self.next_sub = 1
+        self.changed = threading.Condition(self.lock)
 
     def base(self):
         return f"http://{self.args.host}:{self.http_port}"
@@ -94,7 +118,7 @@ class Device:
         return "ok"
 
     # ---- answers ----
-    def answer(self, service, op, body):
+    def answer(self, service, op, body, sub_id=None):
         a = self.args
         if service == "device" and op == "GetSystemDateAndTime":
             return (
@@ -113,7 +137,8 @@ class Device:
             return (
                 "<tds:GetCapabilitiesResponse><tds:Capabilities>"
                 f"<tt:Device><tt:XAddr>{b}/onvif/device_service</tt:XAddr></tt:Device>"
-                f"<tt:Media><tt:XAddr>{b}/onvif/media_service</tt:XAddr><tt:StreamingCapabilities>"
+                + self.events_capability(b)
+                + f"<tt:Media><tt:XAddr>{b}/onvif/media_service</tt:XAddr><tt:StreamingCapabilities>"
                 "<tt:RTPMulticast>false</tt:RTPMulticast><tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP>"
                 "</tt:StreamingCapabilities></tt:Media>"
                 f"<tt:PTZ><tt:XAddr>{b}/onvif/ptz_service</tt:XAddr></tt:PTZ>"
@@ -135,6 +160,10 @@ class Device:
                 "<tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false</tt:InvalidAfterReboot>"
                 f"<tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:{op}Response>"
             )
+        if service == "events" and op == "CreatePullPointSubscription" and not a.no_events:
+            return self.subscribe(body)
+        if service == "subscription":
+            return self.subscription(sub_id, op, body)
         if service == "ptz":
             token = body.findtext(".//{*}ProfileToken", "").strip()
             if token != "Profile_1":
@@ -158,6 +187,94 @@ class Device:
                     self.presets.append((token, name))
                 return f"<tptz:SetPresetResponse><tptz:PresetToken>{token}</tptz:PresetToken></tptz:SetPresetResponse>"
         return fault("ter:ActionNotSupported", "ter:ActionNotSupported", f"{op} is not supported by the {service} service")
+
+    # ---- events ----
+    def events_capability(self, b):
+        if self.args.no_events:
+            return ""
+        return (
+            f"<tt:Events><tt:XAddr>{b}/onvif/event_service</tt:XAddr>"
+            "<tt:WSSubscriptionPolicySupport>true</tt:WSSubscriptionPolicySupport>"
+            "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
+            "<tt:WSPausableSubscriptionManagerInterfaceSupport>false</tt:WSPausableSubscriptionManagerInterfaceSupport>"
+            "</tt:Events>"
+        )
+
+    def notifications(self, operation):
+        """The motion state as the two topics' notifications."""
+        value = "true" if self.motion else "false"
+        now = utc(time.time())
+        out = []
+        for topic, source, item in (
+            ("tns1:RuleEngine/CellMotionDetector/Motion",
+             '<tt:SimpleItem Name="VideoSourceConfigurationToken" Value="VideoSourceToken"/>'
+             '<tt:SimpleItem Name="VideoAnalyticsConfigurationToken" Value="VideoAnalyticsToken"/>'
+             '<tt:SimpleItem Name="Rule" Value="MyMotionDetectorRule"/>', "IsMotion"),
+            ("tns1:VideoSource/MotionAlarm", '<tt:SimpleItem Name="Source" Value="VideoSource_1"/>', "State"),
+        ):
+            out.append(
+                "<wsnt:NotificationMessage>"
+                f'<wsnt:Topic Dialect="http://www.onvif.org/ver10/tev/topicExpression/ConcreteSet">{topic}</wsnt:Topic>'
+                f'<wsnt:Message><tt:Message UtcTime="{now}" PropertyOperation="{operation}">'
+                f"<tt:Source>{source}</tt:Source><tt:Key/>"
+                f'<tt:Data><tt:SimpleItem Name="{item}" Value="{value}"/></tt:Data>'
+                "</tt:Message></wsnt:Message></wsnt:NotificationMessage>"
+            )
+        return out
+
+    def set_motion(self, on):
+        with self.changed:
+            if self.motion == on:
+                return
+            self.motion = on
+            for sub in self.subs.values():
+                sub["queue"].extend(self.notifications("Changed"))
+            self.changed.notify_all()
+
+    def times(self, sub):
+        now = time.time()
+        return (f"<wsnt:CurrentTime>{utc(now)}</wsnt:CurrentTime>"
+                f"<wsnt:TerminationTime>{utc(now + sub['expires'] - time.monotonic())}</wsnt:TerminationTime>")
+
+    def subscribe(self, body):
+        secs = min(seconds(body.findtext(".//{*}InitialTerminationTime", ""), 60), self.args.max_lifetime)
+        with self.lock:
+            n = self.next_sub
+            self.next_sub += 1
+            sub = {"expires": time.monotonic() + secs, "queue": self.notifications("Initialized")}
+            self.subs[n] = sub
+            times = self.times(sub)
+        return (
+            "<tev:CreatePullPointSubscriptionResponse><tev:SubscriptionReference>"
+            f"<wsa5:Address>{self.base()}/onvif/subscription/{n}</wsa5:Address></tev:SubscriptionReference>"
+            f"{times}</tev:CreatePullPointSubscriptionResponse>"
+        )
+
+    def subscription(self, n, op, body):
+        with self.changed:
+            sub = self.subs.get(n)
+            if sub is not None and sub["expires"] < time.monotonic():
+                del self.subs[n]
+                sub = None
+            if sub is None:
+                return fault("ter:InvalidArgVal", "wsrf-rw:ResourceUnknownFault", f"no subscription {n} (unknown or terminated)")
+            if op == "PullMessages":
+                wait = min(seconds(body.findtext(".//{*}Timeout", ""), 10), 60)
+                limit = int(body.findtext(".//{*}MessageLimit", "") or 100)
+                end = time.monotonic() + wait
+                while not sub["queue"] and time.monotonic() < end:
+                    self.changed.wait(end - time.monotonic())
+                msgs, sub["queue"] = sub["queue"][:limit], sub["queue"][limit:]
+                times = self.times(sub).replace("wsnt:", "tev:")
+                return f"<tev:PullMessagesResponse>{times}{''.join(msgs)}</tev:PullMessagesResponse>"
+            if op == "Renew":
+                secs = min(seconds(body.findtext(".//{*}TerminationTime", ""), 60), self.args.max_lifetime)
+                sub["expires"] = time.monotonic() + secs
+                return f"<wsnt:RenewResponse>{self.times(sub)}</wsnt:RenewResponse>"
+            if op == "Unsubscribe":
+                del self.subs[n]
+                return "<wsnt:UnsubscribeResponse/>"
+        return fault("ter:ActionNotSupported", "ter:ActionNotSupported", f"{op} is not supported by a subscription")
 
     def profile(self, token, name, w, h, ptz):
         p = (
@@ -184,6 +301,19 @@ class Device:
         return p + "</trt:Profiles>"
 
 
+def utc(t):
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def seconds(xs_duration, default):
+    """PT10S / PT1M / PT1M30S as seconds (the durations clients send here)."""
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?", (xs_duration or "").strip())
+    if not m or not any(m.groups()):
+        return default
+    h, mi, sec = m.groups()
+    return int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
+
+
 def fault(code, subcode, reason):
     return (
         "<SOAP-ENV:Fault><SOAP-ENV:Code><SOAP-ENV:Value>SOAP-ENV:Sender</SOAP-ENV:Value>"
@@ -202,7 +332,12 @@ def not_authorized():
     )
 
 
-SERVICES = {"/onvif/device_service": "device", "/onvif/media_service": "media", "/onvif/ptz_service": "ptz"}
+SERVICES = {
+    "/onvif/device_service": "device",
+    "/onvif/media_service": "media",
+    "/onvif/ptz_service": "ptz",
+    "/onvif/event_service": "events",
+}
 
 
 def handler(dev):
@@ -226,6 +361,10 @@ def handler(dev):
                 with dev.lock:
                     data = json.dumps(dev.requests).encode()
                 return self.reply(200, "application/json", data)
+            if self.path.startswith("/sim/motion"):
+                on = self.path.endswith("on=1")
+                dev.set_motion(on)
+                return self.reply(200, "application/json", json.dumps({"motion": on}).encode())
             if self.path.startswith("/onvif/snapshot.jpg"):
                 return self.reply(200, "image/jpeg", b"\xff\xd8\xff\xd9")
             self.reply(404, "text/plain", b"not found")
@@ -233,7 +372,12 @@ def handler(dev):
         def do_POST(self):
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n)
-            service = SERVICES.get(self.path.split("?")[0])
+            path = self.path.split("?")[0]
+            service, sub_id = SERVICES.get(path), None
+            if path.startswith("/onvif/subscription/") and path.rsplit("/", 1)[1].isdigit():
+                service, sub_id = "subscription", int(path.rsplit("/", 1)[1])
+            if self.path.startswith("/sim/motion"):
+                return self.do_GET()
             if service is None:
                 return self.reply(404, "text/plain", b"no such service")
             try:
@@ -244,11 +388,14 @@ def handler(dev):
                 return self.reply(400, "application/soap+xml", (ENV_OPEN + fault("ter:InvalidArgs", "ter:InvalidArgs", f"bad request: {e}") + ENV_CLOSE).encode())
             op = local(req.tag)
             auth = dev.auth(env)
+            to = env.findtext("s:Header/wsa:To", "", NS).strip()
             with dev.lock:
-                dev.requests.append({"service": service, "op": op, "body": ET.tostring(req, encoding="unicode"), "auth": auth})
+                dev.requests.append(
+                    {"service": service, "op": op, "body": ET.tostring(req, encoding="unicode"), "auth": auth, "to": to}
+                )
             if auth != "ok" and op != "GetSystemDateAndTime":
                 return self.reply(400, "application/soap+xml; charset=utf-8", (ENV_OPEN + not_authorized() + ENV_CLOSE).encode())
-            text = dev.answer(service, op, req)
+            text = dev.answer(service, op, req, sub_id)
             status = 400 if "<SOAP-ENV:Fault>" in text else 200
             self.reply(status, "application/soap+xml; charset=utf-8", (ENV_OPEN + text + ENV_CLOSE).encode())
 
@@ -308,6 +455,9 @@ def main():
     p.add_argument("--user", default="admin")
     p.add_argument("--password", default="secret")
     p.add_argument("--name", default="SimCam")
+    p.add_argument("--no-events", action="store_true", help="a camera without the Events service")
+    p.add_argument("--max-lifetime", type=float, default=3600,
+                   help="seconds a subscription lives at most from its creation or renewal, whatever was asked")
     p.add_argument("--main-uri", required=True)
     p.add_argument("--sub-uri", required=True)
     args = p.parse_args()

@@ -1,6 +1,7 @@
-//! A stream's ONVIF camera (schema version 9): where its device service is,
-//! the credentials, the media profile the stream records, and the Media and
-//! PTZ service addresses learnt when it was saved.
+//! A stream's ONVIF camera (schema versions 10 and 11): where its device
+//! service is, the credentials, the media profile the stream records, the
+//! Media and PTZ service addresses learnt when it was saved, and whether the
+//! camera's own motion detection is an event source (`events`).
 //!
 //! Invariants:
 //! - At most one row per stream; deleting the stream deletes it (foreign key
@@ -21,6 +22,8 @@ pub struct OnvifRow {
     pub profile: String,
     pub media_url: String,
     pub ptz_url: Option<String>,
+    /// Its motion events (PullPoint) become the stream's events.
+    pub events: bool,
 }
 
 impl std::fmt::Debug for OnvifRow {
@@ -32,8 +35,28 @@ impl std::fmt::Debug for OnvifRow {
             .field("profile", &self.profile)
             .field("media_url", &self.media_url)
             .field("ptz_url", &self.ptz_url)
+            .field("events", &self.events)
             .finish()
     }
+}
+
+const COLUMNS: &str = "o.device_url, o.username, o.password, o.profile, o.media_url, o.ptz_url, o.events";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OnvifRow> {
+    row_at(r, 0)
+}
+
+/// An `OnvifRow` from `COLUMNS` starting at column `at`.
+fn row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<OnvifRow> {
+    Ok(OnvifRow {
+        device_url: r.get(at)?,
+        username: r.get(at + 1)?,
+        password: r.get(at + 2)?,
+        profile: r.get(at + 3)?,
+        media_url: r.get(at + 4)?,
+        ptz_url: r.get(at + 5)?,
+        events: r.get(at + 6)?,
+    })
 }
 
 impl Db {
@@ -42,12 +65,12 @@ impl Db {
         self.write("set onvif", |tx| {
             let n = tx
                 .execute(
-                    "INSERT INTO onvif (stream_id, device_url, username, password, profile, media_url, ptz_url)
-                     SELECT id, ?2, ?3, ?4, ?5, ?6, ?7 FROM streams WHERE name = ?1
+                    "INSERT INTO onvif (stream_id, device_url, username, password, profile, media_url, ptz_url, events)
+                     SELECT id, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM streams WHERE name = ?1
                      ON CONFLICT (stream_id) DO UPDATE SET device_url = excluded.device_url,
                        username = excluded.username, password = excluded.password, profile = excluded.profile,
-                       media_url = excluded.media_url, ptz_url = excluded.ptz_url",
-                    params![stream, o.device_url, o.username, o.password, o.profile, o.media_url, o.ptz_url],
+                       media_url = excluded.media_url, ptz_url = excluded.ptz_url, events = excluded.events",
+                    params![stream, o.device_url, o.username, o.password, o.profile, o.media_url, o.ptz_url, o.events],
                 )
                 .ctx("set onvif")?;
             Ok(n > 0)
@@ -58,22 +81,26 @@ impl Db {
     pub fn onvif_of(&self, stream: &str) -> Result<Option<OnvifRow>, DbError> {
         self.conn
             .query_row(
-                "SELECT o.device_url, o.username, o.password, o.profile, o.media_url, o.ptz_url
-                 FROM onvif o JOIN streams s ON s.id = o.stream_id WHERE s.name = ?1",
+                &format!("SELECT {COLUMNS} FROM onvif o JOIN streams s ON s.id = o.stream_id WHERE s.name = ?1"),
                 [stream],
-                |r| {
-                    Ok(OnvifRow {
-                        device_url: r.get(0)?,
-                        username: r.get(1)?,
-                        password: r.get(2)?,
-                        profile: r.get(3)?,
-                        media_url: r.get(4)?,
-                        ptz_url: r.get(5)?,
-                    })
-                },
+                row,
             )
             .optional()
             .ctx("onvif_of")
+    }
+
+    /// Every stream whose camera is an event source, by name.
+    pub fn onvif_event_sources(&self) -> Result<Vec<(String, OnvifRow)>, DbError> {
+        let sql = format!(
+            "SELECT s.name, {COLUMNS} FROM onvif o JOIN streams s ON s.id = o.stream_id WHERE o.events = 1 ORDER BY s.name"
+        );
+        let mut q = self.conn.prepare(&sql).ctx("onvif_event_sources")?;
+        let rows = q
+            .query_map([], |r| Ok((r.get(0)?, row_at(r, 1)?)))
+            .ctx("onvif_event_sources")?
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("onvif_event_sources")?;
+        Ok(rows)
     }
 
     /// Forgets stream `stream`'s ONVIF settings; false if it had none.
@@ -104,12 +131,17 @@ mod tests {
             profile: "Profile_1".into(),
             media_url: "http://h/onvif/media".into(),
             ptz_url: None,
+            events: false,
         };
         assert!(!db.set_onvif("nope", &row).expect("no stream"));
         assert!(db.set_onvif("cam", &row).expect("set"));
         let changed = OnvifRow { ptz_url: Some("http://h/onvif/ptz".into()), ..row };
         assert!(db.set_onvif("cam", &changed).expect("update"));
         assert_eq!(db.onvif_of("cam").expect("get"), Some(changed.clone()));
+        assert_eq!(db.onvif_event_sources().expect("sources"), vec![]);
+        let events = OnvifRow { events: true, ..changed.clone() };
+        assert!(db.set_onvif("cam", &events).expect("events on"));
+        assert_eq!(db.onvif_event_sources().expect("sources"), vec![("cam".to_string(), events)]);
         assert!(!format!("{changed:?}").contains("pw\""));
         db.delete_stream("cam").expect("delete stream");
         assert_eq!(db.onvif_of("cam").expect("gone"), None);
