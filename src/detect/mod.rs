@@ -19,6 +19,7 @@ pub mod motion;
 pub mod objects;
 pub mod picture;
 pub mod sink;
+pub mod snapshot;
 pub mod worker;
 
 pub use motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};

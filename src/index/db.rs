@@ -238,6 +238,12 @@ pub const MIGRATIONS: &[&str] = &[
         ptz_url TEXT
     ) STRICT;
     "#,
+    // 11: a stream's sub stream (a second, small RTSP session of the same camera, for
+    // detection and the live grid) and its JPEG snapshot URL (detection of H.265 cameras).
+    r#"
+    ALTER TABLE streams ADD COLUMN sub_url TEXT;
+    ALTER TABLE streams ADD COLUMN snapshot_url TEXT;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -492,6 +498,12 @@ pub struct StreamSpec {
     /// `retention_days`; with no `retention_days`, until space runs out).
     #[serde(default = "default_event_retention_days")]
     pub event_retention_days: u32,
+    /// The camera's low-resolution stream (RTSP): detection and the live grid use it.
+    #[serde(default)]
+    pub sub_url: Option<String>,
+    /// The camera's JPEG snapshot (http://): detection of a stream with no H.264 source.
+    #[serde(default)]
+    pub snapshot_url: Option<String>,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -644,7 +656,7 @@ fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Er
 
 const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
-                           event_retention_days";
+                           event_retention_days, sub_url, snapshot_url";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -674,6 +686,8 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
             pre_seconds: get_num(row, 12, "pre_seconds")?,
             post_seconds: get_num(row, 13, "post_seconds")?,
             event_retention_days: get_num(row, 14, "event_retention_days")?,
+            sub_url: row.get(15)?,
+            snapshot_url: row.get(16)?,
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -900,9 +914,10 @@ impl Db {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
                                       max_storage_mb, priority, bitrate_kbps, source, created_ms,
-                                      updated_ms, pre_seconds, post_seconds, event_retention_days)
+                                      updated_ms, pre_seconds, post_seconds, event_retention_days,
+                                      sub_url, snapshot_url)
                  VALUES (?1, ?2, ?3, CASE ?4 WHEN 'off' THEN 'off' ELSE 'continuous' END, ?4, ?5,
-                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)
+                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (name) DO UPDATE SET
                      url = excluded.url, enabled = excluded.enabled, record = excluded.record,
                      record_mode = excluded.record_mode,
@@ -911,7 +926,8 @@ impl Db {
                      priority = excluded.priority, bitrate_kbps = excluded.bitrate_kbps,
                      source = excluded.source, updated_ms = excluded.updated_ms,
                      pre_seconds = excluded.pre_seconds, post_seconds = excluded.post_seconds,
-                     event_retention_days = excluded.event_retention_days
+                     event_retention_days = excluded.event_retention_days,
+                     sub_url = excluded.sub_url, snapshot_url = excluded.snapshot_url
                  WHERE streams.url IS NOT excluded.url OR streams.enabled IS NOT excluded.enabled
                     OR streams.record_mode IS NOT excluded.record_mode
                     OR streams.retention_days IS NOT excluded.retention_days
@@ -921,7 +937,9 @@ impl Db {
                     OR streams.source IS NOT excluded.source
                     OR streams.pre_seconds IS NOT excluded.pre_seconds
                     OR streams.post_seconds IS NOT excluded.post_seconds
-                    OR streams.event_retention_days IS NOT excluded.event_retention_days",
+                    OR streams.event_retention_days IS NOT excluded.event_retention_days
+                    OR streams.sub_url IS NOT excluded.sub_url
+                    OR streams.snapshot_url IS NOT excluded.snapshot_url",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -937,7 +955,9 @@ impl Db {
                     now_ms,
                     s.pre_seconds,
                     s.post_seconds,
-                    s.event_retention_days
+                    s.event_retention_days,
+                    s.sub_url,
+                    s.snapshot_url
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
@@ -1497,6 +1517,8 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            sub_url: None,
+            snapshot_url: None,
             source: "config".to_owned(),
         }
     }

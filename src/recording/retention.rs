@@ -664,6 +664,8 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            sub_url: None,
+            snapshot_url: None,
             source: "config".to_owned(),
         };
         db.upsert_stream(&spec, 0).expect("stream").id

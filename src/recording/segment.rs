@@ -632,6 +632,8 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            sub_url: None,
+            snapshot_url: None,
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

@@ -54,6 +54,8 @@ fn fixture() -> Fixture {
         pre_seconds: 5,
         post_seconds: 10,
         event_retention_days: 30,
+        sub_url: None,
+        snapshot_url: None,
         source: "api".into(),
     };
     let stream = db.upsert_stream(&spec, T0).expect("stream");
