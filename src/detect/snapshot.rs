@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(c.creds, Some(("admin".into(), "s@cret".into())));
         assert!(!c.shown().contains("cret") && c.shown().contains("admin:***@cam.local"), "{}", c.shown());
         let plain = SnapshotClient::new("http://cam.local/snap.jpg").expect("client");
-        assert_eq!((plain.creds, plain.shown()), (None, "http://cam.local/snap.jpg"));
+        assert_eq!((&plain.creds, plain.shown()), (&None, "http://cam.local/snap.jpg"));
         assert!(SnapshotClient::new("https://cam.local/snap.jpg").is_err());
     }
 
