@@ -524,6 +524,14 @@ pub struct StreamConfig {
     /// in the box's local time: the first covering entry's mode replaces `record`.
     #[serde(default)]
     pub schedule: Vec<String>,
+    /// The camera's low-resolution stream (`rtsp://`): a second session with a
+    /// small ring of its own, for detection and the live grid (not recorded).
+    #[serde(default)]
+    pub sub_url: Option<String>,
+    /// The camera's JPEG snapshot (`http://`, credentials in the URL): what
+    /// detection polls when the stream has no H.264 source (H.265 cameras).
+    #[serde(default)]
+    pub snapshot_url: Option<String>,
 }
 
 /// Entries a stream's `schedule` may hold (a week of distinct windows is far fewer).
@@ -819,6 +827,18 @@ impl StreamConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         validate_stream_name(&self.name).map_err(|m| ("name", m))?;
         validate_stream_url(&self.url).map_err(|m| ("url", m))?;
+        if let Some(sub) = &self.sub_url {
+            validate_stream_url(sub).map_err(|m| ("sub_url", m))?;
+            if *sub == self.url {
+                return Err((
+                    "sub_url",
+                    "is the main stream's url; give the camera's second (low-resolution) stream or leave it out".into(),
+                ));
+            }
+        }
+        if let Some(snap) = &self.snapshot_url {
+            validate_snapshot_url(snap).map_err(|m| ("snapshot_url", m))?;
+        }
         if let Some(b) = self.bitrate_kbps.filter(|b| !(64..=100_000).contains(b)) {
             return Err(("bitrate_kbps", format!("{b} is out of range 64..=100000")));
         }
@@ -863,6 +883,8 @@ impl StreamConfig {
             post_seconds: self.post_seconds,
             event_retention_days: self.event_retention_days,
             schedule: self.schedule.clone(),
+            sub_url: self.sub_url.clone(),
+            snapshot_url: self.snapshot_url.clone(),
             source: source.into(),
         }
     }
@@ -1183,12 +1205,28 @@ pub fn mqtt_broker(u: &str) -> Result<(bool, String, u16), String> {
 
 pub fn validate_stream_url(u: &str) -> Result<(), String> {
     // The value is not quoted: it may hold a password.
-    url_shape(u).map_err(|e| format!("not a camera URL: {e}"))?;
+    url_shape(u, &["rtsp://", "rtsps://"]).map_err(|e| format!("not a camera URL: {e}"))?;
     let parsed = url::Url::parse(u).map_err(|e| format!("{u:?} is not a URL: {e}"))?;
     match parsed.scheme() {
         "rtsp" | "rtsps" => {}
         other => return Err(format!("scheme {other:?} is not supported (use rtsp://)")),
     }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+/// A camera's JPEG snapshot URL: `http://[user:password@]host[:port]/path`
+/// (the shape of a camera URL; no TLS: the box has no client certificate
+/// store for cameras, and they are on the LAN).
+pub fn validate_snapshot_url(u: &str) -> Result<(), String> {
+    // The value is not quoted: it may hold a password.
+    if u.starts_with("https://") {
+        return Err("https is not supported for snapshots; use the camera's http:// snapshot URL".into());
+    }
+    url_shape(u, &["http://"]).map_err(|e| format!("not a snapshot URL: {e}"))?;
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a URL: {e}"))?;
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("the URL has no host".into());
     }
@@ -1201,15 +1239,16 @@ pub const MAX_STORAGE_MB: u64 = 1_000_000_000;
 
 /// The shape of a camera URL, as the API document's pattern states it (so a
 /// URL the document allows is one the recorder takes, and the other way
-/// round): `rtsp[s]://[userinfo@]host[:port][/?#rest]` with a userinfo of
+/// round): `SCHEME://[userinfo@]host[:port][/?#rest]` (`rtsp[s]` for cameras,
+/// `http` for snapshots) with a userinfo of
 /// RFC 3986 characters (and `@`: the last one ends it), a host of letters,
 /// digits and `._~-` or an IPv6 literal in `[ ]`, a port 1..=65535 without leading zeros, and a rest of
 /// printable ASCII (percent-encode anything else).
-fn url_shape(u: &str) -> Result<(), String> {
-    let rest = u
-        .strip_prefix("rtsp://")
-        .or_else(|| u.strip_prefix("rtsps://"))
-        .ok_or("it must start with rtsp:// or rtsps://")?;
+fn url_shape(u: &str, schemes: &[&str]) -> Result<(), String> {
+    let rest = schemes
+        .iter()
+        .find_map(|s| u.strip_prefix(s))
+        .ok_or_else(|| format!("it must start with {}", schemes.join(" or ")))?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if !tail.chars().all(|c| c.is_ascii_graphic()) {

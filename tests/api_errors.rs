@@ -159,6 +159,10 @@ fn bad_bodies_are_refused() {
     assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"a b","url":"rtsp://h/x"}"#), 400, "name");
     assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"a","url":"http://h/x"}"#), 400, "url");
     assert_error(&nvr.req("POST", "/api/streams", br#"{"name":"a","url":"rtsp://h/x","colour":1}"#), 400, "colour");
+    let sub = br#"{"name":"a","url":"rtsp://h/x","sub_url":"http://h/sub"}"#;
+    assert_error(&nvr.req("POST", "/api/streams", sub), 400, "sub_url");
+    let snap = br#"{"name":"a","url":"rtsp://h/x","snapshot_url":"https://h/snap.jpg"}"#;
+    assert_error(&nvr.req("POST", "/api/streams", snap), 400, "snapshot_url");
     assert_error(
         &nvr.req("POST", "/api/streams", br#"{"name":"a","url":"rtsp://h/x","priority":"hi"}"#),
         400,

@@ -77,6 +77,7 @@ fn replay(file: &Path, fps: i64, mask: Mask) -> Replay {
         clock,
         sink: Box::new(tx),
         objects: None,
+        snapshot: None,
         slow: Duration::ZERO,
     };
     let handle = oxinvr::detect::spawn(setup).expect("detect thread");

@@ -94,6 +94,8 @@ async function streamForm(name) {
   const f = {
     name: h('input', { name: 'name', value: s.name || '', required: true, disabled: !!name }),
     url: h('input', { name: 'url', value: s.url || '', required: true, placeholder: 'rtsp://user:password@camera/stream', autocapitalize: 'none' }),
+    sub_url: h('input', { name: 'sub_url', value: s.sub_url || '', placeholder: 'rtsp://user:password@camera/sub', autocapitalize: 'none' }),
+    snapshot_url: h('input', { name: 'snapshot_url', value: s.snapshot_url || '', placeholder: 'http://user:password@camera/snapshot.jpg', autocapitalize: 'none' }),
     enabled: h('input', { type: 'checkbox', name: 'enabled', checked: s.enabled }),
     record: h('select', { name: 'record' }, ['continuous', 'events', 'off'].map((m) => h('option', { value: m, selected: s.record === m, text: m }))),
   };
@@ -108,6 +110,8 @@ async function streamForm(name) {
   };
   return h('form.card#stream-form', { onsubmit: submit }, h('h2', { text: name ? `Edit ${name}` : 'New stream' }),
     h('div.row', {}, field('Name', f.name, 'Letters, digits, - and _.'), field('RTSP URL', f.url, name ? 'The password shows as ***; leave it to keep it.' : null)),
+    h('div.row', {}, field('Sub stream URL', f.sub_url, 'Optional: the camera\'s small stream, for detection and the live grid.'),
+      field('Snapshot URL', f.snapshot_url, 'Optional: the camera\'s JPEG snapshot, for detection of H.265 cameras.')),
     h('div.row', {}, h('label.inline', {}, f.enabled, ' Enabled'), field('Recording', f.record)),
     h('div.row', {}, STREAM_NUMBERS.map(([k, label, hint]) => field(label, f[k], hint))),
     probeBox, box, h('div.tools', {}, save, test, h('a.button', { href: '#/streams', text: 'Cancel' })));
@@ -115,6 +119,7 @@ async function streamForm(name) {
 
 function streamBody(f) {
   const body = { url: f.url.value.trim(), enabled: f.enabled.checked, record: f.record.value };
+  for (const k of ['sub_url', 'snapshot_url']) body[k] = f[k].value.trim() || null;
   for (const [k, , , empty] of STREAM_NUMBERS) {
     const v = f[k].value.trim();
     body[k] = v === '' ? (empty ?? null) : Number(v);

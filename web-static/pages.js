@@ -208,17 +208,25 @@ function liveTile(s, large) {
   video.muted = true;
   const state = h('span.state', { text: '' });
   const info = h('span.info', { text: streamInfo(s) });
-  const el = h('div.tile', { 'data-stream': s.name }, video, h('div.overlay', {}, h('b', { text: s.name }), info, state));
+  const problem = h('span.problem', { text: detectionProblem(s) });
+  const el = h('div.tile', { 'data-stream': s.name }, video, h('div.overlay', {}, h('b', { text: s.name }), info, state, problem));
   if (!large) {
     el.classList.add('clickable');
     el.addEventListener('click', () => go(`#/live?stream=${encodeURIComponent(s.name)}`));
   }
+  // Tiles play the sub stream (when the camera has one); the large view the main.
   const player = new Ox.LivePlayer(video, s.name, (text, kind) => {
     state.textContent = text;
     state.className = 'state ' + kind;
     el.dataset.state = kind;
-  }).start();
-  return { el, info, name: s.name, player };
+  }, { sub: !large }).start();
+  return { el, info, problem, name: s.name, player };
+}
+
+// Why detection cannot run on a stream (e.g. H.265 without a sub stream or snapshot URL).
+function detectionProblem(s) {
+  const p = s.detection && s.detection.problem;
+  return p ? `Detection: ${p}` : '';
 }
 
 function streamInfo(s) {
@@ -232,7 +240,10 @@ async function refreshTiles(tiles) {
     const streams = await listStreams();
     for (const t of tiles) {
       const s = streams.find((x) => x.name === t.name);
-      if (s) t.info.textContent = streamInfo(s);
+      if (s) {
+        t.info.textContent = streamInfo(s);
+        t.problem.textContent = detectionProblem(s);
+      }
     }
   } catch (e) {
     /* the next round may work */

@@ -69,11 +69,13 @@ function iceGathered(pc, ms) {
   });
 }
 
-// Plays `/api/streams/{name}/live`. onState(text, kind) reports what it does.
+// Plays `/api/streams/{name}/live` (`?sub=1` with opts.sub: the camera's sub
+// stream when it has one). onState(text, kind) reports what it does.
 class LivePlayer {
-  constructor(video, name, onState) {
+  constructor(video, name, onState, opts) {
     this.video = video;
     this.name = name;
+    this.sub = !!(opts && opts.sub);
     this.onState = onState || (() => {});
     this.stopped = false;
     this.retry = 0;
@@ -137,7 +139,8 @@ class LivePlayer {
   connect() {
     if (this.stopped) return;
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const ws = new WebSocket(`${scheme}://${location.host}/api/streams/${encodeURIComponent(this.name)}/live`);
+    const sub = this.sub ? '?sub=1' : '';
+    const ws = new WebSocket(`${scheme}://${location.host}/api/streams/${encodeURIComponent(this.name)}/live${sub}`);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     this.queue = [];

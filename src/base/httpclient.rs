@@ -185,7 +185,8 @@ impl Client {
         let what = format!("{method} http://{}{path}", self.addr);
         let stream = connect(&[self.addr], &what, self.timeout)?;
         let host = self.addr.to_string();
-        let head = send(&stream, (method, &host, path), bearer, body, &what)?;
+        let authorization = bearer.map(|t| format!("Bearer {t}"));
+        let head = send(&stream, (method, &host, path), authorization.as_deref(), body, &what)?;
         let (status, headers, mut reader) = head;
         let len = body_len(&headers, &what)?;
         if len.is_some_and(|n| n > MAX_BODY) {
@@ -244,7 +245,7 @@ type Head = (u16, Vec<(String, String)>, BufReader<TcpStream>);
 fn send(
     stream: &TcpStream,
     (method, host, path): (&str, &str, &str),
-    bearer: Option<&str>,
+    authorization: Option<&str>,
     body: Option<Body>,
     what: &str,
 ) -> Result<Head, HttpError> {
@@ -253,8 +254,8 @@ fn send(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: oxinvr/{}\r\n",
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(t) = bearer {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    if let Some(a) = authorization {
+        req.push_str(&format!("Authorization: {a}\r\n"));
     }
     if let Some((kind, b)) = body {
         req.push_str(&format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", b.len()));
@@ -628,6 +629,65 @@ pub fn post_buffered(url: &str, content_type: &str, body: &[u8], deadline: Durat
         .map_err(|e| Error::upstream(format!("{what}: reading the answer: {e}")))?;
     if out.len() as u64 > MAX_POST_BODY {
         return Err(Error::upstream(format!("{what}: the answer is larger than {MAX_POST_BODY} bytes")));
+    }
+    Ok(Response { status, headers, body: out })
+}
+
+/// GETs `url` (plain http, no redirects; its user and password are not
+/// used: give `authorization`) and buffers the answer, whatever its status,
+/// refusing one larger than `max` bytes. Everything (resolving aside) must
+/// finish within `deadline`: connect, sending, and every read, each given
+/// only the time left. `shown` names the request in errors (the URL without
+/// its password).
+pub fn get_buffered(
+    url: &url::Url,
+    authorization: Option<&str>,
+    max: u64,
+    deadline: Duration,
+    shown: &str,
+) -> Result<Response, Error> {
+    let what = format!("GET {shown}");
+    let ends = std::time::Instant::now() + deadline;
+    let left = || ends.saturating_duration_since(std::time::Instant::now());
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::invalid(format!("{what}: no host")))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (bare, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::upstream(format!("{what}: cannot resolve {host}: {e}")))?
+        .collect();
+    let stream = connect(&addrs, &what, (left(), left())).map_err(|e| Error::upstream(e.to_string()))?;
+    let mut path = url.path().to_string();
+    if let Some(q) = url.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let host_header = url.port().map_or_else(|| host.to_string(), |p| format!("{host}:{p}"));
+    let (status, headers, mut reader) =
+        send(&stream, ("GET", &host_header, &path), authorization, None, &what).map_err(Error::from)?;
+    let len = body_len(&headers, &what)?;
+    if len.is_some_and(|n| n > max) {
+        return Err(Error::upstream(format!("{what}: the answer is larger than {max} bytes")));
+    }
+    let mut body = body_reader(&mut reader, &headers, len).take(max + 1);
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        let remaining = left();
+        if remaining.is_zero() {
+            return Err(Error::new(Kind::Timeout, format!("{what}: no whole answer within {deadline:?}")));
+        }
+        // The same socket as the reader's: each read waits only for the time left.
+        let _ = stream.set_read_timeout(Some(remaining));
+        match body.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::upstream(format!("{what}: reading the answer: {e}"))),
+        }
+    }
+    if out.len() as u64 > max {
+        return Err(Error::upstream(format!("{what}: the answer is larger than {max} bytes")));
     }
     Ok(Response { status, headers, body: out })
 }

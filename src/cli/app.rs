@@ -281,6 +281,7 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
             continue;
         };
         setup.slow = slow;
+        setup.snapshot = Some(stream_snapshot_url(nvr, &st.name));
         if st.detect.iter().any(|d| d == "objects") {
             match crate::detect::objects::Detector::from_config(&cfg.detect) {
                 Ok(d) => {
@@ -302,11 +303,21 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
     out
 }
 
-/// The ring `stream` has now (it changes when the stream restarts). Weak,
-/// like the switch below.
+/// The ring detection reads for `stream` now: its sub stream's when it has
+/// one, else its own (both change when the stream restarts). Weak, like the
+/// switch below.
 fn stream_rings(nvr: &Arc<Nvr>, stream: &str) -> crate::detect::worker::RingSource {
     let (weak, name) = (Arc::downgrade(nvr), stream.to_string());
-    Arc::new(move || weak.upgrade().and_then(|n| n.recorder.stream(&name)).map(|rt| rt.ring.clone()))
+    Arc::new(move || {
+        let rt = weak.upgrade().and_then(|n| n.recorder.stream(&name))?;
+        Some(rt.sub().map_or_else(|| rt.ring.clone(), |sub| sub.ring.clone()))
+    })
+}
+
+/// The stream's `snapshot_url` as it is now (the API may change it). Weak.
+fn stream_snapshot_url(nvr: &Arc<Nvr>, stream: &str) -> crate::detect::worker::SnapshotSource {
+    let (weak, name) = (Arc::downgrade(nvr), stream.to_string());
+    Arc::new(move || weak.upgrade().and_then(|n| n.recorder.stream(&name)).and_then(|rt| rt.spec().snapshot_url))
 }
 
 /// The per-stream detection switch the page and MQTT flip. Weak: the

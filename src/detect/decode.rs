@@ -35,7 +35,11 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::NotH264(c) => write!(f, "codec {c:?} is not H.264: detection needs an H.264 (sub) stream"),
+            DecodeError::NotH264(c) => write!(
+                f,
+                "codec {c:?} is not H.264: detection needs an H.264 sub stream (sub_url) \
+                 or the camera's JPEG snapshot (snapshot_url)"
+            ),
             DecodeError::BadParams(why) => write!(f, "bad H.264 parameters: {why}"),
             DecodeError::BadFrame => write!(f, "a frame's NAL unit lengths run past its end"),
             DecodeError::Decoder(e) => write!(f, "OpenH264: {e}"),

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod picture;
 pub mod sink;
 pub mod switch;
+pub mod snapshot;
 pub mod worker;
 
 pub use motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};

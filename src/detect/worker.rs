@@ -12,6 +12,10 @@
 //!   skipped breaks the chain until the next keyframe.
 //! - Times are the frames' wall times (the run's anchor); when frames stop,
 //!   the injected clock ends motion after `end_seconds`.
+//! - A run that is not H.264 (an H.265 camera) is not decoded: with a
+//!   `snapshot_url` the thread polls the camera's JPEG snapshot at
+//!   `detect.fps` instead (`snapshot`, one deadline per request) until a run
+//!   that is H.264 comes; without one it says why in `DetectStats::problem`.
 //! - Memory: this thread's heap counts as `detect` in /api/system; OpenH264's
 //!   own pictures are estimated in `detect_native_bytes`.
 
@@ -20,11 +24,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::decode::LumaDecoder;
+use super::decode::{DecodeError, LumaDecoder};
 use super::motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
 use super::objects::Detection;
 use super::objects::Detector;
 use super::picture::Rgb;
+use super::snapshot::{self, SnapshotClient};
 use crate::base::clock::Clock;
 use crate::base::memory;
 use crate::config::{DetectConfig, StreamConfig};
@@ -39,6 +44,9 @@ const RING_CHECK_MS: i64 = 500;
 /// The stream's ring as it is now: a restart (new URL, memory pressure, the
 /// budget admitting it) gives the stream a new ring; `None` while it has none.
 pub type RingSource = Arc<dyn Fn() -> Option<Arc<Ring>> + Send + Sync>;
+/// The stream's `snapshot_url` as it is now (read at each run start, so an
+/// edit through the API is followed).
+pub type SnapshotSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 /// A frame this far behind the clock makes the reader jump to the newest keyframe.
 const MAX_LAG_MS: i64 = 2000;
 
@@ -142,6 +150,8 @@ pub struct DetectCounters {
     pub in_motion: bool,
     /// Times the stream moved to a new ring (restarts) and detection followed.
     pub ring_changes: u64,
+    /// Detection samples the camera's JPEG snapshot (the run is not H.264).
+    pub snapshot: bool,
 }
 
 /// The counters behind a lock (MIPS32 has no 64-bit atomics; one
@@ -158,7 +168,8 @@ impl DetectStats {
         *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// E.g. "codec \"hvc1...\" is not H.264: detection needs an H.264 (sub) stream".
+    /// E.g. "codec \"hvc1...\" is not H.264: detection needs an H.264 sub stream
+    /// (sub_url) or the camera's JPEG snapshot (snapshot_url)".
     pub fn problem(&self) -> Option<String> {
         self.problem.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -208,6 +219,8 @@ pub struct DetectSetup {
     pub sink: Box<dyn MotionSink>,
     /// Object detection on moving frames (`detect = [.., "objects"]`).
     pub objects: Option<Detector>,
+    /// The camera's JPEG snapshot, for runs that are not H.264.
+    pub snapshot: Option<SnapshotSource>,
     /// Test knob: extra time spent on every decoded frame (a slow detector).
     pub slow: Duration,
 }
@@ -230,6 +243,7 @@ impl DetectSetup {
             clock,
             sink,
             objects: None,
+            snapshot: None,
             slow: Duration::ZERO,
         })
     }
@@ -258,6 +272,9 @@ struct Worker {
     native: usize,
     /// When objects were last looked for.
     last_objects_ms: Option<i64>,
+    /// Polling the camera's snapshot (the run is not H.264), and when next.
+    snapshot: Option<SnapshotClient>,
+    next_snapshot_ms: i64,
 }
 
 impl Worker {
@@ -274,6 +291,8 @@ impl Worker {
             run: None,
             native: 0,
             last_objects_ms: None,
+            snapshot: None,
+            next_snapshot_ms: 0,
         }
     }
 
@@ -294,11 +313,16 @@ impl Worker {
                     ring = current;
                 }
             }
+            if self.snapshot.is_some() && now >= self.next_snapshot_ms {
+                self.sample_snapshot(now);
+            }
             let (Some(r), Some(c)) = (ring.as_ref(), cursor.as_mut()) else {
                 self.idle();
                 continue;
             };
             match r.read(c, &mut buf) {
+                // Runs are still followed (an H.264 one ends the polling); frames are not decoded.
+                ReadResult::Frame { track: Track::Video, .. } if self.snapshot.is_some() => {}
                 ReadResult::Frame { track: Track::Video, key, pts, seq } => {
                     let Some(at_ms) = self.run.as_ref().map(|run| run.wall_ms(pts)) else { continue };
                     if now - at_ms > MAX_LAG_MS {
@@ -347,8 +371,12 @@ impl Worker {
             self.emit(c, 0.0, None, None);
         }
         self.run = None;
+        self.snapshot = None;
         self.decoder.skipped();
-        self.stats.update(|c| c.ring_changes += 1);
+        self.stats.update(|c| {
+            c.ring_changes += 1;
+            c.snapshot = false;
+        });
     }
 
     fn new_run(&mut self, run: RunStart) {
@@ -356,11 +384,96 @@ impl Worker {
             self.emit(c, 0.0, None, None);
         }
         let started = self.decoder.start_run(&run.video.codec, &run.video.sample_entry);
-        if let Err(e) = &started {
-            log::warn!("detect {}: {e}", self.setup.stream);
+        self.snapshot = None;
+        let problem = match started {
+            Err(DecodeError::NotH264(codec)) => self.start_snapshots(&codec).err(),
+            Err(e) => Some(e.to_string()),
+            Ok(()) => None,
+        };
+        if let Some(p) = &problem {
+            log::warn!("detect {}: {p}", self.setup.stream);
         }
-        self.stats.set_problem(started.err().map(|e| e.to_string()));
+        let polling = self.snapshot.is_some();
+        self.stats.update(|c| c.snapshot = polling);
+        self.stats.set_problem(problem);
         self.run = Some(run);
+    }
+
+    /// A run of `codec` (not H.264): polls the camera's snapshot if the
+    /// stream has a `snapshot_url`, else says what detection needs.
+    fn start_snapshots(&mut self, codec: &str) -> Result<(), String> {
+        let url = self.setup.snapshot.as_ref().and_then(|s| s());
+        let Some(url) = url else { return Err(DecodeError::NotH264(codec.to_string()).to_string()) };
+        let client = SnapshotClient::new(&url)?;
+        log::info!(
+            "detect {}: codec {codec:?} is not H.264; detection samples the snapshot {} at {} fps",
+            self.setup.stream,
+            client.shown(),
+            self.setup.config.fps
+        );
+        self.snapshot = Some(client);
+        self.next_snapshot_ms = 0;
+        Ok(())
+    }
+
+    /// One sample of the camera's snapshot, at the clock's time.
+    fn sample_snapshot(&mut self, now: i64) {
+        self.next_snapshot_ms = now + 1000 / i64::from(self.setup.config.fps.max(1));
+        let Some(client) = self.snapshot.as_mut() else { return };
+        let started = std::time::Instant::now();
+        let width = u16::try_from(SNAPSHOT_WIDTH).unwrap_or(u16::MAX);
+        match client.fetch().and_then(|jpeg| snapshot::decode(&jpeg, width)) {
+            Ok(rgb) => {
+                self.stats.update(|c| {
+                    c.frames_seen += 1;
+                    c.frames_decoded += 1;
+                });
+                if self.stats.problem().is_some() {
+                    log::info!("detect {}: the snapshot answers again", self.setup.stream);
+                    self.stats.set_problem(None);
+                }
+                self.look(&rgb, self.setup.clock.now_ms());
+            }
+            Err(e) => {
+                self.stats.update(|c| c.decode_errors += 1);
+                if self.stats.problem().as_deref() != Some(e.as_str()) {
+                    log::warn!("detect {}: {e}", self.setup.stream);
+                }
+                self.stats.set_problem(Some(e));
+            }
+        }
+        if !self.setup.slow.is_zero() {
+            std::thread::sleep(self.setup.slow);
+        }
+        let busy = started.elapsed().as_micros() as u64;
+        self.stats.update(|c| c.busy_us += busy);
+    }
+
+    /// Motion (and objects) in a snapshot: what `frame` does with a decoded frame.
+    fn look(&mut self, rgb: &Rgb, at_ms: i64) {
+        let width = u16::try_from(self.setup.config.width).unwrap_or(160);
+        let luma = snapshot::luma(rgb, width);
+        let (verdict, change) = self.detector.feed(&luma, at_ms);
+        let wants = matches!(change, Some(MotionChange::Start { .. })) && self.setup.sink.wants_picture();
+        let colour = wants.then(|| rgb.scaled(SNAPSHOT_WIDTH));
+        let due = self.last_objects_ms.is_none_or(|t| at_ms - t >= OBJECT_INTERVAL_MS) && self.detector.in_motion();
+        let objects = match (due, self.setup.objects.as_mut()) {
+            (true, Some(detector)) => {
+                self.last_objects_ms = Some(at_ms);
+                let small = rgb.scaled(SNAPSHOT_WIDTH);
+                let found = detector.detect_within(&small, Duration::ZERO).map(|f| (f, small));
+                found.inspect_err(|e| log::debug!("detect {}: objects: {e}", self.setup.stream)).ok()
+            }
+            _ => None,
+        };
+        if let Some(change) = change {
+            let score = f64::from(verdict.changed_cells) / grid_cells(&luma, self.setup.config.cell) as f64;
+            let area = verdict.area.map(|a| normalised(a, &luma));
+            self.emit(change, score.min(1.0), colour.as_ref(), area);
+        }
+        if let Some((found, rgb)) = objects {
+            self.setup.sink.objects(&self.setup.stream, at_ms, &found, &rgb);
+        }
     }
 
     fn frame(&mut self, data: &[u8], key: bool, at_ms: i64) {

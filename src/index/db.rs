@@ -246,6 +246,12 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE onvif ADD COLUMN events INTEGER NOT NULL DEFAULT 0 CHECK (events IN (0, 1));
     "#,
+    // 13: a stream's sub stream (a second, small RTSP session of the same camera, for
+    // detection and the live grid) and its JPEG snapshot URL (detection of H.265 cameras).
+    r#"
+    ALTER TABLE streams ADD COLUMN sub_url TEXT;
+    ALTER TABLE streams ADD COLUMN snapshot_url TEXT;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -524,6 +530,12 @@ pub struct StreamSpec {
     /// box's local time, its mode replaces `record`.
     #[serde(default)]
     pub schedule: Vec<String>,
+    /// The camera's low-resolution stream (RTSP): detection and the live grid use it.
+    #[serde(default)]
+    pub sub_url: Option<String>,
+    /// The camera's JPEG snapshot (http://): detection of a stream with no H.264 source.
+    #[serde(default)]
+    pub snapshot_url: Option<String>,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -676,7 +688,7 @@ fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Er
 
 const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
-                           event_retention_days, schedule";
+                           event_retention_days, schedule, sub_url, snapshot_url";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -711,6 +723,8 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
                 serde_json::from_str(&text)
                     .map_err(|e| bad_value(15, rusqlite::types::Type::Text, format!("column schedule: {e}")))?
             },
+            sub_url: row.get(16)?,
+            snapshot_url: row.get(17)?,
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -939,9 +953,10 @@ impl Db {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
                                       max_storage_mb, priority, bitrate_kbps, source, created_ms,
-                                      updated_ms, pre_seconds, post_seconds, event_retention_days)
+                                      updated_ms, pre_seconds, post_seconds, event_retention_days,
+                                      sub_url, snapshot_url)
                  VALUES (?1, ?2, ?3, CASE ?4 WHEN 'off' THEN 'off' ELSE 'continuous' END, ?4, ?5,
-                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)
+                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (name) DO UPDATE SET
                      url = excluded.url, enabled = excluded.enabled, record = excluded.record,
                      record_mode = excluded.record_mode,
@@ -950,7 +965,8 @@ impl Db {
                      priority = excluded.priority, bitrate_kbps = excluded.bitrate_kbps,
                      source = excluded.source, updated_ms = excluded.updated_ms,
                      pre_seconds = excluded.pre_seconds, post_seconds = excluded.post_seconds,
-                     event_retention_days = excluded.event_retention_days
+                     event_retention_days = excluded.event_retention_days,
+                     sub_url = excluded.sub_url, snapshot_url = excluded.snapshot_url
                  WHERE streams.url IS NOT excluded.url OR streams.enabled IS NOT excluded.enabled
                     OR streams.record_mode IS NOT excluded.record_mode
                     OR streams.retention_days IS NOT excluded.retention_days
@@ -960,7 +976,9 @@ impl Db {
                     OR streams.source IS NOT excluded.source
                     OR streams.pre_seconds IS NOT excluded.pre_seconds
                     OR streams.post_seconds IS NOT excluded.post_seconds
-                    OR streams.event_retention_days IS NOT excluded.event_retention_days",
+                    OR streams.event_retention_days IS NOT excluded.event_retention_days
+                    OR streams.sub_url IS NOT excluded.sub_url
+                    OR streams.snapshot_url IS NOT excluded.snapshot_url",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -976,7 +994,9 @@ impl Db {
                     now_ms,
                     s.pre_seconds,
                     s.post_seconds,
-                    s.event_retention_days
+                    s.event_retention_days,
+                    s.sub_url,
+                    s.snapshot_url
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
@@ -1542,6 +1562,8 @@ mod tests {
             post_seconds: 10,
             event_retention_days: 30,
             schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
             source: "config".to_owned(),
         }
     }

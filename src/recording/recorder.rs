@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::ring::{self, Ring};
 use super::stream::{StreamRuntime, StreamState, StreamStatus};
-use super::{ingest, storage};
+use super::{ingest, storage, stream};
 use crate::base::error::{Error, Kind};
 use crate::governor::budget::{self, Budget};
 use crate::index::db::{StreamRow, StreamSpec};
@@ -31,6 +31,12 @@ const DEFAULT_BITRATE_KBPS: u32 = 4000;
 /// Heap of a stream's ingest beside its ring (the RTSP session's buffers and
 /// depacketizer). Measured at 76 KB a stream (16 streams, `scripts/soak`).
 const INGEST_HEAP: u64 = 128 << 10;
+/// A sub stream's ring: a few seconds (detection reads near the live edge,
+/// the live grid starts at the newest keyframe) at a sub stream's usual
+/// bitrate; a busier one holds less time, never less than a GOP or two.
+pub const SUB_RING_BYTES: usize = 512 << 10;
+/// The sub stream's own session heap (retina, depacketizer): as a main one.
+const SUB_INGEST_HEAP: u64 = INGEST_HEAP;
 /// The storage thread holds about a GOP of a recorded stream: 2 s at its
 /// bitrate, at least this (measured at 56 KB a 200 kbit/s stream).
 const WRITER_MIN: u64 = 256 << 10;
@@ -75,6 +81,8 @@ const PRE_SLACK_SECONDS: u32 = 1;
 pub fn restart_reason(old: &StreamSpec, new: &StreamSpec) -> Option<&'static str> {
     if old.url != new.url {
         Some("url")
+    } else if old.sub_url != new.sub_url {
+        Some("sub_url")
     } else if old.enabled != new.enabled {
         Some("enabled")
     } else if old.may_record() != new.may_record() {
@@ -118,7 +126,8 @@ impl Recorder {
     pub fn reservation(&self, spec: &StreamSpec) -> u64 {
         let kbps = u64::from(spec.bitrate_kbps.unwrap_or(DEFAULT_BITRATE_KBPS));
         let writer = if spec.may_record() { (kbps * 1000 * 2 / 8).max(WRITER_MIN) } else { 0 };
-        self.ring_bytes(spec) as u64 + writer + INGEST_HEAP
+        let sub = if spec.sub_url.is_some() { SUB_RING_BYTES as u64 + SUB_INGEST_HEAP } else { 0 };
+        self.ring_bytes(spec) as u64 + writer + INGEST_HEAP + sub
     }
 
     pub fn set_channels(&self, ch: Channels) {
@@ -226,9 +235,15 @@ impl Recorder {
         parked.iter().filter(|rt| edit.unpark(rt)).map(|rt| rt.name().to_string()).collect()
     }
 
-    /// Bytes of all ring mappings.
+    /// Bytes of all ring mappings (sub streams' included).
     pub fn ring_bytes_total(&self) -> u64 {
-        self.streams().iter().map(|s| s.ring.capacity() as u64).sum()
+        let sub = |s: &Arc<StreamRuntime>| s.sub().map_or(0, |sub| sub.ring.capacity() as u64);
+        self.streams().iter().map(|s| s.ring.capacity() as u64 + sub(s)).sum()
+    }
+
+    /// Bytes of the sub streams' ring mappings (part of `ring_bytes_total`).
+    pub fn sub_ring_bytes_total(&self) -> u64 {
+        self.streams().iter().filter_map(|s| s.sub()).map(|sub| sub.ring.capacity() as u64).sum()
     }
 
     /// Bytes of the ring mappings locked in RAM.
@@ -360,11 +375,36 @@ impl Edit<'_> {
                 log::warn!("stream {}: ring not locked in RAM (mlock: {e}); the kernel may swap it out", rt.name());
             }
         }
+        self.attach_sub(rt);
         let Some(ch) = self.rec.channels() else { return };
         if rt.spec().may_record() {
             let _ = ch.storage.send(storage::Command::Add(rt.clone()));
         }
         let _ = ch.ingest.send_blocking(ingest::Command::Start(rt.clone()));
+        if let Some(sub) = rt.sub() {
+            let _ = ch.ingest.send_blocking(ingest::Command::Start(sub));
+        }
+    }
+
+    /// Makes the sub stream of a launched stream with a `sub_url` (its ring is
+    /// in the stream's reservation). Without a ring the main stream runs on
+    /// alone, and says why in its status.
+    fn attach_sub(&self, rt: &Arc<StreamRuntime>) {
+        if rt.sub().is_some() {
+            return;
+        }
+        let row = row_of(rt);
+        let Some(name) = row.spec.sub_url.as_ref().map(|_| stream::sub_name(rt.name())) else { return };
+        let ring = match Ring::new(&name, SUB_RING_BYTES, self.rec.ring_dir().as_deref()) {
+            Ok(r) => Arc::new(r),
+            Err(e) => return rt.set_error(format!("its sub stream has no ring: {e}"), 0),
+        };
+        if let Some(sub) = StreamRuntime::sub_of(&row, ring) {
+            if self.rec.lock_rings.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sub.ring.lock_in_memory();
+            }
+            rt.set_sub(Arc::new(sub));
+        }
     }
 
     /// Starts the streams the budget just admitted, and shows every stream
@@ -464,9 +504,16 @@ impl Edit<'_> {
         let rt = self.rec.streams.write().unwrap_or_else(|p| p.into_inner()).remove(name)?;
         if let Some(ch) = self.rec.channels() {
             let _ = ch.ingest.send_blocking(ingest::Command::Stop(name.to_string()));
+            if rt.sub().is_some() {
+                let _ = ch.ingest.send_blocking(ingest::Command::Stop(stream::sub_name(name)));
+            }
             let _ = ch.storage.send(storage::Command::Remove(name.to_string()));
         }
         rt.set_state(StreamState::Stopped);
+        if let Some(sub) = rt.sub() {
+            // Live viewers of the sub stream are told it stopped.
+            sub.set_state(StreamState::Stopped);
+        }
         Some(rt)
     }
 }
@@ -491,6 +538,8 @@ mod tests {
             post_seconds: 10,
             event_retention_days: 30,
             schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
             source: "api".into(),
         };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }

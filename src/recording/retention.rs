@@ -665,6 +665,8 @@ mod tests {
             post_seconds: 10,
             event_retention_days: 30,
             schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
             source: "config".to_owned(),
         };
         db.upsert_stream(&spec, 0).expect("stream").id

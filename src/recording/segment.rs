@@ -636,6 +636,8 @@ mod tests {
             post_seconds: 10,
             event_retention_days: 30,
             schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

@@ -2,8 +2,14 @@
 //! and live status), shared by ingest (writer), storage (reader) and the web
 //! layer (status, live view).
 //!
+//! A stream with a `sub_url` also has a sub stream: a second `StreamRuntime`
+//! (named `NAME/sub`, a name no stream can have) with its own small ring and
+//! status, held by the main one (`sub()`), set once when the main one is
+//! launched. It is not in the registry: ingest runs it, nothing records it.
+//!
 //! Invariants: a stream in the registry has a database row; its ring lives as
-//! long as some box holds its `Arc<StreamRuntime>`.
+//! long as some box holds its `Arc<StreamRuntime>`; a sub stream lives and
+//! dies with the main runtime that holds it (a restart makes both anew).
 
 use std::sync::{Arc, Mutex};
 
@@ -209,6 +215,8 @@ pub struct StreamRuntime {
     spec: Mutex<StreamSpec>,
     pub ring: Arc<Ring>,
     status: Mutex<StreamStatus>,
+    /// The sub stream (`sub_url`), once launched.
+    sub: std::sync::OnceLock<Arc<StreamRuntime>>,
 }
 
 impl StreamRuntime {
@@ -220,7 +228,33 @@ impl StreamRuntime {
             spec: Mutex::new(row.spec),
             ring,
             status: Mutex::new(StreamStatus::new(state)),
+            sub: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The sub stream's runtime for this stream's row (`None` without a
+    /// `sub_url`): its spec is the main one's with the sub URL, never recorded.
+    pub fn sub_of(row: &StreamRow, ring: Arc<Ring>) -> Option<StreamRuntime> {
+        let url = row.spec.sub_url.clone()?;
+        let spec = StreamSpec {
+            name: sub_name(&row.spec.name),
+            url,
+            record: crate::index::db::RecordMode::Off,
+            sub_url: None,
+            snapshot_url: None,
+            ..row.spec.clone()
+        };
+        Some(StreamRuntime::new(StreamRow { spec, ..row.clone() }, ring))
+    }
+
+    /// The sub stream, if this stream has one running.
+    pub fn sub(&self) -> Option<Arc<StreamRuntime>> {
+        self.sub.get().cloned()
+    }
+
+    /// Attaches the sub stream (once; a second call is ignored).
+    pub(super) fn set_sub(&self, sub: Arc<StreamRuntime>) {
+        let _ = self.sub.set(sub);
     }
 
     /// The database id of the stream.
@@ -263,6 +297,12 @@ impl StreamRuntime {
             s.last_error_ms = Some(now_ms);
         });
     }
+}
+
+/// The name a sub stream runs under in ingest and logs: `NAME/sub` (no
+/// stream name holds a `/`, so it never meets a real stream's).
+pub fn sub_name(stream: &str) -> String {
+    format!("{stream}/sub")
 }
 
 #[cfg(test)]

@@ -121,16 +121,24 @@ fn ring_json(rt: &StreamRuntime) -> Value {
     })
 }
 
+/// A stream's sub stream: its live status and its ring.
+fn sub_json(sub: &StreamRuntime) -> Value {
+    json!({ "status": status_json(sub), "ring": ring_json(sub) })
+}
+
 /// A stream as the API shows it: row (URL masked), live status, ring, storage use.
 fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
     let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
     let rt = ctx.nvr.recorder.stream(&row.spec.name);
     if let Value::Object(m) = &mut v {
         m.insert("url".into(), mask_url(&row.spec.url).into());
+        m.insert("sub_url".into(), row.spec.sub_url.as_deref().map(mask_url).into());
+        m.insert("snapshot_url".into(), row.spec.snapshot_url.as_deref().map(mask_url).into());
         m.insert("created".into(), rfc3339(row.created_ms).into());
         m.insert("updated".into(), rfc3339(row.updated_ms).into());
         m.insert("status".into(), rt.as_deref().map_or(Value::Null, status_json));
         m.insert("ring".into(), rt.as_deref().map_or(Value::Null, ring_json));
+        m.insert("sub".into(), rt.as_deref().and_then(StreamRuntime::sub).as_deref().map_or(Value::Null, sub_json));
         m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
         m.insert("detection".into(), detection_json(ctx.nvr, &row.spec.name));
     }
@@ -142,8 +150,17 @@ pub(super) fn detection_json(nvr: &super::state::Nvr, name: &str) -> Value {
     let Some(stats) = nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
     let detectors = nvr.config.streams.iter().find(|s| s.name == name).map(|s| s.detect.clone());
     let c = stats.snapshot();
+    let has_sub = nvr.recorder.stream(name).is_some_and(|rt| rt.sub().is_some());
+    let source = if c.snapshot {
+        "snapshot"
+    } else if has_sub {
+        "sub"
+    } else {
+        "main"
+    };
     json!({
         "detectors": detectors.unwrap_or_default(),
+        "source": source,
         "enabled": nvr.detect_switch.enabled(name),
         "in_motion": c.in_motion,
         "frames_seen": c.frames_seen,
@@ -236,6 +253,8 @@ fn spec_fields(s: &StreamSpec) -> Map<String, Value> {
         "pre_seconds": s.pre_seconds,
         "post_seconds": s.post_seconds,
         "event_retention_days": s.event_retention_days,
+        "sub_url": s.sub_url,
+        "snapshot_url": s.snapshot_url,
     });
     match v {
         Value::Object(m) => m,
@@ -318,15 +337,22 @@ pub fn update_stream(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Re
             )))
         }
     }
-    if patch.get("url").and_then(Value::as_str) == Some(mask_url(&row.spec.url).as_str()) {
-        patch.remove("url");
+    let masked = [
+        ("url", Some(&row.spec.url)),
+        ("sub_url", row.spec.sub_url.as_ref()),
+        ("snapshot_url", row.spec.snapshot_url.as_ref()),
+    ];
+    for (field, old) in masked {
+        if old.is_some_and(|u| patch.get(field).and_then(Value::as_str) == Some(mask_url(u).as_str())) {
+            patch.remove(field);
+        }
     }
     let cfg = merge_fields(&spec_fields(&row.spec), &patch)?;
     validate(&cfg)?;
     save_and_apply(ctx, &mut edit, &cfg.to_spec(&row.spec.source), 200)
 }
 
-fn flag(q: &Query, name: &str) -> Result<bool, ApiError> {
+pub fn flag(q: &Query, name: &str) -> Result<bool, ApiError> {
     match q.get(name) {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),
@@ -547,6 +573,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "memory": {
                 "heap_by_subsystem": heap,
                 "rings_bytes": nvr.recorder.ring_bytes_total(),
+                "sub_rings_bytes": nvr.recorder.sub_ring_bytes_total(),
                 "sqlite_bytes": crate::index::db::Db::memory_used(),
                 "detect_native_bytes": memory::detect_native_bytes(),
                 "budget": nvr.recorder.budget_report(),
@@ -652,8 +679,10 @@ fn stream_setting(effect: Option<&StreamSpec>, file: Option<&StreamSpec>) -> Val
     };
     let masked = |m: &Map<String, Value>| {
         let mut m = m.clone();
-        if let Some(url) = m.get("url").and_then(Value::as_str) {
-            m.insert("url".into(), mask_url(url).into());
+        for key in ["url", "sub_url", "snapshot_url"] {
+            if let Some(url) = m.get(key).and_then(Value::as_str) {
+                m.insert(key.into(), mask_url(url).into());
+            }
         }
         m
     };
@@ -688,6 +717,8 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         detect: Vec::new(),
         motion_mask: Vec::new(),
         schedule: vec!["mon-fri 07:00-19:00 events".into()],
+        sub_url: Some("rtsp://u:pw@cam/sub".into()),
+        snapshot_url: Some("http://u:pw@cam/snap.jpg".into()),
     };
     for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
         if let Ok(cfg) = merge_fields(&base, &patch) {
@@ -771,7 +802,7 @@ mod tests {
         let v = stream_setting(Some(&api), None);
         assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
         let v = stream_setting(None, Some(&file));
-        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 10), "{v}");
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 12), "{v}");
     }
 
     #[test]

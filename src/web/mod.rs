@@ -294,9 +294,9 @@ fn serve(nvr: &Nvr, db: &mut Option<Db>, mut rq: tiny_http::Request) {
     });
     let reply = match outcome {
         Outcome::Reply(r) => r,
-        Outcome::Live(stream, via) => {
+        Outcome::Live(stream, sub, via) => {
             let method = rq.method().clone();
-            let status = live::serve(nvr, &stream, via, rq);
+            let status = live::serve(nvr, &stream, sub, via, rq);
             return metrics::count_request(route, &method, status);
         }
         Outcome::Events(via) => {
@@ -325,9 +325,10 @@ fn route_pattern(rq: &tiny_http::Request) -> &'static str {
 /// What `handle` decided: an answer, or to hand the connection to live view.
 enum Outcome {
     Reply(Reply),
-    /// An authorised `GET /api/streams/{name}/live` (stream, credential);
-    /// `live::serve` answers it and re-checks the credential while it plays.
-    Live(String, crate::auth::Via),
+    /// An authorised `GET /api/streams/{name}/live` (stream, `?sub=1`: its sub
+    /// stream if it has one, credential); `live::serve` answers it and
+    /// re-checks the credential while it plays.
+    Live(String, bool, crate::auth::Via),
     /// An authorised `GET /api/events/stream`; `live::sse` serves it.
     Events(crate::auth::Via),
 }
@@ -364,7 +365,11 @@ fn handle(nvr: &Nvr, db: &mut Option<Db>, rq: &mut tiny_http::Request) -> Outcom
     match (&matched.resource, matched.method) {
         (Resource::Live(name), _) => {
             let via = principal.map(|p| p.via).unwrap_or(crate::auth::Via::Console);
-            return Outcome::Live(name.clone(), via);
+            let sub = query.only(&["sub"]).map_err(ApiError::bad_request).and_then(|()| api::flag(&query, "sub"));
+            return match sub {
+                Ok(sub) => Outcome::Live(name.clone(), sub, via),
+                Err(e) => Outcome::Reply(e.into()),
+            };
         }
         (Resource::EventStream, _) => {
             if let Err(e) = query.only(&[]) {

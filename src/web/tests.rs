@@ -55,6 +55,8 @@ fn fixture() -> Fixture {
         post_seconds: 10,
         event_retention_days: 30,
         schedule: Vec::new(),
+        sub_url: None,
+        snapshot_url: None,
         source: "api".into(),
     };
     let stream = db.upsert_stream(&spec, T0).expect("stream");

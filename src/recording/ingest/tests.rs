@@ -212,6 +212,8 @@ impl Harness {
             post_seconds: 10,
             event_retention_days: 30,
             schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
             source: "api".into(),
         };
         let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
@@ -635,6 +637,8 @@ mod with_storage {
             post_seconds: 10,
             event_retention_days: 30,
             schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
             source: "api".into(),
         };
         assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");

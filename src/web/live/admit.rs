@@ -68,11 +68,19 @@ pub(super) struct Admitted {
     pub shutdown: Shutdown,
 }
 
-pub(super) fn admit(nvr: &Nvr, stream: &str, via: Via, rq: &tiny_http::Request) -> Result<Admitted, ApiError> {
+pub(super) fn admit(
+    nvr: &Nvr,
+    stream: &str,
+    sub: bool,
+    via: Via,
+    rq: &tiny_http::Request,
+) -> Result<Admitted, ApiError> {
     let rt = nvr.recorder.stream(stream).ok_or_else(|| ApiError::not_found(format!("no stream named {stream:?}")))?;
     if rt.with_status(|s| s.state) == StreamState::Disabled {
         return Err(ApiError::conflict(format!("stream {stream:?} is disabled; enable it to watch it live")));
     }
+    // The grid's tiles ask for the sub stream; a stream without one shows its main.
+    let rt = if sub { rt.sub().unwrap_or(rt) } else { rt };
     let key = handshake_key(rq)?;
     let origin = header(rq, "Origin");
     // Behind a trusted proxy the browser's host is the one the proxy says it forwarded.

@@ -1,5 +1,7 @@
 //! Live view: `GET /api/streams/{name}/live`, a WebSocket carrying fragmented
 //! MP4 read from the stream's ring, one `moof+mdat` message per video frame.
+//! `?sub=1` reads the stream's sub stream instead when it has one (the page's
+//! grid of tiles), else its main stream.
 //!
 //! - `admit`: on an http worker, the request's checks (404 unknown stream, 409
 //!   disabled, 400 not a WebSocket upgrade, 403 foreign `Origin`, 503
@@ -53,8 +55,8 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// Answers an authorised live request (the route and credentials are checked;
 /// `via` is checked again every 2 s, `pump::AUTH_CHECK`, while the client watches).
-pub fn serve(nvr: &Nvr, stream: &str, via: Via, rq: tiny_http::Request) -> u16 {
-    match admit(nvr, stream, via, &rq) {
+pub fn serve(nvr: &Nvr, stream: &str, sub: bool, via: Via, rq: tiny_http::Request) -> u16 {
+    match admit(nvr, stream, sub, via, &rq) {
         Ok(admitted) => {
             start(admitted, stream, rq);
             101
