@@ -238,6 +238,13 @@ pub const MIGRATIONS: &[&str] = &[
         ptz_url TEXT
     ) STRICT;
     "#,
+    // 11: per-stream detection settings, editable through the API (JSON text: the
+    // detectors' names, the motion mask's polygons, the zones; see `Zone`).
+    r#"
+    ALTER TABLE streams ADD COLUMN detect TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE streams ADD COLUMN motion_mask TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE streams ADD COLUMN zones TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -453,6 +460,28 @@ fn default_event_retention_days() -> u32 {
     DEFAULT_EVENT_RETENTION_DAYS
 }
 
+/// A polygon in normalised coordinates: `[x, y]` points, 0..=1, x right, y down.
+pub type Polygon = Vec<[f64; 2]>;
+
+/// A named area of a stream's picture for object detection (`[[streams.zones]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    /// 1 to 64 bytes, unique in its stream; events name it in `zones`.
+    pub name: String,
+    /// 3 to 64 points.
+    pub polygon: Polygon,
+    /// Labels that count in this zone (empty: every label).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Lowest score that counts in this zone (none: the `[detect]` filter alone).
+    #[serde(default)]
+    pub min_score: Option<f64>,
+    /// When a stream has required zones, an object outside all of them opens no event.
+    #[serde(default)]
+    pub required: bool,
+}
+
 fn default_true() -> bool {
     true
 }
@@ -463,7 +492,7 @@ fn default_source() -> String {
 /// What a stream is, as configured (file or API). Unknown fields are refused
 /// when deserializing; omitted optional ones take their defaults (enabled,
 /// continuous, priority 0, source "api").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
     /// 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with `.` (it names a directory).
@@ -492,6 +521,15 @@ pub struct StreamSpec {
     /// `retention_days`; with no `retention_days`, until space runs out).
     #[serde(default = "default_event_retention_days")]
     pub event_retention_days: u32,
+    /// Detectors on this stream: `[]` (off), `["motion"]`, `["motion", "objects"]`.
+    #[serde(default)]
+    pub detect: Vec<String>,
+    /// Polygons where motion is ignored.
+    #[serde(default)]
+    pub motion_mask: Vec<Polygon>,
+    /// Named areas for object detection.
+    #[serde(default)]
+    pub zones: Vec<Zone>,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -508,7 +546,7 @@ pub struct SegmentCheck {
 }
 
 /// A stream as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StreamRow {
     pub id: i64,
     #[serde(flatten)]
@@ -638,13 +676,20 @@ fn get_num<T: TryFrom<i64>>(row: &Row<'_>, idx: usize, col: &str) -> rusqlite::R
     })
 }
 
+/// A JSON text column read as `T`.
+fn get_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize, col: &str) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text)
+        .map_err(|e| bad_value(idx, rusqlite::types::Type::Text, format!("column {col} holds {text:?}: {e}")))
+}
+
 fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, ty, msg.into())
 }
 
 const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
-                           event_retention_days";
+                           event_retention_days, detect, motion_mask, zones";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -674,6 +719,9 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
             pre_seconds: get_num(row, 12, "pre_seconds")?,
             post_seconds: get_num(row, 13, "post_seconds")?,
             event_retention_days: get_num(row, 14, "event_retention_days")?,
+            detect: get_json(row, 15, "detect")?,
+            motion_mask: get_json(row, 16, "motion_mask")?,
+            zones: get_json(row, 17, "zones")?,
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -896,13 +944,20 @@ impl Db {
         }
         let max_mb =
             s.max_storage_mb.map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name))).transpose()?;
+        let json = |v: Result<String, serde_json::Error>, what: &str| {
+            v.map_err(|e| DbError::invalid(format!("stream {:?}: {what}: {e}", s.name)))
+        };
+        let detect = json(serde_json::to_string(&s.detect), "detect")?;
+        let mask = json(serde_json::to_string(&s.motion_mask), "motion_mask")?;
+        let zones = json(serde_json::to_string(&s.zones), "zones")?;
         self.write_durably("upsert_stream", |tx| {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
                                       max_storage_mb, priority, bitrate_kbps, source, created_ms,
-                                      updated_ms, pre_seconds, post_seconds, event_retention_days)
+                                      updated_ms, pre_seconds, post_seconds, event_retention_days,
+                                      detect, motion_mask, zones)
                  VALUES (?1, ?2, ?3, CASE ?4 WHEN 'off' THEN 'off' ELSE 'continuous' END, ?4, ?5,
-                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)
+                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (name) DO UPDATE SET
                      url = excluded.url, enabled = excluded.enabled, record = excluded.record,
                      record_mode = excluded.record_mode,
@@ -911,7 +966,8 @@ impl Db {
                      priority = excluded.priority, bitrate_kbps = excluded.bitrate_kbps,
                      source = excluded.source, updated_ms = excluded.updated_ms,
                      pre_seconds = excluded.pre_seconds, post_seconds = excluded.post_seconds,
-                     event_retention_days = excluded.event_retention_days
+                     event_retention_days = excluded.event_retention_days,
+                     detect = excluded.detect, motion_mask = excluded.motion_mask, zones = excluded.zones
                  WHERE streams.url IS NOT excluded.url OR streams.enabled IS NOT excluded.enabled
                     OR streams.record_mode IS NOT excluded.record_mode
                     OR streams.retention_days IS NOT excluded.retention_days
@@ -921,7 +977,10 @@ impl Db {
                     OR streams.source IS NOT excluded.source
                     OR streams.pre_seconds IS NOT excluded.pre_seconds
                     OR streams.post_seconds IS NOT excluded.post_seconds
-                    OR streams.event_retention_days IS NOT excluded.event_retention_days",
+                    OR streams.event_retention_days IS NOT excluded.event_retention_days
+                    OR streams.detect IS NOT excluded.detect
+                    OR streams.motion_mask IS NOT excluded.motion_mask
+                    OR streams.zones IS NOT excluded.zones",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -937,7 +996,10 @@ impl Db {
                     now_ms,
                     s.pre_seconds,
                     s.post_seconds,
-                    s.event_retention_days
+                    s.event_retention_days,
+                    detect,
+                    mask,
+                    zones
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
@@ -1497,6 +1559,9 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "config".to_owned(),
         }
     }

@@ -489,6 +489,9 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "api".into(),
         };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }

@@ -664,6 +664,9 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "config".to_owned(),
         };
         db.upsert_stream(&spec, 0).expect("stream").id

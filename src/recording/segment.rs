@@ -632,6 +632,9 @@ mod tests {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

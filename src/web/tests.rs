@@ -54,6 +54,9 @@ fn fixture() -> Fixture {
         pre_seconds: 5,
         post_seconds: 10,
         event_retention_days: 30,
+        detect: Vec::new(),
+        motion_mask: Vec::new(),
+        zones: Vec::new(),
         source: "api".into(),
     };
     let stream = db.upsert_stream(&spec, T0).expect("stream");

@@ -211,6 +211,9 @@ impl Harness {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "api".into(),
         };
         let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
@@ -633,6 +636,9 @@ mod with_storage {
             pre_seconds: 5,
             post_seconds: 10,
             event_retention_days: 30,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "api".into(),
         };
         assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");
