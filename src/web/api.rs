@@ -132,18 +132,18 @@ fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
         m.insert("status".into(), rt.as_deref().map_or(Value::Null, status_json));
         m.insert("ring".into(), rt.as_deref().map_or(Value::Null, ring_json));
         m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
-        m.insert("detection".into(), detection_json(ctx, &row.spec.name));
+        m.insert("detection".into(), detection_json(ctx, &row.spec));
     }
     v
 }
 
 /// A detecting stream's detectors, counters and problem; null for the others.
-fn detection_json(ctx: &Ctx, name: &str) -> Value {
+fn detection_json(ctx: &Ctx, spec: &StreamSpec) -> Value {
+    let name = spec.name.as_str();
     let Some(stats) = ctx.nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
-    let detectors = ctx.nvr.config.streams.iter().find(|s| s.name == name).map(|s| s.detect.clone());
     let c = stats.snapshot();
     json!({
-        "detectors": detectors.unwrap_or_default(),
+        "detectors": spec.detect,
         "enabled": ctx.nvr.mqtt.get().is_none_or(|m| m.detection_enabled(name)),
         "in_motion": c.in_motion,
         "frames_seen": c.frames_seen,
@@ -236,6 +236,9 @@ fn spec_fields(s: &StreamSpec) -> Map<String, Value> {
         "pre_seconds": s.pre_seconds,
         "post_seconds": s.post_seconds,
         "event_retention_days": s.event_retention_days,
+        "detect": s.detect,
+        "motion_mask": s.motion_mask,
+        "zones": s.zones,
     });
     match v {
         Value::Object(m) => m,
@@ -619,7 +622,10 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
     let file = &ctx.nvr.config.streams;
     let rows = ctx.db.list_streams()?;
-    let spec_in_file = |name: &str| file.iter().find(|c| c.name == name).map(|c| c.to_spec("config"));
+    let spec_in_file = |name: &str| {
+        let stored = rows.iter().find(|r| r.spec.name == name).map(|r| &r.spec);
+        file.iter().find(|c| c.name == name).map(|c| c.to_spec_over(stored))
+    };
     let mut streams: Vec<Value> =
         rows.iter().map(|r| stream_setting(Some(&r.spec), spec_in_file(&r.spec.name).as_ref())).collect();
     for c in file.iter().filter(|c| !rows.iter().any(|r| r.spec.name == c.name)) {
@@ -680,6 +686,7 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         event_retention_days: 30,
         detect: Vec::new(),
         motion_mask: Vec::new(),
+        zones: Vec::new(),
     };
     for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
         if let Ok(cfg) = merge_fields(&base, &patch) {

@@ -94,6 +94,7 @@ mod tests {
             Resource::OnvifProbe,
             Resource::StreamOnvif(name()),
             Resource::Ptz(name()),
+            Resource::Snapshot(name()),
             Resource::Recordings,
             Resource::RecordingFile(id()),
             Resource::Export,

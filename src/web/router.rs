@@ -64,6 +64,8 @@ pub enum Resource {
     StreamOnvif(String),
     /// Pan/tilt/zoom of a stream's ONVIF camera.
     Ptz(String),
+    /// The newest picture a stream's detection decoded (JPEG).
+    Snapshot(String),
     Recordings,
     RecordingFile(String),
     Export,
@@ -129,6 +131,7 @@ impl Resource {
             Resource::OnvifProbe => "/api/onvif/probe",
             Resource::StreamOnvif(_) => "/api/streams/{name}/onvif",
             Resource::Ptz(_) => "/api/streams/{name}/ptz",
+            Resource::Snapshot(_) => "/api/streams/{name}/snapshot",
             Resource::Recordings => "/api/recordings",
             Resource::RecordingFile(_) => "/api/recordings/{id}/file",
             Resource::Export => "/api/export.mp4",
@@ -286,6 +289,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["streams", name, "webrtc"] => Resource::WebRtc(decode(name)),
         ["streams", name, "onvif"] => Resource::StreamOnvif(decode(name)),
         ["streams", name, "ptz"] => Resource::Ptz(decode(name)),
+        ["streams", name, "snapshot"] => Resource::Snapshot(decode(name)),
         ["onvif", "discover"] => Resource::OnvifDiscover,
         ["onvif", "probe"] => Resource::OnvifProbe,
         ["recordings"] => Resource::Recordings,
