@@ -51,11 +51,6 @@ fn zones_are_validated_stored_and_survive_a_restart() {
         json!({ "zones": [{ "name": "gate", "polygon": [[0.1, 0.1], [0.2, 0.2]] }] }),
         &["zones", "2 points", "3 to 64"],
     );
-    refused(
-        &nvr,
-        json!({ "zones": [{ "name": "a", "polygon": square }, { "name": "a", "polygon": square }] }),
-        &["zones", "used twice"],
-    );
     refused(&nvr, json!({ "zones": [{ "name": "a", "polygon": square, "labels": ["unicorn"] }] }), &["unicorn"]);
     refused(&nvr, json!({ "zones": [{ "name": "a", "polygon": square, "min_score": 2 }] }), &["min_score", "0..=1"]);
     refused(&nvr, json!({ "zones": [{ "name": "", "polygon": square }] }), &["zones", "name"]);

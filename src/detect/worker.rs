@@ -397,6 +397,10 @@ impl Worker {
                 self.emit(c, 0.0, None, None);
             }
             self.stats.set_problem(Some(OFF.into()));
+            // Off frees the decoder's pictures; the next run start makes a new one.
+            self.decoder = LumaDecoder::new(self.decoder.width());
+            memory::detect_native_update(self.native, 0);
+            self.native = 0;
         } else if !self.settings.motion() {
             self.stats.set_problem(None);
         }

@@ -11,6 +11,7 @@
 //! - If any zone of the stream is `required`, an object in none of the
 //!   required zones is dropped (no event). Without required zones every object
 //!   counts, in whatever zones it is in (maybe none).
+//! - Zones sharing a name are one zone of several polygons: its name is listed once.
 //! - Motion is in a zone when the bottom-centre of the moving area is inside
 //!   the polygon (labels and scores are for objects; motion is never dropped:
 //!   the motion mask is what hides places from motion).
@@ -56,13 +57,24 @@ pub fn of_object(zones: &[Zone], d: &Detection) -> Option<Vec<String>> {
     if zones.iter().any(|z| z.required) && !hits.iter().any(|z| z.required) {
         return None;
     }
-    Some(hits.into_iter().map(|z| z.name.clone()).collect())
+    Some(names(hits.into_iter()))
+}
+
+/// The names of `zones`, each once, in their order.
+fn names<'a>(zones: impl Iterator<Item = &'a Zone>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for z in zones {
+        if !out.contains(&z.name) {
+            out.push(z.name.clone());
+        }
+    }
+    out
 }
 
 /// The names of the zones a moving area (`[x, y, w, h]`, normalised) is in.
 pub fn of_area(zones: &[Zone], [x, y, w, h]: [f64; 4]) -> Vec<String> {
     let (fx, fy) = (x + w / 2.0, y + h);
-    zones.iter().filter(|z| inside(&z.polygon, fx, fy)).map(|z| z.name.clone()).collect()
+    names(zones.iter().filter(|z| inside(&z.polygon, fx, fy)))
 }
 
 #[cfg(test)]
@@ -122,5 +134,11 @@ mod tests {
         );
         assert_eq!(of_area(&zones, [0.4, 0.5, 0.1, 0.4]), vec!["left".to_string(), "door".to_string()]);
         assert_eq!(of_area(&zones, [0.6, 0.0, 0.1, 0.1]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn zones_sharing_a_name_are_one_zone() {
+        let zones = [zone("yard", &LEFT, &[], None, false), zone("yard", &BOTTOM, &[], None, false)];
+        assert_eq!(of_object(&zones, &person([0.4, 0.5, 0.5, 0.9], 0.9)), Some(vec!["yard".to_string()]));
     }
 }

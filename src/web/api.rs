@@ -770,7 +770,7 @@ mod tests {
         let v = stream_setting(Some(&api), None);
         assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
         let v = stream_setting(None, Some(&file));
-        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 10), "{v}");
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 13), "{v}");
     }
 
     #[test]

@@ -706,7 +706,7 @@ async function testPhone() {
 // Every main page, as the admin sees it: no control out of reach sideways, no
 // button label wrapped; a screenshot of each.
 const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/events', '#/streams',
-  `#/streams?edit=${STREAM}`, '#/settings', '#/integrations', '#/users', '#/account', '#/system'];
+  `#/streams?edit=${STREAM}`, `#/zones?stream=${STREAM}`, '#/settings', '#/integrations', '#/users', '#/account', '#/system'];
 
 async function checkLayout(page, size) {
   const found = [];
