@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::index::db::{RecordMode, StreamSpec};
+use crate::index::db::{RecordMode, StreamSpec, Zone};
 
 /// The embedded default configuration file (also printed by `oxinvr config`).
 pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
@@ -532,6 +532,9 @@ pub struct StreamConfig {
     /// detection polls when the stream has no H.264 source (H.265 cameras).
     #[serde(default)]
     pub snapshot_url: Option<String>,
+    /// Named areas for object detection (`[[streams.zones]]`): see `index::db::Zone`.
+    #[serde(default)]
+    pub zones: Vec<Zone>,
 }
 
 /// Entries a stream's `schedule` may hold (a week of distinct windows is far fewer).
@@ -782,6 +785,9 @@ pub fn check_model_file(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Most polygons in a motion mask, and most zones of a stream.
+pub const MAX_POLYGONS: usize = 32;
+
 /// Checks a stream's `detect` list and `motion_mask` polygons.
 fn validate_detect(detect: &[String], mask: &[Vec<[f64; 2]>]) -> Result<(), (&'static str, String)> {
     for d in detect {
@@ -789,15 +795,45 @@ fn validate_detect(detect: &[String], mask: &[Vec<[f64; 2]>]) -> Result<(), (&'s
             return Err(("detect", format!("{d:?} is not a detector (known: {DETECTORS:?})")));
         }
     }
-    if mask.len() > 32 {
-        return Err(("motion_mask", format!("{} polygons; at most 32", mask.len())));
+    if mask.len() > MAX_POLYGONS {
+        return Err(("motion_mask", format!("{} polygons; at most {MAX_POLYGONS}", mask.len())));
     }
     for (i, poly) in mask.iter().enumerate() {
-        if !(3..=64).contains(&poly.len()) {
-            return Err(("motion_mask", format!("polygon {i} has {} points; it needs 3 to 64", poly.len())));
+        validate_polygon(poly).map_err(|m| ("motion_mask", format!("polygon {i}: {m}")))?;
+    }
+    Ok(())
+}
+
+/// 3 to 64 points, each in 0..=1 (normalised x, y).
+fn validate_polygon(poly: &[[f64; 2]]) -> Result<(), String> {
+    if !(3..=64).contains(&poly.len()) {
+        return Err(format!("{} points; a polygon needs 3 to 64", poly.len()));
+    }
+    match poly.iter().enumerate().find(|(_, p)| !p.iter().all(|v| (0.0..=1.0).contains(v))) {
+        Some((i, p)) => Err(format!("point {i} {p:?} is outside 0..=1 (normalised x, y)")),
+        None => Ok(()),
+    }
+}
+
+/// Checks a stream's zones: names, polygons, known labels, scores. Zones may
+/// share a name: together they are one zone of several polygons (the API's
+/// document cannot say "unique by name", so nothing it allows is refused).
+fn validate_zones(zones: &[Zone]) -> Result<(), (&'static str, String)> {
+    let bad = |m: String| ("zones", m);
+    if zones.len() > MAX_POLYGONS {
+        return Err(bad(format!("{} zones; at most {MAX_POLYGONS}", zones.len())));
+    }
+    for (i, z) in zones.iter().enumerate() {
+        let chars = z.name.chars().count();
+        if chars == 0 || chars > 64 || z.name.chars().any(char::is_control) {
+            return Err(bad(format!("zone {i}: name {:?} must be 1 to 64 characters, no control characters", z.name)));
         }
-        if let Some(p) = poly.iter().find(|p| !p.iter().all(|v| (0.0..=1.0).contains(v))) {
-            return Err(("motion_mask", format!("polygon {i}: point {p:?} is outside 0..=1 (normalised x, y)")));
+        validate_polygon(&z.polygon).map_err(|m| bad(format!("zone {:?}: polygon: {m}", z.name)))?;
+        if let Some(l) = z.labels.iter().find(|l| !OBJECT_LABELS.contains(&l.as_str())) {
+            return Err(bad(format!("zone {:?}: label {l:?} is not one the object detector knows", z.name)));
+        }
+        if let Some(s) = z.min_score.filter(|s| !(0.0..=1.0).contains(s)) {
+            return Err(bad(format!("zone {:?}: min_score {s} is outside 0..=1", z.name)));
         }
     }
     Ok(())
@@ -866,7 +902,29 @@ impl StreamConfig {
             return Err(("schedule", format!("{} entries, at most {MAX_SCHEDULE_ENTRIES}", self.schedule.len())));
         }
         crate::index::schedule::parse(&self.schedule).map_err(|e| ("schedule", e))?;
-        validate_detect(&self.detect, &self.motion_mask)
+        validate_detect(&self.detect, &self.motion_mask)?;
+        validate_zones(&self.zones)
+    }
+
+    /// The spec the file gives a stream at start-up over what is `stored`:
+    /// the file's fields win, except detection settings the file leaves
+    /// empty (`detect`, `motion_mask`, `zones`), which keep what the API (the
+    /// page's zone editor) stored. An empty list in the file cannot clear
+    /// them: the API can.
+    pub fn to_spec_over(&self, stored: Option<&StreamSpec>) -> StreamSpec {
+        let mut spec = self.to_spec("config");
+        if let Some(old) = stored {
+            if spec.detect.is_empty() {
+                spec.detect = old.detect.clone();
+            }
+            if spec.motion_mask.is_empty() {
+                spec.motion_mask = old.motion_mask.clone();
+            }
+            if spec.zones.is_empty() {
+                spec.zones = old.zones.clone();
+            }
+        }
+        spec
     }
 
     pub fn to_spec(&self, source: &str) -> StreamSpec {
@@ -885,6 +943,9 @@ impl StreamConfig {
             schedule: self.schedule.clone(),
             sub_url: self.sub_url.clone(),
             snapshot_url: self.snapshot_url.clone(),
+            detect: self.detect.clone(),
+            motion_mask: self.motion_mask.clone(),
+            zones: self.zones.clone(),
             source: source.into(),
         }
     }

@@ -74,6 +74,8 @@ fn replay(file: &Path, fps: i64, mask: Mask) -> Replay {
         },
         config: DetectConfig::default(),
         mask,
+        zones: Vec::new(),
+        live: None,
         clock,
         sink: Box::new(tx),
         objects: None,

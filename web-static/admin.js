@@ -55,6 +55,7 @@ function streamRow(s) {
   const toggle = h('button', { type: 'button', text: s.enabled ? 'Disable' : 'Enable',
     onclick: (e) => busy(e.target, null, () => saveEnabled(s.name, !s.enabled)) });
   const actions = h('td.actions', {}, toggle, h('a.button', { href: `#/streams?edit=${encodeURIComponent(s.name)}`, text: 'Edit' }),
+    h('a.button.zones-link', { href: `#/zones?stream=${encodeURIComponent(s.name)}`, text: 'Zones' }),
     can('admin') ? deleteStreamButton(s) : null);
   return h('tr', { 'data-stream': s.name }, td(s.name), state,
     td(st.state === 'streaming' ? `${st.fps} fps, ${Math.round(st.bitrate_kbps)} kbit/s` : '—'),

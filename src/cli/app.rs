@@ -84,7 +84,9 @@ fn open_storage(cfg: &Config, repair: bool) -> Result<(Db, storage::Report, Data
     let db = Db::open(&cfg.db_path()).with_context(|| format!("database {}", cfg.db_path().display()))?;
     let now = RealClock.now_ms();
     for s in &cfg.streams {
-        db.upsert_stream(&s.to_spec("config"), now).with_context(|| format!("stream {}", s.name))?;
+        let stored = db.stream_by_name(&s.name).with_context(|| format!("stream {}", s.name))?;
+        db.upsert_stream(&s.to_spec_over(stored.map(|r| r.spec).as_ref()), now)
+            .with_context(|| format!("stream {}", s.name))?;
     }
     let began = Instant::now();
     // reconcile's own messages name the file or row at fault.
@@ -256,8 +258,10 @@ fn start_onvif_events(nvr: &Nvr) {
     }
 }
 
-/// Starts a `detect-NAME` thread on the ring of each configured stream with
-/// `detect = ["motion"]`. Test knob (with `OXINVR_TEST_KNOBS=1`):
+/// Starts a `detect-NAME` thread on the ring of each stream the recorder has
+/// at start-up. Its settings are live (the stream's spec, which the API
+/// edits): a stream with `detect = []` has a paused thread that wakes when
+/// detection is switched on. Test knob (with `OXINVR_TEST_KNOBS=1`):
 /// `OXINVR_DETECT_SLOW_MS` adds that much time to every decoded frame.
 fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<crate::detect::DetectHandle> {
     let slow = std::env::var("OXINVR_DETECT_SLOW_MS")
@@ -270,37 +274,44 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
     }
     let mut out = Vec::new();
     let mut stats = std::collections::HashMap::new();
-    for st in &cfg.streams {
+    for spec in nvr.recorder.streams().iter().map(|rt| rt.spec()) {
         let end_ms = i64::from(cfg.detect.end_seconds) * 1000;
         let sink = Box::new(
             crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)).object_end_ms(end_ms),
         );
-        let Some(mut setup) =
-            crate::detect::DetectSetup::for_stream(st, &cfg.detect, stream_rings(nvr, &st.name), clock.clone(), sink)
-        else {
-            continue;
+        let name = spec.name.clone();
+        let setup = crate::detect::DetectSetup {
+            stream: name.clone(),
+            rings: stream_rings(nvr, &name),
+            config: cfg.detect.clone(),
+            mask: crate::detect::Mask { polygons: spec.motion_mask.clone() },
+            zones: spec.zones.clone(),
+            live: Some(stream_settings(nvr, &name)),
+            clock: clock.clone(),
+            sink,
+            objects: None,
+            snapshot: Some(stream_snapshot_url(nvr, &name)),
+            slow,
         };
-        setup.slow = slow;
-        setup.snapshot = Some(stream_snapshot_url(nvr, &st.name));
-        if st.detect.iter().any(|d| d == "objects") {
-            match crate::detect::objects::Detector::from_config(&cfg.detect) {
-                Ok(d) => {
-                    log::info!("stream {}: objects by {}", st.name, d.describe());
-                    setup.objects = Some(d);
-                }
-                Err(e) => log::error!("stream {}: no object detection: {e}", st.name),
-            }
-        }
+        // The thread builds its object detector when its settings ask for one.
         match crate::detect::spawn(setup) {
             Ok(h) => {
-                stats.insert(st.name.clone(), h.stats.clone());
+                stats.insert(name, h.stats.clone());
                 out.push(h);
             }
-            Err(e) => log::error!("stream {}: detection not started: {e}", st.name),
+            Err(e) => log::error!("stream {name}: detection not started: {e}"),
         }
     }
     let _ = nvr.detection.set(stats);
     out
+}
+
+/// The detection settings `stream` has now (weak, like the rings).
+fn stream_settings(nvr: &Arc<Nvr>, stream: &str) -> crate::detect::SettingsSource {
+    let (weak, name) = (Arc::downgrade(nvr), stream.to_string());
+    Arc::new(move || {
+        weak.upgrade().and_then(|n| n.recorder.stream(&name)).map(|rt| crate::detect::Settings::of(&rt.spec()))
+    })
 }
 
 /// The ring detection reads for `stream` now: its sub stream's when it has

@@ -137,6 +137,11 @@ impl LumaDecoder {
         LumaDecoder { decoder: None, params: None, need_key: true, width, annex_b: Vec::new(), source: (0, 0) }
     }
 
+    /// The width pictures are box-averaged to.
+    pub fn width(&self) -> u16 {
+        self.width
+    }
+
     /// Starts a run with these codec parameters (a new OpenH264 instance).
     pub fn start_run(&mut self, codec: &str, sample_entry: &[u8]) -> Result<(), DecodeError> {
         self.decoder = None;

@@ -7,6 +7,9 @@
 //! `motion` (integer background model, cells, mask, hysteresis) ->
 //! [`worker::MotionSink`] (motion start / end): in the recorder,
 //! [`sink::EventSink`] (a `motion` event with a snapshot, in the events store).
+//! On moving frames (at most one a second) `objects` looks for COCO objects;
+//! `zones` names the zones each is in (and drops those outside required
+//! zones) before the sink opens `object` events.
 //!
 //! Invariants: ingest never waits for detection (the ring's writer never
 //! waits for a reader; a slow detector loses frames, not recording); the
@@ -22,6 +25,10 @@ pub mod sink;
 pub mod switch;
 pub mod snapshot;
 pub mod worker;
+pub mod zones;
 
 pub use motion::{Luma, Mask, MotionChange, MotionDetector, MotionParams};
-pub use worker::{spawn, DetectCounters, DetectHandle, DetectSetup, DetectStats, Motion, MotionSink};
+pub use worker::{
+    spawn, DetectCounters, DetectHandle, DetectSetup, DetectStats, Motion, MotionSink, NoPicture, Settings,
+    SettingsSource, Zoned,
+};

@@ -141,6 +141,14 @@ impl MotionDetector {
         }
     }
 
+    /// A new mask from the next frame on; the background is kept (the scene did not change).
+    pub fn set_mask(&mut self, mask: Mask) {
+        self.mask = mask;
+        if self.width > 0 {
+            self.masked = self.mask.rasterize(self.width, self.height);
+        }
+    }
+
     /// Bytes this detector holds (background and mask).
     pub fn heap_bytes(&self) -> usize {
         self.background.capacity() * 2 + self.masked.capacity()

@@ -8,15 +8,17 @@
 //! - A switched-off stream (MQTT's detection switch) opens nothing; an event
 //!   already open still ends, so nothing stays open forever.
 //! - A store error costs that event only (logged); detection goes on.
+//! - An object event's `zones` are every zone its label was seen in while it
+//!   was open (a person walking into the drive adds "drive"), so
+//!   `GET /api/events?zone=` finds it whichever zone it started in.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::motion::MotionChange;
-use super::objects::Detection;
 use super::picture::Rgb;
-use super::worker::{Motion, MotionSink};
+use super::worker::{Motion, MotionSink, Zoned};
 use crate::events::{Store, StoreError};
 use crate::index::db::{EventKind, NewEvent};
 
@@ -26,13 +28,22 @@ pub const THUMBNAIL_WIDTH: u32 = 192;
 /// Whether detection is switched on for a stream (MQTT's switch; always on without it).
 pub type Enabled = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// An open `object` event.
+struct OpenObject {
+    id: i64,
+    /// When its label was last seen.
+    last_ms: i64,
+    /// The zones it has been in.
+    zones: Vec<String>,
+}
+
 /// Motion of one stream into the events store.
 pub struct EventSink {
     store: Arc<Store>,
     enabled: Enabled,
     open: Cell<Option<i64>>,
-    /// Open `object` events by label: (id, last time the label was seen).
-    objects: RefCell<HashMap<&'static str, (i64, i64)>>,
+    /// Open `object` events by label.
+    objects: RefCell<HashMap<&'static str, OpenObject>>,
     /// A label unseen this long ends its event.
     object_end_ms: i64,
 }
@@ -62,10 +73,10 @@ impl EventSink {
     /// Ends the object events whose label was last seen before `before_ms`.
     fn end_objects(&self, before_ms: i64) {
         let mut open = self.objects.borrow_mut();
-        let gone: Vec<&'static str> = open.iter().filter(|(_, &(_, last))| last < before_ms).map(|(l, _)| *l).collect();
+        let gone: Vec<&'static str> = open.iter().filter(|(_, o)| o.last_ms < before_ms).map(|(l, _)| *l).collect();
         for label in gone {
-            if let Some((id, last)) = open.remove(label) {
-                self.finish(id, last);
+            if let Some(o) = open.remove(label) {
+                self.finish(o.id, o.last_ms);
             }
         }
     }
@@ -82,7 +93,7 @@ impl EventSink {
             kind: EventKind::Motion,
             label: "motion".into(),
             score: m.score,
-            zones: Vec::new(),
+            zones: m.zones.clone(),
             start_ms: at_ms,
             end_ms: None,
             best_box: m.area.map(|[x, y, w, h]| serde_json::json!({ "x": x, "y": y, "w": w, "h": h })),
@@ -92,6 +103,21 @@ impl EventSink {
         match self.store.create_with_pictures(&e, pictures) {
             Ok(row) => self.open.set(Some(row.id)),
             Err(e) => log::error!("stream {stream}: motion event not stored: {e}"),
+        }
+    }
+
+    /// Adds the zones of a new sighting to an open object event.
+    fn more_zones(&self, open: &mut OpenObject, zones: &[String]) {
+        let before = open.zones.len();
+        for z in zones {
+            if !open.zones.contains(z) {
+                open.zones.push(z.clone());
+            }
+        }
+        if open.zones.len() != before {
+            if let Err(e) = self.store.set_zones(open.id, &open.zones) {
+                log::error!("event {}: zones not stored: {e}", open.id);
+            }
         }
     }
 
@@ -120,12 +146,13 @@ impl MotionSink for EventSink {
         true
     }
 
-    fn objects(&self, stream: &str, at_ms: i64, found: &[Detection], picture: &Rgb) {
+    fn objects(&self, stream: &str, at_ms: i64, found: &[Zoned], picture: &Rgb) {
         self.end_objects(at_ms - self.object_end_ms);
         let mut jpegs = None;
-        for d in found {
+        for Zoned { detection: d, zones } in found {
             if let Some(open) = self.objects.borrow_mut().get_mut(d.label) {
-                open.1 = at_ms;
+                open.last_ms = at_ms;
+                self.more_zones(open, zones);
                 continue;
             }
             if !(self.enabled)(stream) {
@@ -138,7 +165,7 @@ impl MotionSink for EventSink {
                 kind: EventKind::Object,
                 label: d.label.into(),
                 score: f64::from(d.score),
-                zones: Vec::new(),
+                zones: zones.clone(),
                 start_ms: at_ms,
                 end_ms: None,
                 best_box: Some(serde_json::json!({ "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0 })),
@@ -146,7 +173,8 @@ impl MotionSink for EventSink {
             let pictures = jpegs.get_or_insert_with(|| Self::jpegs(stream, picture));
             match self.store.create_with_pictures(&e, pictures.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice()))) {
                 Ok(row) => {
-                    self.objects.borrow_mut().insert(d.label, (row.id, at_ms));
+                    let open = OpenObject { id: row.id, last_ms: at_ms, zones: zones.clone() };
+                    self.objects.borrow_mut().insert(d.label, open);
                 }
                 Err(e) => log::error!("stream {stream}: {} event not stored: {e}", d.label),
             }
@@ -161,6 +189,7 @@ impl MotionSink for EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::objects::Detection;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
@@ -176,12 +205,14 @@ mod tests {
             score: 0.25,
             picture: Some(&picture),
             area: Some([0.5, 0.25, 0.25, 0.5]),
+            zones: vec!["yard".into()],
         };
         let end = |at_ms| Motion {
             change: MotionChange::End { at_ms, peak_cells: 9 },
             score: 0.0,
             picture: None,
             area: None,
+            zones: Vec::new(),
         };
 
         sink.motion("gate", &start(1_000));
@@ -193,6 +224,7 @@ mod tests {
             (EventKind::Motion, "motion", 1_000, Some(4_000))
         );
         assert!((first.score - 0.25).abs() < 1e-9);
+        assert_eq!(first.zones, vec!["yard".to_string()]);
         assert_eq!(first.best_box, Some(serde_json::json!({ "x": 0.5, "y": 0.25, "w": 0.25, "h": 0.5 })));
         let snap = std::fs::read(dir.path().join(first.snapshot.expect("snapshot"))).expect("snapshot file");
         let thumb = Rgb::from_jpeg(
@@ -220,10 +252,14 @@ mod tests {
         let store = Arc::new(Store::new(&dir.path().join("oxinvr.db"), dir.path()));
         let sink = EventSink::new(store, Arc::new(|_: &str| true)).object_end_ms(5_000);
         let picture = Rgb { width: 32, height: 18, data: vec![90; 32 * 18 * 3] };
-        let person = Detection { label: "person", score: 0.8, bbox: [0.1, 0.2, 0.3, 0.6] };
-        let car = Detection { label: "car", score: 0.6, bbox: [0.5, 0.5, 0.9, 0.8] };
+        let zoned = |label, score, bbox, zones: &[&str]| Zoned {
+            detection: Detection { label, score, bbox },
+            zones: zones.iter().map(|z| z.to_string()).collect(),
+        };
+        let person = zoned("person", 0.8, [0.1, 0.2, 0.3, 0.6], &["path"]);
+        let car = zoned("car", 0.6, [0.5, 0.5, 0.9, 0.8], &[]);
         sink.objects("gate", 1_000, &[person.clone(), car], &picture);
-        sink.objects("gate", 4_000, std::slice::from_ref(&person), &picture);
+        sink.objects("gate", 4_000, &[zoned("person", 0.7, [0.4, 0.2, 0.6, 0.9], &["drive"])], &picture);
         sink.objects("gate", 7_500, std::slice::from_ref(&person), &picture);
         let db = crate::index::db::Db::open(&dir.path().join("oxinvr.db")).expect("db");
         let (p, c) = (db.event(1).expect("q").expect("person"), db.event(2).expect("q").expect("car"));
@@ -231,6 +267,7 @@ mod tests {
         assert_eq!((c.label.as_str(), c.end_ms), ("car", Some(1_000)), "unseen for 5 s: ended when last seen");
         assert_eq!(p.best_box.as_ref().and_then(|b| b["h"].as_f64()).map(|h| (h * 10.0).round()), Some(4.0));
         assert!(p.thumbnail.is_some());
+        assert_eq!(p.zones, vec!["path".to_string(), "drive".to_string()], "every zone it was seen in");
         assert_eq!(db.event(3).expect("q"), None, "no second person event");
         sink.quiet("gate", 10_000);
         assert_eq!(db.event(1).expect("q").expect("person").end_ms, Some(7_500));

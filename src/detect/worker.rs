@@ -18,6 +18,13 @@
 //!   that is H.264 comes; without one it says why in `DetectStats::problem`.
 //! - Memory: this thread's heap counts as `detect` in /api/system; OpenH264's
 //!   own pictures are estimated in `detect_native_bytes`.
+//! - Settings are live: with a [`SettingsSource`] (the stream's spec, which
+//!   the API edits) the thread re-reads detectors, mask and zones every
+//!   `RING_CHECK_MS`; a new mask keeps the background model, an empty
+//!   `detect` list pauses the thread (no ring reads, no decoding) and ends
+//!   motion in progress. Zones apply from the next detection.
+//! - A snapshot is encoded only when the API asks for one ([`DetectStats::picture`]):
+//!   the newest JPEG (~30 KB) is kept, nothing more.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,9 +37,11 @@ use super::objects::Detection;
 use super::objects::Detector;
 use super::picture::Rgb;
 use super::snapshot::{self, SnapshotClient};
+use super::zones;
 use crate::base::clock::Clock;
 use crate::base::memory;
-use crate::config::{DetectConfig, StreamConfig};
+use crate::config::DetectConfig;
+use crate::index::db::{StreamSpec, Zone};
 use crate::recording::media::{RunStart, Track};
 use crate::recording::ring::{ReadResult, Ring};
 
@@ -59,7 +68,47 @@ pub struct Motion<'a> {
     pub picture: Option<&'a Rgb>,
     /// Where it moved in that frame, normalised: x, y, width, height.
     pub area: Option<[f64; 4]>,
+    /// The zones the moving area is in (see `zones`), on a start.
+    pub zones: Vec<String>,
 }
+
+/// An object found on a frame, with the zones it is in (objects that the
+/// stream's required zones drop never get here).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Zoned {
+    pub detection: Detection,
+    pub zones: Vec<String>,
+}
+
+/// A stream's detection settings (its spec's `detect`, `motion_mask`, `zones`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub detect: Vec<String>,
+    pub mask: Mask,
+    pub zones: Vec<Zone>,
+}
+
+impl Settings {
+    pub fn of(spec: &StreamSpec) -> Settings {
+        Settings {
+            detect: spec.detect.clone(),
+            mask: Mask { polygons: spec.motion_mask.clone() },
+            zones: spec.zones.clone(),
+        }
+    }
+
+    /// Objects are looked for on moving frames: motion runs whenever either is on.
+    fn motion(&self) -> bool {
+        !self.detect.is_empty()
+    }
+
+    fn objects(&self) -> bool {
+        self.detect.iter().any(|d| d == "objects")
+    }
+}
+
+/// The stream's settings as they are now (None: the stream is gone).
+pub type SettingsSource = Arc<dyn Fn() -> Option<Settings> + Send + Sync>;
 
 /// Where motion changes go (the events store, a channel, a test).
 pub trait MotionSink: Send {
@@ -71,7 +120,7 @@ pub trait MotionSink: Send {
     }
 
     /// What object detection found at `at_ms` (maybe nothing) in `picture`.
-    fn objects(&self, _stream: &str, _at_ms: i64, _found: &[Detection], _picture: &Rgb) {}
+    fn objects(&self, _stream: &str, _at_ms: i64, _found: &[Zoned], _picture: &Rgb) {}
 
     /// Motion is over (or the stream went away) at `at_ms`: open object events end.
     fn quiet(&self, _stream: &str, _at_ms: i64) {}
@@ -161,8 +210,28 @@ pub struct DetectCounters {
 pub struct DetectStats {
     counters: Mutex<DetectCounters>,
     problem: Mutex<Option<String>>,
+    picture: Mutex<PictureSlot>,
+    picture_ready: std::sync::Condvar,
 }
 
+/// The API's request for a current picture and the newest one encoded.
+#[derive(Debug, Default)]
+struct PictureSlot {
+    wanted: bool,
+    /// Pictures encoded so far (tells a waiter a new one came).
+    made: u64,
+    /// The newest: its frame's wall time and the JPEG.
+    newest: Option<(i64, Arc<Vec<u8>>)>,
+}
+
+/// Why there is no current picture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPicture {
+    /// Detection is switched off for the stream (`detect = []`).
+    Off,
+    /// No frame was decoded within the wait (no camera, no H.264, ...).
+    NoFrame(String),
+}
 impl DetectStats {
     pub fn snapshot(&self) -> DetectCounters {
         *self.counters.lock().unwrap_or_else(PoisonError::into_inner)
@@ -181,7 +250,44 @@ impl DetectStats {
     fn update(&self, f: impl FnOnce(&mut DetectCounters)) {
         f(&mut self.counters.lock().unwrap_or_else(PoisonError::into_inner));
     }
+
+    /// The next frame detection decodes, as a JPEG (`SNAPSHOT_WIDTH` wide at
+    /// most), waiting at most `wait`: (its wall time, the JPEG).
+    pub fn picture(&self, wait: Duration) -> Result<(i64, Arc<Vec<u8>>), NoPicture> {
+        if self.problem().as_deref() == Some(OFF) {
+            return Err(NoPicture::Off);
+        }
+        let mut slot = self.picture.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.wanted = true;
+        let before = slot.made;
+        let (slot, _) = self
+            .picture_ready
+            .wait_timeout_while(slot, wait, |s| s.made == before)
+            .unwrap_or_else(PoisonError::into_inner);
+        match &slot.newest {
+            Some(p) if slot.made != before => Ok(p.clone()),
+            _ => Err(NoPicture::NoFrame(self.problem().unwrap_or_else(|| {
+                format!("detection decoded no frame in {} s (is the camera streaming?)", wait.as_secs())
+            }))),
+        }
+    }
+
+    /// Whether the API waits for a picture.
+    fn picture_wanted(&self) -> bool {
+        self.picture.lock().unwrap_or_else(PoisonError::into_inner).wanted
+    }
+
+    fn put_picture(&self, at_ms: i64, jpeg: Vec<u8>) {
+        let mut slot = self.picture.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.wanted = false;
+        slot.made += 1;
+        slot.newest = Some((at_ms, Arc::new(jpeg)));
+        self.picture_ready.notify_all();
+    }
 }
+
+/// The problem a paused (switched off) detection shows.
+pub const OFF: &str = "detection is off for this stream (detect = [])";
 
 /// A running detection thread; stops (and joins) on drop.
 pub struct DetectHandle {
@@ -215,6 +321,9 @@ pub struct DetectSetup {
     pub rings: RingSource,
     pub config: DetectConfig,
     pub mask: Mask,
+    pub zones: Vec<Zone>,
+    /// Where the live settings come from (None: `mask` and `zones` for good).
+    pub live: Option<SettingsSource>,
     pub clock: Arc<dyn Clock>,
     pub sink: Box<dyn MotionSink>,
     /// Object detection on moving frames (`detect = [.., "objects"]`).
@@ -223,30 +332,6 @@ pub struct DetectSetup {
     pub snapshot: Option<SnapshotSource>,
     /// Test knob: extra time spent on every decoded frame (a slow detector).
     pub slow: Duration,
-}
-
-impl DetectSetup {
-    /// The setup for a configured stream, or None if it runs no motion detection.
-    pub fn for_stream(
-        st: &StreamConfig,
-        config: &DetectConfig,
-        rings: RingSource,
-        clock: Arc<dyn Clock>,
-        sink: Box<dyn MotionSink>,
-    ) -> Option<DetectSetup> {
-        // Objects are looked for on moving frames: motion runs whenever either is on.
-        (!st.detect.is_empty()).then(|| DetectSetup {
-            stream: st.name.clone(),
-            rings,
-            config: config.clone(),
-            mask: Mask { polygons: st.motion_mask.clone() },
-            clock,
-            sink,
-            objects: None,
-            snapshot: None,
-            slow: Duration::ZERO,
-        })
-    }
 }
 
 /// Starts the `detect-NAME` thread.
@@ -275,6 +360,8 @@ struct Worker {
     /// Polling the camera's snapshot (the run is not H.264), and when next.
     snapshot: Option<SnapshotClient>,
     next_snapshot_ms: i64,
+    /// The settings in effect (from `setup.live`, when it has one).
+    settings: Settings,
 }
 
 impl Worker {
@@ -282,6 +369,7 @@ impl Worker {
         let width = u16::try_from(setup.config.width).unwrap_or(160);
         let detector = MotionDetector::new(motion_params(&setup.config), setup.mask.clone());
         let gate = Gate::new(setup.config.fps);
+        let settings = Settings { detect: Vec::new(), mask: setup.mask.clone(), zones: setup.zones.clone() };
         Worker {
             setup,
             stats,
@@ -293,7 +381,57 @@ impl Worker {
             last_objects_ms: None,
             snapshot: None,
             next_snapshot_ms: 0,
+            settings,
         }
+        .with_detectors()
+    }
+
+    /// Without live settings, the setup's detectors are the ones that run.
+    fn with_detectors(mut self) -> Self {
+        self.settings.detect = match self.setup.objects {
+            Some(_) => vec!["motion".into(), "objects".into()],
+            None => vec!["motion".into()],
+        };
+        self
+    }
+
+    /// Re-reads the live settings; whether detection is on.
+    fn follow_settings(&mut self) -> bool {
+        let Some(now) = self.setup.live.as_ref().and_then(|l| l()) else { return self.settings.motion() };
+        if now == self.settings {
+            return now.motion();
+        }
+        log::info!(
+            "detect {}: settings changed: detect {:?}, {} zone(s)",
+            self.setup.stream,
+            now.detect,
+            now.zones.len()
+        );
+        if now.mask != self.settings.mask {
+            self.detector.set_mask(now.mask.clone());
+        }
+        if !now.motion() {
+            if let Some(c) = self.detector.reset() {
+                self.emit(c, 0.0, None, None);
+            }
+            self.stats.set_problem(Some(OFF.into()));
+            // Off frees the decoder's pictures; the next run start makes a new one.
+            self.decoder = LumaDecoder::new(self.decoder.width());
+            memory::detect_native_update(self.native, 0);
+            self.native = 0;
+        } else if !self.settings.motion() {
+            self.stats.set_problem(None);
+        }
+        if now.objects() && self.setup.objects.is_none() {
+            match Detector::from_config(&self.setup.config) {
+                Ok(d) => self.setup.objects = Some(d),
+                Err(e) => log::error!("stream {}: no object detection: {e}", self.setup.stream),
+            }
+        } else if !now.objects() {
+            self.setup.objects = None;
+        }
+        self.settings = now;
+        self.settings.motion()
     }
 
     fn run(&mut self, stop: &AtomicBool) {
@@ -301,10 +439,27 @@ impl Worker {
         let mut cursor = ring.as_ref().map(|r| r.cursor_at_latest_keyframe());
         let mut checked = self.setup.clock.now_ms();
         let mut buf = Vec::new();
+        let mut on = self.follow_settings();
+        if !on {
+            self.stats.set_problem(Some(OFF.into()));
+        }
         while !stop.load(Ordering::Relaxed) {
             let now = self.setup.clock.now_ms();
-            if now - checked >= RING_CHECK_MS {
+            if now - checked >= RING_CHECK_MS || !on {
                 checked = now;
+                let was = on;
+                on = self.follow_settings();
+                if !on {
+                    // Off: no reads, no decoding; a look at the settings twice a second.
+                    std::thread::sleep(Duration::from_millis(RING_CHECK_MS as u64));
+                    continue;
+                }
+                if !was {
+                    // Back on: from the newest keyframe (its run start comes first).
+                    self.run = None;
+                    self.decoder.skipped();
+                    cursor = ring.as_ref().map(|r| r.cursor_at_latest_keyframe());
+                }
                 let current = (self.setup.rings)();
                 if !same_ring(&ring, &current) {
                     // The stream restarted on a new ring (or has none): follow it.
@@ -471,9 +626,25 @@ impl Worker {
             let area = verdict.area.map(|a| normalised(a, &luma));
             self.emit(change, score.min(1.0), colour.as_ref(), area);
         }
-        if let Some((found, rgb)) = objects {
-            self.setup.sink.objects(&self.setup.stream, at_ms, &found, &rgb);
+        if self.stats.picture_wanted() {
+            match rgb.scaled(SNAPSHOT_WIDTH).to_jpeg(80) {
+                Ok(jpeg) => self.stats.put_picture(at_ms, jpeg),
+                Err(e) => log::warn!("detect {}: picture: {e}", self.setup.stream),
+            }
         }
+        if let Some((found, rgb)) = objects {
+            self.report_objects(at_ms, found, &rgb);
+        }
+    }
+
+    /// Objects found at `at_ms` to the sink, with the zones each is in
+    /// (those outside every required zone are dropped).
+    fn report_objects(&self, at_ms: i64, found: Vec<Detection>, rgb: &Rgb) {
+        let zoned: Vec<Zoned> = found
+            .into_iter()
+            .filter_map(|d| zones::of_object(&self.settings.zones, &d).map(|z| Zoned { detection: d, zones: z }))
+            .collect();
+        self.setup.sink.objects(&self.setup.stream, at_ms, &zoned, rgb);
     }
 
     fn frame(&mut self, data: &[u8], key: bool, at_ms: i64) {
@@ -507,13 +678,19 @@ impl Worker {
                     }
                     _ => None,
                 };
+                if self.stats.picture_wanted() {
+                    match picture.rgb(SNAPSHOT_WIDTH).and_then(|p| p.to_jpeg(80)) {
+                        Ok(jpeg) => self.stats.put_picture(at_ms, jpeg),
+                        Err(e) => log::warn!("detect {}: picture: {e}", self.setup.stream),
+                    }
+                }
                 if let Some(change) = change {
                     let score = f64::from(verdict.changed_cells) / grid_cells(&luma, self.setup.config.cell) as f64;
                     let area = verdict.area.map(|a| normalised(a, &luma));
                     self.emit(change, score.min(1.0), colour.as_ref(), area);
                 }
                 if let Some((found, rgb)) = objects {
-                    self.setup.sink.objects(&self.setup.stream, at_ms, &found, &rgb);
+                    self.report_objects(at_ms, found, &rgb);
                 }
             }
             Ok(None) => {}
@@ -549,7 +726,8 @@ impl Worker {
                 log::info!("detect {}: motion ended at {at_ms} (peak {peak_cells} cells)", self.setup.stream)
             }
         }
-        self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture, area });
+        let zones = area.map(|a| zones::of_area(&self.settings.zones, a)).unwrap_or_default();
+        self.setup.sink.motion(&self.setup.stream, &Motion { change, score, picture, area, zones });
         if let MotionChange::End { at_ms, .. } = change {
             self.setup.sink.quiet(&self.setup.stream, at_ms);
         }

@@ -266,6 +266,14 @@ impl Store {
         })
     }
 
+    /// Records the zones an ongoing event is in (all it has been in so far).
+    pub fn set_zones(&self, id: i64, zones: &[String]) -> Result<(), StoreError> {
+        self.with_db(|db| match db.set_event_zones(id, zones)? {
+            true => Ok(()),
+            false => Err(StoreError::NotFound(id)),
+        })
+    }
+
     /// Deletes an event and its files; the event as it was.
     pub fn delete(&self, id: i64) -> Result<EventRow, StoreError> {
         let row = self.with_db(|db| {

@@ -252,6 +252,13 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE streams ADD COLUMN sub_url TEXT;
     ALTER TABLE streams ADD COLUMN snapshot_url TEXT;
     "#,
+    // 14: per-stream detection settings, editable through the API (JSON text: the
+    // detectors' names, the motion mask's polygons, the zones; see `Zone`).
+    r#"
+    ALTER TABLE streams ADD COLUMN detect TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE streams ADD COLUMN motion_mask TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE streams ADD COLUMN zones TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -487,6 +494,28 @@ fn default_event_retention_days() -> u32 {
     DEFAULT_EVENT_RETENTION_DAYS
 }
 
+/// A polygon in normalised coordinates: `[x, y]` points, 0..=1, x right, y down.
+pub type Polygon = Vec<[f64; 2]>;
+
+/// A named area of a stream's picture for object detection (`[[streams.zones]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    /// 1 to 64 bytes, unique in its stream; events name it in `zones`.
+    pub name: String,
+    /// 3 to 64 points.
+    pub polygon: Polygon,
+    /// Labels that count in this zone (empty: every label).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Lowest score that counts in this zone (none: the `[detect]` filter alone).
+    #[serde(default)]
+    pub min_score: Option<f64>,
+    /// When a stream has required zones, an object outside all of them opens no event.
+    #[serde(default)]
+    pub required: bool,
+}
+
 fn default_true() -> bool {
     true
 }
@@ -497,7 +526,7 @@ fn default_source() -> String {
 /// What a stream is, as configured (file or API). Unknown fields are refused
 /// when deserializing; omitted optional ones take their defaults (enabled,
 /// continuous, priority 0, source "api").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
     /// 1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with `.` (it names a directory).
@@ -536,6 +565,15 @@ pub struct StreamSpec {
     /// The camera's JPEG snapshot (http://): detection of a stream with no H.264 source.
     #[serde(default)]
     pub snapshot_url: Option<String>,
+    /// Detectors on this stream: `[]` (off), `["motion"]`, `["motion", "objects"]`.
+    #[serde(default)]
+    pub detect: Vec<String>,
+    /// Polygons where motion is ignored.
+    #[serde(default)]
+    pub motion_mask: Vec<Polygon>,
+    /// Named areas for object detection.
+    #[serde(default)]
+    pub zones: Vec<Zone>,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -552,7 +590,7 @@ pub struct SegmentCheck {
 }
 
 /// A stream as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StreamRow {
     pub id: i64,
     #[serde(flatten)]
@@ -682,13 +720,20 @@ fn get_num<T: TryFrom<i64>>(row: &Row<'_>, idx: usize, col: &str) -> rusqlite::R
     })
 }
 
+/// A JSON text column read as `T`.
+fn get_json<T: serde::de::DeserializeOwned>(row: &Row<'_>, idx: usize, col: &str) -> rusqlite::Result<T> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text)
+        .map_err(|e| bad_value(idx, rusqlite::types::Type::Text, format!("column {col} holds {text:?}: {e}")))
+}
+
 fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, ty, msg.into())
 }
 
 const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
-                           event_retention_days, schedule, sub_url, snapshot_url";
+                           event_retention_days, schedule, sub_url, snapshot_url, detect, motion_mask, zones";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -725,6 +770,9 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
             },
             sub_url: row.get(16)?,
             snapshot_url: row.get(17)?,
+            detect: get_json(row, 18, "detect")?,
+            motion_mask: get_json(row, 19, "motion_mask")?,
+            zones: get_json(row, 20, "zones")?,
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -949,14 +997,20 @@ impl Db {
             s.max_storage_mb.map(|v| to_i64(v, || format!("stream {:?}: max_storage_mb", s.name))).transpose()?;
         super::schedule::parse(&s.schedule).map_err(|e| DbError::invalid(format!("stream {:?}: {e}", s.name)))?;
         let schedule = serde_json::to_string(&s.schedule).unwrap_or_else(|_| "[]".into());
+        let json = |v: Result<String, serde_json::Error>, what: &str| {
+            v.map_err(|e| DbError::invalid(format!("stream {:?}: {what}: {e}", s.name)))
+        };
+        let detect = json(serde_json::to_string(&s.detect), "detect")?;
+        let mask = json(serde_json::to_string(&s.motion_mask), "motion_mask")?;
+        let zones = json(serde_json::to_string(&s.zones), "zones")?;
         self.write_durably("upsert_stream", |tx| {
             tx.prepare_cached(
                 "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
                                       max_storage_mb, priority, bitrate_kbps, source, created_ms,
                                       updated_ms, pre_seconds, post_seconds, event_retention_days,
-                                      sub_url, snapshot_url)
+                                      sub_url, snapshot_url, detect, motion_mask, zones)
                  VALUES (?1, ?2, ?3, CASE ?4 WHEN 'off' THEN 'off' ELSE 'continuous' END, ?4, ?5,
-                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15)
+                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                  ON CONFLICT (name) DO UPDATE SET
                      url = excluded.url, enabled = excluded.enabled, record = excluded.record,
                      record_mode = excluded.record_mode,
@@ -966,7 +1020,8 @@ impl Db {
                      source = excluded.source, updated_ms = excluded.updated_ms,
                      pre_seconds = excluded.pre_seconds, post_seconds = excluded.post_seconds,
                      event_retention_days = excluded.event_retention_days,
-                     sub_url = excluded.sub_url, snapshot_url = excluded.snapshot_url
+                     sub_url = excluded.sub_url, snapshot_url = excluded.snapshot_url,
+                     detect = excluded.detect, motion_mask = excluded.motion_mask, zones = excluded.zones
                  WHERE streams.url IS NOT excluded.url OR streams.enabled IS NOT excluded.enabled
                     OR streams.record_mode IS NOT excluded.record_mode
                     OR streams.retention_days IS NOT excluded.retention_days
@@ -978,7 +1033,10 @@ impl Db {
                     OR streams.post_seconds IS NOT excluded.post_seconds
                     OR streams.event_retention_days IS NOT excluded.event_retention_days
                     OR streams.sub_url IS NOT excluded.sub_url
-                    OR streams.snapshot_url IS NOT excluded.snapshot_url",
+                    OR streams.snapshot_url IS NOT excluded.snapshot_url
+                    OR streams.detect IS NOT excluded.detect
+                    OR streams.motion_mask IS NOT excluded.motion_mask
+                    OR streams.zones IS NOT excluded.zones",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -996,7 +1054,10 @@ impl Db {
                     s.post_seconds,
                     s.event_retention_days,
                     s.sub_url,
-                    s.snapshot_url
+                    s.snapshot_url,
+                    detect,
+                    mask,
+                    zones
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
@@ -1564,6 +1625,9 @@ mod tests {
             schedule: Vec::new(),
             sub_url: None,
             snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "config".to_owned(),
         }
     }

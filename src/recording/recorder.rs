@@ -540,6 +540,9 @@ mod tests {
             schedule: Vec::new(),
             sub_url: None,
             snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "api".into(),
         };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }

@@ -667,6 +667,9 @@ mod tests {
             schedule: Vec::new(),
             sub_url: None,
             snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "config".to_owned(),
         };
         db.upsert_stream(&spec, 0).expect("stream").id

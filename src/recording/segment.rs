@@ -638,6 +638,9 @@ mod tests {
             schedule: Vec::new(),
             sub_url: None,
             snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

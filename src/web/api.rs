@@ -140,15 +140,16 @@ fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
         m.insert("ring".into(), rt.as_deref().map_or(Value::Null, ring_json));
         m.insert("sub".into(), rt.as_deref().and_then(StreamRuntime::sub).as_deref().map_or(Value::Null, sub_json));
         m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
-        m.insert("detection".into(), detection_json(ctx.nvr, &row.spec.name));
+        m.insert("detection".into(), detection_json(ctx.nvr, &row.spec));
     }
     v
 }
 
-/// A detecting stream's detectors, switch, counters and problem; null for the others.
-pub(super) fn detection_json(nvr: &super::state::Nvr, name: &str) -> Value {
+/// A stream's detectors (as its spec says now), switch, counters and
+/// problem; null for a stream without a detection thread.
+pub(super) fn detection_json(nvr: &super::state::Nvr, spec: &StreamSpec) -> Value {
+    let name = spec.name.as_str();
     let Some(stats) = nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
-    let detectors = nvr.config.streams.iter().find(|s| s.name == name).map(|s| s.detect.clone());
     let c = stats.snapshot();
     let has_sub = nvr.recorder.stream(name).is_some_and(|rt| rt.sub().is_some());
     let source = if c.snapshot {
@@ -159,7 +160,7 @@ pub(super) fn detection_json(nvr: &super::state::Nvr, name: &str) -> Value {
         "main"
     };
     json!({
-        "detectors": detectors.unwrap_or_default(),
+        "detectors": spec.detect,
         "source": source,
         "enabled": nvr.detect_switch.enabled(name),
         "in_motion": c.in_motion,
@@ -255,6 +256,9 @@ fn spec_fields(s: &StreamSpec) -> Map<String, Value> {
         "event_retention_days": s.event_retention_days,
         "sub_url": s.sub_url,
         "snapshot_url": s.snapshot_url,
+        "detect": s.detect,
+        "motion_mask": s.motion_mask,
+        "zones": s.zones,
     });
     match v {
         Value::Object(m) => m,
@@ -653,7 +657,10 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
     let file = &ctx.nvr.config.streams;
     let rows = ctx.db.list_streams()?;
-    let spec_in_file = |name: &str| file.iter().find(|c| c.name == name).map(|c| c.to_spec("config"));
+    let spec_in_file = |name: &str| {
+        let stored = rows.iter().find(|r| r.spec.name == name).map(|r| &r.spec);
+        file.iter().find(|c| c.name == name).map(|c| c.to_spec_over(stored))
+    };
     let mut streams: Vec<Value> =
         rows.iter().map(|r| stream_setting(Some(&r.spec), spec_in_file(&r.spec.name).as_ref())).collect();
     for c in file.iter().filter(|c| !rows.iter().any(|r| r.spec.name == c.name)) {
@@ -719,6 +726,7 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         schedule: vec!["mon-fri 07:00-19:00 events".into()],
         sub_url: Some("rtsp://u:pw@cam/sub".into()),
         snapshot_url: Some("http://u:pw@cam/snap.jpg".into()),
+        zones: Vec::new(),
     };
     for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
         if let Ok(cfg) = merge_fields(&base, &patch) {
@@ -802,7 +810,7 @@ mod tests {
         let v = stream_setting(Some(&api), None);
         assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
         let v = stream_setting(None, Some(&file));
-        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 12), "{v}");
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 15), "{v}");
     }
 
     #[test]

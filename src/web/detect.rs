@@ -11,16 +11,22 @@
 //! - One picture at a time is decoded and run (the process-wide gate of
 //!   `detect::objects`); a second request waits at most `WAIT`, then gets
 //!   503 with `Retry-After: 1`.
+//!
+//! Also `GET /api/streams/{name}/snapshot` (the zone editor's picture): the
+//! next frame the stream's detection decodes, as a JPEG. Nothing is decoded
+//! for it beyond what detection decodes anyway; it waits at most
+//! `SNAPSHOT_WAIT` for that frame, then answers 503 saying why.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::reply::{ApiError, Reply};
+use super::reply::{ApiError, Body, Reply};
 use super::{Ctx, Query};
 use crate::detect::objects::{self, Filter, ObjectError};
 use crate::detect::picture::{PictureError, Rgb};
+use crate::detect::NoPicture;
 
 /// The route's path, for the body-size exemption in `serve`.
 pub const PATH: &str = "/api/detect";
@@ -30,6 +36,36 @@ pub const MAX_JPEG_BYTES: u64 = 4 << 20;
 const MAX_PIXELS: u64 = 3840 * 2160;
 /// How long a request waits for another one's inference.
 const WAIT: Duration = Duration::from_secs(2);
+
+/// How long a snapshot waits for detection's next decoded frame (it decodes
+/// every keyframe, so a camera's GOP of up to a few seconds fits).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(4);
+
+/// The next frame the stream's detection decodes, as a JPEG.
+pub fn snapshot(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
+    q.only(&[]).map_err(ApiError::bad_request)?;
+    if ctx.db.stream_by_name(name)?.is_none() {
+        return Err(ApiError::not_found(format!("no stream named {name:?}")));
+    }
+    let unavailable = |why: String| ApiError::new(503, why).with_header("Retry-After", "5".into());
+    let Some(stats) = ctx.nvr.detection.get().and_then(|m| m.get(name)) else {
+        return Err(unavailable(format!(
+            "detection is not running for stream {name:?} (it was added after start-up: restart OxiNVR)"
+        )));
+    };
+    match stats.picture(SNAPSHOT_WAIT) {
+        Ok((at_ms, jpeg)) => Ok(Reply {
+            status: 200,
+            headers: vec![("Content-Type", "image/jpeg".into()), ("X-Frame-Time-Ms", at_ms.to_string())],
+            body: Body::Bytes(jpeg.to_vec()),
+        }
+        .with_header("Cache-Control", "no-store".into())),
+        Err(NoPicture::Off) => Err(unavailable(format!(
+            "detection is off for stream {name:?}: switch on motion (detect = [\"motion\"]) to get its picture"
+        ))),
+        Err(NoPicture::NoFrame(why)) => Err(unavailable(format!("stream {name:?}: no picture: {why}"))),
+    }
+}
 
 pub fn too_large(n: u64) -> ApiError {
     ApiError::new(413, format!("the JPEG ({n} bytes) is larger than the {MAX_JPEG_BYTES} bytes /api/detect takes"))

@@ -33,16 +33,16 @@ pub fn switch(nvr: &Nvr, stream: &str, on: bool) -> Result<bool, ApiError> {
 pub fn put(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     q.only(&[]).map_err(ApiError::bad_request)?;
     let on = enabled_field(body)?;
-    if ctx.db.stream_by_name(name)?.is_none() {
+    let Some(row) = ctx.db.stream_by_name(name)? else {
         return Err(ApiError::not_found(format!("no stream named {name:?}")));
-    }
-    if ctx.nvr.detection.get().and_then(|m| m.get(name)).is_none() {
+    };
+    if row.spec.detect.is_empty() || ctx.nvr.detection.get().and_then(|m| m.get(name)).is_none() {
         return Err(ApiError::conflict(format!(
-            "stream {name:?} runs no detection (its detect list in the configuration file is empty): nothing to switch"
+            "stream {name:?} runs no detection (its detect list is empty: set it in the stream's settings): nothing to switch"
         )));
     }
     switch(ctx.nvr, name, on)?;
-    Ok(Reply::json(200, &detection_json(ctx.nvr, name)))
+    Ok(Reply::json(200, &detection_json(ctx.nvr, &row.spec)))
 }
 
 /// `{"enabled": true|false}` and nothing else, or a 400 naming the field.

@@ -430,6 +430,7 @@ fn dispatch(ctx: &Ctx, c: &Call) -> Result<Reply, ApiError> {
         (Resource::StreamOnvif(name), _) => onvif::get_settings(ctx, name, q),
         (Resource::Ptz(name), _) => onvif::ptz(ctx, name, q, c.body),
         (Resource::StreamDetection(name), _) => detection::put(ctx, name, q, c.body),
+        (Resource::Snapshot(name), _) => detect::snapshot(ctx, name, q),
         (Resource::WebRtc(name), _) => webrtc::offer(ctx, name, q, c.body),
         (Resource::Recordings, _) => api::recordings(ctx, q),
         (Resource::RecordingFile(id), _) => media::recording_file(ctx, id, q, c.range),

@@ -95,6 +95,7 @@ mod tests {
             Resource::StreamOnvif(name()),
             Resource::Ptz(name()),
             Resource::StreamDetection(name()),
+            Resource::Snapshot(name()),
             Resource::Recordings,
             Resource::RecordingFile(id()),
             Resource::Export,

@@ -66,6 +66,8 @@ pub enum Resource {
     Ptz(String),
     /// `PUT {"enabled": bool}`: a stream's detection switch (`web::detection`).
     StreamDetection(String),
+    /// The newest picture a stream's detection decoded (JPEG).
+    Snapshot(String),
     Recordings,
     RecordingFile(String),
     Export,
@@ -132,6 +134,7 @@ impl Resource {
             Resource::StreamOnvif(_) => "/api/streams/{name}/onvif",
             Resource::Ptz(_) => "/api/streams/{name}/ptz",
             Resource::StreamDetection(_) => "/api/streams/{name}/detection",
+            Resource::Snapshot(_) => "/api/streams/{name}/snapshot",
             Resource::Recordings => "/api/recordings",
             Resource::RecordingFile(_) => "/api/recordings/{id}/file",
             Resource::Export => "/api/export.mp4",
@@ -291,6 +294,7 @@ fn resource(path: &str) -> Option<Resource> {
         ["streams", name, "onvif"] => Resource::StreamOnvif(decode(name)),
         ["streams", name, "ptz"] => Resource::Ptz(decode(name)),
         ["streams", name, "detection"] => Resource::StreamDetection(decode(name)),
+        ["streams", name, "snapshot"] => Resource::Snapshot(decode(name)),
         ["onvif", "discover"] => Resource::OnvifDiscover,
         ["onvif", "probe"] => Resource::OnvifProbe,
         ["recordings"] => Resource::Recordings,

@@ -57,6 +57,9 @@ fn fixture() -> Fixture {
         schedule: Vec::new(),
         sub_url: None,
         snapshot_url: None,
+        detect: Vec::new(),
+        motion_mask: Vec::new(),
+        zones: Vec::new(),
         source: "api".into(),
     };
     let stream = db.upsert_stream(&spec, T0).expect("stream");

@@ -792,7 +792,7 @@ async function testPhone() {
 // Every main page, as the admin sees it: no control out of reach sideways, no
 // button label wrapped; a screenshot of each.
 const MAIN_PAGES = ['#/live', `#/recordings?stream=${STREAM}`, `#/timeline?stream=${STREAM}`, '#/export', '#/events', '#/streams',
-  `#/streams?edit=${STREAM}`, '#/settings', '#/integrations', '#/users', '#/account', '#/system'];
+  `#/streams?edit=${STREAM}`, `#/zones?stream=${STREAM}`, '#/settings', '#/integrations', '#/users', '#/account', '#/system'];
 
 async function checkLayout(page, size) {
   const found = [];
@@ -843,6 +843,41 @@ async function testNoProblems() {
   assert(!pageProblems.length, `the page reported:\n      ${pageProblems.join('\n      ')}`);
 }
 
+// The zone editor (web-static/zones.js) on the second camera: motion switched on from the
+// page, the current picture shown, three taps make a zone that the API returns; on a phone.
+async function testZones() {
+  const stream = 'cam2';
+  const { page } = await newPage(S.browser, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  await loginAs(page, ADMIN);
+  await open(page, `#/zones?stream=${stream}`);
+  if (!(await page.isChecked('input[name=detect-motion]'))) await page.click('input[name=detect-motion]');
+  const src = await until('the current picture', () => page.$eval('.zone-picture', (img) => img.naturalWidth > 0 && img.src.slice(0, 22)), 30000);
+  assert(src.startsWith('data:image/jpeg'), `the picture is ${src}`);
+  const box = await page.$eval('#zone-overlay', (el) => { const r = el.getBoundingClientRect(); return { x: r.left, y: r.top, w: r.width, h: r.height }; });
+  const taps = [[0.2, 0.5], [0.8, 0.5], [0.5, 0.9]];
+  for (const [x, y] of taps) await page.mouse.click(box.x + x * box.w, box.y + y * box.h);
+  await page.fill('input[name=zone-name]', 'driveway');
+  await page.fill('input[name=labels]', 'person, car');
+  await page.click('#zone-add');
+  await page.waitForSelector('#zones tr[data-zone="driveway"]');
+  const s = await pageFetch(page, `/api/streams/${stream}`);
+  const zone = (s.body.zones || []).find((z) => z.name === 'driveway');
+  assert(zone, `the API has no zone driveway: ${JSON.stringify(s.body.zones)}`);
+  assert(zone.polygon.length === 3 && zone.polygon.every(([x, y], i) => Math.abs(x - taps[i][0]) < 0.02 && Math.abs(y - taps[i][1]) < 0.02),
+    `the saved polygon ${JSON.stringify(zone.polygon)} is not where the taps were ${JSON.stringify(taps)}`);
+  assert(JSON.stringify(zone.labels) === '["person","car"]', `labels: ${JSON.stringify(zone.labels)}`);
+  await shot(page, 'zones-phone');
+  // Deleted from the list: gone from the API too; detection back off for the other tests.
+  await page.click('#zones tr[data-zone="driveway"] button');
+  await page.waitForSelector('#zones tr[data-zone="driveway"]', { state: 'detached' });
+  await page.click('input[name=detect-motion]');
+  await until('detection off again', async () => {
+    const v = await pageFetch(page, `/api/streams/${stream}`);
+    return v.body.detect.length === 0 && v.body.zones.length === 0;
+  });
+  await page.close();
+}
+
 const TESTS = [
   ['assets: embedded, gzipped, cached, within budget, no traversal', testAssets],
   ['1 first-run setup creates the admin and lands on the live grid', testSetup],
@@ -855,6 +890,7 @@ const TESTS = [
   ['detection: live motion badge, thumbnails loaded, clip plays, paging, timeline lane seeks, switch off/on', testDetection],
   ['integrations: MQTT state and error, webhooks with their last delivery, the test button reaches a receiver that checks the signature, metrics URL', testIntegrations],
   ['pages: recordings play, stream form (test, save, add, delete), settings + OTA refusal, system', testPages],
+  ['zones: the editor shows the current picture, saves a tapped polygon the API returns, deletes it', testZones],
   ['ONVIF: discover, wrong password named, add a profile, PTZ reaches the camera', testOnvif],
   ['account: password change, another session revoked, API key shown once, works, deleted', testAccount],
   ['6 a viewer has no admin menu entries, sees access denied, gets 403', testViewer],

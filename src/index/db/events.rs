@@ -189,6 +189,16 @@ impl Db {
         Ok(n == 1)
     }
 
+    /// Sets the zones an event is in (an object walked into more of them); false if no such event.
+    pub fn set_event_zones(&self, id: i64, zones: &[String]) -> Result<bool, DbError> {
+        let text = serde_json::to_string(zones).map_err(|x| DbError::invalid(format!("event zones: {x}")))?;
+        let n = self
+            .conn
+            .execute("UPDATE events SET zones = ?2 WHERE id = ?1", params![id, text])
+            .with_ctx(|| format!("set zones of event {id}"))?;
+        Ok(n == 1)
+    }
+
     pub fn event(&self, id: i64) -> Result<Option<EventRow>, DbError> {
         let sql = format!("SELECT {COLS} FROM events WHERE id = ?1");
         self.conn.query_row(&sql, [id], event_from_row).optional().with_ctx(|| format!("event {id}"))

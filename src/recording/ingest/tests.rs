@@ -214,6 +214,9 @@ impl Harness {
             schedule: Vec::new(),
             sub_url: None,
             snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "api".into(),
         };
         let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
@@ -639,6 +642,9 @@ mod with_storage {
             schedule: Vec::new(),
             sub_url: None,
             snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
             source: "api".into(),
         };
         assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");
