@@ -391,7 +391,10 @@ fn detection_switch_names_its_mistakes_and_shows_its_state() {
     assert_eq!(enabled(), json!(false));
     let list = nvr.req("GET", "/api/streams", b"").json();
     let plain = list["streams"].as_array().and_then(|l| l.iter().find(|s| s["name"] == "plain")).cloned();
-    assert_eq!(plain.map(|s| s["detection"].clone()), Some(Value::Null), "{list}");
+    // Its thread is paused (detect = []): no detectors, and the problem says so.
+    let plain = plain.map(|s| s["detection"].clone()).unwrap_or_default();
+    assert_eq!(plain["detectors"], json!([]), "{list}");
+    assert!(plain["problem"].as_str().is_some_and(|p| p.contains("off")), "{list}");
     assert_eq!(nvr.req("PUT", path, br#"{"enabled":true}"#).json()["enabled"], json!(true));
     assert_eq!(enabled(), json!(true));
     assert!(nvr.log().contains("stream watched: detection switched off"), "{}", nvr.log());

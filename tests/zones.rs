@@ -101,7 +101,7 @@ fn the_snapshot_is_the_current_picture_or_says_why_not() {
     assert_eq!(r.status, 404, "{}", r.text());
     assert!(r.json()["error"].as_str().unwrap_or_default().contains("nope"), "{}", r.text());
     let r = nvr.get("/api/streams/cam/snapshot").expect("GET");
-    assert_eq!(r.status, 503, "detection off: {}", r.text());
+    assert_eq!(r.status, 409, "detection off: {}", r.text());
     let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("detection is off") && msg.contains("motion"), "{msg}");
 
@@ -128,7 +128,7 @@ fn the_snapshot_is_the_current_picture_or_says_why_not() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let r = nvr.get("/api/streams/cam/snapshot").expect("GET");
-        if r.status == 503 && r.text().contains("detection is off") {
+        if r.status == 409 && r.text().contains("detection is off") {
             break;
         }
         assert!(Instant::now() < deadline, "still a picture after detection was switched off: {}", r.status);

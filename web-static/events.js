@@ -194,7 +194,7 @@ function eventStage() {
 
 // A switch per detecting stream; viewers see the state only.
 function detectionSwitches(streams) {
-  const list = streams.filter((s) => s.detection);
+  const list = streams.filter((s) => s.detection && s.detection.detectors.length);
   if (!list.length) return null;
   return h('div.detect-switches#detect-switches', {}, h('span.muted', { text: 'Detection:' }), list.map(detectionSwitch));
 }
@@ -245,7 +245,7 @@ Ox.timelineEvents = async (stream, day) => {
 // Watches the detecting streams of the grid: their tiles get a badge while
 // motion lasts and the labels of ongoing object events. Returns the cleanup.
 Ox.watchDetections = (grid, streams) => {
-  const names = new Set(streams.filter((s) => s.detection).map((s) => s.name));
+  const names = new Set(streams.filter((s) => s.detection && s.detection.detectors.length).map((s) => s.name));
   if (!names.size) return () => {};
   const w = { grid, names, motion: new Map(), ongoing: new Map(), push: null, timer: null };
   for (const s of streams) if (names.has(s.name)) w.motion.set(s.name, s.detection);

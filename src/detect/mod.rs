@@ -22,8 +22,8 @@ pub mod motion;
 pub mod objects;
 pub mod picture;
 pub mod sink;
-pub mod switch;
 pub mod snapshot;
+pub mod switch;
 pub mod worker;
 pub mod zones;
 

@@ -15,7 +15,7 @@
 //! Also `GET /api/streams/{name}/snapshot` (the zone editor's picture): the
 //! next frame the stream's detection decodes, as a JPEG. Nothing is decoded
 //! for it beyond what detection decodes anyway; it waits at most
-//! `SNAPSHOT_WAIT` for that frame, then answers 503 saying why.
+//! `SNAPSHOT_WAIT` for that frame, then answers 409 saying why.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -47,7 +47,9 @@ pub fn snapshot(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
     if ctx.db.stream_by_name(name)?.is_none() {
         return Err(ApiError::not_found(format!("no stream named {name:?}")));
     }
-    let unavailable = |why: String| ApiError::new(503, why).with_header("Retry-After", "5".into());
+    // 409 throughout: what is missing is the stream's state (detection off, not
+    // running, no frame from the camera yet), not the server's health.
+    let unavailable = |why: String| ApiError::conflict(why).with_header("Retry-After", "5".into());
     let Some(stats) = ctx.nvr.detection.get().and_then(|m| m.get(name)) else {
         return Err(unavailable(format!(
             "detection is not running for stream {name:?} (it was added after start-up: restart OxiNVR)"
