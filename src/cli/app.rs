@@ -220,7 +220,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();
     }
-    drop(detectors);
+    crate::detect::DetectHandle::stop_all(detectors);
     // Sessions end first, so the rings hold everything that will ever arrive.
     let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
     let _ = executor_thread.join();

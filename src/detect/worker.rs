@@ -301,6 +301,16 @@ impl DetectHandle {
         self.halt();
     }
 
+    /// Stops many threads at once: every flag first, then the joins, so a
+    /// hundred paused threads (each looks at its flag twice a second) take
+    /// half a second, not fifty.
+    pub fn stop_all(handles: Vec<DetectHandle>) {
+        for h in &handles {
+            h.stop.store(true, Ordering::Relaxed);
+        }
+        drop(handles);
+    }
+
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -118,17 +118,21 @@ pub fn mode_at(entries: &[String], default: RecordMode, week_min: u32) -> Record
 /// Minutes since Monday 00:00 in the box's local time (the `TZ` variable or
 /// /etc/localtime; UTC when neither is set) at wall time `ms`.
 pub fn local_week_minute(ms: i64) -> u32 {
-    let secs = ms.div_euclid(1000) as nix::libc::time_t;
+    // time_t's width differs by C library (and musl deprecates naming it): inferred.
+    let Ok(secs) = ms.div_euclid(1000).try_into() else { return utc_week_minute(ms) };
     // SAFETY: localtime_r only writes the `tm` we own; a zeroed tm is a valid value.
     let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !nix::libc::localtime_r(&secs, &mut tm).is_null() };
-    if !ok {
-        // Out of range for the C library: fall back to UTC arithmetic (1970-01-01 was a Thursday).
-        let min = ms.div_euclid(60_000);
-        return ((min + 3 * i64::from(DAY_MIN)).rem_euclid(i64::from(WEEK_MIN))) as u32;
+    if unsafe { nix::libc::localtime_r(&secs, &mut tm).is_null() } {
+        return utc_week_minute(ms);
     }
     let weekday = (tm.tm_wday as u32 + 6) % 7; // tm_wday: 0 = Sunday
     weekday * DAY_MIN + tm.tm_hour as u32 * 60 + tm.tm_min as u32
+}
+
+/// UTC arithmetic, for times the C library cannot convert (1970-01-01 was a Thursday).
+fn utc_week_minute(ms: i64) -> u32 {
+    let min = ms.div_euclid(60_000);
+    ((min + 3 * i64::from(DAY_MIN)).rem_euclid(i64::from(WEEK_MIN))) as u32
 }
 
 #[cfg(test)]
@@ -199,5 +203,6 @@ mod tests {
         let b = local_week_minute(monday_noon_utc + 90 * 60_000);
         assert!(a < WEEK_MIN && b < WEEK_MIN);
         assert_eq!((b + WEEK_MIN - a) % WEEK_MIN, 90);
+        assert_eq!(utc_week_minute(monday_noon_utc), 12 * 60, "the UTC fallback knows Monday noon");
     }
 }
