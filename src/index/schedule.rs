@@ -117,6 +117,8 @@ pub fn mode_at(entries: &[String], default: RecordMode, week_min: u32) -> Record
 
 /// Minutes since Monday 00:00 in the box's local time (the `TZ` variable or
 /// /etc/localtime; UTC when neither is set) at wall time `ms`.
+// time_t is i64 on glibc x86-64 (the conversion is then the identity), 32 bits on some targets.
+#[allow(irrefutable_let_patterns, clippy::useless_conversion)]
 pub fn local_week_minute(ms: i64) -> u32 {
     // time_t's width differs by C library (and musl deprecates naming it): inferred.
     let Ok(secs) = ms.div_euclid(1000).try_into() else { return utc_week_minute(ms) };
