@@ -40,8 +40,8 @@ pub struct Nvr {
     pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
     /// The webhooks, set at start-up when `[[webhooks]]` has entries (`web::webhooks`).
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
-    /// Each detecting stream's counters, set at start-up (`cli::app`).
-    pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
+    /// Each stream's detection counters while its thread runs (`detect::fleet`).
+    pub detection: Arc<crate::detect::fleet::StatsMap>,
     /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
     pub detect_switch: crate::detect::switch::Switch,
     /// The ONVIF event watchers of streams whose camera is an event source,
@@ -77,7 +77,7 @@ impl Nvr {
             live_db: Default::default(),
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
-            detection: std::sync::OnceLock::new(),
+            detection: Arc::default(),
             detect_switch: Default::default(),
             onvif_watchers: Default::default(),
         }
