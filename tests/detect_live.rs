@@ -70,6 +70,18 @@ fn a_moving_ball_opens_a_motion_event_with_pictures_and_detection_shows_in_memor
     let nvr = Oxinvr::restart(&config, &data, port);
     let e = nvr.json(&format!("/api/events/{id}"));
     assert!(e["end_ms"].as_i64() >= e["start_ms"].as_i64() && e["ongoing"] == false, "{e}");
+
+    // A crash cannot end it: the next start does, at the last moment recorded.
+    let open = nvr.wait_for("/api/events?stream=cam", Duration::from_secs(30), "a new motion event", |v| {
+        v["events"].as_array().is_some_and(|e| e.iter().any(|e| e["id"].as_i64() > Some(id) && e["end_ms"].is_null()))
+    });
+    let open = open["events"].as_array().into_iter().flatten().find(|e| e["end_ms"].is_null()).expect("open");
+    let open_id = open["id"].as_i64().expect("id");
+    nvr.kill9();
+    let nvr = Oxinvr::restart(&config, &data, port);
+    let e = nvr.json(&format!("/api/events/{open_id}"));
+    assert!(e["end_ms"].as_i64() >= e["start_ms"].as_i64() && e["ongoing"] == false, "after SIGKILL: {e}");
+    assert!(nvr.log().contains("left open by the last run"), "{}", nvr.log());
     let (st, _) = nvr.terminate(Duration::from_secs(15));
     assert!(st.success());
 }

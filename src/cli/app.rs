@@ -148,6 +148,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         log::warn!("cannot write the log to {}: {e}", log_file.display());
     }
     let clock: Arc<dyn Clock> = Arc::new(RealClock);
+    end_events_left_open(&db, clock.now_ms());
     // Held from here (fed unconditionally) until `arm`, once every watched part runs.
     let watchdog = Watchdog::start(&cfg.watchdog, clock.clone()).context("watchdog")?;
     let mut nvr = Nvr::new(cfg.clone(), clock.clone());
@@ -239,6 +240,17 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     }
     log::info!("stopped in {:?}", began.elapsed());
     Ok(())
+}
+
+/// Ends the motion and object events a crash or power cut left open (nothing
+/// would ever end them: the threads that opened them are gone). A failure is
+/// logged: recording matters more than tidy events.
+fn end_events_left_open(db: &Db, now_ms: i64) {
+    match db.end_events_left_open(now_ms) {
+        Ok(0) => {}
+        Ok(n) => log::warn!("{n} event(s) left open by the last run ended at their stream's last recorded moment"),
+        Err(e) => log::error!("events left open by the last run not ended: {e}"),
+    }
 }
 
 /// Starts an `onvif-NAME` thread for each stream whose ONVIF camera is its

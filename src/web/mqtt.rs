@@ -113,6 +113,7 @@ const MAX_SNAPSHOT: u64 = 1 << 20;
 /// events as the stream's `motion` ON/OFF, object events as the stream's
 /// per-label counts, a new event's snapshot as the stream's picture.
 fn forward_events(weak: &Weak<Nvr>, sub: &Subscription, mqtt: &Mqtt) {
+    let mut moving = OpenMotion::default();
     loop {
         let Some(notice) = sub.next(std::time::Duration::from_secs(1)) else {
             if weak.strong_count() == 0 {
@@ -126,7 +127,7 @@ fn forward_events(weak: &Weak<Nvr>, sub: &Subscription, mqtt: &Mqtt) {
         v["change"] = notice.change.as_str().into();
         mqtt.publish_event(&v);
         if e.kind == EventKind::Motion {
-            mqtt.set_motion(&e.stream, began && e.end_ms.is_none());
+            mqtt.set_motion(&e.stream, moving.note(&e.stream, e.id, began && e.end_ms.is_none()));
         }
         if e.kind == EventKind::Object {
             mqtt.object_event(&e.stream, &e.label, e.id, began && e.end_ms.is_none());
@@ -142,6 +143,28 @@ fn forward_events(weak: &Weak<Nvr>, sub: &Subscription, mqtt: &Mqtt) {
                 Err(err) => log::warn!("mqtt: snapshot of event {}: {err}", e.id),
             }
         }
+    }
+}
+
+/// Each stream's open motion events (detection's and the camera's own, ONVIF):
+/// the stream's `motion` is ON while any is open, not until the first ends.
+#[derive(Default)]
+struct OpenMotion(std::collections::HashMap<String, std::collections::BTreeSet<i64>>);
+
+impl OpenMotion {
+    /// Notes event `id` of `stream` opening or ending; whether the stream has motion now.
+    fn note(&mut self, stream: &str, id: i64, open: bool) -> bool {
+        let ids = self.0.entry(stream.to_owned()).or_default();
+        if open {
+            ids.insert(id);
+        } else {
+            ids.remove(&id);
+        }
+        let on = !ids.is_empty();
+        if !on {
+            self.0.remove(stream);
+        }
+        on
     }
 }
 
@@ -165,3 +188,20 @@ fn trigger_hook(weak: Weak<Nvr>) -> mqtt::TriggerHook {
 
 /// Length of an MQTT-triggered event without a `duration_s`.
 const TRIGGER_SECONDS: u32 = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::OpenMotion;
+
+    #[test]
+    fn motion_stays_on_until_every_open_motion_event_of_the_stream_ends() {
+        let mut m = OpenMotion::default();
+        assert!(m.note("door", 1, true), "detection's event opens");
+        assert!(m.note("door", 2, true), "the camera's own (ONVIF) opens");
+        assert!(m.note("yard", 3, true));
+        assert!(m.note("door", 1, false), "one still open: still ON");
+        assert!(!m.note("door", 2, false), "both ended: OFF");
+        assert!(!m.note("door", 9, false), "an unknown event ending keeps it OFF");
+        assert!(!m.note("yard", 3, false));
+    }
+}

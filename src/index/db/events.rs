@@ -178,6 +178,24 @@ impl Db {
         Ok(n == 1)
     }
 
+    /// Ends the `motion` and `object` events a stopped process left open (only
+    /// its detection and ONVIF watchers open those, and a crash ends them
+    /// unrecorded): each at the last moment its stream recorded after its start,
+    /// else at its start, never past `now_ms`. Manual and external events stay
+    /// open (whoever opened them ends them). The number ended.
+    pub fn end_events_left_open(&self, now_ms: i64) -> Result<usize, DbError> {
+        self.write("end events left open", |tx| {
+            tx.execute(
+                "UPDATE events SET end_ms = max(start_ms, min(?1, coalesce(
+                     (SELECT max(s.end_ms) FROM segments s JOIN streams st ON st.id = s.stream_id
+                      WHERE st.name = events.stream), start_ms)))
+                 WHERE end_ms IS NULL AND kind IN ('motion', 'object')",
+                params![now_ms],
+            )
+            .ctx("end events left open")
+        })
+    }
+
     /// Sets an event's snapshot and thumbnail (relative paths); false if no such event.
     pub fn set_event_files(&self, id: i64, snapshot: Option<&str>, thumbnail: Option<&str>) -> Result<bool, DbError> {
         check_path(snapshot, "snapshot")?;
@@ -289,6 +307,36 @@ mod tests {
 
     fn ids(rows: &[EventRow]) -> Vec<i64> {
         rows.iter().map(|r| r.id).collect()
+    }
+
+    #[test]
+    fn events_left_open_end_at_their_streams_last_recorded_moment() {
+        let db = Db::open_in_memory().expect("db");
+        let spec = crate::index::db::StreamSpec::new("front", "rtsp://cam/front");
+        let stream = db.upsert_stream(&spec, 0).expect("stream").id;
+        let seg = crate::index::db::NewSegment {
+            stream_id: stream,
+            path: "recordings/front/d/1000.mp4".into(),
+            start_ms: 1000,
+            codec: "avc1.64001f".into(),
+            width: 640,
+            height: 360,
+            video_timescale: 90_000,
+            init_len: 700,
+            has_audio: false,
+            trigger: "continuous".into(),
+            time_unknown: false,
+        };
+        let id = db.insert_segment(&seg).expect("segment");
+        db.conn.execute("UPDATE segments SET end_ms = 9000 WHERE id = ?1", params![id]).expect("end");
+        let motion = db.insert_event(&new("front", EventKind::Motion, "motion", 2000, &[])).expect("motion");
+        let late = db.insert_event(&new("front", EventKind::Object, "person", 9500, &[])).expect("late");
+        let other = db.insert_event(&new("gone", EventKind::Motion, "onvif", 3000, &[])).expect("other");
+        let manual = db.insert_event(&new("front", EventKind::Manual, "door", 2000, &[])).expect("manual");
+        assert_eq!(db.end_events_left_open(20_000).expect("end"), 3);
+        let end = |id| db.event(id).expect("event").expect("row").end_ms;
+        assert_eq!((end(motion), end(late), end(other), end(manual)), (Some(9000), Some(9500), Some(3000), None));
+        assert_eq!(db.end_events_left_open(20_000).expect("again"), 0, "ended ones are left as they are");
     }
 
     #[test]
