@@ -18,6 +18,7 @@ pub mod notify;
 pub mod onvif;
 pub mod playback;
 pub mod recording;
+pub mod replicate;
 pub mod web;
 
 /// The coverage-guided fuzz targets (fuzz/fuzz_targets, one per entry here)

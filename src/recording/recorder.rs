@@ -543,6 +543,7 @@ mod tests {
             detect: Vec::new(),
             motion_mask: Vec::new(),
             zones: Vec::new(),
+            replicate: true,
             source: "api".into(),
         };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }

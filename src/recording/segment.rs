@@ -641,6 +641,7 @@ mod tests {
             detect: Vec::new(),
             motion_mask: Vec::new(),
             zones: Vec::new(),
+            replicate: true,
             source: "config".into(),
         };
         let row = db.upsert_stream(&spec, T0).expect("stream");

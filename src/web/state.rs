@@ -40,6 +40,8 @@ pub struct Nvr {
     pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
     /// The webhooks, set at start-up when `[[webhooks]]` has entries (`web::webhooks`).
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
+    /// The uploader to the bucket, set at start-up when `[replicate] endpoint` is set.
+    pub replicate: std::sync::OnceLock<Arc<crate::replicate::Replicator>>,
     /// Each detecting stream's counters, set at start-up (`cli::app`).
     pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
     /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
@@ -77,6 +79,7 @@ impl Nvr {
             live_db: Default::default(),
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
+            replicate: std::sync::OnceLock::new(),
             detection: std::sync::OnceLock::new(),
             detect_switch: Default::default(),
             onvif_watchers: Default::default(),

@@ -60,6 +60,7 @@ fn fixture() -> Fixture {
         detect: Vec::new(),
         motion_mask: Vec::new(),
         zones: Vec::new(),
+        replicate: true,
         source: "api".into(),
     };
     let stream = db.upsert_stream(&spec, T0).expect("stream");

@@ -217,6 +217,7 @@ impl Harness {
             detect: Vec::new(),
             motion_mask: Vec::new(),
             zones: Vec::new(),
+            replicate: true,
             source: "api".into(),
         };
         let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
@@ -611,6 +612,7 @@ mod with_storage {
             min_free_percent: 0,
             events_retention_days: 30,
             events: None,
+            keep_until_replicated: false,
         };
         let (tx, thread) = storage::spawn(settings, h.clock.clone()).expect("storage");
         tx.send(storage::Command::Add(rt.clone())).expect("add");
@@ -645,6 +647,7 @@ mod with_storage {
             detect: Vec::new(),
             motion_mask: Vec::new(),
             zones: Vec::new(),
+            replicate: true,
             source: "api".into(),
         };
         assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");
