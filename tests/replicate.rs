@@ -101,16 +101,23 @@ fn check_object(g: &Garage, node: usize, path: &str, local: Option<&Path>, tmp: 
 /// Waits until every closed segment of the index is replicated (the queue knows
 /// each one as done), the camera `stopped` first so the set stops growing.
 fn wait_all_replicated(nvr: &Oxinvr, limit: Duration) -> Vec<(String, u64, i64)> {
-    let mut done = Vec::new();
-    common::nvr::poll(limit, "every closed segment replicated", || {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
         let st = replicate_status(nvr);
-        st["backlog_segments"] == 0 && {
+        if st["backlog_segments"] == 0 {
             let db = Db::open(&nvr.data_dir.join("oxinvr.db")).expect("db");
-            done = closed_segments(&nvr.data_dir);
-            done.iter().all(|(_, _, id)| db.replicated(*id).unwrap_or(false))
+            let done = closed_segments(&nvr.data_dir);
+            if done.iter().all(|(_, _, id)| db.replicated(*id).unwrap_or(false)) {
+                return done;
+            }
         }
-    });
-    done
+        if std::time::Instant::now() > deadline {
+            let log = nvr.log();
+            let tail: Vec<&str> = log.lines().filter(|l| l.contains("replicate")).rev().take(20).collect();
+            panic!("not every closed segment replicated within {limit:?}: {st}\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn open_multipart(g: &Garage, node: usize) -> Vec<(String, String)> {
@@ -157,7 +164,9 @@ fn a_garage_node_killed_during_uploads_loses_nothing_and_rejoins() {
     let before = uploaded(&nvr);
     common::nvr::poll(Duration::from_secs(90), "uploads go on with a node down", || uploaded(&nvr) >= before + 3);
     g.start_node(2);
-    common::nvr::poll(Duration::from_secs(60), "the node rejoins", || g.all_up());
+    common::nvr::poll(Duration::from_secs(60), "the node rejoins", || {
+        g.all_up() && g.bucket(2).list("site1/", now_ms()).is_ok()
+    });
     drop(cam);
     let segs = wait_all_replicated(&nvr, Duration::from_secs(90));
     for (path, _, _) in &segs {
@@ -192,6 +201,7 @@ fn the_whole_cluster_down_for_a_minute_grows_the_backlog_which_drains_after() {
     for i in 0..3 {
         g.start_node(i);
     }
+    common::nvr::poll(Duration::from_secs(60), "the cluster back", || g.all_up());
     drop(cam);
     let segs = wait_all_replicated(&nvr, Duration::from_secs(180));
     assert_eq!(replicate_status(&nvr)["state"], "ok");
@@ -248,8 +258,8 @@ fn keep_until_replicated_holds_segments_until_they_are_in_the_bucket() {
         Oxinvr::start(tmp.path(), &config(&cam, &g.endpoint(0), "keep_until_replicated = true", "max_storage_mb = 1"));
     // The bucket is down: the 1 MB quota must not take what is not uploaded.
     let mb = 1u64 << 20;
-    common::nvr::poll(Duration::from_secs(120), "over the quota with nothing uploaded", || {
-        closed_segments(&nvr.data_dir).iter().map(|s| s.1).sum::<u64>() > 2 * mb
+    common::nvr::poll(Duration::from_secs(240), "well over the quota with nothing uploaded", || {
+        closed_segments(&nvr.data_dir).iter().map(|s| s.1).sum::<u64>() > mb + mb / 4
     });
     let held = closed_segments(&nvr.data_dir);
     for (path, _, _) in &held {
@@ -261,9 +271,10 @@ fn keep_until_replicated_holds_segments_until_they_are_in_the_bucket() {
     // Once uploaded, the quota takes them: the local total falls back near 1 MB,
     // and every segment that was held is in the bucket.
     common::nvr::poll(Duration::from_secs(180), "quota applied after the uploads", || {
-        closed_segments(&nvr.data_dir).iter().map(|s| s.1).sum::<u64>() < 2 * mb
+        closed_segments(&nvr.data_dir).iter().map(|s| s.1).sum::<u64>() <= mb
     });
     drop(cam);
+    assert!(held.iter().any(|(p, _, _)| !nvr.data_dir.join(p).exists()), "the quota deleted none of the held segments");
     for (path, _, _) in &held {
         check_object(&g, 0, path, None, tmp.path());
     }

@@ -334,7 +334,8 @@ pub struct RetentionItem {
     /// `event_retention_days`. Only worked out for items past their stream's
     /// `retention_days` (the only ones age could take).
     pub event: bool,
-    /// Has a pending row in the replication queue (not in the bucket yet).
+    /// Its stream replicates and it is one the replication queue takes, but it is not
+    /// in the bucket yet (queued or about to be: retention must not race the enqueue).
     pub unreplicated: bool,
 }
 
@@ -1363,7 +1364,8 @@ impl Db {
                                          AND e.start_ms >= s.start_ms - st.post_seconds * 1000 - ?2
                                          AND coalesce(e.end_ms, e.start_ms) + st.post_seconds * 1000 >= s.start_ms)
                      END,
-                     EXISTS (SELECT 1 FROM replicate_queue q WHERE q.segment_id = s.id AND q.state = 'pending')
+                     st.replicate = 1 AND s.time_unknown = 0 AND s.bytes > 0
+                       AND NOT EXISTS (SELECT 1 FROM replicate_queue q WHERE q.segment_id = s.id AND q.state = 'done')
                  FROM segments s JOIN streams st ON st.id = s.stream_id
                  ORDER BY s.start_ms, s.id",
             )
@@ -2265,7 +2267,7 @@ mod tests {
                     open: false,
                     time_unknown: false,
                     event: false,
-                    unreplicated: false
+                    unreplicated: true
                 },
                 RetentionItem {
                     id: b,
@@ -2277,7 +2279,7 @@ mod tests {
                     open: true,
                     time_unknown: false,
                     event: false,
-                    unreplicated: false
+                    unreplicated: true
                 },
             ]
         );

@@ -73,7 +73,7 @@ impl Garage {
             std::fs::write(
                 &cfg,
                 format!(
-                    "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+                    "bootstrap_peers = []\nmetadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
                      replication_factor = 3\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
                      rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
                      [s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
@@ -96,6 +96,14 @@ impl Garage {
                 out.lines().find(|l| l.contains('@')).expect("node id line").trim().to_string()
             })
             .collect();
+        // Written into every node's config so a node (or the whole cluster) started
+        // again finds the others, as a real deployment's config says.
+        let peers: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+        for n in &g.nodes {
+            let text = std::fs::read_to_string(&n.config).expect("garage config");
+            let text = text.replacen("bootstrap_peers = []", &format!("bootstrap_peers = [{}]", peers.join(", ")), 1);
+            std::fs::write(&n.config, text).expect("garage config");
+        }
         for id in &ids[1..] {
             retry(Duration::from_secs(30), "garage node connect", || g.cli(&["node", "connect", id]));
         }
@@ -145,9 +153,12 @@ impl Garage {
         }
     }
 
-    /// Whether the cluster sees every node up (`garage status` lists none as failed).
+    /// Whether every running node sees every node up (`garage status` lists none as failed).
     pub fn all_up(&self) -> bool {
-        self.cli(&["status"]).is_ok_and(|s| !s.to_ascii_lowercase().contains("failed nodes"))
+        self.nodes.iter().filter(|n| n.child.is_some()).count() == self.nodes.len()
+            && self.nodes.iter().all(|n| {
+                run(&self.bin, &n.config, &["status"]).is_ok_and(|s| !s.to_ascii_lowercase().contains("failed nodes"))
+            })
     }
 
     /// The S3 endpoint of node `i`.
