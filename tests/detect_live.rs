@@ -105,8 +105,29 @@ fn detection_follows_a_restarted_stream_and_names_a_stream_it_cannot_decode() {
         d["problem"].is_null() && d["frames_decoded"].as_u64() > Some(before + 5)
     });
     assert!(d["ring_changes"].as_u64() >= Some(2), "{d}");
+
+    // A stream added through the API detects too, with no restart; deleted, its thread ends.
+    let body = serde_json::json!({ "name": "added", "url": cam.url("h264"), "detect": ["motion"] }).to_string();
+    let r = nvr.request("POST", "/api/streams", &[("Content-Type", "application/json")], body.as_bytes());
+    assert_eq!(r.as_ref().map(|r| r.status).ok(), Some(201), "{:?}", r.map(|r| r.text()));
+    nvr.wait_for("/api/events?stream=added", Duration::from_secs(30), "a motion event on the added stream", |v| {
+        v["events"].as_array().is_some_and(|e| e.iter().any(|e| e["label"] == "motion"))
+    });
+    let r = nvr.request("DELETE", "/api/streams/added?purge=true", &[], b"").expect("DELETE");
+    assert!(r.status < 300, "{}", r.text());
+    let gone = (0..40).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        !thread_names(nvr.pid().as_raw()).iter().any(|n| n == "detect-added")
+    });
+    assert!(gone, "detect-added still runs after the stream was deleted: {:?}", thread_names(nvr.pid().as_raw()));
     let (st, _) = nvr.terminate(Duration::from_secs(15));
     assert!(st.success());
+}
+
+/// The names of a process's threads (/proc/PID/task/*/comm).
+fn thread_names(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok()).map(|n| n.trim().to_owned()).collect()
 }
 
 #[test]

@@ -195,7 +195,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         let _ = nvr.replicate.set(Arc::new(r));
     }
     start_onvif_events(&nvr);
-    let detectors = start_detection(&nvr, &cfg, &clock);
+    let detectors = start_detection(&nvr, &cfg, &clock)?;
     let http = web::spawn(nvr.clone()).context("web")?;
     if let Some(w) = &watchdog {
         w.arm();
@@ -229,7 +229,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();
     }
-    crate::detect::DetectHandle::stop_all(detectors);
+    detectors.stop();
     // Sessions end first, so the rings hold everything that will ever arrive.
     let _ = ingest_tx.send_blocking(ingest::Command::Shutdown);
     let _ = executor_thread.join();
@@ -267,12 +267,13 @@ fn start_onvif_events(nvr: &Nvr) {
     }
 }
 
-/// Starts a `detect-NAME` thread on the ring of each stream the recorder has
-/// at start-up. Its settings are live (the stream's spec, which the API
-/// edits): a stream with `detect = []` has a paused thread that wakes when
-/// detection is switched on. Test knob (with `OXINVR_TEST_KNOBS=1`):
+/// Starts the detection fleet: a `detect-NAME` thread on the ring of each
+/// stream the recorder has, now and as the API adds and deletes streams.
+/// Its settings are live (the stream's spec, which the API edits): a stream
+/// with `detect = []` has a paused thread that wakes when detection is
+/// switched on. Test knob (with `OXINVR_TEST_KNOBS=1`):
 /// `OXINVR_DETECT_SLOW_MS` adds that much time to every decoded frame.
-fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<crate::detect::DetectHandle> {
+fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Result<crate::detect::fleet::Fleet> {
     let slow = std::env::var("OXINVR_DETECT_SLOW_MS")
         .ok()
         .filter(|_| std::env::var("OXINVR_TEST_KNOBS").as_deref() == Ok("1"))
@@ -281,38 +282,34 @@ fn start_detection(nvr: &Arc<Nvr>, cfg: &Config, clock: &Arc<dyn Clock>) -> Vec<
     if !slow.is_zero() {
         log::warn!("detect: test knob: every decoded frame takes {} ms more", slow.as_millis());
     }
-    let mut out = Vec::new();
-    let mut stats = std::collections::HashMap::new();
-    for spec in nvr.recorder.streams().iter().map(|rt| rt.spec()) {
-        let end_ms = i64::from(cfg.detect.end_seconds) * 1000;
+    let weak = Arc::downgrade(nvr);
+    let names = Box::new(move || {
+        weak.upgrade().map(|n| n.recorder.streams().iter().map(|rt| rt.name().to_owned()).collect()).unwrap_or_default()
+    });
+    let (weak, config, clock) = (Arc::downgrade(nvr), cfg.detect.clone(), clock.clone());
+    let setups = Box::new(move |name: &str| {
+        let nvr = weak.upgrade()?;
+        let spec = nvr.recorder.stream(name)?.spec();
+        let end_ms = i64::from(config.end_seconds) * 1000;
         let sink = Box::new(
-            crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(nvr)).object_end_ms(end_ms),
+            crate::detect::sink::EventSink::new(nvr.events.clone(), detection_switch(&nvr)).object_end_ms(end_ms),
         );
-        let name = spec.name.clone();
-        let setup = crate::detect::DetectSetup {
-            stream: name.clone(),
-            rings: stream_rings(nvr, &name),
-            config: cfg.detect.clone(),
+        // The thread builds its object detector when its settings ask for one.
+        Some(crate::detect::DetectSetup {
+            stream: name.to_owned(),
+            rings: stream_rings(&nvr, name),
+            config: config.clone(),
             mask: crate::detect::Mask { polygons: spec.motion_mask.clone() },
             zones: spec.zones.clone(),
-            live: Some(stream_settings(nvr, &name)),
+            live: Some(stream_settings(&nvr, name)),
             clock: clock.clone(),
             sink,
             objects: None,
-            snapshot: Some(stream_snapshot_url(nvr, &name)),
+            snapshot: Some(stream_snapshot_url(&nvr, name)),
             slow,
-        };
-        // The thread builds its object detector when its settings ask for one.
-        match crate::detect::spawn(setup) {
-            Ok(h) => {
-                stats.insert(name, h.stats.clone());
-                out.push(h);
-            }
-            Err(e) => log::error!("stream {name}: detection not started: {e}"),
-        }
-    }
-    let _ = nvr.detection.set(stats);
-    out
+        })
+    });
+    crate::detect::fleet::Fleet::spawn(names, setups, nvr.detection.clone()).context("detection")
 }
 
 /// The detection settings `stream` has now (weak, like the rings).

@@ -11,6 +11,9 @@
 //! `zones` names the zones each is in (and drops those outside required
 //! zones) before the sink opens `object` events.
 //!
+//! `fleet` keeps one such thread per stream the recorder has (API adds and
+//! deletes included).
+//!
 //! Invariants: ingest never waits for detection (the ring's writer never
 //! waits for a reader; a slow detector loses frames, not recording); the
 //! motion core is pure and deterministic (times come in with the frames).
@@ -18,6 +21,7 @@
 
 pub mod annexb;
 pub mod decode;
+pub mod fleet;
 pub mod motion;
 pub mod objects;
 pub mod picture;

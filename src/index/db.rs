@@ -483,6 +483,32 @@ impl RecordMode {
 }
 
 impl StreamSpec {
+    /// A stream with every optional setting at the default a file or API
+    /// request that omits it gets (enabled, continuous, source "api").
+    pub fn new(name: &str, url: &str) -> StreamSpec {
+        StreamSpec {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            enabled: true,
+            record: RecordMode::default(),
+            retention_days: None,
+            max_storage_mb: None,
+            priority: 0,
+            bitrate_kbps: None,
+            pre_seconds: DEFAULT_PRE_SECONDS,
+            post_seconds: DEFAULT_POST_SECONDS,
+            event_retention_days: DEFAULT_EVENT_RETENTION_DAYS,
+            schedule: Vec::new(),
+            sub_url: None,
+            snapshot_url: None,
+            detect: Vec::new(),
+            motion_mask: Vec::new(),
+            zones: Vec::new(),
+            replicate: true,
+            source: default_source(),
+        }
+    }
+
     /// The record mode at local week minute `week_min` (the schedule's, else `record`).
     pub fn record_at(&self, week_min: u32) -> RecordMode {
         super::schedule::mode_at(&self.schedule, self.record, week_min)
@@ -1644,25 +1670,12 @@ mod tests {
 
     fn spec(name: &str) -> StreamSpec {
         StreamSpec {
-            name: name.to_owned(),
-            url: format!("rtsp://cam/{name}"),
-            enabled: true,
-            record: RecordMode::Continuous,
             retention_days: Some(7),
             max_storage_mb: Some(1000),
             priority: 1,
             bitrate_kbps: Some(4000),
-            pre_seconds: 5,
-            post_seconds: 10,
-            event_retention_days: 30,
-            schedule: Vec::new(),
-            sub_url: None,
-            snapshot_url: None,
-            detect: Vec::new(),
-            motion_mask: Vec::new(),
-            zones: Vec::new(),
-            replicate: true,
             source: "config".to_owned(),
+            ..StreamSpec::new(name, &format!("rtsp://cam/{name}"))
         }
     }
 

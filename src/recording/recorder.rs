@@ -525,27 +525,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn row(id: i64, name: &str, priority: i32) -> StreamRow {
-        let spec = StreamSpec {
-            name: name.into(),
-            url: "rtsp://cam/x".into(),
-            enabled: true,
-            record: crate::index::db::RecordMode::Continuous,
-            retention_days: None,
-            max_storage_mb: None,
-            priority,
-            bitrate_kbps: Some(1000),
-            pre_seconds: 5,
-            post_seconds: 10,
-            event_retention_days: 30,
-            schedule: Vec::new(),
-            sub_url: None,
-            snapshot_url: None,
-            detect: Vec::new(),
-            motion_mask: Vec::new(),
-            zones: Vec::new(),
-            replicate: true,
-            source: "api".into(),
-        };
+        let spec = StreamSpec { priority, bitrate_kbps: Some(1000), ..StreamSpec::new(name, "rtsp://cam/x") };
         StreamRow { id, spec, created_ms: 0, updated_ms: 0 }
     }
 

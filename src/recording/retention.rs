@@ -349,7 +349,7 @@ pub fn collect_garbage(db: &Db, data_dir: &Path) -> Result<Outcome, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::db::{NewSegment, RecordMode, SegmentProgress, StreamSpec};
+    use crate::index::db::{NewSegment, SegmentProgress, StreamSpec};
 
     const MIN: i64 = 60_000;
     const DAY: i64 = MS_PER_DAY;
@@ -762,27 +762,7 @@ mod tests {
     }
 
     fn stream(db: &Db, name: &str) -> i64 {
-        let spec = StreamSpec {
-            name: name.to_owned(),
-            url: "rtsp://cam".to_owned(),
-            enabled: true,
-            record: RecordMode::Continuous,
-            retention_days: None,
-            max_storage_mb: None,
-            priority: 0,
-            bitrate_kbps: None,
-            pre_seconds: 5,
-            post_seconds: 10,
-            event_retention_days: 30,
-            schedule: Vec::new(),
-            sub_url: None,
-            snapshot_url: None,
-            detect: Vec::new(),
-            motion_mask: Vec::new(),
-            zones: Vec::new(),
-            replicate: true,
-            source: "config".to_owned(),
-        };
+        let spec = StreamSpec { source: "config".to_owned(), ..StreamSpec::new(name, "rtsp://cam") };
         db.upsert_stream(&spec, 0).expect("stream").id
     }
 

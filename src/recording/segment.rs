@@ -615,7 +615,7 @@ fn create_unique(dir: &Path, start_ms: i64) -> io::Result<(PathBuf, File)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::db::{RecordMode, StreamSpec};
+    use crate::index::db::StreamSpec;
     use crate::recording::mp4::tests::run_start;
 
     const T0: i64 = 1_700_000_000_000;
@@ -623,27 +623,7 @@ mod tests {
     fn setup(segment_seconds: u32) -> (tempfile::TempDir, Db, SegmentWriter) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(&dir.path().join("t.db")).expect("db");
-        let spec = StreamSpec {
-            name: "cam".into(),
-            url: "rtsp://h/x".into(),
-            enabled: true,
-            record: RecordMode::Continuous,
-            retention_days: None,
-            max_storage_mb: None,
-            priority: 0,
-            bitrate_kbps: None,
-            pre_seconds: 5,
-            post_seconds: 10,
-            event_retention_days: 30,
-            schedule: Vec::new(),
-            sub_url: None,
-            snapshot_url: None,
-            detect: Vec::new(),
-            motion_mask: Vec::new(),
-            zones: Vec::new(),
-            replicate: true,
-            source: "config".into(),
-        };
+        let spec = StreamSpec { source: "config".into(), ..StreamSpec::new("cam", "rtsp://h/x") };
         let row = db.upsert_stream(&spec, T0).expect("stream");
         let cfg = WriterConfig {
             data_dir: dir.path().to_path_buf(),

@@ -149,7 +149,7 @@ fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
 /// problem; null for a stream without a detection thread.
 pub(super) fn detection_json(nvr: &super::state::Nvr, spec: &StreamSpec) -> Value {
     let name = spec.name.as_str();
-    let Some(stats) = nvr.detection.get().and_then(|m| m.get(name)) else { return Value::Null };
+    let Some(stats) = nvr.detection.get(name) else { return Value::Null };
     let c = stats.snapshot();
     let has_sub = nvr.recorder.stream(name).is_some_and(|rt| rt.sub().is_some());
     let source = if c.snapshot {

@@ -50,9 +50,9 @@ pub fn snapshot(ctx: &Ctx, name: &str, q: &Query) -> Result<Reply, ApiError> {
     // 409 throughout: what is missing is the stream's state (detection off, not
     // running, no frame from the camera yet), not the server's health.
     let unavailable = |why: String| ApiError::conflict(why).with_header("Retry-After", "5".into());
-    let Some(stats) = ctx.nvr.detection.get().and_then(|m| m.get(name)) else {
+    let Some(stats) = ctx.nvr.detection.get(name) else {
         return Err(unavailable(format!(
-            "detection is not running for stream {name:?} (it was added after start-up: restart OxiNVR)"
+            "detection is not running for stream {name:?} yet (it starts within a second of the stream)"
         )));
     };
     match stats.picture(SNAPSHOT_WAIT) {

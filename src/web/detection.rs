@@ -36,7 +36,7 @@ pub fn put(ctx: &Ctx, name: &str, q: &Query, body: &[u8]) -> Result<Reply, ApiEr
     let Some(row) = ctx.db.stream_by_name(name)? else {
         return Err(ApiError::not_found(format!("no stream named {name:?}")));
     };
-    if row.spec.detect.is_empty() || ctx.nvr.detection.get().and_then(|m| m.get(name)).is_none() {
+    if row.spec.detect.is_empty() || ctx.nvr.detection.get(name).is_none() {
         return Err(ApiError::conflict(format!(
             "stream {name:?} runs no detection (its detect list is empty: set it in the stream's settings): nothing to switch"
         )));

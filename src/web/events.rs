@@ -279,13 +279,35 @@ pub fn image(ctx: &Ctx, id: &str, which: &str, q: &Query) -> Result<Reply, ApiEr
     }
     let path = ctx.nvr.config.storage.data_dir.join(rel);
     let missing = |m: String| ApiError::not_found(format!("the {which} of event {} cannot be read: {m}", e.id));
-    let len = std::fs::metadata(&path).map_err(|x| missing(x.to_string()))?.len();
+    let fresh = ctx.nvr.clock.now_ms().saturating_sub(e.start_ms) < FRESH_MS;
+    let len = picture_len(&path, fresh).map_err(|x| missing(x.to_string()))?;
     if len > MAX_IMAGE {
         return Err(ApiError::internal(format!("the {which} of event {} is {len} bytes, too large", e.id)));
     }
     let bytes = std::fs::read(&path).map_err(|x| missing(x.to_string()))?;
     Ok(Reply { status: 200, headers: vec![("Content-Type", "image/jpeg".into())], body: Body::Bytes(bytes) }
         .with_header("Cache-Control", "private, max-age=3600".into()))
+}
+
+/// An event younger than this may have its row before its picture files.
+const FRESH_MS: i64 = 10_000;
+/// How long a request for a fresh event's picture waits for the file.
+const PICTURE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The picture file's length. The events store commits the row (naming the
+/// files) before it writes them, so a cut never leaves a file no row names;
+/// a page that follows a brand-new event's URL can get there first, so for a
+/// `fresh` event a missing file is waited for a moment.
+fn picture_len(path: &std::path::Path, fresh: bool) -> std::io::Result<u64> {
+    let until = std::time::Instant::now() + PICTURE_WAIT;
+    loop {
+        match std::fs::metadata(path) {
+            Err(e) if fresh && e.kind() == std::io::ErrorKind::NotFound && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map(|m| m.len()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,8 +42,8 @@ pub struct Nvr {
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
     /// The uploader to the bucket, set at start-up when `[replicate] endpoint` is set.
     pub replicate: std::sync::OnceLock<Arc<crate::replicate::Replicator>>,
-    /// Each detecting stream's counters, set at start-up (`cli::app`).
-    pub detection: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::detect::DetectStats>>>,
+    /// Each stream's detection counters while its thread runs (`detect::fleet`).
+    pub detection: Arc<crate::detect::fleet::StatsMap>,
     /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
     pub detect_switch: crate::detect::switch::Switch,
     /// The ONVIF event watchers of streams whose camera is an event source,
@@ -80,7 +80,7 @@ impl Nvr {
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
             replicate: std::sync::OnceLock::new(),
-            detection: std::sync::OnceLock::new(),
+            detection: Arc::default(),
             detect_switch: Default::default(),
             onvif_watchers: Default::default(),
         }

@@ -42,27 +42,8 @@ fn fixture() -> Fixture {
     let cfg = Config::parse(&toml, "test").expect("config");
     let nvr = Nvr::new(cfg.clone(), Arc::new(SimulatedClock::new(T0 + 60_000)));
     let db = Db::open(&cfg.db_path()).expect("db");
-    let spec = crate::index::db::StreamSpec {
-        name: "cam".into(),
-        url: "rtsp://u:pw@h/x".into(),
-        enabled: false,
-        record: crate::index::db::RecordMode::Continuous,
-        retention_days: None,
-        max_storage_mb: None,
-        priority: 0,
-        bitrate_kbps: None,
-        pre_seconds: 5,
-        post_seconds: 10,
-        event_retention_days: 30,
-        schedule: Vec::new(),
-        sub_url: None,
-        snapshot_url: None,
-        detect: Vec::new(),
-        motion_mask: Vec::new(),
-        zones: Vec::new(),
-        replicate: true,
-        source: "api".into(),
-    };
+    let spec =
+        crate::index::db::StreamSpec { enabled: false, ..crate::index::db::StreamSpec::new("cam", "rtsp://u:pw@h/x") };
     let stream = db.upsert_stream(&spec, T0).expect("stream");
     let mut ids = [0; 2];
     let mut file_a = Vec::new();

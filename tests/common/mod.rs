@@ -118,6 +118,19 @@ pub fn media_duration(path: &Path) -> f64 {
     ffprobe_json(path)["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0)
 }
 
+/// Duration (s) of a file's first video stream: the container's duration
+/// also counts an audio track that runs a frame past the video.
+pub fn video_duration(path: &Path) -> f64 {
+    let probe = ffprobe_json(path);
+    let streams = probe["streams"].as_array().cloned().unwrap_or_default();
+    streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .and_then(|s| s["duration"].as_str())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Presentation times (s) of the video keyframes of a file, in order.
 pub fn keyframe_times(path: &Path) -> Vec<f64> {
     let out = Command::new("ffprobe")

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::base::clock::SimulatedClock;
-use crate::index::db::{RecordMode, StreamRow, StreamSpec};
+use crate::index::db::{StreamRow, StreamSpec};
 use crate::recording::media::RunStart;
 use crate::recording::ring::{ReadResult, Ring};
 
@@ -199,27 +199,7 @@ impl Harness {
 
     fn stream_with_priority(&mut self, name: &str, url: &str, mode: Mode, priority: i32) -> Arc<StreamRuntime> {
         self.cams.set(url, mode);
-        let spec = StreamSpec {
-            name: name.into(),
-            url: url.into(),
-            enabled: true,
-            record: RecordMode::Continuous,
-            retention_days: None,
-            max_storage_mb: None,
-            priority,
-            bitrate_kbps: None,
-            pre_seconds: 5,
-            post_seconds: 10,
-            event_retention_days: 30,
-            schedule: Vec::new(),
-            sub_url: None,
-            snapshot_url: None,
-            detect: Vec::new(),
-            motion_mask: Vec::new(),
-            zones: Vec::new(),
-            replicate: true,
-            source: "api".into(),
-        };
+        let spec = StreamSpec { priority, ..StreamSpec::new(name, url) };
         let row = StreamRow { id: 1, spec, created_ms: T0, updated_ms: T0 };
         let ring = Ring::new(name, 1 << 20, None).expect("ring");
         self.starts.borrow_mut().insert(name.to_string(), ring.cursor_at_end());
@@ -629,27 +609,7 @@ mod with_storage {
 
     fn db_with_cam(dir: &std::path::Path) -> Db {
         let db = Db::open(&dir.join("oxinvr.db")).expect("db");
-        let spec = StreamSpec {
-            name: "cam".into(),
-            url: "rtsp://cam/".into(),
-            enabled: true,
-            record: RecordMode::Continuous,
-            retention_days: None,
-            max_storage_mb: None,
-            priority: 0,
-            bitrate_kbps: None,
-            pre_seconds: 5,
-            post_seconds: 10,
-            event_retention_days: 30,
-            schedule: Vec::new(),
-            sub_url: None,
-            snapshot_url: None,
-            detect: Vec::new(),
-            motion_mask: Vec::new(),
-            zones: Vec::new(),
-            replicate: true,
-            source: "api".into(),
-        };
+        let spec = StreamSpec::new("cam", "rtsp://cam/");
         assert_eq!(db.upsert_stream(&spec, 0).expect("stream").id, 1, "the harness's stream id");
         db
     }
