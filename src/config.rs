@@ -493,7 +493,8 @@ impl ReplicateConfig {
         if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return err("region", format!("{:?} must be letters, digits and '-' (e.g. garage)", self.region));
         }
-        if !self.credentials_file.is_empty() && !(self.access_key.is_empty() && self.secret_key.is_empty()) {
+        let keys_here = !self.access_key.is_empty() || !self.secret_key.is_empty();
+        if !self.credentials_file.is_empty() && keys_here {
             return err("credentials_file", "is set together with access_key/secret_key: use one of them".into());
         }
         let (access, secret) = self.credentials()?;
@@ -1631,6 +1632,39 @@ mod tests {
         }
         let ok = Config::parse("[memory]\nswap_file_mb = 64\nswap_file = \"/mnt/sd/s\"\nclimb_seconds = 2", "x");
         assert_eq!(ok.expect("valid").memory.swap_path(Path::new("/d")), (PathBuf::from("/mnt/sd/s"), true));
+    }
+
+    #[test]
+    fn replicate_section_is_checked_and_its_secret_never_printed() {
+        let base = "[replicate]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"nvr\"\naccess_key = \"GK1\"\n";
+        let ok = Config::parse(&format!("{base}secret_key = \"s3cr3t\"\nprefix = \"site/a\""), "x").expect("valid");
+        assert!(ok.replicate.enabled() && ok.replicate.region == "garage");
+        assert!(!format!("{:?}", ok.replicate).contains("s3cr3t"));
+        assert!(!Config::parse("", "x").expect("empty").replicate.enabled());
+        for (extra, key) in [
+            ("", "replicate.access_key"),
+            ("secret_key = \"s\"\nprefix = \"../x\"", "replicate.prefix"),
+            ("secret_key = \"s\"\nbox = \"a/b\"", "replicate.box"),
+            ("secret_key = \"s\"\ncredentials_file = \"/nonexistent\"", "replicate.credentials_file"),
+            ("secret_key = \"s\"\npart_size_kb = 8", "replicate.part_size_kb"),
+            ("secret_key = \"s\"\nregion = \"\"", "replicate.region"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "x").expect_err(extra).to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let bad_url = "[replicate]\nendpoint = \"ftp://h\"\nbucket = \"nvr\"\naccess_key = \"a\"\nsecret_key = \"s\"";
+        assert!(Config::parse(bad_url, "x").unwrap_err().to_string().contains("replicate.endpoint"));
+        let bad_bucket = base.replace("\"nvr\"", "\"N V\"") + "secret_key = \"s\"";
+        assert!(Config::parse(&bad_bucket, "x").unwrap_err().to_string().contains("replicate.bucket"));
+        let dir = tempfile::tempdir().expect("tmp");
+        let creds = dir.path().join("s3.toml");
+        std::fs::write(&creds, "access_key = \"GK2\"\nsecret_key = \"from-file\"\n").expect("write");
+        let text = format!(
+            "[replicate]\nendpoint = \"https://s3.example:443\"\nbucket = \"nvr\"\ncredentials_file = \"{}\"",
+            creds.display()
+        );
+        let c = Config::parse(&text, "x").expect("credentials file");
+        assert_eq!(c.replicate.credentials().expect("read"), ("GK2".into(), "from-file".into()));
     }
 
     #[test]
