@@ -3,7 +3,7 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, events, recording,
-//! detect, playback, appliance, onvif, notify, web, cli.
+//! detect, playback, appliance, onvif, notify, replicate, web, cli.
 
 pub mod appliance;
 pub mod auth;
