@@ -45,6 +45,9 @@ pub struct Config {
     pub detect: DetectConfig,
     #[serde(default)]
     pub onvif: OnvifConfig,
+    /// `[replicate]`: closed segments uploaded to an S3-compatible bucket (`replicate`).
+    #[serde(default)]
+    pub replicate: ReplicateConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -354,6 +357,165 @@ pub struct MetricsConfig {
     pub listen: String,
 }
 
+/// `[replicate]`: every closed segment of a stream that does not opt out
+/// (`replicate = false`) is uploaded to an S3-compatible bucket with a JSON
+/// sidecar (`replicate`). An empty `endpoint` turns it off. The secret is
+/// never shown: `Debug` and `GET /api/settings` mask it.
+#[derive(Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicateConfig {
+    /// `http://host:port` or `https://host:port` of the S3 API (path-style requests).
+    pub endpoint: String,
+    pub bucket: String,
+    /// The signing region (Garage's default is "garage", AWS's "us-east-1").
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// A TOML file holding `access_key` and `secret_key` (instead of the two keys here).
+    pub credentials_file: String,
+    /// Put before every object name (`<prefix>/<box>/<stream>/...`); may be empty.
+    pub prefix: String,
+    /// This box's name in object names; empty: the host name.
+    #[serde(rename = "box")]
+    pub box_name: String,
+    /// Upload rate limit, kbit/s; 0: unlimited.
+    pub bandwidth_kbps: u32,
+    /// Retention deletes a segment only once it is uploaded (unless the disk is full).
+    pub keep_until_replicated: bool,
+    /// Segments at least this large (KiB) go up as a multipart upload.
+    pub multipart_threshold_kb: u32,
+    /// Size of each part but the last, KiB (S3 itself wants at least 5120).
+    pub part_size_kb: u32,
+    /// PEM file of the CA of an `https://` endpoint; empty: the system's roots.
+    pub ca_file: String,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        ReplicateConfig {
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "garage".into(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            credentials_file: String::new(),
+            prefix: String::new(),
+            box_name: String::new(),
+            bandwidth_kbps: 0,
+            keep_until_replicated: false,
+            multipart_threshold_kb: 16 << 10,
+            part_size_kb: 8 << 10,
+            ca_file: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicateConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicateConfig")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &if self.secret_key.is_empty() { "" } else { "***" })
+            .field("credentials_file", &self.credentials_file)
+            .field("prefix", &self.prefix)
+            .field("box", &self.box_name)
+            .field("bandwidth_kbps", &self.bandwidth_kbps)
+            .field("keep_until_replicated", &self.keep_until_replicated)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Characters `replicate.prefix` and `replicate.box` may hold: they become
+/// object names as they are, with no encoding.
+fn object_name_ok(s: &str) -> bool {
+    s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) && !s.split('/').any(|p| p == "..")
+}
+
+impl ReplicateConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoint.is_empty()
+    }
+
+    /// (access key, secret key): from this table or from `credentials_file`.
+    pub fn credentials(&self) -> Result<(String, String), (String, String)> {
+        if self.credentials_file.is_empty() {
+            return Ok((self.access_key.clone(), self.secret_key.clone()));
+        }
+        let key = || "replicate.credentials_file".to_string();
+        let text = std::fs::read_to_string(&self.credentials_file)
+            .map_err(|e| (key(), format!("{}: {e}", self.credentials_file)))?;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Creds {
+            access_key: String,
+            secret_key: String,
+        }
+        // The parser's message may quote the file: it holds the secret, so only the line is told.
+        let c: Creds = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            (key(), format!("{}: not a TOML file with access_key and secret_key (line {at:?})", self.credentials_file))
+        })?;
+        Ok((c.access_key, c.secret_key))
+    }
+
+    /// The box's name in object names.
+    pub fn box_or_host(&self, host: impl FnOnce() -> String) -> String {
+        if self.box_name.is_empty() {
+            host()
+        } else {
+            self.box_name.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let err = |k: &str, m: String| Err((format!("replicate.{k}"), m));
+        match url::Url::parse(&self.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {
+                if !matches!(u.path(), "" | "/") || u.query().is_some() || !u.username().is_empty() {
+                    return err(
+                        "endpoint",
+                        format!("{:?}: only scheme, host and port (no path, query or user)", self.endpoint),
+                    );
+                }
+            }
+            _ => return err("endpoint", format!("{:?} is not a URL like http://host:3900", self.endpoint)),
+        }
+        let bucket_ok = (3..=63).contains(&self.bucket.len())
+            && self.bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c));
+        if !bucket_ok {
+            return err("bucket", format!("{:?} must be 3-63 of a-z, 0-9, '-' and '.'", self.bucket));
+        }
+        if self.region.is_empty() || !self.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return err("region", format!("{:?} must be letters, digits and '-' (e.g. garage)", self.region));
+        }
+        let keys_here = !self.access_key.is_empty() || !self.secret_key.is_empty();
+        if !self.credentials_file.is_empty() && keys_here {
+            return err("credentials_file", "is set together with access_key/secret_key: use one of them".into());
+        }
+        let (access, secret) = self.credentials()?;
+        if access.is_empty() || secret.is_empty() {
+            return err("access_key", "access_key and secret_key (or credentials_file) are needed".into());
+        }
+        if !object_name_ok(&self.prefix) || self.prefix.starts_with('/') {
+            return err("prefix", format!("{:?} may hold only A-Z a-z 0-9 - _ . / (not leading, no ..)", self.prefix));
+        }
+        if !object_name_ok(&self.box_name) || self.box_name.contains('/') || self.box_name.len() > 64 {
+            return err("box", format!("{:?} must be at most 64 of A-Z a-z 0-9 - _ .", self.box_name));
+        }
+        range("replicate.part_size_kb", self.part_size_kb, 16, 5 << 20)?;
+        range("replicate.multipart_threshold_kb", self.multipart_threshold_kb, self.part_size_kb, 5 << 20)?;
+        if !self.ca_file.is_empty() && !Path::new(&self.ca_file).is_file() {
+            return err("ca_file", format!("{}: no such file", self.ca_file));
+        }
+        Ok(())
+    }
+}
+
 /// Smallest and largest `go2rtc.max_rss_mb`: go2rtc (Go) starts at about
 /// 10 MiB, so less would kill it at once.
 pub const GO2RTC_RSS_MB_RANGE: (u32, u32) = (16, 4096);
@@ -535,6 +697,9 @@ pub struct StreamConfig {
     /// Named areas for object detection (`[[streams.zones]]`): see `index::db::Zone`.
     #[serde(default)]
     pub zones: Vec<Zone>,
+    /// `false`: its segments are not uploaded by `[replicate]`.
+    #[serde(default = "yes")]
+    pub replicate: bool,
 }
 
 /// Entries a stream's `schedule` may hold (a week of distinct windows is far fewer).
@@ -946,6 +1111,7 @@ impl StreamConfig {
             detect: self.detect.clone(),
             motion_mask: self.motion_mask.clone(),
             zones: self.zones.clone(),
+            replicate: self.replicate,
             source: source.into(),
         }
     }
@@ -1076,6 +1242,7 @@ impl Config {
         self.validate_webhooks()?;
         self.detect.validate()?;
         self.onvif.validate()?;
+        self.replicate.validate()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -1465,6 +1632,39 @@ mod tests {
         }
         let ok = Config::parse("[memory]\nswap_file_mb = 64\nswap_file = \"/mnt/sd/s\"\nclimb_seconds = 2", "x");
         assert_eq!(ok.expect("valid").memory.swap_path(Path::new("/d")), (PathBuf::from("/mnt/sd/s"), true));
+    }
+
+    #[test]
+    fn replicate_section_is_checked_and_its_secret_never_printed() {
+        let base = "[replicate]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"nvr\"\naccess_key = \"GK1\"\n";
+        let ok = Config::parse(&format!("{base}secret_key = \"s3cr3t\"\nprefix = \"site/a\""), "x").expect("valid");
+        assert!(ok.replicate.enabled() && ok.replicate.region == "garage");
+        assert!(!format!("{:?}", ok.replicate).contains("s3cr3t"));
+        assert!(!Config::parse("", "x").expect("empty").replicate.enabled());
+        for (extra, key) in [
+            ("", "replicate.access_key"),
+            ("secret_key = \"s\"\nprefix = \"../x\"", "replicate.prefix"),
+            ("secret_key = \"s\"\nbox = \"a/b\"", "replicate.box"),
+            ("secret_key = \"s\"\ncredentials_file = \"/nonexistent\"", "replicate.credentials_file"),
+            ("secret_key = \"s\"\npart_size_kb = 8", "replicate.part_size_kb"),
+            ("secret_key = \"s\"\nregion = \"\"", "replicate.region"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "x").expect_err(extra).to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let bad_url = "[replicate]\nendpoint = \"ftp://h\"\nbucket = \"nvr\"\naccess_key = \"a\"\nsecret_key = \"s\"";
+        assert!(Config::parse(bad_url, "x").unwrap_err().to_string().contains("replicate.endpoint"));
+        let bad_bucket = base.replace("\"nvr\"", "\"N V\"") + "secret_key = \"s\"";
+        assert!(Config::parse(&bad_bucket, "x").unwrap_err().to_string().contains("replicate.bucket"));
+        let dir = tempfile::tempdir().expect("tmp");
+        let creds = dir.path().join("s3.toml");
+        std::fs::write(&creds, "access_key = \"GK2\"\nsecret_key = \"from-file\"\n").expect("write");
+        let text = format!(
+            "[replicate]\nendpoint = \"https://s3.example:443\"\nbucket = \"nvr\"\ncredentials_file = \"{}\"",
+            creds.display()
+        );
+        let c = Config::parse(&text, "x").expect("credentials file");
+        assert_eq!(c.replicate.credentials().expect("read"), ("GK2".into(), "from-file".into()));
     }
 
     #[test]

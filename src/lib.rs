@@ -3,7 +3,7 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, events, recording,
-//! detect, playback, appliance, onvif, notify, web, cli.
+//! detect, playback, appliance, onvif, notify, replicate, web, cli.
 
 pub mod appliance;
 pub mod auth;
@@ -18,6 +18,7 @@ pub mod notify;
 pub mod onvif;
 pub mod playback;
 pub mod recording;
+pub mod replicate;
 pub mod web;
 
 /// The coverage-guided fuzz targets (fuzz/fuzz_targets, one per entry here)

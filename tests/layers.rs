@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "appliance",
     "onvif",
     "notify",
+    "replicate",
     "web",
     "cli",
 ];

@@ -253,7 +253,18 @@ function drawSystem(info, s) {
         `${fmtBytes(d.total_bytes - d.free_bytes)} of ${fmtBytes(d.total_bytes)}, ${fmtBytes(d.free_bytes)} free`))),
     card('Rings (recent video in memory)', s.streams.map((r) => kv(r.name, usedMeter(r.ring.used_bytes, r.ring.capacity,
       `${fmtBytes(r.ring.used_bytes)} of ${fmtBytes(r.ring.capacity)}, ${r.ring.evictions} evicted`)))),
-    s.go2rtc ? go2rtcCard(s.go2rtc) : null);
+    s.go2rtc ? go2rtcCard(s.go2rtc) : null,
+    s.replicate ? replicateCard(s.replicate) : null);
+}
+
+// Replication to the bucket ([replicate]): what waits, what went up, the last error.
+function replicateCard(r) {
+  const oldest = r.oldest_pending_ms == null ? 'nothing waits' : `since ${fmtIso(new Date(r.oldest_pending_ms).toISOString())}`;
+  return card('Replication', kv('Bucket', `${r.bucket} at ${r.endpoint}, under ${r.prefix}`), kv('State', r.state),
+    kv('Backlog', `${r.backlog_segments} segment(s), ${fmtBytes(r.backlog_bytes)}, ${oldest}`),
+    kv('Uploaded since start', `${r.uploaded_segments} segment(s), ${fmtBytes(r.uploaded_bytes)}`),
+    r.deleted_unreplicated ? kv('Deleted before upload (disk full)', r.deleted_unreplicated) : null,
+    r.last_error ? kv('Last error', r.last_error) : null);
 }
 
 // go2rtc as OxiNVR runs it: state, process, restarts and why it last stopped.

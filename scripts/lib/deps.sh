@@ -135,3 +135,20 @@ ensure_prometheus_client() {
     venv=$(ensure_pypi_venv prometheus-client prometheus-client "$OXINVR_PROMETHEUS_CLIENT_VERSION") || return 1
     export OXINVR_PROMETHEUS_PYTHON="$venv/bin/python"
 }
+
+# Garage (crates.io), the S3-compatible object store tests/replicate.rs runs as a
+# 3-node cluster on loopback. A separate program under its own licence, never linked
+# into OxiNVR: built once into ~/.cache/oxinvr/garage-VERSION (long on 2 cores) and
+# reused; OXINVR_GARAGE names the binary.
+OXINVR_GARAGE_VERSION=2.3.0
+ensure_garage() {
+    local root="${XDG_CACHE_HOME:-$HOME/.cache}/oxinvr/garage-$OXINVR_GARAGE_VERSION"
+    local bin="$root/bin/garage"
+    if [[ ! -x $bin ]] || [[ $("$bin" --version 2>/dev/null) != *"$OXINVR_GARAGE_VERSION"* ]]; then
+        ensure_cargo || return 1
+        echo "deps: building garage $OXINVR_GARAGE_VERSION into $root (takes a while)" >&2
+        cargo install garage --locked --version "$OXINVR_GARAGE_VERSION" --root "$root" >&2 ||
+            { echo "deps: garage could not be installed" >&2; return 1; }
+    fi
+    export OXINVR_GARAGE="$bin"
+}

@@ -574,6 +574,7 @@ impl Shell {
                     ));
                 }
                 out.push_str(&go2rtc_line(&sys["go2rtc"]));
+                out.push_str(&replicate_line(&sys["replicate"]));
             }
             (Err(HttpError::NotRunning(m)), _) | (_, Err(HttpError::NotRunning(m))) => {
                 out.push_str(&format!("recorder: NOT RUNNING ({m})\n"));
@@ -736,6 +737,29 @@ impl Shell {
 }
 
 /// The supervised go2rtc's state, or nothing when it is not supervised.
+/// `replicate: ok, backlog N segment(s) (SIZE), uploaded N (SIZE)[, last: ERR]`; nothing when off.
+fn replicate_line(r: &Value) -> String {
+    if r.is_null() {
+        return String::new();
+    }
+    let mut line = format!(
+        "replicate: {} to {}, backlog {} segment(s) ({}), uploaded {} ({}) since start",
+        s(&r["state"]),
+        s(&r["bucket"]),
+        r["backlog_segments"].as_u64().unwrap_or(0),
+        size(r["backlog_bytes"].as_u64().unwrap_or(0)),
+        r["uploaded_segments"].as_u64().unwrap_or(0),
+        size(r["uploaded_bytes"].as_u64().unwrap_or(0)),
+    );
+    if let Some(n) = r["deleted_unreplicated"].as_u64().filter(|n| *n > 0) {
+        line.push_str(&format!(", {n} DELETED BEFORE UPLOAD (disk full)"));
+    }
+    if let Some(e) = r["last_error"].as_str() {
+        line.push_str(&format!(", last: {e}"));
+    }
+    line + "\n"
+}
+
 fn go2rtc_line(g: &Value) -> String {
     if g.is_null() {
         return String::new();
@@ -1006,6 +1030,19 @@ mod tests {
             &json!({"devices": [{"name": "Gate", "hardware": "IPC", "address": "http://10.0.0.5/onvif/device_service"}]}),
         );
         assert!(t.starts_with("1 ONVIF camera(s):") && t.contains("Gate") && t.contains("http://10.0.0.5/"), "{t}");
+    }
+
+    #[test]
+    fn replicate_line_says_the_backlog_and_the_last_error() {
+        assert_eq!(replicate_line(&Value::Null), "");
+        let r = json!({"state": "failing", "bucket": "b", "backlog_segments": 3, "backlog_bytes": 3 << 20,
+                       "uploaded_segments": 1, "uploaded_bytes": 1024, "last_error": "connection refused",
+                       "deleted_unreplicated": 0});
+        let t = replicate_line(&r);
+        assert!(
+            t.starts_with("replicate: failing to b, backlog 3 segment(s)") && t.contains("last: connection refused"),
+            "{t}"
+        );
     }
 
     #[test]

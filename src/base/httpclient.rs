@@ -3,7 +3,9 @@
 //! code the API runs), `ota install http://...` downloads bundles with it, and
 //! webhooks are POSTed with it ([`post`], http or https through rustls with
 //! the ring provider, the TLS stack the box already has).
-//! the ONVIF client posts its SOAP requests with [`post_buffered`].
+//! the ONVIF client posts its SOAP requests with [`post_buffered`], and
+//! replication talks S3 with [`call`] (any method, custom headers, a body
+//! streamed from a file, status + headers + body back).
 //!
 //! Downloads are plain `http://` only: bundles carry their own ed25519
 //! signature, so the transport needs no integrity of its own; a bundle on an
@@ -692,6 +694,103 @@ pub fn get_buffered(
     Ok(Response { status, headers, body: out })
 }
 
+/// What [`call`] sends after the head: nothing, bytes, or `len` bytes of a reader
+/// (a file's part streamed without buffering it; a reader that ends early is an error).
+pub enum Payload<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    Reader(&'a mut dyn Read, u64),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Empty => 0,
+            Payload::Bytes(b) => b.len() as u64,
+            Payload::Reader(_, n) => *n,
+        }
+    }
+}
+
+/// One request to `server` (http or https; https needs `tls`), `target` the
+/// path and query as sent (already encoded), with `headers` and a body, and the
+/// answer buffered whatever its status (at most `max_answer` bytes). Connect and
+/// every read and write must each finish within `io_timeout`: an upload of any
+/// size goes on as long as it moves. Used by `replicate` for S3 requests.
+pub fn call(
+    server: &url::Url,
+    (method, target): (&str, &str),
+    headers: &[(&str, String)],
+    mut payload: Payload<'_>,
+    io_timeout: Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    max_answer: u64,
+) -> Result<Response, String> {
+    let host = server.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = server.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<SocketAddr> =
+        (bare, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let tcp = connect(&addrs, "connect", (io_timeout.min(CONNECT_TIMEOUT), io_timeout)).map_err(|e| match e {
+        HttpError::NotRunning(m) => format!("connection refused: {m}"),
+        HttpError::Failed(m) => m,
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: oxinvr/{}\r\nContent-Length: {}\r\n",
+        &server[url::Position::BeforeHost..url::Position::AfterPort],
+        env!("CARGO_PKG_VERSION"),
+        payload.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut exchange = |mut s: Box<dyn ReadWrite + '_>| -> Result<Response, String> {
+        let sent = s.write_all(head.as_bytes()).and_then(|()| match &mut payload {
+            Payload::Empty => Ok(()),
+            Payload::Bytes(b) => s.write_all(b),
+            Payload::Reader(r, n) => {
+                let copied = io::copy(&mut r.take(*n), &mut s)?;
+                if copied < *n {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the body's source ended early"));
+                }
+                Ok(())
+            }
+        });
+        sent.and_then(|()| s.flush()).map_err(|e| format!("sending the request: {e}"))?;
+        let mut reader = BufReader::new(s);
+        let (status, headers) = read_head(&mut reader)?;
+        let len = body_len(&headers, "answer").map_err(|e| e.to_string())?;
+        if len.is_some_and(|n| n > max_answer) {
+            return Err(format!("the answer is larger than {max_answer} bytes"));
+        }
+        let chunked = header(&headers, "transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let mut body = Vec::new();
+        let read = match (chunked, len, method) {
+            (_, _, "HEAD") => Ok(0),
+            (true, _, _) => Chunked::new(&mut reader).take(max_answer + 1).read_to_end(&mut body),
+            (false, Some(n), _) => (&mut reader).take(n).read_to_end(&mut body),
+            (false, None, _) => (&mut reader).take(max_answer + 1).read_to_end(&mut body),
+        };
+        read.map_err(|e| format!("reading the answer: {e}"))?;
+        if body.len() as u64 > max_answer {
+            return Err(format!("the answer is larger than {max_answer} bytes"));
+        }
+        Ok(Response { status, headers, body })
+    };
+    match (server.scheme(), tls) {
+        ("http", _) => exchange(Box::new(tcp)),
+        ("https", Some(cfg)) => {
+            let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+                .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
+            let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| format!("TLS: {e}"))?;
+            exchange(Box::new(rustls::StreamOwned::new(conn, tcp)))
+        }
+        (other, _) => Err(format!("scheme {other:?} is not supported here")),
+    }
+}
+
 /// A token file's content, trimmed; `None` if missing or empty.
 fn read_token(path: &std::path::Path) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
@@ -800,6 +899,28 @@ mod tests {
         let e = download("https://example.invalid/x.oxb").unwrap_err();
         assert!(e.kind == Kind::InvalidInput && e.to_string().contains("https is not supported"), "{e}");
         assert!(download("ftp://h/x").unwrap_err().to_string().contains("not supported"));
+    }
+
+    #[test]
+    fn call_sends_headers_and_a_reader_body_and_returns_the_answer() {
+        let (addr, t) = serve_once(b"HTTP/1.1 200 OK\r\nETag: \"abc\"\r\nContent-Length: 2\r\n\r\nok".to_vec());
+        let server = url::Url::parse(&format!("http://{addr}")).expect("url");
+        let mut src = &b"0123456789"[..];
+        let r = call(
+            &server,
+            ("PUT", "/b/k?partNumber=1"),
+            &[("x-amz-test", "1".into())],
+            Payload::Reader(&mut src, 4),
+            Duration::from_secs(5),
+            None,
+            1024,
+        )
+        .expect("call");
+        assert_eq!((r.status, r.header("etag"), &r.body[..]), (200, Some("\"abc\""), &b"ok"[..]));
+        let req = t.join().expect("server");
+        assert!(req.starts_with("PUT /b/k?partNumber=1 HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("x-amz-test: 1\r\n") && req.contains("Content-Length: 4\r\n"), "{req}");
+        assert!(req.ends_with("\r\n\r\n0123"), "{req}");
     }
 
     #[test]

@@ -29,11 +29,13 @@ pub enum Subsystem {
     Webhooks = 6,
     /// ONVIF event subscriptions (`onvif-NAME` threads, `onvif::watch`).
     Onvif = 7,
+    /// Uploads to the bucket (the `replicate` thread).
+    Replicate = 8,
 }
 
-const NAMES: [&str; 8] = ["other", "ingest", "storage", "http", "mqtt", "detect", "webhooks", "onvif"];
+const NAMES: [&str; 9] = ["other", "ingest", "storage", "http", "mqtt", "detect", "webhooks", "onvif", "replicate"];
 
-static BYTES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+static BYTES: [AtomicUsize; 9] = [const { AtomicUsize::new(0) }; 9];
 
 /// Bytes C code holds outside this allocator, as its Rust owners estimate
 /// them (OpenH264's pictures: see `detect::decode`).
@@ -69,6 +71,7 @@ pub fn current_subsystem() -> Subsystem {
         5 => Subsystem::Detect,
         6 => Subsystem::Webhooks,
         7 => Subsystem::Onvif,
+        8 => Subsystem::Replicate,
         _ => Subsystem::Other,
     }
 }

@@ -172,6 +172,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         min_free_percent: cfg.storage.min_free_percent,
         events_retention_days: cfg.events.retention_days,
         events: Some(nvr.events.hub().subscribe()),
+        keep_until_replicated: cfg.replicate.enabled() && cfg.replicate.keep_until_replicated,
     };
     let (storage_tx, storage_thread) = storage::spawn(settings, clock.clone()).context("storage")?;
     let (ingest_tx, executor_thread) = ingest::spawn_executor(clock.clone()).context("executor")?;
@@ -189,6 +190,11 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     start_go2rtc(&nvr, &cfg, &clock)?;
     web::mqtt::start(&nvr).map_err(Error::internal)?;
     web::webhooks::start(&nvr).map_err(Error::internal)?;
+    let replicator = crate::replicate::start(&cfg.replicate, &cfg.storage.data_dir, &cfg.db_path(), clock.clone())
+        .map_err(Error::invalid)?;
+    if let Some(r) = replicator {
+        let _ = nvr.replicate.set(Arc::new(r));
+    }
     start_onvif_events(&nvr);
     let detectors = start_detection(&nvr, &cfg, &clock)?;
     let http = web::spawn(nvr.clone()).context("web")?;
@@ -217,6 +223,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
     web::onvif::stop_watchers(&nvr);
     if let Some(w) = nvr.webhooks.get() {
         w.stop();
+    }
+    if let Some(r) = nvr.replicate.get() {
+        r.stop();
     }
     if let Some(g) = nvr.go2rtc.get() {
         g.stop();

@@ -259,6 +259,24 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE streams ADD COLUMN motion_mask TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE streams ADD COLUMN zones TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 15: replication to an S3 bucket: a stream may opt out, and the upload queue, one
+    // row per closed segment to upload (see db/replicate.rs). The row goes with its
+    // segment; an upload id left by a deleted row is aborted by the uploader's sweep.
+    r#"
+    ALTER TABLE streams ADD COLUMN replicate INTEGER NOT NULL DEFAULT 1 CHECK (replicate IN (0, 1));
+    CREATE TABLE replicate_queue (
+        segment_id INTEGER PRIMARY KEY REFERENCES segments (id) ON DELETE CASCADE,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done')),
+        attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+        next_try_ms INTEGER NOT NULL DEFAULT 0,
+        upload_id TEXT,
+        parts TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(parts)),
+        last_error TEXT,
+        queued_ms INTEGER NOT NULL,
+        done_ms INTEGER
+    ) STRICT;
+    CREATE INDEX replicate_queue_pending ON replicate_queue (next_try_ms) WHERE state = 'pending';
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -292,9 +310,11 @@ fn new_clock_mark() -> i64 {
 
 mod events;
 mod onvif;
+mod replicate;
 mod users;
 pub use events::{EventFilter, EventKind, EventRow, NewEvent};
 pub use onvif::OnvifRow;
+pub use replicate::{Backlog, UploadJob};
 pub use users::{KeyRow, Role, SessionRow, UserRow};
 
 /// What retention planning knows of one segment.
@@ -314,6 +334,9 @@ pub struct RetentionItem {
     /// `event_retention_days`. Only worked out for items past their stream's
     /// `retention_days` (the only ones age could take).
     pub event: bool,
+    /// Its stream replicates and it is one the replication queue takes, but it is not
+    /// in the bucket yet (queued or about to be: retention must not race the enqueue).
+    pub unreplicated: bool,
 }
 
 /// An event counts for the recordings of at most its first day (bounds the
@@ -481,6 +504,7 @@ impl StreamSpec {
             detect: Vec::new(),
             motion_mask: Vec::new(),
             zones: Vec::new(),
+            replicate: true,
             source: default_source(),
         }
     }
@@ -599,6 +623,9 @@ pub struct StreamSpec {
     /// Named areas for object detection.
     #[serde(default)]
     pub zones: Vec<Zone>,
+    /// Its closed segments are uploaded when `[replicate]` is set (`replicate`).
+    #[serde(default = "default_true")]
+    pub replicate: bool,
     /// `"config"` or `"api"`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -758,7 +785,7 @@ fn bad_value(idx: usize, ty: rusqlite::types::Type, msg: String) -> rusqlite::Er
 
 const STREAM_COLS: &str = "id, name, url, enabled, record_mode, retention_days, max_storage_mb, priority, \
                            bitrate_kbps, source, created_ms, updated_ms, pre_seconds, post_seconds, \
-                           event_retention_days, schedule, sub_url, snapshot_url, detect, motion_mask, zones";
+                           event_retention_days, schedule, sub_url, snapshot_url, detect, motion_mask, zones, replicate";
 
 fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     let record: String = row.get(4)?;
@@ -798,6 +825,7 @@ fn stream_from_row(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
             detect: get_json(row, 18, "detect")?,
             motion_mask: get_json(row, 19, "motion_mask")?,
             zones: get_json(row, 20, "zones")?,
+            replicate: row.get(21)?,
         },
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
@@ -1033,9 +1061,9 @@ impl Db {
                 "INSERT INTO streams (name, url, enabled, record, record_mode, retention_days,
                                       max_storage_mb, priority, bitrate_kbps, source, created_ms,
                                       updated_ms, pre_seconds, post_seconds, event_retention_days,
-                                      sub_url, snapshot_url, detect, motion_mask, zones)
+                                      sub_url, snapshot_url, detect, motion_mask, zones, replicate)
                  VALUES (?1, ?2, ?3, CASE ?4 WHEN 'off' THEN 'off' ELSE 'continuous' END, ?4, ?5,
-                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+                         ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
                  ON CONFLICT (name) DO UPDATE SET
                      url = excluded.url, enabled = excluded.enabled, record = excluded.record,
                      record_mode = excluded.record_mode,
@@ -1046,7 +1074,8 @@ impl Db {
                      pre_seconds = excluded.pre_seconds, post_seconds = excluded.post_seconds,
                      event_retention_days = excluded.event_retention_days,
                      sub_url = excluded.sub_url, snapshot_url = excluded.snapshot_url,
-                     detect = excluded.detect, motion_mask = excluded.motion_mask, zones = excluded.zones
+                     detect = excluded.detect, motion_mask = excluded.motion_mask, zones = excluded.zones,
+                     replicate = excluded.replicate
                  WHERE streams.url IS NOT excluded.url OR streams.enabled IS NOT excluded.enabled
                     OR streams.record_mode IS NOT excluded.record_mode
                     OR streams.retention_days IS NOT excluded.retention_days
@@ -1061,7 +1090,8 @@ impl Db {
                     OR streams.snapshot_url IS NOT excluded.snapshot_url
                     OR streams.detect IS NOT excluded.detect
                     OR streams.motion_mask IS NOT excluded.motion_mask
-                    OR streams.zones IS NOT excluded.zones",
+                    OR streams.zones IS NOT excluded.zones
+                    OR streams.replicate IS NOT excluded.replicate",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -1082,7 +1112,8 @@ impl Db {
                     s.snapshot_url,
                     detect,
                     mask,
-                    zones
+                    zones,
+                    s.replicate
                 ])
             })
             .with_ctx(|| format!("upsert_stream {:?}", s.name))?;
@@ -1358,7 +1389,9 @@ impl Db {
                                          AND e.start_ms < s.end_ms + st.pre_seconds * 1000
                                          AND e.start_ms >= s.start_ms - st.post_seconds * 1000 - ?2
                                          AND coalesce(e.end_ms, e.start_ms) + st.post_seconds * 1000 >= s.start_ms)
-                     END
+                     END,
+                     st.replicate = 1 AND s.time_unknown = 0 AND s.bytes > 0
+                       AND NOT EXISTS (SELECT 1 FROM replicate_queue q WHERE q.segment_id = s.id AND q.state = 'done')
                  FROM segments s JOIN streams st ON st.id = s.stream_id
                  ORDER BY s.start_ms, s.id",
             )
@@ -1375,6 +1408,7 @@ impl Db {
                 open: r.get::<_, String>(6).ctx(op)? != "closed",
                 time_unknown: r.get(7).ctx(op)?,
                 event: r.get(8).ctx(op)?,
+                unreplicated: r.get(9).ctx(op)?,
             };
             if !f(&item) {
                 break;
@@ -2245,7 +2279,8 @@ mod tests {
                     protected: true,
                     open: false,
                     time_unknown: false,
-                    event: false
+                    event: false,
+                    unreplicated: true
                 },
                 RetentionItem {
                     id: b,
@@ -2256,7 +2291,8 @@ mod tests {
                     protected: false,
                     open: true,
                     time_unknown: false,
-                    event: false
+                    event: false,
+                    unreplicated: true
                 },
             ]
         );

@@ -74,6 +74,10 @@ pub struct StreamPolicy {
     /// Age limit of items overlapping an event (`Item::event`).
     pub event_retention_days: Option<u32>,
     pub max_bytes: Option<u64>,
+    /// `[replicate] keep_until_replicated` (and the stream replicates): age and
+    /// quota leave an item still waiting for upload (`Item::unreplicated`); free
+    /// space does not (recording must go on), and says so loudly.
+    pub keep_until_replicated: bool,
 }
 
 /// Size of the file system holding the recordings.
@@ -99,6 +103,9 @@ pub struct Deletion {
     pub stream_id: i64,
     pub bytes: u64,
     pub reason: Reason,
+    /// Still waiting to be uploaded to the bucket (only free space picks such an item
+    /// when `keep_until_replicated` is set).
+    pub unreplicated: bool,
 }
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -148,11 +155,19 @@ pub fn plan_streaming<E>(
     min_free_percent: u8,
 ) -> Result<Vec<Deletion>, E> {
     let deletable = |it: &Item| !it.protected && !it.open;
+    // Age and quota wait for the upload; free space does not.
+    let kept = |it: &Item| it.unreplicated && policies.get(&it.stream_id).is_some_and(|p| p.keep_until_replicated);
     let mut picked: HashSet<i64> = HashSet::new();
     let mut out: Vec<Deletion> = Vec::new();
     let pick = |it: &Item, reason: Reason, picked: &mut HashSet<i64>, out: &mut Vec<Deletion>| {
         picked.insert(it.id);
-        out.push(Deletion { id: it.id, stream_id: it.stream_id, bytes: it.bytes, reason });
+        out.push(Deletion {
+            id: it.id,
+            stream_id: it.stream_id,
+            bytes: it.bytes,
+            reason,
+            unreplicated: it.unreplicated,
+        });
     };
 
     // 1. Age, and each stream's total of what age leaves.
@@ -162,7 +177,7 @@ pub fn plan_streaming<E>(
         let days =
             policies.get(&it.stream_id).and_then(|p| if it.event { p.event_retention_days } else { p.retention_days });
         let cutoff = days.map(|d| now.now_ms.saturating_sub(i64::from(d).saturating_mul(MS_PER_DAY)));
-        if cutoff.is_some_and(|c| now.aged_end(it.end_ms) < c) && deletable(it) && !it.time_unknown {
+        if cutoff.is_some_and(|c| now.aged_end(it.end_ms) < c) && deletable(it) && !kept(it) && !it.time_unknown {
             pick(it, Reason::Age, &mut picked, &mut out);
         } else {
             let total = left.entry(it.stream_id).or_default();
@@ -182,7 +197,7 @@ pub fn plan_streaming<E>(
     if !over.is_empty() {
         walk(&mut |it| {
             if let Some((total, max)) = over.get_mut(&it.stream_id) {
-                if *total > *max && deletable(it) && !picked.contains(&it.id) {
+                if *total > *max && deletable(it) && !kept(it) && !picked.contains(&it.id) {
                     *total = total.saturating_sub(it.bytes);
                     pick(it, Reason::Quota, &mut picked, &mut out);
                 }
@@ -241,6 +256,16 @@ pub fn execute(db: &Db, data_dir: &Path, deletions: &[Deletion]) -> Result<Outco
     let ids: Vec<i64> = deletions.iter().map(|d| d.id).collect();
     let moved = db.delete_unprotected_segments_to_garbage(&ids)?;
     DELETED.fetch_add(moved.len(), Ordering::Relaxed);
+    let lost: Vec<i64> =
+        deletions.iter().filter(|d| d.unreplicated && d.reason == Reason::FreeSpace).map(|d| d.id).collect();
+    if !lost.is_empty() {
+        DELETED_UNREPLICATED.fetch_add(lost.len(), Ordering::Relaxed);
+        log::error!(
+            "retention: the disk is full: deleted {} segment(s) NOT YET REPLICATED to the bucket (ids {lost:?}) \
+             so recording goes on; the bucket is behind (see /api/system replicate)",
+            lost.len()
+        );
+    }
     let mut outcome = collect_garbage(db, data_dir)?;
     outcome.rows_deleted = moved.len();
     Ok(outcome)
@@ -249,6 +274,14 @@ pub fn execute(db: &Db, data_dir: &Path, deletions: &[Deletion]) -> Result<Outco
 /// Segments `execute` deleted since the process started (usize: MIPS32 has
 /// no 64-bit atomics; 4 billion deletions are far beyond a box's life).
 static DELETED: AtomicUsize = AtomicUsize::new(0);
+
+/// Of those, the ones still waiting for upload that free space took (`keep_until_replicated`).
+static DELETED_UNREPLICATED: AtomicUsize = AtomicUsize::new(0);
+
+/// Segments deleted before they were replicated since start (disk full).
+pub fn deleted_unreplicated_total() -> u64 {
+    DELETED_UNREPLICATED.load(Ordering::Relaxed) as u64
+}
 
 /// Segments retention deleted since start (`oxinvr_retention_deleted_segments_total`).
 pub fn deleted_total() -> u64 {
@@ -332,13 +365,22 @@ mod tests {
             open: false,
             time_unknown: false,
             event: false,
+            unreplicated: false,
         }
     }
 
     fn policies(list: &[(i64, Option<u32>, Option<u64>)]) -> HashMap<i64, StreamPolicy> {
         list.iter()
             .map(|&(s, days, max)| {
-                (s, StreamPolicy { event_retention_days: None, retention_days: days, max_bytes: max })
+                (
+                    s,
+                    StreamPolicy {
+                        event_retention_days: None,
+                        retention_days: days,
+                        max_bytes: max,
+                        keep_until_replicated: false,
+                    },
+                )
             })
             .collect()
     }
@@ -352,9 +394,25 @@ mod tests {
     #[test]
     fn recordings_of_events_are_kept_event_retention_days() {
         let pol = HashMap::from([
-            (1, StreamPolicy { retention_days: Some(2), event_retention_days: Some(30), max_bytes: None }),
+            (
+                1,
+                StreamPolicy {
+                    retention_days: Some(2),
+                    event_retention_days: Some(30),
+                    max_bytes: None,
+                    keep_until_replicated: false,
+                },
+            ),
             // No age limit: events or not, kept until space runs out.
-            (2, StreamPolicy { retention_days: None, event_retention_days: None, max_bytes: None }),
+            (
+                2,
+                StreamPolicy {
+                    retention_days: None,
+                    event_retention_days: None,
+                    max_bytes: None,
+                    keep_until_replicated: false,
+                },
+            ),
         ]);
         let items = [
             item(1, 1, 0, 10),
@@ -376,8 +434,15 @@ mod tests {
         // wrong date set by hand): what was recorded before is not a year old.
         let year = 365 * DAY;
         let jump = ClockStep { at_ms: 10 * DAY + year, step_ms: year };
-        let pol =
-            HashMap::from([(1, StreamPolicy { event_retention_days: None, retention_days: Some(2), max_bytes: None })]);
+        let pol = HashMap::from([(
+            1,
+            StreamPolicy {
+                event_retention_days: None,
+                retention_days: Some(2),
+                max_bytes: None,
+                keep_until_replicated: false,
+            },
+        )]);
         let items = [
             Item { end_ms: 9 * DAY, ..item(1, 1, 9 * DAY - MIN, 10) }, // a day before the jump
             Item { end_ms: 7 * DAY, ..item(2, 1, 7 * DAY - MIN, 10) }, // 3 days before the jump
@@ -406,7 +471,7 @@ mod tests {
             item(5, 3, 0, 10), // stream 3: no policy at all
         ];
         let d = plan(now, &items, &policies(&[(1, Some(2), None), (2, None, Some(1000))]), ROOMY, 10);
-        assert_eq!(d, vec![Deletion { id: 1, stream_id: 1, bytes: 10, reason: Reason::Age }]);
+        assert_eq!(d, vec![Deletion { id: 1, stream_id: 1, bytes: 10, reason: Reason::Age, unreplicated: false }]);
         // retention_days = 0: everything that ended before now.
         let d = plan(now, &items, &policies(&[(1, Some(0), None)]), ROOMY, 10);
         assert_eq!(ids(&d), vec![1, 2, 3]);
@@ -474,6 +539,35 @@ mod tests {
         // Quota alone: protected/open bytes count against the quota but cannot be freed.
         let d = plan(0, &items, &policies(&[(1, None, Some(100))]), ROOMY, 0);
         assert_eq!(d.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(3, Reason::Quota)]);
+    }
+
+    #[test]
+    fn keep_until_replicated_holds_age_and_quota_but_not_free_space() {
+        let keep = StreamPolicy {
+            retention_days: Some(1),
+            event_retention_days: None,
+            max_bytes: Some(10),
+            keep_until_replicated: true,
+        };
+        let p = HashMap::from([(1, keep)]);
+        let items = [
+            Item { unreplicated: true, ..item(1, 1, 0, 10) },
+            item(2, 1, MIN, 10),
+            Item { unreplicated: true, ..item(3, 1, 10 * DAY, 10) },
+            item(4, 1, 10 * DAY + MIN, 10),
+        ];
+        // Age takes the uploaded old one only; quota the uploaded new one only.
+        let d = plan(10 * DAY + 2 * MIN, &items, &p, ROOMY, 10);
+        assert_eq!(ids(&d), vec![2, 4]);
+        assert!(d.iter().all(|x| !x.unreplicated));
+        // Free space takes what it must, uploaded or not, and says which were not.
+        let full = Disk { total_bytes: 1000, free_bytes: 0 };
+        let d = plan(10 * DAY + 2 * MIN, &items, &p, full, 4);
+        assert_eq!(ids(&d), vec![2, 4, 1, 3]);
+        assert_eq!(d.iter().filter(|x| x.unreplicated).count(), 2);
+        // Without the setting, age takes both old ones.
+        let p = HashMap::from([(1, StreamPolicy { keep_until_replicated: false, ..keep })]);
+        assert_eq!(ids(&plan(10 * DAY + 2 * MIN, &items, &p, ROOMY, 10))[..2], [1, 2]);
     }
 
     #[test]
@@ -591,6 +685,7 @@ mod tests {
                     open: i == PER - 1,
                     time_unknown: false,
                     event: false,
+                    unreplicated: false,
                 });
             }
         }
@@ -603,9 +698,24 @@ mod tests {
         let mut pol = HashMap::new();
         for s in 0..STREAMS {
             let p = match s % 4 {
-                0 => StreamPolicy { event_retention_days: None, retention_days: Some(1), max_bytes: None },
-                1 => StreamPolicy { event_retention_days: None, retention_days: None, max_bytes: Some(1_000_000_000) },
-                2 => StreamPolicy { event_retention_days: None, retention_days: Some(1), max_bytes: Some(500_000_000) },
+                0 => StreamPolicy {
+                    event_retention_days: None,
+                    retention_days: Some(1),
+                    max_bytes: None,
+                    keep_until_replicated: false,
+                },
+                1 => StreamPolicy {
+                    event_retention_days: None,
+                    retention_days: None,
+                    max_bytes: Some(1_000_000_000),
+                    keep_until_replicated: false,
+                },
+                2 => StreamPolicy {
+                    event_retention_days: None,
+                    retention_days: Some(1),
+                    max_bytes: Some(500_000_000),
+                    keep_until_replicated: false,
+                },
                 _ => StreamPolicy::default(),
             };
             pol.insert(s, p);
@@ -698,7 +808,15 @@ mod tests {
         let mut all = Vec::new();
         for (k, name) in ["a", "b", "c"].iter().enumerate() {
             let s = stream(&db, name);
-            pol.insert(s, StreamPolicy { event_retention_days: None, retention_days: None, max_bytes: Some(2500) });
+            pol.insert(
+                s,
+                StreamPolicy {
+                    event_retention_days: None,
+                    retention_days: None,
+                    max_bytes: Some(2500),
+                    keep_until_replicated: false,
+                },
+            );
             for i in 0..5 {
                 all.push(recorded(&db, data, s, name, i * MIN + k as i64, 1000));
             }

@@ -85,6 +85,8 @@ pub struct StorageSettings {
     pub events_retention_days: u32,
     /// The events hub, which starts and extends the events mode's recordings.
     pub events: Option<crate::events::Subscription>,
+    /// `[replicate] keep_until_replicated`: age and quota wait for the upload.
+    pub keep_until_replicated: bool,
 }
 
 struct Recorder {
@@ -613,6 +615,7 @@ fn plan_retention(
                     // Never shorter than the stream's own retention.
                     event_retention_days: s.spec.retention_days.map(|d| d.max(s.spec.event_retention_days)),
                     max_bytes: s.spec.max_storage_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                    keep_until_replicated: settings.keep_until_replicated && s.spec.replicate,
                 };
                 (s.id, p)
             })

@@ -259,6 +259,7 @@ fn spec_fields(s: &StreamSpec) -> Map<String, Value> {
         "detect": s.detect,
         "motion_mask": s.motion_mask,
         "zones": s.zones,
+        "replicate": s.replicate,
     });
     match v {
         Value::Object(m) => m,
@@ -593,6 +594,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "senders_busy": super::send::sending(),
             "go2rtc": nvr.go2rtc.get().map(|g| g.status()),
             "mqtt": nvr.mqtt.get().map(|m| m.status()),
+            "replicate": nvr.replicate.get().map(|r| r.status_json()),
         }),
     ))
 }
@@ -652,6 +654,9 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     }
     for w in cfg.webhooks.iter_mut().filter(|w| !w.secret.is_empty()) {
         w.secret = "***".into();
+    }
+    if !cfg.replicate.secret_key.is_empty() {
+        cfg.replicate.secret_key = "***".into();
     }
     let config =
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;
@@ -727,6 +732,7 @@ pub(super) fn check_stream_bodies(body: &[u8]) {
         sub_url: Some("rtsp://u:pw@cam/sub".into()),
         snapshot_url: Some("http://u:pw@cam/snap.jpg".into()),
         zones: Vec::new(),
+        replicate: true,
     };
     for (base, patch) in [(base, fields.clone()), (spec_fields(&existing.to_spec("api")), fields)] {
         if let Ok(cfg) = merge_fields(&base, &patch) {
@@ -810,7 +816,7 @@ mod tests {
         let v = stream_setting(Some(&api), None);
         assert_eq!((v["source"].as_str(), &v["file"], &v["restart_resets"]), (Some("api"), &Value::Null, &json!([])));
         let v = stream_setting(None, Some(&file));
-        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 15), "{v}");
+        assert!(v["in_effect"].is_null() && v["restart_resets"].as_array().is_some_and(|a| a.len() == 16), "{v}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Nvr {
     pub mqtt: std::sync::OnceLock<Arc<crate::notify::mqtt::Mqtt>>,
     /// The webhooks, set at start-up when `[[webhooks]]` has entries (`web::webhooks`).
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
+    /// The uploader to the bucket, set at start-up when `[replicate] endpoint` is set.
+    pub replicate: std::sync::OnceLock<Arc<crate::replicate::Replicator>>,
     /// Each stream's detection counters while its thread runs (`detect::fleet`).
     pub detection: Arc<crate::detect::fleet::StatsMap>,
     /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
@@ -77,6 +79,7 @@ impl Nvr {
             live_db: Default::default(),
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
+            replicate: std::sync::OnceLock::new(),
             detection: Arc::default(),
             detect_switch: Default::default(),
             onvif_watchers: Default::default(),

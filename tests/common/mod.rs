@@ -2,6 +2,7 @@
 //! (scripts/test-camera, GStreamer's RTSP server) and ffmpeg/ffprobe checks.
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod nvr;
 pub mod proxy;
 

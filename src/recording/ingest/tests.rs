@@ -592,6 +592,7 @@ mod with_storage {
             min_free_percent: 0,
             events_retention_days: 30,
             events: None,
+            keep_until_replicated: false,
         };
         let (tx, thread) = storage::spawn(settings, h.clock.clone()).expect("storage");
         tx.send(storage::Command::Add(rt.clone())).expect("add");

@@ -1,0 +1,179 @@
+//! The replication upload queue (schema version 15): one row per closed
+//! segment to upload to the bucket, kept until the segment itself is deleted.
+//!
+//! Invariants:
+//! - A row is made only for a closed segment of known time whose stream has
+//!   `replicate = 1`; `INSERT OR IGNORE` makes enqueueing idempotent, so the
+//!   uploader may rescan any range (start-up rescans everything: a power cut
+//!   between a close and its enqueue loses nothing).
+//! - `pending` -> `done` only; `done` is final and clears the upload id and
+//!   parts. A pending row with an `upload_id` has a multipart upload open in
+//!   the bucket, and `parts` lists the parts the bucket acknowledged
+//!   (`[[number, etag], ...]`); both are written before the next part is sent.
+//! - The row goes with its segment (foreign key, `ON DELETE CASCADE`).
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{get_num, Ctx, Db, DbError, SegmentRow};
+
+/// One segment to upload.
+#[derive(Clone, Debug)]
+pub struct UploadJob {
+    pub segment: SegmentRow,
+    pub stream: String,
+    pub attempts: u32,
+    /// An open multipart upload and the parts it holds (number, ETag).
+    pub upload_id: Option<String>,
+    pub parts: Vec<(u32, String)>,
+}
+
+/// What waits to be uploaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    pub segments: u64,
+    pub bytes: u64,
+    /// End (epoch ms) of the oldest segment still to upload.
+    pub oldest_pending_ms: Option<i64>,
+    /// Segments uploaded (and still on the disk).
+    pub done_segments: u64,
+}
+
+impl Db {
+    /// Queues every closed, replicated segment with `id >= from_id` not queued yet.
+    /// Returns how many were queued and the id to scan from next time: the
+    /// lowest open segment's (it may close later), else one past the highest.
+    pub fn replicate_enqueue(&self, from_id: i64, now_ms: i64) -> Result<(usize, i64), DbError> {
+        let op = "replicate_enqueue";
+        self.write(op, |tx| {
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO replicate_queue (segment_id, queued_ms)
+                     SELECT s.id, ?2 FROM segments s JOIN streams st ON st.id = s.stream_id
+                     WHERE s.id >= ?1 AND s.state = 'closed' AND s.time_unknown = 0 AND s.bytes > 0
+                       AND st.replicate = 1",
+                )
+                .and_then(|mut st| st.execute(params![from_id, now_ms]))
+                .ctx(op)?;
+            let next: i64 = tx
+                .query_row(
+                    "SELECT coalesce((SELECT min(id) FROM segments WHERE state = 'open'),
+                                     (SELECT max(id) + 1 FROM segments), ?1)",
+                    [from_id],
+                    |r| r.get(0),
+                )
+                .ctx(op)?;
+            Ok((n, next.max(from_id)))
+        })
+    }
+
+    /// The pending row due first (oldest segment first), if one is due at `now_ms`.
+    pub fn replicate_next(&self, now_ms: i64) -> Result<Option<UploadJob>, DbError> {
+        let op = "replicate_next";
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT q.segment_id, q.attempts, q.upload_id, q.parts, st.name
+                 FROM replicate_queue q JOIN segments s ON s.id = q.segment_id
+                      JOIN streams st ON st.id = s.stream_id
+                 WHERE q.state = 'pending' AND q.next_try_ms <= ?1
+                 ORDER BY s.start_ms, s.id LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row([now_ms], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        get_num::<u32>(r, 1, "attempts")?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .optional()
+            })
+            .ctx(op)?;
+        let Some((id, attempts, upload_id, parts, stream)) = row else { return Ok(None) };
+        let Some(segment) = self.segment(id)? else { return Ok(None) };
+        let parts: Vec<(u32, String)> = serde_json::from_str(&parts)
+            .map_err(|e| DbError::invalid(format!("replicate_queue of segment {id}: parts: {e}")))?;
+        Ok(Some(UploadJob { segment, stream, attempts, upload_id, parts }))
+    }
+
+    /// Records the open multipart upload of segment `id` and the parts it holds.
+    pub fn replicate_progress(&self, id: i64, upload_id: Option<&str>, parts: &[(u32, String)]) -> Result<(), DbError> {
+        let parts = serde_json::to_string(parts).unwrap_or_else(|_| "[]".into());
+        self.write("replicate_progress", |tx| {
+            tx.prepare_cached("UPDATE replicate_queue SET upload_id = ?2, parts = ?3 WHERE segment_id = ?1")
+                .and_then(|mut st| st.execute(params![id, upload_id, parts]))
+                .ctx("replicate_progress")
+                .map(drop)
+        })
+    }
+
+    /// A failed attempt: counted, told, and the next one not before `next_try_ms`.
+    pub fn replicate_failed(&self, id: i64, error: &str, next_try_ms: i64) -> Result<(), DbError> {
+        self.write("replicate_failed", |tx| {
+            tx.prepare_cached(
+                "UPDATE replicate_queue SET attempts = attempts + 1, last_error = ?2, next_try_ms = ?3
+                 WHERE segment_id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, error, next_try_ms]))
+            .ctx("replicate_failed")
+            .map(drop)
+        })
+    }
+
+    /// Segment `id` and its sidecar are in the bucket.
+    pub fn replicate_done(&self, id: i64, now_ms: i64) -> Result<(), DbError> {
+        self.write("replicate_done", |tx| {
+            tx.prepare_cached(
+                "UPDATE replicate_queue SET state = 'done', upload_id = NULL, parts = '[]', last_error = NULL,
+                        done_ms = ?2 WHERE segment_id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, now_ms]))
+            .ctx("replicate_done")
+            .map(drop)
+        })
+    }
+
+    /// Whether segment `id` is uploaded (false if it has no row).
+    pub fn replicated(&self, id: i64) -> Result<bool, DbError> {
+        self.conn
+            .query_row("SELECT state = 'done' FROM replicate_queue WHERE segment_id = ?1", [id], |r| r.get(0))
+            .optional()
+            .ctx("replicated")
+            .map(|v| v.unwrap_or(false))
+    }
+
+    /// The upload ids of every open multipart upload the queue knows.
+    pub fn replicate_upload_ids(&self) -> Result<Vec<String>, DbError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT upload_id FROM replicate_queue WHERE upload_id IS NOT NULL")
+            .ctx("replicate_upload_ids")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).ctx("replicate_upload_ids")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().ctx("replicate_upload_ids")
+    }
+
+    /// What waits, and how much is done.
+    pub fn replicate_backlog(&self) -> Result<Backlog, DbError> {
+        let op = "replicate_backlog";
+        self.conn
+            .query_row(
+                "SELECT count(*) FILTER (WHERE q.state = 'pending'),
+                        coalesce(sum(s.bytes) FILTER (WHERE q.state = 'pending'), 0),
+                        min(s.end_ms) FILTER (WHERE q.state = 'pending'),
+                        count(*) FILTER (WHERE q.state = 'done')
+                 FROM replicate_queue q JOIN segments s ON s.id = q.segment_id",
+                [],
+                |r| {
+                    Ok(Backlog {
+                        segments: get_num(r, 0, "count")?,
+                        bytes: get_num(r, 1, "bytes")?,
+                        oldest_pending_ms: r.get(2)?,
+                        done_segments: get_num(r, 3, "count")?,
+                    })
+                },
+            )
+            .ctx(op)
+    }
+}

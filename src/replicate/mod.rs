@@ -1,0 +1,452 @@
+//! Replication: every closed segment of a stream with `replicate = true` is
+//! uploaded to an S3-compatible bucket (`[replicate]`), followed by a JSON
+//! sidecar that describes it, so the bucket alone can be re-indexed.
+//!
+//! One named thread (`replicate`) does everything, one object at a time:
+//! it queues closed segments (`Db::replicate_enqueue`, a scan from the
+//! lowest segment still open, every `SCAN`), takes the oldest pending one,
+//! uploads it (PutObject below `multipart_threshold_kb`, else a multipart
+//! upload in `part_size_kb` parts), then its sidecar, then marks it done.
+//!
+//! Invariants:
+//! - An object is `<prefix>/<box>/<stream>/<date>/<file>.mp4` (the segment's
+//!   path under `recordings/`); its sidecar is the same name + `.json` and is
+//!   written only after the object is complete: a sidecar means a whole object.
+//! - Nothing closed is missed: start-up scans every segment (a power cut
+//!   between a close and its enqueue loses nothing); rows are idempotent.
+//! - A multipart upload's id and each acknowledged part are in the queue row
+//!   before the next part is sent, so a restart resumes it; an upload the
+//!   bucket forgot (`NoSuchUpload`) is started again from part 1. At start
+//!   the thread lists the bucket's open uploads under `<prefix>/<box>/` and
+//!   aborts every one the queue does not know: no incomplete upload is left.
+//! - Every payload's SHA-256 is signed (`x-amz-content-sha256`), so the
+//!   server refuses a damaged body; a PutObject also carries
+//!   `x-amz-checksum-sha256`; the sidecar holds the whole file's SHA-256.
+//! - A failure retries after a capped exponential backoff (1 s doubling to
+//!   `MAX_BACKOFF`) for the whole thread: a bucket that is down is not
+//!   hammered, and recording never waits for replication (it only reads
+//!   closed files and writes its own rows).
+//! - The secret key is never logged or shown (`Credentials` masks it).
+
+pub mod s3;
+pub mod sigv4;
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::base::clock::Clock;
+use crate::base::shutdown::Shutdown;
+use crate::config::ReplicateConfig;
+use crate::index::db::{Backlog, Db, UploadJob};
+use s3::{Body, Bucket, S3Error};
+
+/// How often closed segments are looked for.
+const SCAN: Duration = Duration::from_secs(1);
+/// Longest wait between attempts while the bucket fails.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Bytes read per step (hashing and sending).
+const CHUNK: usize = 64 << 10;
+
+/// What `/api/system` shows of replication.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    /// `starting`, `ok` (the last attempt worked), `failing` (it did not; see last_error).
+    pub state: &'static str,
+    pub endpoint: String,
+    pub bucket: String,
+    /// Where this box's objects go: `<prefix>/<box>/`.
+    pub prefix: String,
+    pub backlog_segments: u64,
+    pub backlog_bytes: u64,
+    /// End (epoch ms) of the oldest segment still to upload.
+    pub oldest_pending_ms: Option<i64>,
+    /// Since start.
+    pub uploaded_segments: u64,
+    pub uploaded_bytes: u64,
+    pub last_upload_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+    /// Segments retention deleted before they were uploaded (disk full), since start.
+    pub deleted_unreplicated: u64,
+}
+
+/// The running uploader.
+pub struct Replicator {
+    status: Arc<Mutex<Status>>,
+    stop: Shutdown,
+}
+
+impl Replicator {
+    pub fn status(&self) -> Status {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.deleted_unreplicated = crate::recording::retention::deleted_unreplicated_total();
+        s
+    }
+
+    pub fn status_json(&self) -> Value {
+        serde_json::to_value(self.status()).unwrap_or(Value::Null)
+    }
+
+    /// Asks the thread to stop (not waited for: it may be in a long upload,
+    /// which a restart resumes).
+    pub fn stop(&self) {
+        self.stop.trigger();
+    }
+}
+
+/// Everything the thread needs.
+struct Uploader {
+    bucket: Bucket,
+    /// `<prefix>/<box>/`.
+    base: String,
+    box_name: String,
+    data_dir: PathBuf,
+    bytes_per_s: u64,
+    threshold: u64,
+    part_size: u64,
+    clock: Arc<dyn Clock>,
+    status: Arc<Mutex<Status>>,
+    stop: Shutdown,
+}
+
+/// Starts the `replicate` thread; `Ok(None)` when `[replicate]` is off.
+pub fn start(
+    cfg: &ReplicateConfig,
+    data_dir: &Path,
+    db_path: &Path,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Replicator>, String> {
+    if !cfg.enabled() {
+        return Ok(None);
+    }
+    let (access, secret) = cfg.credentials().map_err(|(k, m)| format!("{k}: {m}"))?;
+    let endpoint = url::Url::parse(&cfg.endpoint).map_err(|e| format!("replicate.endpoint: {e}"))?;
+    let tls = if endpoint.scheme() == "https" {
+        Some(Arc::new(crate::base::httpclient::tls_client(&cfg.ca_file, "replicate.ca_file")?))
+    } else {
+        None
+    };
+    let creds = sigv4::Credentials::new(access, secret);
+    let bucket = Bucket::new(endpoint, cfg.bucket.clone(), cfg.region.clone(), creds, tls);
+    let box_name = cfg.box_or_host(crate::notify::mqtt::hostname);
+    let prefix = cfg.prefix.trim_end_matches('/');
+    let base = if prefix.is_empty() { format!("{box_name}/") } else { format!("{prefix}/{box_name}/") };
+    let status = Arc::new(Mutex::new(Status {
+        state: "starting",
+        endpoint: cfg.endpoint.clone(),
+        bucket: cfg.bucket.clone(),
+        prefix: base.clone(),
+        ..Status::default()
+    }));
+    let stop = Shutdown::new();
+    let up = Uploader {
+        bucket,
+        base,
+        box_name,
+        data_dir: data_dir.to_path_buf(),
+        bytes_per_s: u64::from(cfg.bandwidth_kbps) * 1000 / 8,
+        threshold: u64::from(cfg.multipart_threshold_kb) << 10,
+        part_size: u64::from(cfg.part_size_kb) << 10,
+        clock,
+        status: status.clone(),
+        stop: stop.clone(),
+    };
+    let db = Db::open(db_path).map_err(|e| format!("replicate: {e}"))?;
+    std::thread::Builder::new()
+        .name("replicate".into())
+        .spawn(move || {
+            crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Replicate);
+            up.run(&db);
+        })
+        .map_err(|e| format!("replicate thread: {e}"))?;
+    log::info!("replicate: uploading closed segments to {} bucket {}", cfg.endpoint, cfg.bucket);
+    Ok(Some(Replicator { status, stop }))
+}
+
+impl Uploader {
+    fn run(&self, db: &Db) {
+        let (mut floor, mut swept) = (0i64, false);
+        let mut backoff = Duration::ZERO;
+        let mut last_scan: Option<Instant> = None;
+        while !self.stop.is_triggered() {
+            if last_scan.is_none_or(|t| t.elapsed() >= SCAN) {
+                match db.replicate_enqueue(floor, self.clock.now_ms()) {
+                    Ok((_, next)) => floor = next,
+                    Err(e) => log::warn!("replicate: cannot queue closed segments: {e}"),
+                }
+                last_scan = Some(Instant::now());
+                self.refresh_backlog(db);
+            }
+            let step = if swept { self.step(db) } else { self.sweep(db).map(|()| true) };
+            match step {
+                Ok(worked) => {
+                    swept = true;
+                    backoff = Duration::ZERO;
+                    if worked {
+                        self.refresh_backlog(db);
+                    } else if self.stop.wait_timeout(SCAN) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                    self.failed(&e);
+                    if self.stop.wait_timeout(backoff) {
+                        break;
+                    }
+                }
+            }
+        }
+        log::info!("replicate: stopped");
+    }
+
+    /// Uploads the next due segment; false if none is due.
+    fn step(&self, db: &Db) -> Result<bool, String> {
+        let Some(job) = db.replicate_next(self.clock.now_ms()).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let id = job.segment.id;
+        match self.upload(db, &job) {
+            Ok(()) => {
+                db.replicate_done(id, self.clock.now_ms()).map_err(|e| e.to_string())?;
+                let mut s = self.lock();
+                s.state = "ok";
+                s.uploaded_segments += 1;
+                s.uploaded_bytes += job.segment.bytes;
+                s.last_upload_ms = Some(self.clock.now_ms());
+                Ok(true)
+            }
+            Err(e) => {
+                let delay = backoff_for(job.attempts + 1);
+                let next = self.clock.now_ms() + delay.as_millis() as i64;
+                if let Err(d) = db.replicate_failed(id, &e, next) {
+                    log::warn!("replicate: {d}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failed(&self, e: &str) {
+        log::warn!("replicate: {e}");
+        let mut s = self.lock();
+        s.state = "failing";
+        s.last_error = Some(e.to_string());
+        s.last_error_ms = Some(self.clock.now_ms());
+    }
+
+    fn refresh_backlog(&self, db: &Db) {
+        match db.replicate_backlog() {
+            Ok(Backlog { segments, bytes, oldest_pending_ms, .. }) => {
+                let mut s = self.lock();
+                (s.backlog_segments, s.backlog_bytes, s.oldest_pending_ms) = (segments, bytes, oldest_pending_ms);
+            }
+            Err(e) => log::warn!("replicate: backlog: {e}"),
+        }
+    }
+
+    /// Aborts the bucket's open multipart uploads of this box the queue does
+    /// not know (left by a segment deleted mid-upload, or a lost row).
+    fn sweep(&self, db: &Db) -> Result<(), String> {
+        let known = db.replicate_upload_ids().map_err(|e| e.to_string())?;
+        let open = self.bucket.list_multipart(&self.base, self.clock.now_ms()).map_err(|e| e.to_string())?;
+        for (key, id) in open.iter().filter(|(_, id)| !known.contains(id)) {
+            self.bucket.abort_multipart(key, id, self.clock.now_ms()).map_err(|e| e.to_string())?;
+            log::info!("replicate: aborted a multipart upload of {key} no segment waits for");
+        }
+        Ok(())
+    }
+
+    /// The object name of a segment path (`recordings/<stream>/<date>/<file>`).
+    fn key(&self, path: &str) -> String {
+        format!("{}{}", self.base, path.strip_prefix("recordings/").unwrap_or(path))
+    }
+
+    fn upload(&self, db: &Db, job: &UploadJob) -> Result<(), String> {
+        let seg = &job.segment;
+        let key = self.key(&seg.path);
+        let path = self.data_dir.join(&seg.path);
+        let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+        if len < seg.bytes {
+            return Err(format!("{}: {len} bytes on disk, the index says {}", path.display(), seg.bytes));
+        }
+        let sha = self.hash(&mut file, 0, seg.bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        if seg.bytes < self.threshold {
+            file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+            let mut r = self.throttled(&mut file, seg.bytes);
+            self.bucket.put(&key, Body::Reader(&mut r, seg.bytes), &sha, "video/mp4", self.clock.now_ms())
+        } else {
+            self.multipart(db, job, &key, &mut file)
+        }
+        .map_err(|e| e.to_string())?;
+        let side = sidecar(job, &self.box_name, &sha).to_string();
+        let side_sha = ring::digest::digest(&ring::digest::SHA256, side.as_bytes());
+        let side_sha: [u8; 32] = side_sha.as_ref().try_into().unwrap_or([0; 32]);
+        self.bucket
+            .put(
+                &format!("{key}.json"),
+                Body::Bytes(side.as_bytes()),
+                &side_sha,
+                "application/json",
+                self.clock.now_ms(),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// Uploads the parts not yet acknowledged, recording each, then completes.
+    fn multipart(&self, db: &Db, job: &UploadJob, key: &str, file: &mut File) -> Result<(), S3Error> {
+        let id = job.segment.id;
+        let dbe = |e: crate::index::db::DbError| S3Error::Failed(e.to_string());
+        let (upload_id, mut parts) = match &job.upload_id {
+            Some(u) => (u.clone(), job.parts.clone()),
+            None => {
+                let u = self.bucket.create_multipart(key, "video/mp4", self.clock.now_ms())?;
+                db.replicate_progress(id, Some(&u), &[]).map_err(dbe)?;
+                (u, Vec::new())
+            }
+        };
+        let total = job.segment.bytes;
+        let count = total.div_ceil(self.part_size).max(1);
+        let result = (|| {
+            for n in 1..=count {
+                let n = u32::try_from(n).map_err(|_| S3Error::Failed(format!("{key}: too many parts")))?;
+                if parts.iter().any(|(p, _)| *p == n) {
+                    continue;
+                }
+                if self.stop.is_triggered() {
+                    return Err(S3Error::Failed("stopping".into()));
+                }
+                let start = u64::from(n - 1) * self.part_size;
+                let len = self.part_size.min(total - start);
+                let sha = self.hash(file, start, len).map_err(|e| S3Error::Failed(format!("{key}: {e}")))?;
+                file.seek(SeekFrom::Start(start)).map_err(|e| S3Error::Failed(format!("{key}: {e}")))?;
+                let mut r = self.throttled(file, len);
+                let etag = self.bucket.upload_part(
+                    key,
+                    &upload_id,
+                    n,
+                    Body::Reader(&mut r, len),
+                    &sha,
+                    self.clock.now_ms(),
+                )?;
+                parts.push((n, etag));
+                db.replicate_progress(id, Some(&upload_id), &parts).map_err(dbe)?;
+            }
+            parts.sort_by_key(|(n, _)| *n);
+            self.bucket.complete_multipart(key, &upload_id, &parts, self.clock.now_ms())
+        })();
+        if let Err(S3Error::Gone(_)) = &result {
+            // The bucket forgot the upload: start again from part 1 next time.
+            db.replicate_progress(id, None, &[]).map_err(dbe)?;
+        }
+        result
+    }
+
+    /// SHA-256 of `len` bytes of `file` from `start`.
+    fn hash(&self, file: &mut File, start: u64, len: u64) -> io::Result<[u8; 32]> {
+        file.seek(SeekFrom::Start(start))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; CHUNK];
+        let mut r = file.take(len);
+        let mut got = 0u64;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+            ctx.update(&buf[..n]);
+        }
+        if got < len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{got} of {len} bytes read")));
+        }
+        Ok(ctx.finish().as_ref().try_into().unwrap_or([0; 32]))
+    }
+
+    fn throttled<'a>(&'a self, file: &'a mut File, len: u64) -> Throttle<'a, io::Take<&'a mut File>> {
+        Throttle {
+            inner: file.take(len),
+            bytes_per_s: self.bytes_per_s,
+            began: Instant::now(),
+            sent: 0,
+            stop: &self.stop,
+        }
+    }
+}
+
+/// Backoff of a segment's own next attempt after `attempts` failures.
+fn backoff_for(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(5)).min(MAX_BACKOFF)
+}
+
+/// A reader that keeps to `bytes_per_s` on average (0: no limit) and ends
+/// with an error when the thread is told to stop.
+struct Throttle<'a, R> {
+    inner: R,
+    bytes_per_s: u64,
+    began: Instant,
+    sent: u64,
+    stop: &'a Shutdown,
+}
+
+impl<R: Read> Read for Throttle<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.is_triggered() {
+            return Err(io::Error::other("stopping"));
+        }
+        let want = if self.bytes_per_s == 0 { buf.len() } else { buf.len().min(16 << 10) };
+        let n = self.inner.read(&mut buf[..want])?;
+        self.sent += n as u64;
+        if self.bytes_per_s > 0 {
+            let due = Duration::from_secs_f64(self.sent as f64 / self.bytes_per_s as f64);
+            if let Some(wait) = due.checked_sub(self.began.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The sidecar: everything the bucket alone needs to index the segment.
+pub fn sidecar(job: &UploadJob, box_name: &str, sha256: &[u8; 32]) -> Value {
+    let s = &job.segment;
+    let fragments: Vec<Value> = s
+        .fragments
+        .iter()
+        .map(|f| {
+            json!({"offset": f.offset, "size": f.size, "start_ticks": f.start_ticks,
+                   "duration_ticks": f.duration_ticks, "frames": f.frames, "key": f.key})
+        })
+        .collect();
+    json!({
+        "format": 1,
+        "box": box_name,
+        "stream": job.stream,
+        "path": s.path,
+        "start_ms": s.start_ms,
+        "end_ms": s.end_ms,
+        "codec": s.codec,
+        "width": s.width,
+        "height": s.height,
+        "video_timescale": s.video_timescale,
+        "init_len": s.init_len,
+        "bytes": s.bytes,
+        "frames": s.frames,
+        "audio_frames": s.audio_frames,
+        "has_audio": s.has_audio,
+        "protected": s.protected,
+        "trigger": s.trigger,
+        "sha256": sigv4::hex(sha256),
+        "fragments": fragments,
+    })
+}

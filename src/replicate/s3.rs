@@ -1,0 +1,307 @@
+//! The few S3 calls replication needs, path-style (`/<bucket>/<key>`), signed
+//! with [`super::sigv4`] and sent with `base::httpclient::call`: PutObject,
+//! the multipart calls (create, upload part, complete, abort, list) and
+//! HeadObject/GetObject for checks.
+//!
+//! Invariants: every request carries the real SHA-256 of its payload as
+//! `x-amz-content-sha256`, so the server refuses a body damaged on the way
+//! (integrity without MD5, which the box's crypto lacks); every network step
+//! has a deadline (`IO_TIMEOUT` per connect, read and write); answers are
+//! buffered up to `MAX_ANSWER` (S3 answers are small XML).
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::sigv4::{self, Credentials};
+use crate::base::httpclient::{self, Payload, Response};
+
+/// Connect, and every read and write, must each finish within this.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_ANSWER: u64 = 4 << 20;
+
+/// Why a call failed: `Gone` for a multipart upload the bucket no longer knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Error {
+    /// NoSuchUpload: the upload was completed or aborted.
+    Gone(String),
+    /// Anything else (network, 5xx, 4xx), with what was being done.
+    Failed(String),
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Error::Gone(m) | S3Error::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A bucket on an S3-compatible server.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    pub endpoint: url::Url,
+    pub bucket: String,
+    pub region: String,
+    creds: Credentials,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A request body with its SHA-256 (hex) already known.
+pub enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    Reader(&'a mut dyn Read, u64),
+}
+
+impl Bucket {
+    pub fn new(
+        endpoint: url::Url,
+        bucket: String,
+        region: String,
+        creds: Credentials,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Bucket {
+        Bucket { endpoint, bucket, region, creds, tls }
+    }
+
+    /// One signed request; `now_ms` dates the signature.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        extra: &[(&str, String)],
+        body: Body<'_>,
+        sha256: &str,
+        now_ms: i64,
+    ) -> Result<Response, S3Error> {
+        self.send_max(method, key, query, extra, body, sha256, now_ms, MAX_ANSWER)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_max(
+        &self,
+        method: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        extra: &[(&str, String)],
+        body: Body<'_>,
+        sha256: &str,
+        now_ms: i64,
+        max: u64,
+    ) -> Result<Response, S3Error> {
+        let path = format!("/{}/{}", self.bucket, sigv4::uri_encode(key, true));
+        let path = if key.is_empty() { format!("/{}/", self.bucket) } else { path };
+        let q = sigv4::canonical_query(query);
+        let date = sigv4::amz_date(now_ms);
+        let host = self.endpoint[url::Position::BeforeHost..url::Position::AfterPort].to_string();
+        let mut headers: Vec<(String, String)> = vec![
+            ("host".into(), host),
+            ("x-amz-content-sha256".into(), sha256.to_string()),
+            ("x-amz-date".into(), date.clone()),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        let req = sigv4::Request { method, path: &path, query: &q, headers: &headers, payload_sha256: sha256 };
+        let auth = sigv4::authorization(&self.creds, &self.region, &req, &date);
+        let mut sent: Vec<(&str, String)> = headers[1..].iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        sent.push(("authorization", auth));
+        let target = if q.is_empty() { path.clone() } else { format!("{path}?{q}") };
+        let payload = match body {
+            Body::Empty => Payload::Empty,
+            Body::Bytes(b) => Payload::Bytes(b),
+            Body::Reader(r, n) => Payload::Reader(r, n),
+        };
+        let what = format!("{method} {key}");
+        let r = httpclient::call(&self.endpoint, (method, &target), &sent, payload, IO_TIMEOUT, self.tls.as_ref(), max)
+            .map_err(|e| S3Error::Failed(format!("{what}: {e}")))?;
+        if (200..300).contains(&r.status) {
+            return Ok(r);
+        }
+        let text = String::from_utf8_lossy(&r.body);
+        let code = tag(&text, "Code").unwrap_or_default();
+        let msg = tag(&text, "Message").unwrap_or_default();
+        let m = format!("{what}: HTTP {} {code} {msg}", r.status).trim_end().to_string();
+        Err(if code == "NoSuchUpload" { S3Error::Gone(m) } else { S3Error::Failed(m) })
+    }
+
+    /// PutObject of `len` bytes read from `body` whose SHA-256 is `sha256`.
+    pub fn put(
+        &self,
+        key: &str,
+        body: Body<'_>,
+        sha256: &[u8; 32],
+        content_type: &str,
+        now_ms: i64,
+    ) -> Result<(), S3Error> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sha256);
+        let extra = [("content-type", content_type.to_string()), ("x-amz-checksum-sha256", b64)];
+        self.send("PUT", key, &[], &extra, body, &sigv4::hex(sha256), now_ms).map(drop)
+    }
+
+    /// CreateMultipartUpload: the new upload's id.
+    pub fn create_multipart(&self, key: &str, content_type: &str, now_ms: i64) -> Result<String, S3Error> {
+        let extra = [("content-type", content_type.to_string())];
+        let empty = sigv4::sha256_hex(b"");
+        let r = self.send("POST", key, &[("uploads", "")], &extra, Body::Empty, &empty, now_ms)?;
+        tag(&String::from_utf8_lossy(&r.body), "UploadId")
+            .ok_or_else(|| S3Error::Failed(format!("POST {key}?uploads: no UploadId in the answer")))
+    }
+
+    /// UploadPart: the part's ETag.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        body: Body<'_>,
+        sha256: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<String, S3Error> {
+        let n = number.to_string();
+        let q = [("partNumber", n.as_str()), ("uploadId", upload_id)];
+        let r = self.send("PUT", key, &q, &[], body, &sigv4::hex(sha256), now_ms)?;
+        r.header("etag").map(str::to_string).ok_or_else(|| S3Error::Failed(format!("PUT {key} part {n}: no ETag")))
+    }
+
+    /// CompleteMultipartUpload of `parts` (number, ETag), in order.
+    pub fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        now_ms: i64,
+    ) -> Result<(), S3Error> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (n, etag) in parts {
+            xml.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>", escape(etag)));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let sha = sigv4::sha256_hex(xml.as_bytes());
+        let extra = [("content-type", "application/xml".to_string())];
+        let r =
+            self.send("POST", key, &[("uploadId", upload_id)], &extra, Body::Bytes(xml.as_bytes()), &sha, now_ms)?;
+        // S3 may answer 200 with an <Error> body when the completion failed late.
+        let text = String::from_utf8_lossy(&r.body);
+        if text.contains("<Error>") {
+            let code = tag(&text, "Code").unwrap_or_default();
+            let m = format!("POST {key}?uploadId: {code} {}", tag(&text, "Message").unwrap_or_default());
+            return Err(if code == "NoSuchUpload" { S3Error::Gone(m) } else { S3Error::Failed(m) });
+        }
+        Ok(())
+    }
+
+    /// AbortMultipartUpload (an unknown upload counts as aborted).
+    pub fn abort_multipart(&self, key: &str, upload_id: &str, now_ms: i64) -> Result<(), S3Error> {
+        let empty = sigv4::sha256_hex(b"");
+        match self.send("DELETE", key, &[("uploadId", upload_id)], &[], Body::Empty, &empty, now_ms) {
+            Ok(_) | Err(S3Error::Gone(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// ListMultipartUploads under `prefix`: (key, upload id) of each, every page.
+    pub fn list_multipart(&self, prefix: &str, now_ms: i64) -> Result<Vec<(String, String)>, S3Error> {
+        let empty = sigv4::sha256_hex(b"");
+        let (mut out, mut key_marker, mut id_marker) = (Vec::new(), String::new(), String::new());
+        loop {
+            let mut q = vec![("uploads", ""), ("prefix", prefix)];
+            if !key_marker.is_empty() {
+                q.push(("key-marker", &key_marker));
+                q.push(("upload-id-marker", &id_marker));
+            }
+            let r = self.send("GET", "", &q, &[], Body::Empty, &empty, now_ms)?;
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            for up in blocks(&text, "Upload") {
+                if let (Some(k), Some(id)) = (tag(up, "Key"), tag(up, "UploadId")) {
+                    out.push((k, id));
+                }
+            }
+            if tag(&text, "IsTruncated").as_deref() != Some("true") {
+                return Ok(out);
+            }
+            let (k, i) = (tag(&text, "NextKeyMarker"), tag(&text, "NextUploadIdMarker"));
+            match (k, i) {
+                (Some(k), Some(i)) if k != key_marker || i != id_marker => (key_marker, id_marker) = (k, i),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// GetObject, buffered (tests and checks; at most `max` bytes).
+    pub fn get(&self, key: &str, max: u64, now_ms: i64) -> Result<Vec<u8>, S3Error> {
+        let empty = sigv4::sha256_hex(b"");
+        self.send_max("GET", key, &[], &[], Body::Empty, &empty, now_ms, max).map(|r| r.body)
+    }
+
+    /// ListObjectsV2 under `prefix`: (key, size) of every object, every page.
+    pub fn list(&self, prefix: &str, now_ms: i64) -> Result<Vec<(String, u64)>, S3Error> {
+        let empty = sigv4::sha256_hex(b"");
+        let (mut out, mut token) = (Vec::new(), String::new());
+        loop {
+            let mut q = vec![("list-type", "2"), ("prefix", prefix)];
+            if !token.is_empty() {
+                q.push(("continuation-token", &token));
+            }
+            let r = self.send("GET", "", &q, &[], Body::Empty, &empty, now_ms)?;
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            for c in blocks(&text, "Contents") {
+                if let Some(k) = tag(c, "Key") {
+                    out.push((k, tag(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0)));
+                }
+            }
+            match tag(&text, "NextContinuationToken") {
+                Some(t) if tag(&text, "IsTruncated").as_deref() == Some("true") && t != token => token = t,
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+/// The text of the first `<name>...</name>` in `xml`, entities decoded.
+pub fn tag(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(unescape(&xml[start..end]))
+}
+
+/// Every `<name>...</name>` block's inside.
+fn blocks<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(s) = rest.find(&open) {
+        let body = &rest[s + open.len()..];
+        let Some(e) = body.find(&close) else { break };
+        out.push(&body[..e]);
+        rest = &body[e + close.len()..];
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"").replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_bits() {
+        let x = "<R><Upload><Key>a/b.mp4</Key><UploadId>x&amp;y</UploadId></Upload><Upload><Key>c</Key>\
+                 <UploadId>z</UploadId></Upload><IsTruncated>false</IsTruncated></R>";
+        let ups: Vec<_> = blocks(x, "Upload").into_iter().map(|u| (tag(u, "Key"), tag(u, "UploadId"))).collect();
+        assert_eq!(ups[0], (Some("a/b.mp4".into()), Some("x&y".into())));
+        assert_eq!(ups.len(), 2);
+        assert_eq!(escape("\"e\""), "&quot;e&quot;");
+    }
+}
