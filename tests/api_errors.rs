@@ -91,7 +91,7 @@ fn heap_by_subsystem_stays_true_under_traffic() {
     }
     let s = nvr.req("GET", "/api/system", b"").json();
     let heap = s["memory"]["heap_by_subsystem"].as_object().cloned().unwrap_or_default();
-    assert_eq!(heap.len(), 8, "other, ingest, storage, http, mqtt, detect, webhooks, onvif: {s}");
+    assert_eq!(heap.len(), 9, "other, ingest, storage, http, mqtt, detect, webhooks, onvif, replicate: {s}");
     for (name, bytes) in &heap {
         assert!(bytes.as_i64().is_some_and(|b| b >= 0), "{name}: {bytes} bytes in {s}");
     }
