@@ -641,6 +641,29 @@ class Run:
 
 
 # ----------------------------------------------------- the data partition on the host --
+def migrations():
+    """The index's migrations as the binary has them (src/index/db.rs MIGRATIONS)."""
+    src = open("src/index/db.rs").read()
+    block = src[src.index("pub const MIGRATIONS"):]
+    return re.findall(r'r#"(.*?)"#', block[:block.index("\n];")], re.S)
+
+
+def schema_of(con):
+    """({table: [columns]}, [indexes]) of a database, SQLite's own objects left out."""
+    names = con.execute("SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'").fetchall()
+    tables = {n: [r[1] for r in con.execute(f'PRAGMA table_info("{n}")')] for t, n in names if t == "table"}
+    return tables, [n for t, n in names if t == "index"]
+
+
+def schema_5():
+    """The schema version 5 made, from the first five migrations in memory."""
+    con = sqlite3.connect(":memory:")
+    for m in migrations()[:5]:
+        con.executescript(f"BEGIN; {m} COMMIT;")
+    return schema_of(con)
+
+
+
 class DataPartition:
     """Partition 4 of the (stopped) QEMU disk on a loop device, mounted; with
     readonly_copy a copy of it is used (its journal replayed there, not on the disk)."""
@@ -681,19 +704,21 @@ class DataPartition:
         return sqlite3.connect(f"{self.mnt}/oxinvr.db", timeout=5)
 
     def downgrade_db(self):
-        """Takes the index back to schema version 5 (before migrations 6 and 7)."""
+        """Takes the index back to schema version 5: every table, index and column
+        a later migration added is dropped (see schema_5), the rows of schema 5's
+        columns kept, so the binary runs migrations 6 and on again."""
         self.mount()
         con = self.db()
         v = con.execute("PRAGMA user_version").fetchone()[0]
-        con.executescript("""
-            BEGIN;
-            DROP INDEX IF EXISTS clock_steps_at;
-            DROP TABLE IF EXISTS clock_steps;
-            ALTER TABLE segments DROP COLUMN clock_mark;
-            ALTER TABLE gaps DROP COLUMN clock_mark;
-            PRAGMA user_version = 5;
-            COMMIT;
-        """)
+        tables, indexes = schema_of(con)
+        ref_tables, ref_indexes = schema_5()
+        sql = ["BEGIN;"]
+        sql += [f'DROP INDEX "{i}";' for i in sorted(set(indexes) - set(ref_indexes))]
+        sql += [f'DROP TABLE "{t}";' for t in sorted(set(tables) - set(ref_tables))]
+        for t, cols in sorted(ref_tables.items()):
+            sql += [f'ALTER TABLE "{t}" DROP COLUMN "{c}";' for c in tables.get(t, []) if c not in cols]
+        sql += ["PRAGMA user_version = 5;", "COMMIT;"]
+        con.executescript("\n".join(sql))
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         con.close()
         subprocess.run(["sync"], check=True)
