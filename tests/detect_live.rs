@@ -61,6 +61,15 @@ fn a_moving_ball_opens_a_motion_event_with_pictures_and_detection_shows_in_memor
     let mem = &nvr.json("/api/system")["memory"];
     assert!(mem["heap_by_subsystem"]["detect"].as_i64().unwrap_or(0) > 0, "{mem}");
     assert!(mem["detect_native_bytes"].as_i64().unwrap_or(0) > 0, "{mem}");
+    // Prometheus has detection's work for the stream, and its motion.
+    let metrics = nvr.get("/api/metrics").expect("metrics").text();
+    let sample = |name: &str| {
+        let line = format!("{name}{{stream=\"cam\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.parse::<f64>().ok())
+    };
+    assert!(sample("oxinvr_detect_frames_total") > Some(0.0), "{metrics}");
+    assert!(sample("oxinvr_detect_busy_seconds_total") > Some(0.0), "{metrics}");
+    assert_eq!(sample("oxinvr_detect_in_motion"), Some(1.0), "the ball keeps moving");
     let id = e["id"].as_i64().expect("id");
     let (config, data, port) = (nvr.config.clone(), nvr.data_dir.clone(), nvr.port);
     let (st, _) = nvr.terminate(Duration::from_secs(15));

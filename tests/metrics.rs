@@ -242,9 +242,11 @@ fn metrics_parse_with_prometheus_and_agree_with_the_api() {
 #[test]
 fn metrics_listen_serves_metrics_without_a_credential_and_nothing_else() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let (port, closed) = (free_port(), free_port());
+    // Replication to a port nobody listens on: its families appear, failing.
     let config = format!(
-        "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+        "[storage]\ndata_dir = \"{{DATA}}\"\n[web]\nlisten = \"127.0.0.1:{{PORT}}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+         [replicate]\nendpoint = \"http://127.0.0.1:{closed}\"\nbucket = \"nvr\"\naccess_key = \"k\"\nsecret_key = \"s\"\n"
     );
     let nvr = Oxinvr::start(tmp.path(), &config);
     assert_eq!(listening_ports(&nvr), BTreeSet::from([nvr.port, port]));
@@ -253,6 +255,14 @@ fn metrics_listen_serves_metrics_without_a_credential_and_nothing_else() {
     assert_eq!(r.header("Content-Type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let m = Metrics(parse(&r.text()));
     assert!(m.value("oxinvr_uptime_seconds", &[]) >= 0.0);
+    poll(Duration::from_secs(30), "replication failing in the metrics", || {
+        let m = Metrics(parse(&http(port, "GET", "/metrics", &[], b"").expect("scrape").text()));
+        m.get("oxinvr_replicate_failing", &[]) == Some(1.0)
+    });
+    let m = Metrics(parse(&http(port, "GET", "/metrics", &[], b"").expect("scrape").text()));
+    assert_eq!(m.value("oxinvr_replicate_backlog_segments", &[]), 0.0, "nothing recorded, nothing waits");
+    assert_eq!(m.value("oxinvr_replicate_uploaded_segments_total", &[]), 0.0);
+    assert_eq!(m.value("oxinvr_replicate_uploaded_bytes_total", &[]), 0.0);
     // Its own scrapes are counted under its own route.
     let r = http(port, "GET", "/metrics", &[], b"").expect("scrape");
     let m = Metrics(parse(&r.text()));

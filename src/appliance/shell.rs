@@ -736,20 +736,21 @@ impl Shell {
     }
 }
 
-/// The supervised go2rtc's state, or nothing when it is not supervised.
-/// `replicate: ok, backlog N segment(s) (SIZE), uploaded N (SIZE)[, last: ERR]`; nothing when off.
+/// `replicate: ok, backlog N segment(s) (SIZE) N snapshot(s), uploaded ...[, last: ERR]`; nothing when off.
 fn replicate_line(r: &Value) -> String {
     if r.is_null() {
         return String::new();
     }
     let mut line = format!(
-        "replicate: {} to {}, backlog {} segment(s) ({}), uploaded {} ({}) since start",
+        "replicate: {} to {}, backlog {} segment(s) ({}) {} snapshot(s), uploaded {} ({}) {} snapshot(s) since start",
         s(&r["state"]),
         s(&r["bucket"]),
         r["backlog_segments"].as_u64().unwrap_or(0),
         size(r["backlog_bytes"].as_u64().unwrap_or(0)),
+        r["backlog_events"].as_u64().unwrap_or(0),
         r["uploaded_segments"].as_u64().unwrap_or(0),
         size(r["uploaded_bytes"].as_u64().unwrap_or(0)),
+        r["uploaded_events"].as_u64().unwrap_or(0),
     );
     if let Some(n) = r["deleted_unreplicated"].as_u64().filter(|n| *n > 0) {
         line.push_str(&format!(", {n} DELETED BEFORE UPLOAD (disk full)"));
@@ -760,6 +761,7 @@ fn replicate_line(r: &Value) -> String {
     line + "\n"
 }
 
+/// The supervised go2rtc's state, or nothing when it is not supervised.
 fn go2rtc_line(g: &Value) -> String {
     if g.is_null() {
         return String::new();

@@ -277,6 +277,12 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX replicate_queue_pending ON replicate_queue (next_try_ms) WHERE state = 'pending';
     "#,
+    // 16: event snapshots are replicated too: when an event's picture and sidecar
+    // reached the bucket (or were found to have no picture to send).
+    r#"
+    ALTER TABLE events ADD COLUMN replicated_ms INTEGER;
+    CREATE INDEX events_to_replicate ON events (id) WHERE replicated_ms IS NULL AND snapshot IS NOT NULL;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -314,7 +320,7 @@ mod replicate;
 mod users;
 pub use events::{EventFilter, EventKind, EventRow, NewEvent};
 pub use onvif::OnvifRow;
-pub use replicate::{Backlog, UploadJob};
+pub use replicate::{Backlog, EventUpload, UploadJob};
 pub use users::{KeyRow, Role, SessionRow, UserRow};
 
 /// What retention planning knows of one segment.
@@ -1567,14 +1573,25 @@ impl Db {
 
     /// Moves the `time_unknown` segments and gaps this connection wrote since
     /// [`Db::mark_rows_of_unknown_time`] by `step_ms` and clears their flag, in
-    /// one transaction; rows of earlier processes stay as they are. Returns how
-    /// many segments and gaps moved.
-    pub fn restamp(&self, step_ms: i64) -> Result<(usize, usize), DbError> {
+    /// one transaction; rows of earlier processes stay as they are (their time
+    /// is never known, so they are not replicated). The closed segments moved
+    /// are queued for replication. Returns how many segments and gaps moved.
+    pub fn restamp(&self, step_ms: i64, now_ms: i64) -> Result<(usize, usize), DbError> {
         let mark = self.clock_mark;
         if mark == 0 {
             return Ok((0, 0));
         }
         self.write("restamp", |tx| {
+            // The replication scan only looks forward from the oldest open
+            // segment: closed ones that now get a time are queued here.
+            tx.execute(
+                "INSERT OR IGNORE INTO replicate_queue (segment_id, queued_ms)
+                 SELECT s.id, ?2 FROM segments s JOIN streams st ON st.id = s.stream_id
+                 WHERE s.time_unknown = 1 AND s.clock_mark = ?1 AND s.state = 'closed' AND s.bytes > 0
+                   AND st.replicate = 1",
+                params![mark, now_ms],
+            )
+            .ctx("restamp: queue for replication")?;
             let mut moved = [0; 2];
             for (n, table) in ["segments", "gaps"].into_iter().enumerate() {
                 let sql = format!(
@@ -2205,7 +2222,9 @@ mod tests {
         assert_eq!(new, newest, "the id is reused");
         db.update_segment(new, &progress(3_000, 800, true)).expect("close");
         db.insert_gap_of(s.id, 1_500, 2_000, "new", true).expect("new gap");
-        assert_eq!(db.restamp(1_000_000).expect("restamp"), (1, 1));
+        assert_eq!(db.restamp(1_000_000, 1_005_000).expect("restamp"), (1, 1));
+        let queued = db.replicate_next(i64::MAX).expect("queue").map(|j| j.segment.id);
+        assert_eq!(queued, Some(new), "the closed segment that got a time waits for upload");
         let row = |id| db.segment(id).expect("read").expect("row");
         assert_eq!((row(new).start_ms, row(new).end_ms, row(new).time_unknown), (1_002_000, 1_003_000, false));
         assert_eq!((row(old).start_ms, row(old).time_unknown), (1_000, true), "an earlier process's stays unknown");
@@ -2213,7 +2232,7 @@ mod tests {
         let gaps = db.gaps_overlapping(s.id, 0, i64::MAX).expect("gaps");
         let spans: Vec<_> = gaps.iter().map(|g| (g.start_ms, g.end_ms, g.time_unknown)).collect();
         assert_eq!(spans, vec![(500, 1_000, true), (1_001_500, 1_002_000, false)]);
-        assert_eq!(db.restamp(1_000_000).expect("again"), (0, 0), "done once");
+        assert_eq!(db.restamp(1_000_000, 1_006_000).expect("again"), (0, 0), "done once");
     }
 
     #[test]

@@ -339,7 +339,7 @@ impl Restamp {
             return;
         }
         let Some(step) = clock.step_ms() else { return };
-        match db.restamp(step) {
+        match db.restamp(step, clock.now_ms()) {
             Ok((segments, gaps)) => {
                 for r in recorders.values_mut() {
                     r.writer.restamp(step);

@@ -27,6 +27,10 @@
 //!   hammered, and recording never waits for replication (it only reads
 //!   closed files and writes its own rows).
 //! - The secret key is never logged or shown (`Credentials` masks it).
+//! - Event snapshots go when no segment is due, as
+//!   `<prefix>/<box>/.events/<stream>/<date>/<id>.jpg` and a `.json` sidecar
+//!   (the event), once the event has ended (`EVENT_SETTLE` ago). `.events`
+//!   cannot be a stream's folder: stream names have no dot.
 
 pub mod s3;
 pub mod sigv4;
@@ -42,13 +46,16 @@ use serde_json::{json, Value};
 use crate::base::clock::Clock;
 use crate::base::shutdown::Shutdown;
 use crate::config::ReplicateConfig;
-use crate::index::db::{Backlog, Db, UploadJob};
+use crate::index::db::{Backlog, Db, EventUpload, UploadJob};
 use s3::{Body, Bucket, S3Error};
 
 /// How often closed segments are looked for.
 const SCAN: Duration = Duration::from_secs(1);
 /// Longest wait between attempts while the bucket fails.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long after an event's end its snapshot is sent (its files are
+/// written just after its row).
+const EVENT_SETTLE: Duration = Duration::from_secs(5);
 /// Bytes read per step (hashing and sending).
 const CHUNK: usize = 64 << 10;
 
@@ -63,11 +70,14 @@ pub struct Status {
     pub prefix: String,
     pub backlog_segments: u64,
     pub backlog_bytes: u64,
+    /// Event snapshots still to upload.
+    pub backlog_events: u64,
     /// End (epoch ms) of the oldest segment still to upload.
     pub oldest_pending_ms: Option<i64>,
     /// Since start.
     pub uploaded_segments: u64,
     pub uploaded_bytes: u64,
+    pub uploaded_events: u64,
     pub last_upload_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
@@ -208,7 +218,7 @@ impl Uploader {
     /// Uploads the next due segment; false if none is due.
     fn step(&self, db: &Db) -> Result<bool, String> {
         let Some(job) = db.replicate_next(self.clock.now_ms()).map_err(|e| e.to_string())? else {
-            return Ok(false);
+            return self.step_event(db);
         };
         let id = job.segment.id;
         match self.upload(db, &job) {
@@ -232,6 +242,51 @@ impl Uploader {
         }
     }
 
+    /// Uploads the next ended event's snapshot and sidecar; false if none waits.
+    fn step_event(&self, db: &Db) -> Result<bool, String> {
+        let settled = self.clock.now_ms() - EVENT_SETTLE.as_millis() as i64;
+        let Some(ev) = db.replicate_next_event(settled).map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let path = self.data_dir.join(&ev.snapshot);
+        match std::fs::read(&path) {
+            Ok(jpeg) => self.upload_event(&ev, &jpeg)?,
+            // Retention took it, or it was never written (disk full): nothing to send.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                log::warn!("replicate: event {}: no snapshot at {}; nothing to upload", ev.id, path.display());
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        db.replicate_event_done(ev.id, self.clock.now_ms()).map_err(|e| e.to_string())?;
+        let mut s = self.lock();
+        s.state = "ok";
+        s.uploaded_events += 1;
+        Ok(true)
+    }
+
+    fn upload_event(&self, ev: &EventUpload, jpeg: &[u8]) -> Result<(), String> {
+        let day = crate::base::clock::rfc3339(ev.start_ms);
+        let key = format!("{}.events/{}/{}/{}.jpg", self.base, ev.stream, &day[..10.min(day.len())], ev.id);
+        let sha = sha256(jpeg);
+        self.bucket.put(&key, Body::Bytes(jpeg), &sha, "image/jpeg", self.clock.now_ms()).map_err(|e| e.to_string())?;
+        let zones: Value = serde_json::from_str(&ev.zones).unwrap_or_else(|_| json!([]));
+        let side = json!({
+            "format": 1, "type": "event", "box": self.box_name, "stream": ev.stream, "id": ev.id,
+            "kind": ev.kind, "label": ev.label, "score": ev.score, "zones": zones,
+            "start_ms": ev.start_ms, "end_ms": ev.end_ms, "sha256": sigv4::hex(&sha),
+        });
+        self.put_json(&format!("{key}.json"), &side)
+    }
+
+    /// Puts a sidecar.
+    fn put_json(&self, key: &str, v: &Value) -> Result<(), String> {
+        let text = v.to_string();
+        let sha = sha256(text.as_bytes());
+        self.bucket
+            .put(key, Body::Bytes(text.as_bytes()), &sha, "application/json", self.clock.now_ms())
+            .map_err(|e| e.to_string())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -246,9 +301,10 @@ impl Uploader {
 
     fn refresh_backlog(&self, db: &Db) {
         match db.replicate_backlog() {
-            Ok(Backlog { segments, bytes, oldest_pending_ms, .. }) => {
+            Ok(Backlog { segments, bytes, oldest_pending_ms, events, .. }) => {
                 let mut s = self.lock();
                 (s.backlog_segments, s.backlog_bytes, s.oldest_pending_ms) = (segments, bytes, oldest_pending_ms);
+                s.backlog_events = events;
             }
             Err(e) => log::warn!("replicate: backlog: {e}"),
         }
@@ -289,18 +345,7 @@ impl Uploader {
             self.multipart(db, job, &key, &mut file)
         }
         .map_err(|e| e.to_string())?;
-        let side = sidecar(job, &self.box_name, &sha).to_string();
-        let side_sha = ring::digest::digest(&ring::digest::SHA256, side.as_bytes());
-        let side_sha: [u8; 32] = side_sha.as_ref().try_into().unwrap_or([0; 32]);
-        self.bucket
-            .put(
-                &format!("{key}.json"),
-                Body::Bytes(side.as_bytes()),
-                &side_sha,
-                "application/json",
-                self.clock.now_ms(),
-            )
-            .map_err(|e| e.to_string())
+        self.put_json(&format!("{key}.json"), &sidecar(job, &self.box_name, &sha))
     }
 
     /// Uploads the parts not yet acknowledged, recording each, then completes.
@@ -382,6 +427,10 @@ impl Uploader {
             stop: &self.stop,
         }
     }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().try_into().unwrap_or([0; 32])
 }
 
 /// Backoff of a segment's own next attempt after `attempts` failures.

@@ -64,7 +64,11 @@ pub fn render(nvr: &Nvr, db: &Db) -> String {
     let streams = nvr.recorder.streams();
     let usage = db.stream_usage().map_err(|e| log::warn!("metrics: stream usage: {e}")).ok();
     stream_metrics(&mut t, nvr, &streams, usage.as_deref());
+    detect_metrics(&mut t, nvr, &streams);
     storage_metrics(&mut t, nvr, usage.as_deref());
+    if let Some(r) = nvr.replicate.get() {
+        replicate_metrics(&mut t, &r.status(), nvr.clock.now_ms());
+    }
     http_metrics(&mut t);
     process_metrics(&mut t, nvr);
     t.finish()
@@ -143,6 +147,25 @@ fn stream_metrics(t: &mut Text, nvr: &Nvr, streams: &[Arc<StreamRuntime>], usage
     per_stream(t, streams, "oxinvr_stream_segments", Gauge, "Recorded segments.", |rt| Some(of(rt).1 as f64));
 }
 
+/// Detection, for the streams it runs on (as `detection` of `/api/streams`).
+fn detect_metrics(t: &mut Text, nvr: &Nvr, streams: &[Arc<StreamRuntime>]) {
+    use crate::detect::DetectCounters;
+    use Kind::{Counter, Gauge};
+    let of = |f: fn(&DetectCounters) -> f64| {
+        move |rt: &StreamRuntime| nvr.detection.get(rt.name()).map(|d| f(&d.snapshot()))
+    };
+    let help = "Frames detection decoded and looked at.";
+    per_stream(t, streams, "oxinvr_detect_frames_total", Counter, help, of(|c| c.frames_decoded as f64));
+    let help = "Frames detection lost to gaps and to falling behind.";
+    per_stream(t, streams, "oxinvr_detect_frames_lost_total", Counter, help, of(|c| c.frames_lost as f64));
+    let help = "Frames detection could not decode.";
+    per_stream(t, streams, "oxinvr_detect_decode_errors_total", Counter, help, of(|c| c.decode_errors as f64));
+    let help = "Seconds spent decoding and detecting (rate(): the share of one core).";
+    per_stream(t, streams, "oxinvr_detect_busy_seconds_total", Counter, help, of(|c| c.busy_us as f64 / 1e6));
+    let help = "1 while the stream is in motion.";
+    per_stream(t, streams, "oxinvr_detect_in_motion", Gauge, help, of(|c| f64::from(u8::from(c.in_motion))));
+}
+
 fn storage_metrics(t: &mut Text, nvr: &Nvr, usage: Option<&[(i64, u64, u64)]>) {
     use Kind::{Counter, Gauge};
     if let Some(usage) = usage {
@@ -174,6 +197,29 @@ fn storage_metrics(t: &mut Text, nvr: &Nvr, usage: Option<&[(i64, u64, u64)]>) {
     t.single("oxinvr_retention_deleted_segments_total", Counter, help, retention::deleted_total() as f64);
     let help = "Duration of each segment fdatasync (with its retries).";
     t.histogram("oxinvr_storage_fsync_duration_seconds", help, crate::recording::segment::FSYNC_SECONDS.snapshot());
+}
+
+/// Replication to the bucket (only when `[replicate]` is on): what waits, what went up.
+fn replicate_metrics(t: &mut Text, s: &crate::replicate::Status, now_ms: i64) {
+    use Kind::{Counter, Gauge};
+    let failing = f64::from(u8::from(s.state == "failing"));
+    t.single("oxinvr_replicate_failing", Gauge, "1 while the last attempt to reach the bucket failed.", failing);
+    let help = "Closed segments waiting for upload.";
+    t.single("oxinvr_replicate_backlog_segments", Gauge, help, s.backlog_segments as f64);
+    t.single("oxinvr_replicate_backlog_bytes", Gauge, "Bytes of the segments waiting.", s.backlog_bytes as f64);
+    let help = "Event snapshots waiting for upload.";
+    t.single("oxinvr_replicate_backlog_events", Gauge, help, s.backlog_events as f64);
+    let age = s.oldest_pending_ms.map_or(0.0, |ms| (now_ms - ms).max(0) as f64 / 1000.0);
+    let help = "Seconds since the end of the oldest segment waiting (0 when none waits).";
+    t.single("oxinvr_replicate_oldest_pending_age_seconds", Gauge, help, age);
+    let help = "Segments uploaded (object and sidecar) since start.";
+    t.single("oxinvr_replicate_uploaded_segments_total", Counter, help, s.uploaded_segments as f64);
+    let help = "Bytes of the segments uploaded since start.";
+    t.single("oxinvr_replicate_uploaded_bytes_total", Counter, help, s.uploaded_bytes as f64);
+    let help = "Event snapshots uploaded since start.";
+    t.single("oxinvr_replicate_uploaded_events_total", Counter, help, s.uploaded_events as f64);
+    let help = "Segments free space deleted before they were uploaded, since start.";
+    t.single("oxinvr_replicate_deleted_unreplicated_total", Counter, help, s.deleted_unreplicated as f64);
 }
 
 fn http_metrics(t: &mut Text) {

@@ -11,6 +11,10 @@
 //!   the bucket, and `parts` lists the parts the bucket acknowledged
 //!   (`[[number, etag], ...]`); both are written before the next part is sent.
 //! - The row goes with its segment (foreign key, `ON DELETE CASCADE`).
+//! - Event snapshots (schema version 16) need no queue of their own: an
+//!   ended event with a snapshot whose `replicated_ms` is NULL waits, and
+//!   setting it is final. Only events ended `settle_ms` ago are offered, so
+//!   the picture written just after the row is on the disk by then.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -27,6 +31,22 @@ pub struct UploadJob {
     pub parts: Vec<(u32, String)>,
 }
 
+/// One event snapshot to upload.
+#[derive(Clone, Debug)]
+pub struct EventUpload {
+    pub id: i64,
+    pub stream: String,
+    pub kind: String,
+    pub label: String,
+    pub score: f64,
+    /// JSON text, as stored.
+    pub zones: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// The snapshot's path under the data dir.
+    pub snapshot: String,
+}
+
 /// What waits to be uploaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Backlog {
@@ -36,6 +56,8 @@ pub struct Backlog {
     pub oldest_pending_ms: Option<i64>,
     /// Segments uploaded (and still on the disk).
     pub done_segments: u64,
+    /// Event snapshots still to upload.
+    pub events: u64,
 }
 
 impl Db {
@@ -162,7 +184,9 @@ impl Db {
                 "SELECT count(*) FILTER (WHERE q.state = 'pending'),
                         coalesce(sum(s.bytes) FILTER (WHERE q.state = 'pending'), 0),
                         min(s.end_ms) FILTER (WHERE q.state = 'pending'),
-                        count(*) FILTER (WHERE q.state = 'done')
+                        count(*) FILTER (WHERE q.state = 'done'),
+                        (SELECT count(*) FROM events e JOIN streams st ON st.name = e.stream
+                         WHERE e.replicated_ms IS NULL AND e.snapshot IS NOT NULL AND st.replicate = 1)
                  FROM replicate_queue q JOIN segments s ON s.id = q.segment_id",
                 [],
                 |r| {
@@ -171,9 +195,95 @@ impl Db {
                         bytes: get_num(r, 1, "bytes")?,
                         oldest_pending_ms: r.get(2)?,
                         done_segments: get_num(r, 3, "count")?,
+                        events: get_num(r, 4, "count")?,
                     })
                 },
             )
             .ctx(op)
+    }
+
+    /// The oldest event of a replicated stream whose snapshot waits, ended
+    /// at or before `ended_by_ms` (ongoing ones wait for their end).
+    pub fn replicate_next_event(&self, ended_by_ms: i64) -> Result<Option<EventUpload>, DbError> {
+        self.conn
+            .prepare_cached(
+                "SELECT e.id, e.stream, e.kind, e.label, e.score, e.zones, e.start_ms, e.end_ms, e.snapshot
+                 FROM events e JOIN streams st ON st.name = e.stream
+                 WHERE e.replicated_ms IS NULL AND e.snapshot IS NOT NULL AND st.replicate = 1
+                   AND e.end_ms <= ?1
+                 ORDER BY e.id LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row([ended_by_ms], |r| {
+                    Ok(EventUpload {
+                        id: r.get(0)?,
+                        stream: r.get(1)?,
+                        kind: r.get(2)?,
+                        label: r.get(3)?,
+                        score: r.get(4)?,
+                        zones: r.get(5)?,
+                        start_ms: r.get(6)?,
+                        end_ms: r.get(7)?,
+                        snapshot: r.get(8)?,
+                    })
+                })
+                .optional()
+            })
+            .ctx("replicate_next_event")
+    }
+
+    /// Event `id`'s snapshot is in the bucket (or there was none to send).
+    pub fn replicate_event_done(&self, id: i64, now_ms: i64) -> Result<(), DbError> {
+        self.write("replicate_event_done", |tx| {
+            tx.prepare_cached("UPDATE events SET replicated_ms = ?2 WHERE id = ?1")
+                .and_then(|mut st| st.execute(params![id, now_ms]))
+                .ctx("replicate_event_done")
+                .map(drop)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{EventKind, NewEvent, StreamSpec};
+    use super::*;
+
+    fn event(db: &Db, stream: &str, start_ms: i64, end_ms: Option<i64>, picture: bool) -> i64 {
+        let e = NewEvent {
+            stream: stream.into(),
+            kind: EventKind::Motion,
+            label: "motion".into(),
+            score: 0.5,
+            zones: Vec::new(),
+            start_ms,
+            end_ms,
+            best_box: None,
+        };
+        let id = db.insert_event(&e).expect("event");
+        if picture {
+            db.set_event_files(id, Some(&format!("events/0000/{id}.jpg")), None).expect("files");
+        }
+        id
+    }
+
+    #[test]
+    fn an_event_snapshot_waits_for_its_end_and_its_streams_consent() {
+        let db = Db::open_in_memory().expect("db");
+        db.upsert_stream(&StreamSpec::new("cam", "rtsp://cam/1"), 0).expect("cam");
+        db.upsert_stream(&StreamSpec { replicate: false, ..StreamSpec::new("private", "rtsp://cam/2") }, 0)
+            .expect("private");
+        let ongoing = event(&db, "cam", 1_000, None, true);
+        event(&db, "cam", 1_000, Some(2_000), false); // no picture: nothing to send
+        event(&db, "private", 1_000, Some(2_000), true); // the stream opted out
+        let ended = event(&db, "cam", 3_000, Some(4_000), true);
+        assert_eq!(db.replicate_backlog().expect("backlog").events, 2, "the ongoing one and the ended one");
+        assert!(db.replicate_next_event(3_999).expect("next").is_none(), "not yet settled");
+        let next = db.replicate_next_event(4_000).expect("next").expect("due");
+        assert_eq!((next.id, next.snapshot.as_str()), (ended, format!("events/0000/{ended}.jpg").as_str()));
+        db.replicate_event_done(ended, 5_000).expect("done");
+        assert!(db.replicate_next_event(i64::MAX).expect("next").is_none(), "an ongoing event waits");
+        db.end_event(ongoing, 6_000).expect("end");
+        assert_eq!(db.replicate_next_event(i64::MAX).expect("next").map(|e| e.id), Some(ongoing));
+        assert_eq!(db.replicate_backlog().expect("backlog").events, 1);
     }
 }
