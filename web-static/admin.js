@@ -184,17 +184,24 @@ function profileList(d, f) {
   const pick = d.profiles.map((p, i) => h('input', { type: 'radio', name: 'profile', value: p.token, checked: i === 0 }));
   const rows = d.profiles.map((p, i) => h('tr', {}, h('td', {}, h('label.inline', {}, pick[i], ' ' + p.name)),
     td(`${p.encoding || ''} ${p.width || '?'}x${p.height || '?'}`), td(p.ptz ? 'PTZ' : ''), td(p.stream_uri)));
+  // The camera's own motion events (ONVIF PullPoint) open motion events here: only offered
+  // when it has an Events service; off by default (the box's own detection may be wanted).
+  const events = h('input', { type: 'checkbox', name: 'onvif-events' });
+  const eventsRow = d.services.events
+    ? h('label.inline#onvif-events', {}, events, ' Use the camera\'s motion events (ONVIF)') : null;
   const add = h('button.primary#onvif-add', { type: 'button', text: 'Add stream', onclick: (e) => busy(e.target, box, async () => {
     const i = pick.findIndex((r) => r.checked);
     const p = d.profiles[i];
     const c = creds(f);
     await api('POST', '/api/streams', { name: name.value.trim(), url: withCreds(p.stream_uri, c.username, c.password) });
-    await api('PUT', `/api/streams/${encodeURIComponent(name.value.trim())}/onvif`, Object.assign({ profile: p.token }, c));
+    await api('PUT', `/api/streams/${encodeURIComponent(name.value.trim())}/onvif`,
+      Object.assign({ profile: p.token, events: events.checked }, c));
     toast(`${name.value} added`);
     go('#/streams');
   }) });
   return h('div#onvif-profiles', {}, h('p', { text: `${d.device.manufacturer} ${d.device.model}, firmware ${d.device.firmware}` }),
-    table('onvif-profile-list', ['Profile', 'Video', '', 'Stream'], rows), h('div.row', {}, field('Stream name', name)), box, h('div.tools', {}, add));
+    table('onvif-profile-list', ['Profile', 'Video', '', 'Stream'], rows), h('div.row', {}, field('Stream name', name)), eventsRow,
+    box, h('div.tools', {}, add));
 }
 
 // An RTSP URI from the camera has no credentials: it wants the ONVIF ones.
@@ -261,8 +268,8 @@ function drawSystem(info, s) {
 function replicateCard(r) {
   const oldest = r.oldest_pending_ms == null ? 'nothing waits' : `since ${fmtIso(new Date(r.oldest_pending_ms).toISOString())}`;
   return card('Replication', kv('Bucket', `${r.bucket} at ${r.endpoint}, under ${r.prefix}`), kv('State', r.state),
-    kv('Backlog', `${r.backlog_segments} segment(s), ${fmtBytes(r.backlog_bytes)}, ${oldest}`),
-    kv('Uploaded since start', `${r.uploaded_segments} segment(s), ${fmtBytes(r.uploaded_bytes)}`),
+    kv('Backlog', `${r.backlog_segments} segment(s), ${fmtBytes(r.backlog_bytes)}, ${oldest}; ${r.backlog_events} event snapshot(s)`),
+    kv('Uploaded since start', `${r.uploaded_segments} segment(s), ${fmtBytes(r.uploaded_bytes)}; ${r.uploaded_events} event snapshot(s)`),
     r.deleted_unreplicated ? kv('Deleted before upload (disk full)', r.deleted_unreplicated) : null,
     r.last_error ? kv('Last error', r.last_error) : null);
 }

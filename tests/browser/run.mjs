@@ -646,10 +646,16 @@ async function testOnvif() {
   await page.click('#discover-form button[type=submit]');
   await page.waitForSelector('#onvif-profiles tbody tr');
   await page.fill('#onvif-profiles input[name=stream-name]', 'onvifcam');
+  await page.check('#onvif-events input');
   await shot(page, 'onvif-discover');
   await page.click('#onvif-add');
   await ready(page, '#/streams');
   await page.waitForSelector('#streams tr[data-stream="onvifcam"] .pill.streaming', { timeout: 20000 });
+  // The ticked box: the camera's own motion events are watched (a PullPoint subscription).
+  const settings = await pageApi(page, 'GET', '/api/streams/onvifcam/onvif');
+  assert(settings.events === true, `the ONVIF settings say ${JSON.stringify(settings)}`);
+  await until('a PullPoint subscription at the camera', async () =>
+    (await (await fetch(`${ONVIF_SIM}/sim/requests`)).json()).some((r) => r.op === 'CreatePullPointSubscription'));
   await open(page, '#/live?stream=onvifcam');
   await page.waitForSelector('#ptz button.ptz');
   const right = page.locator('#ptz button.ptz', { hasText: '▶' });
