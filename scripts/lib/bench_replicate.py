@@ -3,7 +3,7 @@ its CLI (as tests/common/garage.rs does), N streams from one shared test camera,
 release binary replicating to node 0. Over the window: uploaded vs recorded bytes,
 CPU % of one core of the `replicate` thread and of the process, and close-to-present
 latency per segment (replicate_queue.done_ms - segments.end_ms). Medians and p90 go
-to bench/results/replicate-<date>.md."""
+to bench/results/replicate-<date>-<streams>.md."""
 
 import argparse
 import datetime
@@ -120,7 +120,7 @@ def main():
     }
     print(r, flush=True)
     date = datetime.date.today().isoformat()
-    out = os.path.join(ROOT, "bench", "results", f"replicate-{date}.md")
+    out = os.path.join(ROOT, "bench", "results", f"replicate-{date}-{a.streams}.md")
     version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()
     with open(out, "w") as f:
         f.write(f"# Replication to a 3-node Garage cluster, {date}\n\n")
