@@ -160,10 +160,12 @@ fn discover_probe_add_record_and_move() {
     assert!(profiles[0]["snapshot_uri"].as_str().is_some_and(|s| s.contains("snapshot.jpg")), "{d}");
     assert_eq!((profiles[0]["ptz"].as_bool(), profiles[1]["ptz"].as_bool()), (Some(true), Some(false)));
     assert!(!d.to_string().contains(PASSWORD), "the password is not in the answer");
-    // Every call carried a digest the simulator accepted, never the password itself.
+    // The camera's time was asked unsigned (as ONVIF allows), then every call carried a
+    // digest the simulator accepted, never the password itself.
     let reqs = sim.requests();
     let soap: Vec<&Value> = reqs.iter().filter(|r| r["service"] != "discovery").collect();
-    assert!(soap.len() >= 5 && soap.iter().all(|r| r["auth"] == "ok"), "{soap:?}");
+    assert_eq!((soap[0]["op"].as_str(), soap[0]["auth"].as_str()), (Some("GetSystemDateAndTime"), Some("missing")));
+    assert!(soap.len() >= 6 && soap[1..].iter().all(|r| r["auth"] == "ok"), "{soap:?}");
 
     // Add the main profile as a stream: it records the camera for real.
     let url = profiles[0]["stream_uri"].as_str().expect("uri");
@@ -267,6 +269,25 @@ fn a_wrong_password_is_a_clear_error() {
     assert_eq!(status, 200);
     let (status, v) = post(&nvr, "/api/streams/gate/ptz", &json!({"action": "stop"}));
     assert_eq!(status, 409, "{v}");
+}
+
+#[test]
+fn a_camera_whose_clock_is_two_hours_off_is_still_signed_in() {
+    // The simulated camera refuses a digest whose Created is 5 minutes off its clock, as
+    // real ones do; its clock is 2 h ahead, and GetSystemDateAndTime says so.
+    let cam = Camera::start(&[]);
+    let sim = Sim::start_with(&cam, &["--clock-offset", "7200"]);
+    let nvr = start_nvr(&sim);
+    let address = format!("127.0.0.1:{}", sim.http);
+    let (status, v) =
+        post(&nvr, "/api/onvif/probe", &json!({"address": address, "username": USER, "password": PASSWORD}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["profiles"].as_array().map(Vec::len), Some(2), "{v}");
+    let ops: Vec<String> = sim.requests().iter().filter_map(|r| r["op"].as_str().map(str::to_string)).collect();
+    assert_eq!(ops.first().map(String::as_str), Some("GetSystemDateAndTime"), "the time is asked first: {ops:?}");
+    assert_eq!(sim.last("GetDeviceInformation")["auth"], "ok");
+    let log = nvr.log();
+    assert!(log.contains("the camera's clock is +7199.") || log.contains("the camera's clock is +7200."), "{log}");
 }
 
 /// The stream's ONVIF binding (with the event watcher's status).

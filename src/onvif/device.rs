@@ -8,7 +8,9 @@
 //!   a missing required element is an `Upstream` error naming it.
 //! - PTZ speeds are clamped to ONVIF's generic space, -1..=1.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::soap::{self, child, child_text, esc, find, path, Credentials};
 use crate::base::error::Error;
@@ -70,7 +72,60 @@ pub struct Velocity {
     pub zoom: f64,
 }
 
+/// The camera's clock minus ours, per device URL, as `GetSystemDateAndTime`
+/// said, and when it was asked. A camera refuses a digest whose `Created` is
+/// minutes off its own clock, and many cameras' clocks are wrong (ONVIF Core
+/// 5.12.2 tells clients to follow the device's time).
+static OFFSETS: Mutex<BTreeMap<String, (i64, Instant)>> = Mutex::new(BTreeMap::new());
+/// How long an offset is trusted before the camera is asked again.
+const OFFSET_TTL: Duration = Duration::from_secs(600);
+/// An offset smaller than this is not worth a log line.
+const OFFSET_LOG_MS: i64 = 5_000;
+
 impl Camera {
+    /// `self` with its WS-Security time on the camera's clock (asked at most
+    /// once per `OFFSET_TTL` per camera; one that does not say keeps ours).
+    pub fn on_camera_clock(mut self) -> Camera {
+        self.now_ms += self.clock_offset_ms();
+        self
+    }
+
+    fn clock_offset_ms(&self) -> i64 {
+        let mut cache = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((off, at)) = cache.get(&self.device_url).filter(|(_, at)| at.elapsed() < OFFSET_TTL) {
+            log::trace!("onvif {}: clock offset {off} ms, asked {:?} ago", self.device_url, at.elapsed());
+            return *off;
+        }
+        drop(cache);
+        let off = match self.system_time_ms() {
+            Ok(t) => t - self.now_ms,
+            Err(e) => {
+                log::info!("onvif {}: no camera time ({e}); WS-Security uses the recorder's clock", self.device_url);
+                0
+            }
+        };
+        if off.abs() >= OFFSET_LOG_MS {
+            log::info!(
+                "onvif {}: the camera's clock is {:+.1} s off ours; WS-Security follows it",
+                self.device_url,
+                off as f64 / 1000.0
+            );
+        }
+        cache = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(self.device_url.clone(), (off, Instant::now()));
+        off
+    }
+
+    /// The camera's UTC time (`GetSystemDateAndTime`, which needs no
+    /// credentials so that a client can fix its clock before it signs).
+    pub fn system_time_ms(&self) -> Result<i64, Error> {
+        let op = "GetSystemDateAndTime";
+        let xml = soap::call(&self.device_url, op, "<tds:GetSystemDateAndTime/>", None, self.now_ms, self.deadline)?;
+        let doc = parse(&xml, op)?;
+        let utc = required(find(doc.root(), "UTCDateTime"), op, "UTCDateTime")?;
+        utc_ms(utc).ok_or_else(|| Error::upstream(format!("ONVIF {op}: UTCDateTime is not a valid date and time")))
+    }
+
     fn call(&self, url: &str, op: &str, body: &str) -> Result<String, Error> {
         soap::call(url, op, body, self.creds.as_ref(), self.now_ms, self.deadline)
     }
@@ -241,6 +296,18 @@ pub fn parse_all(xml: &str) {
     let _ = path(root, &["Envelope", "Body", "GetDeviceInformationResponse", "Model"]);
 }
 
+/// `<Time><Hour/><Minute/><Second/></Time><Date><Year/><Month/><Day/></Date>` as epoch ms.
+fn utc_ms(utc: roxmltree::Node<'_, '_>) -> Option<i64> {
+    let num = |part: &str, name: &str| {
+        child(utc, part).and_then(|p| child_text(p, name)).and_then(|t| t.trim().parse::<u8>().ok())
+    };
+    let year = child(utc, "Date").and_then(|d| child_text(d, "Year")).and_then(|t| t.trim().parse::<i32>().ok())?;
+    let month = time::Month::try_from(num("Date", "Month")?).ok()?;
+    let date = time::Date::from_calendar_date(year, month, num("Date", "Day")?).ok()?;
+    let t = time::Time::from_hms(num("Time", "Hour")?, num("Time", "Minute")?, num("Time", "Second")?).ok()?;
+    Some((time::PrimitiveDateTime::new(date, t).assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
 fn parse<'a>(xml: &'a str, op: &str) -> Result<roxmltree::Document<'a>, Error> {
     roxmltree::Document::parse(xml).map_err(|e| Error::upstream(format!("ONVIF {op}: the answer is not XML: {e}")))
 }
@@ -266,6 +333,27 @@ fn profile_of(p: roxmltree::Node<'_, '_>) -> Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cameras_utc_time_is_read_and_a_bad_one_refused() {
+        let answer = |date: &str| {
+            format!(
+                r#"<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:tt="http://www.onvif.org/ver10/schema">
+                <s:Body><GetSystemDateAndTimeResponse><SystemDateAndTime><tt:DateTimeType>Manual</tt:DateTimeType>
+                <tt:UTCDateTime><tt:Time><tt:Hour>16</tt:Hour><tt:Minute>0</tt:Minute><tt:Second>5</tt:Second></tt:Time>
+                {date}</tt:UTCDateTime></SystemDateAndTime></GetSystemDateAndTimeResponse></s:Body></s:Envelope>"#
+            )
+        };
+        let read = |xml: &str| {
+            let doc = roxmltree::Document::parse(xml).expect("xml");
+            find(doc.root(), "UTCDateTime").and_then(utc_ms)
+        };
+        let good = answer("<tt:Date><tt:Year>2025</tt:Year><tt:Month>11</tt:Month><tt:Day>24</tt:Day></tt:Date>");
+        assert_eq!(read(&good), Some(1_764_000_005_000), "2025-11-24T16:00:05Z");
+        let bad = answer("<tt:Date><tt:Year>2025</tt:Year><tt:Month>13</tt:Month><tt:Day>24</tt:Day></tt:Date>");
+        assert_eq!(read(&bad), None, "month 13");
+        assert_eq!(read(&answer("")), None, "no date");
+    }
 
     #[test]
     fn profiles_are_read_by_local_name() {

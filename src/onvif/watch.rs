@@ -147,6 +147,7 @@ impl Run {
             deadline: self.s.deadline,
             now_ms: self.clock.now_ms(),
         }
+        .on_camera_clock()
     }
 
     fn stopped(&self) -> bool {

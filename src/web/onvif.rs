@@ -100,6 +100,7 @@ fn camera(ctx: &Ctx, device_url: String, username: &str, password: &str) -> Came
         deadline: Duration::from_millis(u64::from(ctx.nvr.config.onvif.timeout_ms)),
         now_ms: ctx.nvr.clock.now_ms(),
     }
+    .on_camera_clock()
 }
 
 /// `POST /api/onvif/discover` `{"timeout_ms"?, "target"?}`.

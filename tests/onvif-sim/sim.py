@@ -26,7 +26,9 @@ Simulated (no real ONVIF camera exists here):
 - WS-Security UsernameToken: every call but GetSystemDateAndTime needs a
   PasswordDigest equal to Base64(SHA1(nonce + created + password)); a wrong or
   missing token answers HTTP 400 with a SOAP fault env:Sender/ter:NotAuthorized
-  (as the ONVIF Core spec, section 5.12, says). Created's freshness is not checked.
+  (as the ONVIF Core spec, section 5.12, says). Created must be within 5 minutes of the
+  camera's clock ("stale" otherwise), as real cameras check; --clock-offset S sets the
+  camera's clock S seconds off the host's, and GetSystemDateAndTime tells it (UTCDateTime).
 Real: the RTSP URIs it returns are the ones given on the command line (the
 tests' GStreamer camera), so a stream added from a profile really records.
 
@@ -115,7 +117,17 @@ class Device:
         want = base64.b64encode(hashlib.sha1(raw + created.encode() + self.args.password.encode()).digest()).decode()
         if user != self.args.user or (pw.text or "").strip() != want:
             return "wrong"
+        try:
+            when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return "bad-created"
+        if abs(when - self.now()) > 300:
+            return "stale"
         return "ok"
+
+    def now(self):
+        """The camera's clock: the host's, off by --clock-offset."""
+        return time.time() + self.args.clock_offset
 
     # ---- answers ----
     def answer(self, service, op, body, sub_id=None):
@@ -123,7 +135,8 @@ class Device:
         if service == "device" and op == "GetSystemDateAndTime":
             return (
                 "<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime><tt:DateTimeType>NTP</tt:DateTimeType>"
-                "<tt:DaylightSavings>false</tt:DaylightSavings></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
+                "<tt:DaylightSavings>false</tt:DaylightSavings>" + utc_date_time(self.now())
+                + "</tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
             )
         if service == "device" and op == "GetDeviceInformation":
             return (
@@ -305,6 +318,13 @@ def utc(t):
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_date_time(t):
+    d = datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc)
+    return (f"<tt:UTCDateTime><tt:Time><tt:Hour>{d.hour}</tt:Hour><tt:Minute>{d.minute}</tt:Minute>"
+            f"<tt:Second>{d.second}</tt:Second></tt:Time><tt:Date><tt:Year>{d.year}</tt:Year>"
+            f"<tt:Month>{d.month}</tt:Month><tt:Day>{d.day}</tt:Day></tt:Date></tt:UTCDateTime>")
+
+
 def seconds(xs_duration, default):
     """PT10S / PT1M / PT1M30S as seconds (the durations clients send here)."""
     m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?", (xs_duration or "").strip())
@@ -456,6 +476,7 @@ def main():
     p.add_argument("--password", default="secret")
     p.add_argument("--name", default="SimCam")
     p.add_argument("--no-events", action="store_true", help="a camera without the Events service")
+    p.add_argument("--clock-offset", type=float, default=0, help="the camera's clock minus the host's (s)")
     p.add_argument("--max-lifetime", type=float, default=3600,
                    help="seconds a subscription lives at most from its creation or renewal, whatever was asked")
     p.add_argument("--main-uri", required=True)
