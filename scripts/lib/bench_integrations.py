@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,6 +193,7 @@ def main():
                 "the answer is sent, so this is the broker's share); from_post_sent counts from the request's "
                 "start (HTTP, the database insert and the broker together). metrics = `GET /api/metrics` "
                 "with an API key, 21 scrapes.\n")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"written {out}")
 
 
