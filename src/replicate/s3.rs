@@ -29,6 +29,8 @@ pub enum S3Error {
     Failed(String),
 }
 
+impl std::error::Error for S3Error {}
+
 impl std::fmt::Display for S3Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -55,23 +57,23 @@ pub enum Body<'a> {
 }
 
 /// One request as [`Bucket::send`] signs and sends it.
-struct Req<'a> {
+struct Req<'a, 'b> {
     method: &'a str,
     /// The object's name; empty for a bucket-level call (list).
     key: &'a str,
     query: &'a [(&'a str, &'a str)],
     /// Headers signed and sent besides host, date and payload hash.
     extra: &'a [(&'a str, String)],
-    body: Body<'a>,
+    body: Body<'b>,
     /// Hex SHA-256 of `body`.
     sha256: &'a str,
     /// Largest answer body buffered.
     max: u64,
 }
 
-impl<'a> Req<'a> {
+impl<'a, 'b> Req<'a, 'b> {
     /// A request without body, extra headers or query.
-    fn new(method: &'a str, key: &'a str) -> Req<'a> {
+    fn new(method: &'a str, key: &'a str) -> Req<'a, 'b> {
         Req { method, key, query: &[], extra: &[], body: Body::Empty, sha256: EMPTY_SHA256, max: MAX_ANSWER }
     }
 }
@@ -91,7 +93,7 @@ impl Bucket {
     }
 
     /// One signed request; `now_ms` dates the signature.
-    fn send(&self, req: Req<'_>, now_ms: i64) -> Result<Response, S3Error> {
+    fn send(&self, req: Req<'_, '_>, now_ms: i64) -> Result<Response, S3Error> {
         let Req { method, key, query, extra, body, sha256, max } = req;
         let path = format!("/{}/{}", self.bucket, sigv4::uri_encode(key, true));
         let path = if key.is_empty() { format!("/{}/", self.bucket) } else { path };
