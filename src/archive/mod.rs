@@ -25,6 +25,8 @@
 //!   writing that page; the next poll starts again from the first page.
 //! - Every request has the deadlines of `replicate::s3` (connect, each read
 //!   and write); a window is at most [`WINDOW`] bytes.
+//! - The sidecars of a page are read by up to [`FETCHERS`] short-lived named
+//!   threads (`archive-get-N`), joined before the page is written.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -48,6 +50,8 @@ use crate::replicate::sigv4;
 pub const WINDOW: u64 = 1 << 20;
 /// Largest sidecar believed.
 const MAX_SIDECAR: u64 = 4 << 20;
+/// Sidecars read at once (threads per listing page).
+const FETCHERS: usize = 8;
 /// Init segments kept in memory (a few hundred bytes each).
 const INIT_CACHE: usize = 4096;
 
@@ -249,12 +253,11 @@ impl Indexer {
 
     /// Reads the new sidecars of one listing page.
     fn read_page(&self, db: &Db, objects: &[(String, u64)], seen: &HashMap<String, u64>) -> Result<Page, String> {
+        let new: Vec<&(String, u64)> =
+            objects.iter().filter(|(k, n)| k.ends_with(".mp4.json") && seen.get(k) != Some(n)).collect();
+        let bodies = self.fetch(&new)?;
         let mut page = Page::default();
-        for (key, size) in objects {
-            if !key.ends_with(".mp4.json") || seen.get(key) == Some(size) {
-                continue;
-            }
-            let body = self.bucket.get(key, MAX_SIDECAR, self.clock.now_ms()).map_err(|e| format!("{key}: {e}"))?;
+        for ((key, size), body) in new.into_iter().zip(bodies) {
             match parse_sidecar(key, &body) {
                 Ok(side) => match self.segment(db, key, side) {
                     Ok(seg) => page.segments.push((seg, key.clone(), *size)),
@@ -264,6 +267,31 @@ impl Indexer {
             }
         }
         Ok(page)
+    }
+
+    /// GETs the sidecars `keys`, [`FETCHERS`] at a time (`archive-get-N`
+    /// threads of this page), bodies in the order of `keys`.
+    fn fetch(&self, keys: &[&(String, u64)]) -> Result<Vec<Vec<u8>>, String> {
+        let per = keys.len().div_ceil(FETCHERS).max(1);
+        std::thread::scope(|s| {
+            let mut workers = Vec::new();
+            for (i, chunk) in keys.chunks(per).enumerate() {
+                let get = move || -> Result<Vec<Vec<u8>>, String> {
+                    let one = |k: &str| self.bucket.get(k, MAX_SIDECAR, self.clock.now_ms());
+                    chunk.iter().map(|(k, _)| one(k).map_err(|e| format!("{k}: {e}"))).collect()
+                };
+                let t = std::thread::Builder::new()
+                    .name(format!("archive-get-{i}"))
+                    .spawn_scoped(s, get)
+                    .map_err(|e| format!("archive-get thread: {e}"))?;
+                workers.push(t);
+            }
+            let mut out = Vec::with_capacity(keys.len());
+            for w in workers {
+                out.extend(w.join().map_err(|_| "a sidecar reader panicked".to_string())??);
+            }
+            Ok(out)
+        })
     }
 
     fn skip(&self, page: &mut Page, key: &str, size: u64, why: String) {
