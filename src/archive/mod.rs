@@ -394,7 +394,9 @@ pub fn parse_sidecar(key: &str, body: &[u8]) -> Result<Sidecar, String> {
         (!s.fragments.is_empty(), "no fragment index"),
         (
             s.fragments.iter().all(|f| {
-                f.size > 0 && f.offset >= s.init_len && f.offset.checked_add(u64::from(f.size)).is_some_and(|e| e <= s.bytes)
+                f.size > 0
+                    && f.offset >= s.init_len
+                    && f.offset.checked_add(u64::from(f.size)).is_some_and(|e| e <= s.bytes)
             }),
             "a fragment lies outside the object",
         ),

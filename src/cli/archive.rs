@@ -42,7 +42,9 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         .issue_console_token(dir)
         .with_context(|| format!("cannot write the console token into {}", dir.display()))?;
     if db.user_count()? == 0 {
-        log::warn!("no user exists yet: open the web page for first-run setup, or run `oxinvr user add NAME --role admin`");
+        log::warn!(
+            "no user exists yet: open the web page for first-run setup, or run `oxinvr user add NAME --role admin`"
+        );
     }
     drop(db);
     let archive = crate::archive::start(&cfg.archive, &index, clock).map_err(Error::invalid)?;

@@ -331,9 +331,9 @@ mod events;
 mod onvif;
 mod replicate;
 mod users;
+pub use archive::{ArchiveStream, ArchivedSegment};
 pub use events::{EventFilter, EventKind, EventRow, NewEvent};
 pub use onvif::OnvifRow;
-pub use archive::{ArchiveStream, ArchivedSegment};
 pub use replicate::{Backlog, UploadJob};
 pub use users::{KeyRow, Role, SessionRow, UserRow};
 
