@@ -38,6 +38,12 @@ pub trait MediaStore: Send + Sync {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", name.display())))?;
         Ok(buf)
     }
+
+    /// [`MediaStore::head`] of each of `names` (name, len), in order; a
+    /// store with slow reads (the bucket) does them concurrently.
+    fn heads(&self, names: &[(&Path, u64)]) -> Vec<io::Result<Vec<u8>>> {
+        names.iter().map(|(n, len)| self.head(n, *len)).collect()
+    }
 }
 
 /// Fills `buf` from `offset`, or fails with `UnexpectedEof`.

@@ -167,11 +167,22 @@ fn read_init(store: &dyn MediaStore, path: &Path, len: u64) -> std::io::Result<V
 }
 
 /// The planner's view of the segments; unreadable ones are skipped (logged).
+/// Their init segments are read in one call (concurrently from a bucket).
 fn export_segments(ctx: &Ctx, store: &dyn MediaStore, segs: Vec<SegmentRow>) -> Result<Vec<ExportSegment>, ApiError> {
+    let segs: Vec<SegmentRow> = segs.into_iter().filter(|s| !s.fragments.is_empty()).collect();
+    let files = segs.iter().map(|s| segment_path(ctx, s)).collect::<Result<Vec<_>, _>>()?;
+    let wanted: Vec<(&Path, u64)> = files.iter().zip(&segs).map(|(f, s)| (f.as_path(), s.init_len)).collect();
+    let plausible = |len: u64| len > 0 && len <= MAX_INIT;
+    let asked: Vec<(&Path, u64)> = wanted.iter().copied().filter(|(_, len)| plausible(*len)).collect();
+    let mut inits = store.heads(&asked).into_iter();
     let mut out = Vec::with_capacity(segs.len());
-    for seg in segs.into_iter().filter(|s| !s.fragments.is_empty()) {
-        let file = segment_path(ctx, &seg)?;
-        let init = match read_init(store, &file, seg.init_len) {
+    for ((seg, file), (_, len)) in segs.into_iter().zip(files.iter()).zip(wanted.iter()) {
+        let init = if plausible(*len) {
+            inits.next().unwrap_or_else(|| Err(std::io::Error::other("no init read")))
+        } else {
+            Err(std::io::Error::other(format!("init length {len} is implausible")))
+        };
+        let init = match init {
             Ok(i) => i,
             Err(e) => {
                 log::warn!("export: recording {} ({}) skipped: {e}", seg.id, file.display());
@@ -180,7 +191,7 @@ fn export_segments(ctx: &Ctx, store: &dyn MediaStore, segs: Vec<SegmentRow>) -> 
         };
         let audio_timescale = if seg.has_audio { mp4::timescale_of(&init, 2) } else { None };
         out.push(ExportSegment {
-            file,
+            file: file.clone(),
             start_ms: seg.start_ms,
             video_timescale: seg.video_timescale,
             audio_timescale,
