@@ -48,6 +48,9 @@ pub struct Config {
     /// `[replicate]`: closed segments uploaded to an S3-compatible bucket (`replicate`).
     #[serde(default)]
     pub replicate: ReplicateConfig,
+    /// `[archive]`: `oxinvr archive` indexes a bucket and serves its recordings (`archive`).
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     /// The file it was read from (or `<embedded defaults>`).
     #[serde(skip_deserializing)]
     pub source: String,
@@ -514,6 +517,119 @@ impl ReplicateConfig {
         }
         Ok(())
     }
+}
+
+/// `[archive]`: what `oxinvr archive` reads. A server (no cameras) lists the
+/// bucket boxes replicate into (`[replicate]` of each box), indexes every
+/// sidecar under `prefix` into its own database (`index`) and serves their
+/// recordings from the bucket. An empty `endpoint` turns it off; `oxinvr run`
+/// refuses a file that sets it. The secret is never shown.
+#[derive(Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// `http://host:port` or `https://host:port` of the S3 API.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// A TOML file holding `access_key` and `secret_key` (instead of the two keys here).
+    pub credentials_file: String,
+    /// The boxes' `replicate.prefix`: only objects under `<prefix>/` are indexed.
+    pub prefix: String,
+    /// PEM file of the CA of an `https://` endpoint; empty: the system's roots.
+    pub ca_file: String,
+    /// Seconds between two listings of the bucket.
+    pub poll_seconds: u32,
+    /// Objects asked for per listing page (ListObjectsV2 `max-keys`, at most 1000).
+    pub page_keys: u32,
+    /// The archive's SQLite index; empty: `archive.db` in `storage.data_dir`.
+    pub index: String,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            endpoint: String::new(),
+            bucket: String::new(),
+            region: "garage".into(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            credentials_file: String::new(),
+            prefix: String::new(),
+            ca_file: String::new(),
+            poll_seconds: 10,
+            page_keys: 1000,
+            index: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ArchiveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveConfig")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &if self.secret_key.is_empty() { "" } else { "***" })
+            .field("credentials_file", &self.credentials_file)
+            .field("prefix", &self.prefix)
+            .field("poll_seconds", &self.poll_seconds)
+            .field("page_keys", &self.page_keys)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArchiveConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoint.is_empty()
+    }
+
+    /// The same bucket settings as a `[replicate]` table (one set of checks
+    /// and one credentials reader for both).
+    pub fn as_replicate(&self) -> ReplicateConfig {
+        ReplicateConfig {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            credentials_file: self.credentials_file.clone(),
+            prefix: self.prefix.clone(),
+            ca_file: self.ca_file.clone(),
+            ..ReplicateConfig::default()
+        }
+    }
+
+    /// (access key, secret key): from this table or from `credentials_file`.
+    pub fn credentials(&self) -> Result<(String, String), (String, String)> {
+        self.as_replicate().credentials().map_err(renamed)
+    }
+
+    /// The index file.
+    pub fn index_path(&self, data_dir: &Path) -> PathBuf {
+        if self.index.is_empty() {
+            data_dir.join("archive.db")
+        } else {
+            PathBuf::from(&self.index)
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.as_replicate().validate().map_err(renamed)?;
+        range("archive.poll_seconds", self.poll_seconds, 1, 3600)?;
+        range("archive.page_keys", self.page_keys, 1, 1000)
+    }
+}
+
+/// A `replicate.*` key of an error about `[archive]` named `archive.*`.
+fn renamed((k, m): (String, String)) -> (String, String) {
+    (k.replacen("replicate.", "archive.", 1), m)
 }
 
 /// Smallest and largest `go2rtc.max_rss_mb`: go2rtc (Go) starts at about
@@ -1243,6 +1359,7 @@ impl Config {
         self.detect.validate()?;
         self.onvif.validate()?;
         self.replicate.validate()?;
+        self.archive.validate()?;
         let sys = &self.system;
         let board_ok = !sys.board.is_empty()
             && sys.board.len() <= 64
@@ -1397,7 +1514,12 @@ impl Config {
     }
 
     /// Where the SQLite index lives.
+    /// The database: the box's index, or the archive's (`[archive] index`)
+    /// when `[archive]` is set.
     pub fn db_path(&self) -> PathBuf {
+        if self.archive.enabled() {
+            return self.archive.index_path(&self.storage.data_dir);
+        }
         self.storage.data_dir.join("oxinvr.db")
     }
 }
@@ -1632,6 +1754,24 @@ mod tests {
         }
         let ok = Config::parse("[memory]\nswap_file_mb = 64\nswap_file = \"/mnt/sd/s\"\nclimb_seconds = 2", "x");
         assert_eq!(ok.expect("valid").memory.swap_path(Path::new("/d")), (PathBuf::from("/mnt/sd/s"), true));
+    }
+
+    #[test]
+    fn archive_section_is_checked_like_replicate() {
+        let base = "[archive]\nendpoint = \"http://127.0.0.1:3900\"\nbucket = \"nvr\"\naccess_key = \"GK1\"\n";
+        let ok = Config::parse(&format!("{base}secret_key = \"s3cr3t\"\npage_keys = 2"), "x").expect("valid");
+        assert!(ok.archive.enabled() && ok.archive.page_keys == 2);
+        assert!(ok.db_path().ends_with("archive.db"), "{:?}", ok.db_path());
+        assert!(!format!("{:?}", ok.archive).contains("s3cr3t"));
+        for (extra, key) in [
+            ("", "archive.access_key"),
+            ("secret_key = \"s\"\npage_keys = 0", "archive.page_keys"),
+            ("secret_key = \"s\"\nprefix = \"../x\"", "archive.prefix"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}"), "x").expect_err(key).to_string();
+            assert!(e.contains(key), "{extra:?}: {e}");
+        }
+        assert!(Config::parse("", "x").expect("empty").db_path().ends_with("oxinvr.db"));
     }
 
     #[test]

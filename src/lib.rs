@@ -3,9 +3,10 @@
 //!
 //! Layers, lowest first; a layer names only the ones before it
 //! (checked by tests/layers.rs): base, index, config, governor, auth, events, recording,
-//! detect, playback, appliance, onvif, notify, replicate, web, cli.
+//! detect, playback, appliance, onvif, notify, replicate, archive, web, cli.
 
 pub mod appliance;
+pub mod archive;
 pub mod auth;
 pub mod base;
 pub mod cli;

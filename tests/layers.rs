@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "onvif",
     "notify",
     "replicate",
+    "archive",
     "web",
     "cli",
 ];

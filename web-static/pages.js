@@ -96,14 +96,17 @@ Ox.page('live', { title: 'Live', role: 'viewer', nav: true, render: renderLive }
 
 async function renderLive(view, params) {
   const single = params.get('stream');
-  const streams = (await listStreams()).filter((s) => s.enabled && (!single || s.name === single));
+  const all = await listStreams();
+  const streams = all.filter((s) => s.enabled && !s.archive && (!single || s.name === single));
+  const archived = all.filter((s) => s.archive && (!single || s.name === single));
   if (single) {
     append(view, pageHead(single, h('a.button', { href: '#/live', text: '← All cameras' }),
       h('a.button', { href: `#/timeline?stream=${encodeURIComponent(single)}`, text: 'Timeline' })));
   }
   const grid = h('div.grid' + (single ? '.single' : '.fill') + '#live-grid');
   if (!single) append(view, pageHead('Live', layoutSelect(grid, streams.length)));
-  if (!streams.length) return append(view, noStreams(single));
+  if (archived.length) append(view, archiveNote(archived));
+  if (!streams.length) return archived.length ? undefined : append(view, noStreams(single));
   const tiles = streams.map((s) => liveTile(s, !!single));
   append(view, clear(grid, tiles.map((t) => t.el)));
   if (single && can('operator')) ptzControls(view, single).catch(() => {});
@@ -120,6 +123,17 @@ async function renderLive(view, params) {
     window.removeEventListener('resize', fit);
     tiles.forEach((t) => t.player.stop());
   };
+}
+
+// Archive mode: the boxes of the bucket, as groups of streams. Recordings
+// only: there is no live view of an archived stream.
+function archiveNote(archived) {
+  const boxes = new Map();
+  for (const s of archived) boxes.set(s.archive.box, [...(boxes.get(s.archive.box) || []), s]);
+  return h('section.card#archive', {}, h('h2', { text: 'Archive' }),
+    h('p.note', { text: 'These streams are recordings of other boxes read from the bucket: there is no live view for archive streams. Open one on the timeline.' }),
+    [...boxes].map(([box, list]) => h('div.archive-box', {}, h('h3', { text: box }),
+      h('ul', {}, list.map((s) => h('li', {}, h('a', { href: `#/timeline?stream=${encodeURIComponent(s.name)}`, text: s.archive.stream })))))));
 }
 
 // PTZ of a stream's ONVIF camera: hold an arrow to move, release to stop; presets.

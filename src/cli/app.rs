@@ -33,7 +33,7 @@ use crate::web::{self, state::Nvr};
 /// SIGTERM and SIGINT are blocked in every thread (threads inherit the mask of
 /// the thread that starts them, so this runs before any other exists) and taken
 /// by `wait_for_stop` in the main thread: no handler, no polled flag.
-fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
+pub(super) fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -44,7 +44,7 @@ fn block_stop_signals() -> Result<nix::sys::signal::SigSet> {
 }
 
 /// Sleeps until SIGTERM or SIGINT arrives; names it.
-fn wait_for_stop(set: &nix::sys::signal::SigSet) -> String {
+pub(super) fn wait_for_stop(set: &nix::sys::signal::SigSet) -> String {
     match set.wait() {
         Ok(sig) => sig.as_str().to_string(),
         Err(e) => format!("sigwait failed ({e})"),
@@ -62,7 +62,7 @@ const STORAGE_STOP: Duration = Duration::from_secs(10);
 /// truncate a file that a running recorder is writing.
 pub struct DataLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
-fn lock_data_dir(dir: &Path) -> Result<DataLock> {
+pub(super) fn lock_data_dir(dir: &Path) -> Result<DataLock> {
     use nix::fcntl::{Flock, FlockArg};
     let path = dir.join("oxinvr.lock");
     let file = std::fs::OpenOptions::new()
@@ -136,6 +136,12 @@ fn test_knobs_from_env() {
 pub fn run(config_path: Option<&Path>) -> Result<()> {
     crate::base::memory::tune_allocator();
     let cfg = Config::load(config_path)?;
+    if cfg.archive.enabled() {
+        return Err(Error::invalid(format!(
+            "{}: [archive] is set: this file is for `oxinvr archive`, not `oxinvr run`",
+            cfg.source
+        )));
+    }
     let stop_signals = block_stop_signals()?;
     test_knobs_from_env();
     if let Some(why) = missing_disk(&cfg) {

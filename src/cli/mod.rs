@@ -1,6 +1,7 @@
-//! The `oxinvr` command line: `run`, `check`, `shell`, `ota`, `user`, `detect-bench`, `--version`, `config`.
+//! The `oxinvr` command line: `run`, `archive`, `check`, `shell`, `ota`, `user`, `detect-bench`, `--version`, `config`.
 
 pub mod app;
+pub mod archive;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ usage: oxinvr <command> [options]
 
 commands:
   run   [--config FILE]            record the configured cameras and serve the API
+  archive --config FILE            index the bucket of [archive] (what boxes replicate)
+                                   and serve its recordings: no cameras, no recording
   check [--config FILE] [--repair] compare the database with the files on disk
   config                           print the embedded default configuration
   shell [--config FILE]            the console (UART): status, streams, recordings,
@@ -126,6 +129,11 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             let opts = Opts::parse(rest, &[])?;
             crate::base::logging::init();
             crate::cli::app::run(opts.config.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        "archive" => {
+            let opts = Opts::parse(rest, &[])?;
+            crate::base::logging::init();
+            crate::cli::archive::run(opts.config.as_deref()).map(|()| ExitCode::SUCCESS)
         }
         "check" => {
             let opts = Opts::parse(rest, &["--repair"])?;

@@ -283,6 +283,24 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN replicated_ms INTEGER;
     CREATE INDEX events_to_replicate ON events (id) WHERE replicated_ms IS NULL AND snapshot IS NOT NULL;
     "#,
+    // 17: archive mode (`oxinvr archive`, see db/archive.rs): which box and stream of
+    // the bucket each archived stream is, and every sidecar read (indexed or skipped),
+    // so a poll reads only new ones. Unused on a box.
+    r#"
+    CREATE TABLE archive_streams (
+        stream_id INTEGER PRIMARY KEY REFERENCES streams (id) ON DELETE CASCADE,
+        box TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        UNIQUE (box, stream)
+    ) STRICT;
+    CREATE TABLE archive_objects (
+        key TEXT PRIMARY KEY,
+        size INTEGER NOT NULL CHECK (size >= 0),
+        state TEXT NOT NULL CHECK (state IN ('indexed', 'skipped')),
+        reason TEXT,
+        seen_ms INTEGER NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -314,10 +332,12 @@ fn new_clock_mark() -> i64 {
     ((mixed & (i64::MAX as u64)) as i64).max(1)
 }
 
+mod archive;
 mod events;
 mod onvif;
 mod replicate;
 mod users;
+pub use archive::{ArchiveStream, ArchivedSegment};
 pub use events::{EventFilter, EventKind, EventRow, NewEvent};
 pub use onvif::OnvifRow;
 pub use replicate::{Backlog, EventUpload, UploadJob};

@@ -20,14 +20,14 @@
 //! - A shifted file has the stored file's length and byte offsets; only the
 //!   tfdt values of its indexed fragments differ (sequence numbers kept).
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::recording::media::FragmentEntry;
 
 use super::select::{select, ticks_to_ms};
+use super::source::{LocalFiles, MediaSource, MediaStore};
 
 /// A moof larger than this is refused rather than loaded into memory.
 const MAX_MOOF: u64 = 4 << 20;
@@ -216,14 +216,28 @@ pub struct PartsReader {
     starts: Vec<u64>,
     pos: u64,
     end: u64,
-    open: Option<(usize, File)>,
+    store: Arc<dyn MediaStore>,
+    open: Option<(usize, Box<dyn MediaSource>)>,
     /// The patched moof of one part.
     moof: Option<(usize, Vec<u8>)>,
     patcher: Patcher,
 }
 
 impl PartsReader {
+    /// A reader of local files (`LocalFiles`).
     pub fn new(files: Vec<PathBuf>, parts: Vec<Part>, patcher: Patcher, start: u64, len: u64) -> Self {
+        Self::with_store(Arc::new(LocalFiles), files, parts, patcher, start, len)
+    }
+
+    /// A reader of the files of `store`.
+    pub fn with_store(
+        store: Arc<dyn MediaStore>,
+        files: Vec<PathBuf>,
+        parts: Vec<Part>,
+        patcher: Patcher,
+        start: u64,
+        len: u64,
+    ) -> Self {
         let mut starts = Vec::with_capacity(parts.len());
         let mut total = 0u64;
         for p in &parts {
@@ -232,23 +246,28 @@ impl PartsReader {
         }
         let pos = start.min(total);
         let end = start.saturating_add(len).min(total);
-        PartsReader { files, parts, starts, pos, end, open: None, moof: None, patcher }
+        PartsReader { files, parts, starts, pos, end, store, open: None, moof: None, patcher }
     }
 
-    fn file(&mut self, index: usize) -> io::Result<&File> {
+    /// How many bytes of file `index` the parts read: what a source is opened for.
+    fn file_len(&self, index: usize) -> u64 {
+        self.parts.iter().filter(|p| p.file == index).map(|p| p.offset.saturating_add(p.len)).max().unwrap_or(0)
+    }
+
+    fn source(&mut self, index: usize) -> io::Result<&mut Box<dyn MediaSource>> {
         if self.open.as_ref().map(|(i, _)| *i) != Some(index) {
             let path = self.files.get(index).ok_or_else(|| io::Error::other("part names no file"))?;
-            let f = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            self.open = Some((index, f));
+            let src = self.store.open(path, self.file_len(index))?;
+            self.open = Some((index, src));
         }
-        match &self.open {
+        match &mut self.open {
             Some((_, f)) => Ok(f),
             None => Err(io::Error::other("file not open")),
         }
     }
 
     fn read_file(&mut self, index: usize, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file(index)?.read_at(buf, offset)?;
+        let n = self.source(index)?.read_at(buf, offset)?;
         if n == 0 && !buf.is_empty() {
             let name = self.files.get(index).map(|p| p.display().to_string()).unwrap_or_default();
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{name} is shorter than its index")));

@@ -29,6 +29,8 @@ pub enum S3Error {
     Failed(String),
 }
 
+impl std::error::Error for S3Error {}
+
 impl std::fmt::Display for S3Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -54,6 +56,31 @@ pub enum Body<'a> {
     Reader(&'a mut dyn Read, u64),
 }
 
+/// One request as [`Bucket::send`] signs and sends it.
+struct Req<'a, 'b> {
+    method: &'a str,
+    /// The object's name; empty for a bucket-level call (list).
+    key: &'a str,
+    query: &'a [(&'a str, &'a str)],
+    /// Headers signed and sent besides host, date and payload hash.
+    extra: &'a [(&'a str, String)],
+    body: Body<'b>,
+    /// Hex SHA-256 of `body`.
+    sha256: &'a str,
+    /// Largest answer body buffered.
+    max: u64,
+}
+
+impl<'a, 'b> Req<'a, 'b> {
+    /// A request without body, extra headers or query.
+    fn new(method: &'a str, key: &'a str) -> Req<'a, 'b> {
+        Req { method, key, query: &[], extra: &[], body: Body::Empty, sha256: EMPTY_SHA256, max: MAX_ANSWER }
+    }
+}
+
+/// SHA-256 of no bytes, hex.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 impl Bucket {
     pub fn new(
         endpoint: url::Url,
@@ -66,32 +93,8 @@ impl Bucket {
     }
 
     /// One signed request; `now_ms` dates the signature.
-    #[allow(clippy::too_many_arguments)]
-    fn send(
-        &self,
-        method: &str,
-        key: &str,
-        query: &[(&str, &str)],
-        extra: &[(&str, String)],
-        body: Body<'_>,
-        sha256: &str,
-        now_ms: i64,
-    ) -> Result<Response, S3Error> {
-        self.send_max(method, key, query, extra, body, sha256, now_ms, MAX_ANSWER)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn send_max(
-        &self,
-        method: &str,
-        key: &str,
-        query: &[(&str, &str)],
-        extra: &[(&str, String)],
-        body: Body<'_>,
-        sha256: &str,
-        now_ms: i64,
-        max: u64,
-    ) -> Result<Response, S3Error> {
+    fn send(&self, req: Req<'_, '_>, now_ms: i64) -> Result<Response, S3Error> {
+        let Req { method, key, query, extra, body, sha256, max } = req;
         let path = format!("/{}/{}", self.bucket, sigv4::uri_encode(key, true));
         let path = if key.is_empty() { format!("/{}/", self.bucket) } else { path };
         let q = sigv4::canonical_query(query);
@@ -138,14 +141,14 @@ impl Bucket {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(sha256);
         let extra = [("content-type", content_type.to_string()), ("x-amz-checksum-sha256", b64)];
-        self.send("PUT", key, &[], &extra, body, &sigv4::hex(sha256), now_ms).map(drop)
+        let sha = sigv4::hex(sha256);
+        self.send(Req { extra: &extra, body, sha256: &sha, ..Req::new("PUT", key) }, now_ms).map(drop)
     }
 
     /// CreateMultipartUpload: the new upload's id.
     pub fn create_multipart(&self, key: &str, content_type: &str, now_ms: i64) -> Result<String, S3Error> {
         let extra = [("content-type", content_type.to_string())];
-        let empty = sigv4::sha256_hex(b"");
-        let r = self.send("POST", key, &[("uploads", "")], &extra, Body::Empty, &empty, now_ms)?;
+        let r = self.send(Req { query: &[("uploads", "")], extra: &extra, ..Req::new("POST", key) }, now_ms)?;
         tag(&String::from_utf8_lossy(&r.body), "UploadId")
             .ok_or_else(|| S3Error::Failed(format!("POST {key}?uploads: no UploadId in the answer")))
     }
@@ -163,7 +166,8 @@ impl Bucket {
     ) -> Result<String, S3Error> {
         let n = number.to_string();
         let q = [("partNumber", n.as_str()), ("uploadId", upload_id)];
-        let r = self.send("PUT", key, &q, &[], body, &sigv4::hex(sha256), now_ms)?;
+        let sha = sigv4::hex(sha256);
+        let r = self.send(Req { query: &q, body, sha256: &sha, ..Req::new("PUT", key) }, now_ms)?;
         r.header("etag").map(str::to_string).ok_or_else(|| S3Error::Failed(format!("PUT {key} part {n}: no ETag")))
     }
 
@@ -182,8 +186,9 @@ impl Bucket {
         xml.push_str("</CompleteMultipartUpload>");
         let sha = sigv4::sha256_hex(xml.as_bytes());
         let extra = [("content-type", "application/xml".to_string())];
-        let r =
-            self.send("POST", key, &[("uploadId", upload_id)], &extra, Body::Bytes(xml.as_bytes()), &sha, now_ms)?;
+        let q = [("uploadId", upload_id)];
+        let body = Body::Bytes(xml.as_bytes());
+        let r = self.send(Req { query: &q, extra: &extra, body, sha256: &sha, ..Req::new("POST", key) }, now_ms)?;
         // S3 may answer 200 with an <Error> body when the completion failed late.
         let text = String::from_utf8_lossy(&r.body);
         if text.contains("<Error>") {
@@ -196,8 +201,7 @@ impl Bucket {
 
     /// AbortMultipartUpload (an unknown upload counts as aborted).
     pub fn abort_multipart(&self, key: &str, upload_id: &str, now_ms: i64) -> Result<(), S3Error> {
-        let empty = sigv4::sha256_hex(b"");
-        match self.send("DELETE", key, &[("uploadId", upload_id)], &[], Body::Empty, &empty, now_ms) {
+        match self.send(Req { query: &[("uploadId", upload_id)], ..Req::new("DELETE", key) }, now_ms) {
             Ok(_) | Err(S3Error::Gone(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -205,7 +209,6 @@ impl Bucket {
 
     /// ListMultipartUploads under `prefix`: (key, upload id) of each, every page.
     pub fn list_multipart(&self, prefix: &str, now_ms: i64) -> Result<Vec<(String, String)>, S3Error> {
-        let empty = sigv4::sha256_hex(b"");
         let (mut out, mut key_marker, mut id_marker) = (Vec::new(), String::new(), String::new());
         loop {
             let mut q = vec![("uploads", ""), ("prefix", prefix)];
@@ -213,7 +216,7 @@ impl Bucket {
                 q.push(("key-marker", &key_marker));
                 q.push(("upload-id-marker", &id_marker));
             }
-            let r = self.send("GET", "", &q, &[], Body::Empty, &empty, now_ms)?;
+            let r = self.send(Req { query: &q, ..Req::new("GET", "") }, now_ms)?;
             let text = String::from_utf8_lossy(&r.body).into_owned();
             for up in blocks(&text, "Upload") {
                 if let (Some(k), Some(id)) = (tag(up, "Key"), tag(up, "UploadId")) {
@@ -233,32 +236,80 @@ impl Bucket {
 
     /// GetObject, buffered (tests and checks; at most `max` bytes).
     pub fn get(&self, key: &str, max: u64, now_ms: i64) -> Result<Vec<u8>, S3Error> {
-        let empty = sigv4::sha256_hex(b"");
-        self.send_max("GET", key, &[], &[], Body::Empty, &empty, now_ms, max).map(|r| r.body)
+        self.send(Req { max, ..Req::new("GET", key) }, now_ms).map(|r| r.body)
+    }
+
+    /// GetObject of bytes `[start, start + len)` (a Range request), buffered:
+    /// what playback from the bucket reads, a window at a time. An answer
+    /// that is not exactly the range asked for (a server ignoring Range
+    /// would send the whole object) is refused, not trimmed.
+    pub fn get_range(&self, key: &str, start: u64, len: u64, now_ms: i64) -> Result<Vec<u8>, S3Error> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let range = [("range", format!("bytes={start}-{}", start + len - 1))];
+        let r = self.send(Req { extra: &range, max: len, ..Req::new("GET", key) }, now_ms)?;
+        if r.status != 206 && !(r.status == 200 && start == 0 && r.body.len() as u64 == len) {
+            return Err(S3Error::Failed(format!("GET {key} bytes {start}+{len}: HTTP {} instead of 206", r.status)));
+        }
+        if (r.body.len() as u64) != len {
+            return Err(S3Error::Failed(format!("GET {key} bytes {start}+{len}: {} bytes came", r.body.len())));
+        }
+        Ok(r.body)
     }
 
     /// ListObjectsV2 under `prefix`: (key, size) of every object, every page.
     pub fn list(&self, prefix: &str, now_ms: i64) -> Result<Vec<(String, u64)>, S3Error> {
-        let empty = sigv4::sha256_hex(b"");
-        let (mut out, mut token) = (Vec::new(), String::new());
+        let (mut out, mut token) = (Vec::new(), None);
         loop {
-            let mut q = vec![("list-type", "2"), ("prefix", prefix)];
-            if !token.is_empty() {
-                q.push(("continuation-token", &token));
-            }
-            let r = self.send("GET", "", &q, &[], Body::Empty, &empty, now_ms)?;
-            let text = String::from_utf8_lossy(&r.body).into_owned();
-            for c in blocks(&text, "Contents") {
-                if let Some(k) = tag(c, "Key") {
-                    out.push((k, tag(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0)));
-                }
-            }
-            match tag(&text, "NextContinuationToken") {
-                Some(t) if tag(&text, "IsTruncated").as_deref() == Some("true") && t != token => token = t,
-                _ => return Ok(out),
+            let page = self.list_page(prefix, token.as_deref(), 1000, now_ms)?;
+            out.extend(page.objects);
+            match page.next {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
             }
         }
     }
+
+    /// One page of ListObjectsV2 under `prefix` (at most `max_keys` objects),
+    /// from `token` (the previous page's `next`; `None`: the first page).
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: u32,
+        now_ms: i64,
+    ) -> Result<ListPage, S3Error> {
+        let max = max_keys.to_string();
+        let mut q = vec![("list-type", "2"), ("max-keys", max.as_str()), ("prefix", prefix)];
+        if let Some(t) = token {
+            q.push(("continuation-token", t));
+        }
+        let r = self.send(Req { query: &q, ..Req::new("GET", "") }, now_ms)?;
+        Ok(parse_list(&String::from_utf8_lossy(&r.body), token))
+    }
+}
+
+/// A page of a listing: (key, size) of each object, and the token of the next
+/// page (`None`: this was the last).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub objects: Vec<(String, u64)>,
+    pub next: Option<String>,
+}
+
+/// A ListObjectsV2 answer; a next token equal to the one asked with (a
+/// server that would loop) ends the listing.
+fn parse_list(text: &str, token: Option<&str>) -> ListPage {
+    let mut page = ListPage::default();
+    for c in blocks(text, "Contents") {
+        if let Some(k) = tag(c, "Key") {
+            page.objects.push((k, tag(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0)));
+        }
+    }
+    let truncated = tag(text, "IsTruncated").as_deref() == Some("true");
+    page.next = tag(text, "NextContinuationToken").filter(|t| truncated && Some(t.as_str()) != token);
+    page
 }
 
 /// The text of the first `<name>...</name>` in `xml`, entities decoded.
@@ -303,5 +354,18 @@ mod tests {
         assert_eq!(ups[0], (Some("a/b.mp4".into()), Some("x&y".into())));
         assert_eq!(ups.len(), 2);
         assert_eq!(escape("\"e\""), "&quot;e&quot;");
+    }
+
+    #[test]
+    fn list_pages_and_their_tokens() {
+        let x = "<L><Contents><Key>a.mp4</Key><Size>12</Size></Contents><Contents><Key>a.mp4.json</Key>\
+                 <Size>3</Size></Contents><IsTruncated>true</IsTruncated><NextContinuationToken>t&amp;2\
+                 </NextContinuationToken></L>";
+        let p = parse_list(x, None);
+        assert_eq!(p.objects, vec![("a.mp4".to_string(), 12), ("a.mp4.json".to_string(), 3)]);
+        assert_eq!(p.next.as_deref(), Some("t&2"));
+        assert_eq!(parse_list(x, Some("t&2")).next, None, "a token that repeats ends the listing");
+        assert_eq!(parse_list("<L><IsTruncated>false</IsTruncated></L>", None), ListPage::default());
+        assert_eq!(EMPTY_SHA256, sigv4::sha256_hex(b""));
     }
 }

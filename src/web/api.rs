@@ -141,6 +141,8 @@ fn stream_json(ctx: &Ctx, row: &StreamRow, usage: (u64, u64)) -> Value {
         m.insert("sub".into(), rt.as_deref().and_then(StreamRuntime::sub).as_deref().map_or(Value::Null, sub_json));
         m.insert("storage".into(), json!({ "bytes": usage.0, "segments": usage.1 }));
         m.insert("detection".into(), detection_json(ctx.nvr, &row.spec));
+        let origin = ctx.nvr.archive.get().and_then(|a| a.origin(&row.spec.name));
+        m.insert("archive".into(), origin.map_or(Value::Null, |(b, s)| json!({ "box": b, "stream": s })));
     }
     v
 }
@@ -595,6 +597,7 @@ pub fn system(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
             "go2rtc": nvr.go2rtc.get().map(|g| g.status()),
             "mqtt": nvr.mqtt.get().map(|m| m.status()),
             "replicate": nvr.replicate.get().map(|r| r.status_json()),
+            "archive": nvr.archive.get().map(|a| a.status_json()),
         }),
     ))
 }
@@ -657,6 +660,9 @@ pub fn settings(ctx: &Ctx, q: &Query) -> Result<Reply, ApiError> {
     }
     if !cfg.replicate.secret_key.is_empty() {
         cfg.replicate.secret_key = "***".into();
+    }
+    if !cfg.archive.secret_key.is_empty() {
+        cfg.archive.secret_key = "***".into();
     }
     let config =
         serde_json::to_value(&cfg).map_err(|e| ApiError::internal(format!("cannot encode the settings: {e}")))?;

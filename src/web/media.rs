@@ -7,11 +7,13 @@
 //!   hold more than was synced), with single-range support; with `?shift=`
 //!   the same bytes except the tfdt of each indexed fragment (see
 //!   `export::shifted_file`), which is what HLS playlists link to.
-//! - Export and playback never copy media into memory beyond one moof.
+//! - Export and playback never copy media into memory beyond one moof (and,
+//!   from a bucket, one read-ahead window per open object).
+//! - Media is read through a `playback::source::MediaStore`: the local disk,
+//!   or an archive's bucket (`Nvr::media` set by `oxinvr archive`).
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::base::clock::rfc3339;
 use crate::index::db::{self, SegmentRow, StreamRow};
@@ -23,6 +25,7 @@ use super::router::Query;
 use super::Ctx;
 use crate::playback::export::{self, ExportSegment, MoofPatch, Part, PartsReader, Patcher};
 use crate::playback::hls;
+use crate::playback::source::{LocalFiles, MediaStore};
 use crate::recording::mp4;
 
 /// An init segment larger than this is not believed.
@@ -51,9 +54,20 @@ fn served_range(range_header: Option<&str>, total: u64) -> Result<Served, ApiErr
     }
 }
 
+/// Where media is read from: the bucket of an archive, else the local disk.
+fn store(ctx: &Ctx) -> Arc<dyn MediaStore> {
+    ctx.nvr.media.get().cloned().unwrap_or_else(|| Arc::new(LocalFiles))
+}
+
 /// Answers with the `served` bytes of a virtual file.
-fn parts_reply(files: Vec<PathBuf>, parts: Vec<Part>, patcher: Patcher, served: Served, content_type: &str) -> Reply {
-    let reader = PartsReader::new(files, parts, patcher, served.start, served.len);
+fn parts_reply(
+    store: Arc<dyn MediaStore>,
+    (files, parts): (Vec<PathBuf>, Vec<Part>),
+    patcher: Patcher,
+    served: Served,
+    content_type: &str,
+) -> Reply {
+    let reader = PartsReader::with_store(store, files, parts, patcher, served.start, served.len);
     let mut reply = Reply {
         status: served.status,
         headers: vec![("Content-Type", content_type.into()), ("Accept-Ranges", "bytes".into())],
@@ -67,21 +81,25 @@ fn parts_reply(files: Vec<PathBuf>, parts: Vec<Part>, patcher: Patcher, served: 
 
 /// Answers with `[range of] total` bytes of a virtual file.
 fn serve_parts(
-    files: Vec<PathBuf>,
-    parts: Vec<Part>,
+    store: Arc<dyn MediaStore>,
+    (files, parts): (Vec<PathBuf>, Vec<Part>),
     patcher: Patcher,
     range_header: Option<&str>,
     content_type: &str,
 ) -> Result<Reply, ApiError> {
     let total: u64 = parts.iter().map(|p| p.len).sum();
     let served = served_range(range_header, total)?;
-    Ok(parts_reply(files, parts, patcher, served, content_type))
+    Ok(parts_reply(store, (files, parts), patcher, served, content_type))
 }
 
-/// Absolute path of a segment's file, refusing rows whose path is unsafe.
+/// The name of a segment's file in the store, refusing rows whose path is
+/// unsafe: the absolute path under the data dir, or an archive's object name.
 fn segment_path(ctx: &Ctx, seg: &SegmentRow) -> Result<PathBuf, ApiError> {
     if !db::is_safe_relative_path(&seg.path) {
         return Err(ApiError::internal(format!("recording {} has an unsafe path {:?}", seg.id, seg.path)));
+    }
+    if ctx.nvr.media.get().is_some() {
+        return Ok(PathBuf::from(&seg.path));
     }
     Ok(ctx.nvr.config.storage.data_dir.join(&seg.path))
 }
@@ -104,9 +122,11 @@ pub fn recording_file(ctx: &Ctx, id: &str, q: &Query, range_header: Option<&str>
     let id: i64 = id.parse().map_err(|_| ApiError::bad_request(format!("recording id {id:?} is not an integer")))?;
     let seg = ctx.db.segment(id)?.ok_or_else(|| ApiError::not_found(format!("no recording with id {id}")))?;
     let path = segment_path(ctx, &seg)?;
-    let on_disk = std::fs::metadata(&path)
+    let store = store(ctx);
+    let on_disk = store
+        .stored_len(&path)
         .map_err(|e| ApiError::not_found(format!("the file of recording {id} cannot be read: {e}")))?
-        .len();
+        .unwrap_or(seg.bytes);
     if on_disk < seg.bytes {
         return Err(ApiError::internal(format!(
             "the file of recording {id} has {on_disk} bytes, fewer than the {} its index says",
@@ -115,9 +135,9 @@ pub fn recording_file(ctx: &Ctx, id: &str, q: &Query, range_header: Option<&str>
     }
     if shift == 0 {
         let parts = vec![Part { file: 0, offset: 0, len: seg.bytes, patch: None }];
-        return serve_parts(vec![path], parts, export::patch_moof, range_header, "video/mp4");
+        return serve_parts(store, (vec![path], parts), export::patch_moof, range_header, "video/mp4");
     }
-    let init = read_init(&path, seg.init_len)
+    let init = read_init(store.as_ref(), &path, seg.init_len)
         .map_err(|e| ApiError::internal(format!("the init segment of recording {id} cannot be read: {e}")))?;
     let audio_shift = export::audio_shift(i128::from(shift), seg.video_timescale, mp4::timescale_of(&init, 2));
     let audio_shift = i64::try_from(audio_shift)
@@ -131,7 +151,7 @@ pub fn recording_file(ctx: &Ctx, id: &str, q: &Query, range_header: Option<&str>
             f.offset, f.start_ticks
         )));
     }
-    Ok(parts_reply(vec![path], parts, export::patch_moof, served, "video/mp4"))
+    Ok(parts_reply(store, (vec![path], parts), export::patch_moof, served, "video/mp4"))
 }
 
 fn stream_param(ctx: &Ctx, q: &Query) -> Result<StreamRow, ApiError> {
@@ -139,21 +159,30 @@ fn stream_param(ctx: &Ctx, q: &Query) -> Result<StreamRow, ApiError> {
     ctx.db.stream_by_name(name)?.ok_or_else(|| ApiError::not_found(format!("no stream named {name:?}")))
 }
 
-fn read_init(path: &PathBuf, len: u64) -> std::io::Result<Vec<u8>> {
+fn read_init(store: &dyn MediaStore, path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
     if len == 0 || len > MAX_INIT {
         return Err(std::io::Error::other(format!("init length {len} is implausible")));
     }
-    let mut buf = vec![0u8; len as usize];
-    File::open(path)?.read_exact_at(&mut buf, 0)?;
-    Ok(buf)
+    store.head(path, len)
 }
 
 /// The planner's view of the segments; unreadable ones are skipped (logged).
-fn export_segments(ctx: &Ctx, segs: Vec<SegmentRow>) -> Result<Vec<ExportSegment>, ApiError> {
+/// Their init segments are read in one call (concurrently from a bucket).
+fn export_segments(ctx: &Ctx, store: &dyn MediaStore, segs: Vec<SegmentRow>) -> Result<Vec<ExportSegment>, ApiError> {
+    let segs: Vec<SegmentRow> = segs.into_iter().filter(|s| !s.fragments.is_empty()).collect();
+    let files = segs.iter().map(|s| segment_path(ctx, s)).collect::<Result<Vec<_>, _>>()?;
+    let wanted: Vec<(&Path, u64)> = files.iter().zip(&segs).map(|(f, s)| (f.as_path(), s.init_len)).collect();
+    let plausible = |len: u64| len > 0 && len <= MAX_INIT;
+    let asked: Vec<(&Path, u64)> = wanted.iter().copied().filter(|(_, len)| plausible(*len)).collect();
+    let mut inits = store.heads(&asked).into_iter();
     let mut out = Vec::with_capacity(segs.len());
-    for seg in segs.into_iter().filter(|s| !s.fragments.is_empty()) {
-        let file = segment_path(ctx, &seg)?;
-        let init = match read_init(&file, seg.init_len) {
+    for ((seg, file), (_, len)) in segs.into_iter().zip(files.iter()).zip(wanted.iter()) {
+        let init = if plausible(*len) {
+            inits.next().unwrap_or_else(|| Err(std::io::Error::other("no init read")))
+        } else {
+            Err(std::io::Error::other(format!("init length {len} is implausible")))
+        };
+        let init = match init {
             Ok(i) => i,
             Err(e) => {
                 log::warn!("export: recording {} ({}) skipped: {e}", seg.id, file.display());
@@ -162,7 +191,7 @@ fn export_segments(ctx: &Ctx, segs: Vec<SegmentRow>) -> Result<Vec<ExportSegment
         };
         let audio_timescale = if seg.has_audio { mp4::timescale_of(&init, 2) } else { None };
         out.push(ExportSegment {
-            file,
+            file: file.clone(),
             start_ms: seg.start_ms,
             video_timescale: seg.video_timescale,
             audio_timescale,
@@ -186,10 +215,11 @@ pub fn export_mp4(ctx: &Ctx, q: &Query, range_header: Option<&str>) -> Result<Re
     let stream = stream_param(ctx, q)?;
     let (start, end) = span(q, ctx.nvr.clock.now_ms(), Some(DAY_MS))?;
     let name = &stream.spec.name;
-    let segs = export_segments(ctx, ctx.db.segments_overlapping(stream.id, start, end)?)?;
+    let store = store(ctx);
+    let segs = export_segments(ctx, store.as_ref(), ctx.db.segments_overlapping(stream.id, start, end)?)?;
     let plan = export::plan(&segs, start, end).ok_or_else(|| nothing_recorded(name, start, end))?;
     let filename = format!("{name}-{}.mp4", rfc3339(start).replace(':', "-"));
-    let mut reply = serve_parts(plan.files, plan.parts, export::patch_moof, range_header, "video/mp4")?
+    let mut reply = serve_parts(store, (plan.files, plan.parts), export::patch_moof, range_header, "video/mp4")?
         .with_header("Content-Disposition", format!("attachment; filename=\"{filename}\""));
     if let Some(at) = plan.truncated_at_ms {
         reply = reply.with_header("X-OxiNVR-Export-Truncated", format!("codec change at {}", rfc3339(at)));

@@ -42,6 +42,10 @@ pub struct Nvr {
     pub webhooks: std::sync::OnceLock<Arc<crate::notify::webhook::Webhooks>>,
     /// The uploader to the bucket, set at start-up when `[replicate] endpoint` is set.
     pub replicate: std::sync::OnceLock<Arc<crate::replicate::Replicator>>,
+    /// Archive mode (`oxinvr archive`): media is read from this store (the
+    /// bucket) instead of the data dir, and the archive's index thread.
+    pub media: std::sync::OnceLock<Arc<dyn crate::playback::source::MediaStore>>,
+    pub archive: std::sync::OnceLock<Arc<crate::archive::Archive>>,
     /// Each stream's detection counters while its thread runs (`detect::fleet`).
     pub detection: Arc<crate::detect::fleet::StatsMap>,
     /// Detection on/off per stream: the page (`PUT /api/streams/NAME/detection`) and MQTT flip it.
@@ -80,6 +84,8 @@ impl Nvr {
             mqtt: std::sync::OnceLock::new(),
             webhooks: std::sync::OnceLock::new(),
             replicate: std::sync::OnceLock::new(),
+            media: std::sync::OnceLock::new(),
+            archive: std::sync::OnceLock::new(),
             detection: Arc::default(),
             detect_switch: Default::default(),
             onvif_watchers: Default::default(),

@@ -146,13 +146,27 @@ impl Oxinvr {
         Self::start_with(config.to_path_buf(), data_dir.to_path_buf(), port, &[])
     }
 
+    /// [`Oxinvr::start`] of `oxinvr archive` (the file needs `[archive]`).
+    pub fn start_archive(dir: &Path, body: &str) -> Oxinvr {
+        let config = dir.join("oxinvr.toml");
+        let data_dir = dir.join("data");
+        let port = free_port();
+        let text = body.replace("{DATA}", &data_dir.display().to_string()).replace("{PORT}", &port.to_string());
+        std::fs::write(&config, text).expect("write config");
+        Self::start_cmd("archive", config, data_dir, port, &[])
+    }
+
     fn start_with(config: PathBuf, data_dir: PathBuf, port: u16, env: &[(&str, &str)]) -> Oxinvr {
+        Self::start_cmd("run", config, data_dir, port, env)
+    }
+
+    fn start_cmd(cmd: &str, config: PathBuf, data_dir: PathBuf, port: u16, env: &[(&str, &str)]) -> Oxinvr {
         static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log_path = config.with_file_name(format!("oxinvr-{n}.log"));
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(oxinvr_bin())
-            .args(["run", "--config"])
+            .args([cmd, "--config"])
             .arg(&config)
             .env("OXINVR_LOG", "debug")
             .envs(env.iter().copied())
