@@ -40,12 +40,12 @@ fn run(bin: &Path, cfg: &Path, args: &[&str]) -> Result<String, String> {
 }
 
 /// Retries `f` for up to `limit` (the cluster settles for a few seconds).
-fn retry<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+fn retry<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
     let deadline = Instant::now() + limit;
     loop {
         match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(format!("{what}: {e}")),
             Err(_) => std::thread::sleep(Duration::from_millis(300)),
         }
     }
@@ -61,8 +61,24 @@ impl Garage {
         cached.is_file().then_some(cached)
     }
 
-    /// Starts three nodes under `dir` and makes the bucket and the key.
+    /// Starts three nodes under `dir` and makes the bucket and the key. A
+    /// cluster that does not form (a port free_port() found was taken before a
+    /// node bound it, by another test) is stopped and made again on new ports.
     pub fn start(bin: PathBuf, dir: &Path) -> Garage {
+        let mut errors = Vec::new();
+        for attempt in 0..3 {
+            match Garage::try_start(bin.clone(), &dir.join(format!("cluster{attempt}"))) {
+                Ok(g) => return g,
+                Err(e) => {
+                    eprintln!("garage: the cluster did not form ({e}); again on new ports");
+                    errors.push(e);
+                }
+            }
+        }
+        panic!("a 3-node Garage cluster did not form in 3 attempts: {errors:?}");
+    }
+
+    fn try_start(bin: PathBuf, dir: &Path) -> Result<Garage, String> {
         let secret: String = (0..32).map(|_| format!("{:02x}", rand_byte())).collect();
         let mut nodes = Vec::new();
         for i in 0..3 {
@@ -92,10 +108,10 @@ impl Garage {
             .map(|i| {
                 let out = retry(Duration::from_secs(30), "garage node id", || {
                     run(&g.bin, &g.nodes[i].config, &["node", "id", "-q"])
-                });
-                out.lines().find(|l| l.contains('@')).expect("node id line").trim().to_string()
+                })?;
+                out.lines().find(|l| l.contains('@')).map(|l| l.trim().to_string()).ok_or(format!("node id: {out}"))
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         // Written into every node's config so a node (or the whole cluster) started
         // again finds the others, as a real deployment's config says.
         let peers: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
@@ -105,23 +121,23 @@ impl Garage {
             std::fs::write(&n.config, text).expect("garage config");
         }
         for id in &ids[1..] {
-            retry(Duration::from_secs(30), "garage node connect", || g.cli(&["node", "connect", id]));
+            retry(Duration::from_secs(30), "garage node connect", || g.cli(&["node", "connect", id]))?;
         }
         for id in &ids {
             let short = id.split('@').next().expect("id");
             retry(Duration::from_secs(30), "garage layout assign", || {
                 g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", short])
-            });
+            })?;
         }
-        retry(Duration::from_secs(30), "garage layout apply", || g.cli(&["layout", "apply", "--version", "1"]));
-        retry(Duration::from_secs(30), "garage bucket create", || g.cli(&["bucket", "create", BUCKET]));
+        retry(Duration::from_secs(30), "garage layout apply", || g.cli(&["layout", "apply", "--version", "1"]))?;
+        retry(Duration::from_secs(30), "garage bucket create", || g.cli(&["bucket", "create", BUCKET]))?;
         retry(Duration::from_secs(30), "garage key import", || {
             g.cli(&["key", "import", "--yes", "-n", "oxinvr", ACCESS_KEY, SECRET_KEY])
-        });
+        })?;
         retry(Duration::from_secs(30), "garage bucket allow", || {
             g.cli(&["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", ACCESS_KEY])
-        });
-        g
+        })?;
+        Ok(g)
     }
 
     /// A CLI command through node 0 (or the first running one).
