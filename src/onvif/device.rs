@@ -72,13 +72,17 @@ pub struct Velocity {
     pub zoom: f64,
 }
 
-/// The camera's clock minus ours, per device URL, as `GetSystemDateAndTime`
-/// said, and when it was asked. A camera refuses a digest whose `Created` is
-/// minutes off its own clock, and many cameras' clocks are wrong (ONVIF Core
-/// 5.12.2 tells clients to follow the device's time).
-static OFFSETS: Mutex<BTreeMap<String, (i64, Instant)>> = Mutex::new(BTreeMap::new());
-/// How long an offset is trusted before the camera is asked again.
+/// Per device URL, the camera's time as `GetSystemDateAndTime` said (None:
+/// it did not answer) and the monotonic instant it was read: the camera's
+/// time now is that plus the time elapsed since, whatever our wall clock
+/// does meanwhile (NTP may step it). A camera refuses a digest whose
+/// `Created` is minutes off its own clock, and many cameras' clocks are wrong
+/// (ONVIF Core 5.12.2 tells clients to follow the device's time).
+static OFFSETS: Mutex<BTreeMap<String, (Option<i64>, Instant)>> = Mutex::new(BTreeMap::new());
+/// How long a camera's time is trusted before the camera is asked again.
 const OFFSET_TTL: Duration = Duration::from_secs(600);
+/// How long a camera that did not say its time is not asked again.
+const NO_TIME_TTL: Duration = Duration::from_secs(30);
 /// An offset smaller than this is not worth a log line.
 const OFFSET_LOG_MS: i64 = 5_000;
 
@@ -91,29 +95,31 @@ impl Camera {
     }
 
     fn clock_offset_ms(&self) -> i64 {
-        let mut cache = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((off, at)) = cache.get(&self.device_url).filter(|(_, at)| at.elapsed() < OFFSET_TTL) {
-            log::trace!("onvif {}: clock offset {off} ms, asked {:?} ago", self.device_url, at.elapsed());
-            return *off;
-        }
-        drop(cache);
-        let off = match self.system_time_ms() {
-            Ok(t) => t - self.now_ms,
-            Err(e) => {
-                log::info!("onvif {}: no camera time ({e}); WS-Security uses the recorder's clock", self.device_url);
-                0
+        let fresh =
+            |(t, at): &(Option<i64>, Instant)| at.elapsed() < if t.is_some() { OFFSET_TTL } else { NO_TIME_TTL };
+        let cached = OFFSETS.lock().unwrap_or_else(|p| p.into_inner()).get(&self.device_url).copied().filter(fresh);
+        let (camera_ms, at) = match cached {
+            Some(c) => c,
+            None => {
+                let t = self.system_time_ms().map_err(|e| {
+                    log::info!(
+                        "onvif {}: no camera time ({e}); WS-Security uses the recorder's clock",
+                        self.device_url
+                    );
+                });
+                let entry = (t.ok(), Instant::now());
+                OFFSETS.lock().unwrap_or_else(|p| p.into_inner()).insert(self.device_url.clone(), entry);
+                if let Some(off) = t.ok().map(|t| t - self.now_ms).filter(|off| off.abs() >= OFFSET_LOG_MS) {
+                    let secs = off as f64 / 1000.0;
+                    log::info!(
+                        "onvif {}: the camera's clock is {secs:+.1} s off ours; WS-Security follows it",
+                        self.device_url
+                    );
+                }
+                entry
             }
         };
-        if off.abs() >= OFFSET_LOG_MS {
-            log::info!(
-                "onvif {}: the camera's clock is {:+.1} s off ours; WS-Security follows it",
-                self.device_url,
-                off as f64 / 1000.0
-            );
-        }
-        cache = OFFSETS.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(self.device_url.clone(), (off, Instant::now()));
-        off
+        camera_ms.map_or(0, |t| t + at.elapsed().as_millis() as i64 - self.now_ms)
     }
 
     /// The camera's UTC time (`GetSystemDateAndTime`, which needs no

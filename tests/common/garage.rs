@@ -137,6 +137,15 @@ impl Garage {
         retry(Duration::from_secs(30), "garage bucket allow", || {
             g.cli(&["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", ACCESS_KEY])
         })?;
+        // A node that could not bind its S3 or admin port has exited while the others
+        // formed the cluster: that is not the 3-node cluster the tests want.
+        for (i, n) in g.nodes.iter_mut().enumerate() {
+            let alive = n.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            let s3 = std::net::TcpStream::connect(("127.0.0.1", n.s3_port)).is_ok();
+            if !alive || !s3 {
+                return Err(format!("node {i}: running {alive}, S3 port {} answering {s3}", n.s3_port));
+            }
+        }
         Ok(g)
     }
 

@@ -56,7 +56,7 @@ pub struct Backlog {
     pub oldest_pending_ms: Option<i64>,
     /// Segments uploaded (and still on the disk).
     pub done_segments: u64,
-    /// Event snapshots still to upload.
+    /// Ended events' snapshots still to upload (ongoing ones wait for their end).
     pub events: u64,
 }
 
@@ -186,7 +186,8 @@ impl Db {
                         min(s.end_ms) FILTER (WHERE q.state = 'pending'),
                         count(*) FILTER (WHERE q.state = 'done'),
                         (SELECT count(*) FROM events e JOIN streams st ON st.name = e.stream
-                         WHERE e.replicated_ms IS NULL AND e.snapshot IS NOT NULL AND st.replicate = 1)
+                         WHERE e.replicated_ms IS NULL AND e.snapshot IS NOT NULL AND st.replicate = 1
+                           AND e.end_ms IS NOT NULL)
                  FROM replicate_queue q JOIN segments s ON s.id = q.segment_id",
                 [],
                 |r| {
@@ -276,7 +277,7 @@ mod tests {
         event(&db, "cam", 1_000, Some(2_000), false); // no picture: nothing to send
         event(&db, "private", 1_000, Some(2_000), true); // the stream opted out
         let ended = event(&db, "cam", 3_000, Some(4_000), true);
-        assert_eq!(db.replicate_backlog().expect("backlog").events, 2, "the ongoing one and the ended one");
+        assert_eq!(db.replicate_backlog().expect("backlog").events, 1, "the ended one; the ongoing one waits");
         assert!(db.replicate_next_event(3_999).expect("next").is_none(), "not yet settled");
         let next = db.replicate_next_event(4_000).expect("next").expect("due");
         assert_eq!((next.id, next.snapshot.as_str()), (ended, format!("events/0000/{ended}.jpg").as_str()));
