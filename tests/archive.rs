@@ -13,29 +13,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::garage::{self, Garage};
+use common::garage::{self, garage_or_skip, now_ms, Garage};
 use common::nvr::Oxinvr;
 use common::Camera;
 use oxinvr::replicate::s3::{Body, Bucket};
 use serde_json::{json, Value};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn garage_or_skip(test: &str) -> Option<PathBuf> {
-    let bin = Garage::binary();
-    if bin.is_none() {
-        eprintln!(
-            "\n*** SKIPPED {test}: no garage binary (OXINVR_GARAGE unset, none in the tool cache); \
-             run `source scripts/lib/deps.sh && ensure_garage` ***\n"
-        );
-    }
-    bin
-}
 
 /// A box recording `cam` in 2 s segments and replicating to `endpoint` as site1/box1.
 fn box_config(cam: &Camera, endpoint: &str) -> String {

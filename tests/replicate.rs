@@ -9,29 +9,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::garage::{self, Garage};
+use common::garage::{self, garage_or_skip, now_ms, Garage};
 use common::nvr::Oxinvr;
 use common::Camera;
 use oxinvr::index::db::Db;
 use serde_json::Value;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn garage_or_skip(test: &str) -> Option<PathBuf> {
-    let bin = Garage::binary();
-    if bin.is_none() {
-        eprintln!(
-            "\n*** SKIPPED {test}: no garage binary (OXINVR_GARAGE unset, none in the tool cache); \
-             run `source scripts/lib/deps.sh && ensure_garage` ***\n"
-        );
-    }
-    bin
-}
 
 /// A config recording `cam` in 2 s segments and replicating to `endpoint`; `extra` goes into `[replicate]`.
 fn config(cam: &Camera, endpoint: &str, extra: &str, stream_extra: &str) -> String {

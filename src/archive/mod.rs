@@ -44,7 +44,6 @@ use crate::index::db::{ArchivedSegment, Db};
 use crate::index::fragments::FragmentEntry;
 use crate::playback::source::{MediaSource, MediaStore};
 use crate::replicate::s3::Bucket;
-use crate::replicate::sigv4;
 
 /// Largest Range GET of a media read.
 pub const WINDOW: u64 = 1 << 20;
@@ -107,15 +106,8 @@ impl Archive {
 
 /// The bucket of `cfg`.
 pub fn bucket(cfg: &ArchiveConfig) -> Result<Bucket, String> {
-    let (access, secret) = cfg.credentials().map_err(|(k, m)| format!("{k}: {m}"))?;
-    let endpoint = url::Url::parse(&cfg.endpoint).map_err(|e| format!("archive.endpoint: {e}"))?;
-    let tls = if endpoint.scheme() == "https" {
-        Some(Arc::new(crate::base::httpclient::tls_client(&cfg.ca_file, "archive.ca_file")?))
-    } else {
-        None
-    };
-    let creds = sigv4::Credentials::new(access, secret);
-    Ok(Bucket::new(endpoint, cfg.bucket.clone(), cfg.region.clone(), creds, tls))
+    let creds = cfg.credentials().map_err(|(k, m)| format!("{k}: {m}"))?;
+    Bucket::from_config("archive", &cfg.endpoint, &cfg.bucket, &cfg.region, creds, &cfg.ca_file)
 }
 
 /// Starts the `archive-index` thread on the index at `db_path`.

@@ -134,15 +134,8 @@ pub fn start(
     if !cfg.enabled() {
         return Ok(None);
     }
-    let (access, secret) = cfg.credentials().map_err(|(k, m)| format!("{k}: {m}"))?;
-    let endpoint = url::Url::parse(&cfg.endpoint).map_err(|e| format!("replicate.endpoint: {e}"))?;
-    let tls = if endpoint.scheme() == "https" {
-        Some(Arc::new(crate::base::httpclient::tls_client(&cfg.ca_file, "replicate.ca_file")?))
-    } else {
-        None
-    };
-    let creds = sigv4::Credentials::new(access, secret);
-    let bucket = Bucket::new(endpoint, cfg.bucket.clone(), cfg.region.clone(), creds, tls);
+    let creds = cfg.credentials().map_err(|(k, m)| format!("{k}: {m}"))?;
+    let bucket = Bucket::from_config("replicate", &cfg.endpoint, &cfg.bucket, &cfg.region, creds, &cfg.ca_file)?;
     let box_name = cfg.box_or_host(crate::notify::mqtt::hostname);
     let prefix = cfg.prefix.trim_end_matches('/');
     let base = if prefix.is_empty() { format!("{box_name}/") } else { format!("{prefix}/{box_name}/") };

@@ -82,6 +82,25 @@ impl<'a, 'b> Req<'a, 'b> {
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 impl Bucket {
+    /// The bucket a config table names (`table`: `replicate` or `archive`, for
+    /// the errors): its endpoint parsed, TLS with `ca_file` for https.
+    pub fn from_config(
+        table: &str,
+        endpoint: &str,
+        bucket: &str,
+        region: &str,
+        (access, secret): (String, String),
+        ca_file: &str,
+    ) -> Result<Bucket, String> {
+        let endpoint = url::Url::parse(endpoint).map_err(|e| format!("{table}.endpoint: {e}"))?;
+        let tls = if endpoint.scheme() == "https" {
+            Some(Arc::new(httpclient::tls_client(ca_file, &format!("{table}.ca_file"))?))
+        } else {
+            None
+        };
+        Ok(Bucket::new(endpoint, bucket.to_string(), region.to_string(), Credentials::new(access, secret), tls))
+    }
+
     pub fn new(
         endpoint: url::Url,
         bucket: String,

@@ -39,6 +39,23 @@ fn run(bin: &Path, cfg: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Wall-clock epoch ms (request signing and time filters).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The garage binary, or None with a loud SKIPPED line naming `test`.
+pub fn garage_or_skip(test: &str) -> Option<PathBuf> {
+    let bin = Garage::binary();
+    if bin.is_none() {
+        eprintln!(
+            "\n*** SKIPPED {test}: no garage binary (OXINVR_GARAGE unset, none in the tool cache); \
+             run `source scripts/lib/deps.sh && ensure_garage` ***\n"
+        );
+    }
+    bin
+}
+
 /// Retries `f` for up to `limit` (the cluster settles for a few seconds).
 fn retry<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> Result<T, String> {
     let deadline = Instant::now() + limit;
