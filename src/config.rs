@@ -391,6 +391,9 @@ pub struct ReplicateConfig {
     pub part_size_kb: u32,
     /// PEM file of the CA of an `https://` endpoint; empty: the system's roots.
     pub ca_file: String,
+    /// Objects uploaded at once (each a whole segment or snapshot); one
+    /// connection cannot keep up with many streams on a far or busy bucket.
+    pub parallel_uploads: u32,
 }
 
 impl Default for ReplicateConfig {
@@ -409,6 +412,7 @@ impl Default for ReplicateConfig {
             multipart_threshold_kb: 16 << 10,
             part_size_kb: 8 << 10,
             ca_file: String::new(),
+            parallel_uploads: 4,
         }
     }
 }
@@ -426,6 +430,7 @@ impl std::fmt::Debug for ReplicateConfig {
             .field("box", &self.box_name)
             .field("bandwidth_kbps", &self.bandwidth_kbps)
             .field("keep_until_replicated", &self.keep_until_replicated)
+            .field("parallel_uploads", &self.parallel_uploads)
             .finish_non_exhaustive()
     }
 }
@@ -512,6 +517,7 @@ impl ReplicateConfig {
         }
         range("replicate.part_size_kb", self.part_size_kb, 16, 5 << 20)?;
         range("replicate.multipart_threshold_kb", self.multipart_threshold_kb, self.part_size_kb, 5 << 20)?;
+        range("replicate.parallel_uploads", self.parallel_uploads, 1, 16)?;
         if !self.ca_file.is_empty() && !Path::new(&self.ca_file).is_file() {
             return err("ca_file", format!("{}: no such file", self.ca_file));
         }
@@ -1787,6 +1793,7 @@ mod tests {
             ("secret_key = \"s\"\nbox = \"a/b\"", "replicate.box"),
             ("secret_key = \"s\"\ncredentials_file = \"/nonexistent\"", "replicate.credentials_file"),
             ("secret_key = \"s\"\npart_size_kb = 8", "replicate.part_size_kb"),
+            ("secret_key = \"s\"\nparallel_uploads = 0", "replicate.parallel_uploads"),
             ("secret_key = \"s\"\nregion = \"\"", "replicate.region"),
         ] {
             let e = Config::parse(&format!("{base}{extra}"), "x").expect_err(extra).to_string();

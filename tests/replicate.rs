@@ -231,7 +231,7 @@ fn sigkill_mid_multipart_resumes_and_leaves_no_incomplete_upload() {
     let mut interrupted = None;
     common::nvr::poll(Duration::from_secs(90), "a multipart upload with parts done", || {
         let db = Db::open(&db_path).expect("db");
-        let Ok(Some(job)) = db.replicate_next(i64::MAX) else { return false };
+        let Ok(Some(job)) = db.replicate_next(i64::MAX, &[]) else { return false };
         let mid = job.upload_id.is_some() && !job.parts.is_empty();
         if mid {
             interrupted = Some((job.segment.id, job.segment.path.clone()));

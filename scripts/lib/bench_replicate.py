@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--garage", required=True)
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--parallel", type=int, default=4, help="[replicate] parallel_uploads")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-replicate-", dir=os.path.join(ROOT, "bench"))
     nodes = start_garage(a.garage, work)
@@ -79,14 +80,17 @@ def main():
                           for i, u in enumerate(stream_urls(cams, a.streams)))
         config = ('[storage]\ndata_dir = "{work}/data"\nsegment_seconds = 10\n[web]\nlisten = "127.0.0.1:{port}"\n'
                   f'[replicate]\nendpoint = "http://127.0.0.1:{nodes[0][2]}"\nbucket = "{BUCKET}"\n'
-                  f'access_key = "{ACCESS}"\nsecret_key = "{SECRET}"\nprefix = "bench"\nbox = "box1"\n' + streams)
+                  f'access_key = "{ACCESS}"\nsecret_key = "{SECRET}"\nprefix = "bench"\nbox = "box1"\n'
+                  f'parallel_uploads = {a.parallel}\n' + streams)
         proc, port, token = run_recorder(BIN, work, config)
         time.sleep(30)  # streams up, first segments closed
         t0, cpu0, th0 = time.time(), cpu_seconds(proc.pid), cpu_by_thread(proc.pid)
+        g0 = sum(cpu_seconds(p.pid) for p, _, _ in nodes)
         s0 = get_json(port, "/api/system", token)["replicate"]
         start_ms = int(t0 * 1000)
         time.sleep(a.seconds)
         t1, cpu1, th1 = time.time(), cpu_seconds(proc.pid), cpu_by_thread(proc.pid)
+        g1 = sum(cpu_seconds(p.pid) for p, _, _ in nodes)
         s1 = get_json(port, "/api/system", token)["replicate"]
         end_ms = int(t1 * 1000)
         elapsed = t1 - t0
@@ -104,27 +108,32 @@ def main():
             p.wait()
     up_bytes = s1["uploaded_bytes"] - s0["uploaded_bytes"]
     up_segs = s1["uploaded_segments"] - s0["uploaded_segments"]
-    rep_cpu = 100 * (th1.get("replicate", 0) - th0.get("replicate", 0)) / elapsed
+    # The dispatcher (`replicate`) and its workers (`replicate-N`).
+    rep = lambda th: sum(v for k, v in th.items() if k == "replicate" or k.startswith("replicate-"))  # noqa: E731
+    rep_cpu = 100 * (rep(th1) - rep(th0)) / elapsed
     lat.sort()
     r = {
-        "streams": a.streams, "seconds": round(elapsed, 1),
+        "streams": a.streams, "parallel_uploads": a.parallel, "seconds": round(elapsed, 1),
         "recorded_mbit_s": round(recorded[0] * 8 / elapsed / 1e6, 2), "recorded_segments": recorded[1],
         "uploaded_mbit_s": round(up_bytes * 8 / elapsed / 1e6, 2), "uploaded_segments": up_segs,
         "per_stream_uploaded_mbit_s": round(up_bytes * 8 / elapsed / 1e6 / a.streams, 3),
         "backlog_end_segments": s1["backlog_segments"], "backlog_end_bytes": s1["backlog_bytes"],
         "replicate_cpu_percent": round(rep_cpu, 2),
         "process_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
+        "garage_cpu_percent": round(100 * (g1 - g0) / elapsed, 1),
         "latency_ms_median": statistics.median(lat) if lat else None,
         "latency_ms_p90": lat[int(0.9 * (len(lat) - 1))] if lat else None,
         "latency_ms_max": lat[-1] if lat else None, "latency_samples": len(lat),
     }
     print(r, flush=True)
     date = datetime.date.today().isoformat()
-    out = os.path.join(ROOT, "bench", "results", f"replicate-{date}-{a.streams}.md")
+    tail = "" if a.parallel == 4 else f"-p{a.parallel}"
+    out = os.path.join(ROOT, "bench", "results", f"replicate-{date}-{a.streams}{tail}.md")
     version = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()
     with open(out, "w") as f:
         f.write(f"# Replication to a 3-node Garage cluster, {date}\n\n")
-        f.write(f"`scripts/bench-replicate --streams {a.streams} --seconds {a.seconds}`; {version}; "
+        f.write(f"`scripts/bench-replicate --streams {a.streams} --seconds {a.seconds} --parallel {a.parallel}`; "
+                f"{version}; "
                 f"{platform.machine()}, {os.cpu_count()} cores (shared with other work); Garage "
                 f"{subprocess.run([a.garage, '--version'], capture_output=True, text=True).stdout.strip()} "
                 "on the same machine, loopback, replication factor 3 (every byte written 3 times).\n\n")
@@ -135,7 +144,9 @@ def main():
         for k, v in r.items():
             f.write(f"| {k} | {v} |\n")
         f.write("\nlatency = `replicate_queue.done_ms - segments.end_ms`: from the segment's close to its object "
-                "and sidecar acknowledged by the bucket (the queue is scanned every second).\n")
+                "and sidecar acknowledged by the bucket (the queue is scanned every second). replicate_cpu_percent: "
+                "the `replicate` dispatcher and its `replicate-N` workers, % of one core; garage_cpu_percent: the "
+                "three Garage nodes together.\n")
     shutil.rmtree(work, ignore_errors=True)
     print(out)
 

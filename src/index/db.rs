@@ -301,6 +301,15 @@ pub const MIGRATIONS: &[&str] = &[
         seen_ms INTEGER NOT NULL
     ) STRICT;
     "#,
+    // 18: an event snapshot whose upload fails waits on its own backoff, so it does not
+    // hold up the others; the index holds only ended events (the ones offered).
+    r#"
+    ALTER TABLE events ADD COLUMN replicate_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN replicate_next_ms INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX events_to_replicate;
+    CREATE INDEX events_to_replicate ON events (id)
+        WHERE replicated_ms IS NULL AND snapshot IS NOT NULL AND end_ms IS NOT NULL;
+    "#,
 ];
 
 /// A step of the wall clock: at `at_ms` (wall time just after it) the clock
@@ -2243,7 +2252,7 @@ mod tests {
         db.update_segment(new, &progress(3_000, 800, true)).expect("close");
         db.insert_gap_of(s.id, 1_500, 2_000, "new", true).expect("new gap");
         assert_eq!(db.restamp(1_000_000, 1_005_000).expect("restamp"), (1, 1));
-        let queued = db.replicate_next(i64::MAX).expect("queue").map(|j| j.segment.id);
+        let queued = db.replicate_next(i64::MAX, &[]).expect("queue").map(|j| j.segment.id);
         assert_eq!(queued, Some(new), "the closed segment that got a time waits for upload");
         let row = |id| db.segment(id).expect("read").expect("row");
         assert_eq!((row(new).start_ms, row(new).end_ms, row(new).time_unknown), (1_002_000, 1_003_000, false));
@@ -2253,6 +2262,19 @@ mod tests {
         let spans: Vec<_> = gaps.iter().map(|g| (g.start_ms, g.end_ms, g.time_unknown)).collect();
         assert_eq!(spans, vec![(500, 1_000, true), (1_001_500, 1_002_000, false)]);
         assert_eq!(db.restamp(1_000_000, 1_006_000).expect("again"), (0, 0), "done once");
+    }
+
+    #[test]
+    fn parallel_uploaders_get_different_segments_oldest_first() {
+        let db = Db::open_in_memory().expect("db");
+        let s = db.upsert_stream(&spec("cam"), 0).expect("stream");
+        let a = closed_seg(&db, s.id, 10_000, 20_000, 10);
+        let b = closed_seg(&db, s.id, 20_000, 30_000, 10);
+        db.replicate_enqueue(0, 40_000).expect("enqueue");
+        let next = |busy: &[i64]| db.replicate_next(40_000, busy).expect("next").map(|j| j.segment.id);
+        assert_eq!(next(&[]), Some(a));
+        assert_eq!(next(&[a]), Some(b), "the one being uploaded is skipped");
+        assert_eq!(next(&[a, b]), None);
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! uploaded to an S3-compatible bucket (`[replicate]`), followed by a JSON
 //! sidecar that describes it, so the bucket alone can be re-indexed.
 //!
-//! One named thread (`replicate`) does everything, one object at a time:
-//! it queues closed segments (`Db::replicate_enqueue`, a scan from the
-//! lowest segment still open, every `SCAN`), takes the oldest pending one,
-//! uploads it (PutObject below `multipart_threshold_kb`, else a multipart
-//! upload in `part_size_kb` parts), then its sidecar, then marks it done.
+//! One named thread (`replicate`) dispatches: it queues closed segments
+//! (`Db::replicate_enqueue`, a scan from the lowest segment still open,
+//! every `SCAN`), gives the oldest pending ones to `parallel_uploads`
+//! workers (`replicate-N`), and marks each done or failed when its worker
+//! reports. A worker uploads one object (PutObject below
+//! `multipart_threshold_kb`, else a multipart upload in `part_size_kb`
+//! parts), then its sidecar. One connection per object is not enough for
+//! 64 streams: each request waits for the bucket's quorum write.
 //!
 //! Invariants:
 //! - An object is `<prefix>/<box>/<stream>/<date>/<file>.mp4` (the segment's
@@ -22,15 +25,21 @@
 //! - Every payload's SHA-256 is signed (`x-amz-content-sha256`), so the
 //!   server refuses a damaged body; a PutObject also carries
 //!   `x-amz-checksum-sha256`; the sidecar holds the whole file's SHA-256.
-//! - A failure retries after a capped exponential backoff (1 s doubling to
-//!   `MAX_BACKOFF`) for the whole thread: a bucket that is down is not
-//!   hammered, and recording never waits for replication (it only reads
-//!   closed files and writes its own rows).
+//! - No row is given to two workers (the dispatcher passes the ones in
+//!   flight as `busy`); only the dispatcher marks rows done or failed, a
+//!   worker writes only its multipart progress (its own connection).
+//! - A failure pauses all dispatching for a capped exponential backoff (1 s
+//!   doubling to `MAX_BACKOFF`): a bucket that is down is not hammered;
+//!   the failed row (segment or event) also waits on its own backoff, so
+//!   one bad object does not hold up the others. Recording never waits for
+//!   replication (it only reads closed files and writes its own rows).
+//! - `bandwidth_kbps` is one limit shared by all workers.
 //! - The secret key is never logged or shown (`Credentials` masks it).
-//! - Event snapshots go when no segment is due, as
-//!   `<prefix>/<box>/.events/<stream>/<date>/<id>.jpg` and a `.json` sidecar
-//!   (the event), once the event has ended (`EVENT_SETTLE` ago). `.events`
-//!   cannot be a stream's folder: stream names have no dot.
+//! - Event snapshots go as `<prefix>/<box>/.events/<stream>/<date>/<id>.jpg`
+//!   and a `.json` sidecar (the event), once the event has ended
+//!   (`EVENT_SETTLE` ago); one at a time goes ahead of the segment backlog,
+//!   so a long backlog does not hold them back. `.events` cannot be a
+//!   stream's folder: stream names have no dot.
 
 pub mod s3;
 pub mod sigv4;
@@ -38,7 +47,7 @@ pub mod sigv4;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -83,6 +92,9 @@ pub struct Status {
     pub last_error_ms: Option<i64>,
     /// Segments retention deleted before they were uploaded (disk full), since start.
     pub deleted_unreplicated: u64,
+    /// Objects being uploaded now, of at most `parallel_uploads`.
+    pub uploading: usize,
+    pub parallel_uploads: u32,
 }
 
 /// The running uploader.
@@ -109,14 +121,14 @@ impl Replicator {
     }
 }
 
-/// Everything the thread needs.
+/// Everything a worker needs (shared by all of them).
 struct Uploader {
     bucket: Bucket,
     /// `<prefix>/<box>/`.
     base: String,
     box_name: String,
     data_dir: PathBuf,
-    bytes_per_s: u64,
+    limit: Limiter,
     threshold: u64,
     part_size: u64,
     clock: Arc<dyn Clock>,
@@ -124,7 +136,33 @@ struct Uploader {
     stop: Shutdown,
 }
 
-/// Starts the `replicate` thread; `Ok(None)` when `[replicate]` is off.
+/// One object (and its sidecar) a worker is given.
+enum Job {
+    Segment(UploadJob),
+    Event(EventUpload),
+}
+
+/// What a worker tells the dispatcher.
+struct Done {
+    worker: usize,
+    job: Job,
+    result: Result<(), String>,
+}
+
+/// The dispatcher's state: the workers, which are idle, what is in flight.
+struct Dispatch {
+    up: Arc<Uploader>,
+    db: Db,
+    workers: Vec<mpsc::Sender<Job>>,
+    idle: Vec<usize>,
+    done: mpsc::Receiver<Done>,
+    busy_segments: Vec<i64>,
+    busy_events: Vec<i64>,
+    backoff: Duration,
+    paused_until: Option<Instant>,
+}
+
+/// Starts the `replicate` thread and its workers; `Ok(None)` when `[replicate]` is off.
 pub fn start(
     cfg: &ReplicateConfig,
     data_dir: &Path,
@@ -144,117 +182,253 @@ pub fn start(
         endpoint: cfg.endpoint.clone(),
         bucket: cfg.bucket.clone(),
         prefix: base.clone(),
+        parallel_uploads: cfg.parallel_uploads,
         ..Status::default()
     }));
     let stop = Shutdown::new();
-    let up = Uploader {
+    let up = Arc::new(Uploader {
         bucket,
         base,
         box_name,
         data_dir: data_dir.to_path_buf(),
-        bytes_per_s: u64::from(cfg.bandwidth_kbps) * 1000 / 8,
+        limit: Limiter::new(u64::from(cfg.bandwidth_kbps) * 1000 / 8),
         threshold: u64::from(cfg.multipart_threshold_kb) << 10,
         part_size: u64::from(cfg.part_size_kb) << 10,
         clock,
         status: status.clone(),
         stop: stop.clone(),
-    };
+    });
+    let (done_tx, done) = mpsc::channel();
+    let mut workers = Vec::new();
+    for n in 0..cfg.parallel_uploads.max(1) as usize {
+        workers.push(spawn_worker(n, &up, db_path, done_tx.clone())?);
+    }
     let db = Db::open(db_path).map_err(|e| format!("replicate: {e}"))?;
+    let idle = (0..workers.len()).rev().collect();
+    let d = Dispatch {
+        up,
+        db,
+        workers,
+        idle,
+        done,
+        busy_segments: Vec::new(),
+        busy_events: Vec::new(),
+        backoff: Duration::ZERO,
+        paused_until: None,
+    };
     std::thread::Builder::new()
         .name("replicate".into())
         .spawn(move || {
             crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Replicate);
-            up.run(&db);
+            d.run();
         })
         .map_err(|e| format!("replicate thread: {e}"))?;
-    log::info!("replicate: uploading closed segments to {} bucket {}", cfg.endpoint, cfg.bucket);
+    log::info!(
+        "replicate: uploading closed segments to {} bucket {}, {} at once",
+        cfg.endpoint,
+        cfg.bucket,
+        cfg.parallel_uploads
+    );
     Ok(Some(Replicator { status, stop }))
 }
 
-impl Uploader {
-    fn run(&self, db: &Db) {
-        let (mut floor, mut swept) = (0i64, false);
-        let mut backoff = Duration::ZERO;
+/// Starts worker `n` (`replicate-<n>`, its own database connection for
+/// multipart progress); it ends when the dispatcher drops its sender.
+fn spawn_worker(
+    n: usize,
+    up: &Arc<Uploader>,
+    db_path: &Path,
+    done: mpsc::Sender<Done>,
+) -> Result<mpsc::Sender<Job>, String> {
+    let db = Db::open(db_path).map_err(|e| format!("replicate: {e}"))?;
+    let (tx, rx) = mpsc::channel::<Job>();
+    let up = up.clone();
+    std::thread::Builder::new()
+        .name(format!("replicate-{n}"))
+        .spawn(move || {
+            crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Replicate);
+            for job in rx {
+                let result = match &job {
+                    Job::Segment(j) => up.upload(&db, j),
+                    Job::Event(ev) => up.send_event(ev),
+                };
+                if done.send(Done { worker: n, job, result }).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("replicate worker thread: {e}"))?;
+    Ok(tx)
+}
+
+impl Dispatch {
+    fn run(mut self) {
+        let mut swept = false;
         let mut last_scan: Option<Instant> = None;
-        while !self.stop.is_triggered() {
+        let mut floor = 0i64;
+        while !self.up.stop.is_triggered() {
             if last_scan.is_none_or(|t| t.elapsed() >= SCAN) {
-                match db.replicate_enqueue(floor, self.clock.now_ms()) {
+                match self.db.replicate_enqueue(floor, self.up.clock.now_ms()) {
                     Ok((_, next)) => floor = next,
                     Err(e) => log::warn!("replicate: cannot queue closed segments: {e}"),
                 }
                 last_scan = Some(Instant::now());
-                self.refresh_backlog(db);
+                self.refresh_backlog();
             }
-            let step = if swept { self.step(db) } else { self.sweep(db).map(|()| true) };
-            match step {
-                Ok(worked) => {
-                    swept = true;
-                    backoff = Duration::ZERO;
-                    if worked {
-                        self.refresh_backlog(db);
-                    } else if self.stop.wait_timeout(SCAN) {
-                        break;
+            if self.paused_until.is_some_and(|t| Instant::now() >= t) {
+                self.paused_until = None;
+            }
+            if self.paused_until.is_none() {
+                if !swept {
+                    match self.up.sweep(&self.db) {
+                        Ok(()) => swept = true,
+                        Err(e) => self.failed(&e),
                     }
                 }
-                Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
-                    self.failed(&e);
-                    if self.stop.wait_timeout(backoff) {
-                        break;
+                if swept {
+                    if let Err(e) = self.fill() {
+                        self.failed(&e);
                     }
                 }
+            }
+            let mut wait = SCAN.saturating_sub(last_scan.map_or(SCAN, |t| t.elapsed()));
+            if let Some(t) = self.paused_until {
+                wait = wait.min(t.saturating_duration_since(Instant::now()));
+            }
+            match self.done.recv_timeout(wait.max(Duration::from_millis(10))) {
+                Ok(d) => {
+                    self.finish(d);
+                    while let Ok(d) = self.done.try_recv() {
+                        self.finish(d);
+                    }
+                    self.refresh_backlog();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         log::info!("replicate: stopped");
     }
 
-    /// Uploads the next due segment; false if none is due.
-    fn step(&self, db: &Db) -> Result<bool, String> {
-        let Some(job) = db.replicate_next(self.clock.now_ms()).map_err(|e| e.to_string())? else {
-            return self.step_event(db);
-        };
-        let id = job.segment.id;
-        match self.upload(db, &job) {
-            Ok(()) => {
-                db.replicate_done(id, self.clock.now_ms()).map_err(|e| e.to_string())?;
+    /// Gives every idle worker the next due job.
+    fn fill(&mut self) -> Result<(), String> {
+        while let Some(&w) = self.idle.last() {
+            let Some(job) = self.next_job()? else { break };
+            match &job {
+                Job::Segment(j) => self.busy_segments.push(j.segment.id),
+                Job::Event(ev) => self.busy_events.push(ev.id),
+            }
+            self.idle.pop();
+            if self.workers[w].send(job).is_err() {
+                return Err(format!("replicate worker {w} is gone"));
+            }
+        }
+        self.lock().uploading = self.workers.len() - self.idle.len();
+        Ok(())
+    }
+
+    /// One event snapshot ahead of the segments (when none is in flight),
+    /// then the oldest segment, then more snapshots.
+    fn next_job(&self) -> Result<Option<Job>, String> {
+        let now = self.up.clock.now_ms();
+        let settled = now - EVENT_SETTLE.as_millis() as i64;
+        let event = || self.db.replicate_next_event(settled, now, &self.busy_events).map_err(|e| e.to_string());
+        if self.busy_events.is_empty() {
+            if let Some(ev) = event()? {
+                return Ok(Some(Job::Event(ev)));
+            }
+        }
+        if let Some(j) = self.db.replicate_next(now, &self.busy_segments).map_err(|e| e.to_string())? {
+            return Ok(Some(Job::Segment(j)));
+        }
+        if self.busy_events.is_empty() {
+            return Ok(None);
+        }
+        Ok(event()?.map(Job::Event))
+    }
+
+    /// A worker's report: the row is marked done, or failed and backed off.
+    fn finish(&mut self, d: Done) {
+        self.idle.push(d.worker);
+        let now = self.up.clock.now_ms();
+        let marked = match (&d.job, &d.result) {
+            (Job::Segment(j), Ok(())) => {
+                self.busy_segments.retain(|&id| id != j.segment.id);
+                let r = self.db.replicate_done(j.segment.id, now);
                 let mut s = self.lock();
-                s.state = "ok";
                 s.uploaded_segments += 1;
-                s.uploaded_bytes += job.segment.bytes;
-                s.last_upload_ms = Some(self.clock.now_ms());
-                Ok(true)
+                s.uploaded_bytes += j.segment.bytes;
+                s.last_upload_ms = Some(now);
+                r
             }
-            Err(e) => {
-                let delay = backoff_for(job.attempts + 1);
-                let next = self.clock.now_ms() + delay.as_millis() as i64;
-                if let Err(d) = db.replicate_failed(id, &e, next) {
-                    log::warn!("replicate: {d}");
-                }
-                Err(e)
+            (Job::Event(ev), Ok(())) => {
+                self.busy_events.retain(|&id| id != ev.id);
+                self.lock().uploaded_events += 1;
+                self.db.replicate_event_done(ev.id, now)
             }
+            (Job::Segment(j), Err(e)) => {
+                self.busy_segments.retain(|&id| id != j.segment.id);
+                let next = now + backoff_for(j.attempts + 1).as_millis() as i64;
+                self.db.replicate_failed(j.segment.id, e, next)
+            }
+            (Job::Event(ev), Err(_)) => {
+                self.busy_events.retain(|&id| id != ev.id);
+                let next = now + backoff_for(ev.attempts + 1).as_millis() as i64;
+                self.db.replicate_event_failed(ev.id, next).map(drop)
+            }
+        };
+        if let Err(e) = marked {
+            log::warn!("replicate: {e}");
+        }
+        self.lock().uploading = self.workers.len() - self.idle.len();
+        match d.result {
+            Ok(()) => {
+                self.backoff = Duration::ZERO;
+                self.lock().state = "ok";
+            }
+            Err(e) => self.failed(&e),
         }
     }
 
-    /// Uploads the next ended event's snapshot and sidecar; false if none waits.
-    fn step_event(&self, db: &Db) -> Result<bool, String> {
-        let settled = self.clock.now_ms() - EVENT_SETTLE.as_millis() as i64;
-        let Some(ev) = db.replicate_next_event(settled).map_err(|e| e.to_string())? else {
-            return Ok(false);
-        };
+    /// Tells the failure and pauses dispatching (once per pause: the other
+    /// workers' failures of the same outage do not double it again).
+    fn failed(&mut self, e: &str) {
+        self.up.failed(e);
+        if self.paused_until.is_none() {
+            self.backoff = (self.backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+            self.paused_until = Some(Instant::now() + self.backoff);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.up.lock()
+    }
+
+    fn refresh_backlog(&self) {
+        match self.db.replicate_backlog() {
+            Ok(Backlog { segments, bytes, oldest_pending_ms, events, .. }) => {
+                let mut s = self.lock();
+                (s.backlog_segments, s.backlog_bytes, s.oldest_pending_ms) = (segments, bytes, oldest_pending_ms);
+                s.backlog_events = events;
+            }
+            Err(e) => log::warn!("replicate: backlog: {e}"),
+        }
+    }
+}
+
+impl Uploader {
+    /// Uploads an ended event's snapshot and sidecar (nothing if the picture is gone).
+    fn send_event(&self, ev: &EventUpload) -> Result<(), String> {
         let path = self.data_dir.join(&ev.snapshot);
         match std::fs::read(&path) {
-            Ok(jpeg) => self.upload_event(&ev, &jpeg)?,
+            Ok(jpeg) => self.upload_event(ev, &jpeg),
             // Retention took it, or it was never written (disk full): nothing to send.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 log::warn!("replicate: event {}: no snapshot at {}; nothing to upload", ev.id, path.display());
+                Ok(())
             }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(format!("{}: {e}", path.display())),
         }
-        db.replicate_event_done(ev.id, self.clock.now_ms()).map_err(|e| e.to_string())?;
-        let mut s = self.lock();
-        s.state = "ok";
-        s.uploaded_events += 1;
-        Ok(true)
     }
 
     fn upload_event(&self, ev: &EventUpload, jpeg: &[u8]) -> Result<(), String> {
@@ -290,17 +464,6 @@ impl Uploader {
         s.state = "failing";
         s.last_error = Some(e.to_string());
         s.last_error_ms = Some(self.clock.now_ms());
-    }
-
-    fn refresh_backlog(&self, db: &Db) {
-        match db.replicate_backlog() {
-            Ok(Backlog { segments, bytes, oldest_pending_ms, events, .. }) => {
-                let mut s = self.lock();
-                (s.backlog_segments, s.backlog_bytes, s.oldest_pending_ms) = (segments, bytes, oldest_pending_ms);
-                s.backlog_events = events;
-            }
-            Err(e) => log::warn!("replicate: backlog: {e}"),
-        }
     }
 
     /// Aborts the bucket's open multipart uploads of this box the queue does
@@ -412,13 +575,7 @@ impl Uploader {
     }
 
     fn throttled<'a>(&'a self, file: &'a mut File, len: u64) -> Throttle<'a, io::Take<&'a mut File>> {
-        Throttle {
-            inner: file.take(len),
-            bytes_per_s: self.bytes_per_s,
-            began: Instant::now(),
-            sent: 0,
-            stop: &self.stop,
-        }
+        Throttle { inner: file.take(len), limit: &self.limit, stop: &self.stop }
     }
 }
 
@@ -431,13 +588,38 @@ fn backoff_for(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(5)).min(MAX_BACKOFF)
 }
 
-/// A reader that keeps to `bytes_per_s` on average (0: no limit) and ends
-/// with an error when the thread is told to stop.
+/// The upload rate limit all workers share: each read books its bytes on
+/// one schedule and sleeps until its slot (idle time is not saved up).
+struct Limiter {
+    bytes_per_s: u64,
+    /// When the bytes booked so far will have gone at the limit.
+    free_at: Mutex<Option<Instant>>,
+}
+
+impl Limiter {
+    fn new(bytes_per_s: u64) -> Limiter {
+        Limiter { bytes_per_s, free_at: Mutex::new(None) }
+    }
+
+    /// How long to wait before `n` bytes may go (zero without a limit).
+    fn book(&self, n: usize) -> Duration {
+        if self.bytes_per_s == 0 {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let mut free_at = self.free_at.lock().unwrap_or_else(|p| p.into_inner());
+        let from = free_at.map_or(now, |t| t.max(now));
+        let end = from + Duration::from_secs_f64(n as f64 / self.bytes_per_s as f64);
+        *free_at = Some(end);
+        end - now
+    }
+}
+
+/// A reader that keeps to the shared limit and ends with an error when
+/// the uploader is told to stop.
 struct Throttle<'a, R> {
     inner: R,
-    bytes_per_s: u64,
-    began: Instant,
-    sent: u64,
+    limit: &'a Limiter,
     stop: &'a Shutdown,
 }
 
@@ -446,14 +628,11 @@ impl<R: Read> Read for Throttle<'_, R> {
         if self.stop.is_triggered() {
             return Err(io::Error::other("stopping"));
         }
-        let want = if self.bytes_per_s == 0 { buf.len() } else { buf.len().min(16 << 10) };
+        let want = if self.limit.bytes_per_s == 0 { buf.len() } else { buf.len().min(16 << 10) };
         let n = self.inner.read(&mut buf[..want])?;
-        self.sent += n as u64;
-        if self.bytes_per_s > 0 {
-            let due = Duration::from_secs_f64(self.sent as f64 / self.bytes_per_s as f64);
-            if let Some(wait) = due.checked_sub(self.began.elapsed()) {
-                std::thread::sleep(wait);
-            }
+        let wait = self.limit.book(n);
+        if !wait.is_zero() && self.stop.wait_timeout(wait) {
+            return Err(io::Error::other("stopping"));
         }
         Ok(n)
     }

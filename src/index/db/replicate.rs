@@ -14,7 +14,10 @@
 //! - Event snapshots (schema version 16) need no queue of their own: an
 //!   ended event with a snapshot whose `replicated_ms` is NULL waits, and
 //!   setting it is final. Only events ended `settle_ms` ago are offered, so
-//!   the picture written just after the row is on the disk by then.
+//!   the picture written just after the row is on the disk by then. A failed
+//!   attempt sets the event's own `replicate_next_ms` (schema version 18).
+//! - Several uploads run at once: the `busy` ids a caller passes are
+//!   skipped, so no row is given to two uploaders.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -45,6 +48,8 @@ pub struct EventUpload {
     pub end_ms: i64,
     /// The snapshot's path under the data dir.
     pub snapshot: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
 }
 
 /// What waits to be uploaded.
@@ -88,9 +93,11 @@ impl Db {
         })
     }
 
-    /// The pending row due first (oldest segment first), if one is due at `now_ms`.
-    pub fn replicate_next(&self, now_ms: i64) -> Result<Option<UploadJob>, DbError> {
+    /// The pending row due first (oldest segment first), if one is due at
+    /// `now_ms`, but for the segments in `busy` (being uploaded).
+    pub fn replicate_next(&self, now_ms: i64, busy: &[i64]) -> Result<Option<UploadJob>, DbError> {
         let op = "replicate_next";
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
         let row = self
             .conn
             .prepare_cached(
@@ -98,10 +105,11 @@ impl Db {
                  FROM replicate_queue q JOIN segments s ON s.id = q.segment_id
                       JOIN streams st ON st.id = s.stream_id
                  WHERE q.state = 'pending' AND q.next_try_ms <= ?1
+                   AND q.segment_id NOT IN (SELECT value FROM json_each(?2))
                  ORDER BY s.start_ms, s.id LIMIT 1",
             )
             .and_then(|mut st| {
-                st.query_row([now_ms], |r| {
+                st.query_row(params![now_ms, busy], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         get_num::<u32>(r, 1, "attempts")?,
@@ -204,18 +212,27 @@ impl Db {
     }
 
     /// The oldest event of a replicated stream whose snapshot waits, ended
-    /// at or before `ended_by_ms` (ongoing ones wait for their end).
-    pub fn replicate_next_event(&self, ended_by_ms: i64) -> Result<Option<EventUpload>, DbError> {
+    /// at or before `ended_by_ms` (ongoing ones wait for their end), due at
+    /// `now_ms`, but for the events in `busy`.
+    pub fn replicate_next_event(
+        &self,
+        ended_by_ms: i64,
+        now_ms: i64,
+        busy: &[i64],
+    ) -> Result<Option<EventUpload>, DbError> {
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
         self.conn
             .prepare_cached(
-                "SELECT e.id, e.stream, e.kind, e.label, e.score, e.zones, e.start_ms, e.end_ms, e.snapshot
+                "SELECT e.id, e.stream, e.kind, e.label, e.score, e.zones, e.start_ms, e.end_ms, e.snapshot,
+                        e.replicate_attempts
                  FROM events e JOIN streams st ON st.name = e.stream
                  WHERE e.replicated_ms IS NULL AND e.snapshot IS NOT NULL AND st.replicate = 1
-                   AND e.end_ms <= ?1
+                   AND e.end_ms IS NOT NULL AND e.end_ms <= ?1 AND e.replicate_next_ms <= ?2
+                   AND e.id NOT IN (SELECT value FROM json_each(?3))
                  ORDER BY e.id LIMIT 1",
             )
             .and_then(|mut st| {
-                st.query_row([ended_by_ms], |r| {
+                st.query_row(params![ended_by_ms, now_ms, busy], |r| {
                     Ok(EventUpload {
                         id: r.get(0)?,
                         stream: r.get(1)?,
@@ -226,11 +243,27 @@ impl Db {
                         start_ms: r.get(6)?,
                         end_ms: r.get(7)?,
                         snapshot: r.get(8)?,
+                        attempts: get_num(r, 9, "attempts")?,
                     })
                 })
                 .optional()
             })
             .ctx("replicate_next_event")
+    }
+
+    /// A failed attempt at event `id`'s snapshot: the next not before `next_try_ms`.
+    /// Returns how many attempts failed so far.
+    pub fn replicate_event_failed(&self, id: i64, next_try_ms: i64) -> Result<u32, DbError> {
+        let op = "replicate_event_failed";
+        self.write(op, |tx| {
+            tx.prepare_cached(
+                "UPDATE events SET replicate_attempts = replicate_attempts + 1, replicate_next_ms = ?2
+                 WHERE id = ?1 RETURNING replicate_attempts",
+            )
+            .and_then(|mut st| st.query_row(params![id, next_try_ms], |r| get_num::<u32>(r, 0, "attempts")).optional())
+            .ctx(op)
+            .map(Option::unwrap_or_default)
+        })
     }
 
     /// Event `id`'s snapshot is in the bucket (or there was none to send).
@@ -278,13 +311,28 @@ mod tests {
         event(&db, "private", 1_000, Some(2_000), true); // the stream opted out
         let ended = event(&db, "cam", 3_000, Some(4_000), true);
         assert_eq!(db.replicate_backlog().expect("backlog").events, 1, "the ended one; the ongoing one waits");
-        assert!(db.replicate_next_event(3_999).expect("next").is_none(), "not yet settled");
-        let next = db.replicate_next_event(4_000).expect("next").expect("due");
+        assert!(db.replicate_next_event(3_999, 0, &[]).expect("next").is_none(), "not yet settled");
+        let next = db.replicate_next_event(4_000, 0, &[]).expect("next").expect("due");
         assert_eq!((next.id, next.snapshot.as_str()), (ended, format!("events/0000/{ended}.jpg").as_str()));
         db.replicate_event_done(ended, 5_000).expect("done");
-        assert!(db.replicate_next_event(i64::MAX).expect("next").is_none(), "an ongoing event waits");
+        assert!(db.replicate_next_event(i64::MAX, 0, &[]).expect("next").is_none(), "an ongoing event waits");
         db.end_event(ongoing, 6_000).expect("end");
-        assert_eq!(db.replicate_next_event(i64::MAX).expect("next").map(|e| e.id), Some(ongoing));
+        assert_eq!(db.replicate_next_event(i64::MAX, 0, &[]).expect("next").map(|e| e.id), Some(ongoing));
         assert_eq!(db.replicate_backlog().expect("backlog").events, 1);
+    }
+
+    #[test]
+    fn a_failing_snapshot_waits_alone_and_busy_rows_are_skipped() {
+        let db = Db::open_in_memory().expect("db");
+        db.upsert_stream(&StreamSpec::new("cam", "rtsp://cam/1"), 0).expect("cam");
+        let first = event(&db, "cam", 1_000, Some(2_000), true);
+        let second = event(&db, "cam", 3_000, Some(4_000), true);
+        assert_eq!(db.replicate_event_failed(first, 60_000).expect("failed"), 1);
+        assert_eq!(db.replicate_event_failed(first, 60_000).expect("failed"), 2);
+        let next = |now, busy: &[i64]| db.replicate_next_event(i64::MAX, now, busy).expect("next").map(|e| e.id);
+        assert_eq!(next(10_000, &[]), Some(second), "the failing one waits; the next goes");
+        assert_eq!(next(10_000, &[second]), None, "a busy one is not offered twice");
+        assert_eq!(next(60_000, &[]), Some(first), "due again after its backoff");
+        assert_eq!(next(60_000, &[first]), Some(second));
     }
 }
