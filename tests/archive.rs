@@ -234,6 +234,17 @@ fn listing_continues_past_a_page_and_a_malformed_sidecar_is_skipped_and_named() 
     assert_eq!(arc.log().matches(&format!("sidecar {bad} skipped")).count(), 1, "told once");
     let sys = arc.json("/api/system");
     assert_eq!((&sys["archive"]["state"], &sys["archive"]["segments"]), (&json!("ok"), &json!(8)), "{sys}");
+    assert_eq!(sys["archive"]["indexed"], 8, "{sys}");
+    // The bucket's lifecycle deletes an old object: the archive stops offering it.
+    let expired_ms = t0 + 3 * 2000;
+    b.delete(&synthetic_key("b2", "cam", expired_ms), now_ms()).expect("DeleteObject");
+    common::nvr::poll(Duration::from_secs(10), "the expired segment left the index", || {
+        recordings(&arc, "b2-cam").len() == 3
+    });
+    assert!(recordings(&arc, "b2-cam").iter().all(|r| r["start_ms"] != expired_ms), "the expired one still offered");
+    let a = arc.json("/api/system")["archive"].clone();
+    assert_eq!((&a["pruned"], &a["indexed"]), (&json!(1), &json!(7)), "{a}");
+    assert!(arc.log().contains("1 segments left the index"), "the pruning is told");
 }
 
 /// Milliseconds until the first byte of the body of GET `path` (and the whole body read).

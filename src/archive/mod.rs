@@ -23,12 +23,15 @@
 //!   skipped, never a panic; it is read again only if its size changes.
 //! - A listing or sidecar that fails (network, 5xx) ends the poll without
 //!   writing that page; the next poll starts again from the first page.
+//! - Only a poll that listed every page prunes: a segment whose sidecar is
+//!   no longer listed (the bucket's lifecycle rules deleted it) leaves the
+//!   index, so the archive never offers what it cannot play.
 //! - Every request has the deadlines of `replicate::s3` (connect, each read
 //!   and write); a window is at most [`WINDOW`] bytes.
 //! - The sidecars of a page are read by up to [`FETCHERS`] short-lived named
 //!   threads (`archive-get-N`), joined before the page is written.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -70,6 +73,10 @@ pub struct Status {
     pub segments: u64,
     /// Sidecars skipped as malformed since start.
     pub skipped: u64,
+    /// Segments dropped from the index since start: their sidecar left the bucket.
+    pub pruned: u64,
+    /// Segments in the index now (every box), as of the last complete poll.
+    pub indexed: u64,
     pub last_error: Option<String>,
 }
 
@@ -153,6 +160,11 @@ pub fn start(cfg: &ArchiveConfig, db_path: &Path, clock: Arc<dyn Clock>) -> Resu
     Ok(Archive { status, origins, media, stop })
 }
 
+/// The sidecar keys of a listing page.
+fn page_keys(objects: &[(String, u64)]) -> impl Iterator<Item = String> + '_ {
+    objects.iter().filter(|(k, _)| k.ends_with(".mp4.json")).map(|(k, _)| k.clone())
+}
+
 /// What the thread needs.
 struct Indexer {
     bucket: Bucket,
@@ -210,9 +222,11 @@ impl Indexer {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Lists every page and indexes the sidecars not seen yet.
+    /// Lists every page, indexes the sidecars not seen yet and prunes the
+    /// ones no longer listed.
     fn poll_once(&self, db: &Db, seen: &mut HashMap<String, u64>) -> Result<(), String> {
         let mut token: Option<String> = None;
+        let mut listed_keys: HashSet<String> = HashSet::new();
         loop {
             if self.stop.is_triggered() {
                 return Ok(());
@@ -221,6 +235,7 @@ impl Indexer {
                 .bucket
                 .list_page(&self.prefix, token.as_deref(), self.page_keys, self.clock.now_ms())
                 .map_err(|e| format!("listing {:?}: {e}", self.prefix))?;
+            listed_keys.extend(page_keys(&listed.objects));
             let page = self.read_page(db, &listed.objects, seen)?;
             if !page.segments.is_empty() || !page.skipped.is_empty() {
                 let new = db
@@ -238,9 +253,25 @@ impl Indexer {
             }
             match listed.next {
                 Some(t) => token = Some(t),
-                None => return Ok(()),
+                None => return self.prune(db, seen, &listed_keys),
             }
         }
+    }
+
+    /// Drops what a complete listing no longer has.
+    fn prune(&self, db: &Db, seen: &mut HashMap<String, u64>, listed: &HashSet<String>) -> Result<(), String> {
+        let gone: Vec<String> = seen.keys().filter(|k| !listed.contains(*k)).cloned().collect();
+        if !gone.is_empty() {
+            let n = db.archive_prune(&gone).map_err(|e| format!("index: {e}"))?;
+            for k in &gone {
+                seen.remove(k);
+            }
+            log::info!("archive: {n} segments left the index: their sidecars are no longer in the bucket");
+            self.lock().pruned += n as u64;
+        }
+        let indexed = db.archive_segment_count().map_err(|e| format!("index: {e}"))?;
+        self.lock().indexed = indexed;
+        Ok(())
     }
 
     /// Reads the new sidecars of one listing page.

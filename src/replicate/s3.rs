@@ -1,7 +1,7 @@
 //! The few S3 calls replication needs, path-style (`/<bucket>/<key>`), signed
 //! with [`super::sigv4`] and sent with `base::httpclient::call`: PutObject,
-//! the multipart calls (create, upload part, complete, abort, list) and
-//! HeadObject/GetObject for checks.
+//! the multipart calls (create, upload part, complete, abort, list),
+//! ListObjectsV2, GetObject (whole or a range) and DeleteObject.
 //!
 //! Invariants: every request carries the real SHA-256 of its payload as
 //! `x-amz-content-sha256`, so the server refuses a body damaged on the way
@@ -224,6 +224,12 @@ impl Bucket {
             Ok(_) | Err(S3Error::Gone(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// DeleteObject (what a bucket's lifecycle rule does; tests use it to
+    /// play one). Deleting a missing object is not an error (S3's rule).
+    pub fn delete(&self, key: &str, now_ms: i64) -> Result<(), S3Error> {
+        self.send(Req::new("DELETE", key), now_ms).map(drop)
     }
 
     /// ListMultipartUploads under `prefix`: (key, upload id) of each, every page.

@@ -13,6 +13,9 @@
 //!   size changed), so a malformed one is told once, not every poll.
 //! - [`Db::archive_add`] writes a whole listing page in one transaction;
 //!   segment paths are unique, so indexing the same sidecar twice is a no-op.
+//! - [`Db::archive_prune`] drops the segment of a sidecar no longer in the
+//!   bucket (its lifecycle rules deleted it) and forgets the sidecar; it
+//!   touches only archived streams' rows.
 
 use std::collections::HashMap;
 
@@ -194,6 +197,40 @@ impl Db {
             }
             Ok(new)
         })
+    }
+
+    /// Forgets the sidecars `keys` (gone from the bucket) and drops the
+    /// archived segments they described. Returns how many segments went.
+    pub fn archive_prune(&self, keys: &[String]) -> Result<usize, DbError> {
+        let op = "archive_prune";
+        self.write(op, |tx| {
+            let mut seg = tx
+                .prepare_cached(
+                    "DELETE FROM segments WHERE path = ?1
+                       AND stream_id IN (SELECT stream_id FROM archive_streams)",
+                )
+                .ctx(op)?;
+            let mut obj = tx.prepare_cached("DELETE FROM archive_objects WHERE key = ?1").ctx(op)?;
+            let mut gone = 0;
+            for key in keys {
+                if let Some(object) = key.strip_suffix(".json") {
+                    gone += seg.execute([object]).ctx(op)?;
+                }
+                obj.execute([key]).ctx(op)?;
+            }
+            Ok(gone)
+        })
+    }
+
+    /// How many segments the archive's index holds.
+    pub fn archive_segment_count(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM segments WHERE stream_id IN (SELECT stream_id FROM archive_streams)",
+                [],
+                |r| super::get_num(r, 0, "count"),
+            )
+            .ctx("archive_segment_count")
     }
 }
 
