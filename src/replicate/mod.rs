@@ -296,12 +296,12 @@ impl Dispatch {
                 wait = wait.min(t.saturating_duration_since(Instant::now()));
             }
             match self.done.recv_timeout(wait.max(Duration::from_millis(10))) {
+                // The backlog is counted at the next scan (at most a second away).
                 Ok(d) => {
                     self.finish(d);
                     while let Ok(d) = self.done.try_recv() {
                         self.finish(d);
                     }
-                    self.refresh_backlog();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
