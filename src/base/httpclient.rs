@@ -12,8 +12,8 @@
 //! HTTPS server is fetched on another machine and installed from a file (or
 //! the file is uploaded to the API).
 //!
-//! Invariants: one request per connection (`Connection: close`); every read
-//! and write has a timeout (a [`post`] has one deadline for all of it); a
+//! Invariants: one request per connection (`Connection: close`); every name
+//! lookup ([`resolve`]), read and write has a timeout (a [`post`] has one deadline for all of it); a
 //! response header larger than `MAX_HEAD` and a buffered body larger than
 //! `MAX_BODY` are refused, never allocated; the streaming body reader never
 //! reads past the declared length.
@@ -22,6 +22,7 @@ use crate::base::error::{Error, Kind};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Largest response header accepted.
@@ -426,10 +427,7 @@ pub fn download(url: &str) -> Result<Download, Error> {
             .ok_or_else(|| Error::invalid(format!("{current}: the URL has no host")))?;
         let port = u.port_or_known_default().unwrap_or(80);
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<SocketAddr> = (bare, port)
-            .to_socket_addrs()
-            .map_err(|e| Error::upstream(format!("{current}: cannot resolve {host}: {e}")))?
-            .collect();
+        let addrs = resolve(bare, port, CONNECT_TIMEOUT).map_err(|e| Error::upstream(format!("{current}: {e}")))?;
         let what = format!("GET {current}");
         let stream = connect(&addrs, &what, (CONNECT_TIMEOUT, IO_TIMEOUT)).map_err(|e| match e {
             HttpError::NotRunning(m) => Error::upstream(format!("{what}: {m}")),
@@ -557,8 +555,7 @@ pub fn post(
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port_or_known_default().unwrap_or(80);
-    let addrs: Vec<SocketAddr> =
-        (bare, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let addrs = resolve(bare, port, timeout)?;
     let left = until.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
     let tcp = connect(&addrs, "connect", (left, left)).map_err(|e| match e {
         HttpError::NotRunning(m) => format!("connection refused: {m}"),
@@ -599,6 +596,59 @@ pub fn post(
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
+/// Name lookups waiting at once on [`resolve`]'s helper threads.
+static LOOKUPS: AtomicU32 = AtomicU32::new(0);
+const MAX_LOOKUPS: u32 = 8;
+
+/// The addresses of `host` (a name, an IP or a `[v6]` literal) and `port`,
+/// within `deadline`. getaddrinfo has no timeout of its own (a dead DNS
+/// server holds it for tens of seconds), so a name is looked up on a helper
+/// thread (`resolve`) left to finish alone when the deadline passes; at
+/// most [`MAX_LOOKUPS`] such threads wait at once.
+pub fn resolve(host: &str, port: u16, deadline: Duration) -> Result<Vec<SocketAddr>, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let name = bare.to_string();
+    lookup_within(move || (name.as_str(), port).to_socket_addrs().map(Iterator::collect), deadline)
+        .map_err(|e| format!("cannot resolve {host}: {e}"))
+}
+
+/// [`resolve`] of a `host:port` text.
+pub fn resolve_addr(addr: &str, deadline: Duration) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let port = port.parse().map_err(|_| format!("{addr:?}: the port is not a number"))?;
+    resolve(host, port, deadline)
+}
+
+/// Runs the blocking `lookup` on a helper thread and waits at most `deadline`.
+fn lookup_within<F>(lookup: F, deadline: Duration) -> Result<Vec<SocketAddr>, String>
+where
+    F: FnOnce() -> io::Result<Vec<SocketAddr>> + Send + 'static,
+{
+    if LOOKUPS.fetch_add(1, Ordering::SeqCst) >= MAX_LOOKUPS {
+        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
+        return Err(format!("{MAX_LOOKUPS} earlier lookups are still waiting for the DNS server"));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("resolve".into()).stack_size(512 << 10).spawn(move || {
+        let found = lookup();
+        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
+        let _ = tx.send(found);
+    });
+    if let Err(e) = spawned {
+        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
+        return Err(format!("no thread for the lookup: {e}"));
+    }
+    match rx.recv_timeout(deadline) {
+        Ok(Ok(found)) if found.is_empty() => Err("no address".into()),
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+    }
+}
+
 /// POSTs `body` to `url` (plain http, no redirects) and buffers the answer,
 /// whatever its status (at most 1 MiB). `deadline` bounds the connect and each read and write.
 pub fn post_buffered(url: &str, content_type: &str, body: &[u8], deadline: Duration) -> Result<Response, Error> {
@@ -610,10 +660,7 @@ pub fn post_buffered(url: &str, content_type: &str, body: &[u8], deadline: Durat
     let port = u.port_or_known_default().unwrap_or(80);
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let what = format!("POST {url}");
-    let addrs: Vec<SocketAddr> = (bare, port)
-        .to_socket_addrs()
-        .map_err(|e| Error::upstream(format!("{what}: cannot resolve {host}: {e}")))?
-        .collect();
+    let addrs = resolve(bare, port, deadline).map_err(|e| Error::upstream(format!("{what}: {e}")))?;
     let stream = connect(&addrs, &what, (deadline, deadline)).map_err(|e| Error::upstream(e.to_string()))?;
     let mut path = u.path().to_string();
     if let Some(q) = u.query() {
@@ -654,10 +701,7 @@ pub fn get_buffered(
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::invalid(format!("{what}: no host")))?;
     let port = url.port_or_known_default().unwrap_or(80);
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = (bare, port)
-        .to_socket_addrs()
-        .map_err(|e| Error::upstream(format!("{what}: cannot resolve {host}: {e}")))?
-        .collect();
+    let addrs = resolve(bare, port, left()).map_err(|e| Error::upstream(format!("{what}: {e}")))?;
     let stream = connect(&addrs, &what, (left(), left())).map_err(|e| Error::upstream(e.to_string()))?;
     let mut path = url.path().to_string();
     if let Some(q) = url.query() {
@@ -749,8 +793,7 @@ pub fn call(
     let host = server.host_str().filter(|h| !h.is_empty()).ok_or("the URL has no host")?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let port = server.port_or_known_default().unwrap_or(80);
-    let addrs: Vec<SocketAddr> =
-        (bare, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let addrs = resolve(bare, port, io_timeout.min(CONNECT_TIMEOUT))?;
     let tcp = connect(&addrs, "connect", (io_timeout.min(CONNECT_TIMEOUT), io_timeout)).map_err(|e| match e {
         HttpError::NotRunning(m) => format!("connection refused: {m}"),
         HttpError::Failed(m) => m,
@@ -820,6 +863,29 @@ fn read_token(path: &std::path::Path) -> Option<String> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    #[test]
+    fn a_lookup_that_hangs_fails_at_its_deadline_and_literals_need_none() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // A DNS server that never answers: the lookup blocks until the test lets it go.
+        let hung = lookup_within(
+            move || {
+                let _ = rx.recv();
+                Ok(Vec::new())
+            },
+            Duration::from_millis(50),
+        );
+        let err = hung.expect_err("a hung lookup must not block the caller");
+        assert!(err.contains("no answer within 50 ms"), "{err}");
+        drop(tx);
+        let v6 = resolve("[::1]", 8080, Duration::ZERO).expect("a literal needs no lookup");
+        assert_eq!(v6, vec!["[::1]:8080".parse().expect("addr")]);
+        let v4 = resolve_addr("127.0.0.1:9", Duration::ZERO).expect("host:port");
+        assert_eq!(v4, vec!["127.0.0.1:9".parse().expect("addr")]);
+        let local = resolve("localhost", 80, Duration::from_secs(5)).expect("localhost");
+        assert!(local.iter().all(|a| a.ip().is_loopback() && a.port() == 80), "{local:?}");
+        assert!(resolve_addr("no-port", Duration::ZERO).unwrap_err().contains("not host:port"));
+    }
 
     /// Serves one connection with `answer` and returns the request it got.
     fn serve_once(answer: Vec<u8>) -> (SocketAddr, std::thread::JoinHandle<String>) {

@@ -7,7 +7,6 @@
 //! labels the model does not know are dropped, scores and boxes are clamped
 //! to 0..=1, so a broken or hostile answer cannot make odd detections.
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use super::{Detection, ObjectError};
@@ -53,10 +52,9 @@ impl Remote {
     pub fn detect(&self, rgb: &Rgb, min_score: f32) -> Result<Vec<Detection>, ObjectError> {
         let fail = |m: String| ObjectError::Remote(format!("remote detector {}: {m}", self.url));
         let jpeg = rgb.to_jpeg(QUALITY).map_err(|e| fail(e.to_string()))?;
-        let addr = self
-            .addr
-            .to_socket_addrs()
-            .map_err(|e| fail(format!("cannot resolve {}: {e}", self.addr)))?
+        let addr = crate::base::httpclient::resolve_addr(&self.addr, DEADLINE)
+            .map_err(fail)?
+            .into_iter()
             .next()
             .ok_or_else(|| fail(format!("{} has no address", self.addr)))?;
         let sep = if self.path.contains('?') { '&' } else { '?' };
