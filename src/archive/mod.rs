@@ -23,9 +23,12 @@
 //!   skipped, never a panic; it is read again only if its size changes.
 //! - A listing or sidecar that fails (network, 5xx) ends the poll without
 //!   writing that page; the next poll starts again from the first page.
-//! - Only a poll that listed every page prunes: a segment whose sidecar is
-//!   no longer listed (the bucket's lifecycle rules deleted it) leaves the
-//!   index, so the archive never offers what it cannot play.
+//! - Only a poll that listed every page, the last one saying so
+//!   (`IsTruncated` false), prunes: a segment whose sidecar is no longer
+//!   listed (the bucket's lifecycle rules deleted it) leaves the index, so
+//!   the archive never offers what it cannot play. A listing that merely
+//!   stopped (a missing or repeated token, an answer that is no listing)
+//!   prunes nothing.
 //! - Every request has the deadlines of `replicate::s3` (connect, each read
 //!   and write); a window is at most [`WINDOW`] bytes.
 //! - The sidecars of a page are read by up to [`FETCHERS`] short-lived named
@@ -253,7 +256,11 @@ impl Indexer {
             }
             match listed.next {
                 Some(t) => token = Some(t),
-                None => return self.prune(db, seen, &listed_keys),
+                None if listed.complete => return self.prune(db, seen, &listed_keys),
+                None => {
+                    log::warn!("archive: the bucket's listing ended without saying it was complete; nothing pruned");
+                    return Ok(());
+                }
             }
         }
     }

@@ -596,15 +596,16 @@ pub fn post(
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// Name lookups waiting at once on [`resolve`]'s helper threads.
-static LOOKUPS: AtomicU32 = AtomicU32::new(0);
-const MAX_LOOKUPS: u32 = 8;
+/// Lookups whose caller stopped waiting (the deadline passed) and that
+/// have not ended: a DNS server that does not answer cannot pile up threads.
+static ABANDONED: AtomicU32 = AtomicU32::new(0);
+const MAX_ABANDONED: u32 = 8;
 
 /// The addresses of `host` (a name, an IP or a `[v6]` literal) and `port`,
 /// within `deadline`. getaddrinfo has no timeout of its own (a dead DNS
 /// server holds it for tens of seconds), so a name is looked up on a helper
 /// thread (`resolve`) left to finish alone when the deadline passes; at
-/// most [`MAX_LOOKUPS`] such threads wait at once.
+/// most [`MAX_ABANDONED`] lookups nobody waits for may linger.
 pub fn resolve(host: &str, port: u16, deadline: Duration) -> Result<Vec<SocketAddr>, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
@@ -627,25 +628,43 @@ fn lookup_within<F>(lookup: F, deadline: Duration) -> Result<Vec<SocketAddr>, St
 where
     F: FnOnce() -> io::Result<Vec<SocketAddr>> + Send + 'static,
 {
-    if LOOKUPS.fetch_add(1, Ordering::SeqCst) >= MAX_LOOKUPS {
-        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
-        return Err(format!("{MAX_LOOKUPS} earlier lookups are still waiting for the DNS server"));
+    if ABANDONED.load(Ordering::SeqCst) >= MAX_ABANDONED {
+        return Err(format!("{MAX_ABANDONED} earlier lookups never got an answer from the DNS server"));
     }
+    // 0: running, 1: ended, 2: abandoned by its caller.
+    let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
     let (tx, rx) = std::sync::mpsc::channel();
+    let ended = Ended(state.clone());
     let spawned = std::thread::Builder::new().name("resolve".into()).stack_size(512 << 10).spawn(move || {
-        let found = lookup();
-        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
-        let _ = tx.send(found);
+        let _ended = ended; // also when `lookup` panics
+        let _ = tx.send(lookup());
     });
     if let Err(e) = spawned {
-        LOOKUPS.fetch_sub(1, Ordering::SeqCst);
         return Err(format!("no thread for the lookup: {e}"));
     }
     match rx.recv_timeout(deadline) {
         Ok(Ok(found)) if found.is_empty() => Err("no address".into()),
         Ok(Ok(found)) => Ok(found),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", deadline.as_millis())),
+        Err(_) => {
+            ABANDONED.fetch_add(1, Ordering::SeqCst);
+            if state.compare_exchange(0, 2, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                ABANDONED.fetch_sub(1, Ordering::SeqCst); // it ended just now
+            }
+            Err(format!("no answer within {} ms", deadline.as_millis()))
+        }
+    }
+}
+
+/// Marks a lookup ended when its thread drops it; one its caller gave up on
+/// leaves the count of abandoned lookups.
+struct Ended(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if self.0.swap(1, Ordering::SeqCst) == 2 {
+            ABANDONED.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -837,6 +856,9 @@ pub fn call(
             (false, None, _) => (&mut reader).take(max_answer + 1).read_to_end(&mut body),
         };
         read.map_err(|e| format!("reading the answer: {e}"))?;
+        if method != "HEAD" && !chunked && len.is_some_and(|n| (body.len() as u64) < n) {
+            return Err(format!("the answer ended after {} of its {} bytes", body.len(), len.unwrap_or(0)));
+        }
         if body.len() as u64 > max_answer {
             return Err(format!("the answer is larger than {max_answer} bytes"));
         }
@@ -878,6 +900,12 @@ mod tests {
         let err = hung.expect_err("a hung lookup must not block the caller");
         assert!(err.contains("no answer within 50 ms"), "{err}");
         drop(tx);
+        // Once the hung lookup ends, it no longer counts against the limit.
+        let t = std::time::Instant::now();
+        while ABANDONED.load(Ordering::SeqCst) > 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(ABANDONED.load(Ordering::SeqCst), 0, "an ended lookup still counted as abandoned");
         let v6 = resolve("[::1]", 8080, Duration::ZERO).expect("a literal needs no lookup");
         assert_eq!(v6, vec!["[::1]:8080".parse().expect("addr")]);
         let v4 = resolve_addr("127.0.0.1:9", Duration::ZERO).expect("host:port");

@@ -248,10 +248,12 @@ fn spawn_worker(
         .spawn(move || {
             crate::base::memory::set_subsystem(crate::base::memory::Subsystem::Replicate);
             for job in rx {
-                let result = match &job {
+                // A panic is reported as a failure, so the row is retried and the worker stays.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &job {
                     Job::Segment(j) => up.upload(&db, j),
                     Job::Event(ev) => up.send_event(ev),
-                };
+                }))
+                .unwrap_or_else(|_| Err("the upload panicked (a bug; see the log)".into()));
                 if done.send(Done { worker: n, job, result }).is_err() {
                     break;
                 }
@@ -319,7 +321,12 @@ impl Dispatch {
                 Job::Event(ev) => self.busy_events.push(ev.id),
             }
             self.idle.pop();
-            if self.workers[w].send(job).is_err() {
+            if let Err(mpsc::SendError(job)) = self.workers[w].send(job) {
+                // Its thread ended: the row goes back to the queue; the worker is not used again.
+                match job {
+                    Job::Segment(j) => self.busy_segments.retain(|&id| id != j.segment.id),
+                    Job::Event(ev) => self.busy_events.retain(|&id| id != ev.id),
+                }
                 return Err(format!("replicate worker {w} is gone"));
             }
         }

@@ -321,6 +321,10 @@ impl Bucket {
 pub struct ListPage {
     pub objects: Vec<(String, u64)>,
     pub next: Option<String>,
+    /// The server said this is the last page (`IsTruncated` false in a
+    /// real listing); a listing that only stopped (no token, a repeated
+    /// one, an answer that is no listing) is not complete.
+    pub complete: bool,
 }
 
 /// A ListObjectsV2 answer; a next token equal to the one asked with (a
@@ -332,8 +336,10 @@ fn parse_list(text: &str, token: Option<&str>) -> ListPage {
             page.objects.push((k, tag(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0)));
         }
     }
-    let truncated = tag(text, "IsTruncated").as_deref() == Some("true");
-    page.next = tag(text, "NextContinuationToken").filter(|t| truncated && Some(t.as_str()) != token);
+    let truncated = tag(text, "IsTruncated");
+    let more = truncated.as_deref() == Some("true");
+    page.next = tag(text, "NextContinuationToken").filter(|t| more && Some(t.as_str()) != token);
+    page.complete = text.contains("<ListBucketResult") && truncated.as_deref() == Some("false");
     page
 }
 
@@ -389,8 +395,14 @@ mod tests {
         let p = parse_list(x, None);
         assert_eq!(p.objects, vec![("a.mp4".to_string(), 12), ("a.mp4.json".to_string(), 3)]);
         assert_eq!(p.next.as_deref(), Some("t&2"));
-        assert_eq!(parse_list(x, Some("t&2")).next, None, "a token that repeats ends the listing");
-        assert_eq!(parse_list("<L><IsTruncated>false</IsTruncated></L>", None), ListPage::default());
+        assert!(!p.complete);
+        let repeated = parse_list(x, Some("t&2"));
+        assert_eq!(repeated.next, None, "a token that repeats ends the listing");
+        assert!(!repeated.complete, "... but does not make it complete (nothing may be pruned)");
+        let last = "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>";
+        assert_eq!(parse_list(last, None), ListPage { complete: true, ..ListPage::default() });
+        assert!(!parse_list("", None).complete, "an empty answer is no listing");
+        assert!(!parse_list("<html>proxy error</html>", None).complete);
         assert_eq!(EMPTY_SHA256, sigv4::sha256_hex(b""));
     }
 }
