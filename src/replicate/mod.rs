@@ -293,6 +293,7 @@ impl Dispatch {
                     }
                 }
             }
+            self.lock().uploading = self.workers.len() - self.idle.len();
             let mut wait = SCAN.saturating_sub(last_scan.map_or(SCAN, |t| t.elapsed()));
             if let Some(t) = self.paused_until {
                 wait = wait.min(t.saturating_duration_since(Instant::now()));
@@ -330,7 +331,6 @@ impl Dispatch {
                 return Err(format!("replicate worker {w} is gone"));
             }
         }
-        self.lock().uploading = self.workers.len() - self.idle.len();
         Ok(())
     }
 
@@ -387,7 +387,6 @@ impl Dispatch {
         if let Err(e) = marked {
             log::warn!("replicate: {e}");
         }
-        self.lock().uploading = self.workers.len() - self.idle.len();
         match d.result {
             Ok(()) => {
                 self.backoff = Duration::ZERO;
